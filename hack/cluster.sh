@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# One-node Kubernetes 1.20.2 for Outrigger's tests and demos, built offline from Debian's own packages:
+#   etcd from `etcd-server`; kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl
+#   built from Debian bookworm's `kubernetes` source package (the full upstream tree with vendor/);
+#   containers run on Debian's `docker.io` through the kubelet's built-in dockershim.
+#
+# Usage: hack/cluster.sh deps | build | up | down | env | status
+#   deps    install the Debian packages the cluster needs (idempotent)
+#   build   build and cache the Kubernetes binaries (skipped when cached)
+#   up      (re)start the cluster; idempotent, always starts from a clean set of processes
+#   down    stop every process `up` started
+#   env     print the shell exports for KUBECONFIG and PATH
+#   status  exit 0 when the API server answers /readyz and the node is Ready
+#
+# Identities (static tokens, RBAC enforced):
+#   admin                      system:masters         (token: $RUN/admin.token)
+#   the operator's SA          system:serviceaccount:outrigger-system:outrigger-operator (token: $RUN/operator.token)
+set -euo pipefail
+
+K8S_DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
+K8S_VERSION=v1.20.2
+CACHE=${OUTRIGGER_CLUSTER_CACHE:-$HOME/.cache/outrigger/k8s-$K8S_VERSION}
+RUN=${OUTRIGGER_CLUSTER_RUN:-/tmp/outrigger-cluster}
+PORT=${OUTRIGGER_CLUSTER_PORT:-16443}
+BIN=$CACHE/bin
+OPERATOR_NAMESPACE=outrigger-system
+OPERATOR_SA=outrigger-operator
+export PATH=$BIN:/usr/lib/go-1.19/bin:$PATH
+
+log() { printf '[cluster] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+deps() {
+  local need=()
+  local pkg
+  for pkg in golang-1.19-go golang-github-modern-go-reflect2-dev etcd-server docker.io jq gcc openssl iproute2 ca-certificates; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
+  done
+  if ((${#need[@]})); then
+    log "installing Debian packages: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+}
+
+ensure_deb_src() {
+  if ! grep -rqsE '^(Types: *deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    log "enabling deb-src for bookworm"
+    printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      > /etc/apt/sources.list.d/outrigger-debian-src.sources
+    apt-get update -qq
+  fi
+}
+
+build() {
+  local c missing=0
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl pause; do
+    [[ -x $BIN/$c ]] || missing=1
+  done
+  ((missing)) || return 0
+  deps
+  ensure_deb_src
+  log "building Kubernetes $K8S_VERSION from Debian's source package (cold build: 5-10 minutes)"
+  mkdir -p "$CACHE/dl" "$BIN"
+  if ! ls "$CACHE"/dl/kubernetes_*.orig.tar.gz >/dev/null 2>&1; then
+    (cd "$CACHE/dl" && apt-get source --download-only "kubernetes=$K8S_DEB_VERSION" >/dev/null 2>&1) \
+      || die "apt-get source kubernetes=$K8S_DEB_VERSION failed"
+  fi
+  local gopath=$CACHE/gopath
+  local src=$gopath/src/k8s.io/kubernetes
+  if [[ ! -d $src ]]; then
+    mkdir -p "$gopath/src/k8s.io"
+    tar xzf "$CACHE"/dl/kubernetes_*.orig.tar.gz -C "$gopath/src/k8s.io"
+    mv "$gopath/src/k8s.io/kubernetes-1.20.2" "$src"
+    # reflect2 v1.0.1 (vendored) dereferences nil under Go >= 1.18 when json-iterator encodes maps;
+    # Debian ships the fixed v1.0.2 as source.
+    rm -rf "$src/vendor/github.com/modern-go/reflect2"
+    cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$src/vendor/github.com/modern-go/reflect2"
+  fi
+  cd "$src"
+  export GO111MODULE=off GOPATH=$gopath GOCACHE=$CACHE/gocache CGO_ENABLED=0 GOFLAGS=
+  if [[ ! -f pkg/generated/openapi/zz_generated.openapi.go ]]; then
+    # The tarball lacks the one generated file kube-apiserver compiles in: the OpenAPI definitions.
+    go build -o "$BIN/openapi-gen" k8s.io/kubernetes/vendor/k8s.io/kube-openapi/cmd/openapi-gen
+    local dirs
+    dirs=$(grep -Rl --include='*.go' '+k8s:openapi-gen=' pkg vendor/k8s.io \
+      | grep -Ev '^vendor/k8s.io/(code-generator|sample-apiserver)/' \
+      | xargs -n1 dirname | LC_ALL=C sort -u | sed 's#^#k8s.io/kubernetes/#' | paste -sd,)
+    "$BIN/openapi-gen" -i "$dirs" -p k8s.io/kubernetes/pkg/generated/openapi -O zz_generated.openapi \
+      -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt -r /dev/null
+  fi
+  local ldflags="" pkg
+  for pkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=20 -X $pkg.gitTreeState=clean"
+  done
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
+    [[ -x $BIN/$c ]] && continue
+    log "go build $c"
+    go build -ldflags "$ldflags" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c"
+    mv "$BIN/$c.tmp" "$BIN/$c"
+  done
+  gcc -static -O2 -o "$BIN/pause" build/pause/linux/pause.c
+  log "binaries cached in $BIN"
+}
+
+docker_up() {
+  # This sandbox forbids negative oom_score_adj, and dockershim asks -998 for pod sandboxes: runc then fails
+  # with "can't get final child's PID from pipe". A runtime wrapper clamps negative values to 0.
+  cat > /usr/local/bin/outrigger-runc-clamp <<'W'
+#!/bin/bash
+args=("$@"); bundle=""
+for ((i = 0; i < ${#args[@]}; i++)); do
+  [[ ${args[i]} == --bundle || ${args[i]} == -b ]] && bundle=${args[i + 1]}
+done
+if [[ -n $bundle && -f $bundle/config.json ]]; then
+  tmp=$(mktemp)
+  jq 'if (.process.oomScoreAdj // 0) < 0 then .process.oomScoreAdj = 0 else . end' "$bundle/config.json" >"$tmp" \
+    && cat "$tmp" >"$bundle/config.json"
+  rm -f "$tmp"
+fi
+exec /usr/sbin/runc "$@"
+W
+  chmod +x /usr/local/bin/outrigger-runc-clamp
+  mkdir -p /etc/docker
+  local want='{"runtimes":{"runc-clamp":{"path":"/usr/local/bin/outrigger-runc-clamp"}},"default-runtime":"runc-clamp"}'
+  local restart=0
+  if [[ "$(cat /etc/docker/daemon.json 2>/dev/null)" != "$want" ]]; then
+    echo "$want" >/etc/docker/daemon.json
+    restart=1
+  fi
+  if ((restart)) && docker info >/dev/null 2>&1; then
+    log "restarting dockerd with the clamping runtime"
+    pkill -x dockerd || true
+    for _ in $(seq 30); do pgrep -x dockerd >/dev/null || break; sleep 0.5; done
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    mkdir -p "$RUN"
+    (setsid /usr/sbin/dockerd >"$RUN/dockerd.log" 2>&1 &)
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+    docker info >/dev/null 2>&1 || { tail -20 "$RUN/dockerd.log" >&2; die "dockerd did not start"; }
+  fi
+  if ! docker image inspect k8s.gcr.io/pause:3.2 >/dev/null 2>&1; then
+    local dir
+    dir=$(mktemp -d)
+    cp "$BIN/pause" "$dir/"
+    printf 'FROM scratch\nCOPY pause /pause\nENTRYPOINT ["/pause"]\n' >"$dir/Dockerfile"
+    docker build -q -t k8s.gcr.io/pause:3.2 "$dir" >/dev/null
+    rm -rf "$dir"
+  fi
+}
+
+write_kubeconfig() {
+  local file=$1 user=$2 token=$3
+  kubectl config --kubeconfig="$file" set-cluster local --server="https://127.0.0.1:$PORT" \
+    --certificate-authority="$RUN/certs/apiserver.crt" --embed-certs=true >/dev/null
+  kubectl config --kubeconfig="$file" set-credentials "$user" --token="$token" >/dev/null
+  kubectl config --kubeconfig="$file" set-context local --cluster=local --user="$user" >/dev/null
+  kubectl config --kubeconfig="$file" use-context local >/dev/null
+}
+
+start() {
+  local name=$1
+  shift
+  (setsid "$@" >"$RUN/$name.log" 2>&1 & echo $! >"$RUN/$name.pid")
+}
+
+up() {
+  build
+  deps
+  down
+  mkdir -p "$RUN"
+  cd "$RUN"
+  grep -qE '^127\.0\.0\.1[[:space:]].*\bnode1\b' /etc/hosts || echo '127.0.0.1 node1' >>/etc/hosts
+  docker_up
+  [[ -f sa.key ]] || { openssl genrsa -out sa.key 2048 2>/dev/null; openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null; }
+  [[ -f admin.token ]] || openssl rand -hex 24 >admin.token
+  [[ -f operator.token ]] || openssl rand -hex 24 >operator.token
+  {
+    echo "$(cat admin.token),admin,admin,\"system:masters\""
+    echo "$(cat operator.token),system:serviceaccount:$OPERATOR_NAMESPACE:$OPERATOR_SA,operator,\"system:serviceaccounts,system:serviceaccounts:$OPERATOR_NAMESPACE,system:authenticated\""
+  } >tokens.csv
+  rm -rf "$RUN/etcd"
+  start etcd etcd --data-dir "$RUN/etcd" --listen-client-urls http://127.0.0.1:23790 \
+    --advertise-client-urls http://127.0.0.1:23790 --listen-peer-urls http://127.0.0.1:23800
+  start apiserver kube-apiserver --etcd-servers=http://127.0.0.1:23790 --secure-port="$PORT" --bind-address=127.0.0.1 \
+    --advertise-address=127.0.0.1 --cert-dir="$RUN/certs" --token-auth-file="$RUN/tokens.csv" \
+    --authorization-mode=Node,RBAC --service-account-issuer=https://kubernetes.default.svc \
+    --service-account-key-file="$RUN/sa.pub" --service-account-signing-key-file="$RUN/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/16 --allow-privileged=true \
+    --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,DefaultStorageClass,MutatingAdmissionWebhook,ValidatingAdmissionWebhook \
+    --audit-log-path="$RUN/audit.log" --audit-policy-file="$(audit_policy)" --audit-log-maxsize=200
+  for _ in $(seq 40); do [[ -f $RUN/certs/apiserver.crt ]] && break; sleep 0.5; done
+  write_kubeconfig "$RUN/kubeconfig" admin "$(cat admin.token)"
+  write_kubeconfig "$RUN/operator.kubeconfig" "$OPERATOR_SA" "$(cat operator.token)"
+  export KUBECONFIG=$RUN/kubeconfig
+  for _ in $(seq 120); do kubectl get --raw /readyz >/dev/null 2>&1 && break; sleep 0.5; done
+  kubectl get --raw /readyz >/dev/null 2>&1 || { tail -20 "$RUN/apiserver.log" >&2; die "the API server did not become ready"; }
+  start controller-manager kube-controller-manager --kubeconfig="$KUBECONFIG" --authentication-kubeconfig="$KUBECONFIG" \
+    --authorization-kubeconfig="$KUBECONFIG" --service-account-private-key-file="$RUN/sa.key" \
+    --root-ca-file="$RUN/certs/apiserver.crt" --use-service-account-credentials=true \
+    --controllers='*' --leader-elect=false --bind-address=127.0.0.1 --secure-port=10257
+  start scheduler kube-scheduler --kubeconfig="$KUBECONFIG" --authentication-kubeconfig="$KUBECONFIG" \
+    --authorization-kubeconfig="$KUBECONFIG" --leader-elect=false --bind-address=127.0.0.1 --secure-port=10259
+  cat >"$RUN/kubelet.yaml" <<K
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+authentication: {anonymous: {enabled: true}, webhook: {enabled: false}}
+authorization: {mode: AlwaysAllow}
+cgroupDriver: cgroupfs
+failSwapOn: false
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+address: 127.0.0.1
+readOnlyPort: 0
+evictionHard: {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"}
+K
+  start kubelet kubelet --kubeconfig="$KUBECONFIG" --config="$RUN/kubelet.yaml" --container-runtime=docker \
+    --root-dir="$RUN/kubelet" --hostname-override=node1 --pod-infra-container-image=k8s.gcr.io/pause:3.2
+  for _ in $(seq 90); do kubectl get node node1 2>/dev/null | grep -q ' Ready' && break; sleep 1; done
+  kubectl get node node1 2>/dev/null | grep -q ' Ready' || { tail -20 "$RUN/kubelet.log" >&2; die "node1 did not become Ready"; }
+  # The default ServiceAccount is created by the controller-manager; pods are rejected until it exists.
+  for _ in $(seq 60); do kubectl get serviceaccount default >/dev/null 2>&1 && break; sleep 0.5; done
+  log "cluster is up: export KUBECONFIG=$KUBECONFIG"
+}
+
+audit_policy() {
+  # Write requests only: tests count them to prove the operator does not write on resync.
+  local file=$RUN/audit-policy.yaml
+  cat >"$file" <<'A'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    verbs: ["create", "update", "patch", "delete", "deletecollection"]
+  - level: None
+A
+  echo "$file"
+}
+
+down() {
+  local name pid
+  for name in kubelet scheduler controller-manager apiserver etcd; do
+    [[ -f $RUN/$name.pid ]] || continue
+    pid=$(cat "$RUN/$name.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$RUN/$name.pid"
+  done
+  if docker info >/dev/null 2>&1; then
+    docker ps -aq --filter name=k8s_ | xargs -r docker rm -f >/dev/null 2>&1 || true
+  fi
+}
+
+status() {
+  [[ -f $RUN/kubeconfig ]] || return 1
+  KUBECONFIG=$RUN/kubeconfig kubectl get --raw /readyz >/dev/null 2>&1 || return 1
+  KUBECONFIG=$RUN/kubeconfig kubectl get node node1 2>/dev/null | grep -q ' Ready'
+}
+
+case ${1:-} in
+  deps) deps ;;
+  build) build ;;
+  up) up ;;
+  down) down ;;
+  env) printf 'export KUBECONFIG=%s\nexport PATH=%s:$PATH\n' "$RUN/kubeconfig" "$BIN" ;;
+  status) status ;;
+  *) echo "usage: $0 deps|build|up|down|env|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,3 @@
+//! The Outrigger operator binary's library: command line, controllers and servers.
+
+pub mod cli;
