@@ -144,7 +144,7 @@ W
     dir=$(mktemp -d)
     cp "$BIN/pause" "$dir/"
     printf 'FROM scratch\nCOPY pause /pause\nENTRYPOINT ["/pause"]\n' >"$dir/Dockerfile"
-    docker build -q -t k8s.gcr.io/pause:3.2 "$dir" >/dev/null
+    DOCKER_BUILDKIT=0 docker build -q -t k8s.gcr.io/pause:3.2 "$dir" >/dev/null 2>&1
     rm -rf "$dir"
   fi
 }

@@ -163,12 +163,12 @@ pub struct KeyRange {
     /// Index of the owning shard, from 0.
     #[schemars(range(min = 0, max = 1023))]
     pub shard: i32,
-    /// First key of the range; empty means from the beginning.
-    #[serde(default)]
-    pub start: String,
-    /// First key after the range; empty means to the end.
-    #[serde(default)]
-    pub end: String,
+    /// First key of the range; absent means from the beginning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// First key after the range; absent means to the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
 }
 
 /// Persistent storage of each shard replica.
