@@ -38,7 +38,7 @@ pub struct ServicePort {
 }
 
 /// Transport protocol of a port.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 pub enum PortProtocol {
     #[default]
     #[serde(rename = "TCP")]

@@ -1,1 +1,8 @@
+//! Pure domain logic of the Outrigger operator: everything that can be decided without a client.
+//!
+//! The reconcile pipeline calls into this crate for its pure steps: [`validate`] the spec, build the
+//! desired objects, compute [`conditions`]. Nothing here does I/O, so all of it is unit-tested on
+//! fixtures.
 
+pub mod conditions;
+pub mod validate;

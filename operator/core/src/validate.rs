@@ -1,0 +1,546 @@
+//! Checks the API server's schema cannot express (no CEL before Kubernetes 1.25): cross-field rules,
+//! references between parts of a spec, durations and regular expressions.
+//!
+//! Every check reports the field path and what is wrong, the way the API server does, and all
+//! problems are reported at once so a user fixes them in one round.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use outrigger_api::{
+    autoscaling::{AutoscalingPolicySpec, MetricType, TargetType},
+    common::{AffinitySource, ServicePort, SessionAffinity, SidecarSpec},
+    replicated::ReplicatedServiceSpec,
+    rollout::{AnalysisMetricType, AnalysisSpec, CanaryStep, RolloutStrategySpec, RouteMatch, Strategy},
+    schema::parse_duration,
+    sharded::{ShardedServiceSpec, ShardingFunction},
+};
+
+/// One problem with a spec: the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// All problems found in a spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct InvalidSpec(pub Vec<FieldError>);
+
+#[derive(Default)]
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { field: field.into(), message: message.into() });
+    }
+
+    fn finish(self) -> Result<(), InvalidSpec> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(InvalidSpec(self.0))
+        }
+    }
+}
+
+/// Validates a ReplicatedService spec.
+pub fn replicated_service(spec: &ReplicatedServiceSpec) -> Result<(), InvalidSpec> {
+    let mut problems = Problems::default();
+    pod_template(&mut problems, "spec.template", &spec.template);
+    ports(&mut problems, &spec.ports);
+    sidecars(&mut problems, &spec.sidecars, &spec.template);
+    if let Some(affinity) = &spec.session_affinity {
+        session_affinity(&mut problems, affinity);
+    }
+    problems.finish()
+}
+
+/// Validates a ShardedService spec.
+pub fn sharded_service(spec: &ShardedServiceSpec) -> Result<(), InvalidSpec> {
+    let mut problems = Problems::default();
+    pod_template(&mut problems, "spec.template", &spec.template);
+    sidecars(&mut problems, &spec.sidecars, &spec.template);
+    let sharding = &spec.sharding;
+    if let Some(tag) = &sharding.hash_tag {
+        let mut chars = tag.chars();
+        if let (Some(open), Some(close)) = (chars.next(), chars.next()) {
+            if open == close {
+                problems.add("spec.sharding.hashTag", format!("{tag:?} must be two different characters, e.g. \"{{}}\""));
+            }
+        }
+    }
+    match sharding.function {
+        ShardingFunction::KeyRange => {
+            if sharding.key_ranges.is_empty() {
+                problems.add("spec.sharding.keyRanges", "required when function is keyRange");
+            }
+            let mut owners = BTreeSet::new();
+            for (index, range) in sharding.key_ranges.iter().enumerate() {
+                owners.insert(range.shard);
+                if range.shard >= spec.shards {
+                    problems.add(
+                        format!("spec.sharding.keyRanges[{index}].shard"),
+                        format!("shard {} does not exist (spec.shards is {})", range.shard, spec.shards),
+                    );
+                }
+                if let (Some(start), Some(end)) = (&range.start, &range.end) {
+                    if start >= end {
+                        problems.add(
+                            format!("spec.sharding.keyRanges[{index}]"),
+                            format!("start {start:?} must sort before end {end:?}"),
+                        );
+                    }
+                }
+            }
+        }
+        _ if !sharding.key_ranges.is_empty() => {
+            problems.add("spec.sharding.keyRanges", "only allowed when function is keyRange");
+        }
+        _ => {}
+    }
+    if let Some(storage) = &spec.storage {
+        if let Some(pod) = &spec.template.spec {
+            if pod.containers.is_empty() {
+                problems.add("spec.storage", "needs a container to mount the volume in");
+            }
+        }
+        if storage.mount_path == "/" {
+            problems.add("spec.storage.mountPath", "must not be /");
+        }
+    }
+    problems.finish()
+}
+
+/// Validates an AutoscalingPolicy spec.
+pub fn autoscaling_policy(spec: &AutoscalingPolicySpec) -> Result<(), InvalidSpec> {
+    let mut problems = Problems::default();
+    if spec.max_replicas < spec.min_replicas {
+        problems.add(
+            "spec.maxReplicas",
+            format!("{} must not be below spec.minReplicas ({})", spec.max_replicas, spec.min_replicas),
+        );
+    }
+    for (index, metric) in spec.metrics.iter().enumerate() {
+        let field = format!("spec.metrics[{index}]");
+        let target = &metric.target;
+        match target.target_type {
+            TargetType::Utilization => {
+                if !matches!(metric.metric_type, MetricType::Cpu | MetricType::Memory) {
+                    problems.add(format!("{field}.target.type"), "Utilization applies to cpu and memory only");
+                }
+                if target.average_utilization.is_none() {
+                    problems.add(format!("{field}.target.averageUtilization"), "required for type Utilization");
+                }
+            }
+            TargetType::AverageValue if target.average_value.is_none() => {
+                problems.add(format!("{field}.target.averageValue"), "required for type AverageValue");
+            }
+            TargetType::Value if target.value.is_none() => {
+                problems.add(format!("{field}.target.value"), "required for type Value");
+            }
+            _ => {}
+        }
+        if metric.metric_type == MetricType::Latency && metric.percentile.is_none() {
+            problems.add(format!("{field}.percentile"), "required for latency, e.g. 99");
+        }
+        if metric.metric_type != MetricType::Latency && metric.percentile.is_some() {
+            problems.add(format!("{field}.percentile"), "only applies to latency");
+        }
+        if (metric.metric_type == MetricType::Prometheus) != metric.prometheus.is_some() {
+            problems.add(format!("{field}.prometheus"), "required for type prometheus, and only allowed there");
+        }
+    }
+    if let Some(fallback) = &spec.fallback {
+        if fallback.replicas < spec.min_replicas || fallback.replicas > spec.max_replicas {
+            problems.add(
+                "spec.fallback.replicas",
+                format!("{} must lie within minReplicas..maxReplicas ({}..{})", fallback.replicas, spec.min_replicas, spec.max_replicas),
+            );
+        }
+    }
+    problems.finish()
+}
+
+/// Validates a RolloutStrategy spec.
+pub fn rollout_strategy(spec: &RolloutStrategySpec) -> Result<(), InvalidSpec> {
+    let mut problems = Problems::default();
+    match &spec.strategy {
+        Strategy::Canary(canary) => {
+            let mut route_names = BTreeSet::new();
+            for (index, route) in canary.routes.iter().enumerate() {
+                let field = format!("spec.strategy.canary.routes[{index}]");
+                if !route_names.insert(route.name.as_str()) {
+                    problems.add(format!("{field}.name"), format!("duplicate route name {:?}", route.name));
+                }
+                let (kind, matcher) = match &route.matcher {
+                    RouteMatch::Header(matcher) => ("header", matcher),
+                    RouteMatch::Cookie(matcher) => ("cookie", matcher),
+                };
+                if matcher.exact.is_some() && matcher.regex.is_some() {
+                    problems.add(format!("{field}.match.{kind}"), "set exact or regex, not both");
+                }
+                if let Some(pattern) = &matcher.regex {
+                    if let Err(error) = regex::Regex::new(pattern) {
+                        problems.add(format!("{field}.match.{kind}.regex"), format!("invalid regular expression: {error}"));
+                    }
+                }
+            }
+            for (index, step) in canary.steps.iter().enumerate() {
+                let field = format!("spec.strategy.canary.steps[{index}]");
+                match step {
+                    CanaryStep::Pause(pause) => {
+                        if let Some(duration) = &pause.duration {
+                            duration_field(&mut problems, &format!("{field}.pause.duration"), duration);
+                        }
+                    }
+                    CanaryStep::Analysis(analysis) => analysis_spec(&mut problems, &format!("{field}.analysis"), analysis),
+                    CanaryStep::SetWeight(_) | CanaryStep::SetMirror(_) => {}
+                }
+            }
+            if let Some(analysis) = &canary.analysis {
+                analysis_spec(&mut problems, "spec.strategy.canary.analysis", analysis);
+            }
+            duration_field(&mut problems, "spec.strategy.canary.rollback.stepInterval", &canary.rollback.step_interval);
+        }
+        Strategy::BlueGreen(blue_green) => {
+            if let Some(analysis) = &blue_green.pre_promotion_analysis {
+                analysis_spec(&mut problems, "spec.strategy.blueGreen.prePromotionAnalysis", analysis);
+            }
+        }
+    }
+    problems.finish()
+}
+
+fn analysis_spec(problems: &mut Problems, field: &str, analysis: &AnalysisSpec) {
+    duration_field(problems, &format!("{field}.interval"), &analysis.interval);
+    let mut names = BTreeSet::new();
+    for (index, metric) in analysis.metrics.iter().enumerate() {
+        let metric_field = format!("{field}.metrics[{index}]");
+        if !names.insert(metric.name.as_str()) {
+            problems.add(format!("{metric_field}.name"), format!("duplicate metric name {:?}", metric.name));
+        }
+        if metric.min.is_none() && metric.max.is_none() && metric.max_degradation_percent.is_none() {
+            problems.add(metric_field.clone(), "needs a threshold: min, max or maxDegradationPercent");
+        }
+        if let (Some(min), Some(max)) = (metric.min, metric.max) {
+            if min > max {
+                problems.add(format!("{metric_field}.min"), format!("{min} is above max {max}"));
+            }
+        }
+        match metric.metric_type {
+            AnalysisMetricType::Latency if metric.percentile.is_none() => {
+                problems.add(format!("{metric_field}.percentile"), "required for latency, e.g. 99");
+            }
+            AnalysisMetricType::Prometheus if metric.prometheus.is_none() => {
+                problems.add(format!("{metric_field}.prometheus"), "required for type prometheus");
+            }
+            AnalysisMetricType::SuccessRate => {
+                for (name, value) in [("min", metric.min), ("max", metric.max)] {
+                    if value.is_some_and(|v| !(0.0..=100.0).contains(&v)) {
+                        problems.add(format!("{metric_field}.{name}"), "a success rate is a percentage (0-100)");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn duration_field(problems: &mut Problems, field: &str, value: &str) {
+    if let Err(error) = parse_duration(value) {
+        problems.add(field, error.to_string());
+    }
+}
+
+fn pod_template(problems: &mut Problems, field: &str, template: &PodTemplateSpec) {
+    let Some(pod) = &template.spec else {
+        problems.add(format!("{field}.spec"), "required: the pod template needs a spec with containers");
+        return;
+    };
+    if pod.containers.is_empty() {
+        problems.add(format!("{field}.spec.containers"), "at least one container is required");
+    }
+    let mut names = BTreeSet::new();
+    for (index, container) in pod.containers.iter().enumerate() {
+        if container.name.is_empty() {
+            problems.add(format!("{field}.spec.containers[{index}].name"), "required");
+        } else if !names.insert(container.name.as_str()) {
+            problems.add(format!("{field}.spec.containers[{index}].name"), format!("duplicate container name {:?}", container.name));
+        }
+        if container.image.as_deref().unwrap_or_default().is_empty() {
+            problems.add(format!("{field}.spec.containers[{index}].image"), "required");
+        }
+    }
+}
+
+fn ports(problems: &mut Problems, ports: &[ServicePort]) {
+    let mut names = BTreeSet::new();
+    let mut numbers = BTreeSet::new();
+    for (index, port) in ports.iter().enumerate() {
+        if !names.insert(port.name.as_str()) {
+            problems.add(format!("spec.ports[{index}].name"), format!("duplicate port name {:?}", port.name));
+        }
+        if !numbers.insert((port.port, port.protocol)) {
+            problems.add(format!("spec.ports[{index}].port"), format!("duplicate port {}", port.port));
+        }
+    }
+}
+
+fn sidecars(problems: &mut Problems, sidecars: &[SidecarSpec], template: &PodTemplateSpec) {
+    let mut seen = BTreeSet::new();
+    let app_containers: BTreeSet<&str> = template
+        .spec
+        .iter()
+        .flat_map(|pod| pod.containers.iter().chain(pod.init_containers.iter().flatten()))
+        .map(|container| container.name.as_str())
+        .collect();
+    for (index, sidecar) in sidecars.iter().enumerate() {
+        if !seen.insert(sidecar.name) {
+            problems.add(format!("spec.sidecars[{index}].name"), format!("{} is attached twice", sidecar.name));
+        }
+        if app_containers.contains(sidecar.name.as_str()) {
+            problems.add(
+                format!("spec.sidecars[{index}].name"),
+                format!("the pod template already has a container named {}", sidecar.name),
+            );
+        }
+    }
+}
+
+fn session_affinity(problems: &mut Problems, affinity: &SessionAffinity) {
+    match affinity.source {
+        AffinitySource::Header | AffinitySource::Cookie if affinity.name.is_none() => {
+            problems.add("spec.sessionAffinity.name", "required when source is header or cookie");
+        }
+        AffinitySource::SourceIp if affinity.name.is_some() => {
+            problems.add("spec.sessionAffinity.name", "not allowed when source is sourceIP");
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn merged(mut base: Value, patch: Value) -> Value {
+        fn merge(target: &mut Value, patch: &Value) {
+            match (target, patch) {
+                (Value::Object(target), Value::Object(patch)) => {
+                    for (key, value) in patch {
+                        if value.is_null() {
+                            target.remove(key);
+                        } else {
+                            merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                        }
+                    }
+                }
+                (target, patch) => *target = patch.clone(),
+            }
+        }
+        merge(&mut base, &patch);
+        base
+    }
+
+    fn template() -> Value {
+        json!({"spec": {"containers": [{"name": "app", "image": "app:1"}]}})
+    }
+
+    fn rsvc(patch: Value) -> ReplicatedServiceSpec {
+        serde_json::from_value(merged(json!({"replicas": 2, "template": template()}), patch)).unwrap()
+    }
+
+    fn shsvc(patch: Value) -> ShardedServiceSpec {
+        serde_json::from_value(merged(json!({"shards": 3, "protocol": "redis", "port": 6379, "template": template()}), patch))
+            .unwrap()
+    }
+
+    fn asp(patch: Value) -> AutoscalingPolicySpec {
+        let base = json!({
+            "scaleTargetRef": {"kind": "ReplicatedService", "name": "web"},
+            "minReplicas": 1, "maxReplicas": 5,
+            "metrics": [{"type": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}]
+        });
+        serde_json::from_value(merged(base, patch)).unwrap()
+    }
+
+    fn rost(steps: Value, extra: Value) -> RolloutStrategySpec {
+        let canary = merged(json!({"steps": steps}), extra);
+        serde_json::from_value(json!({"strategy": {"canary": canary}})).unwrap()
+    }
+
+    fn fields(result: Result<(), InvalidSpec>) -> Vec<String> {
+        result.err().map(|InvalidSpec(errors)| errors.into_iter().map(|e| e.field).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn replicated_service_cases() {
+        let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+            ("valid", json!({}), vec![]),
+            ("no containers", json!({"template": {"spec": {"containers": []}}}), vec!["spec.template.spec.containers"]),
+            ("no pod spec", json!({"template": {"spec": null}}), vec!["spec.template.spec"]),
+            (
+                "duplicate containers",
+                json!({"template": {"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "a", "image": "y"}]}}}),
+                vec!["spec.template.spec.containers[1].name"],
+            ),
+            ("missing image", json!({"template": {"spec": {"containers": [{"name": "a"}]}}}), vec!["spec.template.spec.containers[0].image"]),
+            (
+                "duplicate ports",
+                json!({"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 80}]}),
+                vec!["spec.ports[1].name", "spec.ports[1].port"],
+            ),
+            ("header affinity without name", json!({"sessionAffinity": {"source": "header"}}), vec!["spec.sessionAffinity.name"]),
+            ("source ip with name", json!({"sessionAffinity": {"source": "sourceIP", "name": "x"}}), vec!["spec.sessionAffinity.name"]),
+            ("cookie affinity", json!({"sessionAffinity": {"source": "cookie", "name": "sid"}}), vec![]),
+            (
+                "sidecar twice",
+                json!({"sidecars": [{"name": "log-adapter"}, {"name": "log-adapter"}]}),
+                vec!["spec.sidecars[1].name"],
+            ),
+            (
+                "sidecar clashes with app container",
+                json!({"template": {"spec": {"containers": [{"name": "log-adapter", "image": "x"}]}}, "sidecars": [{"name": "log-adapter"}]}),
+                vec!["spec.sidecars[0].name"],
+            ),
+        ];
+        for (name, patch, expected) in cases {
+            assert_eq!(fields(replicated_service(&rsvc(patch))), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn sharded_service_cases() {
+        let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+            ("valid", json!({}), vec![]),
+            ("same hash tag characters", json!({"sharding": {"hashTag": "||"}}), vec!["spec.sharding.hashTag"]),
+            ("key range without ranges", json!({"sharding": {"function": "keyRange"}}), vec!["spec.sharding.keyRanges"]),
+            (
+                "key range to a missing shard",
+                json!({"sharding": {"function": "keyRange", "keyRanges": [{"shard": 3, "start": "a", "end": "m"}]}}),
+                vec!["spec.sharding.keyRanges[0].shard"],
+            ),
+            (
+                "inverted key range",
+                json!({"sharding": {"function": "keyRange", "keyRanges": [{"shard": 0, "start": "m", "end": "a"}]}}),
+                vec!["spec.sharding.keyRanges[0]"],
+            ),
+            ("ranges with ketama", json!({"sharding": {"keyRanges": [{"shard": 0}]}}), vec!["spec.sharding.keyRanges"]),
+            ("storage at root", json!({"storage": {"size": "1Gi", "mountPath": "/"}}), vec!["spec.storage.mountPath"]),
+        ];
+        for (name, patch, expected) in cases {
+            assert_eq!(fields(sharded_service(&shsvc(patch))), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn autoscaling_policy_cases() {
+        let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+            ("valid", json!({}), vec![]),
+            ("max below min", json!({"minReplicas": 5, "maxReplicas": 2}), vec!["spec.maxReplicas"]),
+            (
+                "utilization of request rate",
+                json!({"metrics": [{"type": "requestRate", "target": {"type": "Utilization", "averageUtilization": 50}}]}),
+                vec!["spec.metrics[0].target.type"],
+            ),
+            ("utilization without value", json!({"metrics": [{"type": "cpu", "target": {"type": "Utilization"}}]}), vec!["spec.metrics[0].target.averageUtilization"]),
+            ("average value missing", json!({"metrics": [{"type": "requestRate", "target": {"type": "AverageValue"}}]}), vec!["spec.metrics[0].target.averageValue"]),
+            ("latency without percentile", json!({"metrics": [{"type": "latency", "target": {"type": "Value", "value": "100"}}]}), vec!["spec.metrics[0].percentile"]),
+            ("percentile on cpu", json!({"metrics": [{"type": "cpu", "percentile": 99, "target": {"type": "Utilization", "averageUtilization": 50}}]}), vec!["spec.metrics[0].percentile"]),
+            ("prometheus without query", json!({"metrics": [{"type": "prometheus", "target": {"type": "Value", "value": "1"}}]}), vec!["spec.metrics[0].prometheus"]),
+            ("fallback out of range", json!({"fallback": {"replicas": 9}}), vec!["spec.fallback.replicas"]),
+        ];
+        for (name, patch, expected) in cases {
+            assert_eq!(fields(autoscaling_policy(&asp(patch))), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn rollout_strategy_cases() {
+        let ok_metric = json!({"name": "sr", "type": "successRate", "min": 99});
+        let cases: Vec<(&str, Value, Value, Vec<&str>)> = vec![
+            ("valid", json!([{"setWeight": 10}, {"pause": {"duration": "1m"}}]), json!({}), vec![]),
+            (
+                "analysis metric without threshold",
+                json!([{"analysis": {"metrics": [{"name": "sr", "type": "successRate"}]}}]),
+                json!({}),
+                vec!["spec.strategy.canary.steps[0].analysis.metrics[0]"],
+            ),
+            (
+                "min above max",
+                json!([{"analysis": {"metrics": [{"name": "l", "type": "latency", "percentile": 99, "min": 5, "max": 1}]}}]),
+                json!({}),
+                vec!["spec.strategy.canary.steps[0].analysis.metrics[0].min"],
+            ),
+            (
+                "latency without percentile",
+                json!([{"analysis": {"metrics": [{"name": "l", "type": "latency", "max": 100}]}}]),
+                json!({}),
+                vec!["spec.strategy.canary.steps[0].analysis.metrics[0].percentile"],
+            ),
+            (
+                "success rate above 100",
+                json!([{"analysis": {"metrics": [{"name": "sr", "type": "successRate", "min": 150}]}}]),
+                json!({}),
+                vec!["spec.strategy.canary.steps[0].analysis.metrics[0].min"],
+            ),
+            (
+                "duplicate metric names",
+                json!([{"analysis": {"metrics": [ok_metric.clone(), ok_metric.clone()]}}]),
+                json!({}),
+                vec!["spec.strategy.canary.steps[0].analysis.metrics[1].name"],
+            ),
+            (
+                "bad regex route",
+                json!([{"setWeight": 5}]),
+                json!({"routes": [{"name": "t", "match": {"header": {"name": "x", "regex": "(unclosed"}}}]}),
+                vec!["spec.strategy.canary.routes[0].match.header.regex"],
+            ),
+            (
+                "exact and regex",
+                json!([{"setWeight": 5}]),
+                json!({"routes": [{"name": "t", "match": {"cookie": {"name": "x", "exact": "a", "regex": "a"}}}]}),
+                vec!["spec.strategy.canary.routes[0].match.cookie"],
+            ),
+            (
+                "duplicate routes",
+                json!([{"setWeight": 5}]),
+                json!({"routes": [{"name": "t", "match": {"header": {"name": "x"}}}, {"name": "t", "match": {"header": {"name": "y"}}}]}),
+                vec!["spec.strategy.canary.routes[1].name"],
+            ),
+            (
+                "background analysis checked too",
+                json!([{"setWeight": 5}]),
+                json!({"analysis": {"interval": "10x", "metrics": [ok_metric]}}),
+                vec!["spec.strategy.canary.analysis.interval"],
+            ),
+        ];
+        for (name, steps, extra, expected) in cases {
+            assert_eq!(fields(rollout_strategy(&rost(steps, extra))), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_error_message_lists_every_problem_with_its_field() {
+        let error = replicated_service(&rsvc(json!({
+            "template": {"spec": {"containers": []}},
+            "sessionAffinity": {"source": "cookie"}
+        })))
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "spec.template.spec.containers: at least one container is required; \
+             spec.sessionAffinity.name: required when source is header or cookie"
+        );
+    }
+}
