@@ -227,3 +227,43 @@ pub struct ShardStatus {
     /// Replicas of the shard that are ready.
     pub ready_replicas: i32,
 }
+
+/// The shard map the operator writes (ConfigMap `<service>-shard-map`, key `shard-map.json`) and
+/// the sharding ambassador reads: everything needed to route a key to a shard's endpoints.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardMap {
+    /// Protocol spoken to the shards.
+    pub protocol: ShardProtocol,
+    /// Key-to-shard function.
+    pub function: ShardingFunction,
+    /// Key hash.
+    pub hash: KeyHash,
+    /// Points per shard on a ketama ring.
+    pub virtual_nodes: u32,
+    /// Hash tag delimiters, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_tag: Option<String>,
+    /// With protocol `http`: header carrying the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_header: Option<String>,
+    /// The shards in index order. Ring positions depend on shard names only, so adding a shard
+    /// moves only the keys the new shard takes over.
+    pub shards: Vec<ShardEndpoints>,
+    /// With `keyRange`: the ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_ranges: Vec<KeyRange>,
+}
+
+/// One shard in a shard map.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardEndpoints {
+    /// Shard name, the node name on the hash ring.
+    pub name: String,
+    /// `host:port` of every replica; the first is the primary.
+    pub endpoints: Vec<String>,
+}
+
+/// Key of the shard map inside its ConfigMap.
+pub const SHARD_MAP_KEY: &str = "shard-map.json";

@@ -5,4 +5,9 @@
 //! fixtures.
 
 pub mod conditions;
+pub mod labels;
+pub mod owner;
+pub mod replicated;
+pub mod sharded;
+pub mod subset;
 pub mod validate;

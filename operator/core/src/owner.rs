@@ -1,0 +1,37 @@
+//! What the builders need to know about the owning resource.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+
+/// Why desired objects could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error("object has no {0} (not read from the API server?)")]
+    MissingMetadata(&'static str),
+    #[error("serializing {what}: {message}")]
+    Serialize { what: &'static str, message: String },
+}
+
+/// Name, namespace and controller owner reference of an owner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    pub name: String,
+    pub namespace: String,
+    pub reference: OwnerReference,
+}
+
+impl Owner {
+    /// Reads them from an object as served by the API server.
+    pub fn of<K: Resource<DynamicType = ()>>(object: &K) -> Result<Owner, BuildError> {
+        let namespace = object.namespace().ok_or(BuildError::MissingMetadata("namespace"))?;
+        let reference = object.controller_owner_ref(&()).ok_or(BuildError::MissingMetadata("uid"))?;
+        Ok(Owner { name: object.name_any(), namespace, reference })
+    }
+}
+
+/// A short stable hash of any serializable value (hex of FNV-1a 64 over its JSON).
+pub fn content_hash<T: serde::Serialize>(value: &T) -> Result<String, BuildError> {
+    let json = serde_json::to_vec(value)
+        .map_err(|error| BuildError::Serialize { what: "content hash", message: error.to_string() })?;
+    Ok(format!("{:016x}", outrigger_hashring::fnv1a64(&json)))
+}

@@ -1,0 +1,430 @@
+//! Desired children of a ReplicatedService, and its status from what was observed. Pure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec},
+        core::v1::{
+            ConfigMap, HTTPGetAction, PodTemplateSpec, Probe, Service, ServicePort as CoreServicePort, ServiceSpec,
+            TCPSocketAction,
+        },
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use outrigger_api::{
+    common::{condition_type, PortProtocol, SessionAffinity, SidecarSpec},
+    replicated::Readiness,
+    ReplicatedService,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::{
+    conditions::DesiredCondition,
+    labels,
+    owner::{content_hash, BuildError, Owner},
+};
+
+/// Key of the sidecar configuration inside the service's ConfigMap.
+pub const SIDECAR_CONFIG_KEY: &str = "sidecars.json";
+
+/// Which PodDisruptionBudget API the cluster serves (discovered by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PdbApi {
+    PolicyV1,
+    PolicyV1beta1,
+    None,
+}
+
+/// Everything a ReplicatedService should own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    pub deployments: Vec<Deployment>,
+    pub service: Service,
+    pub config_map: ConfigMap,
+    /// As JSON, because its API version depends on the cluster.
+    pub pod_disruption_budget: Option<Value>,
+    /// Label selector of all replicas, for status and the scale subresource.
+    pub selector: String,
+}
+
+/// Name of the ConfigMap the sidecars of a service watch.
+pub fn config_map_name(service: &str) -> String {
+    format!("{service}-outrigger")
+}
+
+/// Builds the desired children.
+pub fn build(rsvc: &ReplicatedService, pdb_api: PdbApi) -> Result<Children, BuildError> {
+    let owner = Owner::of(rsvc)?;
+    let spec = &rsvc.spec;
+    let owner_labels = labels::owned_by(labels::REPLICATED_SERVICE, &owner.name);
+    let pod_selector = BTreeMap::from([(labels::REPLICATED_SERVICE.to_owned(), owner.name.clone())]);
+
+    let stable = deployment(&owner, &owner_labels, "stable", &owner.name, spec.replicas, &spec.template, spec.readiness.as_ref())?;
+
+    let service = service(&owner, &owner_labels, &pod_selector, spec);
+    let config_map = ConfigMap {
+        metadata: child_meta(&owner, &config_map_name(&owner.name), &owner_labels),
+        data: Some(BTreeMap::from([(
+            SIDECAR_CONFIG_KEY.to_owned(),
+            sidecar_config_json(&owner, spec.session_affinity.as_ref(), &spec.sidecars)?,
+        )])),
+        ..ConfigMap::default()
+    };
+    let pod_disruption_budget = match pdb_api {
+        PdbApi::None => None,
+        api => Some(json!({
+            "apiVersion": if api == PdbApi::PolicyV1 { "policy/v1" } else { "policy/v1beta1" },
+            "kind": "PodDisruptionBudget",
+            "metadata": child_meta(&owner, &owner.name, &owner_labels),
+            "spec": {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": pod_selector},
+            },
+        })),
+    };
+    Ok(Children {
+        deployments: vec![stable],
+        service,
+        config_map,
+        pod_disruption_budget,
+        selector: labels::selector_string(&pod_selector),
+    })
+}
+
+fn child_meta(owner: &Owner, name: &str, labels: &BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(owner.namespace.clone()),
+        labels: Some(labels.clone()),
+        owner_references: Some(vec![owner.reference.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+fn deployment(
+    owner: &Owner,
+    owner_labels: &BTreeMap<String, String>,
+    track: &str,
+    name: &str,
+    replicas: i32,
+    template: &PodTemplateSpec,
+    readiness: Option<&Readiness>,
+) -> Result<Deployment, BuildError> {
+    let template_hash = content_hash(template)?;
+    let selector = BTreeMap::from([
+        (labels::REPLICATED_SERVICE.to_owned(), owner.name.clone()),
+        (labels::TRACK.to_owned(), track.to_owned()),
+    ]);
+    let mut template = template.clone();
+    let metadata = template.metadata.get_or_insert_with(ObjectMeta::default);
+    let pod_labels = metadata.labels.get_or_insert_with(BTreeMap::new);
+    pod_labels.extend(owner_labels.clone());
+    pod_labels.extend(selector.clone());
+    if let (Some(readiness), Some(pod)) = (readiness, template.spec.as_mut()) {
+        if let Some(first) = pod.containers.first_mut() {
+            if first.readiness_probe.is_none() {
+                first.readiness_probe = Some(probe(readiness));
+            }
+        }
+    }
+    let mut deployment_labels = owner_labels.clone();
+    deployment_labels.insert(labels::TRACK.to_owned(), track.to_owned());
+    deployment_labels.insert(labels::TEMPLATE_HASH.to_owned(), template_hash);
+    Ok(Deployment {
+        metadata: child_meta(owner, name, &deployment_labels),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
+            template,
+            min_ready_seconds: readiness.map(|r| r.min_ready_seconds).filter(|seconds| *seconds > 0),
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    })
+}
+
+fn probe(readiness: &Readiness) -> Probe {
+    let port = IntOrString::Int(readiness.port);
+    let (http_get, tcp_socket) = match &readiness.http_path {
+        Some(path) => (Some(HTTPGetAction { path: Some(path.clone()), port, ..HTTPGetAction::default() }), None),
+        None => (None, Some(TCPSocketAction { port, ..TCPSocketAction::default() })),
+    };
+    Probe {
+        http_get,
+        tcp_socket,
+        period_seconds: Some(readiness.period_seconds),
+        failure_threshold: Some(readiness.failure_threshold),
+        ..Probe::default()
+    }
+}
+
+fn service(
+    owner: &Owner,
+    owner_labels: &BTreeMap<String, String>,
+    pod_selector: &BTreeMap<String, String>,
+    spec: &outrigger_api::ReplicatedServiceSpec,
+) -> Service {
+    let ports: Vec<CoreServicePort> = spec
+        .ports
+        .iter()
+        .map(|port| CoreServicePort {
+            name: Some(port.name.clone()),
+            port: port.port,
+            target_port: Some(IntOrString::Int(port.target_port.unwrap_or(port.port))),
+            protocol: Some(match port.protocol {
+                PortProtocol::Tcp => "TCP",
+                PortProtocol::Udp => "UDP",
+            }
+            .to_owned()),
+            ..CoreServicePort::default()
+        })
+        .collect();
+    // A Service without ports must be headless; it still gives the replicas DNS names.
+    let cluster_ip = ports.is_empty().then(|| "None".to_owned());
+    Service {
+        metadata: child_meta(owner, &owner.name, owner_labels),
+        spec: Some(ServiceSpec {
+            selector: Some(pod_selector.clone()),
+            ports: (!ports.is_empty()).then_some(ports),
+            cluster_ip,
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The configuration the sidecars of a ReplicatedService read from its ConfigMap.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SidecarConfig<'a> {
+    service: &'a str,
+    namespace: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_affinity: Option<&'a SessionAffinity>,
+    sidecars: BTreeMap<&'a str, &'a BTreeMap<String, String>>,
+    tracks: BTreeMap<&'a str, TrackConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+struct TrackConfig {
+    weight: i32,
+}
+
+fn sidecar_config_json(
+    owner: &Owner,
+    affinity: Option<&SessionAffinity>,
+    sidecars: &[SidecarSpec],
+) -> Result<String, BuildError> {
+    let config = SidecarConfig {
+        service: &owner.name,
+        namespace: &owner.namespace,
+        session_affinity: affinity,
+        sidecars: sidecars.iter().map(|s| (s.name.as_str(), &s.settings)).collect(),
+        tracks: BTreeMap::from([("stable", TrackConfig { weight: 100 })]),
+    };
+    serde_json::to_string_pretty(&config)
+        .map_err(|error| BuildError::Serialize { what: "sidecar config", message: error.to_string() })
+}
+
+/// Replica counts observed on the Deployments of a service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObservedReplicas {
+    pub replicas: i32,
+    pub ready: i32,
+    pub updated: i32,
+    pub available: i32,
+    /// Every Deployment's controller has seen its latest spec.
+    pub all_observed: bool,
+}
+
+/// Sums what the Deployments report.
+pub fn observe(deployments: &[Deployment]) -> ObservedReplicas {
+    let mut observed = ObservedReplicas { all_observed: true, ..ObservedReplicas::default() };
+    for deployment in deployments {
+        let status = deployment.status.clone().unwrap_or_default();
+        observed.replicas += status.replicas.unwrap_or(0);
+        observed.ready += status.ready_replicas.unwrap_or(0);
+        observed.updated += status.updated_replicas.unwrap_or(0);
+        observed.available += status.available_replicas.unwrap_or(0);
+        observed.all_observed &= status.observed_generation >= deployment.metadata.generation;
+    }
+    observed
+}
+
+/// The conditions of a valid ReplicatedService given what its Deployments report.
+pub fn conditions(desired_replicas: i32, observed: &ObservedReplicas) -> Vec<DesiredCondition> {
+    let settled = observed.all_observed
+        && observed.updated >= desired_replicas
+        && observed.replicas == desired_replicas;
+    let ready = observed.ready >= desired_replicas && observed.available >= desired_replicas;
+    let (ready_reason, ready_message) = if desired_replicas == 0 {
+        ("ScaledToZero", "no replicas requested".to_owned())
+    } else if ready {
+        ("Available", format!("{} of {desired_replicas} replicas ready", observed.ready))
+    } else {
+        ("ReplicasNotReady", format!("{} of {desired_replicas} replicas ready", observed.ready))
+    };
+    vec![
+        DesiredCondition::new(condition_type::READY, ready, ready_reason, ready_message),
+        if settled {
+            DesiredCondition::new(condition_type::PROGRESSING, false, "Settled", "all replicas run the current template")
+        } else {
+            DesiredCondition::new(
+                condition_type::PROGRESSING,
+                true,
+                "Updating",
+                format!("{} of {desired_replicas} replicas updated", observed.updated.min(desired_replicas)),
+            )
+        },
+        DesiredCondition::new(condition_type::DEGRADED, false, "Reconciled", "children match the spec"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::DeploymentStatus;
+    use serde_json::json;
+
+    use super::*;
+
+    fn rsvc(spec: Value) -> ReplicatedService {
+        serde_json::from_value(json!({
+            "apiVersion": "outrigger.dev/v1alpha1",
+            "kind": "ReplicatedService",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn base_spec() -> Value {
+        json!({
+            "replicas": 3,
+            "template": {"metadata": {"labels": {"team": "a"}}, "spec": {"containers": [{"name": "app", "image": "app:1"}]}},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+        })
+    }
+
+    #[test]
+    fn builds_a_deployment_service_and_config_map_owned_by_the_service() {
+        let children = build(&rsvc(base_spec()), PdbApi::PolicyV1beta1).unwrap();
+        let deployment = &children.deployments[0];
+        assert_eq!(deployment.metadata.name.as_deref(), Some("web"));
+        assert_eq!(deployment.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(deployment.metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
+        assert_eq!(deployment.metadata.owner_references.as_ref().unwrap()[0].controller, Some(true));
+        let spec = deployment.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let pod_labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(pod_labels["team"], "a", "user labels are kept");
+        assert_eq!(pod_labels[labels::REPLICATED_SERVICE], "web");
+        assert_eq!(pod_labels[labels::TRACK], "stable");
+        for (key, value) in spec.selector.match_labels.as_ref().unwrap() {
+            assert_eq!(&pod_labels[key], value, "selector must match the pod labels");
+        }
+
+        let service = children.service.spec.as_ref().unwrap();
+        assert_eq!(service.selector.as_ref().unwrap()[labels::REPLICATED_SERVICE], "web");
+        let port = &service.ports.as_ref().unwrap()[0];
+        assert_eq!((port.port, port.target_port.clone()), (80, Some(IntOrString::Int(8080))));
+
+        assert_eq!(children.config_map.metadata.name.as_deref(), Some("web-outrigger"));
+        let config: Value = serde_json::from_str(&children.config_map.data.as_ref().unwrap()[SIDECAR_CONFIG_KEY]).unwrap();
+        assert_eq!(config["tracks"]["stable"]["weight"], 100);
+        assert_eq!(children.selector, "outrigger.dev/replicatedservice=web");
+        assert_eq!(children.pod_disruption_budget.unwrap()["apiVersion"], "policy/v1beta1");
+    }
+
+    #[test]
+    fn replica_change_touches_only_the_deployment_replicas() {
+        let before = build(&rsvc(base_spec()), PdbApi::None).unwrap();
+        let mut spec = base_spec();
+        spec["replicas"] = json!(5);
+        let after = build(&rsvc(spec), PdbApi::None).unwrap();
+        assert_eq!(after.deployments[0].spec.as_ref().unwrap().replicas, Some(5));
+        assert_eq!(before.service, after.service);
+        assert_eq!(before.config_map, after.config_map);
+        assert_eq!(before.deployments[0].metadata, after.deployments[0].metadata, "template hash unchanged");
+    }
+
+    #[test]
+    fn template_change_changes_the_template_hash() {
+        let before = build(&rsvc(base_spec()), PdbApi::None).unwrap();
+        let mut spec = base_spec();
+        spec["template"]["spec"]["containers"][0]["image"] = json!("app:2");
+        let after = build(&rsvc(spec), PdbApi::None).unwrap();
+        let hash = |c: &Children| c.deployments[0].metadata.labels.as_ref().unwrap()[labels::TEMPLATE_HASH].clone();
+        assert_ne!(hash(&before), hash(&after));
+    }
+
+    #[test]
+    fn readiness_becomes_a_probe_only_when_the_container_has_none() {
+        let mut spec = base_spec();
+        spec["readiness"] = json!({"httpPath": "/ready", "port": 8080, "minReadySeconds": 5});
+        let children = build(&rsvc(spec.clone()), PdbApi::None).unwrap();
+        let deployment = children.deployments[0].spec.as_ref().unwrap();
+        let probe = deployment.template.spec.as_ref().unwrap().containers[0].readiness_probe.as_ref().unwrap();
+        assert_eq!(probe.http_get.as_ref().unwrap().path.as_deref(), Some("/ready"));
+        assert_eq!(deployment.min_ready_seconds, Some(5));
+
+        spec["template"]["spec"]["containers"][0]["readinessProbe"] = json!({"exec": {"command": ["true"]}});
+        let children = build(&rsvc(spec), PdbApi::None).unwrap();
+        let probe = children.deployments[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+            .readiness_probe
+            .clone()
+            .unwrap();
+        assert!(probe.exec.is_some() && probe.http_get.is_none());
+    }
+
+    #[test]
+    fn no_ports_gives_a_headless_service() {
+        let mut spec = base_spec();
+        spec["ports"] = json!([]);
+        let service = build(&rsvc(spec), PdbApi::None).unwrap().service.spec.unwrap();
+        assert_eq!(service.cluster_ip.as_deref(), Some("None"));
+        assert!(service.ports.is_none());
+    }
+
+    #[test]
+    fn an_object_without_uid_cannot_own_children() {
+        let mut object = rsvc(base_spec());
+        object.metadata.uid = None;
+        assert_eq!(build(&object, PdbApi::None).unwrap_err(), BuildError::MissingMetadata("uid"));
+    }
+
+    fn observed_deployment(generation: i64, observed: i64, replicas: i32, ready: i32, updated: i32) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta { generation: Some(generation), ..ObjectMeta::default() },
+            spec: None,
+            status: Some(DeploymentStatus {
+                observed_generation: Some(observed),
+                replicas: Some(replicas),
+                ready_replicas: Some(ready),
+                updated_replicas: Some(updated),
+                available_replicas: Some(ready),
+                ..DeploymentStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn status_cases() {
+        let cases = [
+            ("all ready", observed_deployment(2, 2, 3, 3, 3), 3, (true, false)),
+            ("starting", observed_deployment(1, 1, 3, 1, 3), 3, (false, false)),
+            ("rolling", observed_deployment(3, 3, 4, 3, 1), 3, (true, true)),
+            ("not yet observed", observed_deployment(3, 2, 3, 3, 3), 3, (true, true)),
+            ("scaled to zero", observed_deployment(1, 1, 0, 0, 0), 0, (true, false)),
+        ];
+        for (name, deployment, desired, (ready, progressing)) in cases {
+            let conditions = conditions(desired, &observe(&[deployment]));
+            assert_eq!(conditions[0].status, ready, "{name} ready");
+            assert_eq!(conditions[1].status, progressing, "{name} progressing");
+        }
+    }
+}
