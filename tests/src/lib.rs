@@ -22,7 +22,8 @@ use serde_json::Value;
 
 /// Directory `hack/cluster.sh` keeps its state in.
 pub fn cluster_run_dir() -> PathBuf {
-    std::env::var_os("OUTRIGGER_CLUSTER_RUN").map_or_else(|| PathBuf::from("/tmp/outrigger-cluster"), PathBuf::from)
+    std::env::var_os("OUTRIGGER_CLUSTER_RUN")
+        .map_or_else(|| PathBuf::from("/tmp/outrigger-cluster"), PathBuf::from)
 }
 
 /// The repository root.
@@ -68,7 +69,11 @@ pub fn kubectl() -> Command {
 pub fn kubectl_ok(args: &[&str]) -> anyhow::Result<String> {
     let output = kubectl().args(args).output().context("running kubectl")?;
     if !output.status.success() {
-        bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -83,7 +88,11 @@ pub fn kubectl_stdin(args: &[&str], stdin: &str) -> anyhow::Result<Output> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .context("spawning kubectl")?;
-    child.stdin.take().context("kubectl stdin")?.write_all(stdin.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("kubectl stdin")?
+        .write_all(stdin.as_bytes())?;
     Ok(child.wait_with_output()?)
 }
 
@@ -115,7 +124,13 @@ pub fn ensure_crds() -> anyhow::Result<()> {
             let crds = crds.to_string_lossy();
             kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &crds])
                 .and_then(|_| {
-                    kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "-f", &crds])
+                    kubectl_ok(&[
+                        "wait",
+                        "--for=condition=Established",
+                        "--timeout=60s",
+                        "-f",
+                        &crds,
+                    ])
                 })
                 .map(drop)
                 .map_err(|error| format!("{error:#}\n{}", cluster_missing_message()))
@@ -133,7 +148,11 @@ impl TestNamespace {
     /// Creates `<prefix>-<pid>-<n>`.
     pub fn create(prefix: &str) -> anyhow::Result<TestNamespace> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         kubectl_ok(&["create", "namespace", &name]).with_context(cluster_missing_message)?;
         Ok(TestNamespace { name })
     }
@@ -142,7 +161,9 @@ impl TestNamespace {
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         if std::env::var_os("OUTRIGGER_KEEP_NAMESPACES").is_none() {
-            let _ = kubectl().args(["delete", "namespace", &self.name, "--wait=false"]).output();
+            let _ = kubectl()
+                .args(["delete", "namespace", &self.name, "--wait=false"])
+                .output();
         }
     }
 }
@@ -201,7 +222,10 @@ mod tests {
     #[test]
     fn merge_patch_merges_objects_deletes_nulls_and_replaces_arrays() {
         let mut doc = json!({"a": {"b": 1, "c": 2}, "list": [1, 2], "gone": true});
-        merge_patch(&mut doc, &json!({"a": {"b": 5}, "list": [3], "gone": null, "new": "x"}));
+        merge_patch(
+            &mut doc,
+            &json!({"a": {"b": 5}, "list": [3], "gone": null, "new": "x"}),
+        );
         assert_eq!(doc, json!({"a": {"b": 5, "c": 2}, "list": [3], "new": "x"}));
     }
 }

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // integration tests fail by panicking
+
 //! The CRDs on a real API server: valid objects are accepted (with defaults filled in), invalid ones
 //! are rejected with a message naming the field, `kubectl explain`, `get` and `scale` work.
 
@@ -45,7 +47,12 @@ async fn create(namespace: &str, object: &Value) -> Result<DynamicObject, kube::
 async fn every_example_is_accepted_and_defaults_are_filled_in() {
     ensure_crds().unwrap();
     let namespace = TestNamespace::create("crd-valid").unwrap();
-    for kind in ["ReplicatedService", "ShardedService", "AutoscalingPolicy", "RolloutStrategy"] {
+    for kind in [
+        "ReplicatedService",
+        "ShardedService",
+        "AutoscalingPolicy",
+        "RolloutStrategy",
+    ] {
         let object = example(example_file(kind)).unwrap();
         let created = create(&namespace.name, &object)
             .await
@@ -55,7 +62,10 @@ async fn every_example_is_accepted_and_defaults_are_filled_in() {
             "ReplicatedService" => assert_eq!(spec["sessionAffinity"]["virtualNodes"], json!(160)),
             "ShardedService" => assert_eq!(spec["sharding"]["virtualNodes"], json!(160)),
             "AutoscalingPolicy" => {
-                assert_eq!(spec["scaleTargetRef"]["apiVersion"], json!("outrigger.dev/v1alpha1"));
+                assert_eq!(
+                    spec["scaleTargetRef"]["apiVersion"],
+                    json!("outrigger.dev/v1alpha1")
+                );
                 assert_eq!(spec["behavior"]["scaleDown"]["selectPolicy"], json!("Max"));
             }
             "RolloutStrategy" => {
@@ -93,7 +103,11 @@ fn invalid_objects() -> Vec<Invalid> {
             patch: json!({"spec": {"replicas": "three"}}),
             expected: &["spec.replicas", "must be of type integer"],
         },
-        Invalid { kind: rsvc, patch: json!({"spec": {"template": null}}), expected: &["spec.template", "Required"] },
+        Invalid {
+            kind: rsvc,
+            patch: json!({"spec": {"template": null}}),
+            expected: &["spec.template", "Required"],
+        },
         Invalid {
             kind: rsvc,
             patch: json!({"spec": {"ports": [{"name": "http", "port": 70000}]}}),
@@ -129,7 +143,11 @@ fn invalid_objects() -> Vec<Invalid> {
             patch: json!({"spec": {"rolloutStrategyRef": {"name": ""}}}),
             expected: &["spec.rolloutStrategyRef.name"],
         },
-        Invalid { kind: shsvc, patch: json!({"spec": {"shards": 0}}), expected: &["spec.shards", "greater than or equal to 1"] },
+        Invalid {
+            kind: shsvc,
+            patch: json!({"spec": {"shards": 0}}),
+            expected: &["spec.shards", "greater than or equal to 1"],
+        },
         Invalid {
             kind: shsvc,
             patch: json!({"spec": {"protocol": "memcache"}}),
@@ -155,7 +173,11 @@ fn invalid_objects() -> Vec<Invalid> {
             patch: json!({"spec": {"storage": {"size": "lots", "mountPath": "/data"}}}),
             expected: &["spec.storage.size"],
         },
-        Invalid { kind: asp, patch: json!({"spec": {"metrics": []}}), expected: &["spec.metrics", "at least 1 items"] },
+        Invalid {
+            kind: asp,
+            patch: json!({"spec": {"metrics": []}}),
+            expected: &["spec.metrics", "at least 1 items"],
+        },
         Invalid {
             kind: asp,
             patch: json!({"spec": {"maxReplicas": 0}}),
@@ -174,7 +196,10 @@ fn invalid_objects() -> Vec<Invalid> {
         Invalid {
             kind: asp,
             patch: json!({"spec": {"behavior": {"scaleUp": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": 5000}]}}}}),
-            expected: &["spec.behavior.scaleUp.policies.periodSeconds", "less than or equal to 1800"],
+            expected: &[
+                "spec.behavior.scaleUp.policies.periodSeconds",
+                "less than or equal to 1800",
+            ],
         },
         Invalid {
             kind: rost,
@@ -184,12 +209,18 @@ fn invalid_objects() -> Vec<Invalid> {
         Invalid {
             kind: rost,
             patch: json!({"spec": {"strategy": {"canary": {"steps": [{"setWeight": 150}]}}}}),
-            expected: &["spec.strategy.canary.steps.setWeight", "less than or equal to 100"],
+            expected: &[
+                "spec.strategy.canary.steps.setWeight",
+                "less than or equal to 100",
+            ],
         },
         Invalid {
             kind: rost,
             patch: json!({"spec": {"strategy": {"canary": {"steps": [{"setWeight": -5}]}}}}),
-            expected: &["spec.strategy.canary.steps.setWeight", "greater than or equal to 0"],
+            expected: &[
+                "spec.strategy.canary.steps.setWeight",
+                "greater than or equal to 0",
+            ],
         },
         Invalid {
             kind: rost,
@@ -209,7 +240,10 @@ fn invalid_objects() -> Vec<Invalid> {
         Invalid {
             kind: rost,
             patch: json!({"spec": {"strategy": {"canary": {"steps": [{"analysis": {"metrics": [{"name": "x", "type": "vibes"}]}}]}}}}),
-            expected: &["spec.strategy.canary.steps.analysis.metrics.type", "Unsupported value"],
+            expected: &[
+                "spec.strategy.canary.steps.analysis.metrics.type",
+                "Unsupported value",
+            ],
         },
     ]
 }
@@ -226,9 +260,16 @@ async fn invalid_objects_are_rejected_with_a_message_naming_the_field() {
         object["metadata"]["name"] = json!(format!("invalid-{index}"));
         merge_patch(&mut object, &case.patch);
         match create(&namespace.name, &object).await {
-            Ok(_) => failures.push(format!("case {index} ({} {}) was accepted", case.kind, case.patch)),
+            Ok(_) => failures.push(format!(
+                "case {index} ({} {}) was accepted",
+                case.kind, case.patch
+            )),
             Err(kube::Error::Api(status)) => {
-                let missing: Vec<_> = case.expected.iter().filter(|text| !status.message.contains(*text)).collect();
+                let missing: Vec<_> = case
+                    .expected
+                    .iter()
+                    .filter(|text| !status.message.contains(*text))
+                    .collect();
                 if status.code != 422 || !missing.is_empty() {
                     failures.push(format!(
                         "case {index} ({}): code {} message {:?} lacks {missing:?}",
@@ -257,10 +298,14 @@ async fn kubectl_explain_shows_the_field_descriptions() {
     ];
     for (field, text) in expectations {
         // The API server republishes its OpenAPI document a few seconds after CRDs change.
-        eventually(&format!("kubectl explain {field}"), Duration::from_secs(60), || async move {
-            let output = kubectl_ok(&["explain", field])?;
-            Ok(output.contains(text).then_some(()))
-        })
+        eventually(
+            &format!("kubectl explain {field}"),
+            Duration::from_secs(60),
+            || async move {
+                let output = kubectl_ok(&["explain", field])?;
+                Ok(output.contains(text).then_some(()))
+            },
+        )
         .await
         .unwrap();
     }
@@ -270,14 +315,26 @@ async fn kubectl_explain_shows_the_field_descriptions() {
 async fn kubectl_get_by_short_name_shows_the_columns_and_scale_works() {
     ensure_crds().unwrap();
     let namespace = TestNamespace::create("crd-columns").unwrap();
-    create(&namespace.name, &example("replicatedservice.yaml").unwrap()).await.unwrap();
-    create(&namespace.name, &example("shardedservice.yaml").unwrap()).await.unwrap();
-    create(&namespace.name, &example("autoscalingpolicy.yaml").unwrap()).await.unwrap();
-    create(&namespace.name, &example("rolloutstrategy.yaml").unwrap()).await.unwrap();
+    create(&namespace.name, &example("replicatedservice.yaml").unwrap())
+        .await
+        .unwrap();
+    create(&namespace.name, &example("shardedservice.yaml").unwrap())
+        .await
+        .unwrap();
+    create(&namespace.name, &example("autoscalingpolicy.yaml").unwrap())
+        .await
+        .unwrap();
+    create(&namespace.name, &example("rolloutstrategy.yaml").unwrap())
+        .await
+        .unwrap();
 
     let rsvc = kubectl_ok(&["get", "rsvc", "-n", &namespace.name]).unwrap();
     let header: Vec<&str> = rsvc.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "DESIRED", "READY", "STATUS", "ROLLOUT", "CANARY%", "AGE"], "{rsvc}");
+    assert_eq!(
+        header,
+        ["NAME", "DESIRED", "READY", "STATUS", "ROLLOUT", "CANARY%", "AGE"],
+        "{rsvc}"
+    );
     assert!(rsvc.lines().nth(1).unwrap().starts_with("web "), "{rsvc}");
 
     let shsvc = kubectl_ok(&["get", "shsvc", "-n", &namespace.name]).unwrap();
@@ -288,12 +345,34 @@ async fn kubectl_get_by_short_name_shows_the_columns_and_scale_works() {
     let rost = kubectl_ok(&["get", "rost", "-n", &namespace.name]).unwrap();
     assert!(rost.contains("progressive"), "{rost}");
     let all = kubectl_ok(&["get", "outrigger", "-n", &namespace.name, "-o", "name"]).unwrap();
-    assert_eq!(all.lines().count(), 4, "the `outrigger` category lists every kind: {all}");
+    assert_eq!(
+        all.lines().count(),
+        4,
+        "the `outrigger` category lists every kind: {all}"
+    );
 
     kubectl_ok(&["scale", "rsvc", "web", "--replicas=5", "-n", &namespace.name]).unwrap();
-    let replicas = kubectl_ok(&["get", "rsvc", "web", "-n", &namespace.name, "-o", "jsonpath={.spec.replicas}"]).unwrap();
+    let replicas = kubectl_ok(&[
+        "get",
+        "rsvc",
+        "web",
+        "-n",
+        &namespace.name,
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ])
+    .unwrap();
     assert_eq!(replicas, "5");
     kubectl_ok(&["scale", "shsvc", "cache", "--replicas=4", "-n", &namespace.name]).unwrap();
-    let shards = kubectl_ok(&["get", "shsvc", "cache", "-n", &namespace.name, "-o", "jsonpath={.spec.shards}"]).unwrap();
+    let shards = kubectl_ok(&[
+        "get",
+        "shsvc",
+        "cache",
+        "-n",
+        &namespace.name,
+        "-o",
+        "jsonpath={.spec.shards}",
+    ])
+    .unwrap();
     assert_eq!(shards, "4");
 }

@@ -19,11 +19,36 @@ use crate::common::Condition;
     shortname = "asp",
     category = "outrigger",
     status = "AutoscalingPolicyStatus",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.scaleTargetRef.name", description = "Scaled object"),
-    printcolumn(name = "Min", type_ = "integer", json_path = ".spec.minReplicas", description = "Minimum replicas"),
-    printcolumn(name = "Max", type_ = "integer", json_path = ".spec.maxReplicas", description = "Maximum replicas"),
-    printcolumn(name = "Current", type_ = "integer", json_path = ".status.currentReplicas", description = "Current replicas"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredReplicas", description = "Desired replicas"),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.scaleTargetRef.name",
+        description = "Scaled object"
+    ),
+    printcolumn(
+        name = "Min",
+        type_ = "integer",
+        json_path = ".spec.minReplicas",
+        description = "Minimum replicas"
+    ),
+    printcolumn(
+        name = "Max",
+        type_ = "integer",
+        json_path = ".spec.maxReplicas",
+        description = "Maximum replicas"
+    ),
+    printcolumn(
+        name = "Current",
+        type_ = "integer",
+        json_path = ".status.currentReplicas",
+        description = "Current replicas"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas",
+        description = "Desired replicas"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -165,7 +190,11 @@ pub struct ScalingBehavior {
 
 impl Default for ScalingBehavior {
     fn default() -> Self {
-        ScalingBehavior { tolerance_percent: default_tolerance_percent(), scale_up: None, scale_down: None }
+        ScalingBehavior {
+            tolerance_percent: default_tolerance_percent(),
+            scale_up: None,
+            scale_down: None,
+        }
     }
 }
 

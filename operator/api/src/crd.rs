@@ -9,11 +9,19 @@ use crate::{AutoscalingPolicy, ReplicatedService, RolloutStrategy, ShardedServic
 
 /// Every CRD of the `outrigger.dev` group, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    let mut crds =
-        vec![ReplicatedService::crd(), ShardedService::crd(), AutoscalingPolicy::crd(), RolloutStrategy::crd()];
+    let mut crds = vec![
+        ReplicatedService::crd(),
+        ShardedService::crd(),
+        AutoscalingPolicy::crd(),
+        RolloutStrategy::crd(),
+    ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
-            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
                 drop_nullable(schema);
             }
         }
@@ -35,14 +43,22 @@ fn drop_nullable(schema: &mut JSONSchemaProps) {
             JSONSchemaPropsOrArray::Schema(schema) => Some(schema.as_mut()),
             JSONSchemaPropsOrArray::Schemas(_) => None,
         }))
-        .chain(schema.additional_properties.iter_mut().filter_map(|additional| match additional {
-            JSONSchemaPropsOrBool::Schema(schema) => Some(schema.as_mut()),
-            JSONSchemaPropsOrBool::Bool(_) => None,
-        }));
+        .chain(
+            schema
+                .additional_properties
+                .iter_mut()
+                .filter_map(|additional| match additional {
+                    JSONSchemaPropsOrBool::Schema(schema) => Some(schema.as_mut()),
+                    JSONSchemaPropsOrBool::Bool(_) => None,
+                }),
+        );
     for child in children {
         drop_nullable(child);
     }
-    for list in [&mut schema.one_of, &mut schema.any_of, &mut schema.all_of].into_iter().flatten() {
+    for list in [&mut schema.one_of, &mut schema.any_of, &mut schema.all_of]
+        .into_iter()
+        .flatten()
+    {
         list.iter_mut().for_each(drop_nullable);
     }
 }

@@ -244,7 +244,11 @@ pub struct RollbackPolicy {
 
 impl Default for RollbackPolicy {
     fn default() -> Self {
-        RollbackPolicy { automatic: true, step_percent: None, step_interval: default_rollback_step_interval() }
+        RollbackPolicy {
+            automatic: true,
+            step_percent: None,
+            step_interval: default_rollback_step_interval(),
+        }
     }
 }
 

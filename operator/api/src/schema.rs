@@ -51,7 +51,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
             return Err(malformed());
         }
         let (number, after_number) = rest.split_at(digits);
-        let value: u64 = number.parse().map_err(|_| DurationError::Overflow(text.to_owned()))?;
+        let value: u64 = number
+            .parse()
+            .map_err(|_| DurationError::Overflow(text.to_owned()))?;
         let (unit_ms, unit_len) = if after_number.starts_with("ms") {
             (1, 2)
         } else if after_number.starts_with('s') {
@@ -63,8 +65,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         } else {
             return Err(malformed());
         };
-        let part = value.checked_mul(unit_ms).ok_or_else(|| DurationError::Overflow(text.to_owned()))?;
-        total_ms = total_ms.checked_add(part).ok_or_else(|| DurationError::Overflow(text.to_owned()))?;
+        let part = value
+            .checked_mul(unit_ms)
+            .ok_or_else(|| DurationError::Overflow(text.to_owned()))?;
+        total_ms = total_ms
+            .checked_add(part)
+            .ok_or_else(|| DurationError::Overflow(text.to_owned()))?;
         rest = &after_number[unit_len..];
     }
     Ok(Duration::from_millis(total_ms))
@@ -93,17 +99,26 @@ mod tests {
     #[test]
     fn malformed_durations_are_refused_with_the_input_named() {
         for text in ["30", "s", "1d", "1.5s", "-1s", "1 s", "1s x"] {
-            assert_eq!(parse_duration(text), Err(DurationError::Malformed(text.to_owned())), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Err(DurationError::Malformed(text.to_owned())),
+                "{text}"
+            );
         }
         assert_eq!(parse_duration(""), Err(DurationError::Empty));
-        assert!(matches!(parse_duration("99999999999999999999h"), Err(DurationError::Overflow(_))));
+        assert!(matches!(
+            parse_duration("99999999999999999999h"),
+            Err(DurationError::Overflow(_))
+        ));
     }
 
     #[test]
     fn the_schema_pattern_accepts_exactly_what_the_parser_accepts() {
         // The API server checks DURATION_PATTERN, the operator parses: they must agree.
         let pattern = regex::Regex::new(DURATION_PATTERN).unwrap();
-        for text in ["1s", "10m", "1h2m3s", "250ms", "30", "s", "1d", "1.5s", "-1s", "1 s", "", "5m5"] {
+        for text in [
+            "1s", "10m", "1h2m3s", "250ms", "30", "s", "1d", "1.5s", "-1s", "1 s", "", "5m5",
+        ] {
             assert_eq!(pattern.is_match(text), parse_duration(text).is_ok(), "{text:?}");
         }
     }

@@ -23,7 +23,12 @@ use crate::common::{Condition, SidecarSpec};
         status_replicas_path = ".status.shards",
         label_selector_path = ".status.selector"
     ),
-    printcolumn(name = "Shards", type_ = "integer", json_path = ".spec.shards", description = "Desired shards"),
+    printcolumn(
+        name = "Shards",
+        type_ = "integer",
+        json_path = ".spec.shards",
+        description = "Desired shards"
+    ),
     printcolumn(
         name = "Per-Shard",
         type_ = "integer",
@@ -36,7 +41,12 @@ use crate::common::{Condition, SidecarSpec};
         json_path = ".status.readyShards",
         description = "Shards with every replica ready"
     ),
-    printcolumn(name = "Protocol", type_ = "string", json_path = ".spec.protocol", description = "Ambassador protocol"),
+    printcolumn(
+        name = "Protocol",
+        type_ = "string",
+        json_path = ".spec.protocol",
+        description = "Ambassador protocol"
+    ),
     printcolumn(
         name = "Status",
         type_ = "string",

@@ -14,14 +14,24 @@ pub struct DesiredCondition {
 
 impl DesiredCondition {
     pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
-        DesiredCondition { type_, status, reason, message: message.into() }
+        DesiredCondition {
+            type_,
+            status,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
 /// Merges `desired` into `current`: a condition whose status is unchanged keeps its
 /// `lastTransitionTime`; a changed or new one gets `now`. Conditions not desired are dropped.
 /// The result is ordered like `desired`.
-pub fn merge(current: &[Condition], desired: &[DesiredCondition], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+pub fn merge(
+    current: &[Condition],
+    desired: &[DesiredCondition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
     desired
         .iter()
         .map(|wanted| {
@@ -55,15 +65,30 @@ mod tests {
 
     #[test]
     fn unchanged_status_keeps_its_transition_time_and_a_flip_moves_it() {
-        let first = merge(&[], &[DesiredCondition::new("Ready", false, "Pending", "waiting")], Some(1), &at(10));
+        let first = merge(
+            &[],
+            &[DesiredCondition::new("Ready", false, "Pending", "waiting")],
+            Some(1),
+            &at(10),
+        );
         assert_eq!(first[0].last_transition_time, at(10));
 
-        let same = merge(&first, &[DesiredCondition::new("Ready", false, "Pending", "still")], Some(2), &at(20));
+        let same = merge(
+            &first,
+            &[DesiredCondition::new("Ready", false, "Pending", "still")],
+            Some(2),
+            &at(20),
+        );
         assert_eq!(same[0].last_transition_time, at(10));
         assert_eq!(same[0].message, "still");
         assert_eq!(same[0].observed_generation, Some(2));
 
-        let flipped = merge(&same, &[DesiredCondition::new("Ready", true, "Available", "ok")], Some(2), &at(30));
+        let flipped = merge(
+            &same,
+            &[DesiredCondition::new("Ready", true, "Available", "ok")],
+            Some(2),
+            &at(30),
+        );
         assert_eq!(flipped[0].last_transition_time, at(30));
         assert_eq!(flipped[0].status, "True");
     }
@@ -72,11 +97,19 @@ mod tests {
     fn conditions_no_longer_desired_are_dropped() {
         let current = merge(
             &[],
-            &[DesiredCondition::new("Ready", true, "A", ""), DesiredCondition::new("Degraded", true, "B", "")],
+            &[
+                DesiredCondition::new("Ready", true, "A", ""),
+                DesiredCondition::new("Degraded", true, "B", ""),
+            ],
             None,
             &at(1),
         );
-        let next = merge(&current, &[DesiredCondition::new("Ready", true, "A", "")], None, &at(2));
+        let next = merge(
+            &current,
+            &[DesiredCondition::new("Ready", true, "A", "")],
+            None,
+            &at(2),
+        );
         assert_eq!(next.len(), 1);
     }
 }

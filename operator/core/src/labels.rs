@@ -32,5 +32,9 @@ pub fn owned_by(owner_label: &str, owner: &str) -> BTreeMap<String, String> {
 
 /// A label selector in the string form of the scale subresource (`a=b,c=d`).
 pub fn selector_string(labels: &BTreeMap<String, String>) -> String {
-    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -6,8 +6,8 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            ConfigMap, HTTPGetAction, PodTemplateSpec, Probe, Service, ServicePort as CoreServicePort, ServiceSpec,
-            TCPSocketAction,
+            ConfigMap, HTTPGetAction, PodTemplateSpec, Probe, Service, ServicePort as CoreServicePort,
+            ServiceSpec, TCPSocketAction,
         },
     },
     apimachinery::pkg::{
@@ -64,7 +64,15 @@ pub fn build(rsvc: &ReplicatedService, pdb_api: PdbApi) -> Result<Children, Buil
     let owner_labels = labels::owned_by(labels::REPLICATED_SERVICE, &owner.name);
     let pod_selector = BTreeMap::from([(labels::REPLICATED_SERVICE.to_owned(), owner.name.clone())]);
 
-    let stable = deployment(&owner, &owner_labels, "stable", &owner.name, spec.replicas, &spec.template, spec.readiness.as_ref())?;
+    let stable = deployment(
+        &owner,
+        &owner_labels,
+        "stable",
+        &owner.name,
+        spec.replicas,
+        &spec.template,
+        spec.readiness.as_ref(),
+    )?;
 
     let service = service(&owner, &owner_labels, &pod_selector, spec);
     let config_map = ConfigMap {
@@ -120,7 +128,7 @@ fn deployment(
         (labels::REPLICATED_SERVICE.to_owned(), owner.name.clone()),
         (labels::TRACK.to_owned(), track.to_owned()),
     ]);
-    let mut template = template.clone();
+    let mut template = crate::owner::normalized_template(template);
     let metadata = template.metadata.get_or_insert_with(ObjectMeta::default);
     let pod_labels = metadata.labels.get_or_insert_with(BTreeMap::new);
     pod_labels.extend(owner_labels.clone());
@@ -139,9 +147,14 @@ fn deployment(
         metadata: child_meta(owner, name, &deployment_labels),
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
-            selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
             template,
-            min_ready_seconds: readiness.map(|r| r.min_ready_seconds).filter(|seconds| *seconds > 0),
+            min_ready_seconds: readiness
+                .map(|r| r.min_ready_seconds)
+                .filter(|seconds| *seconds > 0),
             ..DeploymentSpec::default()
         }),
         status: None,
@@ -151,8 +164,21 @@ fn deployment(
 fn probe(readiness: &Readiness) -> Probe {
     let port = IntOrString::Int(readiness.port);
     let (http_get, tcp_socket) = match &readiness.http_path {
-        Some(path) => (Some(HTTPGetAction { path: Some(path.clone()), port, ..HTTPGetAction::default() }), None),
-        None => (None, Some(TCPSocketAction { port, ..TCPSocketAction::default() })),
+        Some(path) => (
+            Some(HTTPGetAction {
+                path: Some(path.clone()),
+                port,
+                ..HTTPGetAction::default()
+            }),
+            None,
+        ),
+        None => (
+            None,
+            Some(TCPSocketAction {
+                port,
+                ..TCPSocketAction::default()
+            }),
+        ),
     };
     Probe {
         http_get,
@@ -176,11 +202,13 @@ fn service(
             name: Some(port.name.clone()),
             port: port.port,
             target_port: Some(IntOrString::Int(port.target_port.unwrap_or(port.port))),
-            protocol: Some(match port.protocol {
-                PortProtocol::Tcp => "TCP",
-                PortProtocol::Udp => "UDP",
-            }
-            .to_owned()),
+            protocol: Some(
+                match port.protocol {
+                    PortProtocol::Tcp => "TCP",
+                    PortProtocol::Udp => "UDP",
+                }
+                .to_owned(),
+            ),
             ..CoreServicePort::default()
         })
         .collect();
@@ -227,8 +255,10 @@ fn sidecar_config_json(
         sidecars: sidecars.iter().map(|s| (s.name.as_str(), &s.settings)).collect(),
         tracks: BTreeMap::from([("stable", TrackConfig { weight: 100 })]),
     };
-    serde_json::to_string_pretty(&config)
-        .map_err(|error| BuildError::Serialize { what: "sidecar config", message: error.to_string() })
+    serde_json::to_string_pretty(&config).map_err(|error| BuildError::Serialize {
+        what: "sidecar config",
+        message: error.to_string(),
+    })
 }
 
 /// Replica counts observed on the Deployments of a service.
@@ -244,7 +274,10 @@ pub struct ObservedReplicas {
 
 /// Sums what the Deployments report.
 pub fn observe(deployments: &[Deployment]) -> ObservedReplicas {
-    let mut observed = ObservedReplicas { all_observed: true, ..ObservedReplicas::default() };
+    let mut observed = ObservedReplicas {
+        all_observed: true,
+        ..ObservedReplicas::default()
+    };
     for deployment in deployments {
         let status = deployment.status.clone().unwrap_or_default();
         observed.replicas += status.replicas.unwrap_or(0);
@@ -265,23 +298,42 @@ pub fn conditions(desired_replicas: i32, observed: &ObservedReplicas) -> Vec<Des
     let (ready_reason, ready_message) = if desired_replicas == 0 {
         ("ScaledToZero", "no replicas requested".to_owned())
     } else if ready {
-        ("Available", format!("{} of {desired_replicas} replicas ready", observed.ready))
+        (
+            "Available",
+            format!("{} of {desired_replicas} replicas ready", observed.ready),
+        )
     } else {
-        ("ReplicasNotReady", format!("{} of {desired_replicas} replicas ready", observed.ready))
+        (
+            "ReplicasNotReady",
+            format!("{} of {desired_replicas} replicas ready", observed.ready),
+        )
     };
     vec![
         DesiredCondition::new(condition_type::READY, ready, ready_reason, ready_message),
         if settled {
-            DesiredCondition::new(condition_type::PROGRESSING, false, "Settled", "all replicas run the current template")
+            DesiredCondition::new(
+                condition_type::PROGRESSING,
+                false,
+                "Settled",
+                "all replicas run the current template",
+            )
         } else {
             DesiredCondition::new(
                 condition_type::PROGRESSING,
                 true,
                 "Updating",
-                format!("{} of {desired_replicas} replicas updated", observed.updated.min(desired_replicas)),
+                format!(
+                    "{} of {desired_replicas} replicas updated",
+                    observed.updated.min(desired_replicas)
+                ),
             )
         },
-        DesiredCondition::new(condition_type::DEGRADED, false, "Reconciled", "children match the spec"),
+        DesiredCondition::new(
+            condition_type::DEGRADED,
+            false,
+            "Reconciled",
+            "children match the spec",
+        ),
     ]
 }
 
@@ -316,8 +368,14 @@ mod tests {
         let deployment = &children.deployments[0];
         assert_eq!(deployment.metadata.name.as_deref(), Some("web"));
         assert_eq!(deployment.metadata.namespace.as_deref(), Some("shop"));
-        assert_eq!(deployment.metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
-        assert_eq!(deployment.metadata.owner_references.as_ref().unwrap()[0].controller, Some(true));
+        assert_eq!(
+            deployment.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "u-1"
+        );
+        assert_eq!(
+            deployment.metadata.owner_references.as_ref().unwrap()[0].controller,
+            Some(true)
+        );
         let spec = deployment.spec.as_ref().unwrap();
         assert_eq!(spec.replicas, Some(3));
         let pod_labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
@@ -329,15 +387,28 @@ mod tests {
         }
 
         let service = children.service.spec.as_ref().unwrap();
-        assert_eq!(service.selector.as_ref().unwrap()[labels::REPLICATED_SERVICE], "web");
+        assert_eq!(
+            service.selector.as_ref().unwrap()[labels::REPLICATED_SERVICE],
+            "web"
+        );
         let port = &service.ports.as_ref().unwrap()[0];
-        assert_eq!((port.port, port.target_port.clone()), (80, Some(IntOrString::Int(8080))));
+        assert_eq!(
+            (port.port, port.target_port.clone()),
+            (80, Some(IntOrString::Int(8080)))
+        );
 
-        assert_eq!(children.config_map.metadata.name.as_deref(), Some("web-outrigger"));
-        let config: Value = serde_json::from_str(&children.config_map.data.as_ref().unwrap()[SIDECAR_CONFIG_KEY]).unwrap();
+        assert_eq!(
+            children.config_map.metadata.name.as_deref(),
+            Some("web-outrigger")
+        );
+        let config: Value =
+            serde_json::from_str(&children.config_map.data.as_ref().unwrap()[SIDECAR_CONFIG_KEY]).unwrap();
         assert_eq!(config["tracks"]["stable"]["weight"], 100);
         assert_eq!(children.selector, "outrigger.dev/replicatedservice=web");
-        assert_eq!(children.pod_disruption_budget.unwrap()["apiVersion"], "policy/v1beta1");
+        assert_eq!(
+            children.pod_disruption_budget.unwrap()["apiVersion"],
+            "policy/v1beta1"
+        );
     }
 
     #[test]
@@ -349,7 +420,10 @@ mod tests {
         assert_eq!(after.deployments[0].spec.as_ref().unwrap().replicas, Some(5));
         assert_eq!(before.service, after.service);
         assert_eq!(before.config_map, after.config_map);
-        assert_eq!(before.deployments[0].metadata, after.deployments[0].metadata, "template hash unchanged");
+        assert_eq!(
+            before.deployments[0].metadata, after.deployments[0].metadata,
+            "template hash unchanged"
+        );
     }
 
     #[test]
@@ -358,7 +432,8 @@ mod tests {
         let mut spec = base_spec();
         spec["template"]["spec"]["containers"][0]["image"] = json!("app:2");
         let after = build(&rsvc(spec), PdbApi::None).unwrap();
-        let hash = |c: &Children| c.deployments[0].metadata.labels.as_ref().unwrap()[labels::TEMPLATE_HASH].clone();
+        let hash =
+            |c: &Children| c.deployments[0].metadata.labels.as_ref().unwrap()[labels::TEMPLATE_HASH].clone();
         assert_ne!(hash(&before), hash(&after));
     }
 
@@ -368,13 +443,24 @@ mod tests {
         spec["readiness"] = json!({"httpPath": "/ready", "port": 8080, "minReadySeconds": 5});
         let children = build(&rsvc(spec.clone()), PdbApi::None).unwrap();
         let deployment = children.deployments[0].spec.as_ref().unwrap();
-        let probe = deployment.template.spec.as_ref().unwrap().containers[0].readiness_probe.as_ref().unwrap();
+        let probe = deployment.template.spec.as_ref().unwrap().containers[0]
+            .readiness_probe
+            .as_ref()
+            .unwrap();
         assert_eq!(probe.http_get.as_ref().unwrap().path.as_deref(), Some("/ready"));
         assert_eq!(deployment.min_ready_seconds, Some(5));
 
         spec["template"]["spec"]["containers"][0]["readinessProbe"] = json!({"exec": {"command": ["true"]}});
         let children = build(&rsvc(spec), PdbApi::None).unwrap();
-        let probe = children.deployments[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+        let probe = children.deployments[0]
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
             .readiness_probe
             .clone()
             .unwrap();
@@ -394,12 +480,24 @@ mod tests {
     fn an_object_without_uid_cannot_own_children() {
         let mut object = rsvc(base_spec());
         object.metadata.uid = None;
-        assert_eq!(build(&object, PdbApi::None).unwrap_err(), BuildError::MissingMetadata("uid"));
+        assert_eq!(
+            build(&object, PdbApi::None).unwrap_err(),
+            BuildError::MissingMetadata("uid")
+        );
     }
 
-    fn observed_deployment(generation: i64, observed: i64, replicas: i32, ready: i32, updated: i32) -> Deployment {
+    fn observed_deployment(
+        generation: i64,
+        observed: i64,
+        replicas: i32,
+        ready: i32,
+        updated: i32,
+    ) -> Deployment {
         Deployment {
-            metadata: ObjectMeta { generation: Some(generation), ..ObjectMeta::default() },
+            metadata: ObjectMeta {
+                generation: Some(generation),
+                ..ObjectMeta::default()
+            },
             spec: None,
             status: Some(DeploymentStatus {
                 observed_generation: Some(observed),
@@ -418,8 +516,18 @@ mod tests {
             ("all ready", observed_deployment(2, 2, 3, 3, 3), 3, (true, false)),
             ("starting", observed_deployment(1, 1, 3, 1, 3), 3, (false, false)),
             ("rolling", observed_deployment(3, 3, 4, 3, 1), 3, (true, true)),
-            ("not yet observed", observed_deployment(3, 2, 3, 3, 3), 3, (true, true)),
-            ("scaled to zero", observed_deployment(1, 1, 0, 0, 0), 0, (true, false)),
+            (
+                "not yet observed",
+                observed_deployment(3, 2, 3, 3, 3),
+                3,
+                (true, true),
+            ),
+            (
+                "scaled to zero",
+                observed_deployment(1, 1, 0, 0, 0),
+                0,
+                (true, false),
+            ),
         ];
         for (name, deployment, desired, (ready, progressing)) in cases {
             let conditions = conditions(desired, &observe(&[deployment]));

@@ -69,8 +69,12 @@ pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
             (labels::SHARDED_SERVICE.to_owned(), owner.name.clone()),
             (labels::SHARD.to_owned(), index.to_string()),
         ]);
-        let mut template = spec.template.clone();
-        let pod_labels = template.metadata.get_or_insert_with(ObjectMeta::default).labels.get_or_insert_with(BTreeMap::new);
+        let mut template = crate::owner::normalized_template(&spec.template);
+        let pod_labels = template
+            .metadata
+            .get_or_insert_with(ObjectMeta::default)
+            .labels
+            .get_or_insert_with(BTreeMap::new);
         pod_labels.extend(shard_labels.clone());
         let volume_claim_templates = spec.storage.as_ref().map(|storage| {
             if let Some(first) = template.spec.as_mut().and_then(|pod| pod.containers.first_mut()) {
@@ -84,12 +88,18 @@ pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
                 }
             }
             vec![PersistentVolumeClaim {
-                metadata: ObjectMeta { name: Some(VOLUME_NAME.to_owned()), ..ObjectMeta::default() },
+                metadata: ObjectMeta {
+                    name: Some(VOLUME_NAME.to_owned()),
+                    ..ObjectMeta::default()
+                },
                 spec: Some(PersistentVolumeClaimSpec {
                     access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
                     storage_class_name: storage.storage_class_name.clone(),
                     resources: Some(VolumeResourceRequirements {
-                        requests: Some(BTreeMap::from([("storage".to_owned(), Quantity(storage.size.clone()))])),
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_owned(),
+                            Quantity(storage.size.clone()),
+                        )])),
                         ..VolumeResourceRequirements::default()
                     }),
                     ..PersistentVolumeClaimSpec::default()
@@ -102,7 +112,10 @@ pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
             spec: Some(StatefulSetSpec {
                 replicas: Some(spec.replicas_per_shard),
                 service_name: Some(name.clone()),
-                selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
+                selector: LabelSelector {
+                    match_labels: Some(selector.clone()),
+                    ..LabelSelector::default()
+                },
                 // Replicas of a shard are peers that start together; ordinal ordering only slows that.
                 pod_management_policy: Some("Parallel".to_owned()),
                 template,
@@ -119,6 +132,8 @@ pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
                 ports: Some(vec![ServicePort {
                     name: Some(port_name.to_owned()),
                     port: spec.port,
+                    // Server-side apply on 1.20 keys Service ports by port and protocol.
+                    protocol: Some("TCP".to_owned()),
                     ..ServicePort::default()
                 }]),
                 ..ServiceSpec::default()
@@ -142,8 +157,10 @@ pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
         shards,
         key_ranges: spec.sharding.key_ranges.clone(),
     };
-    let map_json = serde_json::to_string_pretty(&map)
-        .map_err(|error| BuildError::Serialize { what: "shard map", message: error.to_string() })?;
+    let map_json = serde_json::to_string_pretty(&map).map_err(|error| BuildError::Serialize {
+        what: "shard map",
+        message: error.to_string(),
+    })?;
     let selector = BTreeMap::from([(labels::SHARDED_SERVICE.to_owned(), owner.name.clone())]);
     Ok(Children {
         stateful_sets,
@@ -177,14 +194,21 @@ pub fn shard_statuses(service: &str, shards: i32, observed: &[StatefulSet]) -> V
                 .find(|sts| sts.metadata.name.as_deref() == Some(name.as_str()))
                 .and_then(|sts| sts.status.clone())
                 .unwrap_or_default();
-            ShardStatus { name, replicas: status.replicas, ready_replicas: status.ready_replicas.unwrap_or(0) }
+            ShardStatus {
+                name,
+                replicas: status.replicas,
+                ready_replicas: status.ready_replicas.unwrap_or(0),
+            }
         })
         .collect()
 }
 
 /// The conditions of a valid ShardedService given its shards' readiness.
 pub fn conditions(replicas_per_shard: i32, shards: &[ShardStatus]) -> Vec<DesiredCondition> {
-    let ready_shards = shards.iter().filter(|s| s.ready_replicas >= replicas_per_shard).count();
+    let ready_shards = shards
+        .iter()
+        .filter(|s| s.ready_replicas >= replicas_per_shard)
+        .count();
     let settled = shards.iter().all(|s| s.replicas == replicas_per_shard);
     let all_ready = ready_shards == shards.len();
     let message = format!("{ready_shards} of {} shards ready", shards.len());
@@ -200,7 +224,12 @@ pub fn conditions(replicas_per_shard: i32, shards: &[ShardStatus]) -> Vec<Desire
         } else {
             DesiredCondition::new(condition_type::PROGRESSING, true, "Scaling", message)
         },
-        DesiredCondition::new(condition_type::DEGRADED, false, "Reconciled", "children match the spec"),
+        DesiredCondition::new(
+            condition_type::DEGRADED,
+            false,
+            "Reconciled",
+            "children match the spec",
+        ),
     ]
 }
 
@@ -245,12 +274,18 @@ mod tests {
         for (key, value) in spec.selector.match_labels.as_ref().unwrap() {
             assert_eq!(&pod_labels[key], value);
         }
-        assert_eq!(children.services[1].spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
+        assert_eq!(
+            children.services[1].spec.as_ref().unwrap().cluster_ip.as_deref(),
+            Some("None")
+        );
         let map = map(&children);
         assert_eq!(map.shards.len(), 3);
         assert_eq!(
             map.shards[2].endpoints,
-            ["cache-shard-2-0.cache-shard-2.shop.svc:6379", "cache-shard-2-1.cache-shard-2.shop.svc:6379"]
+            [
+                "cache-shard-2-0.cache-shard-2.shop.svc:6379",
+                "cache-shard-2-1.cache-shard-2.shop.svc:6379"
+            ]
         );
     }
 
@@ -258,7 +293,11 @@ mod tests {
     fn resharding_from_three_to_four_keeps_existing_shards_and_moves_about_a_quarter_of_keys() {
         let before = build(&shsvc(3, json!({}))).unwrap();
         let after = build(&shsvc(4, json!({}))).unwrap();
-        assert_eq!(before.stateful_sets[..], after.stateful_sets[..3], "existing shards are untouched");
+        assert_eq!(
+            before.stateful_sets[..],
+            after.stateful_sets[..3],
+            "existing shards are untouched"
+        );
         let ring = |children: &Children| {
             let map = map(children);
             let names: Vec<String> = map.shards.into_iter().map(|s| s.name).collect();
@@ -276,11 +315,31 @@ mod tests {
 
     #[test]
     fn storage_adds_a_claim_template_and_mounts_it() {
-        let children = build(&shsvc(1, json!({"storage": {"size": "1Gi", "mountPath": "/data"}}))).unwrap();
+        let children = build(&shsvc(
+            1,
+            json!({"storage": {"size": "1Gi", "mountPath": "/data"}}),
+        ))
+        .unwrap();
         let spec = children.stateful_sets[0].spec.as_ref().unwrap();
         let claims = spec.volume_claim_templates.as_ref().unwrap();
-        assert_eq!(claims[0].spec.as_ref().unwrap().resources.as_ref().unwrap().requests.as_ref().unwrap()["storage"].0, "1Gi");
-        let mounts = spec.template.spec.as_ref().unwrap().containers[0].volume_mounts.as_ref().unwrap();
+        assert_eq!(
+            claims[0]
+                .spec
+                .as_ref()
+                .unwrap()
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()["storage"]
+                .0,
+            "1Gi"
+        );
+        let mounts = spec.template.spec.as_ref().unwrap().containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap();
         assert_eq!(mounts[0].mount_path, "/data");
     }
 
@@ -292,8 +351,16 @@ mod tests {
         let conditions = conditions(2, &statuses);
         assert!(!conditions[0].status);
         let ready = vec![
-            ShardStatus { name: "a".into(), replicas: 2, ready_replicas: 2 },
-            ShardStatus { name: "b".into(), replicas: 2, ready_replicas: 2 },
+            ShardStatus {
+                name: "a".into(),
+                replicas: 2,
+                ready_replicas: 2,
+            },
+            ShardStatus {
+                name: "b".into(),
+                replicas: 2,
+                ready_replicas: 2,
+            },
         ];
         let conditions = super::conditions(2, &ready);
         assert!(conditions[0].status && !conditions[1].status);

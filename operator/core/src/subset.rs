@@ -26,7 +26,8 @@ mod tests {
 
     #[test]
     fn subset_cases() {
-        let actual = json!({"spec": {"replicas": 3, "template": {"a": [1, {"x": 1, "y": 2}]}, "defaulted": true}});
+        let actual =
+            json!({"spec": {"replicas": 3, "template": {"a": [1, {"x": 1, "y": 2}]}, "defaulted": true}});
         let cases = [
             (json!({}), true),
             (json!({"spec": {"replicas": 3}}), true),

@@ -39,7 +39,10 @@ struct Problems(Vec<FieldError>);
 
 impl Problems {
     fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError { field: field.into(), message: message.into() });
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
     }
 
     fn finish(self) -> Result<(), InvalidSpec> {
@@ -73,7 +76,10 @@ pub fn sharded_service(spec: &ShardedServiceSpec) -> Result<(), InvalidSpec> {
         let mut chars = tag.chars();
         if let (Some(open), Some(close)) = (chars.next(), chars.next()) {
             if open == close {
-                problems.add("spec.sharding.hashTag", format!("{tag:?} must be two different characters, e.g. \"{{}}\""));
+                problems.add(
+                    "spec.sharding.hashTag",
+                    format!("{tag:?} must be two different characters, e.g. \"{{}}\""),
+                );
             }
         }
     }
@@ -88,7 +94,10 @@ pub fn sharded_service(spec: &ShardedServiceSpec) -> Result<(), InvalidSpec> {
                 if range.shard >= spec.shards {
                     problems.add(
                         format!("spec.sharding.keyRanges[{index}].shard"),
-                        format!("shard {} does not exist (spec.shards is {})", range.shard, spec.shards),
+                        format!(
+                            "shard {} does not exist (spec.shards is {})",
+                            range.shard, spec.shards
+                        ),
                     );
                 }
                 if let (Some(start), Some(end)) = (&range.start, &range.end) {
@@ -102,7 +111,10 @@ pub fn sharded_service(spec: &ShardedServiceSpec) -> Result<(), InvalidSpec> {
             }
         }
         _ if !sharding.key_ranges.is_empty() => {
-            problems.add("spec.sharding.keyRanges", "only allowed when function is keyRange");
+            problems.add(
+                "spec.sharding.keyRanges",
+                "only allowed when function is keyRange",
+            );
         }
         _ => {}
     }
@@ -125,7 +137,10 @@ pub fn autoscaling_policy(spec: &AutoscalingPolicySpec) -> Result<(), InvalidSpe
     if spec.max_replicas < spec.min_replicas {
         problems.add(
             "spec.maxReplicas",
-            format!("{} must not be below spec.minReplicas ({})", spec.max_replicas, spec.min_replicas),
+            format!(
+                "{} must not be below spec.minReplicas ({})",
+                spec.max_replicas, spec.min_replicas
+            ),
         );
     }
     for (index, metric) in spec.metrics.iter().enumerate() {
@@ -134,14 +149,23 @@ pub fn autoscaling_policy(spec: &AutoscalingPolicySpec) -> Result<(), InvalidSpe
         match target.target_type {
             TargetType::Utilization => {
                 if !matches!(metric.metric_type, MetricType::Cpu | MetricType::Memory) {
-                    problems.add(format!("{field}.target.type"), "Utilization applies to cpu and memory only");
+                    problems.add(
+                        format!("{field}.target.type"),
+                        "Utilization applies to cpu and memory only",
+                    );
                 }
                 if target.average_utilization.is_none() {
-                    problems.add(format!("{field}.target.averageUtilization"), "required for type Utilization");
+                    problems.add(
+                        format!("{field}.target.averageUtilization"),
+                        "required for type Utilization",
+                    );
                 }
             }
             TargetType::AverageValue if target.average_value.is_none() => {
-                problems.add(format!("{field}.target.averageValue"), "required for type AverageValue");
+                problems.add(
+                    format!("{field}.target.averageValue"),
+                    "required for type AverageValue",
+                );
             }
             TargetType::Value if target.value.is_none() => {
                 problems.add(format!("{field}.target.value"), "required for type Value");
@@ -155,14 +179,20 @@ pub fn autoscaling_policy(spec: &AutoscalingPolicySpec) -> Result<(), InvalidSpe
             problems.add(format!("{field}.percentile"), "only applies to latency");
         }
         if (metric.metric_type == MetricType::Prometheus) != metric.prometheus.is_some() {
-            problems.add(format!("{field}.prometheus"), "required for type prometheus, and only allowed there");
+            problems.add(
+                format!("{field}.prometheus"),
+                "required for type prometheus, and only allowed there",
+            );
         }
     }
     if let Some(fallback) = &spec.fallback {
         if fallback.replicas < spec.min_replicas || fallback.replicas > spec.max_replicas {
             problems.add(
                 "spec.fallback.replicas",
-                format!("{} must lie within minReplicas..maxReplicas ({}..{})", fallback.replicas, spec.min_replicas, spec.max_replicas),
+                format!(
+                    "{} must lie within minReplicas..maxReplicas ({}..{})",
+                    fallback.replicas, spec.min_replicas, spec.max_replicas
+                ),
             );
         }
     }
@@ -178,7 +208,10 @@ pub fn rollout_strategy(spec: &RolloutStrategySpec) -> Result<(), InvalidSpec> {
             for (index, route) in canary.routes.iter().enumerate() {
                 let field = format!("spec.strategy.canary.routes[{index}]");
                 if !route_names.insert(route.name.as_str()) {
-                    problems.add(format!("{field}.name"), format!("duplicate route name {:?}", route.name));
+                    problems.add(
+                        format!("{field}.name"),
+                        format!("duplicate route name {:?}", route.name),
+                    );
                 }
                 let (kind, matcher) = match &route.matcher {
                     RouteMatch::Header(matcher) => ("header", matcher),
@@ -189,7 +222,10 @@ pub fn rollout_strategy(spec: &RolloutStrategySpec) -> Result<(), InvalidSpec> {
                 }
                 if let Some(pattern) = &matcher.regex {
                     if let Err(error) = regex::Regex::new(pattern) {
-                        problems.add(format!("{field}.match.{kind}.regex"), format!("invalid regular expression: {error}"));
+                        problems.add(
+                            format!("{field}.match.{kind}.regex"),
+                            format!("invalid regular expression: {error}"),
+                        );
                     }
                 }
             }
@@ -201,18 +237,28 @@ pub fn rollout_strategy(spec: &RolloutStrategySpec) -> Result<(), InvalidSpec> {
                             duration_field(&mut problems, &format!("{field}.pause.duration"), duration);
                         }
                     }
-                    CanaryStep::Analysis(analysis) => analysis_spec(&mut problems, &format!("{field}.analysis"), analysis),
+                    CanaryStep::Analysis(analysis) => {
+                        analysis_spec(&mut problems, &format!("{field}.analysis"), analysis)
+                    }
                     CanaryStep::SetWeight(_) | CanaryStep::SetMirror(_) => {}
                 }
             }
             if let Some(analysis) = &canary.analysis {
                 analysis_spec(&mut problems, "spec.strategy.canary.analysis", analysis);
             }
-            duration_field(&mut problems, "spec.strategy.canary.rollback.stepInterval", &canary.rollback.step_interval);
+            duration_field(
+                &mut problems,
+                "spec.strategy.canary.rollback.stepInterval",
+                &canary.rollback.step_interval,
+            );
         }
         Strategy::BlueGreen(blue_green) => {
             if let Some(analysis) = &blue_green.pre_promotion_analysis {
-                analysis_spec(&mut problems, "spec.strategy.blueGreen.prePromotionAnalysis", analysis);
+                analysis_spec(
+                    &mut problems,
+                    "spec.strategy.blueGreen.prePromotionAnalysis",
+                    analysis,
+                );
             }
         }
     }
@@ -225,10 +271,16 @@ fn analysis_spec(problems: &mut Problems, field: &str, analysis: &AnalysisSpec) 
     for (index, metric) in analysis.metrics.iter().enumerate() {
         let metric_field = format!("{field}.metrics[{index}]");
         if !names.insert(metric.name.as_str()) {
-            problems.add(format!("{metric_field}.name"), format!("duplicate metric name {:?}", metric.name));
+            problems.add(
+                format!("{metric_field}.name"),
+                format!("duplicate metric name {:?}", metric.name),
+            );
         }
         if metric.min.is_none() && metric.max.is_none() && metric.max_degradation_percent.is_none() {
-            problems.add(metric_field.clone(), "needs a threshold: min, max or maxDegradationPercent");
+            problems.add(
+                metric_field.clone(),
+                "needs a threshold: min, max or maxDegradationPercent",
+            );
         }
         if let (Some(min), Some(max)) = (metric.min, metric.max) {
             if min > max {
@@ -237,15 +289,24 @@ fn analysis_spec(problems: &mut Problems, field: &str, analysis: &AnalysisSpec) 
         }
         match metric.metric_type {
             AnalysisMetricType::Latency if metric.percentile.is_none() => {
-                problems.add(format!("{metric_field}.percentile"), "required for latency, e.g. 99");
+                problems.add(
+                    format!("{metric_field}.percentile"),
+                    "required for latency, e.g. 99",
+                );
             }
             AnalysisMetricType::Prometheus if metric.prometheus.is_none() => {
-                problems.add(format!("{metric_field}.prometheus"), "required for type prometheus");
+                problems.add(
+                    format!("{metric_field}.prometheus"),
+                    "required for type prometheus",
+                );
             }
             AnalysisMetricType::SuccessRate => {
                 for (name, value) in [("min", metric.min), ("max", metric.max)] {
                     if value.is_some_and(|v| !(0.0..=100.0).contains(&v)) {
-                        problems.add(format!("{metric_field}.{name}"), "a success rate is a percentage (0-100)");
+                        problems.add(
+                            format!("{metric_field}.{name}"),
+                            "a success rate is a percentage (0-100)",
+                        );
                     }
                 }
             }
@@ -262,18 +323,27 @@ fn duration_field(problems: &mut Problems, field: &str, value: &str) {
 
 fn pod_template(problems: &mut Problems, field: &str, template: &PodTemplateSpec) {
     let Some(pod) = &template.spec else {
-        problems.add(format!("{field}.spec"), "required: the pod template needs a spec with containers");
+        problems.add(
+            format!("{field}.spec"),
+            "required: the pod template needs a spec with containers",
+        );
         return;
     };
     if pod.containers.is_empty() {
-        problems.add(format!("{field}.spec.containers"), "at least one container is required");
+        problems.add(
+            format!("{field}.spec.containers"),
+            "at least one container is required",
+        );
     }
     let mut names = BTreeSet::new();
     for (index, container) in pod.containers.iter().enumerate() {
         if container.name.is_empty() {
             problems.add(format!("{field}.spec.containers[{index}].name"), "required");
         } else if !names.insert(container.name.as_str()) {
-            problems.add(format!("{field}.spec.containers[{index}].name"), format!("duplicate container name {:?}", container.name));
+            problems.add(
+                format!("{field}.spec.containers[{index}].name"),
+                format!("duplicate container name {:?}", container.name),
+            );
         }
         if container.image.as_deref().unwrap_or_default().is_empty() {
             problems.add(format!("{field}.spec.containers[{index}].image"), "required");
@@ -286,10 +356,16 @@ fn ports(problems: &mut Problems, ports: &[ServicePort]) {
     let mut numbers = BTreeSet::new();
     for (index, port) in ports.iter().enumerate() {
         if !names.insert(port.name.as_str()) {
-            problems.add(format!("spec.ports[{index}].name"), format!("duplicate port name {:?}", port.name));
+            problems.add(
+                format!("spec.ports[{index}].name"),
+                format!("duplicate port name {:?}", port.name),
+            );
         }
         if !numbers.insert((port.port, port.protocol)) {
-            problems.add(format!("spec.ports[{index}].port"), format!("duplicate port {}", port.port));
+            problems.add(
+                format!("spec.ports[{index}].port"),
+                format!("duplicate port {}", port.port),
+            );
         }
     }
 }
@@ -304,7 +380,10 @@ fn sidecars(problems: &mut Problems, sidecars: &[SidecarSpec], template: &PodTem
         .collect();
     for (index, sidecar) in sidecars.iter().enumerate() {
         if !seen.insert(sidecar.name) {
-            problems.add(format!("spec.sidecars[{index}].name"), format!("{} is attached twice", sidecar.name));
+            problems.add(
+                format!("spec.sidecars[{index}].name"),
+                format!("{} is attached twice", sidecar.name),
+            );
         }
         if app_containers.contains(sidecar.name.as_str()) {
             problems.add(
@@ -318,7 +397,10 @@ fn sidecars(problems: &mut Problems, sidecars: &[SidecarSpec], template: &PodTem
 fn session_affinity(problems: &mut Problems, affinity: &SessionAffinity) {
     match affinity.source {
         AffinitySource::Header | AffinitySource::Cookie if affinity.name.is_none() => {
-            problems.add("spec.sessionAffinity.name", "required when source is header or cookie");
+            problems.add(
+                "spec.sessionAffinity.name",
+                "required when source is header or cookie",
+            );
         }
         AffinitySource::SourceIp if affinity.name.is_some() => {
             problems.add("spec.sessionAffinity.name", "not allowed when source is sourceIP");
@@ -361,8 +443,11 @@ mod tests {
     }
 
     fn shsvc(patch: Value) -> ShardedServiceSpec {
-        serde_json::from_value(merged(json!({"shards": 3, "protocol": "redis", "port": 6379, "template": template()}), patch))
-            .unwrap()
+        serde_json::from_value(merged(
+            json!({"shards": 3, "protocol": "redis", "port": 6379, "template": template()}),
+            patch,
+        ))
+        .unwrap()
     }
 
     fn asp(patch: Value) -> AutoscalingPolicySpec {
@@ -380,29 +465,56 @@ mod tests {
     }
 
     fn fields(result: Result<(), InvalidSpec>) -> Vec<String> {
-        result.err().map(|InvalidSpec(errors)| errors.into_iter().map(|e| e.field).collect()).unwrap_or_default()
+        result
+            .err()
+            .map(|InvalidSpec(errors)| errors.into_iter().map(|e| e.field).collect())
+            .unwrap_or_default()
     }
 
     #[test]
     fn replicated_service_cases() {
         let cases: Vec<(&str, Value, Vec<&str>)> = vec![
             ("valid", json!({}), vec![]),
-            ("no containers", json!({"template": {"spec": {"containers": []}}}), vec!["spec.template.spec.containers"]),
-            ("no pod spec", json!({"template": {"spec": null}}), vec!["spec.template.spec"]),
+            (
+                "no containers",
+                json!({"template": {"spec": {"containers": []}}}),
+                vec!["spec.template.spec.containers"],
+            ),
+            (
+                "no pod spec",
+                json!({"template": {"spec": null}}),
+                vec!["spec.template.spec"],
+            ),
             (
                 "duplicate containers",
                 json!({"template": {"spec": {"containers": [{"name": "a", "image": "x"}, {"name": "a", "image": "y"}]}}}),
                 vec!["spec.template.spec.containers[1].name"],
             ),
-            ("missing image", json!({"template": {"spec": {"containers": [{"name": "a"}]}}}), vec!["spec.template.spec.containers[0].image"]),
+            (
+                "missing image",
+                json!({"template": {"spec": {"containers": [{"name": "a"}]}}}),
+                vec!["spec.template.spec.containers[0].image"],
+            ),
             (
                 "duplicate ports",
                 json!({"ports": [{"name": "a", "port": 80}, {"name": "a", "port": 80}]}),
                 vec!["spec.ports[1].name", "spec.ports[1].port"],
             ),
-            ("header affinity without name", json!({"sessionAffinity": {"source": "header"}}), vec!["spec.sessionAffinity.name"]),
-            ("source ip with name", json!({"sessionAffinity": {"source": "sourceIP", "name": "x"}}), vec!["spec.sessionAffinity.name"]),
-            ("cookie affinity", json!({"sessionAffinity": {"source": "cookie", "name": "sid"}}), vec![]),
+            (
+                "header affinity without name",
+                json!({"sessionAffinity": {"source": "header"}}),
+                vec!["spec.sessionAffinity.name"],
+            ),
+            (
+                "source ip with name",
+                json!({"sessionAffinity": {"source": "sourceIP", "name": "x"}}),
+                vec!["spec.sessionAffinity.name"],
+            ),
+            (
+                "cookie affinity",
+                json!({"sessionAffinity": {"source": "cookie", "name": "sid"}}),
+                vec![],
+            ),
             (
                 "sidecar twice",
                 json!({"sidecars": [{"name": "log-adapter"}, {"name": "log-adapter"}]}),
@@ -423,8 +535,16 @@ mod tests {
     fn sharded_service_cases() {
         let cases: Vec<(&str, Value, Vec<&str>)> = vec![
             ("valid", json!({}), vec![]),
-            ("same hash tag characters", json!({"sharding": {"hashTag": "||"}}), vec!["spec.sharding.hashTag"]),
-            ("key range without ranges", json!({"sharding": {"function": "keyRange"}}), vec!["spec.sharding.keyRanges"]),
+            (
+                "same hash tag characters",
+                json!({"sharding": {"hashTag": "||"}}),
+                vec!["spec.sharding.hashTag"],
+            ),
+            (
+                "key range without ranges",
+                json!({"sharding": {"function": "keyRange"}}),
+                vec!["spec.sharding.keyRanges"],
+            ),
             (
                 "key range to a missing shard",
                 json!({"sharding": {"function": "keyRange", "keyRanges": [{"shard": 3, "start": "a", "end": "m"}]}}),
@@ -435,8 +555,16 @@ mod tests {
                 json!({"sharding": {"function": "keyRange", "keyRanges": [{"shard": 0, "start": "m", "end": "a"}]}}),
                 vec!["spec.sharding.keyRanges[0]"],
             ),
-            ("ranges with ketama", json!({"sharding": {"keyRanges": [{"shard": 0}]}}), vec!["spec.sharding.keyRanges"]),
-            ("storage at root", json!({"storage": {"size": "1Gi", "mountPath": "/"}}), vec!["spec.storage.mountPath"]),
+            (
+                "ranges with ketama",
+                json!({"sharding": {"keyRanges": [{"shard": 0}]}}),
+                vec!["spec.sharding.keyRanges"],
+            ),
+            (
+                "storage at root",
+                json!({"storage": {"size": "1Gi", "mountPath": "/"}}),
+                vec!["spec.storage.mountPath"],
+            ),
         ];
         for (name, patch, expected) in cases {
             assert_eq!(fields(sharded_service(&shsvc(patch))), expected, "{name}");
@@ -447,18 +575,46 @@ mod tests {
     fn autoscaling_policy_cases() {
         let cases: Vec<(&str, Value, Vec<&str>)> = vec![
             ("valid", json!({}), vec![]),
-            ("max below min", json!({"minReplicas": 5, "maxReplicas": 2}), vec!["spec.maxReplicas"]),
+            (
+                "max below min",
+                json!({"minReplicas": 5, "maxReplicas": 2}),
+                vec!["spec.maxReplicas"],
+            ),
             (
                 "utilization of request rate",
                 json!({"metrics": [{"type": "requestRate", "target": {"type": "Utilization", "averageUtilization": 50}}]}),
                 vec!["spec.metrics[0].target.type"],
             ),
-            ("utilization without value", json!({"metrics": [{"type": "cpu", "target": {"type": "Utilization"}}]}), vec!["spec.metrics[0].target.averageUtilization"]),
-            ("average value missing", json!({"metrics": [{"type": "requestRate", "target": {"type": "AverageValue"}}]}), vec!["spec.metrics[0].target.averageValue"]),
-            ("latency without percentile", json!({"metrics": [{"type": "latency", "target": {"type": "Value", "value": "100"}}]}), vec!["spec.metrics[0].percentile"]),
-            ("percentile on cpu", json!({"metrics": [{"type": "cpu", "percentile": 99, "target": {"type": "Utilization", "averageUtilization": 50}}]}), vec!["spec.metrics[0].percentile"]),
-            ("prometheus without query", json!({"metrics": [{"type": "prometheus", "target": {"type": "Value", "value": "1"}}]}), vec!["spec.metrics[0].prometheus"]),
-            ("fallback out of range", json!({"fallback": {"replicas": 9}}), vec!["spec.fallback.replicas"]),
+            (
+                "utilization without value",
+                json!({"metrics": [{"type": "cpu", "target": {"type": "Utilization"}}]}),
+                vec!["spec.metrics[0].target.averageUtilization"],
+            ),
+            (
+                "average value missing",
+                json!({"metrics": [{"type": "requestRate", "target": {"type": "AverageValue"}}]}),
+                vec!["spec.metrics[0].target.averageValue"],
+            ),
+            (
+                "latency without percentile",
+                json!({"metrics": [{"type": "latency", "target": {"type": "Value", "value": "100"}}]}),
+                vec!["spec.metrics[0].percentile"],
+            ),
+            (
+                "percentile on cpu",
+                json!({"metrics": [{"type": "cpu", "percentile": 99, "target": {"type": "Utilization", "averageUtilization": 50}}]}),
+                vec!["spec.metrics[0].percentile"],
+            ),
+            (
+                "prometheus without query",
+                json!({"metrics": [{"type": "prometheus", "target": {"type": "Value", "value": "1"}}]}),
+                vec!["spec.metrics[0].prometheus"],
+            ),
+            (
+                "fallback out of range",
+                json!({"fallback": {"replicas": 9}}),
+                vec!["spec.fallback.replicas"],
+            ),
         ];
         for (name, patch, expected) in cases {
             assert_eq!(fields(autoscaling_policy(&asp(patch))), expected, "{name}");
@@ -469,7 +625,12 @@ mod tests {
     fn rollout_strategy_cases() {
         let ok_metric = json!({"name": "sr", "type": "successRate", "min": 99});
         let cases: Vec<(&str, Value, Value, Vec<&str>)> = vec![
-            ("valid", json!([{"setWeight": 10}, {"pause": {"duration": "1m"}}]), json!({}), vec![]),
+            (
+                "valid",
+                json!([{"setWeight": 10}, {"pause": {"duration": "1m"}}]),
+                json!({}),
+                vec![],
+            ),
             (
                 "analysis metric without threshold",
                 json!([{"analysis": {"metrics": [{"name": "sr", "type": "successRate"}]}}]),

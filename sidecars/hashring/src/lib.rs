@@ -22,7 +22,7 @@ fn mix(mut value: u64) -> u64 {
 
 /// The part of `key` that is hashed: with a hash tag such as `{}`, the text between the first
 /// opening character and the next closing one, when that is not empty; otherwise the whole key.
-pub fn hashed_part<'k>(key: &'k [u8], tag: Option<(u8, u8)>) -> &'k [u8] {
+pub fn hashed_part(key: &[u8], tag: Option<(u8, u8)>) -> &[u8] {
     let Some((open, close)) = tag else {
         return key;
     };
@@ -96,7 +96,7 @@ pub fn jump(mut key_hash: u64, buckets: u32) -> u32 {
 }
 
 /// Rendezvous (highest random weight) hashing: the node whose combined hash with the key is largest.
-pub fn rendezvous<'n, S: AsRef<str>>(key_hash: u64, nodes: &'n [S]) -> Option<&'n str> {
+pub fn rendezvous<S: AsRef<str>>(key_hash: u64, nodes: &[S]) -> Option<&str> {
     nodes
         .iter()
         .map(AsRef::as_ref)
@@ -135,7 +135,10 @@ mod tests {
             }
         }
         let fraction = f64::from(moved) / 20_000.0;
-        assert!((0.18..0.32).contains(&fraction), "moved {fraction:.3}, expected about 0.25");
+        assert!(
+            (0.18..0.32).contains(&fraction),
+            "moved {fraction:.3}, expected about 0.25"
+        );
     }
 
     #[test]
@@ -216,7 +219,10 @@ mod tests {
         let (three, four) = (shards(3), shards(4));
         for key in keys().take(5_000) {
             let hash = fnv1a64(&key);
-            let (old, new) = (rendezvous(hash, &three).unwrap(), rendezvous(hash, &four).unwrap());
+            let (old, new) = (
+                rendezvous(hash, &three).unwrap(),
+                rendezvous(hash, &four).unwrap(),
+            );
             if old != new {
                 assert_eq!(new, "cache-shard-3");
             }

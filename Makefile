@@ -1,0 +1,45 @@
+# Outrigger developer commands. `make up` and `make test` are the two in the README.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: up down test lint fmt test-unit test-cluster generate cluster-up cluster-down operator-up deps
+
+## Bring up the local cluster with the CRDs installed and the operator running.
+up: cluster-up operator-up
+
+down:
+	-hack/operator.sh stop
+	hack/cluster.sh down
+
+## Everything CI runs: formatting, lints, unit tests, then the cluster tests on a fresh cluster.
+test: deps lint test-unit cluster-up test-cluster
+
+deps:
+	hack/deps.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test-unit:
+	$(CARGO) test --workspace --exclude outrigger-tests
+
+test-cluster:
+	$(CARGO) build -p outrigger-operator
+	$(CARGO) test -p outrigger-tests -- --test-threads=4
+
+## Regenerate the CRDs under crds/ from the Rust types.
+generate:
+	$(CARGO) run -q -p outrigger-operator -- crd --dir crds
+
+cluster-up:
+	hack/cluster.sh up
+
+cluster-down:
+	hack/cluster.sh down
+
+operator-up:
+	hack/operator.sh start

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs everything the build and the tests need on a fresh Debian machine with Rust:
+# the cluster's Debian packages (and its cached build), curl, and the Rust components.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+for pkg in curl ca-certificates; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
+done
+if ((${#need[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+hack/cluster.sh deps
+hack/cluster.sh build

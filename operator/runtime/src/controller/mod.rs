@@ -1,0 +1,221 @@
+//! The controllers. Every reconcile is a pipeline: read what the spec refers to → validate (pure,
+//! `outrigger_core::validate`) → build the desired children (pure, `outrigger_core::{replicated,
+//! sharded}`) → apply them with server-side apply → write status from what was observed.
+
+mod apply;
+mod replicated;
+mod sharded;
+mod status;
+mod validity;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use kube::{
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+    },
+    Client, Resource,
+};
+use outrigger_core::{owner::BuildError, replicated::PdbApi, validate::InvalidSpec};
+
+use crate::metrics::Metrics;
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] InvalidSpec),
+    #[error("{0}")]
+    MissingReference(String),
+    #[error("{kind} {name} already exists and is not managed by this resource")]
+    NameClash { kind: String, name: String },
+    #[error("building desired objects: {0}")]
+    Build(#[from] BuildError),
+    #[error("the object changed while it was being written: {0}")]
+    Conflict(#[source] kube::Error),
+    #[error("kubernetes API request failed: {0}")]
+    Api(#[source] kube::Error),
+    #[error("encoding an object: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl From<kube::Error> for Error {
+    fn from(error: kube::Error) -> Self {
+        match &error {
+            kube::Error::Api(status) if status.code == 409 => Error::Conflict(error),
+            _ => Error::Api(error),
+        }
+    }
+}
+
+impl Error {
+    /// A small fixed category for metric labels and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "invalid_spec",
+            Error::MissingReference(_) => "missing_reference",
+            Error::NameClash { .. } => "name_clash",
+            Error::Build(_) => "build",
+            Error::Conflict(_) => "conflict",
+            Error::Api(_) => "api",
+            Error::Encode(_) => "encode",
+        }
+    }
+
+    /// Errors that only a change of the object (or of what it refers to) can fix: they become a
+    /// status condition, and the controller waits instead of retrying.
+    pub fn needs_user_change(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidSpec(_) | Error::MissingReference(_) | Error::NameClash { .. }
+        )
+    }
+
+    /// Reason for the status condition and Event.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::MissingReference(_) => "MissingReference",
+            Error::NameClash { .. } => "NameClash",
+            Error::Build(_) => "BuildFailed",
+            Error::Conflict(_) => "Conflict",
+            Error::Api(_) => "ApiError",
+            Error::Encode(_) => "EncodeFailed",
+        }
+    }
+}
+
+/// What every reconcile gets.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub pdb_api: PdbApi,
+    /// Consecutive failures per object, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics, pdb_api: PdbApi, identity: &str) -> Context {
+        let reporter = Reporter {
+            controller: "outrigger-operator".to_owned(),
+            instance: Some(identity.to_owned()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            pdb_api,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records a success, resetting the backoff of `key`.
+    fn succeeded(&self, key: &str) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.remove(key);
+        }
+    }
+
+    /// Records a failure and returns how long to wait before retrying: 1 s, doubling to 5 min.
+    fn backoff(&self, key: &str) -> Duration {
+        let attempt = self
+            .failures
+            .lock()
+            .map(|mut failures| {
+                let count = failures.entry(key.to_owned()).or_insert(0);
+                *count = count.saturating_add(1);
+                *count
+            })
+            .unwrap_or(1);
+        backoff_delay(attempt)
+    }
+
+    /// Publishes an Event about `object`; failures to publish are logged, never fatal.
+    async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, reason, "Publishing an event failed.");
+        }
+    }
+}
+
+/// Exponential backoff: 1 s, 2 s, 4 s … capped at 300 s.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    Duration::from_secs(
+        1u64.checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u64::MAX)
+            .min(300),
+    )
+}
+
+/// How long after a successful reconcile to check again anyway (drift from outside).
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+fn error_action(ctx: &Context, controller: &'static str, key: &str, error: &Error) -> Action {
+    ctx.metrics
+        .errors
+        .get_or_create(&crate::metrics::ErrorLabels {
+            controller,
+            category: error.category(),
+        })
+        .inc();
+    let delay = ctx.backoff(key);
+    tracing::warn!(%error, object = key, category = error.category(), retry_in = ?delay, "Reconcile failed.");
+    Action::requeue(delay)
+}
+
+pub use self::{
+    replicated::run as run_replicated, sharded::run as run_sharded, validity::run as run_validity,
+};
+
+/// Runs every controller until `shutdown` completes.
+pub async fn run_all(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    };
+    tokio::join!(
+        run_replicated(ctx.clone(), stop(rx.clone())),
+        run_sharded(ctx.clone(), stop(rx.clone())),
+        run_validity(ctx.clone(), stop(rx)),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_and_caps_at_five_minutes() {
+        let delays: Vec<u64> = [1, 2, 3, 4, 9, 10, 64, 1000]
+            .into_iter()
+            .map(|a| backoff_delay(a).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 256, 300, 300, 300]);
+    }
+}

@@ -1,0 +1,168 @@
+//! Controllers for the kinds whose reconcile is, for now, validation: RolloutStrategy (used by
+//! rollouts of the services that reference it) and AutoscalingPolicy. Both report a `Ready`
+//! condition saying whether the spec is valid, so a mistake shows up on the object itself.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::{
+    api::{Api, DynamicObject, Patch, PatchParams},
+    core::{error_boundary::InvalidObject, DeserializeGuard},
+    runtime::{controller::Action, watcher, Controller},
+    CustomResourceExt, Resource, ResourceExt,
+};
+use outrigger_api::{
+    common::{condition_type, Condition},
+    AutoscalingPolicy, AutoscalingPolicyStatus, RolloutStrategy, RolloutStrategyStatus,
+};
+use outrigger_core::{conditions::DesiredCondition, validate};
+use serde_json::json;
+
+use super::{error_action, status, Context, Error};
+
+/// Runs both controllers until `shutdown` completes.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    };
+    let strategies = Controller::new(
+        Api::<DeserializeGuard<RolloutStrategy>>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(stop(rx.clone()))
+    .run(
+        reconcile_strategy,
+        |object, error, ctx| error_action(&ctx, "rolloutstrategy", &object.name_any(), error),
+        ctx.clone(),
+    )
+    .for_each(|_| futures::future::ready(()));
+    let policies = Controller::new(
+        Api::<DeserializeGuard<AutoscalingPolicy>>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(stop(rx))
+    .run(
+        reconcile_policy,
+        |object, error, ctx| error_action(&ctx, "autoscalingpolicy", &object.name_any(), error),
+        ctx,
+    )
+    .for_each(|_| futures::future::ready(()));
+    tokio::join!(strategies, policies);
+}
+
+fn validity_conditions(result: Result<(), validate::InvalidSpec>) -> Vec<DesiredCondition> {
+    match result {
+        Ok(()) => vec![DesiredCondition::new(
+            condition_type::READY,
+            true,
+            "Valid",
+            "the spec is valid",
+        )],
+        Err(invalid) => vec![DesiredCondition::new(
+            condition_type::READY,
+            false,
+            "InvalidSpec",
+            invalid.to_string(),
+        )],
+    }
+}
+
+async fn reconcile_strategy(
+    guard: Arc<DeserializeGuard<RolloutStrategy>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let strategy = match &guard.0 {
+        Ok(strategy) => strategy,
+        Err(invalid) => return report_undecodable::<RolloutStrategy>(&ctx, "rolloutstrategy", invalid).await,
+    };
+    let current = strategy
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let status = RolloutStrategyStatus {
+        observed_generation: strategy.metadata.generation,
+        conditions: status::merged_conditions(
+            current,
+            &validity_conditions(validate::rollout_strategy(&strategy.spec)),
+            strategy.metadata.generation,
+        ),
+    };
+    status::write(
+        &ctx,
+        "rolloutstrategy",
+        strategy,
+        strategy.status.as_ref(),
+        &status,
+    )
+    .await?;
+    Ok(Action::await_change())
+}
+
+async fn reconcile_policy(
+    guard: Arc<DeserializeGuard<AutoscalingPolicy>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let policy = match &guard.0 {
+        Ok(policy) => policy,
+        Err(invalid) => {
+            return report_undecodable::<AutoscalingPolicy>(&ctx, "autoscalingpolicy", invalid).await
+        }
+    };
+    let mut status: AutoscalingPolicyStatus = policy.status.clone().unwrap_or_default();
+    status.observed_generation = policy.metadata.generation;
+    status.conditions = status::merged_conditions(
+        &status.conditions,
+        &validity_conditions(validate::autoscaling_policy(&policy.spec)),
+        policy.metadata.generation,
+    );
+    status::write(&ctx, "autoscalingpolicy", policy, policy.status.as_ref(), &status).await?;
+    Ok(Action::await_change())
+}
+
+/// An object the API server accepted but the operator cannot decode (for example a pod template
+/// whose fields have the wrong types, which the open template schema lets through): reported as
+/// not Ready and Degraded, and left alone until it changes.
+pub async fn report_undecodable<K>(
+    ctx: &Context,
+    controller: &'static str,
+    invalid: &InvalidObject,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()> + CustomResourceExt,
+{
+    let namespace = invalid.metadata.namespace.clone().unwrap_or_default();
+    let name = invalid.metadata.name.clone().unwrap_or_default();
+    tracing::warn!(error = %invalid.error, namespace = %namespace, name = %name, "Object cannot be decoded.");
+    let resource = kube::core::ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
+    let live = api.get_status(&name).await?;
+    let current: Vec<Condition> =
+        serde_json::from_value(live.data["status"]["conditions"].clone()).unwrap_or_default();
+    let message = format!("the spec cannot be decoded: {}", invalid.error);
+    let desired = [
+        DesiredCondition::new(condition_type::READY, false, "InvalidSpec", message.clone()),
+        DesiredCondition::new(condition_type::DEGRADED, true, "InvalidSpec", message),
+    ];
+    let conditions = status::merged_conditions(&current, &desired, invalid.metadata.generation);
+    let unchanged = current.len() == conditions.len()
+        && current
+            .iter()
+            .zip(&conditions)
+            .all(|(a, b)| a.status == b.status && a.message == b.message && a.reason == b.reason);
+    if !unchanged {
+        ctx.metrics.count_write(controller, "status");
+        let patch = json!({
+            "metadata": {"resourceVersion": live.metadata.resource_version},
+            "status": {"observedGeneration": invalid.metadata.generation, "conditions": conditions},
+        });
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    Ok(Action::await_change())
+}

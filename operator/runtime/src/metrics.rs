@@ -1,0 +1,87 @@
+//! The operator's Prometheus metrics. Labels are bounded: controller names and error categories
+//! are fixed sets, never object names or error strings.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: &'static str,
+    pub category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub controller: &'static str,
+    pub verb: &'static str,
+}
+
+/// All operator metrics, cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    pub reconciles: Family<ControllerLabels, Counter>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub duration: Family<ControllerLabels, Histogram>,
+    pub managed: Family<ControllerLabels, Gauge>,
+    pub writes: Family<WriteLabels, Counter>,
+    pub leader: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under `outrigger_`.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics {
+            reconciles: Family::default(),
+            errors: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+            }),
+            managed: Family::default(),
+            writes: Family::default(),
+            leader: Gauge::default(),
+        };
+        let registry = registry.sub_registry_with_prefix("outrigger");
+        registry.register("reconcile", "Reconciliations run", metrics.reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconciliations failed, by error category",
+            metrics.errors.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time spent in one reconciliation",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "managed_objects",
+            "Objects each controller manages",
+            metrics.managed.clone(),
+        );
+        registry.register(
+            "api_writes",
+            "Write requests sent to the API server",
+            metrics.writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            metrics.leader.clone(),
+        );
+        metrics
+    }
+
+    pub fn count_write(&self, controller: &'static str, verb: &'static str) {
+        self.writes.get_or_create(&WriteLabels { controller, verb }).inc();
+    }
+}
