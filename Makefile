@@ -29,6 +29,7 @@ test-unit:
 
 test-cluster:
 	$(CARGO) build -p outrigger-operator
+	hack/images.sh testapp
 	$(CARGO) test -p outrigger-tests -- --test-threads=4
 
 ## Regenerate the CRDs under crds/ from the Rust types.
@@ -42,4 +43,5 @@ cluster-down:
 	hack/cluster.sh down
 
 operator-up:
+	hack/images.sh testapp
 	hack/operator.sh start

@@ -213,6 +213,179 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// The operator's ServiceAccount user, as the API server sees it.
+pub const OPERATOR_USER: &str = "system:serviceaccount:outrigger-system:outrigger-operator";
+
+/// Applies the operator's namespace, ServiceAccount and RBAC once per test binary.
+pub fn ensure_operator_rbac() -> anyhow::Result<()> {
+    static APPLIED: OnceLock<Result<(), String>> = OnceLock::new();
+    APPLIED
+        .get_or_init(|| {
+            let rbac = repo_root().join("manifests/operator-rbac.yaml");
+            kubectl_ok(&["apply", "-f", &rbac.to_string_lossy()])
+                .map(drop)
+                .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// Path of a binary built by `cargo build` in this workspace.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from);
+    target.join("debug").join(name)
+}
+
+/// A free loopback port.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A plain HTTP/1.0 GET on loopback; returns status and body.
+pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// One operator process run by a test, under the operator's own identity, managing one namespace.
+pub struct OperatorProcess {
+    child: std::process::Child,
+    pub admin_port: u16,
+    pub identity: String,
+}
+
+impl OperatorProcess {
+    /// Starts an operator for `namespace`, electing a leader on the Lease `lease`.
+    pub fn start(
+        namespace: &str,
+        identity: &str,
+        lease: &str,
+        lease_seconds: u32,
+    ) -> anyhow::Result<OperatorProcess> {
+        ensure_crds()?;
+        ensure_operator_rbac()?;
+        let admin_port = free_port()?;
+        let log = std::fs::File::create(cluster_run_dir().join(format!("operator-{identity}.log")))?;
+        let binary = workspace_binary("outrigger-operator");
+        let child = Command::new(&binary)
+            .args([
+                "run",
+                "--log-format",
+                "text",
+                "--log",
+                "info,outrigger_operator=debug,kube_runtime=warn",
+            ])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+            .args([
+                "--watch-namespace",
+                namespace,
+                "--lease-name",
+                lease,
+                "--identity",
+                identity,
+            ])
+            .args(["--lease-seconds", &lease_seconds.to_string()])
+            .env("KUBECONFIG", operator_kubeconfig())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (run `cargo build -p outrigger-operator`)",
+                    binary.display()
+                )
+            })?;
+        Ok(OperatorProcess {
+            child,
+            admin_port,
+            identity: identity.to_owned(),
+        })
+    }
+
+    /// The value of one metric sample, e.g. `outrigger_leader` or
+    /// `outrigger_api_writes_total{controller="replicatedservice",verb="apply"}`; `None` while the
+    /// admin server is not up or the sample does not exist yet.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (status, body) = http_get(self.admin_port, "/metrics").ok()?;
+        if status != 200 {
+            return None;
+        }
+        body.lines()
+            .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
+    /// Sum of every sample of `family` (all label sets).
+    pub fn metric_sum(&self, family: &str) -> f64 {
+        let Ok((200, body)) = http_get(self.admin_port, "/metrics") else {
+            return 0.0;
+        };
+        body.lines()
+            .filter(|line| line.starts_with(family) && line[family.len()..].starts_with(['{', ' ']))
+            .filter_map(|line| {
+                line.rsplit_once(' ')
+                    .and_then(|(_, value)| value.parse::<f64>().ok())
+            })
+            .sum()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.metric("outrigger_leader") == Some(1.0)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Write requests (create, update, patch, delete) the operator's identity made in `namespace`, from
+/// the API server's audit log.
+pub fn operator_writes_in(namespace: &str) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(cluster_run_dir().join("audit.log")).context("reading the audit log")?;
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|entry| {
+            entry["stage"] == "ResponseComplete"
+                && entry["user"]["username"] == OPERATOR_USER
+                && entry["objectRef"]["namespace"] == namespace
+        })
+        .map(|entry| {
+            format!(
+                "{} {} {}/{}",
+                entry["verb"].as_str().unwrap_or_default(),
+                entry["objectRef"]["resource"].as_str().unwrap_or_default(),
+                entry["objectRef"]["name"].as_str().unwrap_or_default(),
+                entry["objectRef"]["subresource"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

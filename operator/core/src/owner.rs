@@ -53,7 +53,10 @@ pub fn normalized_template(
 ) -> k8s_openapi::api::core::v1::PodTemplateSpec {
     let mut template = template.clone();
     if let Some(pod) = template.spec.as_mut() {
-        let containers = pod.containers.iter_mut().chain(pod.init_containers.iter_mut().flatten());
+        let containers = pod
+            .containers
+            .iter_mut()
+            .chain(pod.init_containers.iter_mut().flatten());
         for port in containers.flat_map(|c| c.ports.iter_mut().flatten()) {
             port.protocol.get_or_insert_with(|| "TCP".to_owned());
         }

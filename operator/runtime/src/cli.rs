@@ -62,6 +62,9 @@ struct RunArgs {
     /// Seconds a lease is valid without renewal (the longest failover takes).
     #[arg(long, env = "OUTRIGGER_LEASE_SECONDS", default_value_t = 15)]
     lease_seconds: u64,
+    /// Watch and manage only this namespace instead of the whole cluster.
+    #[arg(long, env = "OUTRIGGER_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
 }
 
 impl Cli {
@@ -86,6 +89,7 @@ impl RunArgs {
             lease_name,
             identity,
             lease_seconds,
+            watch_namespace,
         } = self;
         telemetry::init(&log, log_format)?;
         let identity = identity.unwrap_or_else(default_identity);
@@ -98,7 +102,12 @@ impl RunArgs {
             renew_interval: lease_duration / 3,
             retry_interval: lease_duration / 5,
         });
-        run(RunConfig { admin_addr, election }).await
+        run(RunConfig {
+            admin_addr,
+            election,
+            watch_namespace,
+        })
+        .await
     }
 }
 

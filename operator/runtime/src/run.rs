@@ -19,6 +19,8 @@ use crate::{
 pub struct RunConfig {
     pub admin_addr: SocketAddr,
     pub election: Option<ElectionConfig>,
+    /// Watch only this namespace (a namespace-scoped installation).
+    pub watch_namespace: Option<String>,
 }
 
 /// Which PodDisruptionBudget API the cluster serves: `policy/v1` from Kubernetes 1.21, before
@@ -60,7 +62,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .election
         .as_ref()
         .map_or_else(|| "standalone".to_owned(), |e| e.identity.clone());
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), pdb_api, &identity));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        pdb_api,
+        &identity,
+        config.watch_namespace.clone(),
+    ));
     // A follower is ready too: it serves its admin endpoints and can take over at any time.
     state.set_ready(true);
 

@@ -31,7 +31,11 @@ impl App {
         let count = self.served.fetch_add(1, Ordering::Relaxed);
         // Fails requests n where floor((n+1)*p/100) > floor(n*p/100): exactly p% over any 100.
         let fails = (count + 1) * self.error_percent / 100 > count * self.error_percent / 100;
-        let status = if fails { StatusCode::INTERNAL_SERVER_ERROR } else { StatusCode::OK };
+        let status = if fails {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::OK
+        };
         let mut response = Response::new(Full::new(Bytes::from(format!("version={}\n", self.version))));
         *response.status_mut() = status;
         response
@@ -40,10 +44,17 @@ impl App {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
     let app = Arc::new(App {
         version: std::env::var("VERSION").unwrap_or_else(|_| "v1".to_owned()),
-        error_percent: std::env::var("ERROR_PERCENT").ok().and_then(|p| p.parse().ok()).unwrap_or(0).min(100),
+        error_percent: std::env::var("ERROR_PERCENT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+            .min(100),
         served: AtomicU64::new(0),
     });
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;

@@ -96,12 +96,20 @@ pub struct Context {
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub pdb_api: PdbApi,
+    /// Only this namespace is watched, when set.
+    pub watch_namespace: Option<String>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Metrics, pdb_api: PdbApi, identity: &str) -> Context {
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        pdb_api: PdbApi,
+        identity: &str,
+        watch_namespace: Option<String>,
+    ) -> Context {
         let reporter = Reporter {
             controller: "outrigger-operator".to_owned(),
             instance: Some(identity.to_owned()),
@@ -111,7 +119,20 @@ impl Context {
             client,
             metrics,
             pdb_api,
+            watch_namespace,
             failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An API for watching `K`: in the watched namespace, or cluster-wide.
+    pub fn api<K>(&self) -> kube::Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.watch_namespace {
+            Some(namespace) => kube::Api::namespaced(self.client.clone(), namespace),
+            None => kube::Api::all(self.client.clone()),
         }
     }
 

@@ -10,7 +10,7 @@ use k8s_openapi::api::{
 use kube::{
     api::Api,
     core::DeserializeGuard,
-    runtime::{controller::Action, watcher, Controller},
+    runtime::{controller::Action, reflector::ObjectRef, watcher, Controller},
     Resource, ResourceExt,
 };
 use outrigger_api::{
@@ -28,18 +28,41 @@ const CONTROLLER: &str = "replicatedservice";
 
 /// Runs the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
     let owned =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
     let controller = Controller::new(
-        Api::<DeserializeGuard<ReplicatedService>>::all(client.clone()),
+        ctx.api::<DeserializeGuard<ReplicatedService>>(),
         watcher::Config::default(),
     )
-    .owns(Api::<Deployment>::all(client.clone()), owned.clone())
-    .owns(Api::<Service>::all(client.clone()), owned.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), owned)
+    .owns(ctx.api::<Deployment>(), owned.clone())
+    .owns(ctx.api::<Service>(), owned.clone())
+    .owns(ctx.api::<ConfigMap>(), owned)
     .graceful_shutdown_on(shutdown);
     let store = controller.store();
+    // A service waiting for a missing RolloutStrategy goes on as soon as it appears or changes.
+    let referrers = store.clone();
+    let controller = controller.watches(
+        ctx.api::<RolloutStrategy>(),
+        watcher::Config::default(),
+        move |strategy| {
+            let namespace = strategy.namespace();
+            let name = strategy.name_any();
+            referrers
+                .state()
+                .into_iter()
+                .filter(|guard| {
+                    guard.namespace() == namespace
+                        && guard.0.as_ref().is_ok_and(|rsvc| {
+                            rsvc.spec
+                                .rollout_strategy_ref
+                                .as_ref()
+                                .is_some_and(|r| r.name == name)
+                        })
+                })
+                .map(|guard| ObjectRef::from_obj(&*guard))
+                .collect::<Vec<_>>()
+        },
+    );
     let managed = ctx
         .metrics
         .managed

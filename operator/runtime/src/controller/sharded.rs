@@ -8,7 +8,6 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Service},
 };
 use kube::{
-    api::Api,
     core::DeserializeGuard,
     runtime::{controller::Action, watcher, Controller},
     Resource, ResourceExt,
@@ -26,16 +25,15 @@ const CONTROLLER: &str = "shardedservice";
 
 /// Runs the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let client = ctx.client.clone();
     let owned =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
     let controller = Controller::new(
-        Api::<DeserializeGuard<ShardedService>>::all(client.clone()),
+        ctx.api::<DeserializeGuard<ShardedService>>(),
         watcher::Config::default(),
     )
-    .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-    .owns(Api::<Service>::all(client.clone()), owned.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), owned)
+    .owns(ctx.api::<StatefulSet>(), owned.clone())
+    .owns(ctx.api::<Service>(), owned.clone())
+    .owns(ctx.api::<ConfigMap>(), owned)
     .graceful_shutdown_on(shutdown);
     let store = controller.store();
     let managed = ctx

@@ -31,7 +31,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         let _ = rx.wait_for(|stopped| *stopped).await;
     };
     let strategies = Controller::new(
-        Api::<DeserializeGuard<RolloutStrategy>>::all(ctx.client.clone()),
+        ctx.api::<DeserializeGuard<RolloutStrategy>>(),
         watcher::Config::default(),
     )
     .graceful_shutdown_on(stop(rx.clone()))
@@ -42,7 +42,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     )
     .for_each(|_| futures::future::ready(()));
     let policies = Controller::new(
-        Api::<DeserializeGuard<AutoscalingPolicy>>::all(ctx.client.clone()),
+        ctx.api::<DeserializeGuard<AutoscalingPolicy>>(),
         watcher::Config::default(),
     )
     .graceful_shutdown_on(stop(rx))
