@@ -5,6 +5,7 @@
 //! fixtures.
 
 pub mod conditions;
+pub mod inject;
 pub mod labels;
 pub mod owner;
 pub mod replicated;
