@@ -1,0 +1,110 @@
+//! Body types of the proxy. Request bodies are either buffered (small, so they can be retried and
+//! mirrored) or streamed straight through; response bodies stream from the backend or are the
+//! splitter's own short error text. Nothing here buffers a stream.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body on its way to a backend.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// Buffered (possibly empty); can be sent again.
+    Buffered(Option<Bytes>),
+    /// Streamed from the client; can be sent once.
+    Stream(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl RequestBody {
+    /// A copy for another attempt or a mirror, when the body was buffered.
+    pub fn replay(&self) -> Option<RequestBody> {
+        match self {
+            RequestBody::Buffered(bytes) => Some(RequestBody::Buffered(bytes.clone())),
+            RequestBody::Stream(_) => None,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Buffered(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            RequestBody::Stream(stream) => Pin::new(stream).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Buffered(bytes) => bytes.is_none(),
+            RequestBody::Stream(stream) => stream.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Buffered(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            RequestBody::Stream(stream) => stream.size_hint(),
+        }
+    }
+}
+
+/// A response body on its way to the client.
+#[derive(Debug)]
+pub enum ResponseBody {
+    Upstream(hyper::body::Incoming),
+    Local(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn text(text: &'static str) -> ResponseBody {
+        ResponseBody::Local(Some(Bytes::from_static(text.as_bytes())))
+    }
+
+    pub fn empty() -> ResponseBody {
+        ResponseBody::Local(None)
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+            ResponseBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream(incoming) => incoming.is_end_stream(),
+            ResponseBody::Local(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream(incoming) => incoming.size_hint(),
+            ResponseBody::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Command line of `outrigger-request-splitter`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+use outrigger_sidecar_common::telemetry::{self, LogFormat, TelemetryError};
+
+use crate::{
+    config::ConfigDuration,
+    run::{run, Options, RunError},
+};
+
+/// Why the command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    #[error("starting the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// The request-splitting ambassador: weighted, sticky, header-routed and mirrored HTTP splitting
+/// across named backends.
+#[derive(Debug, Parser)]
+#[command(name = "outrigger-request-splitter", version, about)]
+pub struct Cli {
+    /// Configuration file (JSON), re-read when it changes.
+    #[arg(long, env = "OUTRIGGER_SPLITTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Also watch this ConfigMap (`namespace/name`); its key is merged over the file.
+    #[arg(long, env = "OUTRIGGER_SPLITTER_CONFIGMAP")]
+    configmap: Option<String>,
+    /// Key of the ConfigMap that holds the JSON document.
+    #[arg(
+        long,
+        env = "OUTRIGGER_SPLITTER_CONFIGMAP_KEY",
+        default_value = "request-splitter.json"
+    )]
+    configmap_key: String,
+    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`, `/config`).
+    #[arg(long, env = "OUTRIGGER_ADMIN_ADDR", default_value = "0.0.0.0:9901")]
+    admin_addr: SocketAddr,
+    /// Worker threads; 1 runs everything on one thread.
+    #[arg(long, env = "OUTRIGGER_SPLITTER_WORKERS", default_value_t = 1)]
+    workers: usize,
+    /// How often the configuration file is checked for changes.
+    #[arg(long, env = "OUTRIGGER_SPLITTER_CONFIG_POLL", default_value = "2s")]
+    config_poll_interval: ConfigDuration,
+    /// Longest wait for open connections after SIGTERM.
+    #[arg(long, env = "OUTRIGGER_SPLITTER_DRAIN_TIMEOUT", default_value = "25s")]
+    drain_timeout: ConfigDuration,
+    /// Wait between failing readiness and closing the listener after SIGTERM.
+    #[arg(long, env = "OUTRIGGER_SPLITTER_DRAIN_DELAY", default_value = "0s")]
+    drain_delay: ConfigDuration,
+    /// Log filter, in RUST_LOG syntax (`access=off` silences the access log).
+    #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
+    log: String,
+    /// Log format: `json` or `text`.
+    #[arg(long, env = "OUTRIGGER_LOG_FORMAT", default_value = "json")]
+    log_format: LogFormat,
+}
+
+impl Cli {
+    /// Runs the splitter until SIGTERM.
+    pub fn run(self) -> Result<(), CliError> {
+        let Self {
+            config,
+            configmap,
+            configmap_key,
+            admin_addr,
+            workers,
+            config_poll_interval,
+            drain_timeout,
+            drain_delay,
+            log,
+            log_format,
+        } = self;
+        telemetry::init(&log, log_format)?;
+        let options = Options {
+            config_file: config,
+            configmap: configmap.map(|reference| (reference, configmap_key)),
+            admin_addr,
+            poll_interval: config_poll_interval.0,
+            drain_timeout: drain_timeout.0,
+            drain_delay: drain_delay.0,
+        };
+        let runtime = if workers <= 1 {
+            tokio::runtime::Builder::new_current_thread().enable_all().build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()
+        }
+        .map_err(CliError::Runtime)?;
+        runtime.block_on(run(options))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,128 @@
+//! Correlation headers: an `x-request-id` (kept when the client sent a sane one, generated
+//! otherwise) and a W3C `traceparent` (kept when valid, started otherwise), both sent to the
+//! backend and written to the access log.
+
+use http::{header::HeaderName, HeaderMap, HeaderValue};
+
+use crate::rng;
+
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Returns the request id, inserting a generated one when the request has none (or an unusable one).
+pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&REQUEST_ID) {
+        let bytes = id.as_bytes();
+        if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic) {
+            return id.clone();
+        }
+    }
+    let mut id = [0u8; 32];
+    rng::hex_into(&mut id);
+    let value = hex_value(&id);
+    headers.insert(REQUEST_ID.clone(), value.clone());
+    value
+}
+
+/// Returns the trace id (32 hex digits), starting a new trace when the request carries no valid
+/// `traceparent`. A valid one is passed on unchanged; an invalid one is replaced, with its
+/// `tracestate`, as the W3C recommendation says.
+pub fn ensure_traceparent(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get(&TRACEPARENT) {
+        if let Some(trace_id) = parse_trace_id(value.as_bytes()) {
+            return hex_value(trace_id);
+        }
+        headers.remove(&TRACESTATE);
+    }
+    let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    rng::hex_into(&mut traceparent[3..35]);
+    rng::hex_into(&mut traceparent[36..52]);
+    let trace_id = hex_value(&traceparent[3..35]);
+    headers.insert(TRACEPARENT.clone(), hex_value(&traceparent));
+    trace_id
+}
+
+fn hex_value(bytes: &[u8]) -> HeaderValue {
+    // Only ASCII hex digits and '-' are ever passed here; the fallback is unreachable.
+    HeaderValue::from_bytes(bytes).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The trace id of a valid `traceparent` (`version-traceid-parentid-flags`).
+pub fn parse_trace_id(value: &[u8]) -> Option<&[u8]> {
+    if value.len() < 55 || (value.len() > 55 && value[55] != b'-') {
+        return None;
+    }
+    let (version, trace_id, parent_id, flags) = (&value[0..2], &value[3..35], &value[36..52], &value[53..55]);
+    let lower_hex = |part: &[u8]| {
+        part.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let all_zero = |part: &[u8]| part.iter().all(|c| *c == b'0');
+    let well_formed = value[2] == b'-'
+        && value[35] == b'-'
+        && value[52] == b'-'
+        && [version, trace_id, parent_id, flags].into_iter().all(lower_hex)
+        && version != b"ff"
+        && (version != b"00" || value.len() == 55)
+        && !all_zero(trace_id)
+        && !all_zero(parent_id);
+    well_formed.then_some(trace_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_valid_traceparent_is_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&TRACEPARENT, HeaderValue::from_static(VALID));
+        headers.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
+        assert_eq!(
+            ensure_traceparent(&mut headers),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(headers[&TRACEPARENT], VALID);
+        assert_eq!(headers[&TRACESTATE], "vendor=1");
+    }
+
+    #[test]
+    fn an_invalid_traceparent_is_replaced_with_its_tracestate_dropped() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(&TRACEPARENT, HeaderValue::from_static(bad));
+            headers.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
+            let trace_id = ensure_traceparent(&mut headers);
+            let new = headers[&TRACEPARENT].as_bytes();
+            assert_eq!(parse_trace_id(new), Some(trace_id.as_bytes()), "{bad}");
+            assert!(!headers.contains_key(&TRACESTATE), "{bad}");
+        }
+    }
+
+    #[test]
+    fn future_versions_may_carry_more_fields() {
+        let value = b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more";
+        assert!(parse_trace_id(value).is_some());
+    }
+
+    #[test]
+    fn a_request_id_is_generated_only_when_missing() {
+        let mut headers = HeaderMap::new();
+        let generated = ensure_request_id(&mut headers);
+        assert_eq!(generated.len(), 32);
+        assert_eq!(headers[&REQUEST_ID], generated);
+        let mut headers = HeaderMap::new();
+        headers.insert(&REQUEST_ID, HeaderValue::from_static("client-chosen-42"));
+        assert_eq!(ensure_request_id(&mut headers), "client-chosen-42");
+    }
+}

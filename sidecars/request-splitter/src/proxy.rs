@@ -1,0 +1,840 @@
+//! The proxy service: one function from a request to a response, used by the server for every
+//! connection and by unit tests without sockets.
+//!
+//! Per request: correlation ids, the routing decision, then attempts. An attempt goes to an endpoint
+//! of the chosen backend that is not ejected and not yet tried; a failure (connect error, reset,
+//! timeout) counts towards the endpoint's ejection and is retried when that is safe (the request
+//! never left, or it is idempotent with a buffered body), up to the backend's `maxRetries` and within
+//! the retry budget. When a backend has no usable endpoint left, a weighted decision fails over to
+//! the heaviest other backend; a route's decision does not. When nothing can serve, the splitter
+//! answers 502, 503 or 504 itself with an `x-outrigger-reason` header.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{
+    header::{self, HeaderName},
+    uri::{PathAndQuery, Scheme},
+    HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::{body::Incoming, upgrade::OnUpgrade};
+use hyper_util::rt::TokioIo;
+
+use crate::{
+    body::{BoxError, RequestBody, ResponseBody},
+    config::UpstreamProtocol,
+    correlation::{ensure_request_id, ensure_traceparent, REQUEST_ID},
+    health::{now_millis, RetryBudget},
+    metrics::{class_index, Metrics, ReasonLabels},
+    mirror::{MirrorJob, MirrorQueue},
+    routing::{Choice, Decision},
+    store::{Active, ConfigStore},
+    upstream::Endpoint,
+};
+
+/// The header that says why the splitter answered a request itself.
+pub static REASON_HEADER: HeaderName = HeaderName::from_static("x-outrigger-reason");
+
+/// Why no backend response could be relayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no configuration has been loaded yet")]
+    NoConfig,
+    #[error("backend {backend} has no endpoint that is not ejected")]
+    NoHealthyEndpoint { backend: String },
+    #[error("connecting to {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("{endpoint} closed or reset the exchange: {source}")]
+    Reset {
+        endpoint: String,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("{endpoint} sent no response headers within {timeout:?}")]
+    Timeout { endpoint: String, timeout: Duration },
+    #[error("reading the request body: {source}")]
+    RequestBody { source: BoxError },
+    #[error("the request body did not arrive within {timeout:?}")]
+    RequestBodyTimeout { timeout: Duration },
+    #[error("building the upstream request: {source}")]
+    Build { source: http::Error },
+}
+
+impl ProxyError {
+    /// Classifies a client error.
+    pub fn from_client(endpoint: &str, source: hyper_util::client::legacy::Error) -> ProxyError {
+        let endpoint = endpoint.to_owned();
+        if source.is_connect() {
+            ProxyError::Connect { endpoint, source }
+        } else {
+            ProxyError::Reset { endpoint, source }
+        }
+    }
+
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoConfig | ProxyError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Reset { .. } | ProxyError::Build { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RequestBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    /// A fixed reason: the `x-outrigger-reason` header, the response body and a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::NoConfig => "no-configuration",
+            ProxyError::NoHealthyEndpoint { .. } => "no-healthy-endpoint",
+            ProxyError::Connect { .. } => "upstream-connect-failed",
+            ProxyError::Reset { .. } => "upstream-reset",
+            ProxyError::Timeout { .. } => "upstream-timeout",
+            ProxyError::RequestBody { .. } => "bad-request-body",
+            ProxyError::RequestBodyTimeout { .. } => "request-body-timeout",
+            ProxyError::Build { .. } => "bad-upstream-request",
+        }
+    }
+
+    fn body(&self) -> &'static str {
+        match self {
+            ProxyError::NoConfig => "no-configuration\n",
+            ProxyError::NoHealthyEndpoint { .. } => "no-healthy-endpoint\n",
+            ProxyError::Connect { .. } => "upstream-connect-failed\n",
+            ProxyError::Reset { .. } => "upstream-reset\n",
+            ProxyError::Timeout { .. } => "upstream-timeout\n",
+            ProxyError::RequestBody { .. } => "bad-request-body\n",
+            ProxyError::RequestBodyTimeout { .. } => "request-body-timeout\n",
+            ProxyError::Build { .. } => "bad-upstream-request\n",
+        }
+    }
+}
+
+/// What every request shares.
+pub struct Shared {
+    pub store: Arc<ConfigStore>,
+    pub metrics: Metrics,
+    pub budget: RetryBudget,
+    pub mirror: MirrorQueue,
+}
+
+/// Facts about the client connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+/// The service for one client connection.
+pub fn service<B>(
+    shared: Arc<Shared>,
+    connection: ConnectionInfo,
+) -> impl hyper::service::Service<
+    Request<B>,
+    Response = Response<ResponseBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send,
+> + Clone
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    hyper::service::service_fn(move |request: Request<B>| {
+        let shared = shared.clone();
+        async move { Ok(handle(shared, request, connection).await) }
+    })
+}
+
+/// Answers one request.
+pub async fn handle<B>(
+    shared: Arc<Shared>,
+    mut request: Request<B>,
+    connection: ConnectionInfo,
+) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let started = Instant::now();
+    let upgrade = is_upgrade(&request);
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (parts, body) = request.into_parts();
+    let http::request::Parts {
+        method,
+        uri,
+        version,
+        mut headers,
+        ..
+    } = parts;
+    let request_id = ensure_request_id(&mut headers);
+    let Some(active) = shared.store.current() else {
+        let error = ProxyError::NoConfig;
+        shared
+            .metrics
+            .local_responses
+            .get_or_create(&ReasonLabels {
+                reason: error.reason(),
+            })
+            .inc();
+        return local_response(&error, &request_id);
+    };
+    let trace_id = ensure_traceparent(&mut headers);
+    let decision = active.router.decide(&headers, connection.remote.ip());
+    if let Choice::Route(index) = decision.choice {
+        if let Some(counter) = active.route_matches.get(index) {
+            counter.inc();
+        }
+    }
+    shared.budget.deposit(&active.config.retry_budget);
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    prepare_request_headers(&mut headers, &uri, connection, upgrade);
+    let exchange = Exchange {
+        shared,
+        active,
+        decision,
+        method,
+        path,
+        version,
+        headers,
+        request_id,
+        trace_id,
+        started,
+    };
+    match on_upgrade {
+        Some(on_upgrade) => exchange.tunnel(on_upgrade).await,
+        None => exchange.forward(body).await,
+    }
+}
+
+/// One request on its way through.
+struct Exchange {
+    shared: Arc<Shared>,
+    active: Arc<Active>,
+    decision: Decision,
+    method: Method,
+    path: PathAndQuery,
+    version: Version,
+    headers: HeaderMap,
+    request_id: HeaderValue,
+    trace_id: HeaderValue,
+    started: Instant,
+}
+
+/// The endpoint that answered: backend index and endpoint index.
+type Served = (usize, usize);
+
+impl Exchange {
+    async fn forward<B>(mut self, body: B) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let active = self.active.clone();
+        let limits = &active.config.limits;
+        let mut mirror_to = active.router.mirror_sample();
+        let idempotent = is_idempotent(&self.method);
+        let wants_buffer =
+            mirror_to.is_some() || (idempotent && active.backends[self.decision.backend].max_retries > 0);
+        let body = if body.is_end_stream() {
+            RequestBody::Buffered(None)
+        } else if wants_buffer
+            && content_length(&self.headers)
+                .is_some_and(|length| length <= u64::from(limits.max_buffered_body_bytes))
+        {
+            let max = limits.max_buffered_body_bytes as usize;
+            let timeout = limits.header_read_timeout.0;
+            match tokio::time::timeout(timeout, http_body_util::Limited::new(body, max).collect()).await {
+                Ok(Ok(collected)) => RequestBody::Buffered(Some(collected.to_bytes())),
+                Ok(Err(source)) => return self.finish_local(ProxyError::RequestBody { source }, 0),
+                Err(_) => return self.finish_local(ProxyError::RequestBodyTimeout { timeout }, 0),
+            }
+        } else {
+            RequestBody::Stream(body.map_err(Into::into).boxed_unsync())
+        };
+        if let (Some(backend), RequestBody::Stream(_)) = (mirror_to, &body) {
+            self.shared
+                .mirror
+                .count(active.backends[backend].name.clone(), "body_too_large");
+            mirror_to = None;
+        }
+        let mirror_copy = mirror_to.map(|backend| {
+            let copy = match &body {
+                RequestBody::Buffered(bytes) => bytes.clone(),
+                RequestBody::Stream(_) => None,
+            };
+            (backend, self.headers.clone(), copy)
+        });
+        let (result, retries) = self.attempts(body, idempotent).await;
+        let response = match result {
+            Ok((response, (backend, endpoint))) => self.finish_upstream(response, backend, endpoint, retries),
+            Err(error) => self.finish_local(error, retries),
+        };
+        if let Some((backend, headers, body)) = mirror_copy {
+            self.shared.mirror.submit(MirrorJob {
+                active: self.active.clone(),
+                backend,
+                method: self.method.clone(),
+                path: self.path.clone(),
+                headers,
+                body,
+                request_id: self.request_id.clone(),
+                primary_status: response.status(),
+                primary_latency: self.started.elapsed(),
+            });
+        }
+        response
+    }
+
+    /// Sends the request until an endpoint answers or nothing more may be tried.
+    async fn attempts(
+        &mut self,
+        body: RequestBody,
+        idempotent: bool,
+    ) -> (Result<(Response<Incoming>, Served), ProxyError>, u32) {
+        let active = self.active.clone();
+        let replayable = body.replay().is_some();
+        let mut body = Some(body);
+        let max_retries = active.backends[self.decision.backend].max_retries;
+        let mut backend_index = self.decision.backend;
+        let mut tried: Vec<(usize, usize)> = Vec::new();
+        let mut exhausted: Vec<usize> = Vec::new();
+        let mut retries = 0;
+        let mut last_error = None;
+        loop {
+            let backend = &active.backends[backend_index];
+            let picked = backend.pick(self.decision.key_hash, now_millis(), |endpoint| {
+                tried.contains(&(backend_index, endpoint))
+            });
+            let Some(endpoint_index) = picked else {
+                exhausted.push(backend_index);
+                let failover = match self.decision.choice {
+                    Choice::Route(_) => None,
+                    Choice::Sticky | Choice::Weighted => {
+                        active.router.failover(|index| exhausted.contains(&index)).next()
+                    }
+                };
+                match failover {
+                    Some(next) => {
+                        backend_index = next;
+                        continue;
+                    }
+                    None => {
+                        let error = last_error.unwrap_or_else(|| ProxyError::NoHealthyEndpoint {
+                            backend: active.backends[self.decision.backend].name.clone(),
+                        });
+                        return (Err(error), retries);
+                    }
+                }
+            };
+            let endpoint = &backend.endpoints[endpoint_index];
+            let (attempt_body, headers) = match body.as_ref().and_then(RequestBody::replay) {
+                Some(copy) => (copy, self.headers.clone()),
+                None => match body.take() {
+                    Some(stream) => (stream, std::mem::take(&mut self.headers)),
+                    None => {
+                        let error = last_error.unwrap_or_else(|| ProxyError::NoHealthyEndpoint {
+                            backend: backend.name.clone(),
+                        });
+                        return (Err(error), retries);
+                    }
+                },
+            };
+            let request = match upstream_request(
+                &self.method,
+                &self.path,
+                headers,
+                endpoint,
+                backend.protocol,
+                attempt_body,
+            ) {
+                Ok(request) => request,
+                Err(error) => return (Err(error), retries),
+            };
+            let error = match tokio::time::timeout(backend.timeout, backend.client.request(request)).await {
+                Ok(Ok(response)) => {
+                    if is_gateway_error(response.status()) {
+                        self.record_failure(backend_index, endpoint);
+                    } else {
+                        endpoint.health.record_success();
+                    }
+                    return (Ok((response, (backend_index, endpoint_index))), retries);
+                }
+                Ok(Err(source)) => ProxyError::from_client(&endpoint.address, source),
+                Err(_) => ProxyError::Timeout {
+                    endpoint: endpoint.address.clone(),
+                    timeout: backend.timeout,
+                },
+            };
+            match &error {
+                ProxyError::Connect { .. } => backend.metrics.connect_errors.inc(),
+                ProxyError::Timeout { .. } => backend.metrics.timeouts.inc(),
+                _ => backend.metrics.reset_errors.inc(),
+            };
+            tracing::debug!(
+                %error,
+                request_id = self.request_id.to_str().unwrap_or("-"),
+                backend = %backend.name,
+                "Attempt failed."
+            );
+            self.record_failure(backend_index, endpoint);
+            // A request whose connection never opened was not sent, so any method may go again.
+            let safe = matches!(error, ProxyError::Connect { .. }) || idempotent;
+            if !replayable || !safe || retries >= max_retries {
+                return (Err(error), retries);
+            }
+            if !self
+                .shared
+                .budget
+                .try_withdraw(now_millis(), &active.config.retry_budget)
+            {
+                self.shared.metrics.retry_budget_exhausted.inc();
+                return (Err(error), retries);
+            }
+            last_error = Some(error);
+            retries += 1;
+            backend.metrics.retries.inc();
+            tried.push((backend_index, endpoint_index));
+        }
+    }
+
+    fn record_failure(&self, backend_index: usize, endpoint: &Endpoint) {
+        let backend = &self.active.backends[backend_index];
+        if let Some(ejected_for) = endpoint
+            .health
+            .record_failure(now_millis(), &self.active.config.outlier_detection)
+        {
+            backend.metrics.ejections.inc();
+            tracing::warn!(
+                backend = %backend.name,
+                endpoint = %endpoint.address,
+                ejected_for_ms = u64::try_from(ejected_for.as_millis()).unwrap_or(u64::MAX),
+                "Ejected an endpoint after consecutive failures."
+            );
+        }
+    }
+
+    fn finish_upstream(
+        &self,
+        response: Response<Incoming>,
+        backend: usize,
+        endpoint: usize,
+        retries: u32,
+    ) -> Response<ResponseBody> {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(
+            &mut parts.headers,
+            parts.status == StatusCode::SWITCHING_PROTOCOLS,
+        );
+        parts.version = self.version;
+        let mut response = Response::from_parts(parts, ResponseBody::Upstream(body));
+        self.decorate(&mut response);
+        self.record(&response, backend, Some(endpoint), retries);
+        response
+    }
+
+    fn finish_local(&self, error: ProxyError, retries: u32) -> Response<ResponseBody> {
+        self.shared
+            .metrics
+            .local_responses
+            .get_or_create(&ReasonLabels {
+                reason: error.reason(),
+            })
+            .inc();
+        tracing::warn!(
+            %error,
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            backend = %self.active.backends[self.decision.backend].name,
+            retries,
+            "No backend could serve a request."
+        );
+        let mut response = local_response(&error, &self.request_id);
+        self.decorate(&mut response);
+        self.record(&response, self.decision.backend, None, retries);
+        response
+    }
+
+    fn decorate(&self, response: &mut Response<ResponseBody>) {
+        let headers = response.headers_mut();
+        if !headers.contains_key(&REQUEST_ID) {
+            headers.insert(REQUEST_ID.clone(), self.request_id.clone());
+        }
+        if let Some(cookie) = &self.decision.set_cookie {
+            headers.append(header::SET_COOKIE, cookie.clone());
+        }
+    }
+
+    fn record(
+        &self,
+        response: &Response<ResponseBody>,
+        backend: usize,
+        endpoint: Option<usize>,
+        retries: u32,
+    ) {
+        let backend = &self.active.backends[backend];
+        let status = response.status().as_u16();
+        let elapsed = self.started.elapsed();
+        backend.metrics.requests[class_index(status)].inc();
+        backend.metrics.latency.observe(elapsed.as_secs_f64());
+        if self.active.config.access_log {
+            tracing::info!(
+                target: "access",
+                request_id = self.request_id.to_str().unwrap_or("-"),
+                trace_id = self.trace_id.to_str().unwrap_or("-"),
+                method = %self.method,
+                path = %self.path,
+                status,
+                backend = %backend.name,
+                endpoint = endpoint.map_or("-", |index| backend.endpoints[index].address.as_str()),
+                choice = self.decision.choice.as_str(),
+                retries,
+                duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+                "Request served."
+            );
+        }
+    }
+
+    /// WebSocket and other `Upgrade` requests: one attempt, then bytes copied both ways.
+    async fn tunnel(mut self, on_upgrade: OnUpgrade) -> Response<ResponseBody> {
+        let active = self.active.clone();
+        let backend_index = self.decision.backend;
+        let backend = &active.backends[backend_index];
+        let Some(endpoint_index) = backend.pick(self.decision.key_hash, now_millis(), |_| false) else {
+            let error = ProxyError::NoHealthyEndpoint {
+                backend: backend.name.clone(),
+            };
+            return self.finish_local(error, 0);
+        };
+        let endpoint = &backend.endpoints[endpoint_index];
+        let headers = std::mem::take(&mut self.headers);
+        let request = match upstream_request(
+            &self.method,
+            &self.path,
+            headers,
+            endpoint,
+            UpstreamProtocol::Http1,
+            RequestBody::Buffered(None),
+        ) {
+            Ok(request) => request,
+            Err(error) => return self.finish_local(error, 0),
+        };
+        let mut response = match tokio::time::timeout(backend.timeout, backend.client.request(request)).await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(source)) => {
+                self.record_failure(backend_index, endpoint);
+                return self.finish_local(ProxyError::from_client(&endpoint.address, source), 0);
+            }
+            Err(_) => {
+                self.record_failure(backend_index, endpoint);
+                let error = ProxyError::Timeout {
+                    endpoint: endpoint.address.clone(),
+                    timeout: backend.timeout,
+                };
+                return self.finish_local(error, 0);
+            }
+        };
+        endpoint.health.record_success();
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream = hyper::upgrade::on(&mut response);
+            let request_id = self.request_id.clone();
+            tokio::spawn(async move {
+                match tokio::try_join!(on_upgrade, upstream) {
+                    Ok((client, upstream)) => {
+                        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                            tracing::debug!(%error, request_id = request_id.to_str().unwrap_or("-"), "Tunnel closed with an error.");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, request_id = request_id.to_str().unwrap_or("-"), "Upgrade failed.");
+                    }
+                }
+            });
+        }
+        self.finish_upstream(response, backend_index, endpoint_index, 0)
+    }
+}
+
+/// Builds the request for one attempt at one endpoint.
+pub fn upstream_request(
+    method: &Method,
+    path: &PathAndQuery,
+    headers: HeaderMap,
+    endpoint: &Endpoint,
+    protocol: UpstreamProtocol,
+    body: RequestBody,
+) -> Result<Request<RequestBody>, ProxyError> {
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(endpoint.authority.clone())
+        .path_and_query(path.clone())
+        .build()
+        .map_err(|source| ProxyError::Build { source })?;
+    let mut request = Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = match protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2c => Version::HTTP_2,
+    };
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// The splitter's own answer when nothing could serve.
+fn local_response(error: &ProxyError, request_id: &HeaderValue) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::text(error.body()));
+    *response.status_mut() = error.status();
+    let headers = response.headers_mut();
+    headers.insert(REASON_HEADER.clone(), HeaderValue::from_static(error.reason()));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(REQUEST_ID.clone(), request_id.clone());
+    response
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn is_gateway_error(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn is_upgrade<B>(request: &Request<B>) -> bool {
+    request.version() == Version::HTTP_11
+        && request.headers().contains_key(header::UPGRADE)
+        && request
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|value| has_token(value.as_bytes(), b"upgrade"))
+}
+
+fn has_token(list: &[u8], token: &[u8]) -> bool {
+    list.split(|b| *b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+/// Removes the headers that belong to one connection (RFC 9110 §7.6.1), keeping `connection` and
+/// `upgrade` for an upgrade, and `te: trailers` (which gRPC needs end to end).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(name);
+        }
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in [
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+    ] {
+        if !(te_trailers && name == header::TE) {
+            headers.remove(name);
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, connection: ConnectionInfo, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade);
+    if !headers.contains_key(header::HOST) {
+        // HTTP/2 clients send `:authority` instead; keep it as the backend's Host.
+        if let Some(value) = uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, value);
+        }
+    }
+    let ip = connection.remote.ip().to_string();
+    let forwarded = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => HeaderValue::from_str(&format!("{previous}, {ip}")),
+        None => HeaderValue::from_str(&ip),
+    };
+    if let Ok(forwarded) = forwarded {
+        headers.insert(FORWARDED_FOR.clone(), forwarded);
+    }
+    if !headers.contains_key(&FORWARDED_PROTO) {
+        let proto = if connection.tls { "https" } else { "http" };
+        headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::Full;
+    use prometheus_client::registry::Registry;
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::Source;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (HeaderName::from_static(name), HeaderValue::from_static(value)))
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut map, false);
+        assert_eq!(map.len(), 1, "{map:?}");
+        assert_eq!(map["x-keep"], "yes");
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_upgrade_headers_and_grpc_keeps_te_trailers() {
+        let mut map = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut map, true);
+        assert_eq!(map["upgrade"], "websocket");
+        assert_eq!(map["connection"], "upgrade");
+        let mut map = headers(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut map, false);
+        assert_eq!(map["te"], "trailers");
+    }
+
+    #[test]
+    fn forwarding_headers_are_appended_and_host_comes_from_the_authority() {
+        let mut map = headers(&[("x-forwarded-for", "10.0.0.1")]);
+        let connection = ConnectionInfo {
+            remote: SocketAddr::from(([192, 168, 1, 2], 5000)),
+            tls: true,
+        };
+        let uri: Uri = "https://app.example:8443/x".parse().unwrap();
+        prepare_request_headers(&mut map, &uri, connection, false);
+        assert_eq!(map["x-forwarded-for"], "10.0.0.1, 192.168.1.2");
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(map["host"], "app.example:8443");
+    }
+
+    async fn shared_with(config: serde_json::Value) -> Arc<Shared> {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let store = Arc::new(ConfigStore::new(metrics.clone()));
+        store.apply(Source::File, config).unwrap();
+        Arc::new(Shared {
+            store,
+            budget: RetryBudget::default(),
+            mirror: MirrorQueue::start(4, 1, metrics.clone()),
+            metrics,
+        })
+    }
+
+    fn client() -> ConnectionInfo {
+        ConnectionInfo {
+            remote: SocketAddr::from(([127, 0, 0, 1], 40000)),
+            tls: false,
+        }
+    }
+
+    /// Called as a plain function: no listener, no backend, every endpoint already ejected.
+    #[tokio::test]
+    async fn a_backend_with_every_endpoint_ejected_gets_503_with_a_reason_and_a_request_id() {
+        let shared = shared_with(json!({
+            "backends": [{"name": "stable", "endpoints": ["127.0.0.1:9"]}],
+            "outlierDetection": {"consecutiveFailures": 1, "baseEjectionTime": "1h", "maxEjectionTime": "1h"}
+        }))
+        .await;
+        let active = shared.store.current().unwrap();
+        active.backends[0].endpoints[0]
+            .health
+            .record_failure(now_millis(), &active.config.outlier_detection);
+        let request = Request::builder()
+            .uri("/orders")
+            .header("x-request-id", "abc")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = handle(shared, request, client()).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[&REASON_HEADER], "no-healthy-endpoint");
+        assert_eq!(response.headers()["x-request-id"], "abc");
+    }
+
+    #[tokio::test]
+    async fn before_any_configuration_requests_get_503_no_configuration() {
+        let metrics = Metrics::register(&mut Registry::default());
+        let shared = Arc::new(Shared {
+            store: Arc::new(ConfigStore::new(metrics.clone())),
+            budget: RetryBudget::default(),
+            mirror: MirrorQueue::start(4, 1, metrics.clone()),
+            metrics,
+        });
+        let request = Request::new(Full::new(Bytes::new()));
+        let response = handle(shared, request, client()).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[&REASON_HEADER], "no-configuration");
+        assert_eq!(response.headers()["x-request-id"].len(), 32);
+    }
+}

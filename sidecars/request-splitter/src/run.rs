@@ -1,0 +1,313 @@
+//! Wires the splitter together: configuration sources, the admin server, the proxy listener, the
+//! mirror queue, reloads and the drain on shutdown.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use outrigger_sidecar_common::{
+    admin::{self, AdminError, AdminState},
+    shutdown,
+};
+use prometheus_client::registry::Registry;
+use tokio::{
+    net::TcpListener,
+    sync::{watch, Notify},
+    task::JoinHandle,
+};
+
+#[cfg(feature = "configmap")]
+use crate::configmap::{self, ConfigMapError, ConfigMapRef};
+use crate::{
+    config::ConfigError,
+    health::RetryBudget,
+    metrics::Metrics,
+    mirror::MirrorQueue,
+    proxy::Shared,
+    reload,
+    server::{self, Connections},
+    store::{Applied, ConfigStore},
+    tls::{self, TlsError},
+};
+
+/// Why the splitter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("neither a configuration file nor a ConfigMap was given")]
+    NoSource,
+    #[error("the configuration file is not usable: {0}")]
+    InitialConfig(#[source] ConfigError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("binding the proxy listener to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[cfg(feature = "configmap")]
+    #[error(transparent)]
+    ConfigMap(#[from] ConfigMapError),
+    #[error("this build has no ConfigMap support (feature `configmap`)")]
+    ConfigMapUnsupported,
+}
+
+/// Where the configuration comes from and how the process behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config_file: Option<PathBuf>,
+    /// `namespace/name` and key of a ConfigMap to watch.
+    pub configmap: Option<(String, String)>,
+    pub admin_addr: SocketAddr,
+    pub poll_interval: Duration,
+    /// Longest wait for open connections to finish after SIGTERM.
+    pub drain_timeout: Duration,
+    /// Time between failing readiness and closing the listener, so load balancers stop sending.
+    pub drain_delay: Duration,
+}
+
+/// A started splitter.
+pub struct Running {
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
+    /// Where the admin server listens.
+    pub admin_addr: SocketAddr,
+    store: Arc<ConfigStore>,
+    admin: AdminState,
+    connections: Arc<Connections>,
+    shutdown: watch::Sender<bool>,
+    reload_now: Arc<Notify>,
+    config_file: Option<PathBuf>,
+    server: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    drain_timeout: Duration,
+    drain_delay: Duration,
+}
+
+/// Starts everything and returns once the proxy is listening (and ready).
+pub async fn start(options: Options) -> Result<Running, RunError> {
+    let Options {
+        config_file,
+        configmap,
+        admin_addr,
+        poll_interval,
+        drain_timeout,
+        drain_delay,
+    } = options;
+    if config_file.is_none() && configmap.is_none() {
+        return Err(RunError::NoSource);
+    }
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let store = Arc::new(ConfigStore::new(metrics.clone()));
+    if let Some(path) = &config_file {
+        let outcome = reload::load_file(&store, path);
+        reload::log_outcome(crate::store::Source::File, &outcome);
+        outcome.map_err(RunError::InitialConfig)?;
+    }
+    let (shutdown_sender, shutdown_receiver) = watch::channel(false);
+    let mut background = Vec::new();
+
+    let admin_listener = admin::bind(admin_addr).await?;
+    let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
+    let config_store = store.clone();
+    let admin = AdminState::new(registry).with_routes(Arc::new(move |path| match path {
+        "/config" => Some((
+            "application/json",
+            config_store
+                .current()
+                .map_or_else(|| "null".to_owned(), |active| active.json.clone()),
+        )),
+        _ => None,
+    }));
+    background.push(tokio::spawn(admin::serve(admin_listener, admin.clone(), {
+        let mut stop = shutdown_receiver.clone();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+    })));
+
+    if let Some((reference, key)) = configmap {
+        background.push(start_configmap_watch(&store, &reference, key, shutdown_receiver.clone()).await?);
+    }
+    let Some(active) = store.wait_for_first().await else {
+        return Err(RunError::NoSource);
+    };
+
+    let addr = active.config.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })?;
+    let addr = listener.local_addr().unwrap_or(addr);
+    let acceptor = active.config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let limits = &active.config.limits;
+    let mirror = MirrorQueue::start(
+        limits.mirror_queue as usize,
+        limits.mirror_in_flight as usize,
+        metrics.clone(),
+    );
+    let connections = Connections::new(metrics.active_connections.clone());
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        metrics,
+        budget: RetryBudget::default(),
+        mirror,
+    });
+    let server = tokio::spawn(server::serve(
+        listener,
+        shared,
+        acceptor,
+        limits.max_connections as usize,
+        connections.clone(),
+        shutdown_receiver.clone(),
+    ));
+    let reload_now = Arc::new(Notify::new());
+    if let Some(path) = &config_file {
+        background.push(tokio::spawn(reload::watch_file(
+            store.clone(),
+            path.clone(),
+            poll_interval,
+            reload_now.clone(),
+            shutdown_receiver.clone(),
+        )));
+    }
+    admin.set_ready(true);
+    tracing::info!(
+        %addr,
+        %admin_addr,
+        generation = active.generation,
+        tls = active.config.tls.is_some(),
+        "Request splitter listening."
+    );
+    Ok(Running {
+        addr,
+        admin_addr,
+        store,
+        admin,
+        connections,
+        shutdown: shutdown_sender,
+        reload_now,
+        config_file,
+        server,
+        background,
+        drain_timeout,
+        drain_delay,
+    })
+}
+
+#[cfg(feature = "configmap")]
+async fn start_configmap_watch(
+    store: &Arc<ConfigStore>,
+    reference: &str,
+    key: String,
+    shutdown: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, RunError> {
+    let reference: ConfigMapRef = reference.parse()?;
+    let client = configmap::client().await?;
+    tracing::info!(configmap = %reference, key = %key, "Watching a ConfigMap for configuration.");
+    Ok(tokio::spawn(configmap::watch(
+        client,
+        store.clone(),
+        reference,
+        key,
+        shutdown,
+    )))
+}
+
+#[cfg(not(feature = "configmap"))]
+async fn start_configmap_watch(
+    _store: &Arc<ConfigStore>,
+    _reference: &str,
+    _key: String,
+    _shutdown: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, RunError> {
+    Err(RunError::ConfigMapUnsupported)
+}
+
+impl Running {
+    /// The configuration store (for tests and tools).
+    pub fn store(&self) -> &Arc<ConfigStore> {
+        &self.store
+    }
+
+    /// Reads the configuration file now, as the poller would, and returns the outcome.
+    pub fn reload_file(&self) -> Option<Result<Applied, ConfigError>> {
+        let path = self.config_file.as_ref()?;
+        let outcome = reload::load_file(&self.store, path);
+        reload::log_outcome(crate::store::Source::File, &outcome);
+        Some(outcome)
+    }
+
+    /// Asks the file poller to reload at once (what SIGHUP does).
+    pub fn trigger_reload(&self) {
+        self.reload_now.notify_one();
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
+    }
+
+    /// Drains: fails readiness, waits `drain_delay`, closes the listener, lets open connections
+    /// finish for at most `drain_timeout`. Returns the connections still open at the deadline.
+    pub async fn shutdown(self) -> usize {
+        let Running {
+            admin,
+            connections,
+            shutdown,
+            server,
+            background,
+            drain_timeout,
+            drain_delay,
+            ..
+        } = self;
+        admin.set_ready(false);
+        tokio::time::sleep(drain_delay).await;
+        let _ = shutdown.send(true);
+        let _ = server.await;
+        let drained = tokio::time::timeout(drain_timeout, connections.all_closed()).await;
+        let left = connections.open();
+        match drained {
+            Ok(()) => tracing::info!("Drained every connection."),
+            Err(_) => tracing::warn!(
+                open_connections = left,
+                "Drain deadline reached; closing the rest."
+            ),
+        }
+        for task in background {
+            task.abort();
+        }
+        left
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, then drains. SIGHUP reloads the configuration file.
+pub async fn run(options: Options) -> Result<(), RunError> {
+    let running = start(options).await?;
+    let hangup = spawn_hangup_listener(running.reload_now.clone());
+    shutdown::signal().await;
+    tracing::info!(
+        open_connections = running.open_connections(),
+        "Shutting down: draining connections."
+    );
+    hangup.abort();
+    running.shutdown().await;
+    Ok(())
+}
+
+fn spawn_hangup_listener(reload_now: Arc<Notify>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration file.");
+                reload_now.notify_one();
+            }
+        }
+        #[cfg(not(unix))]
+        drop(reload_now);
+    })
+}
