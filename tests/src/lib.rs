@@ -154,6 +154,14 @@ impl TestNamespace {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         kubectl_ok(&["create", "namespace", &name]).with_context(cluster_missing_message)?;
+        // Pods are refused until the controller-manager has created the default ServiceAccount.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while kubectl_ok(&["get", "serviceaccount", "default", "-n", &name]).is_err() {
+            if Instant::now() > deadline {
+                bail!("namespace {name} never got its default ServiceAccount");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         Ok(TestNamespace { name })
     }
 }
@@ -270,12 +278,29 @@ pub struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    /// Starts an operator for `namespace`, electing a leader on the Lease `lease`.
+    /// Starts an operator for `namespace` without the webhook, electing a leader on the Lease `lease`.
     pub fn start(
         namespace: &str,
         identity: &str,
         lease: &str,
         lease_seconds: u32,
+    ) -> anyhow::Result<OperatorProcess> {
+        Self::start_with(
+            namespace,
+            identity,
+            lease,
+            lease_seconds,
+            &["--no-webhook".to_owned()],
+        )
+    }
+
+    /// Starts an operator for `namespace` with extra arguments.
+    pub fn start_with(
+        namespace: &str,
+        identity: &str,
+        lease: &str,
+        lease_seconds: u32,
+        extra_args: &[String],
     ) -> anyhow::Result<OperatorProcess> {
         ensure_crds()?;
         ensure_operator_rbac()?;
@@ -300,6 +325,7 @@ impl OperatorProcess {
                 identity,
             ])
             .args(["--lease-seconds", &lease_seconds.to_string()])
+            .args(extra_args)
             .env("KUBECONFIG", operator_kubeconfig())
             .stdout(log.try_clone()?)
             .stderr(log)

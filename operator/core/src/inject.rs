@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ResourceRequirements,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe,
+    ResourceRequirements, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use outrigger_api::common::{SidecarKind, SidecarSpec};
@@ -27,9 +27,17 @@ pub const LOGS_DIR: &str = "/var/log/outrigger";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InjectError {
     #[error("unknown sidecar {name:?} in annotation {annotation}; known sidecars: {known}")]
-    UnknownSidecar { name: String, annotation: &'static str, known: String },
+    UnknownSidecar {
+        name: String,
+        annotation: &'static str,
+        known: String,
+    },
     #[error("the pod already has a {what} named {name:?}, which the {sidecar} sidecar needs; rename it")]
-    NameClash { what: &'static str, name: String, sidecar: String },
+    NameClash {
+        what: &'static str,
+        name: String,
+        sidecar: String,
+    },
 }
 
 /// Operator-wide defaults for every sidecar.
@@ -44,7 +52,11 @@ pub struct SidecarDefaults {
 impl SidecarDefaults {
     fn image(&self, kind: SidecarKind) -> String {
         self.images.get(&kind).cloned().unwrap_or_else(|| {
-            let tag = if self.image_tag.is_empty() { "latest" } else { self.image_tag.as_str() };
+            let tag = if self.image_tag.is_empty() {
+                "latest"
+            } else {
+                self.image_tag.as_str()
+            };
             format!("outrigger/{kind}:{tag}")
         })
     }
@@ -109,16 +121,27 @@ pub fn owner_of(pod: &Pod) -> Option<(&'static str, String)> {
     if let Some(name) = labels.get(labels::REPLICATED_SERVICE) {
         return Some(("ReplicatedService", name.clone()));
     }
-    labels.get(labels::SHARDED_SERVICE).map(|name| ("ShardedService", name.clone()))
+    labels
+        .get(labels::SHARDED_SERVICE)
+        .map(|name| ("ShardedService", name.clone()))
 }
 
 /// Sidecars named by the pod's `outrigger.dev/inject` annotation (`request-splitter,log-adapter`).
 pub fn annotated_sidecars(pod: &Pod) -> Result<Vec<SidecarKind>, InjectError> {
-    let Some(value) = pod.metadata.annotations.as_ref().and_then(|a| a.get(labels::INJECT)) else {
+    let Some(value) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(labels::INJECT))
+    else {
         return Ok(Vec::new());
     };
     let mut kinds = Vec::new();
-    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty() && *n != "none") {
+    for name in value
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && *n != "none")
+    {
         let kind = SidecarKind::parse(name).ok_or_else(|| InjectError::UnknownSidecar {
             name: name.to_owned(),
             annotation: labels::INJECT,
@@ -166,12 +189,19 @@ pub fn plan(
             None,
         ),
     };
-    Ok((!sidecars.is_empty()).then_some(Plan { sidecars, config_map, native_sidecars }))
+    Ok((!sidecars.is_empty()).then_some(Plan {
+        sidecars,
+        config_map,
+        native_sidecars,
+    }))
 }
 
 /// Whether the pod was injected already (a reinvocation, or a pod re-submitted as is).
 pub fn already_injected(pod: &Pod) -> bool {
-    pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(INJECTED))
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(INJECTED))
 }
 
 /// The pod with the sidecars, volumes and annotations of `plan` added. Idempotent: an injected pod
@@ -190,7 +220,11 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
         .collect();
     let taken_volumes: Vec<String> = spec.volumes.iter().flatten().map(|v| v.name.clone()).collect();
     let has_log_adapter = plan.sidecars.iter().any(|s| s.kind == SidecarKind::LogAdapter);
-    let first_sidecar = plan.sidecars.first().map(|s| s.kind.to_string()).unwrap_or_default();
+    let first_sidecar = plan
+        .sidecars
+        .first()
+        .map(|s| s.kind.to_string())
+        .unwrap_or_default();
     for sidecar in &plan.sidecars {
         if taken_containers.iter().any(|name| name == sidecar.kind.as_str()) {
             return Err(InjectError::NameClash {
@@ -202,7 +236,11 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
     }
     for volume in [CONFIG_VOLUME, LOGS_VOLUME] {
         if taken_volumes.iter().any(|name| name == volume) {
-            return Err(InjectError::NameClash { what: "volume", name: volume.to_owned(), sidecar: first_sidecar });
+            return Err(InjectError::NameClash {
+                what: "volume",
+                name: volume.to_owned(),
+                sidecar: first_sidecar,
+            });
         }
     }
 
@@ -224,15 +262,22 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
     });
     if has_log_adapter {
         for container in &mut spec.containers {
-            container.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
-                name: LOGS_VOLUME.to_owned(),
-                mount_path: LOGS_DIR.to_owned(),
-                ..VolumeMount::default()
-            });
+            container
+                .volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(VolumeMount {
+                    name: LOGS_VOLUME.to_owned(),
+                    mount_path: LOGS_DIR.to_owned(),
+                    ..VolumeMount::default()
+                });
         }
     }
 
-    let sidecars: Vec<Container> = plan.sidecars.iter().map(|s| sidecar_container(s, plan.native_sidecars)).collect();
+    let sidecars: Vec<Container> = plan
+        .sidecars
+        .iter()
+        .map(|s| sidecar_container(s, plan.native_sidecars))
+        .collect();
     if plan.native_sidecars {
         spec.init_containers.get_or_insert_with(Vec::new).extend(sidecars);
     } else {
@@ -243,7 +288,11 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
     }
     pod.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(
         INJECTED.to_owned(),
-        plan.sidecars.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>().join(","),
+        plan.sidecars
+            .iter()
+            .map(|s| s.kind.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
     );
     Ok(pod)
 }
@@ -253,12 +302,19 @@ fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
     let field_env = |name: &str, path: &str| EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: path.to_owned(), ..ObjectFieldSelector::default() }),
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
             ..EnvVarSource::default()
         }),
         ..EnvVar::default()
     };
-    let value_env = |name: &str, value: String| EnvVar { name: name.to_owned(), value: Some(value), ..EnvVar::default() };
+    let value_env = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
     let settings = serde_json::to_string(&sidecar.settings).unwrap_or_else(|_| "{}".to_owned());
     let binary = format!("/outrigger-{}", sidecar.kind);
     let is_outrigger_image = sidecar.image.starts_with(&format!("outrigger/{}:", sidecar.kind));
@@ -291,7 +347,9 @@ fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
         // Our own images can wait for their readiness; a user-supplied image is started in order only.
         lifecycle: (!native && is_outrigger_image).then(|| Lifecycle {
             post_start: Some(LifecycleHandler {
-                exec: Some(ExecAction { command: Some(vec![binary, "wait-ready".to_owned()]) }),
+                exec: Some(ExecAction {
+                    command: Some(vec![binary, "wait-ready".to_owned()]),
+                }),
                 ..LifecycleHandler::default()
             }),
             ..Lifecycle::default()
@@ -304,7 +362,10 @@ fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
             run_as_group: Some(65534),
             read_only_root_filesystem: Some(true),
             allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), ..Capabilities::default() }),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
             ..SecurityContext::default()
         }),
         volume_mounts: Some(vec![
@@ -314,7 +375,11 @@ fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
-            VolumeMount { name: LOGS_VOLUME.to_owned(), mount_path: LOGS_DIR.to_owned(), ..VolumeMount::default() },
+            VolumeMount {
+                name: LOGS_VOLUME.to_owned(),
+                mount_path: LOGS_DIR.to_owned(),
+                ..VolumeMount::default()
+            },
         ]),
         ..Container::default()
     }
@@ -347,15 +412,29 @@ mod tests {
     }
 
     fn specs(kinds: &[&str]) -> Vec<SidecarSpec> {
-        kinds.iter().map(|k| serde_json::from_value(json!({"name": k})).unwrap()).collect()
+        kinds
+            .iter()
+            .map(|k| serde_json::from_value(json!({"name": k})).unwrap())
+            .collect()
     }
 
     fn owner_plan(kinds: &[&str], native: bool) -> Plan {
         let sidecars = specs(kinds);
-        let owner = OwnerSidecars { sidecars: &sidecars, config_map: "web-outrigger" };
-        plan(&pod(json!({})), Some(owner), &SidecarDefaults { image_tag: "dev".into(), ..Default::default() }, native)
-            .unwrap()
-            .unwrap()
+        let owner = OwnerSidecars {
+            sidecars: &sidecars,
+            config_map: "web-outrigger",
+        };
+        plan(
+            &pod(json!({})),
+            Some(owner),
+            &SidecarDefaults {
+                image_tag: "dev".into(),
+                ..Default::default()
+            },
+            native,
+        )
+        .unwrap()
+        .unwrap()
     }
 
     fn names(containers: &[Container]) -> Vec<&str> {
@@ -367,24 +446,53 @@ mod tests {
         let plan = owner_plan(&["request-splitter", "log-adapter"], false);
         let injected = mutate(&pod(json!({})), &plan).unwrap();
         let spec = injected.spec.unwrap();
-        assert_eq!(names(&spec.containers), ["request-splitter", "log-adapter", "app"]);
+        assert_eq!(
+            names(&spec.containers),
+            ["request-splitter", "log-adapter", "app"]
+        );
         let splitter = &spec.containers[0];
         assert_eq!(splitter.image.as_deref(), Some("outrigger/request-splitter:dev"));
         let security = splitter.security_context.as_ref().unwrap();
         assert_eq!(security.run_as_non_root, Some(true));
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(security.allow_privilege_escalation, Some(false));
-        assert_eq!(security.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_owned()][..]));
-        let hook = splitter.lifecycle.as_ref().unwrap().post_start.as_ref().unwrap().exec.as_ref().unwrap();
+        assert_eq!(
+            security.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+        let hook = splitter
+            .lifecycle
+            .as_ref()
+            .unwrap()
+            .post_start
+            .as_ref()
+            .unwrap()
+            .exec
+            .as_ref()
+            .unwrap();
         assert_eq!(hook.command.as_deref().unwrap()[1], "wait-ready");
-        let volumes: Vec<_> = spec.volumes.unwrap().into_iter().map(|v| (v.name, v.config_map.map(|c| c.name))).collect();
+        let volumes: Vec<_> = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .map(|v| (v.name, v.config_map.map(|c| c.name)))
+            .collect();
         assert_eq!(
             volumes,
-            [(CONFIG_VOLUME.to_owned(), Some("web-outrigger".to_owned())), (LOGS_VOLUME.to_owned(), None)]
+            [
+                (CONFIG_VOLUME.to_owned(), Some("web-outrigger".to_owned())),
+                (LOGS_VOLUME.to_owned(), None)
+            ]
         );
         let app_mounts = spec.containers[2].volume_mounts.as_ref().unwrap();
-        assert_eq!(app_mounts[0].mount_path, LOGS_DIR, "the app shares the log directory with the log adapter");
-        assert_eq!(injected.metadata.annotations.unwrap()[INJECTED], "request-splitter,log-adapter");
+        assert_eq!(
+            app_mounts[0].mount_path, LOGS_DIR,
+            "the app shares the log directory with the log adapter"
+        );
+        assert_eq!(
+            injected.metadata.annotations.unwrap()[INJECTED],
+            "request-splitter,log-adapter"
+        );
     }
 
     #[test]
@@ -409,7 +517,13 @@ mod tests {
     fn user_containers_and_volumes_with_our_names_are_refused_not_overwritten() {
         let plan = owner_plan(&["request-splitter"], false);
         let clash = pod(json!({"spec": {"containers": [{"name": "request-splitter", "image": "mine"}]}}));
-        assert!(matches!(mutate(&clash, &plan), Err(InjectError::NameClash { what: "container", .. })));
+        assert!(matches!(
+            mutate(&clash, &plan),
+            Err(InjectError::NameClash {
+                what: "container",
+                ..
+            })
+        ));
         let clash = pod(json!({"spec": {"volumes": [{"name": "outrigger-config", "emptyDir": {}}]}}));
         let error = mutate(&clash, &plan).unwrap_err();
         assert_eq!(
@@ -420,16 +534,30 @@ mod tests {
 
     #[test]
     fn annotations_name_the_sidecars_of_plain_pods_and_unknown_names_are_refused() {
-        let annotated = pod(json!({"metadata": {"annotations": {"outrigger.dev/inject": "log-adapter, metrics-adapter"}}}));
-        let plan = plan(&annotated, None, &SidecarDefaults::default(), false).unwrap().unwrap();
-        assert_eq!(plan.sidecars.iter().map(|s| s.kind).collect::<Vec<_>>(), [SidecarKind::LogAdapter, SidecarKind::MetricsAdapter]);
+        let annotated = pod(
+            json!({"metadata": {"annotations": {"outrigger.dev/inject": "log-adapter, metrics-adapter"}}}),
+        );
+        let plan = plan(&annotated, None, &SidecarDefaults::default(), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            plan.sidecars.iter().map(|s| s.kind).collect::<Vec<_>>(),
+            [SidecarKind::LogAdapter, SidecarKind::MetricsAdapter]
+        );
         assert_eq!(plan.config_map, None);
 
-        let unknown = pod(json!({"metadata": {"annotations": {"outrigger.dev/inject": "log-adapter,teleporter"}}}));
+        let unknown =
+            pod(json!({"metadata": {"annotations": {"outrigger.dev/inject": "log-adapter,teleporter"}}}));
         let error = super::plan(&unknown, None, &SidecarDefaults::default(), false).unwrap_err();
-        assert!(error.to_string().starts_with("unknown sidecar \"teleporter\""), "{error}");
+        assert!(
+            error.to_string().starts_with("unknown sidecar \"teleporter\""),
+            "{error}"
+        );
 
-        assert_eq!(super::plan(&pod(json!({})), None, &SidecarDefaults::default(), false).unwrap(), None);
+        assert_eq!(
+            super::plan(&pod(json!({})), None, &SidecarDefaults::default(), false).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -442,19 +570,38 @@ mod tests {
             images: BTreeMap::from([(SidecarKind::RequestSplitter, "registry/rs:2".to_owned())]),
             ..Default::default()
         };
-        let plan = plan(&pod(json!({})), Some(OwnerSidecars { sidecars: &sidecars, config_map: "c" }), &defaults, false)
-            .unwrap()
-            .unwrap();
+        let plan = plan(
+            &pod(json!({})),
+            Some(OwnerSidecars {
+                sidecars: &sidecars,
+                config_map: "c",
+            }),
+            &defaults,
+            false,
+        )
+        .unwrap()
+        .unwrap();
         let container = &mutate(&pod(json!({})), &plan).unwrap().spec.unwrap().containers[0];
         assert_eq!(container.image.as_deref(), Some("mine:1"));
-        let settings = container.env.as_ref().unwrap().iter().find(|e| e.name == "OUTRIGGER_SETTINGS").unwrap();
+        let settings = container
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|e| e.name == "OUTRIGGER_SETTINGS")
+            .unwrap();
         assert_eq!(settings.value.as_deref(), Some(r#"{"listenPort":"8000"}"#));
-        assert!(container.lifecycle.is_none(), "a user image may not have the wait-ready command");
+        assert!(
+            container.lifecycle.is_none(),
+            "a user image may not have the wait-ready command"
+        );
     }
 
     #[test]
     fn pods_of_services_are_recognised_by_their_labels() {
-        let owned = pod(json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "outrigger", "outrigger.dev/replicatedservice": "web"}}}));
+        let owned = pod(
+            json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "outrigger", "outrigger.dev/replicatedservice": "web"}}}),
+        );
         assert_eq!(owner_of(&owned), Some(("ReplicatedService", "web".to_owned())));
         let forged = pod(json!({"metadata": {"labels": {"outrigger.dev/replicatedservice": "web"}}}));
         assert_eq!(owner_of(&forged), None);

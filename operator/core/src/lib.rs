@@ -12,3 +12,4 @@ pub mod replicated;
 pub mod sharded;
 pub mod subset;
 pub mod validate;
+pub mod webhook_config;

@@ -6,9 +6,17 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use outrigger_sidecar_common::telemetry::{self, LogFormat};
 
+use std::collections::BTreeMap;
+
+use outrigger_api::common::SidecarKind;
+use outrigger_core::{
+    inject::SidecarDefaults,
+    webhook_config::{FailurePolicy, WebhookEndpoint},
+};
+
 use crate::{
     leader::ElectionConfig,
-    run::{run, RunConfig},
+    run::{run, RunConfig, WebhookConfig},
 };
 
 /// The Outrigger operator.
@@ -28,7 +36,7 @@ enum Command {
         dir: Option<PathBuf>,
     },
     /// Run the controllers (on the elected leader) and the admin server.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// Arguments of `run`.
@@ -65,6 +73,135 @@ struct RunArgs {
     /// Watch and manage only this namespace instead of the whole cluster.
     #[arg(long, env = "OUTRIGGER_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// Arguments of the sidecar-injection webhook.
+#[derive(Debug, Args)]
+struct WebhookArgs {
+    /// Do not serve the injection webhook (nor manage its configuration).
+    #[arg(long, env = "OUTRIGGER_NO_WEBHOOK")]
+    no_webhook: bool,
+    /// Address the HTTPS webhook listens on.
+    #[arg(long, env = "OUTRIGGER_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    webhook_addr: SocketAddr,
+    /// URL the API server calls (e.g. `https://127.0.0.1:9443` for an operator outside the cluster);
+    /// without it, the API server goes through the Service named by --webhook-service.
+    #[arg(long, env = "OUTRIGGER_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+    /// Service in front of the webhook, in the operator's namespace.
+    #[arg(long, env = "OUTRIGGER_WEBHOOK_SERVICE", default_value = "outrigger-webhook")]
+    webhook_service: String,
+    /// Port of that Service.
+    #[arg(long, env = "OUTRIGGER_WEBHOOK_SERVICE_PORT", default_value_t = 443)]
+    webhook_service_port: i32,
+    /// What happens to pod creation while the webhook cannot answer: `Ignore` (pods start without
+    /// sidecars) or `Fail` (creation is refused).
+    #[arg(long, env = "OUTRIGGER_WEBHOOK_FAILURE_POLICY", default_value = "Ignore")]
+    webhook_failure_policy: FailurePolicy,
+    /// Name of the MutatingWebhookConfiguration the operator keeps up to date.
+    #[arg(
+        long,
+        env = "OUTRIGGER_WEBHOOK_CONFIG_NAME",
+        default_value = "outrigger-injector"
+    )]
+    webhook_config_name: String,
+    /// Only namespaces with these labels (`key=value`, repeatable) are intercepted at all.
+    #[arg(long = "webhook-namespace-label", env = "OUTRIGGER_WEBHOOK_NAMESPACE_LABELS", value_delimiter = ',', value_parser = parse_key_value)]
+    webhook_namespace_labels: Vec<(String, String)>,
+    /// Secret (in the operator's namespace) holding the webhook's CA and serving certificate.
+    #[arg(
+        long,
+        env = "OUTRIGGER_WEBHOOK_SECRET",
+        default_value = "outrigger-webhook-tls"
+    )]
+    webhook_secret: String,
+    /// Lifetime of a serving certificate, in seconds (default 30 days).
+    #[arg(long, env = "OUTRIGGER_CERT_VALIDITY_SECONDS", default_value_t = 30 * 24 * 3600)]
+    cert_validity_seconds: u64,
+    /// Replace the serving certificate this many seconds before it expires (default 10 days).
+    #[arg(long, env = "OUTRIGGER_CERT_RENEW_BEFORE_SECONDS", default_value_t = 10 * 24 * 3600)]
+    cert_renew_before_seconds: u64,
+    /// How often to check the certificate, in seconds.
+    #[arg(long, env = "OUTRIGGER_CERT_CHECK_SECONDS", default_value_t = 60)]
+    cert_check_seconds: u64,
+    /// Image of a sidecar, `name=image` (repeatable), e.g. `request-splitter=registry/rs:1.2`.
+    #[arg(long = "sidecar-image", env = "OUTRIGGER_SIDECAR_IMAGES", value_delimiter = ',', value_parser = parse_key_value)]
+    sidecar_images: Vec<(String, String)>,
+    /// Tag of the default sidecar images `outrigger/<name>:<tag>`.
+    #[arg(long, env = "OUTRIGGER_SIDECAR_IMAGE_TAG", default_value = "dev")]
+    sidecar_image_tag: String,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .filter(|(key, value)| !key.is_empty() && !value.is_empty())
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not key=value"))
+}
+
+impl WebhookArgs {
+    fn into_config(self, namespace: &str) -> anyhow::Result<Option<WebhookConfig>> {
+        let Self {
+            no_webhook,
+            webhook_addr,
+            webhook_url,
+            webhook_service,
+            webhook_service_port,
+            webhook_failure_policy,
+            webhook_config_name,
+            webhook_namespace_labels,
+            webhook_secret,
+            cert_validity_seconds,
+            cert_renew_before_seconds,
+            cert_check_seconds,
+            sidecar_images,
+            sidecar_image_tag,
+        } = self;
+        if no_webhook {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            cert_renew_before_seconds < cert_validity_seconds,
+            "--cert-renew-before-seconds ({cert_renew_before_seconds}) must be below --cert-validity-seconds ({cert_validity_seconds})"
+        );
+        let mut images = BTreeMap::new();
+        for (name, image) in sidecar_images {
+            let kind = SidecarKind::parse(&name).with_context(|| {
+                format!(
+                    "--sidecar-image: unknown sidecar {name:?}; known: {}",
+                    SidecarKind::ALL.map(SidecarKind::as_str).join(", ")
+                )
+            })?;
+            images.insert(kind, image);
+        }
+        let endpoint = match webhook_url {
+            Some(url) => WebhookEndpoint::Url(url),
+            None => WebhookEndpoint::Service {
+                namespace: namespace.to_owned(),
+                name: webhook_service,
+                port: webhook_service_port,
+            },
+        };
+        Ok(Some(WebhookConfig {
+            addr: webhook_addr,
+            namespace: namespace.to_owned(),
+            secret_name: webhook_secret,
+            config_name: webhook_config_name,
+            endpoint,
+            failure_policy: webhook_failure_policy,
+            namespace_labels: webhook_namespace_labels.into_iter().collect(),
+            cert_validity: Duration::from_secs(cert_validity_seconds),
+            cert_renew_before: Duration::from_secs(cert_renew_before_seconds),
+            cert_check_interval: Duration::from_secs(cert_check_seconds.max(1)),
+            defaults: SidecarDefaults {
+                images,
+                image_tag: sidecar_image_tag,
+                resources: None,
+            },
+        }))
+    }
 }
 
 impl Cli {
@@ -90,8 +227,10 @@ impl RunArgs {
             identity,
             lease_seconds,
             watch_namespace,
+            webhook,
         } = self;
         telemetry::init(&log, log_format)?;
+        let webhook = webhook.into_config(&namespace)?;
         let identity = identity.unwrap_or_else(default_identity);
         let lease_duration = Duration::from_secs(lease_seconds.max(3));
         let election = (!no_leader_election).then(|| ElectionConfig {
@@ -106,6 +245,7 @@ impl RunArgs {
             admin_addr,
             election,
             watch_namespace,
+            webhook,
         })
         .await
     }

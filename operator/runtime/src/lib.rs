@@ -5,3 +5,4 @@ pub mod controller;
 pub mod leader;
 pub mod metrics;
 pub mod run;
+pub mod webhook;

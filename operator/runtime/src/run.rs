@@ -1,10 +1,15 @@
-//! `outrigger-operator run`: the admin server on every replica, the controllers on the leader.
+//! `outrigger-operator run`: the admin server and the injection webhook on every replica, the
+//! controllers on the elected leader.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use kube::Client;
-use outrigger_core::replicated::PdbApi;
+use outrigger_core::{
+    inject::SidecarDefaults,
+    replicated::PdbApi,
+    webhook_config::{FailurePolicy, WebhookEndpoint},
+};
 use outrigger_sidecar_common::{admin, shutdown};
 use prometheus_client::registry::Registry;
 
@@ -12,6 +17,7 @@ use crate::{
     controller::{self, Context},
     leader::{self, ElectionConfig},
     metrics::Metrics,
+    webhook::{self, certs},
 };
 
 /// Settings of a running operator.
@@ -21,6 +27,23 @@ pub struct RunConfig {
     pub election: Option<ElectionConfig>,
     /// Watch only this namespace (a namespace-scoped installation).
     pub watch_namespace: Option<String>,
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Settings of the injection webhook.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub addr: SocketAddr,
+    pub namespace: String,
+    pub secret_name: String,
+    pub config_name: String,
+    pub endpoint: WebhookEndpoint,
+    pub failure_policy: FailurePolicy,
+    pub namespace_labels: BTreeMap<String, String>,
+    pub cert_validity: Duration,
+    pub cert_renew_before: Duration,
+    pub cert_check_interval: Duration,
+    pub defaults: SidecarDefaults,
 }
 
 /// Which PodDisruptionBudget API the cluster serves: `policy/v1` from Kubernetes 1.21, before
@@ -43,6 +66,95 @@ async fn discover_pdb_api(client: &Client) -> PdbApi {
     PdbApi::None
 }
 
+/// Native sidecars (init containers with `restartPolicy: Always`) exist from Kubernetes 1.29.
+async fn discover_native_sidecars(client: &Client) -> bool {
+    match client.apiserver_version().await {
+        Ok(version) => {
+            let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap_or(0);
+            version.major == "1" && minor >= 29
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Cannot read the API server version; assuming no native sidecars.");
+            false
+        }
+    }
+}
+
+fn certificate_names(config: &WebhookConfig) -> Vec<String> {
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    match &config.endpoint {
+        WebhookEndpoint::Service { namespace, name, .. } => {
+            for suffix in ["", ".svc", ".svc.cluster.local"] {
+                names.push(format!("{name}.{namespace}{suffix}"));
+            }
+        }
+        WebhookEndpoint::Url(url) => {
+            let host = url
+                .split("://")
+                .nth(1)
+                .unwrap_or(url)
+                .split(['/', ':'])
+                .next()
+                .unwrap_or_default();
+            if !host.is_empty() && !names.iter().any(|n| n == host) {
+                names.push(host.to_owned());
+            }
+        }
+    }
+    names
+}
+
+async fn start_webhook(
+    client: &Client,
+    config: &WebhookConfig,
+    registry: &mut Registry,
+    watch_namespace: Option<&str>,
+) -> anyhow::Result<()> {
+    let cert_config = certs::CertConfig {
+        namespace: config.namespace.clone(),
+        secret_name: config.secret_name.clone(),
+        webhook_config_name: config.config_name.clone(),
+        endpoint: config.endpoint.clone(),
+        failure_policy: config.failure_policy,
+        namespace_labels: config.namespace_labels.clone(),
+        names: certificate_names(config),
+        validity: config.cert_validity,
+        renew_before: config.cert_renew_before,
+        check_interval: config.cert_check_interval,
+    };
+    let served = Arc::new(certs::ServedCert::default());
+    let mut bundle = None;
+    // The first certificate must exist before anything is served; retry until the API answers.
+    loop {
+        match certs::reconcile(client, &cert_config, &served, &mut bundle).await {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(%error, "Preparing the webhook certificate failed; retrying.");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    tokio::spawn(certs::maintain(
+        client.clone(),
+        cert_config,
+        served.clone(),
+        bundle,
+    ));
+    let injector = Arc::new(webhook::Injector {
+        owners: Arc::new(webhook::CachedOwners::start(client, watch_namespace)),
+        defaults: config.defaults.clone(),
+        native_sidecars: discover_native_sidecars(client).await,
+        metrics: webhook::WebhookMetrics::register(registry),
+    });
+    let addr = config.addr;
+    tokio::spawn(async move {
+        if let Err(error) = webhook::serve(addr, served, injector, shutdown::signal()).await {
+            tracing::error!(%error, "The webhook server stopped.");
+        }
+    });
+    Ok(())
+}
+
 /// Runs until SIGTERM, or until leadership is lost (then returns an error so the process restarts
 /// and stands for election again).
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
@@ -51,6 +163,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API")?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    if let Some(webhook) = &config.webhook {
+        start_webhook(&client, webhook, &mut registry, config.watch_namespace.as_deref()).await?;
+    }
     let state = admin::AdminState::new(registry);
     let listener = admin::bind(config.admin_addr).await?;
     tokio::spawn(admin::serve(listener, state.clone(), shutdown::signal()));
@@ -69,7 +184,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         &identity,
         config.watch_namespace.clone(),
     ));
-    // A follower is ready too: it serves its admin endpoints and can take over at any time.
+    // A follower is ready too: it serves the webhook and its admin endpoints and can take over.
     state.set_ready(true);
 
     match &config.election {
@@ -90,8 +205,6 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 lost = leader::hold(client, election) => {
                     metrics.leader.set(0);
                     tracing::error!(error = %lost, "Leadership lost; stopping so no stale write can follow.");
-                    // Give in-flight requests no chance to continue: exit at once.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                     Err(lost.into())
                 }
             }

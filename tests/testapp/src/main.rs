@@ -1,6 +1,10 @@
 //! Test app: `GET /healthz` → 200; any other request → 200 with `version=<VERSION>` in the body,
 //! or 500 for `ERROR_PERCENT` percent of requests (deterministically, every n-th request).
-//! Environment: `PORT` (default 8080), `VERSION` (default `v1`), `ERROR_PERCENT` (default 0).
+//! Environment: `PORT` (else `OUTRIGGER_ADMIN_PORT`, so it can stand in for a sidecar; default 8080),
+//! `VERSION` (default `v1`), `ERROR_PERCENT` (default 0).
+//!
+//! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
+//! a test can check from inside a pod what the pod's containers reach on localhost.
 
 use std::{
     convert::Infallible,
@@ -42,11 +46,30 @@ impl App {
     }
 }
 
+/// GET `url` (`http://host:port/path`) and print the response; true on a 2xx.
+fn get(url: &str) -> std::io::Result<bool> {
+    use std::io::{Error, Read, Write};
+    let rest = url.strip_prefix("http://").ok_or_else(|| Error::other("only http:// URLs"))?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(authority)?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    print!("{response}");
+    Ok(response.split_whitespace().nth(1).is_some_and(|status| status.starts_with('2')))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
-    let port: u16 = std::env::var("PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("get") {
+        let ok = get(args.get(2).map(String::as_str).unwrap_or_default())?;
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    let port: u16 = ["PORT", "OUTRIGGER_ADMIN_PORT"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok().and_then(|p| p.parse().ok()))
         .unwrap_or(8080);
     let app = Arc::new(App {
         version: std::env::var("VERSION").unwrap_or_else(|_| "v1".to_owned()),

@@ -1,0 +1,320 @@
+//! The sidecar-injection webhook: an HTTPS shell around the pure `outrigger_core::inject` functions.
+//! It runs on every replica (not only the leader), so injection keeps working during failover.
+
+pub mod certs;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
+    runtime::{reflector, watcher, WatchStreamExt},
+    Api, Client, ResourceExt,
+};
+use outrigger_api::{ReplicatedService, ShardedService};
+use outrigger_core::{
+    inject::{self, OwnerSidecars, SidecarDefaults},
+    replicated, sharded,
+};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Largest AdmissionReview accepted (the API server's own request limit is 3 MiB).
+const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Admission metrics.
+#[derive(Clone)]
+pub struct WebhookMetrics {
+    reviews: Family<ResultLabels, Counter>,
+    duration: Histogram,
+}
+
+impl WebhookMetrics {
+    pub fn register(registry: &mut Registry) -> WebhookMetrics {
+        let metrics = WebhookMetrics {
+            reviews: Family::default(),
+            duration: Histogram::new([0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1]),
+        };
+        let registry = registry.sub_registry_with_prefix("outrigger_admission");
+        registry.register(
+            "reviews",
+            "Admission reviews answered, by result",
+            metrics.reviews.clone(),
+        );
+        registry.register_with_unit(
+            "duration",
+            "Time to answer one admission review",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.duration.clone(),
+        );
+        metrics
+    }
+}
+
+/// Looks up the sidecars a service asks for.
+pub trait OwnerLookup: Send + Sync {
+    /// `spec.sidecars` and the sidecar ConfigMap of the named service, when it exists.
+    fn sidecars(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<(Vec<outrigger_api::common::SidecarSpec>, String)>;
+}
+
+/// Owner lookups from watch caches of the two service kinds.
+pub struct CachedOwners {
+    replicated: reflector::Store<ReplicatedService>,
+    sharded: reflector::Store<ShardedService>,
+}
+
+impl CachedOwners {
+    /// Starts the caches (cluster-wide, or in one namespace).
+    pub fn start(client: &Client, namespace: Option<&str>) -> CachedOwners {
+        fn cache<K>(api: Api<K>) -> reflector::Store<K>
+        where
+            K: kube::Resource<DynamicType = ()>
+                + Clone
+                + std::fmt::Debug
+                + serde::de::DeserializeOwned
+                + Send
+                + Sync
+                + 'static,
+        {
+            let (reader, writer) = reflector::store();
+            let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+                .default_backoff()
+                .applied_objects()
+                .for_each(|_| futures::future::ready(()));
+            tokio::spawn(stream);
+            reader
+        }
+        let (replicated, sharded) = match namespace {
+            Some(ns) => (
+                cache(Api::namespaced(client.clone(), ns)),
+                cache(Api::namespaced(client.clone(), ns)),
+            ),
+            None => (cache(Api::all(client.clone())), cache(Api::all(client.clone()))),
+        };
+        CachedOwners { replicated, sharded }
+    }
+}
+
+impl OwnerLookup for CachedOwners {
+    fn sidecars(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<(Vec<outrigger_api::common::SidecarSpec>, String)> {
+        match kind {
+            "ReplicatedService" => {
+                let key = reflector::ObjectRef::new(name).within(namespace);
+                self.replicated
+                    .get(&key)
+                    .map(|s| (s.spec.sidecars.clone(), replicated::config_map_name(name)))
+            }
+            "ShardedService" => {
+                let key = reflector::ObjectRef::new(name).within(namespace);
+                self.sharded
+                    .get(&key)
+                    .map(|s| (s.spec.sidecars.clone(), sharded::shard_map_name(name)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Everything a review needs.
+pub struct Injector {
+    pub owners: Arc<dyn OwnerLookup>,
+    pub defaults: SidecarDefaults,
+    pub native_sidecars: bool,
+    pub metrics: WebhookMetrics,
+}
+
+impl Injector {
+    /// Answers one AdmissionReview (the body of a POST to `/mutate`).
+    pub fn review(&self, body: &[u8]) -> Result<AdmissionReview<kube::core::DynamicObject>, String> {
+        let review: AdmissionReview<Pod> =
+            serde_json::from_slice(body).map_err(|error| format!("malformed AdmissionReview: {error}"))?;
+        let request: AdmissionRequest<Pod> = review
+            .try_into()
+            .map_err(|error| format!("AdmissionReview without a request: {error}"))?;
+        let response = self.respond(&request);
+        Ok(response.into_review())
+    }
+
+    fn respond(&self, request: &AdmissionRequest<Pod>) -> AdmissionResponse {
+        let allowed = AdmissionResponse::from(request);
+        let Some(pod) = &request.object else {
+            return self.count(allowed, "allowed");
+        };
+        let namespace = request
+            .namespace
+            .clone()
+            .or_else(|| pod.namespace())
+            .unwrap_or_default();
+        let owned =
+            inject::owner_of(pod).and_then(|(kind, name)| self.owners.sidecars(kind, &namespace, &name));
+        let owner = owned
+            .as_ref()
+            .map(|(sidecars, config_map)| OwnerSidecars { sidecars, config_map });
+        let plan = match inject::plan(pod, owner, &self.defaults, self.native_sidecars) {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return self.count(allowed, "allowed"),
+            Err(error) => return self.count(allowed.deny(error.to_string()), "denied"),
+        };
+        let mutated = match inject::mutate(pod, &plan) {
+            Ok(mutated) => mutated,
+            Err(error) => return self.count(allowed.deny(error.to_string()), "denied"),
+        };
+        let patch = match (serde_json::to_value(pod), serde_json::to_value(&mutated)) {
+            (Ok(before), Ok(after)) => json_patch::diff(&before, &after),
+            _ => return self.count(allowed.deny("the pod could not be encoded"), "error"),
+        };
+        if patch.0.is_empty() {
+            return self.count(allowed, "allowed");
+        }
+        tracing::info!(namespace = %namespace, pod = %pod.name_any(), sidecars = plan.sidecars.len(), "Injecting sidecars.");
+        match allowed.clone().with_patch(patch) {
+            Ok(response) => self.count(response, "patched"),
+            Err(error) => self.count(allowed.deny(format!("encoding the patch: {error}")), "error"),
+        }
+    }
+
+    fn count(&self, response: AdmissionResponse, result: &'static str) -> AdmissionResponse {
+        self.metrics.reviews.get_or_create(&ResultLabels { result }).inc();
+        response
+    }
+
+    /// Serves one HTTP request.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let response = if request.method() != Method::POST
+            || request.uri().path() != outrigger_core::webhook_config::MUTATE_PATH
+        {
+            plain(StatusCode::NOT_FOUND, "POST /mutate only\n".to_owned())
+        } else {
+            match Limited::new(request.into_body(), MAX_REVIEW_BYTES)
+                .collect()
+                .await
+            {
+                Err(error) => plain(StatusCode::BAD_REQUEST, format!("reading the request: {error}\n")),
+                Ok(body) => match self
+                    .review(&body.to_bytes())
+                    .and_then(|r| serde_json::to_vec(&r).map_err(|e| e.to_string()))
+                {
+                    Ok(json) => {
+                        let mut response = Response::new(Full::new(Bytes::from(json)));
+                        response.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        response
+                    }
+                    Err(message) => {
+                        self.metrics
+                            .reviews
+                            .get_or_create(&ResultLabels { result: "malformed" })
+                            .inc();
+                        plain(StatusCode::BAD_REQUEST, format!("{message}\n"))
+                    }
+                },
+            }
+        };
+        self.metrics.duration.observe(started.elapsed().as_secs_f64());
+        response
+    }
+}
+
+fn plain(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+/// Why the webhook server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("binding the webhook server to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("configuring TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Serves HTTPS with the (rotating) certificate until `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    served: Arc<certs::ServedCert>,
+    injector: Arc<Injector>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), WebhookError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(served);
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| WebhookError::Bind { addr, source })?;
+    tracing::info!(%addr, "Webhook server listening.");
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::warn!(%error, "Webhook server failed to accept a connection.");
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let injector = injector.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "TLS handshake failed.");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let service = service_fn(move |request: Request<Incoming>| {
+                let injector = injector.clone();
+                async move { Ok::<_, Infallible>(injector.handle(request).await) }
+            });
+            if let Err(error) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "Webhook connection ended with an error.");
+            }
+        });
+    }
+}
