@@ -14,11 +14,21 @@ use crate::{
 
 /// Reads the file and applies it, counting a file that cannot be read or parsed as rejected.
 pub fn load_file(store: &ConfigStore, path: &Path) -> Result<Applied, ConfigError> {
+    load_file_with_fingerprint(store, path).1
+}
+
+/// Like [`load_file`], also returning the fingerprint of the bytes read, which the poller starts
+/// from so that a change right after start-up is not mistaken for the file already applied.
+pub fn load_file_with_fingerprint(
+    store: &ConfigStore,
+    path: &Path,
+) -> (Option<u64>, Result<Applied, ConfigError>) {
     let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
     });
-    apply_bytes(store, bytes)
+    let fingerprint = bytes.as_ref().ok().map(|bytes| fnv1a64(bytes));
+    (fingerprint, apply_bytes(store, bytes))
 }
 
 fn apply_bytes(store: &ConfigStore, bytes: Result<Vec<u8>, ConfigError>) -> Result<Applied, ConfigError> {
@@ -53,15 +63,16 @@ pub fn log_outcome(source: Source, outcome: &Result<Applied, ConfigError>) {
     }
 }
 
-/// Polls the file until `shutdown`; `now` forces a reload (SIGHUP).
+/// Polls the file until `shutdown`, starting from the fingerprint of the bytes last applied;
+/// `now` forces a reload (SIGHUP).
 pub async fn watch_file(
     store: Arc<ConfigStore>,
     path: std::path::PathBuf,
+    mut last_seen: Option<u64>,
     interval: Duration,
     now: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last_seen = std::fs::read(&path).ok().map(|bytes| fnv1a64(&bytes));
     let mut last_read_error = None;
     loop {
         tokio::select! {

@@ -99,10 +99,12 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let store = Arc::new(ConfigStore::new(metrics.clone()));
+    let mut fingerprint = None;
     if let Some(path) = &config_file {
-        let outcome = reload::load_file(&store, path);
+        let (read, outcome) = reload::load_file_with_fingerprint(&store, path);
         reload::log_outcome(crate::store::Source::File, &outcome);
         outcome.map_err(RunError::InitialConfig)?;
+        fingerprint = read;
     }
     let (shutdown_sender, shutdown_receiver) = watch::channel(false);
     let mut background = Vec::new();
@@ -165,6 +167,7 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         background.push(tokio::spawn(reload::watch_file(
             store.clone(),
             path.clone(),
+            fingerprint,
             poll_interval,
             reload_now.clone(),
             shutdown_receiver.clone(),
