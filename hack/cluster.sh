@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # One-node Kubernetes 1.20.2 for Outrigger's tests and demos, built offline from Debian's own packages:
-#   etcd from `etcd-server`; kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kubectl
-#   built from Debian bookworm's `kubernetes` source package (the full upstream tree with vendor/);
-#   containers run on Debian's `docker.io` through the kubelet's built-in dockershim.
+#   etcd from `etcd-server`; kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+#   and kubectl built from Debian bookworm's `kubernetes` source package (the full upstream tree with
+#   vendor/); containers run on Debian's `docker.io` through the kubelet's built-in dockershim.
+#
+# Networking: pods live on docker0 (172.17.0.0/16). The API server listens on every interface and
+# advertises the host's docker0 address, so the `kubernetes` Service (10.96.0.1:443) leads pods to it
+# through kube-proxy's iptables rules; it calls webhook Services by endpoint (pod) IP. Nothing is
+# routed anywhere but loopback and docker0.
 #
 # Usage: hack/cluster.sh deps | build | up | down | env | status
 #   deps    install the Debian packages the cluster needs (idempotent)
@@ -22,6 +27,8 @@ K8S_VERSION=v1.20.2
 CACHE=${OUTRIGGER_CLUSTER_CACHE:-$HOME/.cache/outrigger/k8s-$K8S_VERSION}
 RUN=${OUTRIGGER_CLUSTER_RUN:-/tmp/outrigger-cluster}
 PORT=${OUTRIGGER_CLUSTER_PORT:-16443}
+SERVICE_IP=10.96.0.1
+POD_CIDR=172.17.0.0/16
 BIN=$CACHE/bin
 OPERATOR_NAMESPACE=outrigger-system
 OPERATOR_SA=outrigger-operator
@@ -33,7 +40,8 @@ die() { log "error: $*"; exit 1; }
 deps() {
   local need=()
   local pkg
-  for pkg in golang-1.19-go golang-github-modern-go-reflect2-dev etcd-server docker.io jq gcc openssl iproute2 ca-certificates; do
+  for pkg in golang-1.19-go golang-github-modern-go-reflect2-dev etcd-server docker.io jq gcc openssl iproute2 ca-certificates \
+    iptables conntrack; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
   done
   if ((${#need[@]})); then
@@ -54,7 +62,7 @@ ensure_deb_src() {
 
 build() {
   local c missing=0
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl pause; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl pause; do
     [[ -x $BIN/$c ]] || missing=1
   done
   ((missing)) || return 0
@@ -93,7 +101,7 @@ build() {
   for pkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=20 -X $pkg.gitTreeState=clean"
   done
-  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
+  for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
     [[ -x $BIN/$c ]] && continue
     log "go build $c"
     go build -ldflags "$ldflags" -o "$BIN/$c.tmp" "k8s.io/kubernetes/cmd/$c"
@@ -149,6 +157,44 @@ W
   fi
 }
 
+# The host's address on docker0: where pods reach the API server.
+host_ip() {
+  local ip
+  ip=$(ip -4 -o addr show dev docker0 2>/dev/null | awk '{print $4}' | cut -d/ -f1 | head -1)
+  echo "${ip:-172.17.0.1}"
+}
+
+# The API server's serving certificate, valid for loopback (the host's clients), the host's docker0
+# address and the `kubernetes` Service (pods). `apiserver.crt` holds the certificate and its CA, and is
+# what kubeconfigs and pods (through the controller-manager's root CA) trust. Kept across restarts.
+apiserver_cert() {
+  local ip=$1 dir=$RUN/certs
+  mkdir -p "$dir"
+  if [[ -f $dir/apiserver.crt && -f $dir/apiserver.key ]]; then
+    local sans
+    sans=$(openssl x509 -in "$dir/apiserver.crt" -noout -ext subjectAltName 2>/dev/null || true)
+    if grep -q "IP Address:127.0.0.1" <<<"$sans" && grep -q "IP Address:$SERVICE_IP" <<<"$sans"; then
+      return 0
+    fi
+  fi
+  log "issuing the API server certificate"
+  local tmp
+  tmp=$(mktemp -d)
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=outrigger-local-ca" \
+    -keyout "$tmp/ca.key" -out "$tmp/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout "$tmp/apiserver.key" \
+    -out "$tmp/apiserver.csr" 2>/dev/null
+  printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=digitalSignature,keyEncipherment" \
+    "extendedKeyUsage=serverAuth" \
+    "subjectAltName=IP:127.0.0.1,IP:$ip,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" \
+    >"$tmp/ext.cnf"
+  openssl x509 -req -days 3650 -in "$tmp/apiserver.csr" -CA "$tmp/ca.crt" -CAkey "$tmp/ca.key" \
+    -CAcreateserial -extfile "$tmp/ext.cnf" -out "$tmp/leaf.crt" 2>/dev/null
+  cat "$tmp/leaf.crt" "$tmp/ca.crt" >"$dir/apiserver.crt"
+  mv "$tmp/apiserver.key" "$dir/apiserver.key"
+  rm -rf "$tmp"
+}
+
 write_kubeconfig() {
   local file=$1 user=$2 token=$3
   kubectl config --kubeconfig="$file" set-cluster local --server="https://127.0.0.1:$PORT" \
@@ -172,6 +218,9 @@ up() {
   cd "$RUN"
   grep -qE '^127\.0\.0\.1[[:space:]].*\bnode1\b' /etc/hosts || echo '127.0.0.1 node1' >>/etc/hosts
   docker_up
+  local ip
+  ip=$(host_ip)
+  apiserver_cert "$ip"
   [[ -f sa.key ]] || { openssl genrsa -out sa.key 2048 2>/dev/null; openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null; }
   [[ -f admin.token ]] || openssl rand -hex 24 >admin.token
   [[ -f operator.token ]] || openssl rand -hex 24 >operator.token
@@ -182,14 +231,14 @@ up() {
   rm -rf "$RUN/etcd"
   start etcd etcd --data-dir "$RUN/etcd" --listen-client-urls http://127.0.0.1:23790 \
     --advertise-client-urls http://127.0.0.1:23790 --listen-peer-urls http://127.0.0.1:23800
-  start apiserver kube-apiserver --etcd-servers=http://127.0.0.1:23790 --secure-port="$PORT" --bind-address=127.0.0.1 \
-    --advertise-address=127.0.0.1 --cert-dir="$RUN/certs" --token-auth-file="$RUN/tokens.csv" \
+  start apiserver kube-apiserver --etcd-servers=http://127.0.0.1:23790 --secure-port="$PORT" --bind-address=0.0.0.0 \
+    --advertise-address="$ip" --cert-dir="$RUN/certs" --tls-cert-file="$RUN/certs/apiserver.crt" \
+    --tls-private-key-file="$RUN/certs/apiserver.key" --token-auth-file="$RUN/tokens.csv" \
     --authorization-mode=Node,RBAC --service-account-issuer=https://kubernetes.default.svc \
     --service-account-key-file="$RUN/sa.pub" --service-account-signing-key-file="$RUN/sa.key" \
-    --service-cluster-ip-range=10.96.0.0/16 --allow-privileged=true \
+    --service-cluster-ip-range=10.96.0.0/16 --allow-privileged=true --enable-aggregator-routing=true \
     --enable-admission-plugins=NamespaceLifecycle,ServiceAccount,DefaultStorageClass,MutatingAdmissionWebhook,ValidatingAdmissionWebhook \
     --audit-log-path="$RUN/audit.log" --audit-policy-file="$(audit_policy)" --audit-log-maxsize=200
-  for _ in $(seq 40); do [[ -f $RUN/certs/apiserver.crt ]] && break; sleep 0.5; done
   write_kubeconfig "$RUN/kubeconfig" admin "$(cat admin.token)"
   write_kubeconfig "$RUN/operator.kubeconfig" "$OPERATOR_SA" "$(cat operator.token)"
   export KUBECONFIG=$RUN/kubeconfig
@@ -201,6 +250,12 @@ up() {
     --controllers='*' --leader-elect=false --bind-address=127.0.0.1 --secure-port=10257
   start scheduler kube-scheduler --kubeconfig="$KUBECONFIG" --authentication-kubeconfig="$KUBECONFIG" \
     --authorization-kubeconfig="$KUBECONFIG" --leader-elect=false --bind-address=127.0.0.1 --secure-port=10259
+  # Service IPs for pods (the `kubernetes` Service above all). conntrack sysctls are left as they are:
+  # this sandbox may not let them be written.
+  start proxy kube-proxy --kubeconfig="$KUBECONFIG" --hostname-override=node1 --proxy-mode=iptables \
+    --cluster-cidr="$POD_CIDR" --conntrack-max-per-core=0 --conntrack-tcp-timeout-established=0 \
+    --conntrack-tcp-timeout-close-wait=0 --metrics-bind-address=127.0.0.1:10249 \
+    --healthz-bind-address=127.0.0.1:10256
   cat >"$RUN/kubelet.yaml" <<K
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -240,7 +295,7 @@ A
 
 down() {
   local name pid
-  for name in kubelet scheduler controller-manager apiserver etcd; do
+  for name in proxy kubelet scheduler controller-manager apiserver etcd; do
     [[ -f $RUN/$name.pid ]] || continue
     pid=$(cat "$RUN/$name.pid")
     kill "$pid" 2>/dev/null || true
