@@ -11,6 +11,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
+use crate::upstream::UpstreamBody;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body on its way to a backend.
@@ -66,7 +68,7 @@ impl Body for RequestBody {
 /// A response body on its way to the client.
 #[derive(Debug)]
 pub enum ResponseBody {
-    Upstream(hyper::body::Incoming),
+    Upstream(UpstreamBody),
     Local(Option<Bytes>),
 }
 
@@ -89,21 +91,21 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ResponseBody::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+            ResponseBody::Upstream(body) => Pin::new(body).poll_frame(cx),
             ResponseBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream(incoming) => incoming.is_end_stream(),
+            ResponseBody::Upstream(body) => body.is_end_stream(),
             ResponseBody::Local(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Upstream(incoming) => incoming.size_hint(),
+            ResponseBody::Upstream(body) => body.size_hint(),
             ResponseBody::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

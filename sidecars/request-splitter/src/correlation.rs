@@ -25,22 +25,34 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     value
 }
 
-/// Returns the trace id (32 hex digits), starting a new trace when the request carries no valid
-/// `traceparent`. A valid one is passed on unchanged; an invalid one is replaced, with its
-/// `tracestate`, as the W3C recommendation says.
-pub fn ensure_traceparent(headers: &mut HeaderMap) -> HeaderValue {
+/// A W3C trace id: 32 lowercase hex digits, kept on the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceId([u8; 32]);
+
+impl TraceId {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("-")
+    }
+}
+
+/// Returns the trace id, starting a new trace when the request carries no valid `traceparent`.
+/// A valid one is passed on unchanged; an invalid one is replaced, with its `tracestate`, as the
+/// W3C recommendation says.
+pub fn ensure_traceparent(headers: &mut HeaderMap) -> TraceId {
+    let mut trace_id = [0u8; 32];
     if let Some(value) = headers.get(&TRACEPARENT) {
-        if let Some(trace_id) = parse_trace_id(value.as_bytes()) {
-            return hex_value(trace_id);
+        if let Some(valid) = parse_trace_id(value.as_bytes()) {
+            trace_id.copy_from_slice(valid);
+            return TraceId(trace_id);
         }
         headers.remove(&TRACESTATE);
     }
     let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
     rng::hex_into(&mut traceparent[3..35]);
     rng::hex_into(&mut traceparent[36..52]);
-    let trace_id = hex_value(&traceparent[3..35]);
+    trace_id.copy_from_slice(&traceparent[3..35]);
     headers.insert(TRACEPARENT.clone(), hex_value(&traceparent));
-    trace_id
+    TraceId(trace_id)
 }
 
 fn hex_value(bytes: &[u8]) -> HeaderValue {
@@ -82,7 +94,7 @@ mod tests {
         headers.insert(&TRACEPARENT, HeaderValue::from_static(VALID));
         headers.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
         assert_eq!(
-            ensure_traceparent(&mut headers),
+            ensure_traceparent(&mut headers).as_str(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
         assert_eq!(headers[&TRACEPARENT], VALID);
@@ -104,7 +116,7 @@ mod tests {
             headers.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
             let trace_id = ensure_traceparent(&mut headers);
             let new = headers[&TRACEPARENT].as_bytes();
-            assert_eq!(parse_trace_id(new), Some(trace_id.as_bytes()), "{bad}");
+            assert_eq!(parse_trace_id(new), Some(trace_id.as_str().as_bytes()), "{bad}");
             assert!(!headers.contains_key(&TRACESTATE), "{bad}");
         }
     }

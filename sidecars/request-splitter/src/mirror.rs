@@ -124,9 +124,10 @@ async fn send(job: MirrorJob, metrics: &Metrics) {
             ) {
                 Err(error) => Err(error),
                 Ok(request) => {
-                    match tokio::time::timeout(backend.timeout, backend.client.request(request)).await {
+                    let sent = endpoint.pool.send(request, backend.connect_timeout);
+                    match tokio::time::timeout(backend.timeout, sent).await {
                         Ok(Ok(response)) => Ok(response),
-                        Ok(Err(source)) => Err(ProxyError::from_client(&endpoint.address, source)),
+                        Ok(Err(source)) => Err(ProxyError::from_upstream(&endpoint.address, source)),
                         Err(_) => Err(ProxyError::Timeout {
                             endpoint: endpoint.address.clone(),
                             timeout: backend.timeout,

@@ -25,19 +25,19 @@ use http::{
 };
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::{body::Incoming, upgrade::OnUpgrade};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::{
     body::{BoxError, RequestBody, ResponseBody},
     config::UpstreamProtocol,
-    correlation::{ensure_request_id, ensure_traceparent, REQUEST_ID},
+    correlation::{ensure_request_id, ensure_traceparent, TraceId, REQUEST_ID},
     health::{now_millis, RetryBudget},
     metrics::{class_index, Metrics, ReasonLabels},
     mirror::{MirrorJob, MirrorQueue},
     routing::{Choice, Decision},
     store::{Active, ConfigStore},
-    upstream::Endpoint,
+    upstream::{Endpoint, UpstreamBody, UpstreamError},
 };
 
 /// The header that says why the splitter answered a request itself.
@@ -50,16 +50,10 @@ pub enum ProxyError {
     NoConfig,
     #[error("backend {backend} has no endpoint that is not ejected")]
     NoHealthyEndpoint { backend: String },
-    #[error("connecting to {endpoint}: {source}")]
-    Connect {
-        endpoint: String,
-        source: hyper_util::client::legacy::Error,
-    },
+    #[error("{endpoint}: {source}")]
+    Connect { endpoint: String, source: UpstreamError },
     #[error("{endpoint} closed or reset the exchange: {source}")]
-    Reset {
-        endpoint: String,
-        source: hyper_util::client::legacy::Error,
-    },
+    Reset { endpoint: String, source: UpstreamError },
     #[error("{endpoint} sent no response headers within {timeout:?}")]
     Timeout { endpoint: String, timeout: Duration },
     #[error("reading the request body: {source}")]
@@ -71,8 +65,8 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// Classifies a client error.
-    pub fn from_client(endpoint: &str, source: hyper_util::client::legacy::Error) -> ProxyError {
+    /// Classifies an upstream error.
+    pub fn from_upstream(endpoint: &str, source: UpstreamError) -> ProxyError {
         let endpoint = endpoint.to_owned();
         if source.is_connect() {
             ProxyError::Connect { endpoint, source }
@@ -131,10 +125,24 @@ pub struct Shared {
 }
 
 /// Facts about the client connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionInfo {
     pub remote: SocketAddr,
     pub tls: bool,
+    /// The client's address as a header value, rendered once per connection.
+    client_ip: HeaderValue,
+}
+
+impl ConnectionInfo {
+    pub fn new(remote: SocketAddr, tls: bool) -> ConnectionInfo {
+        let client_ip = HeaderValue::from_str(&remote.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        ConnectionInfo {
+            remote,
+            tls,
+            client_ip,
+        }
+    }
 }
 
 /// The service for one client connection.
@@ -152,8 +160,8 @@ where
     B::Error: Into<BoxError>,
 {
     hyper::service::service_fn(move |request: Request<B>| {
-        let shared = shared.clone();
-        async move { Ok(handle(shared, request, connection).await) }
+        let (shared, connection) = (shared.clone(), connection.clone());
+        async move { Ok(handle(shared, request, &connection).await) }
     })
 }
 
@@ -161,7 +169,7 @@ where
 pub async fn handle<B>(
     shared: Arc<Shared>,
     mut request: Request<B>,
-    connection: ConnectionInfo,
+    connection: &ConnectionInfo,
 ) -> Response<ResponseBody>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -231,7 +239,7 @@ struct Exchange {
     version: Version,
     headers: HeaderMap,
     request_id: HeaderValue,
-    trace_id: HeaderValue,
+    trace_id: TraceId,
     started: Instant,
 }
 
@@ -305,7 +313,7 @@ impl Exchange {
         &mut self,
         body: RequestBody,
         idempotent: bool,
-    ) -> (Result<(Response<Incoming>, Served), ProxyError>, u32) {
+    ) -> (Result<(Response<UpstreamBody>, Served), ProxyError>, u32) {
         let active = self.active.clone();
         let replayable = body.replay().is_some();
         let mut body = Some(body);
@@ -365,7 +373,8 @@ impl Exchange {
                 Ok(request) => request,
                 Err(error) => return (Err(error), retries),
             };
-            let error = match tokio::time::timeout(backend.timeout, backend.client.request(request)).await {
+            let sent = endpoint.pool.send(request, backend.connect_timeout);
+            let error = match tokio::time::timeout(backend.timeout, sent).await {
                 Ok(Ok(response)) => {
                     if is_gateway_error(response.status()) {
                         self.record_failure(backend_index, endpoint);
@@ -374,7 +383,7 @@ impl Exchange {
                     }
                     return (Ok((response, (backend_index, endpoint_index))), retries);
                 }
-                Ok(Err(source)) => ProxyError::from_client(&endpoint.address, source),
+                Ok(Err(source)) => ProxyError::from_upstream(&endpoint.address, source),
                 Err(_) => ProxyError::Timeout {
                     endpoint: endpoint.address.clone(),
                     timeout: backend.timeout,
@@ -430,7 +439,7 @@ impl Exchange {
 
     fn finish_upstream(
         &self,
-        response: Response<Incoming>,
+        response: Response<UpstreamBody>,
         backend: usize,
         endpoint: usize,
         retries: u32,
@@ -494,7 +503,7 @@ impl Exchange {
             tracing::info!(
                 target: "access",
                 request_id = self.request_id.to_str().unwrap_or("-"),
-                trace_id = self.trace_id.to_str().unwrap_or("-"),
+                trace_id = self.trace_id.as_str(),
                 method = %self.method,
                 path = %self.path,
                 status,
@@ -532,12 +541,12 @@ impl Exchange {
             Ok(request) => request,
             Err(error) => return self.finish_local(error, 0),
         };
-        let mut response = match tokio::time::timeout(backend.timeout, backend.client.request(request)).await
-        {
+        let sent = endpoint.pool.send(request, backend.connect_timeout);
+        let mut response = match tokio::time::timeout(backend.timeout, sent).await {
             Ok(Ok(response)) => response,
             Ok(Err(source)) => {
                 self.record_failure(backend_index, endpoint);
-                return self.finish_local(ProxyError::from_client(&endpoint.address, source), 0);
+                return self.finish_local(ProxyError::from_upstream(&endpoint.address, source), 0);
             }
             Err(_) => {
                 self.record_failure(backend_index, endpoint);
@@ -570,28 +579,37 @@ impl Exchange {
     }
 }
 
-/// Builds the request for one attempt at one endpoint.
+/// Builds the request for one attempt at one endpoint: origin-form for HTTP/1.1, absolute (for
+/// `:scheme` and `:authority`) for HTTP/2.
 pub fn upstream_request(
     method: &Method,
     path: &PathAndQuery,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     endpoint: &Endpoint,
     protocol: UpstreamProtocol,
     body: RequestBody,
 ) -> Result<Request<RequestBody>, ProxyError> {
-    let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(endpoint.authority.clone())
-        .path_and_query(path.clone())
-        .build()
-        .map_err(|source| ProxyError::Build { source })?;
+    let (uri, version) = match protocol {
+        UpstreamProtocol::Http1 => (Uri::from(path.clone()), Version::HTTP_11),
+        UpstreamProtocol::H2c => (
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(endpoint.authority.clone())
+                .path_and_query(path.clone())
+                .build()
+                .map_err(|source| ProxyError::Build { source })?,
+            Version::HTTP_2,
+        ),
+    };
+    if !headers.contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
+            headers.insert(header::HOST, host);
+        }
+    }
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
     *request.uri_mut() = uri;
-    *request.version_mut() = match protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::H2c => Version::HTTP_2,
-    };
+    *request.version_mut() = version;
     *request.headers_mut() = headers;
     Ok(request)
 }
@@ -697,7 +715,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, connection: ConnectionInfo, upgrade: bool) {
+fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, connection: &ConnectionInfo, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
     if !headers.contains_key(header::HOST) {
         // HTTP/2 clients send `:authority` instead; keep it as the backend's Host.
@@ -708,12 +726,13 @@ fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, connection: Conne
             headers.insert(header::HOST, value);
         }
     }
-    let ip = connection.remote.ip().to_string();
-    let forwarded = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => HeaderValue::from_str(&format!("{previous}, {ip}")),
-        None => HeaderValue::from_str(&ip),
+    let forwarded = match headers.get(&FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(previous) => {
+            HeaderValue::from_bytes(&[previous, b", ", connection.client_ip.as_bytes()].concat()).ok()
+        }
+        None => Some(connection.client_ip.clone()),
     };
-    if let Ok(forwarded) = forwarded {
+    if let Some(forwarded) = forwarded {
         headers.insert(FORWARDED_FOR.clone(), forwarded);
     }
     if !headers.contains_key(&FORWARDED_PROTO) {
@@ -768,12 +787,9 @@ mod tests {
     #[test]
     fn forwarding_headers_are_appended_and_host_comes_from_the_authority() {
         let mut map = headers(&[("x-forwarded-for", "10.0.0.1")]);
-        let connection = ConnectionInfo {
-            remote: SocketAddr::from(([192, 168, 1, 2], 5000)),
-            tls: true,
-        };
+        let connection = ConnectionInfo::new(SocketAddr::from(([192, 168, 1, 2], 5000)), true);
         let uri: Uri = "https://app.example:8443/x".parse().unwrap();
-        prepare_request_headers(&mut map, &uri, connection, false);
+        prepare_request_headers(&mut map, &uri, &connection, false);
         assert_eq!(map["x-forwarded-for"], "10.0.0.1, 192.168.1.2");
         assert_eq!(map["x-forwarded-proto"], "https");
         assert_eq!(map["host"], "app.example:8443");
@@ -793,10 +809,7 @@ mod tests {
     }
 
     fn client() -> ConnectionInfo {
-        ConnectionInfo {
-            remote: SocketAddr::from(([127, 0, 0, 1], 40000)),
-            tls: false,
-        }
+        ConnectionInfo::new(SocketAddr::from(([127, 0, 0, 1], 40000)), false)
     }
 
     /// Called as a plain function: no listener, no backend, every endpoint already ejected.
@@ -816,7 +829,7 @@ mod tests {
             .header("x-request-id", "abc")
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let response = handle(shared, request, client()).await;
+        let response = handle(shared, request, &client()).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[&REASON_HEADER], "no-healthy-endpoint");
         assert_eq!(response.headers()["x-request-id"], "abc");
@@ -832,7 +845,7 @@ mod tests {
             metrics,
         });
         let request = Request::new(Full::new(Bytes::new()));
-        let response = handle(shared, request, client()).await;
+        let response = handle(shared, request, &client()).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[&REASON_HEADER], "no-configuration");
         assert_eq!(response.headers()["x-request-id"].len(), 32);

@@ -146,10 +146,7 @@ async fn connection(
         .current()
         .map(|active| active.config.limits.clone())
         .unwrap_or_default();
-    let info = ConnectionInfo {
-        remote,
-        tls: tls.is_some(),
-    };
+    let info = ConnectionInfo::new(remote, tls.is_some());
     let header_timeout = limits.header_read_timeout.0;
     let result = match tls {
         Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {

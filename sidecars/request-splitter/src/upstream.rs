@@ -1,23 +1,34 @@
-//! Backends at run time: endpoints with their health, the hash ring that keeps a sticky client on
-//! one endpoint, round-robin for everyone else, and the pooled keep-alive client per protocol.
-//! Clients and endpoint health outlive a configuration generation, so a reload keeps pooled
-//! connections and ejections.
+//! Backends at run time: endpoints with their health and connection pool, the hash ring that keeps
+//! a sticky client on one endpoint, and round-robin for everyone else. Pools and endpoint health
+//! outlive a configuration generation, so a reload keeps pooled connections and ejections.
+//!
+//! The pool is deliberately small. HTTP/1.1: idle connections per endpoint, last in first out; a
+//! connection goes back to the pool when its response body has been read to the end (a response
+//! abandoned half way closes its connection); a pooled connection found closed when a request is
+//! handed to it gives the request back unsent, and the next connection is tried. HTTP/2 (h2c): one
+//! multiplexed connection per endpoint, replaced when it closes.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
+    pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard,
     },
-    time::Duration,
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
-use http::uri::Authority;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::{TokioExecutor, TokioTimer},
+use bytes::Bytes;
+use http::{uri::Authority, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
 };
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrigger_hashring::HashRing;
+use tokio::net::TcpStream;
 
 use crate::{
     body::RequestBody,
@@ -27,7 +38,28 @@ use crate::{
     routing::mix,
 };
 
-pub type HttpClient = Client<HttpConnector, RequestBody>;
+/// Why an exchange with an endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("connecting: no connection within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("HTTP handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("{0}")]
+    Exchange(#[source] hyper::Error),
+}
+
+impl UpstreamError {
+    /// The request never left: safe to send again, whatever its method.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect(_) | UpstreamError::ConnectTimeout(_) | UpstreamError::Handshake(_)
+        )
+    }
+}
 
 /// One endpoint of a backend.
 #[derive(Debug)]
@@ -35,6 +67,7 @@ pub struct Endpoint {
     pub address: String,
     pub authority: Authority,
     pub health: Arc<EndpointHealth>,
+    pub pool: Arc<ConnectionPool>,
 }
 
 /// One backend of a configuration generation.
@@ -44,9 +77,9 @@ pub struct Backend {
     pub endpoints: Vec<Endpoint>,
     ring: HashRing,
     next: AtomicUsize,
-    pub client: HttpClient,
     pub protocol: UpstreamProtocol,
     pub timeout: Duration,
+    pub connect_timeout: Duration,
     pub max_retries: u32,
     pub metrics: BackendMetrics,
 }
@@ -81,62 +114,306 @@ impl Backend {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct ClientKey {
-    protocol: UpstreamProtocol,
-    connect_timeout: Duration,
+/// How long an idle pooled HTTP/1 connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle HTTP/1 connections kept per endpoint.
+const MAX_IDLE: usize = 1_024;
+/// Pooled connections tried before opening a fresh one, when they turn out closed.
+const MAX_STALE: usize = 4;
+
+struct IdleConnection {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
 }
 
-/// What outlives configuration generations: endpoint health and pooled clients.
+/// The connections to one endpoint.
+pub struct ConnectionPool {
+    address: String,
+    protocol: UpstreamProtocol,
+    idle: Mutex<VecDeque<IdleConnection>>,
+    multiplexed: Mutex<Option<http2::SendRequest<RequestBody>>>,
+}
+
+impl std::fmt::Debug for ConnectionPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionPool")
+            .field("address", &self.address)
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl ConnectionPool {
+    pub fn new(address: &str, protocol: UpstreamProtocol) -> Arc<ConnectionPool> {
+        Arc::new(ConnectionPool {
+            address: address.to_owned(),
+            protocol,
+            idle: Mutex::new(VecDeque::new()),
+            multiplexed: Mutex::new(None),
+        })
+    }
+
+    /// Sends a request and returns the response head; the body streams from the endpoint.
+    pub async fn send(
+        self: &Arc<Self>,
+        request: Request<RequestBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match self.protocol {
+            UpstreamProtocol::Http1 => self.send_http1(request, connect_timeout).await,
+            UpstreamProtocol::H2c => {
+                let response = self.send_h2c(request, connect_timeout).await?;
+                Ok(response.map(|body| UpstreamBody { body, lease: None }))
+            }
+        }
+    }
+
+    async fn send_http1(
+        self: &Arc<Self>,
+        mut request: Request<RequestBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        for attempt in 0..=MAX_STALE {
+            // The last attempt always opens a fresh connection.
+            let pooled = if attempt < MAX_STALE {
+                self.checkout()
+            } else {
+                None
+            };
+            let reused = pooled.is_some();
+            let mut sender = match pooled {
+                Some(sender) => sender,
+                None => self.connect_http1(connect_timeout).await?,
+            };
+            if reused && sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let lease = Lease {
+                        sender: Some(sender),
+                        pool: self.clone(),
+                    };
+                    return Ok(response.map(|body| UpstreamBody {
+                        body,
+                        lease: Some(lease),
+                    }));
+                }
+                Err(mut error) => match error.take_message() {
+                    // The pooled connection closed before the request was written: try another.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(UpstreamError::Exchange(error.into_error())),
+                },
+            }
+        }
+        // Not reached: the last attempt uses a fresh connection and returns either way.
+        Err(UpstreamError::ConnectTimeout(connect_timeout))
+    }
+
+    async fn send_h2c(
+        &self,
+        request: Request<RequestBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let current = lock(&self.multiplexed)
+            .as_ref()
+            .filter(|sender| !sender.is_closed())
+            .cloned();
+        let mut sender = match current {
+            Some(sender) => sender,
+            None => {
+                let sender = self.connect_h2c(connect_timeout).await?;
+                *lock(&self.multiplexed) = Some(sender.clone());
+                sender
+            }
+        };
+        sender.ready().await.map_err(UpstreamError::Exchange)?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(UpstreamError::Exchange)
+    }
+
+    fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = lock(&self.idle);
+        while let Some(connection) = idle.pop_back() {
+            if !connection.sender.is_closed() {
+                return Some(connection.sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: http1::SendRequest<RequestBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = lock(&self.idle);
+        while idle
+            .front()
+            .is_some_and(|oldest| now.duration_since(oldest.since) > IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < MAX_IDLE {
+            idle.push_back(IdleConnection { sender, since: now });
+        }
+    }
+
+    async fn connect(&self, connect_timeout: Duration) -> Result<TokioIo<TcpStream>, UpstreamError> {
+        let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(self.address.as_str()))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(connect_timeout))?
+            .map_err(UpstreamError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    async fn connect_http1(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let io = self.connect(connect_timeout).await?;
+        let (sender, connection) = http1::handshake(io).await.map_err(UpstreamError::Handshake)?;
+        // With upgrades, so that the same connections carry WebSocket and other Upgrade requests.
+        let address = self.address.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, endpoint = %address, "Upstream connection ended with an error.");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect_h2c(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        let io = self.connect(connect_timeout).await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        let address = self.address.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, endpoint = %address, "Upstream connection ended with an error.");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// An HTTP/1 connection lent to one exchange; it returns to the pool when the response body ends.
+struct Lease {
+    sender: Option<http1::SendRequest<RequestBody>>,
+    pool: Arc<ConnectionPool>,
+}
+
+impl Lease {
+    fn release(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.put(sender);
+        }
+    }
+}
+
+/// A response body from an endpoint, which gives its connection back once read to the end.
+pub struct UpstreamBody {
+    body: Incoming,
+    lease: Option<Lease>,
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("body", &self.body)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            if let Some(lease) = this.lease.as_mut() {
+                lease.release();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body that was complete before anyone polled it (`content-length: 0`, HEAD) still gives
+        // its connection back; one dropped half way does not.
+        if self.body.is_end_stream() {
+            if let Some(lease) = self.lease.as_mut() {
+                lease.release();
+            }
+        }
+    }
+}
+
+/// An endpoint's state that outlives configuration generations, by (backend name, address).
+type EndpointStates = HashMap<(String, String), (Arc<EndpointHealth>, Arc<ConnectionPool>)>;
+
+/// What outlives configuration generations: endpoint health and connection pools.
 #[derive(Default)]
 pub struct Resources {
-    inner: Mutex<ResourceMaps>,
+    endpoints: Mutex<EndpointStates>,
 }
-
-#[derive(Default)]
-struct ResourceMaps {
-    health: HashMap<(String, String), Arc<EndpointHealth>>,
-    clients: HashMap<ClientKey, HttpClient>,
-}
-
-/// How long an idle pooled connection to a backend is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 impl Resources {
-    /// Builds the backends of a new generation, reusing the health and clients of endpoints and
-    /// settings that stay, and forgetting the rest (old generations still in use keep their own).
+    /// Builds the backends of a new generation, reusing the health and pools of endpoints that
+    /// stay, and forgetting the rest (old generations still in use keep their own).
     pub fn backends(&self, configs: &[BackendConfig], virtual_nodes: u32, metrics: &Metrics) -> Vec<Backend> {
-        let mut guard = match self.inner.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let maps = &mut *guard;
-        let mut health = HashMap::new();
-        let mut clients = HashMap::new();
+        let mut known = lock(&self.endpoints);
+        let mut kept = HashMap::new();
         let mut backends = Vec::with_capacity(configs.len());
         for config in configs {
-            let key = ClientKey {
-                protocol: config.protocol,
-                connect_timeout: config.connect_timeout.0,
-            };
-            let client = maps
-                .clients
-                .remove(&key)
-                .or_else(|| clients.get(&key).cloned())
-                .unwrap_or_else(|| new_client(key));
-            clients.insert(key, client.clone());
             let endpoints = config
                 .endpoints
                 .iter()
                 .filter_map(|address| {
                     let authority = parse_endpoint(address).ok()?;
                     let id = (config.name.clone(), address.clone());
-                    let state = maps.health.remove(&id).unwrap_or_default();
-                    health.insert(id, state.clone());
+                    let (health, pool) = match known.remove(&id) {
+                        Some((health, pool)) if pool.protocol == config.protocol => (health, pool),
+                        Some((health, _)) => (health, ConnectionPool::new(address, config.protocol)),
+                        None => (Arc::default(), ConnectionPool::new(address, config.protocol)),
+                    };
+                    kept.insert(id, (health.clone(), pool.clone()));
                     Some(Endpoint {
                         address: address.clone(),
                         authority,
-                        health: state,
+                        health,
+                        pool,
                     })
                 })
                 .collect();
@@ -145,30 +422,16 @@ impl Resources {
                 endpoints,
                 ring: HashRing::new(&config.endpoints, virtual_nodes),
                 next: AtomicUsize::new(0),
-                client,
                 protocol: config.protocol,
                 timeout: config.timeout.0,
+                connect_timeout: config.connect_timeout.0,
                 max_retries: config.max_retries,
                 metrics: metrics.backend(&config.name),
             });
         }
-        maps.health = health;
-        maps.clients = clients;
+        *known = kept;
         backends
     }
-}
-
-fn new_client(key: ClientKey) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(key.connect_timeout));
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .http2_only(key.protocol == UpstreamProtocol::H2c)
-        .build(connector)
 }
 
 #[cfg(test)]

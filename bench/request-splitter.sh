@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# Benchmark of the request splitter against nginx and HAProxy doing the same 90/10 weighted split.
+#
+# Backends: one nginx (one worker) answering `return 200 'ok'` on two loopback ports. Proxies keep
+# connections to the backends alive. Load: `wrk -t2 -c64 -d10s --latency` against the backend directly,
+# the splitter, nginx (`upstream` weights 9:1) and HAProxy (`weight 90` / `weight 10`), with one worker
+# (thread / process) each and then two. Then a moderate load (`-t1 -c8`) for the latency the proxy
+# adds when it is not saturated. Everything runs in this one script so that the anchors and the
+# splitter are measured in the same run, on the same cores.
+#
+# Per proxy it reports requests/s, p50 and p99 latency, RSS (VmRSS summed over the proxy's processes
+# after the run) and CPU per request ((utime + stime) of the proxy's processes during the run divided by
+# the requests wrk completed).
+#
+# Usage: bench/request-splitter.sh            (installs wrk, nginx and haproxy with apt-get if missing)
+# Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (2s), BASE_PORT (18080),
+#              WORKER_COUNTS ("1 2"), CARGO_TARGET_DIR (where the release build goes).
+# This is a benchmark, not a test: it asserts nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+WARMUP=${WARMUP:-2s}
+BASE_PORT=${BASE_PORT:-18080}
+WORKER_COUNTS=${WORKER_COUNTS:-"1 2"}
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+
+STABLE_PORT=$((BASE_PORT + 1))
+CANARY_PORT=$((BASE_PORT + 2))
+SPLITTER_PORT=$((BASE_PORT + 10))
+SPLITTER_ADMIN=$((BASE_PORT + 11))
+NGINX_PORT=$((BASE_PORT + 12))
+HAPROXY_PORT=$((BASE_PORT + 13))
+
+missing=()
+for tool in wrk nginx haproxy; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+  echo "[bench] installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx haproxy >/dev/null
+fi
+
+echo "[bench] building the release binary" >&2
+CARGO_TARGET_DIR=$TARGET_DIR cargo build -q --release -p outrigger-request-splitter
+SPLITTER_BIN=$TARGET_DIR/release/outrigger-request-splitter
+
+work=$(mktemp -d /tmp/splitter-bench.XXXXXX)
+started=()
+cleanup() {
+  for pid in "${started[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_for_port() {
+  local port=$1
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "[bench] nothing listens on port $port" >&2
+  return 1
+}
+
+# All processes of a started proxy: the process and its children (nginx workers).
+pids_of() {
+  local pid=$1
+  echo "$pid" $(pgrep -P "$pid" || true)
+}
+
+cpu_ticks() {
+  local total=0 pid
+  for pid in "$@"; do
+    # Fields 14 and 15 of /proc/PID/stat are utime and stime (the command name may hold spaces).
+    local stat
+    stat=$(sed 's/^.*) //' "/proc/$pid/stat")
+    total=$((total + $(echo "$stat" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
+
+rss_kib() {
+  local total=0 pid
+  for pid in "$@"; do
+    total=$((total + $(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")))
+  done
+  echo "$total"
+}
+
+to_ms() {
+  # wrk prints 612.00us, 2.31ms or 1.02s.
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.2f", v / 1000 }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.2f", v }
+    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.2f", v * 1000 }
+    else { printf "?" }
+  }'
+}
+
+# --- backends -------------------------------------------------------------------------------------
+mkdir -p "$work/backend"
+cat >"$work/backend/nginx.conf" <<EOF
+worker_processes 1;
+pid $work/backend/nginx.pid;
+error_log $work/backend/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$STABLE_PORT; location / { return 200 'ok'; } }
+  server { listen 127.0.0.1:$CANARY_PORT; location / { return 200 'ok'; } }
+}
+EOF
+nginx -p "$work/backend" -c "$work/backend/nginx.conf" -g 'daemon off;' &
+started+=($!)
+wait_for_port "$STABLE_PORT"
+wait_for_port "$CANARY_PORT"
+
+# --- proxies --------------------------------------------------------------------------------------
+start_splitter() {
+  local workers=$1 access_log=${2:-false}
+  cat >"$work/splitter.json" <<EOF
+{
+  "listen": "127.0.0.1:$SPLITTER_PORT",
+  "backends": [
+    {"name": "stable", "endpoints": ["127.0.0.1:$STABLE_PORT"]},
+    {"name": "canary", "endpoints": ["127.0.0.1:$CANARY_PORT"]}
+  ],
+  "weights": {"stable": 90, "canary": 10},
+  "accessLog": $access_log
+}
+EOF
+  local log=warn
+  [ "$access_log" = true ] && log=info
+  "$SPLITTER_BIN" --config "$work/splitter.json" --admin-addr "127.0.0.1:$SPLITTER_ADMIN" \
+    --workers "$workers" --log "$log" >/dev/null 2>"$work/splitter.err" &
+  proxy_pid=$!
+  started+=("$proxy_pid")
+  wait_for_port "$SPLITTER_PORT"
+}
+
+start_nginx() {
+  local workers=$1
+  mkdir -p "$work/nginx"
+  cat >"$work/nginx/nginx.conf" <<EOF
+worker_processes $workers;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream split {
+    server 127.0.0.1:$STABLE_PORT weight=9;
+    server 127.0.0.1:$CANARY_PORT weight=1;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://split;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+EOF
+  nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+  proxy_pid=$!
+  started+=("$proxy_pid")
+  wait_for_port "$NGINX_PORT"
+}
+
+start_haproxy() {
+  local workers=$1
+  cat >"$work/haproxy.cfg" <<EOF
+global
+  nbthread $workers
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend split
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend versions
+backend versions
+  balance roundrobin
+  server stable 127.0.0.1:$STABLE_PORT weight 90
+  server canary 127.0.0.1:$CANARY_PORT weight 10
+EOF
+  haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>"$work/haproxy.err" &
+  proxy_pid=$!
+  started+=("$proxy_pid")
+  wait_for_port "$HAPROXY_PORT"
+}
+
+stop_proxy() {
+  kill "$proxy_pid" 2>/dev/null || true
+  wait "$proxy_pid" 2>/dev/null || true
+  proxy_pid=
+}
+
+# --- measurement ----------------------------------------------------------------------------------
+rows=()
+direct_rps=
+
+# measure <label> <port> <threads> <connections> [proxy pid]
+measure() {
+  local label=$1 port=$2 threads=$3 connections=$4 pid=${5:-}
+  local url="http://127.0.0.1:$port/"
+  wrk -t"$threads" -c"$connections" -d"$WARMUP" "$url" >/dev/null
+  local pids=() before=0
+  if [ -n "$pid" ]; then
+    read -r -a pids <<<"$(pids_of "$pid")"
+    before=$(cpu_ticks "${pids[@]}")
+  fi
+  local out
+  out=$(wrk -t"$threads" -c"$connections" -d"$DURATION" --latency "$url")
+  local rps requests p50 p99 errors
+  rps=$(echo "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
+  p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
+  p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+  errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {printf "%s ", $0}')
+  local rss="—" cpu="—"
+  if [ -n "$pid" ]; then
+    local after ticks hz
+    after=$(cpu_ticks "${pids[@]}")
+    hz=$(getconf CLK_TCK)
+    ticks=$((after - before))
+    cpu=$(awk -v t="$ticks" -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f µs", t / hz / n * 1e6}')
+    rss=$(awk -v k="$(rss_kib "${pids[@]}")" 'BEGIN {printf "%.1f MiB", k / 1024}')
+  fi
+  if [ -z "$pid" ]; then direct_rps=$rps; fi
+  local ratio
+  ratio=$(awk -v r="$rps" -v d="$direct_rps" 'BEGIN {printf "%.2f", r / d}')
+  rows+=("| $label | $(printf "%'d" "$rps") | $ratio | $p50 | $p99 | $rss | $cpu |${errors:+ $errors}")
+  echo "[bench] $label: $rps req/s, p50 $p50 ms, p99 $p99 ms, RSS $rss, CPU $cpu/request ${errors}" >&2
+}
+
+header="| target | req/s | ratio to direct | p50 ms | p99 ms | proxy RSS | proxy CPU per request |"
+rule="| --- | --- | --- | --- | --- | --- | --- |"
+
+for workers in $WORKER_COUNTS; do
+  rows+=("" "**$workers worker(s)**, \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency\`" "" "$header" "$rule")
+  measure "direct (backend)" "$STABLE_PORT" "$THREADS" "$CONNECTIONS"
+  start_splitter "$workers"
+  measure "request splitter ($workers worker)" "$SPLITTER_PORT" "$THREADS" "$CONNECTIONS" "$proxy_pid"
+  stop_proxy
+  start_nginx "$workers"
+  measure "nginx ($workers worker)" "$NGINX_PORT" "$THREADS" "$CONNECTIONS" "$proxy_pid"
+  stop_proxy
+  start_haproxy "$workers"
+  measure "HAProxy (nbthread $workers)" "$HAPROXY_PORT" "$THREADS" "$CONNECTIONS" "$proxy_pid"
+  stop_proxy
+  if [ "$workers" = 1 ]; then
+    start_splitter 1 true
+    measure "request splitter (1 worker, JSON access log to /dev/null)" "$SPLITTER_PORT" "$THREADS" "$CONNECTIONS" "$proxy_pid"
+    stop_proxy
+  fi
+done
+
+rows+=("" "**Moderate load**, 1 worker, \`wrk -t1 -c8 -d$DURATION --latency\`" "" "$header" "$rule")
+measure "direct (backend)" "$STABLE_PORT" 1 8
+start_splitter 1
+measure "request splitter (1 worker)" "$SPLITTER_PORT" 1 8 "$proxy_pid"
+stop_proxy
+start_nginx 1
+measure "nginx (1 worker)" "$NGINX_PORT" 1 8 "$proxy_pid"
+stop_proxy
+start_haproxy 1
+measure "HAProxy (nbthread 1)" "$HAPROXY_PORT" 1 8 "$proxy_pid"
+stop_proxy
+
+echo
+echo "Machine: $(nproc) cores, $(uname -r); $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3)"
+printf '%s\n' "${rows[@]}"
