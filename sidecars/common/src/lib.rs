@@ -4,3 +4,4 @@
 pub mod admin;
 pub mod shutdown;
 pub mod telemetry;
+pub mod wait_ready;
