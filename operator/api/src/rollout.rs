@@ -323,9 +323,23 @@ pub struct RolloutStatus {
     /// The most recent analysis measurement, with its numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_analysis: Option<AnalysisResult>,
+    /// Successful measurements so far in the current analysis step.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub analysis_successes: i32,
+    /// Failed measurements so far in the current analysis step.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub analysis_failures: i32,
+    /// Inconclusive measurements in a row in the current analysis step.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub analysis_inconclusive: i32,
     /// The latest decisions, newest last, each with its inputs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RolloutDecision>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(value: &i32) -> bool {
+    *value == 0
 }
 
 /// Phase of a rollout.

@@ -9,6 +9,7 @@ pub mod inject;
 pub mod labels;
 pub mod owner;
 pub mod replicated;
+pub mod rollout;
 pub mod sharded;
 pub mod subset;
 pub mod validate;
