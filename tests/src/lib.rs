@@ -278,6 +278,16 @@ pub struct OperatorProcess {
 }
 
 impl OperatorProcess {
+    /// The usual single operator of a test: no webhook, a Lease of its own for `namespace`.
+    pub fn for_namespace(namespace: &str) -> anyhow::Result<OperatorProcess> {
+        Self::start(
+            namespace,
+            &format!("{namespace}-a"),
+            &format!("{namespace}-leader"),
+            15,
+        )
+    }
+
     /// Starts an operator for `namespace` without the webhook, electing a leader on the Lease `lease`.
     pub fn start(
         namespace: &str,

@@ -88,13 +88,7 @@ where
 #[tokio::test]
 async fn replicated_service_runs_follows_edits_and_is_garbage_collected() {
     let ns = TestNamespace::create("op-rsvc").unwrap();
-    let _operator = OperatorProcess::start(
-        &ns.name,
-        &format!("{}-a", ns.name),
-        &format!("{}-leader", ns.name),
-        15,
-    )
-    .unwrap();
+    let _operator = OperatorProcess::for_namespace(&ns.name).unwrap();
     let client: Client = admin_client().await.unwrap();
     let services: Api<ReplicatedService> = Api::namespaced(client.clone(), &ns.name);
     let created = services.create(&PostParams::default(), &web(3)).await.unwrap();
@@ -196,13 +190,7 @@ async fn ready_shards(api: &Api<ShardedService>, want: i32) -> anyhow::Result<Op
 #[tokio::test]
 async fn sharded_service_of_three_by_two_reshards_to_four() {
     let ns = TestNamespace::create("op-shsvc").unwrap();
-    let _operator = OperatorProcess::start(
-        &ns.name,
-        &format!("{}-a", ns.name),
-        &format!("{}-leader", ns.name),
-        15,
-    )
-    .unwrap();
+    let _operator = OperatorProcess::for_namespace(&ns.name).unwrap();
     let client = admin_client().await.unwrap();
     let services: Api<ShardedService> = Api::namespaced(client.clone(), &ns.name);
     services.create(&PostParams::default(), &cache(3)).await.unwrap();
@@ -263,13 +251,7 @@ async fn sharded_service_of_three_by_two_reshards_to_four() {
 #[tokio::test]
 async fn a_missing_rollout_strategy_is_a_condition_and_the_operator_waits_without_writing() {
     let ns = TestNamespace::create("op-invalid").unwrap();
-    let operator = OperatorProcess::start(
-        &ns.name,
-        &format!("{}-a", ns.name),
-        &format!("{}-leader", ns.name),
-        15,
-    )
-    .unwrap();
+    let operator = OperatorProcess::for_namespace(&ns.name).unwrap();
     let client = admin_client().await.unwrap();
     let services: Api<ReplicatedService> = Api::namespaced(client.clone(), &ns.name);
     let mut rsvc = web(1);
@@ -323,13 +305,7 @@ async fn a_missing_rollout_strategy_is_a_condition_and_the_operator_waits_withou
 #[tokio::test]
 async fn a_resync_of_a_settled_service_writes_nothing() {
     let ns = TestNamespace::create("op-resync").unwrap();
-    let operator = OperatorProcess::start(
-        &ns.name,
-        &format!("{}-a", ns.name),
-        &format!("{}-leader", ns.name),
-        15,
-    )
-    .unwrap();
+    let operator = OperatorProcess::for_namespace(&ns.name).unwrap();
     let client = admin_client().await.unwrap();
     let services: Api<ReplicatedService> = Api::namespaced(client.clone(), &ns.name);
     services.create(&PostParams::default(), &web(2)).await.unwrap();
