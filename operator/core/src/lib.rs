@@ -4,6 +4,7 @@
 //! desired objects, compute [`conditions`]. Nothing here does I/O, so all of it is unit-tested on
 //! fixtures.
 
+pub mod analysis;
 pub mod conditions;
 pub mod inject;
 pub mod labels;
