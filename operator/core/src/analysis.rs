@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
-use outrigger_api::rollout::{AnalysisMetric, AnalysisMetricType, AnalysisResult, AnalysisSpec, AnalysisVerdict, MetricMeasurement};
+use outrigger_api::rollout::{
+    AnalysisMetric, AnalysisMetricType, AnalysisResult, AnalysisSpec, AnalysisVerdict, MetricMeasurement,
+};
 
 /// Backend names the operator gives the tracks in the splitter configuration.
 pub const STABLE: &str = "stable";
@@ -36,7 +38,10 @@ fn labels(text: &str) -> BTreeMap<&str, &str> {
 }
 
 fn add_bucket(buckets: &mut Vec<(f64, f64)>, bound: f64, count: f64) {
-    match buckets.iter_mut().find(|(b, _)| (*b - bound).abs() < f64::EPSILON || (b.is_infinite() && bound.is_infinite())) {
+    match buckets
+        .iter_mut()
+        .find(|(b, _)| (*b - bound).abs() < f64::EPSILON || (b.is_infinite() && bound.is_infinite()))
+    {
         Some((_, existing)) => *existing += count,
         None => {
             buckets.push((bound, count));
@@ -49,11 +54,17 @@ impl Snapshot {
     /// Adds one splitter's `/metrics` text to the snapshot.
     pub fn add_scrape(&mut self, text: &str) {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((series, value)) = line.rsplit_once(' ') else { continue };
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
             let Ok(value) = value.parse::<f64>() else { continue };
-            let (name, label_text) = series.split_once('{').map_or((series, ""), |(n, l)| (n, l.trim_end_matches('}')));
+            let (name, label_text) = series
+                .split_once('{')
+                .map_or((series, ""), |(n, l)| (n, l.trim_end_matches('}')));
             let labels = labels(label_text);
-            let Some(backend) = labels.get("backend").map(|b| (*b).to_owned()) else { continue };
+            let Some(backend) = labels.get("backend").map(|b| (*b).to_owned()) else {
+                continue;
+            };
             match name {
                 "outrigger_splitter_requests_total" => {
                     let counters = self.live.entry(backend).or_default();
@@ -63,9 +74,19 @@ impl Snapshot {
                     }
                 }
                 "outrigger_splitter_response_latency_seconds_bucket" => {
-                    let bound = labels.get("le").and_then(|le| if *le == "+Inf" { Some(f64::INFINITY) } else { le.parse().ok() });
+                    let bound = labels.get("le").and_then(|le| {
+                        if *le == "+Inf" {
+                            Some(f64::INFINITY)
+                        } else {
+                            le.parse().ok()
+                        }
+                    });
                     if let Some(bound) = bound {
-                        add_bucket(&mut self.live.entry(backend).or_default().latency_buckets, bound, value);
+                        add_bucket(
+                            &mut self.live.entry(backend).or_default().latency_buckets,
+                            bound,
+                            value,
+                        );
                     }
                 }
                 "outrigger_splitter_mirror_responses_total" if labels.get("role") == Some(&"shadow") => {
@@ -75,10 +96,22 @@ impl Snapshot {
                         counters.errors += value;
                     }
                 }
-                "outrigger_splitter_mirror_latency_seconds_bucket" if labels.get("role") == Some(&"shadow") => {
-                    let bound = labels.get("le").and_then(|le| if *le == "+Inf" { Some(f64::INFINITY) } else { le.parse().ok() });
+                "outrigger_splitter_mirror_latency_seconds_bucket"
+                    if labels.get("role") == Some(&"shadow") =>
+                {
+                    let bound = labels.get("le").and_then(|le| {
+                        if *le == "+Inf" {
+                            Some(f64::INFINITY)
+                        } else {
+                            le.parse().ok()
+                        }
+                    });
                     if let Some(bound) = bound {
-                        add_bucket(&mut self.shadow.entry(backend).or_default().latency_buckets, bound, value);
+                        add_bucket(
+                            &mut self.shadow.entry(backend).or_default().latency_buckets,
+                            bound,
+                            value,
+                        );
                     }
                 }
                 _ => {}
@@ -100,7 +133,11 @@ fn delta(now: &BackendCounters, before: Option<&BackendCounters>) -> BackendCoun
             .latency_buckets
             .iter()
             .map(|(bound, count)| {
-                let previous = before.latency_buckets.iter().find(|(b, _)| b == bound).map_or(0.0, |(_, c)| *c);
+                let previous = before
+                    .latency_buckets
+                    .iter()
+                    .find(|(b, _)| b == bound)
+                    .map_or(0.0, |(_, c)| *c);
                 (*bound, (count - previous).max(0.0))
             })
             .collect(),
@@ -127,7 +164,11 @@ impl BackendCounters {
                     return Some(lower.0 * 1000.0);
                 }
                 let width = count - lower.1;
-                let fraction = if width > 0.0 { (rank - lower.1) / width } else { 1.0 };
+                let fraction = if width > 0.0 {
+                    (rank - lower.1) / width
+                } else {
+                    1.0
+                };
                 return Some((lower.0 + (bound - lower.0) * fraction) * 1000.0);
             }
             lower = (*bound, *count);
@@ -138,12 +179,26 @@ impl BackendCounters {
 
 /// Judges the canary over the interval between `before` and `now`. Experiments (canary weight 0,
 /// mirroring on) judge the canary on its shadow responses.
-pub fn judge(spec: &AnalysisSpec, before: &Snapshot, now: &Snapshot, experiment: bool, at: Timestamp) -> AnalysisResult {
+pub fn judge(
+    spec: &AnalysisSpec,
+    before: &Snapshot,
+    now: &Snapshot,
+    experiment: bool,
+    at: Timestamp,
+) -> AnalysisResult {
     let source = |snapshot: &Snapshot, backend: &str| -> Option<BackendCounters> {
-        let map = if experiment && backend == CANARY { &snapshot.shadow } else { &snapshot.live };
+        let map = if experiment && backend == CANARY {
+            &snapshot.shadow
+        } else {
+            &snapshot.live
+        };
         map.get(backend).cloned()
     };
-    let window = |backend: &str| source(now, backend).map(|n| delta(&n, source(before, backend).as_ref())).unwrap_or_default();
+    let window = |backend: &str| {
+        source(now, backend)
+            .map(|n| delta(&n, source(before, backend).as_ref()))
+            .unwrap_or_default()
+    };
     let (canary, stable) = (window(CANARY), window(STABLE));
     let canary_requests = canary.requests.round() as i64;
     let metrics: Vec<MetricMeasurement> = spec
@@ -158,19 +213,33 @@ pub fn judge(spec: &AnalysisSpec, before: &Snapshot, now: &Snapshot, experiment:
     } else {
         AnalysisVerdict::Successful
     };
-    AnalysisResult { verdict, measured_at: Time(at), metrics }
+    AnalysisResult {
+        verdict,
+        measured_at: Time(at),
+        metrics,
+    }
 }
 
-fn measure(metric: &AnalysisMetric, canary: &BackendCounters, stable: &BackendCounters, canary_requests: i64, min_requests: i32) -> MetricMeasurement {
-    let (value_of, higher_is_better): (Box<dyn Fn(&BackendCounters) -> Option<f64>>, bool) = match metric.metric_type {
-        AnalysisMetricType::SuccessRate => (Box::new(BackendCounters::success_rate), true),
-        AnalysisMetricType::Latency => {
-            let percentile = f64::from(metric.percentile.unwrap_or(99));
-            (Box::new(move |c: &BackendCounters| c.latency_ms(percentile)), false)
-        }
-        // Prometheus queries are not read by this judge; they stay inconclusive.
-        AnalysisMetricType::Prometheus => (Box::new(|_: &BackendCounters| None), true),
-    };
+fn measure(
+    metric: &AnalysisMetric,
+    canary: &BackendCounters,
+    stable: &BackendCounters,
+    canary_requests: i64,
+    min_requests: i32,
+) -> MetricMeasurement {
+    let (value_of, higher_is_better): (Box<dyn Fn(&BackendCounters) -> Option<f64>>, bool) =
+        match metric.metric_type {
+            AnalysisMetricType::SuccessRate => (Box::new(BackendCounters::success_rate), true),
+            AnalysisMetricType::Latency => {
+                let percentile = f64::from(metric.percentile.unwrap_or(99));
+                (
+                    Box::new(move |c: &BackendCounters| c.latency_ms(percentile)),
+                    false,
+                )
+            }
+            // Prometheus queries are not read by this judge; they stay inconclusive.
+            AnalysisMetricType::Prometheus => (Box::new(|_: &BackendCounters| None), true),
+        };
     let canary_value = value_of(canary);
     let stable_value = value_of(stable);
     let mut threshold = Vec::new();
@@ -266,12 +335,19 @@ mod tests {
 
     #[test]
     fn too_few_requests_is_inconclusive_and_a_healthy_canary_passes() {
-        let spec = spec(json!([{"name": "sr", "type": "successRate", "min": 99, "maxDegradationPercent": 1}]));
+        let spec =
+            spec(json!([{"name": "sr", "type": "successRate", "min": 99, "maxDegradationPercent": 1}]));
         let before = snapshot(&[scrape((0, 0), (0, 0), 0)]);
         let few = snapshot(&[scrape((100, 0), (10, 0), 10)]);
-        assert_eq!(judge(&spec, &before, &few, false, at()).verdict, AnalysisVerdict::Inconclusive);
+        assert_eq!(
+            judge(&spec, &before, &few, false, at()).verdict,
+            AnalysisVerdict::Inconclusive
+        );
         let many = snapshot(&[scrape((900, 0), (100, 0), 100)]);
-        assert_eq!(judge(&spec, &before, &many, false, at()).verdict, AnalysisVerdict::Successful);
+        assert_eq!(
+            judge(&spec, &before, &many, false, at()).verdict,
+            AnalysisVerdict::Successful
+        );
     }
 
     #[test]
@@ -295,7 +371,10 @@ mod tests {
         assert_eq!(result.verdict, AnalysisVerdict::Successful);
         assert!(result.metrics[0].canary.unwrap() <= 10.0);
         let slow = snapshot(&[scrape((0, 0), (100, 0), 50)]);
-        assert_eq!(judge(&spec, &before, &slow, false, at()).verdict, AnalysisVerdict::Failed);
+        assert_eq!(
+            judge(&spec, &before, &slow, false, at()).verdict,
+            AnalysisVerdict::Failed
+        );
     }
 
     #[test]
@@ -305,7 +384,13 @@ mod tests {
                     outrigger_splitter_mirror_responses_total{backend=\"canary\",role=\"shadow\",class=\"2xx\"} 80\n\
                     outrigger_splitter_mirror_responses_total{backend=\"canary\",role=\"shadow\",class=\"5xx\"} 20\n\
                     outrigger_splitter_mirror_responses_total{backend=\"canary\",role=\"primary\",class=\"2xx\"} 100\n";
-        let result = judge(&spec, &Snapshot::default(), &snapshot(&[text.to_owned()]), true, at());
+        let result = judge(
+            &spec,
+            &Snapshot::default(),
+            &snapshot(&[text.to_owned()]),
+            true,
+            at(),
+        );
         assert_eq!(result.verdict, AnalysisVerdict::Failed);
         assert_eq!(result.metrics[0].canary_requests, 100);
     }

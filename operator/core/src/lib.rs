@@ -5,6 +5,7 @@
 //! fixtures.
 
 pub mod analysis;
+pub mod canary;
 pub mod conditions;
 pub mod inject;
 pub mod labels;

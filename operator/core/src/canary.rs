@@ -1,0 +1,364 @@
+//! Desired objects of a ReplicatedService that rolls out through a RolloutStrategy: a stable and a
+//! canary track (Deployment and Service each), and the request splitter in front of them with its
+//! configuration and the identity it reads that configuration with. Pure.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec},
+        core::v1::{
+            Capabilities, ConfigMap, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec,
+            PodTemplateSpec, Probe, SecurityContext, Service, ServiceAccount, ServicePort as CoreServicePort,
+            ServiceSpec,
+        },
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use outrigger_api::{
+    common::{AffinitySource, SessionAffinity},
+    rollout::{CanaryStrategy, RouteMatch},
+};
+use serde_json::{json, Value};
+
+use crate::{
+    analysis::{CANARY, STABLE},
+    inject::admin_port,
+    labels,
+    owner::Owner,
+};
+
+/// Key of the splitter's configuration in its ConfigMap.
+pub const SPLITTER_CONFIG_KEY: &str = "request-splitter.json";
+/// Port the splitter proxies on.
+pub const SPLITTER_PORT: i32 = 8080;
+/// Label selecting a service's splitter pods.
+pub const SPLITTER_LABEL: &str = "outrigger.dev/splitter";
+
+pub fn splitter_name(service: &str) -> String {
+    format!("{service}-splitter")
+}
+
+pub fn track_service_name(service: &str, track: &str) -> String {
+    format!("{service}-{track}")
+}
+
+pub fn canary_deployment_name(service: &str) -> String {
+    format!("{service}-canary")
+}
+
+/// The admin port of the standalone splitter (`/metrics` is scraped there for analysis).
+pub fn splitter_admin_port() -> i32 {
+    admin_port(outrigger_api::common::SidecarKind::RequestSplitter)
+}
+
+fn meta(owner: &Owner, name: &str, extra: &[(&str, &str)]) -> ObjectMeta {
+    let mut labels = labels::owned_by(labels::REPLICATED_SERVICE, &owner.name);
+    labels.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(owner.namespace.clone()),
+        labels: Some(labels),
+        owner_references: Some(vec![owner.reference.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// A Service selecting one track's pods on the service's first port.
+pub fn track_service(owner: &Owner, track: &str, port: i32, target_port: i32) -> Service {
+    Service {
+        metadata: meta(
+            owner,
+            &track_service_name(&owner.name, track),
+            &[(labels::TRACK, track)],
+        ),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([
+                (labels::REPLICATED_SERVICE.to_owned(), owner.name.clone()),
+                (labels::TRACK.to_owned(), track.to_owned()),
+            ])),
+            ports: Some(vec![CoreServicePort {
+                name: Some("http".to_owned()),
+                port,
+                target_port: Some(IntOrString::Int(target_port)),
+                protocol: Some("TCP".to_owned()),
+                ..CoreServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The front Service: the service's name, selecting the splitter pods.
+pub fn front_service(owner: &Owner, port: i32) -> Service {
+    Service {
+        metadata: meta(owner, &owner.name, &[]),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([(SPLITTER_LABEL.to_owned(), owner.name.clone())])),
+            ports: Some(vec![CoreServicePort {
+                name: Some("http".to_owned()),
+                port,
+                target_port: Some(IntOrString::Int(SPLITTER_PORT)),
+                protocol: Some("TCP".to_owned()),
+                ..CoreServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Traffic settings of the splitter for the current rollout state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Traffic<'a> {
+    pub stable_endpoint: String,
+    /// `None` while there is no ready canary.
+    pub canary_endpoint: Option<String>,
+    pub canary_weight: i32,
+    pub mirror_percent: i32,
+    pub strategy: &'a CanaryStrategy,
+    pub affinity: Option<&'a SessionAffinity>,
+}
+
+/// The splitter's configuration document.
+pub fn splitter_config(traffic: &Traffic<'_>) -> Value {
+    let mut backends = vec![json!({"name": STABLE, "endpoints": [traffic.stable_endpoint], "maxRetries": 1})];
+    let mut config = json!({"listen": format!("0.0.0.0:{SPLITTER_PORT}"), "accessLog": false});
+    if let Some(canary) = &traffic.canary_endpoint {
+        backends.push(json!({"name": CANARY, "endpoints": [canary], "maxRetries": 1}));
+        let weight = traffic.canary_weight.clamp(0, 100);
+        config["weights"] = json!({STABLE: 100 - weight, CANARY: weight});
+        let routes: Vec<Value> = traffic
+            .strategy
+            .routes
+            .iter()
+            .map(|route| {
+                let (kind, matcher) = match &route.matcher {
+                    RouteMatch::Header(m) => ("header", m),
+                    RouteMatch::Cookie(m) => ("cookie", m),
+                };
+                let mut value = json!({"name": matcher.name});
+                if let Some(exact) = &matcher.exact {
+                    value["exact"] = json!(exact);
+                }
+                if let Some(regex) = &matcher.regex {
+                    value["regex"] = json!(regex);
+                }
+                json!({"name": route.name, "match": {kind: value}, "backend": CANARY})
+            })
+            .collect();
+        if !routes.is_empty() {
+            config["routes"] = Value::Array(routes);
+        }
+        if traffic.mirror_percent > 0 {
+            config["mirror"] = json!({"backend": CANARY, "percent": traffic.mirror_percent.clamp(0, 100)});
+        }
+    }
+    config["backends"] = Value::Array(backends);
+    if let Some(affinity) = traffic.affinity {
+        let source = match affinity.source {
+            AffinitySource::Header => "header",
+            AffinitySource::Cookie => "cookie",
+            AffinitySource::SourceIp => "sourceIP",
+        };
+        let mut stickiness = json!({"source": source, "virtualNodes": affinity.virtual_nodes});
+        if let Some(name) = &affinity.name {
+            stickiness["name"] = json!(name);
+        }
+        config["stickiness"] = stickiness;
+    }
+    config
+}
+
+/// The splitter's ConfigMap.
+pub fn splitter_config_map(owner: &Owner, config: &Value) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(owner, &splitter_name(&owner.name), &[]),
+        data: Some(BTreeMap::from([(
+            SPLITTER_CONFIG_KEY.to_owned(),
+            serde_json::to_string_pretty(config).unwrap_or_default(),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+/// The identity the splitter watches its ConfigMap with: a ServiceAccount, a Role that reads
+/// ConfigMaps in the namespace, and the binding.
+pub fn splitter_identity(owner: &Owner) -> (ServiceAccount, Role, RoleBinding) {
+    let name = splitter_name(&owner.name);
+    let account = ServiceAccount {
+        metadata: meta(owner, &name, &[]),
+        ..ServiceAccount::default()
+    };
+    let role = Role {
+        metadata: meta(owner, &name, &[]),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".to_owned()]),
+            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+            ..PolicyRule::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: meta(owner, &name, &[]),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name: name.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name,
+            namespace: Some(owner.namespace.clone()),
+            ..Subject::default()
+        }]),
+    };
+    (account, role, binding)
+}
+
+/// The splitter Deployment.
+pub fn splitter_deployment(owner: &Owner, image: &str, replicas: i32) -> Deployment {
+    let name = splitter_name(&owner.name);
+    let selector = BTreeMap::from([(SPLITTER_LABEL.to_owned(), owner.name.clone())]);
+    let admin = splitter_admin_port();
+    let mut pod_labels = labels::owned_by(SPLITTER_LABEL, &owner.name);
+    pod_labels.extend(selector.clone());
+    Deployment {
+        metadata: meta(owner, &name, &[]),
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(name.clone()),
+                    containers: vec![Container {
+                        name: "request-splitter".to_owned(),
+                        image: Some(image.to_owned()),
+                        image_pull_policy: Some("IfNotPresent".to_owned()),
+                        args: Some(vec![
+                            "--configmap".to_owned(),
+                            format!("{}/{name}", owner.namespace),
+                            "--admin-addr".to_owned(),
+                            format!("0.0.0.0:{admin}"),
+                            "--drain-delay".to_owned(),
+                            "2s".to_owned(),
+                        ]),
+                        env: Some(vec![EnvVar {
+                            name: "OUTRIGGER_ADMIN_PORT".to_owned(),
+                            value: Some(admin.to_string()),
+                            ..EnvVar::default()
+                        }]),
+                        ports: Some(vec![
+                            ContainerPort {
+                                name: Some("http".to_owned()),
+                                container_port: SPLITTER_PORT,
+                                protocol: Some("TCP".to_owned()),
+                                ..ContainerPort::default()
+                            },
+                            ContainerPort {
+                                name: Some("admin".to_owned()),
+                                container_port: admin,
+                                protocol: Some("TCP".to_owned()),
+                                ..ContainerPort::default()
+                            },
+                        ]),
+                        readiness_probe: Some(Probe {
+                            http_get: Some(HTTPGetAction {
+                                path: Some("/readyz".to_owned()),
+                                port: IntOrString::Int(admin),
+                                ..HTTPGetAction::default()
+                            }),
+                            period_seconds: Some(2),
+                            ..Probe::default()
+                        }),
+                        security_context: Some(SecurityContext {
+                            run_as_non_root: Some(true),
+                            run_as_user: Some(65534),
+                            run_as_group: Some(65534),
+                            read_only_root_filesystem: Some(true),
+                            allow_privilege_escalation: Some(false),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".to_owned()]),
+                                ..Capabilities::default()
+                            }),
+                            ..SecurityContext::default()
+                        }),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strategy() -> CanaryStrategy {
+        serde_json::from_value(json!({
+            "steps": [{"setWeight": 10}],
+            "routes": [{"name": "testers", "match": {"header": {"name": "x-canary", "exact": "always"}}}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn without_a_canary_everything_goes_to_stable() {
+        let strategy = strategy();
+        let config = splitter_config(&Traffic {
+            stable_endpoint: "10.96.0.5:80".into(),
+            canary_endpoint: None,
+            canary_weight: 30,
+            mirror_percent: 10,
+            strategy: &strategy,
+            affinity: None,
+        });
+        assert_eq!(config["backends"].as_array().unwrap().len(), 1);
+        assert!(
+            config.get("weights").is_none()
+                && config.get("routes").is_none()
+                && config.get("mirror").is_none()
+        );
+    }
+
+    #[test]
+    fn with_a_canary_weights_routes_mirror_and_stickiness_are_set() {
+        let strategy = strategy();
+        let affinity: SessionAffinity =
+            serde_json::from_value(json!({"source": "cookie", "name": "sid"})).unwrap();
+        let config = splitter_config(&Traffic {
+            stable_endpoint: "10.96.0.5:80".into(),
+            canary_endpoint: Some("10.96.0.6:80".into()),
+            canary_weight: 30,
+            mirror_percent: 20,
+            strategy: &strategy,
+            affinity: Some(&affinity),
+        });
+        assert_eq!(config["weights"], json!({"stable": 70, "canary": 30}));
+        assert_eq!(
+            config["routes"][0],
+            json!({"name": "testers", "match": {"header": {"name": "x-canary", "exact": "always"}}, "backend": "canary"})
+        );
+        assert_eq!(config["mirror"], json!({"backend": "canary", "percent": 20}));
+        assert_eq!(
+            config["stickiness"],
+            json!({"source": "cookie", "name": "sid", "virtualNodes": 160})
+        );
+    }
+}
