@@ -220,6 +220,9 @@ pub fn judge(
     }
 }
 
+/// Reads one metric's value from a backend's counters.
+type Reading = Box<dyn Fn(&BackendCounters) -> Option<f64>>;
+
 fn measure(
     metric: &AnalysisMetric,
     canary: &BackendCounters,
@@ -227,19 +230,18 @@ fn measure(
     canary_requests: i64,
     min_requests: i32,
 ) -> MetricMeasurement {
-    let (value_of, higher_is_better): (Box<dyn Fn(&BackendCounters) -> Option<f64>>, bool) =
-        match metric.metric_type {
-            AnalysisMetricType::SuccessRate => (Box::new(BackendCounters::success_rate), true),
-            AnalysisMetricType::Latency => {
-                let percentile = f64::from(metric.percentile.unwrap_or(99));
-                (
-                    Box::new(move |c: &BackendCounters| c.latency_ms(percentile)),
-                    false,
-                )
-            }
-            // Prometheus queries are not read by this judge; they stay inconclusive.
-            AnalysisMetricType::Prometheus => (Box::new(|_: &BackendCounters| None), true),
-        };
+    let (value_of, higher_is_better): (Reading, bool) = match metric.metric_type {
+        AnalysisMetricType::SuccessRate => (Box::new(BackendCounters::success_rate), true),
+        AnalysisMetricType::Latency => {
+            let percentile = f64::from(metric.percentile.unwrap_or(99));
+            (
+                Box::new(move |c: &BackendCounters| c.latency_ms(percentile)),
+                false,
+            )
+        }
+        // Prometheus queries are not read by this judge; they stay inconclusive.
+        AnalysisMetricType::Prometheus => (Box::new(|_: &BackendCounters| None), true),
+    };
     let canary_value = value_of(canary);
     let stable_value = value_of(stable);
     let mut threshold = Vec::new();
