@@ -148,11 +148,16 @@ async fn connection(
         .unwrap_or_default();
     let info = ConnectionInfo::new(remote, tls.is_some());
     let header_timeout = limits.header_read_timeout.0;
+    // The TLS and HTTP/2 paths are boxed: their state is large, and inline it would make every
+    // connection's task as big as the largest path.
     let result = match tls {
         Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
-                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                serve_http(stream, h2, shared.clone(), info, &limits, shutdown).await
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Box::pin(serve_h2(stream, shared.clone(), info, &limits, shutdown)).await
+                } else {
+                    Box::pin(serve_h1(stream, shared.clone(), info, &limits, shutdown)).await
+                }
             }
             Ok(Err(error)) => {
                 tracing::debug!(%error, %remote, "TLS handshake failed.");
@@ -165,7 +170,8 @@ async fn connection(
             }
         },
         None => match tokio::time::timeout(header_timeout, sniff_h2(&stream)).await {
-            Ok(Ok(h2)) => serve_http(stream, h2, shared.clone(), info, &limits, shutdown).await,
+            Ok(Ok(true)) => Box::pin(serve_h2(stream, shared.clone(), info, &limits, shutdown)).await,
+            Ok(Ok(false)) => serve_h1(stream, shared.clone(), info, &limits, shutdown).await,
             // Closed before sending anything.
             Ok(Err(_)) => return,
             Err(_) => {
@@ -221,9 +227,8 @@ async fn sniff_h2(stream: &TcpStream) -> io::Result<bool> {
     }
 }
 
-async fn serve_http<I>(
+async fn serve_h1<I>(
     io: I,
-    h2: bool,
     shared: Arc<Shared>,
     info: ConnectionInfo,
     limits: &LimitsConfig,
@@ -233,21 +238,33 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = proxy::service::<Incoming>(shared, info);
-    let io = TokioIo::new(io);
-    if h2 {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .max_header_list_size(limits.max_header_bytes);
-        drive(builder.serve_connection(io, service), shutdown).await
-    } else {
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout.0)
-            .max_header_size(limits.max_header_bytes as usize);
-        drive(builder.serve_connection(io, service).with_upgrades(), shutdown).await
-    }
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_header_size(limits.max_header_bytes as usize);
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    drive(connection, shutdown).await
+}
+
+async fn serve_h2<I>(
+    io: I,
+    shared: Arc<Shared>,
+    info: ConnectionInfo,
+    limits: &LimitsConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = proxy::service::<Incoming>(shared, info);
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes);
+    drive(builder.serve_connection(TokioIo::new(io), service), shutdown).await
 }
 
 /// A connection that can be asked to finish.

@@ -190,7 +190,9 @@ impl ConnectionPool {
             let reused = pooled.is_some();
             let mut sender = match pooled {
                 Some(sender) => sender,
-                None => self.connect_http1(connect_timeout).await?,
+                // Boxed: connecting is rare, and its large future would otherwise be part of (and
+                // copied with) every request's future.
+                None => Box::pin(self.connect_http1(connect_timeout)).await?,
             };
             if reused && sender.ready().await.is_err() {
                 continue;
@@ -229,7 +231,7 @@ impl ConnectionPool {
         let mut sender = match current {
             Some(sender) => sender,
             None => {
-                let sender = self.connect_h2c(connect_timeout).await?;
+                let sender = Box::pin(self.connect_h2c(connect_timeout)).await?;
                 *lock(&self.multiplexed) = Some(sender.clone());
                 sender
             }
