@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: up down test lint fmt test-unit test-cluster generate cluster-up cluster-down operator-up deps
+.PHONY: up down test lint fmt test-unit test-cluster generate cluster-up cluster-down operator-up deps images install-manifest
 
 ## Bring up the local cluster with the CRDs installed and the operator running.
 up: cluster-up operator-up
@@ -29,8 +29,17 @@ test-unit:
 
 test-cluster:
 	$(CARGO) build -p outrigger-operator
-	hack/images.sh testapp
+	hack/images.sh testapp operator
 	$(CARGO) test -p outrigger-tests -- --test-threads=4
+
+## Build every container image under images/ (static binaries, FROM scratch).
+images:
+	hack/images.sh
+
+## Copy crds/ into the chart and regenerate manifests/install.yaml from it (default values).
+install-manifest:
+	cp crds/*.yaml charts/outrigger/crds/
+	hack/install-manifest.sh >manifests/install.yaml
 
 ## Regenerate the CRDs under crds/ from the Rust types.
 generate:
