@@ -9,8 +9,9 @@
 # splitter are measured in the same run, on the same cores.
 #
 # Per proxy it reports requests/s, p50 and p99 latency, RSS (VmRSS summed over the proxy's processes
-# after the run) and CPU per request ((utime + stime) of the proxy's processes during the run divided by
-# the requests wrk completed).
+# after the run: nginx's master and workers, HAProxy's and the splitter's one process) and CPU per
+# request ((utime + stime) of the proxy's processes during the run divided by the requests wrk
+# completed). The splitter is the static binary the image ships; nginx and HAProxy are Debian's.
 #
 # Usage: bench/request-splitter.sh            (installs wrk, nginx and haproxy with apt-get if missing)
 # Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (2s), BASE_PORT (18080),
@@ -44,9 +45,11 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx haproxy >/dev/null
 fi
 
-echo "[bench] building the release binary" >&2
-CARGO_TARGET_DIR=$TARGET_DIR cargo build -q --release -p outrigger-request-splitter
-SPLITTER_BIN=$TARGET_DIR/release/outrigger-request-splitter
+# The binary that ships: statically linked, built as hack/images.sh builds it.
+echo "[bench] building the release binary (static, as in the image)" >&2
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$TARGET_DIR \
+  cargo build -q --release --target x86_64-unknown-linux-gnu -p outrigger-request-splitter
+SPLITTER_BIN=$TARGET_DIR/x86_64-unknown-linux-gnu/release/outrigger-request-splitter
 
 work=$(mktemp -d /tmp/splitter-bench.XXXXXX)
 started=()

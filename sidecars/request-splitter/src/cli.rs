@@ -42,7 +42,8 @@ pub struct Cli {
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`, `/config`).
     #[arg(long, env = "OUTRIGGER_ADMIN_ADDR", default_value = "0.0.0.0:9901")]
     admin_addr: SocketAddr,
-    /// Worker threads; 1 runs everything on one thread.
+    /// Threads serving clients, each with its own runtime, listening socket and backend
+    /// connections (like nginx's worker processes); 1 runs everything on one thread.
     #[arg(long, env = "OUTRIGGER_SPLITTER_WORKERS", default_value_t = 1)]
     workers: usize,
     /// How often the configuration file is checked for changes.
@@ -85,16 +86,13 @@ impl Cli {
             poll_interval: config_poll_interval.0,
             drain_timeout: drain_timeout.0,
             drain_delay: drain_delay.0,
+            workers,
         };
-        let runtime = if workers <= 1 {
-            tokio::runtime::Builder::new_current_thread().enable_all().build()
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(workers)
-                .enable_all()
-                .build()
-        }
-        .map_err(CliError::Runtime)?;
+        // The first worker is this thread; `run` starts the others, each with a runtime of its own.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CliError::Runtime)?;
         runtime.block_on(run(options))?;
         Ok(())
     }

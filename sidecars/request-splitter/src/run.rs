@@ -9,8 +9,8 @@ use outrigger_sidecar_common::{
 };
 use prometheus_client::registry::Registry;
 use tokio::{
-    net::TcpListener,
-    sync::{watch, Notify},
+    net::TcpSocket,
+    sync::{watch, Notify, Semaphore},
     task::JoinHandle,
 };
 
@@ -26,7 +26,11 @@ use crate::{
     server::{self, Connections},
     store::{Applied, ConfigStore},
     tls::{self, TlsError},
+    upstream,
 };
+
+/// Pending connections the kernel queues per listening socket.
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// Why the splitter could not start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +46,8 @@ pub enum RunError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("starting worker thread {index}: {source}")]
+    Worker { index: usize, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[cfg(feature = "configmap")]
@@ -63,6 +69,9 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Time between failing readiness and closing the listener, so load balancers stop sending.
     pub drain_delay: Duration,
+    /// Threads serving clients, each with its own runtime, listening socket (`SO_REUSEPORT`) and
+    /// backend connections; the calling runtime is the first.
+    pub workers: usize,
 }
 
 /// A started splitter.
@@ -78,6 +87,9 @@ pub struct Running {
     reload_now: Arc<Notify>,
     config_file: Option<PathBuf>,
     server: JoinHandle<()>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    /// Tells the extra workers' runtimes to stop once the drain is over.
+    terminate: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
     drain_timeout: Duration,
     drain_delay: Duration,
@@ -92,13 +104,15 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         poll_interval,
         drain_timeout,
         drain_delay,
+        workers,
     } = options;
     if config_file.is_none() && configmap.is_none() {
         return Err(RunError::NoSource);
     }
+    let workers = workers.max(1);
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let store = Arc::new(ConfigStore::new(metrics.clone()));
+    let store = Arc::new(ConfigStore::with_workers(metrics.clone(), workers));
     let mut fingerprint = None;
     if let Some(path) = &config_file {
         let (read, outcome) = reload::load_file_with_fingerprint(&store, path);
@@ -135,11 +149,17 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         return Err(RunError::NoSource);
     };
 
-    let addr = active.config.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| RunError::Bind { addr, source })?;
-    let addr = listener.local_addr().unwrap_or(addr);
+    let requested = active.config.listen;
+    let bind_error = |source| RunError::Bind {
+        addr: requested,
+        source,
+    };
+    let mut sockets = bind_sockets(requested, workers).map_err(bind_error)?.into_iter();
+    let first = sockets
+        .next()
+        .ok_or_else(|| bind_error(std::io::ErrorKind::AddrNotAvailable.into()))?;
+    let addr = first.local_addr().unwrap_or(requested);
+    let listener = first.listen(LISTEN_BACKLOG).map_err(bind_error)?;
     let acceptor = active.config.tls.as_ref().map(tls::acceptor).transpose()?;
     let limits = &active.config.limits;
     let mirror = MirrorQueue::start(
@@ -148,6 +168,7 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         metrics.clone(),
     );
     let connections = Connections::new(metrics.active_connections.clone());
+    let limit = Arc::new(Semaphore::new(limits.max_connections as usize));
     let shared = Arc::new(Shared {
         store: store.clone(),
         metrics,
@@ -156,12 +177,32 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
     });
     let server = tokio::spawn(server::serve(
         listener,
-        shared,
-        acceptor,
-        limits.max_connections as usize,
+        shared.clone(),
+        acceptor.clone(),
+        limit.clone(),
         connections.clone(),
         shutdown_receiver.clone(),
     ));
+    let (terminate, terminated) = watch::channel(false);
+    let mut worker_threads = Vec::new();
+    for (offset, socket) in sockets.enumerate() {
+        let index = offset + 1;
+        let worker = Worker {
+            index,
+            socket,
+            shared: shared.clone(),
+            tls: acceptor.clone(),
+            limit: limit.clone(),
+            connections: connections.clone(),
+            shutdown: shutdown_receiver.clone(),
+            terminated: terminated.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("splitter-worker-{index}"))
+            .spawn(move || worker.run())
+            .map_err(|source| RunError::Worker { index, source })?;
+        worker_threads.push(thread);
+    }
     let reload_now = Arc::new(Notify::new());
     if let Some(path) = &config_file {
         background.push(tokio::spawn(reload::watch_file(
@@ -177,6 +218,7 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
     tracing::info!(
         %addr,
         %admin_addr,
+        workers,
         generation = active.generation,
         tls = active.config.tls.is_some(),
         "Request splitter listening."
@@ -191,10 +233,81 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         reload_now,
         config_file,
         server,
+        workers: worker_threads,
+        terminate,
         background,
         drain_timeout,
         drain_delay,
     })
+}
+
+/// Binds one listening socket per worker; with several, all on the same address with
+/// `SO_REUSEPORT`, so that the kernel spreads new connections over the workers.
+fn bind_sockets(addr: SocketAddr, count: usize) -> std::io::Result<Vec<TcpSocket>> {
+    let mut addr = addr;
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if count > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        // The first socket fixes the port when port 0 was asked for.
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// An extra worker: a thread with its own single-threaded runtime and listening socket.
+struct Worker {
+    index: usize,
+    socket: TcpSocket,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limit: Arc<Semaphore>,
+    connections: Arc<Connections>,
+    shutdown: watch::Receiver<bool>,
+    terminated: watch::Receiver<bool>,
+}
+
+impl Worker {
+    fn run(self) {
+        let Worker {
+            index,
+            socket,
+            shared,
+            tls,
+            limit,
+            connections,
+            shutdown,
+            mut terminated,
+        } = self;
+        upstream::set_worker(index);
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, worker = index, "Cannot start a worker's runtime; it serves nothing.");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            match socket.listen(LISTEN_BACKLOG) {
+                Ok(listener) => server::serve(listener, shared, tls, limit, connections, shutdown).await,
+                Err(error) => {
+                    tracing::error!(%error, worker = index, "A worker cannot listen; it serves nothing.");
+                }
+            }
+            // The listener is closed; the runtime keeps running the worker's connections until the
+            // drain is over.
+            let _ = terminated.wait_for(|stop| *stop).await;
+        });
+    }
 }
 
 #[cfg(feature = "configmap")]
@@ -258,6 +371,8 @@ impl Running {
             connections,
             shutdown,
             server,
+            workers,
+            terminate,
             background,
             drain_timeout,
             drain_delay,
@@ -276,6 +391,13 @@ impl Running {
                 "Drain deadline reached; closing the rest."
             ),
         }
+        let _ = terminate.send(true);
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
         for task in background {
             task.abort();
         }

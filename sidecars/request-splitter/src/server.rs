@@ -88,16 +88,16 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Accepts connections until `shutdown` turns true, then returns (closing the listener).
+/// Accepts connections until `shutdown` turns true, then returns (closing the listener). `limit`
+/// holds one permit per client connection allowed, shared by all workers.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
-    max_connections: usize,
+    limit: Arc<Semaphore>,
     connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(max_connections));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -69,11 +69,17 @@ struct Layers {
 }
 
 impl ConfigStore {
+    /// A store for a process with one worker.
     pub fn new(metrics: Metrics) -> ConfigStore {
+        ConfigStore::with_workers(metrics, 1)
+    }
+
+    /// A store whose connection pools have a slot per worker thread.
+    pub fn with_workers(metrics: Metrics, workers: usize) -> ConfigStore {
         ConfigStore {
             current: ArcSwapOption::empty(),
             layers: Mutex::new(Layers::default()),
-            resources: Resources::default(),
+            resources: Resources::new(workers),
             metrics,
             changed: tokio::sync::watch::channel(0).0,
         }

@@ -6,9 +6,12 @@
 //! connection goes back to the pool when its response body has been read to the end (a response
 //! abandoned half way closes its connection); a pooled connection found closed when a request is
 //! handed to it gives the request back unsent, and the next connection is tried. HTTP/2 (h2c): one
-//! multiplexed connection per endpoint, replaced when it closes.
+//! multiplexed connection per endpoint, replaced when it closes. With several workers (threads,
+//! each with its own runtime), every worker has its own idle connections, so a connection's I/O
+//! and the requests on it stay on one thread.
 
 use std::{
+    cell::Cell,
     collections::{HashMap, VecDeque},
     pin::Pin,
     sync::{
@@ -126,12 +129,31 @@ struct IdleConnection {
     since: Instant,
 }
 
-/// The connections to one endpoint.
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the current thread as worker `index` (0 is the main thread).
+pub fn set_worker(index: usize) {
+    WORKER.with(|worker| worker.set(index));
+}
+
+fn worker() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// One worker's connections to an endpoint.
+#[derive(Default)]
+struct Slot {
+    idle: Mutex<VecDeque<IdleConnection>>,
+    multiplexed: Mutex<Option<http2::SendRequest<RequestBody>>>,
+}
+
+/// The connections to one endpoint, per worker.
 pub struct ConnectionPool {
     address: String,
     protocol: UpstreamProtocol,
-    idle: Mutex<VecDeque<IdleConnection>>,
-    multiplexed: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    slots: Box<[Slot]>,
 }
 
 impl std::fmt::Debug for ConnectionPool {
@@ -151,13 +173,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ConnectionPool {
-    pub fn new(address: &str, protocol: UpstreamProtocol) -> Arc<ConnectionPool> {
+    pub fn new(address: &str, protocol: UpstreamProtocol, workers: usize) -> Arc<ConnectionPool> {
         Arc::new(ConnectionPool {
             address: address.to_owned(),
             protocol,
-            idle: Mutex::new(VecDeque::new()),
-            multiplexed: Mutex::new(None),
+            slots: (0..workers.max(1)).map(|_| Slot::default()).collect(),
         })
+    }
+
+    fn slot(&self) -> &Slot {
+        &self.slots[worker() % self.slots.len()]
     }
 
     /// Sends a request and returns the response head; the body streams from the endpoint.
@@ -224,19 +249,24 @@ impl ConnectionPool {
         request: Request<RequestBody>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let current = lock(&self.multiplexed)
+        let current = lock(&self.slot().multiplexed)
             .as_ref()
             .filter(|sender| !sender.is_closed())
             .cloned();
+        let current = match current {
+            Some(mut sender) => sender.ready().await.is_ok().then_some(sender),
+            None => None,
+        };
         let mut sender = match current {
             Some(sender) => sender,
+            // None yet, or it went away (GOAWAY, closed): open a new one.
             None => {
-                let sender = Box::pin(self.connect_h2c(connect_timeout)).await?;
-                *lock(&self.multiplexed) = Some(sender.clone());
+                let mut sender = Box::pin(self.connect_h2c(connect_timeout)).await?;
+                *lock(&self.slot().multiplexed) = Some(sender.clone());
+                sender.ready().await.map_err(UpstreamError::Exchange)?;
                 sender
             }
         };
-        sender.ready().await.map_err(UpstreamError::Exchange)?;
         sender
             .send_request(request)
             .await
@@ -244,7 +274,7 @@ impl ConnectionPool {
     }
 
     fn checkout(&self) -> Option<http1::SendRequest<RequestBody>> {
-        let mut idle = lock(&self.idle);
+        let mut idle = lock(&self.slot().idle);
         while let Some(connection) = idle.pop_back() {
             if !connection.sender.is_closed() {
                 return Some(connection.sender);
@@ -258,7 +288,7 @@ impl ConnectionPool {
             return;
         }
         let now = Instant::now();
-        let mut idle = lock(&self.idle);
+        let mut idle = lock(&self.slot().idle);
         while idle
             .front()
             .is_some_and(|oldest| now.duration_since(oldest.since) > IDLE_TIMEOUT)
@@ -386,12 +416,20 @@ impl Drop for UpstreamBody {
 type EndpointStates = HashMap<(String, String), (Arc<EndpointHealth>, Arc<ConnectionPool>)>;
 
 /// What outlives configuration generations: endpoint health and connection pools.
-#[derive(Default)]
 pub struct Resources {
     endpoints: Mutex<EndpointStates>,
+    workers: usize,
 }
 
 impl Resources {
+    /// Resources for `workers` worker threads.
+    pub fn new(workers: usize) -> Resources {
+        Resources {
+            endpoints: Mutex::default(),
+            workers: workers.max(1),
+        }
+    }
+
     /// Builds the backends of a new generation, reusing the health and pools of endpoints that
     /// stay, and forgetting the rest (old generations still in use keep their own).
     pub fn backends(&self, configs: &[BackendConfig], virtual_nodes: u32, metrics: &Metrics) -> Vec<Backend> {
@@ -407,8 +445,14 @@ impl Resources {
                     let id = (config.name.clone(), address.clone());
                     let (health, pool) = match known.remove(&id) {
                         Some((health, pool)) if pool.protocol == config.protocol => (health, pool),
-                        Some((health, _)) => (health, ConnectionPool::new(address, config.protocol)),
-                        None => (Arc::default(), ConnectionPool::new(address, config.protocol)),
+                        Some((health, _)) => (
+                            health,
+                            ConnectionPool::new(address, config.protocol, self.workers),
+                        ),
+                        None => (
+                            Arc::default(),
+                            ConnectionPool::new(address, config.protocol, self.workers),
+                        ),
                     };
                     kept.insert(id, (health.clone(), pool.clone()));
                     Some(Endpoint {
@@ -455,7 +499,7 @@ mod tests {
 
     #[tokio::test]
     async fn round_robin_skips_ejected_and_tried_endpoints() {
-        let resources = Resources::default();
+        let resources = Resources::new(1);
         let backend = &backends(&resources, &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"])[0];
         let picks: Vec<_> = (0..6)
             .map(|_| backend.pick(None, 0, |_| false).unwrap())
@@ -474,7 +518,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sticky_key_keeps_its_endpoint_and_moves_only_while_it_is_ejected() {
-        let resources = Resources::default();
+        let resources = Resources::new(1);
         let backend = &backends(&resources, &["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"])[0];
         let home = backend.pick(Some(42), 0, |_| false).unwrap();
         assert!((0..20).all(|_| backend.pick(Some(42), 0, |_| false) == Some(home)));
@@ -484,7 +528,7 @@ mod tests {
 
     #[tokio::test]
     async fn endpoint_health_survives_a_rebuild_of_the_backends() {
-        let resources = Resources::default();
+        let resources = Resources::new(1);
         let first = backends(&resources, &["127.0.0.1:1", "127.0.0.1:2"]);
         let second = backends(&resources, &["127.0.0.1:2", "127.0.0.1:9"]);
         assert!(Arc::ptr_eq(

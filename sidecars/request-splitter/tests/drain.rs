@@ -59,3 +59,55 @@ async fn the_drain_deadline_bounds_how_long_a_stuck_request_can_hold_shutdown() 
         .unwrap();
     assert_eq!(still_open, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_serve_every_client_and_all_stop_listening_on_shutdown() {
+    let stable = backend("stable", Behaviour::Named).await;
+    let canary = backend("canary", Behaviour::Named).await;
+    let splitter = support::splitter_with_workers(
+        json!({
+            "backends": [
+                {"name": "stable", "endpoints": [stable.endpoint()]},
+                {"name": "canary", "endpoints": [canary.endpoint()]}
+            ],
+            "weights": {"stable": 50, "canary": 50}
+        }),
+        3,
+    )
+    .await;
+    // Separate clients: separate connections, which the kernel spreads over the workers' sockets.
+    let mut clients = Vec::new();
+    for _ in 0..12 {
+        let url = splitter.url("/");
+        clients.push(tokio::spawn(async move {
+            let client = client();
+            let mut statuses = Vec::new();
+            for _ in 0..50 {
+                statuses.push(get(&client, &url, &[]).await.status.as_u16());
+            }
+            statuses
+        }));
+    }
+    for client in clients {
+        let statuses = tokio::time::timeout(STEP, client).await.unwrap().unwrap();
+        assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    }
+    assert_eq!(
+        stable.hits.load(Ordering::SeqCst) + canary.hits.load(Ordering::SeqCst),
+        600
+    );
+    let metrics = splitter.metrics().await;
+    assert_eq!(
+        support::metric(&metrics, "outrigger_splitter_connections_total"),
+        12.0
+    );
+    let addr = splitter.addr;
+    let still_open = tokio::time::timeout(STEP, splitter.running.shutdown())
+        .await
+        .unwrap();
+    assert_eq!(still_open, 0);
+    // No worker kept its socket.
+    for _ in 0..10 {
+        assert!(TcpStream::connect(addr).await.is_err(), "a worker still listens");
+    }
+}

@@ -222,7 +222,12 @@ fn temp_path(name: &str) -> PathBuf {
 }
 
 /// Starts a splitter listening on an ephemeral loopback port.
-pub async fn splitter(mut config: Value) -> Splitter {
+pub async fn splitter(config: Value) -> Splitter {
+    splitter_with_workers(config, 1).await
+}
+
+/// Starts a splitter with `workers` worker threads.
+pub async fn splitter_with_workers(mut config: Value, workers: usize) -> Splitter {
     config["listen"] = Value::from("127.0.0.1:0");
     if config.get("accessLog").is_none() {
         config["accessLog"] = Value::from(false);
@@ -236,6 +241,7 @@ pub async fn splitter(mut config: Value) -> Splitter {
         poll_interval: Duration::from_millis(50),
         drain_timeout: Duration::from_secs(2),
         drain_delay: Duration::ZERO,
+        workers,
     })
     .await
     .unwrap();
