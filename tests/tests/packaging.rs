@@ -208,6 +208,10 @@ fn invalid_values_fail_at_install_with_the_schema_message() {
             "webhook.failurePolicy=Sometimes",
             "webhook.failurePolicy must be one of the following: \"Ignore\", \"Fail\"",
         ),
+        (
+            "securityContext.readOnlyRootFilesystem=false",
+            "securityContext.readOnlyRootFilesystem does not match: true",
+        ),
     ] {
         let output = helm()
             .unwrap()
