@@ -315,7 +315,9 @@ fn default_max_header_bytes() -> u32 {
 }
 
 fn default_header_read_timeout() -> ConfigDuration {
-    ConfigDuration(Duration::from_secs(10))
+    // As nginx's client_header_timeout. It also bounds idle keep-alive connections, and clients
+    // commonly keep idle connections for up to 90 s; a much shorter value makes them race the close.
+    ConfigDuration(Duration::from_secs(60))
 }
 
 fn default_max_connections() -> u32 {

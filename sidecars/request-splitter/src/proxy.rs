@@ -13,7 +13,10 @@ use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -131,6 +134,8 @@ pub struct ConnectionInfo {
     pub tls: bool,
     /// The client's address as a header value, rendered once per connection.
     client_ip: HeaderValue,
+    /// Requests received on the connection so far.
+    requests: Arc<AtomicU64>,
 }
 
 impl ConnectionInfo {
@@ -141,7 +146,13 @@ impl ConnectionInfo {
             remote,
             tls,
             client_ip,
+            requests: Arc::default(),
         }
+    }
+
+    /// Requests received on the connection so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -176,6 +187,7 @@ where
     B::Error: Into<BoxError>,
 {
     let started = Instant::now();
+    connection.requests.fetch_add(1, Ordering::Relaxed);
     let upgrade = is_upgrade(&request);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();

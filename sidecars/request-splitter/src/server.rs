@@ -154,9 +154,9 @@ async fn connection(
         Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
                 if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    Box::pin(serve_h2(stream, shared.clone(), info, &limits, shutdown)).await
+                    Box::pin(serve_h2(stream, shared.clone(), info.clone(), &limits, shutdown)).await
                 } else {
-                    Box::pin(serve_h1(stream, shared.clone(), info, &limits, shutdown)).await
+                    Box::pin(serve_h1(stream, shared.clone(), info.clone(), &limits, shutdown)).await
                 }
             }
             Ok(Err(error)) => {
@@ -170,8 +170,8 @@ async fn connection(
             }
         },
         None => match tokio::time::timeout(header_timeout, sniff_h2(&stream)).await {
-            Ok(Ok(true)) => Box::pin(serve_h2(stream, shared.clone(), info, &limits, shutdown)).await,
-            Ok(Ok(false)) => serve_h1(stream, shared.clone(), info, &limits, shutdown).await,
+            Ok(Ok(true)) => Box::pin(serve_h2(stream, shared.clone(), info.clone(), &limits, shutdown)).await,
+            Ok(Ok(false)) => serve_h1(stream, shared.clone(), info.clone(), &limits, shutdown).await,
             // Closed before sending anything.
             Ok(Err(_)) => return,
             Err(_) => {
@@ -184,7 +184,9 @@ async fn connection(
         let reason = if error.is_parse_too_large() {
             Some("headers_too_large")
         } else if error.is_timeout() {
-            Some("header_timeout")
+            // The header read timeout also closes keep-alive connections left idle that long:
+            // that is no client error. A connection that never completed a request is one.
+            (info.requests() == 0).then_some("header_timeout")
         } else if error.is_parse() {
             Some("malformed")
         } else {

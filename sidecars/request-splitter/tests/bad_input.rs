@@ -141,6 +141,18 @@ async fn slow_loris_clients_are_cut_off_after_the_header_read_timeout() {
         "{dribble_got:?}"
     );
     still_serves(&splitter).await;
+
+    // A keep-alive connection left idle that long is closed too, but that is no client error.
+    let keep_alive = client();
+    assert_eq!(get(&keep_alive, &splitter.url("/"), &[]).await.status, 200);
+    let deadline = tokio::time::Instant::now() + STEP;
+    while splitter.running.open_connections() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let metrics = splitter.metrics().await;
     assert_eq!(
         metric(
