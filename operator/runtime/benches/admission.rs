@@ -62,7 +62,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() {
-    let bundle = certs::issue(&["127.0.0.1".to_owned()], Duration::from_secs(3600), None, Timestamp::now()).unwrap();
+    let bundle = certs::issue(
+        &["127.0.0.1".to_owned()],
+        Duration::from_secs(3600),
+        None,
+        Timestamp::now(),
+    )
+    .unwrap();
     let served = Arc::new(certs::ServedCert::default());
     served.set(&bundle).unwrap();
     let sidecars: Vec<SidecarSpec> =
@@ -70,7 +76,10 @@ async fn main() {
     let mut registry = Registry::default();
     let injector = Arc::new(Injector {
         owners: Arc::new(OneService(sidecars)),
-        defaults: SidecarDefaults { image_tag: "dev".into(), ..Default::default() },
+        defaults: SidecarDefaults {
+            image_tag: "dev".into(),
+            ..Default::default()
+        },
         native_sidecars: false,
         metrics: WebhookMetrics::register(&mut registry),
     });
@@ -92,7 +101,9 @@ async fn main() {
     handler.sort();
 
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(bundle.ca_cert.as_bytes()).unwrap()).unwrap();
+    roots
+        .add(CertificateDer::from_pem_slice(bundle.ca_cert.as_bytes()).unwrap())
+        .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -108,8 +119,13 @@ async fn main() {
         let connector = connector.clone();
         clients.push(tokio::spawn(async move {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let stream = connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap();
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            let stream = connector
+                .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+                .await
+                .unwrap();
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
             tokio::spawn(connection);
             let mut latencies = Vec::with_capacity(REVIEWS_PER_CLIENT);
             for n in 0..REVIEWS_PER_CLIENT {
@@ -136,7 +152,11 @@ async fn main() {
     let elapsed = started.elapsed();
     end_to_end.sort();
     let after = buckets(&registry);
-    let under_load: Vec<(f64, u64)> = after.iter().zip(&before).map(|((le, a), (_, b))| (*le, a - b)).collect();
+    let under_load: Vec<(f64, u64)> = after
+        .iter()
+        .zip(&before)
+        .map(|((le, a), (_, b))| (*le, a - b))
+        .collect();
 
     println!("| measurement | reviews | p50 | p99 | max | reviews/s |");
     println!("| --- | --- | --- | --- | --- | --- |");
@@ -171,7 +191,11 @@ fn buckets(registry: &Registry) -> Vec<(f64, u64)> {
         .filter(|line| line.starts_with("outrigger_admission_duration_seconds_bucket"))
         .filter_map(|line| {
             let le = line.split("le=\"").nth(1)?.split('"').next()?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             Some((le, line.rsplit(' ').next()?.parse().ok()?))
         })
         .collect()
@@ -180,5 +204,8 @@ fn buckets(registry: &Registry) -> Vec<(f64, u64)> {
 /// The upper bound of the bucket holding quantile `q`.
 fn bucket_quantile(cumulative: &[(f64, u64)], q: f64) -> f64 {
     let total = cumulative.last().map_or(0, |(_, count)| *count) as f64;
-    cumulative.iter().find(|(_, count)| *count as f64 >= total * q).map_or(f64::INFINITY, |(le, _)| *le)
+    cumulative
+        .iter()
+        .find(|(_, count)| *count as f64 >= total * q)
+        .map_or(f64::INFINITY, |(le, _)| *le)
 }
