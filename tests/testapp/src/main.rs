@@ -49,15 +49,22 @@ impl App {
 /// GET `url` (`http://host:port/path`) and print the response; true on a 2xx.
 fn get(url: &str) -> std::io::Result<bool> {
     use std::io::{Error, Read, Write};
-    let rest = url.strip_prefix("http://").ok_or_else(|| Error::other("only http:// URLs"))?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| Error::other("only http:// URLs"))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
     let mut stream = std::net::TcpStream::connect(authority)?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     print!("{response}");
-    Ok(response.split_whitespace().nth(1).is_some_and(|status| status.starts_with('2')))
+    Ok(response
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|status| status.starts_with('2')))
 }
 
 #[tokio::main(flavor = "current_thread")]
