@@ -13,9 +13,13 @@
 # request ((utime + stime) of the proxy's processes during the run divided by the requests wrk
 # completed). The splitter is the static binary the image ships; nginx and HAProxy are Debian's.
 #
+# Targets are measured interleaved, ROUNDS times (direct, splitter, nginx, HAProxy, direct, ...), and
+# each figure is the median over the rounds, so that load elsewhere on the machine shifts all targets
+# alike instead of skewing whichever ran at the wrong moment.
+#
 # Usage: bench/request-splitter.sh            (installs wrk, nginx and haproxy with apt-get if missing)
-# Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (2s), BASE_PORT (18080),
-#              WORKER_COUNTS ("1 2"), CARGO_TARGET_DIR (where the release build goes).
+# Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (2s), ROUNDS (3),
+#              BASE_PORT (18080), WORKER_COUNTS ("1 2"), CARGO_TARGET_DIR (where the release build goes).
 # This is a benchmark, not a test: it asserts nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +28,7 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 WARMUP=${WARMUP:-2s}
+ROUNDS=${ROUNDS:-3}
 BASE_PORT=${BASE_PORT:-18080}
 WORKER_COUNTS=${WORKER_COUNTS:-"1 2"}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
@@ -34,6 +39,8 @@ SPLITTER_PORT=$((BASE_PORT + 10))
 SPLITTER_ADMIN=$((BASE_PORT + 11))
 NGINX_PORT=$((BASE_PORT + 12))
 HAPROXY_PORT=$((BASE_PORT + 13))
+LOGGING_PORT=$((BASE_PORT + 14))
+LOGGING_ADMIN=$((BASE_PORT + 15))
 
 missing=()
 for tool in wrk nginx haproxy; do
@@ -51,6 +58,7 @@ RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$TARGET_DIR \
   cargo build -q --release --target x86_64-unknown-linux-gnu -p outrigger-request-splitter
 SPLITTER_BIN=$TARGET_DIR/x86_64-unknown-linux-gnu/release/outrigger-request-splitter
 
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d /tmp/splitter-bench.XXXXXX)
 started=()
 cleanup() {
@@ -127,11 +135,12 @@ wait_for_port "$STABLE_PORT"
 wait_for_port "$CANARY_PORT"
 
 # --- proxies --------------------------------------------------------------------------------------
+# Each start_* sets proxy_pid.
 start_splitter() {
-  local workers=$1 access_log=${2:-false}
-  cat >"$work/splitter.json" <<EOF
+  local workers=$1 port=$2 admin=$3 access_log=${4:-false}
+  cat >"$work/splitter-$port.json" <<EOF
 {
-  "listen": "127.0.0.1:$SPLITTER_PORT",
+  "listen": "127.0.0.1:$port",
   "backends": [
     {"name": "stable", "endpoints": ["127.0.0.1:$STABLE_PORT"]},
     {"name": "canary", "endpoints": ["127.0.0.1:$CANARY_PORT"]}
@@ -142,11 +151,11 @@ start_splitter() {
 EOF
   local log=warn
   [ "$access_log" = true ] && log=info
-  "$SPLITTER_BIN" --config "$work/splitter.json" --admin-addr "127.0.0.1:$SPLITTER_ADMIN" \
-    --workers "$workers" --log "$log" >/dev/null 2>"$work/splitter.err" &
+  "$SPLITTER_BIN" --config "$work/splitter-$port.json" --admin-addr "127.0.0.1:$admin" \
+    --workers "$workers" --log "$log" >/dev/null 2>"$work/splitter-$port.err" &
   proxy_pid=$!
   started+=("$proxy_pid")
-  wait_for_port "$SPLITTER_PORT"
+  wait_for_port "$port"
 }
 
 start_nginx() {
@@ -209,19 +218,20 @@ EOF
   wait_for_port "$HAPROXY_PORT"
 }
 
-stop_proxy() {
-  kill "$proxy_pid" 2>/dev/null || true
-  wait "$proxy_pid" 2>/dev/null || true
-  proxy_pid=
+stop() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }
 
 # --- measurement ----------------------------------------------------------------------------------
-rows=()
-direct_rps=
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'
+}
 
-# measure <label> <port> <threads> <connections> [proxy pid]
+# measure <key> <port> <threads> <connections> [proxy pid]: one wrk run, added to the key's samples.
+declare -A rps_samples p50_samples p99_samples cpu_samples rss_last errors_seen
 measure() {
-  local label=$1 port=$2 threads=$3 connections=$4 pid=${5:-}
+  local key=$1 port=$2 threads=$3 connections=$4 pid=${5:-}
   local url="http://127.0.0.1:$port/"
   wrk -t"$threads" -c"$connections" -d"$WARMUP" "$url" >/dev/null
   local pids=() before=0
@@ -229,64 +239,109 @@ measure() {
     read -r -a pids <<<"$(pids_of "$pid")"
     before=$(cpu_ticks "${pids[@]}")
   fi
-  local out
+  local out rps requests p50 p99 errors
   out=$(wrk -t"$threads" -c"$connections" -d"$DURATION" --latency "$url")
-  local rps requests p50 p99 errors
   rps=$(echo "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')
   requests=$(echo "$out" | awk '/requests in/ {print $1}')
   p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
   p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
   errors=$(echo "$out" | awk '/Non-2xx|Socket errors/ {printf "%s ", $0}')
-  local rss="—" cpu="—"
+  rps_samples[$key]+="$rps "
+  p50_samples[$key]+="$p50 "
+  p99_samples[$key]+="$p99 "
+  if [ -n "$errors" ]; then errors_seen[$key]+="$errors"; fi
+  local cpu=""
   if [ -n "$pid" ]; then
-    local after ticks hz
+    local after hz
     after=$(cpu_ticks "${pids[@]}")
     hz=$(getconf CLK_TCK)
-    ticks=$((after - before))
-    cpu=$(awk -v t="$ticks" -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f µs", t / hz / n * 1e6}')
-    rss=$(awk -v k="$(rss_kib "${pids[@]}")" 'BEGIN {printf "%.1f MiB", k / 1024}')
+    cpu=$(awk -v t="$((after - before))" -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.1f", t / hz / n * 1e6}')
+    cpu_samples[$key]+="$cpu "
+    rss_last[$key]=$(awk -v k="$(rss_kib "${pids[@]}")" 'BEGIN {printf "%.1f", k / 1024}')
   fi
-  if [ -z "$pid" ]; then direct_rps=$rps; fi
-  local ratio
-  ratio=$(awk -v r="$rps" -v d="$direct_rps" 'BEGIN {printf "%.2f", r / d}')
-  rows+=("| $label | $(printf "%'d" "$rps") | $ratio | $p50 | $p99 | $rss | $cpu |${errors:+ $errors}")
-  echo "[bench] $label: $rps req/s, p50 $p50 ms, p99 $p99 ms, RSS $rss, CPU $cpu/request ${errors}" >&2
+  echo "[bench] $key: $rps req/s, p50 $p50 ms, p99 $p99 ms${cpu:+, CPU $cpu µs/request, RSS ${rss_last[$key]} MiB} $errors" >&2
+}
+
+# row <key> <label> <direct key>: the medians of a key as a table row.
+row() {
+  local key=$1 label=$2 direct=$3
+  local rps p50 p99 ratio cpu="—" rss="—"
+  # shellcheck disable=SC2086
+  rps=$(median ${rps_samples[$key]})
+  # shellcheck disable=SC2086
+  p50=$(median ${p50_samples[$key]})
+  # shellcheck disable=SC2086
+  p99=$(median ${p99_samples[$key]})
+  # shellcheck disable=SC2086
+  ratio=$(awk -v r="$rps" -v d="$(median ${rps_samples[$direct]})" 'BEGIN {printf "%.2f", r / d}')
+  if [ -n "${cpu_samples[$key]:-}" ]; then
+    # shellcheck disable=SC2086
+    cpu="$(median ${cpu_samples[$key]}) µs"
+    rss="${rss_last[$key]} MiB"
+  fi
+  local errors=${errors_seen[$key]:-}
+  table+=("| $label | $rps | $ratio | $p50 | $p99 | $rss | $cpu |${errors:+ errors: $errors}")
 }
 
 header="| target | req/s | ratio to direct | p50 ms | p99 ms | proxy RSS | proxy CPU per request |"
 rule="| --- | --- | --- | --- | --- | --- | --- |"
+table=()
+moderate_table=()
 
 for workers in $WORKER_COUNTS; do
-  rows+=("" "**$workers worker(s)**, \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency\`" "" "$header" "$rule")
-  measure "direct (backend)" "$STABLE_PORT" "$THREADS" "$CONNECTIONS"
-  start_splitter "$workers"
-  measure "request splitter ($workers worker)" "$SPLITTER_PORT" "$THREADS" "$CONNECTIONS" "$proxy_pid"
-  stop_proxy
+  start_splitter "$workers" "$SPLITTER_PORT" "$SPLITTER_ADMIN"
+  splitter_pid=$proxy_pid
   start_nginx "$workers"
-  measure "nginx ($workers worker)" "$NGINX_PORT" "$THREADS" "$CONNECTIONS" "$proxy_pid"
-  stop_proxy
+  nginx_pid=$proxy_pid
   start_haproxy "$workers"
-  measure "HAProxy (nbthread $workers)" "$HAPROXY_PORT" "$THREADS" "$CONNECTIONS" "$proxy_pid"
-  stop_proxy
+  haproxy_pid=$proxy_pid
+  logging_pid=
   if [ "$workers" = 1 ]; then
-    start_splitter 1 true
-    measure "request splitter (1 worker, JSON access log to /dev/null)" "$SPLITTER_PORT" "$THREADS" "$CONNECTIONS" "$proxy_pid"
-    stop_proxy
+    start_splitter 1 "$LOGGING_PORT" "$LOGGING_ADMIN" true
+    logging_pid=$proxy_pid
   fi
+  for round in $(seq 1 "$ROUNDS"); do
+    echo "[bench] $workers worker(s), round $round of $ROUNDS" >&2
+    measure "direct-$workers" "$STABLE_PORT" "$THREADS" "$CONNECTIONS"
+    measure "splitter-$workers" "$SPLITTER_PORT" "$THREADS" "$CONNECTIONS" "$splitter_pid"
+    measure "nginx-$workers" "$NGINX_PORT" "$THREADS" "$CONNECTIONS" "$nginx_pid"
+    measure "haproxy-$workers" "$HAPROXY_PORT" "$THREADS" "$CONNECTIONS" "$haproxy_pid"
+    if [ -n "$logging_pid" ]; then
+      measure "logging-$workers" "$LOGGING_PORT" "$THREADS" "$CONNECTIONS" "$logging_pid"
+    fi
+  done
+  table+=("" "**$workers worker(s)**, \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency\`, median of $ROUNDS interleaved rounds" "" "$header" "$rule")
+  row "direct-$workers" "direct (backend)" "direct-$workers"
+  row "splitter-$workers" "request splitter ($workers worker)" "direct-$workers"
+  row "nginx-$workers" "nginx ($workers worker)" "direct-$workers"
+  row "haproxy-$workers" "HAProxy (nbthread $workers)" "direct-$workers"
+  if [ -n "$logging_pid" ]; then
+    row "logging-$workers" "request splitter ($workers worker, JSON access log to /dev/null)" "direct-$workers"
+    stop "$logging_pid"
+  fi
+  if [ "$workers" = 1 ]; then
+    # Moderate load: the latency a proxy adds when it is not saturated.
+    for round in $(seq 1 "$ROUNDS"); do
+      echo "[bench] moderate load, round $round of $ROUNDS" >&2
+      measure "direct-moderate" "$STABLE_PORT" 1 8
+      measure "splitter-moderate" "$SPLITTER_PORT" 1 8 "$splitter_pid"
+      measure "nginx-moderate" "$NGINX_PORT" 1 8 "$nginx_pid"
+      measure "haproxy-moderate" "$HAPROXY_PORT" 1 8 "$haproxy_pid"
+    done
+    saved=("${table[@]}")
+    table=("" "**Moderate load**, 1 worker, \`wrk -t1 -c8 -d$DURATION --latency\`, median of $ROUNDS interleaved rounds" "" "$header" "$rule")
+    row "direct-moderate" "direct (backend)" "direct-moderate"
+    row "splitter-moderate" "request splitter (1 worker)" "direct-moderate"
+    row "nginx-moderate" "nginx (1 worker)" "direct-moderate"
+    row "haproxy-moderate" "HAProxy (nbthread 1)" "direct-moderate"
+    moderate_table=("${table[@]}")
+    table=("${saved[@]}")
+  fi
+  stop "$splitter_pid"
+  stop "$nginx_pid"
+  stop "$haproxy_pid"
 done
 
-rows+=("" "**Moderate load**, 1 worker, \`wrk -t1 -c8 -d$DURATION --latency\`" "" "$header" "$rule")
-measure "direct (backend)" "$STABLE_PORT" 1 8
-start_splitter 1
-measure "request splitter (1 worker)" "$SPLITTER_PORT" 1 8 "$proxy_pid"
-stop_proxy
-start_nginx 1
-measure "nginx (1 worker)" "$NGINX_PORT" 1 8 "$proxy_pid"
-stop_proxy
-start_haproxy 1
-measure "HAProxy (nbthread 1)" "$HAPROXY_PORT" 1 8 "$proxy_pid"
-stop_proxy
-
 echo
-echo "Machine: $(nproc) cores, $(uname -r); $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3)"
-printf '%s\n' "${rows[@]}"
+echo "Machine: $(nproc) cores, $(uname -r); $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3); load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+printf '%s\n' "${table[@]}" "${moderate_table[@]}"
