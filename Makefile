@@ -44,6 +44,7 @@ install-manifest:
 ## Regenerate the CRDs under crds/ from the Rust types.
 generate:
 	$(CARGO) run -q -p outrigger-operator -- crd --dir crds
+	$(MAKE) install-manifest
 
 cluster-up:
 	hack/cluster.sh up
