@@ -476,7 +476,9 @@ impl Exchange {
                 reason: error.reason(),
             })
             .inc();
-        tracing::warn!(
+        // Debug, not warn: during an outage this would be one line per request. The access log,
+        // the metrics and the ejection warnings say it at a bounded rate.
+        tracing::debug!(
             %error,
             request_id = self.request_id.to_str().unwrap_or("-"),
             backend = %self.active.backends[self.decision.backend].name,
