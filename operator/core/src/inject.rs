@@ -326,6 +326,7 @@ fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
             value_env("OUTRIGGER_ADMIN_PORT", port.to_string()),
+            value_env("OUTRIGGER_ADMIN_ADDR", format!("0.0.0.0:{port}")),
             value_env("OUTRIGGER_CONFIG_DIR", CONFIG_DIR.to_owned()),
             value_env("OUTRIGGER_SETTINGS", settings),
         ]),
