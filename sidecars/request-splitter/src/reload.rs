@@ -12,13 +12,9 @@ use crate::{
     store::{Applied, ConfigStore, Source},
 };
 
-/// Reads the file and applies it, counting a file that cannot be read or parsed as rejected.
-pub fn load_file(store: &ConfigStore, path: &Path) -> Result<Applied, ConfigError> {
-    load_file_with_fingerprint(store, path).1
-}
-
-/// Like [`load_file`], also returning the fingerprint of the bytes read, which the poller starts
-/// from so that a change right after start-up is not mistaken for the file already applied.
+/// Reads the file at start-up and applies it, counting a file that cannot be read or parsed as
+/// rejected. Also returns the fingerprint of the bytes read, which the poller starts from so that a
+/// change right after start-up is not mistaken for the file already applied.
 pub fn load_file_with_fingerprint(
     store: &ConfigStore,
     path: &Path,
@@ -63,11 +59,26 @@ pub fn log_outcome(source: Source, outcome: &Result<Applied, ConfigError>) {
     }
 }
 
+/// Serializes reloads of the file: without it, a reader holding an older version could apply it
+/// after another reader applied a newer one.
+pub type FileLock = Arc<tokio::sync::Mutex<()>>;
+
+/// Reads the file and applies it now, under the file lock.
+pub async fn reload_file(store: &ConfigStore, path: &Path, lock: &FileLock) -> Result<Applied, ConfigError> {
+    let _serialized = lock.lock().await;
+    let bytes = tokio::fs::read(path).await.map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    });
+    apply_bytes(store, bytes)
+}
+
 /// Polls the file until `shutdown`, starting from the fingerprint of the bytes last applied;
 /// `now` forces a reload (SIGHUP).
 pub async fn watch_file(
     store: Arc<ConfigStore>,
     path: std::path::PathBuf,
+    lock: FileLock,
     mut last_seen: Option<u64>,
     interval: Duration,
     now: Arc<Notify>,
@@ -80,6 +91,7 @@ pub async fn watch_file(
             () = now.notified() => last_seen = None,
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
+        let _serialized = lock.lock().await;
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => {
                 last_read_error = None;

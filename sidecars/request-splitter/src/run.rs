@@ -86,6 +86,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     reload_now: Arc<Notify>,
     config_file: Option<PathBuf>,
+    file_lock: reload::FileLock,
     server: JoinHandle<()>,
     workers: Vec<std::thread::JoinHandle<()>>,
     /// Tells the extra workers' runtimes to stop once the drain is over.
@@ -204,10 +205,12 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         worker_threads.push(thread);
     }
     let reload_now = Arc::new(Notify::new());
+    let file_lock = reload::FileLock::default();
     if let Some(path) = &config_file {
         background.push(tokio::spawn(reload::watch_file(
             store.clone(),
             path.clone(),
+            file_lock.clone(),
             fingerprint,
             poll_interval,
             reload_now.clone(),
@@ -232,6 +235,7 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         shutdown: shutdown_sender,
         reload_now,
         config_file,
+        file_lock,
         server,
         workers: worker_threads,
         terminate,
@@ -345,10 +349,11 @@ impl Running {
         &self.store
     }
 
-    /// Reads the configuration file now, as the poller would, and returns the outcome.
-    pub fn reload_file(&self) -> Option<Result<Applied, ConfigError>> {
+    /// Reads the configuration file now, as the poller would (one at a time with it), and returns
+    /// the outcome.
+    pub async fn reload_file(&self) -> Option<Result<Applied, ConfigError>> {
         let path = self.config_file.as_ref()?;
-        let outcome = reload::load_file(&self.store, path);
+        let outcome = reload::reload_file(&self.store, path, &self.file_lock).await;
         reload::log_outcome(crate::store::Source::File, &outcome);
         Some(outcome)
     }

@@ -100,6 +100,7 @@ async fn oversized_headers_get_431_and_the_limit_is_configurable() {
     // A larger limit applies to new connections after a reload.
     splitter
         .reconfigure(config(&stable, json!({"maxHeaderBytes": 16384})))
+        .await
         .unwrap();
     let answer = exchange(splitter.addr, request(8_000).as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");

@@ -66,7 +66,7 @@ async fn config_reload_under_load_loses_zero_requests() {
             next["routes"] =
                 json!([{"name": "pin", "match": {"header": {"name": "x-pin"}}, "backend": "canary"}]);
         }
-        splitter.reconfigure(next).unwrap();
+        splitter.reconfigure(next).await.unwrap();
     }
     stop.store(true, Ordering::SeqCst);
     let (mut served, mut failed) = (0, Vec::new());
@@ -90,13 +90,13 @@ async fn config_reload_under_load_loses_zero_requests() {
 async fn an_invalid_config_file_is_rejected_and_the_previous_one_keeps_serving() {
     let stable = backend("stable", Behaviour::Named).await;
     let canary = backend("canary", Behaviour::Named).await;
-    let splitter = splitter(config(&stable, &canary, 0)).await;
+    let splitter = support::splitter_without_poller(config(&stable, &canary, 0)).await;
     let client = client();
     let url = splitter.url("/");
     let (_, good) = splitter.admin_get("/config").await;
 
     splitter.write_raw(b"{ \"backends\": [ ");
-    let garbled = splitter.running.reload_file().unwrap().unwrap_err();
+    let garbled = splitter.running.reload_file().await.unwrap().unwrap_err();
     assert!(
         garbled.to_string().contains("parsing the configuration"),
         "{garbled}"
@@ -105,7 +105,7 @@ async fn an_invalid_config_file_is_rejected_and_the_previous_one_keeps_serving()
     let mut wrong = config(&stable, &canary, 0);
     wrong["weights"] = json!({"stable": 90, "canary": 60});
     wrong["backends"][1]["endpoints"] = json!(["no-port"]);
-    let error = splitter.reconfigure(wrong).unwrap_err();
+    let error = splitter.reconfigure(wrong).await.unwrap_err();
     assert!(error.contains("weights: the weights add up to 150"), "{error}");
     assert!(
         error.contains("backends[1].endpoints[0]: \"no-port\" is not host:port"),

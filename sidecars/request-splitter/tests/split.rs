@@ -81,7 +81,7 @@ async fn sticky_clients_keep_their_backend_and_only_the_added_share_moves_when_t
             );
         }
     }
-    splitter.reconfigure(sticky((80, 20))).unwrap();
+    splitter.reconfigure(sticky((80, 20))).await.unwrap();
     let mut moved = 0;
     for (user, old) in users.iter().zip(&before) {
         let new = get(&client, &url, &[("x-user", user)]).await.body;

@@ -221,13 +221,23 @@ fn temp_path(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Starts a splitter listening on an ephemeral loopback port.
+/// Starts a splitter listening on an ephemeral loopback port, polling its file every 50 ms.
 pub async fn splitter(config: Value) -> Splitter {
-    splitter_with_workers(config, 1).await
+    splitter_with(config, 1, Duration::from_millis(50)).await
 }
 
 /// Starts a splitter with `workers` worker threads.
-pub async fn splitter_with_workers(mut config: Value, workers: usize) -> Splitter {
+pub async fn splitter_with_workers(config: Value, workers: usize) -> Splitter {
+    splitter_with(config, workers, Duration::from_millis(50)).await
+}
+
+/// Starts a splitter whose file is reloaded only by [`Splitter::reconfigure`] (for tests that count
+/// reloads exactly: the poller would read the same files too).
+pub async fn splitter_without_poller(config: Value) -> Splitter {
+    splitter_with(config, 1, Duration::from_secs(3_600)).await
+}
+
+async fn splitter_with(mut config: Value, workers: usize, poll_interval: Duration) -> Splitter {
     config["listen"] = Value::from("127.0.0.1:0");
     if config.get("accessLog").is_none() {
         config["accessLog"] = Value::from(false);
@@ -238,7 +248,7 @@ pub async fn splitter_with_workers(mut config: Value, workers: usize) -> Splitte
         config_file: Some(config_path.clone()),
         configmap: None,
         admin_addr: "127.0.0.1:0".parse().unwrap(),
-        poll_interval: Duration::from_millis(50),
+        poll_interval,
         drain_timeout: Duration::from_secs(2),
         drain_delay: Duration::ZERO,
         workers,
@@ -259,13 +269,13 @@ impl Splitter {
     }
 
     /// Writes a new configuration file (keeping the listen address) and applies it now.
-    pub fn reconfigure(&self, mut config: Value) -> Result<(), String> {
+    pub async fn reconfigure(&self, mut config: Value) -> Result<(), String> {
         config["listen"] = Value::from(self.addr.to_string());
         if config.get("accessLog").is_none() {
             config["accessLog"] = Value::from(false);
         }
         self.write_raw(&serde_json::to_vec_pretty(&config).unwrap());
-        match self.running.reload_file() {
+        match self.running.reload_file().await {
             Some(Ok(_)) => Ok(()),
             Some(Err(error)) => Err(error.to_string()),
             None => Err("no configuration file".to_owned()),
