@@ -10,6 +10,9 @@ use crate::{
     run::{run, Options, RunError},
 };
 
+/// File name of the configuration inside `--config-dir` (the key in the injected ConfigMap).
+pub const INJECTED_CONFIG_KEY: &str = "request-splitter.json";
+
 /// Why the command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -29,6 +32,10 @@ pub struct Cli {
     /// Configuration file (JSON), re-read when it changes.
     #[arg(long, env = "OUTRIGGER_SPLITTER_CONFIG")]
     config: Option<PathBuf>,
+    /// Directory of the sidecar configuration mounted by injection; without --config,
+    /// `<dir>/request-splitter.json` is the configuration file when it exists.
+    #[arg(long, env = "OUTRIGGER_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
     /// Also watch this ConfigMap (`namespace/name`); its key is merged over the file.
     #[arg(long, env = "OUTRIGGER_SPLITTER_CONFIGMAP")]
     configmap: Option<String>,
@@ -68,6 +75,7 @@ impl Cli {
     pub fn run(self) -> Result<(), CliError> {
         let Self {
             config,
+            config_dir,
             configmap,
             configmap_key,
             admin_addr,
@@ -79,6 +87,11 @@ impl Cli {
             log_format,
         } = self;
         telemetry::init(&log, log_format)?;
+        let config = config.or_else(|| {
+            config_dir
+                .map(|dir| dir.join(INJECTED_CONFIG_KEY))
+                .filter(|path| path.exists())
+        });
         let options = Options {
             config_file: config,
             configmap: configmap.map(|reference| (reference, configmap_key)),
