@@ -37,6 +37,17 @@ fn labels(text: &str) -> BTreeMap<&str, &str> {
         .collect()
 }
 
+/// The upper bound of a histogram bucket sample (`le`, with `+Inf`).
+fn bucket_bound(labels: &BTreeMap<&str, &str>) -> Option<f64> {
+    labels.get("le").and_then(|le| {
+        if *le == "+Inf" {
+            Some(f64::INFINITY)
+        } else {
+            le.parse().ok()
+        }
+    })
+}
+
 fn add_bucket(buckets: &mut Vec<(f64, f64)>, bound: f64, count: f64) {
     match buckets
         .iter_mut()
@@ -74,13 +85,7 @@ impl Snapshot {
                     }
                 }
                 "outrigger_splitter_response_latency_seconds_bucket" => {
-                    let bound = labels.get("le").and_then(|le| {
-                        if *le == "+Inf" {
-                            Some(f64::INFINITY)
-                        } else {
-                            le.parse().ok()
-                        }
-                    });
+                    let bound = bucket_bound(&labels);
                     if let Some(bound) = bound {
                         add_bucket(
                             &mut self.live.entry(backend).or_default().latency_buckets,
@@ -99,13 +104,7 @@ impl Snapshot {
                 "outrigger_splitter_mirror_latency_seconds_bucket"
                     if labels.get("role") == Some(&"shadow") =>
                 {
-                    let bound = labels.get("le").and_then(|le| {
-                        if *le == "+Inf" {
-                            Some(f64::INFINITY)
-                        } else {
-                            le.parse().ok()
-                        }
-                    });
+                    let bound = bucket_bound(&labels);
                     if let Some(bound) = bound {
                         add_bucket(
                             &mut self.shadow.entry(backend).or_default().latency_buckets,

@@ -8,9 +8,8 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            Capabilities, ConfigMap, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec,
-            PodTemplateSpec, Probe, SecurityContext, Service, ServiceAccount, ServicePort as CoreServicePort,
-            ServiceSpec,
+            ConfigMap, Container, ContainerPort, EnvVar, HTTPGetAction, PodSpec, PodTemplateSpec, Probe,
+            Service, ServiceAccount, ServicePort as CoreServicePort, ServiceSpec,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
@@ -28,7 +27,9 @@ use serde_json::{json, Value};
 use crate::{
     analysis::{CANARY, STABLE},
     inject::admin_port,
+    inject::restricted_security_context,
     labels,
+    owner::child_meta,
     owner::Owner,
 };
 
@@ -59,13 +60,7 @@ pub fn splitter_admin_port() -> i32 {
 fn meta(owner: &Owner, name: &str, extra: &[(&str, &str)]) -> ObjectMeta {
     let mut labels = labels::owned_by(labels::REPLICATED_SERVICE, &owner.name);
     labels.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    ObjectMeta {
-        name: Some(name.to_owned()),
-        namespace: Some(owner.namespace.clone()),
-        labels: Some(labels),
-        owner_references: Some(vec![owner.reference.clone()]),
-        ..ObjectMeta::default()
-    }
+    child_meta(owner, name, &labels)
 }
 
 /// A Service selecting one track's pods on the service's first port.
@@ -283,18 +278,7 @@ pub fn splitter_deployment(owner: &Owner, image: &str, replicas: i32) -> Deploym
                             period_seconds: Some(2),
                             ..Probe::default()
                         }),
-                        security_context: Some(SecurityContext {
-                            run_as_non_root: Some(true),
-                            run_as_user: Some(65534),
-                            run_as_group: Some(65534),
-                            read_only_root_filesystem: Some(true),
-                            allow_privilege_escalation: Some(false),
-                            capabilities: Some(Capabilities {
-                                drop: Some(vec!["ALL".to_owned()]),
-                                ..Capabilities::default()
-                            }),
-                            ..SecurityContext::default()
-                        }),
+                        security_context: Some(restricted_security_context()),
                         ..Container::default()
                     }],
                     ..PodSpec::default()

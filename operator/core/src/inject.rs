@@ -297,6 +297,23 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
     Ok(pod)
 }
 
+/// The security context of every container the operator adds: non-root, read-only root filesystem,
+/// no privilege escalation, all capabilities dropped.
+pub fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65534),
+        run_as_group: Some(65534),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
 fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
     let port = admin_port(sidecar.kind);
     let field_env = |name: &str, path: &str| EnvVar {
@@ -357,18 +374,7 @@ fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
         }),
         restart_policy: native.then(|| "Always".to_owned()),
         resources: sidecar.resources.clone(),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(65534),
-            run_as_group: Some(65534),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_security_context()),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: CONFIG_VOLUME.to_owned(),

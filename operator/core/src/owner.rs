@@ -1,6 +1,9 @@
 //! What the builders need to know about the owning resource.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 
 /// Why desired objects could not be built.
@@ -34,6 +37,17 @@ impl Owner {
             namespace,
             reference,
         })
+    }
+}
+
+/// Metadata of a child of `owner`: name, namespace, labels and the controller owner reference.
+pub fn child_meta(owner: &Owner, name: &str, labels: &BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: Some(owner.namespace.clone()),
+        labels: Some(labels.clone()),
+        owner_references: Some(vec![owner.reference.clone()]),
+        ..ObjectMeta::default()
     }
 }
 

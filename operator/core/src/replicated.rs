@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 use crate::{
     conditions::DesiredCondition,
     labels,
-    owner::{content_hash, BuildError, Owner},
+    owner::{child_meta, content_hash, BuildError, Owner},
 };
 
 /// Key of the sidecar configuration inside the service's ConfigMap.
@@ -102,16 +102,6 @@ pub fn build(rsvc: &ReplicatedService, pdb_api: PdbApi) -> Result<Children, Buil
         pod_disruption_budget,
         selector: labels::selector_string(&pod_selector),
     })
-}
-
-fn child_meta(owner: &Owner, name: &str, labels: &BTreeMap<String, String>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_owned()),
-        namespace: Some(owner.namespace.clone()),
-        labels: Some(labels.clone()),
-        owner_references: Some(vec![owner.reference.clone()]),
-        ..ObjectMeta::default()
-    }
 }
 
 fn deployment(

@@ -24,7 +24,7 @@ use outrigger_api::{
 use crate::{
     conditions::DesiredCondition,
     labels,
-    owner::{BuildError, Owner},
+    owner::{child_meta, BuildError, Owner},
 };
 
 /// Everything a ShardedService should own.
@@ -172,16 +172,6 @@ pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
         },
         selector: labels::selector_string(&selector),
     })
-}
-
-fn child_meta(owner: &Owner, name: &str, labels: &BTreeMap<String, String>) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name.to_owned()),
-        namespace: Some(owner.namespace.clone()),
-        labels: Some(labels.clone()),
-        owner_references: Some(vec![owner.reference.clone()]),
-        ..ObjectMeta::default()
-    }
 }
 
 /// Per-shard readiness from the observed StatefulSets, in shard order (missing ones count as empty).

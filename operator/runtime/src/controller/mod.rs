@@ -157,6 +157,39 @@ impl Context {
         backoff_delay(attempt)
     }
 
+    /// Counts a failed reconcile under its error category.
+    fn count_error(&self, controller: &'static str, error: &Error) {
+        self.metrics
+            .errors
+            .get_or_create(&crate::metrics::ErrorLabels {
+                controller,
+                category: error.category(),
+            })
+            .inc();
+    }
+
+    /// Runs one reconcile with its metrics: counted, timed, and the object's backoff reset when
+    /// it succeeds.
+    async fn measured(
+        &self,
+        controller: &'static str,
+        key: &str,
+        reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+    ) -> Result<Action, Error> {
+        let started = std::time::Instant::now();
+        let labels = crate::metrics::ControllerLabels { controller };
+        self.metrics.reconciles.get_or_create(&labels).inc();
+        let result = reconcile.await;
+        self.metrics
+            .duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            self.succeeded(key);
+        }
+        result
+    }
+
     /// Publishes an Event about `object`; failures to publish are logged, never fatal.
     async fn event<K: Resource<DynamicType = ()>>(
         &self,
@@ -191,13 +224,7 @@ pub fn backoff_delay(attempt: u32) -> Duration {
 pub const RESYNC: Duration = Duration::from_secs(300);
 
 fn error_action(ctx: &Context, controller: &'static str, key: &str, error: &Error) -> Action {
-    ctx.metrics
-        .errors
-        .get_or_create(&crate::metrics::ErrorLabels {
-            controller,
-            category: error.category(),
-        })
-        .inc();
+    ctx.count_error(controller, error);
     let delay = ctx.backoff(key);
     tracing::warn!(%error, object = key, category = error.category(), retry_in = ?delay, "Reconcile failed.");
     Action::requeue(delay)

@@ -1,6 +1,6 @@
 //! The ReplicatedService controller.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -96,25 +96,15 @@ async fn reconcile(
     guard: Arc<DeserializeGuard<ReplicatedService>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let started = Instant::now();
-    let labels = ControllerLabels {
-        controller: CONTROLLER,
-    };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let result = match &guard.0 {
-        Ok(rsvc) => reconcile_valid(rsvc, &ctx).await,
-        Err(invalid) => {
-            super::validity::report_undecodable::<ReplicatedService>(&ctx, CONTROLLER, invalid).await
+    let run = async {
+        match &guard.0 {
+            Ok(rsvc) => reconcile_valid(rsvc, &ctx).await,
+            Err(invalid) => {
+                super::validity::report_undecodable::<ReplicatedService>(&ctx, CONTROLLER, invalid).await
+            }
         }
     };
-    ctx.metrics
-        .duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.succeeded(&key(&guard));
-    }
-    result
+    ctx.measured(CONTROLLER, &key(&guard), run).await
 }
 
 async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Action, Error> {
@@ -150,13 +140,7 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Acti
                 rsvc.metadata.generation,
             );
             status::write(ctx, CONTROLLER, rsvc, rsvc.status.as_ref(), &status).await?;
-            ctx.metrics
-                .errors
-                .get_or_create(&crate::metrics::ErrorLabels {
-                    controller: CONTROLLER,
-                    category: error.category(),
-                })
-                .inc();
+            ctx.count_error(CONTROLLER, &error);
             Ok(Action::await_change())
         }
         Err(error) => Err(error),

@@ -1,6 +1,6 @@
 //! The ShardedService controller.
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -62,25 +62,15 @@ fn error_policy(object: Arc<DeserializeGuard<ShardedService>>, error: &Error, ct
 
 #[tracing::instrument(skip_all, fields(namespace = %guard.namespace().unwrap_or_default(), name = %guard.name_any()))]
 async fn reconcile(guard: Arc<DeserializeGuard<ShardedService>>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let labels = ControllerLabels {
-        controller: CONTROLLER,
-    };
-    ctx.metrics.reconciles.get_or_create(&labels).inc();
-    let result = match &guard.0 {
-        Ok(shsvc) => reconcile_valid(shsvc, &ctx).await,
-        Err(invalid) => {
-            super::validity::report_undecodable::<ShardedService>(&ctx, CONTROLLER, invalid).await
+    let run = async {
+        match &guard.0 {
+            Ok(shsvc) => reconcile_valid(shsvc, &ctx).await,
+            Err(invalid) => {
+                super::validity::report_undecodable::<ShardedService>(&ctx, CONTROLLER, invalid).await
+            }
         }
     };
-    ctx.metrics
-        .duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.succeeded(&key(&guard));
-    }
-    result
+    ctx.measured(CONTROLLER, &key(&guard), run).await
 }
 
 async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action, Error> {
@@ -128,13 +118,7 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
                 shsvc.metadata.generation,
             );
             status::write(ctx, CONTROLLER, shsvc, shsvc.status.as_ref(), &status).await?;
-            ctx.metrics
-                .errors
-                .get_or_create(&crate::metrics::ErrorLabels {
-                    controller: CONTROLLER,
-                    category: error.category(),
-                })
-                .inc();
+            ctx.count_error(CONTROLLER, &error);
             Ok(Action::await_change())
         }
         Err(error) => Err(error),
