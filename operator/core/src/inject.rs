@@ -50,7 +50,7 @@ pub struct SidecarDefaults {
 }
 
 impl SidecarDefaults {
-    fn image(&self, kind: SidecarKind) -> String {
+    pub fn image(&self, kind: SidecarKind) -> String {
         self.images.get(&kind).cloned().unwrap_or_else(|| {
             let tag = if self.image_tag.is_empty() {
                 "latest"

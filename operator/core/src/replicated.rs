@@ -2,6 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::{
+    core::v1::ServiceAccount,
+    rbac::v1::{Role, RoleBinding},
+};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
@@ -18,15 +22,19 @@ use k8s_openapi::{
 use outrigger_api::{
     common::{condition_type, PortProtocol, SessionAffinity, SidecarSpec},
     replicated::Readiness,
+    rollout::CanaryStrategy,
     ReplicatedService,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::{
+    analysis::{CANARY, STABLE},
+    canary,
     conditions::DesiredCondition,
     labels,
     owner::{child_meta, content_hash, BuildError, Owner},
+    rollout::{self, Decision},
 };
 
 /// Key of the sidecar configuration inside the service's ConfigMap.
@@ -43,6 +51,7 @@ pub enum PdbApi {
 /// Everything a ReplicatedService should own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Children {
+    /// Stable first, then the canary while one runs.
     pub deployments: Vec<Deployment>,
     pub service: Service,
     pub config_map: ConfigMap,
@@ -50,6 +59,32 @@ pub struct Children {
     pub pod_disruption_budget: Option<Value>,
     /// Label selector of all replicas, for status and the scale subresource.
     pub selector: String,
+    /// The request splitter and track Services, when the service rolls out through a strategy.
+    pub rollout: Option<RolloutChildren>,
+}
+
+/// What a rollout adds to the build: the state machine's decision, and what was read for it.
+#[derive(Debug, Clone, Copy)]
+pub struct RolloutInputs<'a> {
+    pub strategy: &'a CanaryStrategy,
+    pub decision: &'a Decision,
+    /// Template and revision the live stable Deployment runs, when it exists.
+    pub live_stable: Option<(&'a PodTemplateSpec, &'a str)>,
+    pub splitter_image: &'a str,
+    /// The splitter has ready replicas, so the service's Service may send clients to it.
+    pub splitter_ready: bool,
+}
+
+/// The request splitter in front of the tracks, and the Services it reaches them through. Its
+/// ConfigMap is built with [`canary::splitter_config_map`] once the track Services' addresses are
+/// known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutChildren {
+    pub track_services: Vec<Service>,
+    pub splitter: Deployment,
+    pub splitter_account: ServiceAccount,
+    pub splitter_role: Role,
+    pub splitter_role_binding: RoleBinding,
 }
 
 /// Name of the ConfigMap the sidecars of a service watch.
@@ -57,24 +92,89 @@ pub fn config_map_name(service: &str) -> String {
     format!("{service}-outrigger")
 }
 
-/// Builds the desired children.
-pub fn build(rsvc: &ReplicatedService, pdb_api: PdbApi) -> Result<Children, BuildError> {
+/// Builds the desired children. With `rollout`, stable keeps its live template until promotion,
+/// a canary Deployment runs the spec's template while the decision wants one, and the request
+/// splitter fronts both tracks once it is ready.
+pub fn build(
+    rsvc: &ReplicatedService,
+    pdb_api: PdbApi,
+    rollout: Option<&RolloutInputs<'_>>,
+) -> Result<Children, BuildError> {
     let owner = Owner::of(rsvc)?;
     let spec = &rsvc.spec;
     let owner_labels = labels::owned_by(labels::REPLICATED_SERVICE, &owner.name);
     let pod_selector = BTreeMap::from([(labels::REPLICATED_SERVICE.to_owned(), owner.name.clone())]);
 
-    let stable = deployment(
+    let (stable_replicas, canary_replicas) = match rollout {
+        Some(inputs) => rollout::replica_split(
+            spec.replicas,
+            Some(&inputs.decision.status),
+            inputs.decision.canary,
+        ),
+        None => (spec.replicas, 0),
+    };
+    // Stable runs the spec's template, unless a rollout holds it at the live one until promotion.
+    let held = rollout
+        .filter(|inputs| !inputs.decision.promote)
+        .and_then(|inputs| inputs.live_stable);
+    let (stable_template, stable_revision) = match held {
+        Some((template, revision)) => (template, Some(revision)),
+        None => (&spec.template, None),
+    };
+    let mut deployments = vec![deployment(
         &owner,
         &owner_labels,
-        "stable",
-        &owner.name,
-        spec.replicas,
-        &spec.template,
+        Track {
+            name: STABLE,
+            deployment: &owner.name,
+            revision: stable_revision,
+        },
+        stable_replicas,
+        stable_template,
         spec.readiness.as_ref(),
-    )?;
+    )?];
+    if rollout.is_some_and(|inputs| inputs.decision.canary) {
+        deployments.push(deployment(
+            &owner,
+            &owner_labels,
+            Track {
+                name: CANARY,
+                deployment: &canary::canary_deployment_name(&owner.name),
+                revision: None,
+            },
+            canary_replicas,
+            &spec.template,
+            spec.readiness.as_ref(),
+        )?);
+    }
 
-    let service = service(&owner, &owner_labels, &pod_selector, spec);
+    let rollout_children = rollout.and_then(|inputs| {
+        let port = spec.ports.first()?;
+        let target_port = port.target_port.unwrap_or(port.port);
+        let (splitter_account, splitter_role, splitter_role_binding) = canary::splitter_identity(&owner);
+        Some((
+            inputs,
+            port.port,
+            RolloutChildren {
+                track_services: [STABLE, CANARY]
+                    .into_iter()
+                    .map(|track| canary::track_service(&owner, track, port.port, target_port))
+                    .collect(),
+                splitter: canary::splitter_deployment(
+                    &owner,
+                    inputs.splitter_image,
+                    splitter_replicas(spec.replicas),
+                ),
+                splitter_account,
+                splitter_role,
+                splitter_role_binding,
+            },
+        ))
+    });
+    let service = match &rollout_children {
+        Some((inputs, port, _)) if inputs.splitter_ready => canary::front_service(&owner, *port),
+        _ => service(&owner, &owner_labels, &pod_selector, spec),
+    };
     let config_map = ConfigMap {
         metadata: child_meta(&owner, &config_map_name(&owner.name), &owner_labels),
         data: Some(BTreeMap::from([(
@@ -96,24 +196,45 @@ pub fn build(rsvc: &ReplicatedService, pdb_api: PdbApi) -> Result<Children, Buil
         })),
     };
     Ok(Children {
-        deployments: vec![stable],
+        deployments,
         service,
         config_map,
         pod_disruption_budget,
         selector: labels::selector_string(&pod_selector),
+        rollout: rollout_children.map(|(_, _, children)| children),
     })
+}
+
+/// Splitter replicas: two, for availability, once the service itself has more than one replica.
+fn splitter_replicas(service_replicas: i32) -> i32 {
+    if service_replicas > 1 {
+        2
+    } else {
+        1
+    }
+}
+
+/// One track's Deployment: its track label, its name, and the revision of its template when the
+/// template is a live one (whose hash no longer matches the spec it came from).
+struct Track<'a> {
+    name: &'a str,
+    deployment: &'a str,
+    revision: Option<&'a str>,
 }
 
 fn deployment(
     owner: &Owner,
     owner_labels: &BTreeMap<String, String>,
-    track: &str,
-    name: &str,
+    track: Track<'_>,
     replicas: i32,
     template: &PodTemplateSpec,
     readiness: Option<&Readiness>,
 ) -> Result<Deployment, BuildError> {
-    let template_hash = content_hash(template)?;
+    let template_hash = match track.revision {
+        Some(revision) => revision.to_owned(),
+        None => content_hash(template)?,
+    };
+    let (name, track) = (track.deployment, track.name);
     let selector = BTreeMap::from([
         (labels::REPLICATED_SERVICE.to_owned(), owner.name.clone()),
         (labels::TRACK.to_owned(), track.to_owned()),
@@ -354,7 +475,7 @@ mod tests {
 
     #[test]
     fn builds_a_deployment_service_and_config_map_owned_by_the_service() {
-        let children = build(&rsvc(base_spec()), PdbApi::PolicyV1beta1).unwrap();
+        let children = build(&rsvc(base_spec()), PdbApi::PolicyV1beta1, None).unwrap();
         let deployment = &children.deployments[0];
         assert_eq!(deployment.metadata.name.as_deref(), Some("web"));
         assert_eq!(deployment.metadata.namespace.as_deref(), Some("shop"));
@@ -403,10 +524,10 @@ mod tests {
 
     #[test]
     fn replica_change_touches_only_the_deployment_replicas() {
-        let before = build(&rsvc(base_spec()), PdbApi::None).unwrap();
+        let before = build(&rsvc(base_spec()), PdbApi::None, None).unwrap();
         let mut spec = base_spec();
         spec["replicas"] = json!(5);
-        let after = build(&rsvc(spec), PdbApi::None).unwrap();
+        let after = build(&rsvc(spec), PdbApi::None, None).unwrap();
         assert_eq!(after.deployments[0].spec.as_ref().unwrap().replicas, Some(5));
         assert_eq!(before.service, after.service);
         assert_eq!(before.config_map, after.config_map);
@@ -418,10 +539,10 @@ mod tests {
 
     #[test]
     fn template_change_changes_the_template_hash() {
-        let before = build(&rsvc(base_spec()), PdbApi::None).unwrap();
+        let before = build(&rsvc(base_spec()), PdbApi::None, None).unwrap();
         let mut spec = base_spec();
         spec["template"]["spec"]["containers"][0]["image"] = json!("app:2");
-        let after = build(&rsvc(spec), PdbApi::None).unwrap();
+        let after = build(&rsvc(spec), PdbApi::None, None).unwrap();
         let hash =
             |c: &Children| c.deployments[0].metadata.labels.as_ref().unwrap()[labels::TEMPLATE_HASH].clone();
         assert_ne!(hash(&before), hash(&after));
@@ -431,7 +552,7 @@ mod tests {
     fn readiness_becomes_a_probe_only_when_the_container_has_none() {
         let mut spec = base_spec();
         spec["readiness"] = json!({"httpPath": "/ready", "port": 8080, "minReadySeconds": 5});
-        let children = build(&rsvc(spec.clone()), PdbApi::None).unwrap();
+        let children = build(&rsvc(spec.clone()), PdbApi::None, None).unwrap();
         let deployment = children.deployments[0].spec.as_ref().unwrap();
         let probe = deployment.template.spec.as_ref().unwrap().containers[0]
             .readiness_probe
@@ -441,7 +562,7 @@ mod tests {
         assert_eq!(deployment.min_ready_seconds, Some(5));
 
         spec["template"]["spec"]["containers"][0]["readinessProbe"] = json!({"exec": {"command": ["true"]}});
-        let children = build(&rsvc(spec), PdbApi::None).unwrap();
+        let children = build(&rsvc(spec), PdbApi::None, None).unwrap();
         let probe = children.deployments[0]
             .spec
             .as_ref()
@@ -461,7 +582,11 @@ mod tests {
     fn no_ports_gives_a_headless_service() {
         let mut spec = base_spec();
         spec["ports"] = json!([]);
-        let service = build(&rsvc(spec), PdbApi::None).unwrap().service.spec.unwrap();
+        let service = build(&rsvc(spec), PdbApi::None, None)
+            .unwrap()
+            .service
+            .spec
+            .unwrap();
         assert_eq!(service.cluster_ip.as_deref(), Some("None"));
         assert!(service.ports.is_none());
     }
@@ -471,7 +596,7 @@ mod tests {
         let mut object = rsvc(base_spec());
         object.metadata.uid = None;
         assert_eq!(
-            build(&object, PdbApi::None).unwrap_err(),
+            build(&object, PdbApi::None, None).unwrap_err(),
             BuildError::MissingMetadata("uid")
         );
     }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use outrigger_api::{
     rollout::{
-        AnalysisResult, AnalysisSpec, AnalysisVerdict, CanaryStep, CanaryStrategy, RolloutDecision,
-        RolloutPhase, RolloutStatus,
+        AnalysisResult, AnalysisSpec, AnalysisVerdict, CanaryStep, CanaryStrategy, PauseStep, RollbackPolicy,
+        RolloutDecision, RolloutPhase, RolloutStatus, Strategy,
     },
     schema::parse_duration,
 };
@@ -56,6 +56,9 @@ pub struct Observation {
     pub desired_revision: String,
     /// The canary track has all its replicas ready.
     pub canary_ready: bool,
+    /// The stable track runs its current template at the service's full replica count, all ready:
+    /// it can carry all traffic.
+    pub stable_ready: bool,
     pub control: Control,
     /// An analysis measurement taken since the previous reconcile, if one is due.
     pub measurement: Option<AnalysisResult>,
@@ -109,12 +112,47 @@ fn interval(analysis: &AnalysisSpec) -> Duration {
     parse_duration(&analysis.interval).unwrap_or(Duration::from_secs(10))
 }
 
+/// The canary steps a strategy runs. A canary runs as written. Blue-green runs as a canary that
+/// mirrors all traffic to the new version while its pre-promotion analysis judges it, waits to be
+/// promoted unless `autoPromotion` is set, then switches all traffic at once.
+pub fn canary_plan(strategy: &Strategy) -> CanaryStrategy {
+    match strategy {
+        Strategy::Canary(canary) => canary.clone(),
+        Strategy::BlueGreen(blue_green) => {
+            let mut steps = Vec::new();
+            if let Some(analysis) = &blue_green.pre_promotion_analysis {
+                steps.extend([
+                    CanaryStep::SetMirror(100),
+                    CanaryStep::Analysis(analysis.clone()),
+                    CanaryStep::SetMirror(0),
+                ]);
+            }
+            if !blue_green.auto_promotion {
+                steps.push(CanaryStep::Pause(PauseStep::default()));
+            }
+            steps.push(CanaryStep::SetWeight(100));
+            CanaryStrategy {
+                steps,
+                routes: Vec::new(),
+                analysis: None,
+                rollback: RollbackPolicy::default(),
+                scale_down_delay_seconds: blue_green.scale_down_delay_seconds,
+            }
+        }
+    }
+}
+
 /// Computes the next step of a rollout.
 pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observed: &Observation) -> Decision {
     let now = observed.now;
     let desired = observed.desired_revision.clone();
     // First deployment, or nothing to roll out: the desired template simply is stable.
     if observed.stable_revision.is_none() || observed.stable_revision.as_deref() == Some(desired.as_str()) {
+        if let Some(promoted) = previous.filter(|p| {
+            p.phase == RolloutPhase::Promoted && p.canary_revision.as_deref() == Some(desired.as_str())
+        }) {
+            return drain_after_promotion(strategy, promoted.clone(), observed);
+        }
         let mut status = RolloutStatus {
             phase: RolloutPhase::Healthy,
             stable_revision: Some(desired.clone()),
@@ -190,7 +228,7 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
     }
 
     match status.phase {
-        RolloutPhase::RollingBack => return roll_back(strategy, status, now, rollback_starts),
+        RolloutPhase::RollingBack => return roll_back(strategy, status, observed, rollback_starts),
         RolloutPhase::Aborted => {
             // Held at the stable revision until the template changes again.
             status.canary_weight = 0;
@@ -298,7 +336,7 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
                     if strategy.rollback.automatic {
                         status.phase = RolloutPhase::RollingBack;
                         record(&mut status, now, "Rollback", reason);
-                        return roll_back(strategy, status, now, true);
+                        return roll_back(strategy, status, observed, true);
                     }
                     status.phase = RolloutPhase::Paused;
                     record(&mut status, now, "Pause", reason);
@@ -340,36 +378,94 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
     }
 }
 
+/// Promotion: the canary's template becomes stable's. The canary keeps its share of traffic until
+/// stable runs the promoted template everywhere, then drains (see [`drain_after_promotion`]).
 fn promote(mut status: RolloutStatus, now: Timestamp, reason: String) -> Decision {
     status.phase = RolloutPhase::Promoted;
-    status.canary_weight = 0;
     status.mirror_percent = 0;
-    status.stable_revision = status.canary_revision.take();
+    status.stable_revision = status.canary_revision.clone();
     status.current_step = None;
+    status.step_started_at = None;
     record(&mut status, now, "Promote", reason);
     Decision {
         status,
         promote: true,
+        canary: true,
+        requeue_after: Some(Duration::from_secs(2)),
+    }
+}
+
+/// After promotion: wait for stable to run the promoted template, then move the canary's traffic
+/// to stable, and remove the canary once its in-flight requests had `scaleDownDelaySeconds` to
+/// finish.
+fn drain_after_promotion(
+    strategy: &CanaryStrategy,
+    mut status: RolloutStatus,
+    observed: &Observation,
+) -> Decision {
+    let now = observed.now;
+    let keep = |status: RolloutStatus, after: Duration| Decision {
+        status,
+        promote: false,
+        canary: true,
+        requeue_after: Some(after),
+    };
+    if status.step_started_at.is_none() {
+        if !observed.stable_ready {
+            status.message = Some("promoted; waiting for stable to run the promoted revision".to_owned());
+            return keep(status, Duration::from_secs(2));
+        }
+        status.canary_weight = 0;
+        status.step_started_at = Some(time(now));
+        record(
+            &mut status,
+            now,
+            "Drain",
+            "stable runs the promoted revision; canary traffic moved to stable".to_owned(),
+        );
+    }
+    let delay = Duration::from_secs(u64::try_from(strategy.scale_down_delay_seconds).unwrap_or(0));
+    let waited = elapsed(status.step_started_at.as_ref(), now);
+    if waited < delay {
+        return keep(status, delay - waited);
+    }
+    status.canary_revision = None;
+    status.step_started_at = None;
+    Decision {
+        status,
+        promote: false,
         canary: false,
         requeue_after: None,
     }
 }
 
 /// One rollback step; `starting` when the rollback began in this very reconcile (the first step
-/// down happens at once, the next ones one interval apart).
+/// down happens as soon as stable is back at full size, the next ones one interval apart).
 fn roll_back(
     strategy: &CanaryStrategy,
     mut status: RolloutStatus,
-    now: Timestamp,
+    observed: &Observation,
     starting: bool,
 ) -> Decision {
+    let now = observed.now;
     status.mirror_percent = 0;
+    if status.canary_weight > 0 && !observed.stable_ready {
+        // Traffic moves back only to a stable track that can carry it.
+        status.message = Some("scaling stable back up before moving traffic back".to_owned());
+        status.step_started_at = None;
+        return Decision {
+            status,
+            promote: false,
+            canary: true,
+            requeue_after: Some(Duration::from_secs(1)),
+        };
+    }
     let step_interval = parse_duration(&strategy.rollback.step_interval).unwrap_or(Duration::from_secs(5));
     match strategy.rollback.step_percent {
         Some(step) if status.canary_weight > 0 => {
             // Gradually: one step per interval since the last change.
-            let since = elapsed(status.step_started_at.as_ref(), now);
-            if starting || since >= step_interval {
+            let first = starting || status.step_started_at.is_none();
+            if first || elapsed(status.step_started_at.as_ref(), now) >= step_interval {
                 status.canary_weight = (status.canary_weight - step).max(0);
                 status.step_started_at = Some(time(now));
             }
@@ -415,8 +511,8 @@ fn describe(result: &AnalysisResult) -> String {
 }
 
 /// Replicas of the stable and canary tracks: the canary in proportion to its weight (at least one
-/// while it exists), stable the rest — except while rolling back, when stable is already back at
-/// full size before traffic moves back to it.
+/// while it exists), stable the rest — except while rolling back or after promotion, when stable
+/// is back at full size before traffic moves to it.
 pub fn replica_split(total: i32, status: Option<&RolloutStatus>, canary: bool) -> (i32, i32) {
     let Some(status) = status.filter(|_| canary) else {
         return (total, 0);
@@ -424,7 +520,9 @@ pub fn replica_split(total: i32, status: Option<&RolloutStatus>, canary: bool) -
     let weight = status.canary_weight.clamp(0, 100);
     let canary_replicas = ((total * weight + 99) / 100).max(1);
     match status.phase {
-        RolloutPhase::RollingBack | RolloutPhase::Aborted => (total, canary_replicas),
+        RolloutPhase::RollingBack | RolloutPhase::Aborted | RolloutPhase::Promoted => {
+            (total, canary_replicas)
+        }
         _ => (
             (total - total * weight / 100).max(if weight < 100 { 1 } else { 0 }),
             canary_replicas,
@@ -449,6 +547,7 @@ mod tests {
             stable_revision: Some(stable.to_owned()),
             desired_revision: desired.to_owned(),
             canary_ready: true,
+            stable_ready: true,
             control: Control::None,
             measurement: None,
         }
@@ -498,11 +597,34 @@ mod tests {
         let d = next(&s, Some(&d.status), &observe(30, "a", "b"));
         assert_eq!((d.status.canary_weight, d.status.current_step), (50, Some(3)));
         let d = next(&s, Some(&d.status), &observe(40, "a", "b"));
-        assert!(d.promote && !d.canary);
+        assert!(
+            d.promote && d.canary,
+            "the canary serves until stable runs its template"
+        );
         assert_eq!(d.status.phase, RolloutPhase::Promoted);
         assert_eq!(d.status.stable_revision.as_deref(), Some("b"));
+        assert_eq!(d.status.canary_weight, 50);
+        let mut rolling = observe(41, "b", "b");
+        rolling.stable_ready = false;
+        let d = next(&s, Some(&d.status), &rolling);
+        assert!(!d.promote && d.canary);
+        assert_eq!(
+            d.status.canary_weight, 50,
+            "stable is still replacing its replicas"
+        );
+        let d = next(&s, Some(&d.status), &observe(42, "b", "b"));
+        assert!(
+            !d.canary,
+            "no scale-down delay: the canary goes once its traffic moved"
+        );
+        assert_eq!(
+            (d.status.phase, d.status.canary_weight),
+            (RolloutPhase::Promoted, 0)
+        );
+        let d = next(&s, Some(&d.status), &observe(43, "b", "b"));
+        assert!(!d.canary && !d.promote);
         let decisions: Vec<_> = d.status.history.iter().map(|h| h.decision.as_str()).collect();
-        assert_eq!(decisions, ["Start", "SetWeight", "SetWeight", "Promote"]);
+        assert_eq!(decisions, ["Start", "SetWeight", "SetWeight", "Promote", "Drain"]);
     }
 
     #[test]
@@ -577,6 +699,35 @@ mod tests {
     }
 
     #[test]
+    fn an_abort_moves_traffic_back_only_once_stable_is_back_at_full_size() {
+        let s = strategy(json!([{"setWeight": 40}, {"pause": {}}]));
+        let d = next(&s, None, &observe(0, "a", "b"));
+        assert_eq!(replica_split(5, Some(&d.status), d.canary), (3, 2));
+        let mut abort = observe(1, "a", "b");
+        abort.control = Control::Abort;
+        abort.stable_ready = false;
+        let d = next(&s, Some(&d.status), &abort);
+        assert_eq!(
+            (d.status.phase, d.status.canary_weight),
+            (RolloutPhase::RollingBack, 40)
+        );
+        assert_eq!(
+            replica_split(5, Some(&d.status), d.canary),
+            (5, 2),
+            "stable scales up first"
+        );
+        let mut scaling = observe(2, "a", "b");
+        scaling.stable_ready = false;
+        let d = next(&s, Some(&d.status), &scaling);
+        assert_eq!(d.status.canary_weight, 40);
+        let d = next(&s, Some(&d.status), &observe(3, "a", "b"));
+        assert_eq!(
+            (d.status.phase, d.status.canary_weight),
+            (RolloutPhase::Aborted, 0)
+        );
+    }
+
+    #[test]
     fn inconclusive_analysis_pauses_for_a_person_and_resume_goes_on() {
         let s = strategy(
             json!([{"analysis": {"inconclusiveLimit": 2, "metrics": [{"name": "success-rate", "type": "successRate", "min": 99}]}}, {"setWeight": 30}]),
@@ -634,6 +785,35 @@ mod tests {
         let d = next(&s, Some(&status), &observe(1, "a", "c"));
         assert_eq!(d.status.canary_revision.as_deref(), Some("c"));
         assert_eq!(d.status.current_step, Some(1));
+    }
+
+    #[test]
+    fn blue_green_mirrors_for_its_analysis_waits_to_be_promoted_then_switches_at_once() {
+        let strategy: Strategy = serde_json::from_value(json!({"blueGreen": {
+            "prePromotionAnalysis": {"metrics": [{"name": "success-rate", "type": "successRate", "min": 99}]},
+        }}))
+        .unwrap();
+        let plan = canary_plan(&strategy);
+        let kinds: Vec<_> = plan
+            .steps
+            .iter()
+            .map(|step| match step {
+                CanaryStep::SetMirror(p) => format!("mirror {p}"),
+                CanaryStep::Analysis(_) => "analysis".to_owned(),
+                CanaryStep::Pause(_) => "pause".to_owned(),
+                CanaryStep::SetWeight(w) => format!("weight {w}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["mirror 100", "analysis", "mirror 0", "pause", "weight 100"]
+        );
+        let automatic: Strategy =
+            serde_json::from_value(json!({"blueGreen": {"autoPromotion": true}})).unwrap();
+        assert!(matches!(
+            canary_plan(&automatic).steps.as_slice(),
+            [CanaryStep::SetWeight(100)]
+        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use outrigger_api::{
     autoscaling::{AutoscalingPolicySpec, MetricType, TargetType},
-    common::{AffinitySource, ServicePort, SessionAffinity, SidecarSpec},
+    common::{AffinitySource, PortProtocol, ServicePort, SessionAffinity, SidecarSpec},
     replicated::ReplicatedServiceSpec,
     rollout::{AnalysisMetricType, AnalysisSpec, CanaryStep, RolloutStrategySpec, RouteMatch, Strategy},
     schema::parse_duration,
@@ -62,6 +62,19 @@ pub fn replicated_service(spec: &ReplicatedServiceSpec) -> Result<(), InvalidSpe
     sidecars(&mut problems, &spec.sidecars, &spec.template);
     if let Some(affinity) = &spec.session_affinity {
         session_affinity(&mut problems, affinity);
+    }
+    if spec.rollout_strategy_ref.is_some() {
+        match spec.ports.first() {
+            None => problems.add(
+                "spec.ports",
+                "a service with a rolloutStrategyRef needs a port: the request splitter serves the first one",
+            ),
+            Some(port) if port.protocol != PortProtocol::Tcp => problems.add(
+                "spec.ports[0].protocol",
+                "a service with a rolloutStrategyRef splits HTTP on its first port, which must be TCP",
+            ),
+            Some(_) => {}
+        }
     }
     problems.finish()
 }
@@ -514,6 +527,16 @@ mod tests {
                 "cookie affinity",
                 json!({"sessionAffinity": {"source": "cookie", "name": "sid"}}),
                 vec![],
+            ),
+            (
+                "rollout without a port",
+                json!({"ports": [], "rolloutStrategyRef": {"name": "canary"}}),
+                vec!["spec.ports"],
+            ),
+            (
+                "rollout on a UDP port",
+                json!({"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}], "rolloutStrategyRef": {"name": "canary"}}),
+                vec!["spec.ports[0].protocol"],
             ),
             (
                 "sidecar twice",

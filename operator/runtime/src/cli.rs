@@ -142,7 +142,9 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 }
 
 impl WebhookArgs {
-    fn into_config(self, namespace: &str) -> anyhow::Result<Option<WebhookConfig>> {
+    /// The sidecar defaults (used by the webhook and by rollouts' splitters) and the webhook's
+    /// settings, unless it is off.
+    fn into_config(self, namespace: &str) -> anyhow::Result<(SidecarDefaults, Option<WebhookConfig>)> {
         let Self {
             no_webhook,
             webhook_addr,
@@ -159,13 +161,6 @@ impl WebhookArgs {
             sidecar_images,
             sidecar_image_tag,
         } = self;
-        if no_webhook {
-            return Ok(None);
-        }
-        anyhow::ensure!(
-            cert_renew_before_seconds < cert_validity_seconds,
-            "--cert-renew-before-seconds ({cert_renew_before_seconds}) must be below --cert-validity-seconds ({cert_validity_seconds})"
-        );
         let mut images = BTreeMap::new();
         for (name, image) in sidecar_images {
             let kind = SidecarKind::parse(&name).with_context(|| {
@@ -176,6 +171,18 @@ impl WebhookArgs {
             })?;
             images.insert(kind, image);
         }
+        let defaults = SidecarDefaults {
+            images,
+            image_tag: sidecar_image_tag,
+            resources: None,
+        };
+        if no_webhook {
+            return Ok((defaults, None));
+        }
+        anyhow::ensure!(
+            cert_renew_before_seconds < cert_validity_seconds,
+            "--cert-renew-before-seconds ({cert_renew_before_seconds}) must be below --cert-validity-seconds ({cert_validity_seconds})"
+        );
         let endpoint = match webhook_url {
             Some(url) => WebhookEndpoint::Url(url),
             None => WebhookEndpoint::Service {
@@ -184,7 +191,7 @@ impl WebhookArgs {
                 port: webhook_service_port,
             },
         };
-        Ok(Some(WebhookConfig {
+        let webhook = WebhookConfig {
             addr: webhook_addr,
             namespace: namespace.to_owned(),
             secret_name: webhook_secret,
@@ -195,12 +202,9 @@ impl WebhookArgs {
             cert_validity: Duration::from_secs(cert_validity_seconds),
             cert_renew_before: Duration::from_secs(cert_renew_before_seconds),
             cert_check_interval: Duration::from_secs(cert_check_seconds.max(1)),
-            defaults: SidecarDefaults {
-                images,
-                image_tag: sidecar_image_tag,
-                resources: None,
-            },
-        }))
+            defaults: defaults.clone(),
+        };
+        Ok((defaults, Some(webhook)))
     }
 }
 
@@ -230,7 +234,7 @@ impl RunArgs {
             webhook,
         } = self;
         telemetry::init(&log, log_format)?;
-        let webhook = webhook.into_config(&namespace)?;
+        let (sidecar_defaults, webhook) = webhook.into_config(&namespace)?;
         let identity = identity.unwrap_or_else(default_identity);
         let lease_duration = Duration::from_secs(lease_seconds.max(3));
         let election = (!no_leader_election).then(|| ElectionConfig {
@@ -246,6 +250,7 @@ impl RunArgs {
             election,
             watch_namespace,
             webhook,
+            sidecar_defaults,
         })
         .await
     }

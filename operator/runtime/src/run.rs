@@ -5,6 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use kube::Client;
+use outrigger_api::common::SidecarKind;
 use outrigger_core::{
     inject::SidecarDefaults,
     replicated::PdbApi,
@@ -28,6 +29,8 @@ pub struct RunConfig {
     /// Watch only this namespace (a namespace-scoped installation).
     pub watch_namespace: Option<String>,
     pub webhook: Option<WebhookConfig>,
+    /// Images and defaults of the sidecars, also used for the splitters of rollouts.
+    pub sidecar_defaults: SidecarDefaults,
 }
 
 /// Settings of the injection webhook.
@@ -183,6 +186,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         pdb_api,
         &identity,
         config.watch_namespace.clone(),
+        config.sidecar_defaults.image(SidecarKind::RequestSplitter),
     ));
     // A follower is ready too: it serves the webhook and its admin endpoints and can take over.
     state.set_ready(true);

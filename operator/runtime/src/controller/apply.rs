@@ -22,6 +22,9 @@ pub fn resource_for(api_version: &str, kind: &str) -> ApiResource {
         "Service" => "services",
         "ConfigMap" => "configmaps",
         "PodDisruptionBudget" => "poddisruptionbudgets",
+        "ServiceAccount" => "serviceaccounts",
+        "Role" => "roles",
+        "RoleBinding" => "rolebindings",
         other => return ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, other)),
     };
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)

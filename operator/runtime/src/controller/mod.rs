@@ -4,6 +4,7 @@
 
 mod apply;
 mod replicated;
+mod rollout;
 mod sharded;
 mod status;
 mod validity;
@@ -98,6 +99,10 @@ pub struct Context {
     pub pdb_api: PdbApi,
     /// Only this namespace is watched, when set.
     pub watch_namespace: Option<String>,
+    /// Image of the request splitter that fronts services during rollouts.
+    pub splitter_image: String,
+    /// Analysis baselines of the rollouts in progress.
+    baselines: rollout::Baselines,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -109,6 +114,7 @@ impl Context {
         pdb_api: PdbApi,
         identity: &str,
         watch_namespace: Option<String>,
+        splitter_image: String,
     ) -> Context {
         let reporter = Reporter {
             controller: "outrigger-operator".to_owned(),
@@ -120,6 +126,8 @@ impl Context {
             metrics,
             pdb_api,
             watch_namespace,
+            splitter_image,
+            baselines: rollout::Baselines::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -1,6 +1,6 @@
 //! The ReplicatedService controller.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -16,11 +16,19 @@ use kube::{
 use outrigger_api::{
     common::LocalObjectReference, ReplicatedService, ReplicatedServiceStatus, RolloutStrategy,
 };
-use outrigger_core::{labels, replicated, validate};
+use outrigger_core::{
+    canary::{self, Traffic},
+    labels,
+    owner::Owner,
+    replicated::{self, RolloutChildren, RolloutInputs},
+    validate,
+};
 
 use super::{
     apply::{to_apply_value, typed, Applier},
-    error_action, status, Context, Error, RESYNC,
+    error_action,
+    rollout::{self, Rollout},
+    status, Context, Error, RESYNC,
 };
 use crate::metrics::ControllerLabels;
 
@@ -114,6 +122,7 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Acti
     }
     match apply_children(rsvc, ctx).await {
         Ok(observed) => {
+            let previous_rollout = rsvc.status.as_ref().and_then(|s| s.rollout.as_ref());
             let status = ReplicatedServiceStatus {
                 observed_generation: rsvc.metadata.generation,
                 conditions: status::merged_conditions(
@@ -125,10 +134,20 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Acti
                 ready_replicas: observed.replicas.ready,
                 updated_replicas: observed.replicas.updated,
                 selector: Some(observed.selector),
-                rollout: rsvc.status.as_ref().and_then(|s| s.rollout.clone()),
+                rollout: observed.rollout.as_ref().map(|r| r.decision.status.clone()),
             };
             status::write(ctx, CONTROLLER, rsvc, rsvc.status.as_ref(), &status).await?;
-            Ok(Action::requeue(RESYNC))
+            let requeue = match &observed.rollout {
+                Some(rollout) => {
+                    rollout::announce(ctx, rsvc, rollout, previous_rollout).await?;
+                    rollout
+                        .decision
+                        .requeue_after
+                        .map_or(RESYNC, |after| after.clamp(Duration::from_millis(500), RESYNC))
+                }
+                None => RESYNC,
+            };
+            Ok(Action::requeue(requeue))
         }
         Err(error) if error.needs_user_change() => {
             tracing::info!(%error, "Spec cannot be reconciled; waiting for a change.");
@@ -157,24 +176,51 @@ fn current_conditions(rsvc: &ReplicatedService) -> &[outrigger_api::common::Cond
 struct Observed {
     replicas: replicated::ObservedReplicas,
     selector: String,
+    rollout: Option<Rollout>,
+}
+
+/// Reads the RolloutStrategy a service refers to; a missing or invalid one waits for a change.
+async fn strategy_of(rsvc: &ReplicatedService, ctx: &Context) -> Result<Option<RolloutStrategy>, Error> {
+    let Some(LocalObjectReference { name }) = &rsvc.spec.rollout_strategy_ref else {
+        return Ok(None);
+    };
+    let namespace = rsvc.namespace().unwrap_or_default();
+    let strategies: Api<RolloutStrategy> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(strategy) = strategies.get_opt(name).await? else {
+        return Err(Error::MissingReference(format!(
+            "spec.rolloutStrategyRef: RolloutStrategy {name:?} does not exist in namespace {namespace}"
+        )));
+    };
+    if let Err(invalid) = validate::rollout_strategy(&strategy.spec) {
+        return Err(Error::MissingReference(format!(
+            "spec.rolloutStrategyRef: RolloutStrategy {name:?} is invalid: {invalid}"
+        )));
+    }
+    Ok(Some(strategy))
 }
 
 async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Observed, Error> {
     let namespace = rsvc.namespace().unwrap_or_default();
-    // Read: what the spec refers to.
-    if let Some(LocalObjectReference { name }) = &rsvc.spec.rollout_strategy_ref {
-        let strategies: Api<RolloutStrategy> = Api::namespaced(ctx.client.clone(), &namespace);
-        if strategies.get_opt(name).await?.is_none() {
-            return Err(Error::MissingReference(format!(
-                "spec.rolloutStrategyRef: RolloutStrategy {name:?} does not exist in namespace {namespace}"
-            )));
-        }
-    }
-    // Validate and build: pure.
+    let name = rsvc.name_any();
+    // Read what the spec refers to, validate (pure), and decide the rollout's next step.
+    let strategy = strategy_of(rsvc, ctx).await?;
     validate::replicated_service(&rsvc.spec)?;
-    let children = replicated::build(rsvc, ctx.pdb_api)?;
+    let rollout = match &strategy {
+        Some(strategy) => Some(rollout::decide(rsvc, strategy, ctx).await?),
+        None => None,
+    };
+    let inputs = rollout.as_ref().map(|rollout| RolloutInputs {
+        strategy: &rollout.plan,
+        decision: &rollout.decision,
+        live_stable: rollout.live_stable_template(),
+        splitter_image: &ctx.splitter_image,
+        splitter_ready: rollout.splitter_ready,
+    });
+    // Build: pure.
+    let children = replicated::build(rsvc, ctx.pdb_api, inputs.as_ref())?;
 
-    // Apply.
+    // Apply. The splitter and its configuration come before the Service that sends clients to it,
+    // and stable's replicas before traffic moves back to it (the decision already waits for that).
     let uid = rsvc.uid().unwrap_or_default();
     let applier = Applier {
         client: &ctx.client,
@@ -183,6 +229,12 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
         owner_uid: &uid,
     };
     applier.apply(to_apply_value(&children.config_map)?).await?;
+    let mut keep = Kept::default();
+    keep.config_maps.push(replicated::config_map_name(&name));
+    keep.services.push(name.clone());
+    if let (Some(front), Some(rollout)) = (&children.rollout, &rollout) {
+        apply_splitter(&applier, rsvc, front, rollout, &mut keep).await?;
+    }
     applier.apply(to_apply_value(&children.service)?).await?;
     let mut deployments = Vec::new();
     for deployment in &children.deployments {
@@ -190,20 +242,89 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
             applier.apply(to_apply_value(deployment)?).await?,
         )?);
     }
-    let selector = format!("{}={}", labels::REPLICATED_SERVICE, rsvc.name_any());
-    let keep: Vec<String> = children
-        .deployments
-        .iter()
-        .filter_map(|d| d.metadata.name.clone())
-        .collect();
-    applier
-        .prune("apps/v1", "Deployment", &namespace, &selector, &keep)
-        .await?;
+    keep.deployments.extend(
+        children
+            .deployments
+            .iter()
+            .filter_map(|d| d.metadata.name.clone()),
+    );
+    let selector = format!("{}={}", labels::REPLICATED_SERVICE, name);
+    for (api_version, kind, names) in [
+        ("apps/v1", "Deployment", &keep.deployments),
+        ("v1", "Service", &keep.services),
+        ("v1", "ConfigMap", &keep.config_maps),
+        ("v1", "ServiceAccount", &keep.identity),
+        ("rbac.authorization.k8s.io/v1", "Role", &keep.identity),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding", &keep.identity),
+    ] {
+        applier
+            .prune(api_version, kind, &namespace, &selector, names)
+            .await?;
+    }
     if let Some(pdb) = &children.pod_disruption_budget {
         applier.apply(pdb.clone()).await?;
     }
     Ok(Observed {
         replicas: replicated::observe(&deployments),
         selector: children.selector,
+        rollout,
     })
+}
+
+/// Names of the children to keep, by kind; the rest with the service's label are pruned.
+#[derive(Default)]
+struct Kept {
+    deployments: Vec<String>,
+    services: Vec<String>,
+    config_maps: Vec<String>,
+    identity: Vec<String>,
+}
+
+/// Applies the splitter's identity, the track Services, the splitter configuration (which needs
+/// the tracks' addresses) and the splitter Deployment.
+async fn apply_splitter(
+    applier: &Applier<'_>,
+    rsvc: &ReplicatedService,
+    front: &RolloutChildren,
+    rollout: &Rollout,
+    keep: &mut Kept,
+) -> Result<(), Error> {
+    applier.apply(to_apply_value(&front.splitter_account)?).await?;
+    applier.apply(to_apply_value(&front.splitter_role)?).await?;
+    applier
+        .apply(to_apply_value(&front.splitter_role_binding)?)
+        .await?;
+    let mut endpoints = Vec::new();
+    for service in &front.track_services {
+        let live = applier.apply(to_apply_value(service)?).await?;
+        let ip = live.data["spec"]["clusterIP"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let port = live.data["spec"]["ports"][0]["port"].as_i64().unwrap_or_default();
+        endpoints.push(format!("{ip}:{port}"));
+        keep.services.extend(service.metadata.name.clone());
+    }
+    let [stable_endpoint, canary_endpoint] = <[String; 2]>::try_from(endpoints).map_err(|_| {
+        Error::Build(outrigger_core::owner::BuildError::Serialize {
+            what: "track services",
+            message: "expected a stable and a canary Service".to_owned(),
+        })
+    })?;
+    let config = canary::splitter_config(&Traffic {
+        stable_endpoint,
+        canary_endpoint: rollout.canary_serves().then_some(canary_endpoint),
+        canary_weight: rollout.decision.status.canary_weight,
+        mirror_percent: rollout.decision.status.mirror_percent,
+        strategy: &rollout.plan,
+        affinity: rsvc.spec.session_affinity.as_ref(),
+    });
+    let owner = Owner::of(rsvc)?;
+    let config_map = canary::splitter_config_map(&owner, &config);
+    applier.apply(to_apply_value(&config_map)?).await?;
+    keep.config_maps.extend(config_map.metadata.name.clone());
+    applier.apply(to_apply_value(&front.splitter)?).await?;
+    keep.deployments.extend(front.splitter.metadata.name.clone());
+    keep.identity.extend(front.splitter_account.metadata.name.clone());
+    Ok(())
 }

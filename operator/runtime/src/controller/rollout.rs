@@ -1,0 +1,455 @@
+//! The rollout step of a ReplicatedService reconcile: read the live tracks and the splitter, take
+//! an analysis measurement from the splitters' metrics when one is due, and ask the pure state
+//! machine (`outrigger_core::rollout`) what to make true. Applying that is the caller's build and
+//! apply steps; afterwards [`announce`] publishes the new decisions as Events and clears a handled
+//! manual control.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{header::HOST, Request};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Pod},
+    jiff::Timestamp,
+};
+use kube::{
+    api::{Api, ListParams, Patch, PatchParams},
+    runtime::events::EventType,
+    ResourceExt,
+};
+use outrigger_api::{
+    rollout::{AnalysisSpec, CanaryStep, CanaryStrategy, RolloutDecision, RolloutPhase, RolloutStatus},
+    schema::parse_duration,
+    ReplicatedService, RolloutStrategy,
+};
+use outrigger_core::{
+    analysis::{self, Snapshot},
+    canary, labels,
+    owner::content_hash,
+    rollout::{self, Control, Decision, Observation, CONTROL_ANNOTATION},
+};
+use serde_json::json;
+
+use super::{Context, Error};
+
+/// Largest `/metrics` answer read from a splitter.
+const METRICS_LIMIT: usize = 4 << 20;
+/// How long one splitter may take to answer a scrape.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why scraping one splitter failed; the measurement goes on without it.
+#[derive(Debug, thiserror::Error)]
+enum ScrapeError {
+    #[error("connecting: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("HTTP: {0}")]
+    Http(#[source] hyper::Error),
+    #[error("building the request: {0}")]
+    Request(#[source] http::Error),
+    #[error("answered {0}")]
+    Status(http::StatusCode),
+    #[error("reading the body: {0}")]
+    Body(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// The analysis baseline of one service: the splitters' counters at the start of the interval
+/// being measured. Kept in memory; after a restart or a leader change the next scrape starts a
+/// fresh interval.
+#[derive(Debug)]
+struct Baseline {
+    revision: String,
+    step: i32,
+    taken: Instant,
+    snapshot: Snapshot,
+}
+
+/// The baselines of every service being analysed, by `namespace/name`.
+#[derive(Debug, Default)]
+pub struct Baselines(Mutex<HashMap<String, Baseline>>);
+
+impl Baselines {
+    fn take(&self, key: &str) -> Option<Baseline> {
+        self.0.lock().ok().and_then(|mut map| map.remove(key))
+    }
+
+    fn put(&self, key: String, baseline: Baseline) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(key, baseline);
+        }
+    }
+}
+
+/// What the rollout step decided, with what the build needs from the reads.
+pub struct Rollout {
+    pub plan: CanaryStrategy,
+    pub decision: Decision,
+    pub live_stable: Option<Deployment>,
+    /// The canary runs the desired template with all its replicas ready.
+    pub canary_ready: bool,
+    /// The splitter has a ready replica.
+    pub splitter_ready: bool,
+    pub control: Control,
+    /// The raw control annotation, when present (to clear it, and to report a value not understood).
+    pub control_annotation: Option<String>,
+}
+
+impl Rollout {
+    /// Whether the splitter should send anything to the canary track.
+    pub fn canary_serves(&self) -> bool {
+        self.decision.canary && self.canary_ready && self.decision.status.phase != RolloutPhase::Aborted
+    }
+
+    /// The live stable Deployment's template and revision.
+    pub fn live_stable_template(&self) -> Option<(&k8s_openapi::api::core::v1::PodTemplateSpec, &str)> {
+        let stable = self.live_stable.as_ref()?;
+        let revision = stable.labels().get(labels::TEMPLATE_HASH)?;
+        Some((&stable.spec.as_ref()?.template, revision.as_str()))
+    }
+}
+
+/// A Deployment whose controller has caught up with its spec: every replica runs the current
+/// template and is ready, and no old replica is left.
+fn settled(deployment: &Deployment) -> Option<i32> {
+    let wanted = deployment.spec.as_ref()?.replicas.unwrap_or(1);
+    let status = deployment.status.as_ref()?;
+    let caught_up = status.observed_generation >= deployment.metadata.generation
+        && status.updated_replicas.unwrap_or(0) >= wanted
+        && status.replicas.unwrap_or(0) == wanted
+        && status.ready_replicas.unwrap_or(0) >= wanted;
+    caught_up.then_some(status.ready_replicas.unwrap_or(0))
+}
+
+fn revision_of(deployment: &Deployment) -> Option<String> {
+    deployment.labels().get(labels::TEMPLATE_HASH).cloned()
+}
+
+/// The analysis a step runs, when the rollout stands at an analysis step.
+fn analysis_step<'a>(plan: &'a CanaryStrategy, status: &RolloutStatus) -> Option<&'a AnalysisSpec> {
+    let step = usize::try_from(status.current_step?).ok()?;
+    match plan.steps.get(step)? {
+        CanaryStep::Analysis(analysis) => Some(analysis),
+        _ => None,
+    }
+}
+
+/// Reads, measures and decides.
+pub async fn decide(
+    rsvc: &ReplicatedService,
+    strategy: &RolloutStrategy,
+    ctx: &Context,
+) -> Result<Rollout, Error> {
+    let namespace = rsvc.namespace().unwrap_or_default();
+    let name = rsvc.name_any();
+    let plan = rollout::canary_plan(&strategy.spec.strategy);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let live_stable = deployments.get_opt(&name).await?;
+    let live_canary = deployments
+        .get_opt(&canary::canary_deployment_name(&name))
+        .await?;
+    let live_splitter = deployments.get_opt(&canary::splitter_name(&name)).await?;
+
+    let desired_revision = content_hash(&rsvc.spec.template)?;
+    let canary_ready = live_canary.as_ref().is_some_and(|canary| {
+        revision_of(canary).as_deref() == Some(desired_revision.as_str())
+            && settled(canary).is_some_and(|ready| ready > 0)
+    });
+    let stable_ready = live_stable
+        .as_ref()
+        .and_then(settled)
+        .is_some_and(|ready| ready >= rsvc.spec.replicas);
+    let splitter_ready = live_splitter
+        .as_ref()
+        .and_then(|splitter| splitter.status.as_ref()?.ready_replicas)
+        .is_some_and(|ready| ready > 0);
+    let control_annotation = rsvc.annotations().get(CONTROL_ANNOTATION).cloned();
+    let control = Control::parse(control_annotation.as_deref());
+    let previous = rsvc.status.as_ref().and_then(|status| status.rollout.as_ref());
+
+    let key = format!("{namespace}/{name}");
+    let measuring = previous.and_then(|previous| {
+        let analysis = analysis_step(&plan, previous)?;
+        let in_progress = previous.phase == RolloutPhase::Progressing
+            && previous.canary_revision.as_deref() == Some(desired_revision.as_str())
+            && canary_ready;
+        in_progress.then_some((analysis, previous))
+    });
+    let mut measurement = None;
+    let mut next_measurement_in = None;
+    match measuring {
+        Some((analysis, previous)) => {
+            let step = previous.current_step.unwrap_or(0);
+            let interval = parse_duration(&analysis.interval).unwrap_or(Duration::from_secs(10));
+            let baseline = ctx
+                .baselines
+                .take(&key)
+                .filter(|b| b.revision == desired_revision && b.step == step);
+            match baseline {
+                // Not a whole interval yet: keep waiting.
+                Some(baseline) if baseline.taken.elapsed() < interval.mul_f64(0.9) => {
+                    next_measurement_in = Some(interval.saturating_sub(baseline.taken.elapsed()));
+                    ctx.baselines.put(key.clone(), baseline);
+                }
+                baseline => {
+                    let (snapshot, scraped) = scrape(ctx, &namespace, &name).await;
+                    if scraped > 0 {
+                        if let Some(before) = &baseline {
+                            let experiment = previous.canary_weight == 0 && previous.mirror_percent > 0;
+                            let result = analysis::judge(
+                                analysis,
+                                &before.snapshot,
+                                &snapshot,
+                                experiment,
+                                Timestamp::now(),
+                            );
+                            tracing::info!(verdict = ?result.verdict, step, "Measured the canary.");
+                            measurement = Some(result);
+                        }
+                        ctx.baselines.put(
+                            key.clone(),
+                            Baseline {
+                                revision: desired_revision.clone(),
+                                step,
+                                taken: Instant::now(),
+                                snapshot,
+                            },
+                        );
+                    }
+                    next_measurement_in = Some(interval);
+                }
+            }
+        }
+        None => drop(ctx.baselines.take(&key)),
+    }
+
+    let observation = Observation {
+        now: Timestamp::now(),
+        stable_revision: live_stable.as_ref().and_then(revision_of),
+        desired_revision,
+        canary_ready,
+        stable_ready,
+        control,
+        measurement,
+    };
+    let mut decision = rollout::next(&plan, previous, &observation);
+    // Still measuring at the same step: come back when the interval is over, not a whole interval
+    // after this (possibly early) reconcile.
+    if let (Some(due), Some(status)) = (next_measurement_in, decision.status.current_step) {
+        if previous.and_then(|p| p.current_step) == Some(status)
+            && decision.status.phase == RolloutPhase::Progressing
+        {
+            decision.requeue_after = Some(decision.requeue_after.map_or(due, |after| after.min(due)));
+        }
+    }
+    Ok(Rollout {
+        plan,
+        decision,
+        live_stable,
+        canary_ready,
+        splitter_ready,
+        control,
+        control_annotation,
+    })
+}
+
+/// Adds up the `/metrics` of every running splitter pod of the service. Returns how many answered.
+async fn scrape(ctx: &Context, namespace: &str, service: &str) -> (Snapshot, usize) {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!("{}={service}", canary::SPLITTER_LABEL);
+    let mut snapshot = Snapshot::default();
+    let mut scraped = 0;
+    let list = match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list,
+        Err(error) => {
+            tracing::warn!(%error, "Listing the splitter pods failed; no measurement this time.");
+            return (snapshot, 0);
+        }
+    };
+    let port = u16::try_from(canary::splitter_admin_port()).unwrap_or(9903);
+    for pod in list {
+        let Some(ip) = pod
+            .status
+            .as_ref()
+            .filter(|status| status.phase.as_deref() == Some("Running"))
+            .and_then(|status| status.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok())
+        else {
+            continue;
+        };
+        let address = SocketAddr::new(ip, port);
+        match tokio::time::timeout(SCRAPE_TIMEOUT, fetch_metrics(address)).await {
+            Ok(Ok(text)) => {
+                snapshot.add_scrape(&text);
+                scraped += 1;
+            }
+            Ok(Err(error)) => tracing::warn!(%error, pod = %pod.name_any(), "Scraping a splitter failed."),
+            Err(_) => tracing::warn!(
+                error = %ScrapeError::Timeout(SCRAPE_TIMEOUT),
+                pod = %pod.name_any(),
+                "Scraping a splitter failed."
+            ),
+        }
+    }
+    (snapshot, scraped)
+}
+
+async fn fetch_metrics(address: SocketAddr) -> Result<String, ScrapeError> {
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(ScrapeError::Connect)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(ScrapeError::Http)?;
+    tokio::spawn(connection);
+    let request = Request::get("/metrics")
+        .header(HOST, address.to_string())
+        .body(Empty::<Bytes>::new())
+        .map_err(ScrapeError::Request)?;
+    let response = sender.send_request(request).await.map_err(ScrapeError::Http)?;
+    if !response.status().is_success() {
+        return Err(ScrapeError::Status(response.status()));
+    }
+    let body = Limited::new(response.into_body(), METRICS_LIMIT)
+        .collect()
+        .await
+        .map_err(|error| ScrapeError::Body(error.to_string()))?
+        .to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The Event reason and type of a recorded decision.
+fn event_of(decision: &RolloutDecision) -> (String, EventType) {
+    let warning = matches!(decision.decision.as_str(), "Rollback" | "Abort")
+        || (decision.decision == "Pause" && decision.reason.starts_with("analysis"));
+    let type_ = if warning {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    (format!("Rollout{}", decision.decision), type_)
+}
+
+/// After the status is written: an Event per new decision, and the manual control cleared (a value
+/// that is not a control is reported and cleared too).
+pub async fn announce(
+    ctx: &Context,
+    rsvc: &ReplicatedService,
+    rollout: &Rollout,
+    previous: Option<&RolloutStatus>,
+) -> Result<(), Error> {
+    let seen = previous.map(|p| p.history.as_slice()).unwrap_or_default();
+    for decision in rollout
+        .decision
+        .status
+        .history
+        .iter()
+        .filter(|d| !seen.contains(d))
+    {
+        let (reason, type_) = event_of(decision);
+        ctx.event(rsvc, type_, &reason, decision.reason.clone()).await;
+    }
+    let Some(value) = &rollout.control_annotation else {
+        return Ok(());
+    };
+    if rollout.control == Control::None {
+        ctx.event(
+            rsvc,
+            EventType::Warning,
+            "InvalidRolloutControl",
+            format!("{CONTROL_ANNOTATION}={value:?} is not one of promote, abort, pause, resume; ignored"),
+        )
+        .await;
+    }
+    let api: Api<ReplicatedService> =
+        Api::namespaced(ctx.client.clone(), &rsvc.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"annotations": {CONTROL_ANNOTATION: null}}});
+    ctx.metrics.count_write("replicatedservice", "annotation");
+    api.patch(&rsvc.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn deployment(replicas: i32, generation: i64, status: DeploymentStatus) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                generation: Some(generation),
+                ..ObjectMeta::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(replicas),
+                ..DeploymentSpec::default()
+            }),
+            status: Some(status),
+        }
+    }
+
+    fn status(observed: i64, replicas: i32, updated: i32, ready: i32) -> DeploymentStatus {
+        DeploymentStatus {
+            observed_generation: Some(observed),
+            replicas: Some(replicas),
+            updated_replicas: Some(updated),
+            ready_replicas: Some(ready),
+            ..DeploymentStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_deployment_is_settled_only_when_every_replica_runs_its_template_and_is_ready() {
+        let cases = [
+            ("caught up", deployment(3, 2, status(2, 3, 3, 3)), Some(3)),
+            ("spec not yet seen", deployment(3, 3, status(2, 3, 3, 3)), None),
+            ("old replica left", deployment(3, 2, status(2, 4, 3, 4)), None),
+            ("not all ready", deployment(3, 2, status(2, 3, 3, 2)), None),
+            ("not all updated", deployment(3, 2, status(2, 3, 2, 3)), None),
+        ];
+        for (name, deployment, expected) in cases {
+            assert_eq!(settled(&deployment), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn failures_and_person_stops_are_warnings() {
+        let decision = |decision: &str, reason: &str| RolloutDecision {
+            at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+            step: None,
+            decision: decision.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let cases = [
+            (decision("Rollback", "analysis failed"), "RolloutRollback", true),
+            (decision("Abort", "aborted by a person"), "RolloutAbort", true),
+            (
+                decision("Pause", "analysis inconclusive 3 times"),
+                "RolloutPause",
+                true,
+            ),
+            (decision("Pause", "paused by a person"), "RolloutPause", false),
+            (
+                decision("SetWeight", "canary weight 20%"),
+                "RolloutSetWeight",
+                false,
+            ),
+            (decision("Promote", "all steps passed"), "RolloutPromote", false),
+        ];
+        for (decision, reason, warning) in cases {
+            let (got_reason, type_) = event_of(&decision);
+            assert_eq!(got_reason, reason);
+            assert_eq!(type_ == EventType::Warning, warning, "{reason}");
+        }
+    }
+}
