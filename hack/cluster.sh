@@ -7,7 +7,9 @@
 # Networking: pods live on docker0 (172.17.0.0/16). The API server listens on every interface and
 # advertises the host's docker0 address, so the `kubernetes` Service (10.96.0.1:443) leads pods to it
 # through kube-proxy's iptables rules; it calls webhook Services by endpoint (pod) IP. Nothing is
-# routed anywhere but loopback and docker0.
+# routed anywhere but loopback and docker0: Docker accepts forwarded pod traffic before kube-proxy's
+# rules see it, so a Service IP without endpoints (or any other address) would otherwise leave the
+# host through the default route; DOCKER-USER rejects that instead (see `isolate_pods`).
 #
 # Usage: hack/cluster.sh deps | build | up | down | env | status
 #   deps    install the Debian packages the cluster needs (idempotent)
@@ -210,6 +212,19 @@ start() {
   (setsid "$@" >"$RUN/$name.log" 2>&1 & echo $! >"$RUN/$name.pid")
 }
 
+# Pods may reach each other and this host (the API server, on docker0's address), nothing else: a
+# connection to a Service IP that kube-proxy did not translate (no endpoints yet) is refused at once,
+# as kube-proxy's own REJECT rule would, instead of leaving through the default route.
+isolate_pods() {
+  local rule
+  # Inserted in reverse: TCP gets a reset first, everything else an ICMP error.
+  for rule in "-j REJECT --reject-with icmp-port-unreachable" "-p tcp -j REJECT --reject-with tcp-reset"; do
+    # shellcheck disable=SC2086 # the rule is a list of arguments
+    iptables -C DOCKER-USER -i docker0 ! -o docker0 $rule 2>/dev/null \
+      || iptables -I DOCKER-USER -i docker0 ! -o docker0 $rule
+  done
+}
+
 up() {
   build
   deps
@@ -250,6 +265,7 @@ up() {
     --controllers='*' --leader-elect=false --bind-address=127.0.0.1 --secure-port=10257
   start scheduler kube-scheduler --kubeconfig="$KUBECONFIG" --authentication-kubeconfig="$KUBECONFIG" \
     --authorization-kubeconfig="$KUBECONFIG" --leader-elect=false --bind-address=127.0.0.1 --secure-port=10259
+  isolate_pods
   # Service IPs for pods (the `kubernetes` Service above all). conntrack sysctls are left as they are:
   # this sandbox may not let them be written.
   start proxy kube-proxy --kubeconfig="$KUBECONFIG" --hostname-override=node1 --proxy-mode=iptables \

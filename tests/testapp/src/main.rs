@@ -1,7 +1,8 @@
 //! Test app: `GET /healthz` → 200; any other request → 200 with `version=<VERSION>` in the body,
 //! or 500 for `ERROR_PERCENT` percent of requests (deterministically, every n-th request).
 //! Environment: `PORT` (else `OUTRIGGER_ADMIN_PORT`, so it can stand in for a sidecar; default 8080),
-//! `VERSION` (default `v1`), `ERROR_PERCENT` (default 0).
+//! `VERSION` (default `v1`), `ERROR_PERCENT` (default 0), `DRAIN_SECONDS` (default 2: how long it
+//! keeps serving after SIGTERM, while the endpoints that route to it are being removed).
 //!
 //! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
 //! a test can check from inside a pod what the pod's containers reach on localhost.
@@ -87,11 +88,25 @@ async fn main() -> std::io::Result<()> {
             .min(100),
         served: AtomicU64::new(0),
     });
+    let drain = std::time::Duration::from_secs(
+        std::env::var("DRAIN_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2),
+    );
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = terminate.recv() => tokio::time::sleep(drain).await,
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    tokio::pin!(stop);
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => accepted?,
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            () = &mut stop => return Ok(()),
         };
         let app = app.clone();
         tokio::spawn(async move {
