@@ -650,4 +650,120 @@ mod tests {
             assert_eq!(conditions[1].status, progressing, "{name} progressing");
         }
     }
+
+    fn canary_status(phase: &str, weight: i32) -> outrigger_api::rollout::RolloutStatus {
+        serde_json::from_value(json!({"phase": phase, "canaryWeight": weight})).unwrap()
+    }
+
+    fn rollout_spec() -> Value {
+        let mut spec = base_spec();
+        spec["replicas"] = json!(5);
+        spec["template"]["spec"]["containers"][0]["image"] = json!("app:2");
+        spec["rolloutStrategyRef"] = json!({"name": "canary"});
+        spec
+    }
+
+    #[test]
+    fn during_a_rollout_stable_keeps_its_live_template_and_the_canary_runs_the_spec() {
+        let strategy: CanaryStrategy = serde_json::from_value(json!({"steps": [{"setWeight": 20}]})).unwrap();
+        let live: PodTemplateSpec =
+            serde_json::from_value(json!({"spec": {"containers": [{"name": "app", "image": "app:1"}]}}))
+                .unwrap();
+        let decision = Decision {
+            status: canary_status("Progressing", 20),
+            promote: false,
+            canary: true,
+            requeue_after: None,
+        };
+        let image = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .image
+                .clone()
+                .unwrap()
+        };
+        for splitter_ready in [false, true] {
+            let inputs = RolloutInputs {
+                strategy: &strategy,
+                decision: &decision,
+                live_stable: Some((&live, "rev-1")),
+                splitter_image: "outrigger/request-splitter:dev",
+                splitter_ready,
+            };
+            let children = build(&rsvc(rollout_spec()), PdbApi::None, Some(&inputs)).unwrap();
+            let [stable, canary] = children.deployments.as_slice() else {
+                panic!("two tracks expected")
+            };
+            assert_eq!(
+                (image(stable), image(canary)),
+                ("app:1".to_owned(), "app:2".to_owned())
+            );
+            assert_eq!(
+                stable.metadata.labels.as_ref().unwrap()[labels::TEMPLATE_HASH],
+                "rev-1"
+            );
+            assert_eq!(canary.metadata.name.as_deref(), Some("web-canary"));
+            let replicas = |d: &Deployment| d.spec.as_ref().unwrap().replicas.unwrap();
+            assert_eq!(
+                (replicas(stable), replicas(canary)),
+                (4, 1),
+                "the canary in proportion to 20%"
+            );
+            let rollout = children.rollout.as_ref().unwrap();
+            assert_eq!(rollout.splitter.spec.as_ref().unwrap().replicas, Some(2));
+            let names: Vec<_> = rollout
+                .track_services
+                .iter()
+                .filter_map(|s| s.metadata.name.clone())
+                .collect();
+            assert_eq!(names, ["web-stable", "web-canary"]);
+            let selector = children.service.spec.unwrap().selector.unwrap();
+            assert_eq!(
+                selector.contains_key(canary::SPLITTER_LABEL),
+                splitter_ready,
+                "clients go to the splitter only once it is ready"
+            );
+        }
+    }
+
+    #[test]
+    fn promotion_gives_stable_the_spec_template_at_full_size() {
+        let strategy: CanaryStrategy = serde_json::from_value(json!({"steps": [{"setWeight": 20}]})).unwrap();
+        let live: PodTemplateSpec =
+            serde_json::from_value(json!({"spec": {"containers": [{"name": "app", "image": "app:1"}]}}))
+                .unwrap();
+        let decision = Decision {
+            status: canary_status("Promoted", 20),
+            promote: true,
+            canary: true,
+            requeue_after: None,
+        };
+        let inputs = RolloutInputs {
+            strategy: &strategy,
+            decision: &decision,
+            live_stable: Some((&live, "rev-1")),
+            splitter_image: "splitter",
+            splitter_ready: true,
+        };
+        let children = build(&rsvc(rollout_spec()), PdbApi::None, Some(&inputs)).unwrap();
+        let stable = &children.deployments[0];
+        let spec = stable.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.template.spec.as_ref().unwrap().containers[0]
+                .image
+                .as_deref(),
+            Some("app:2")
+        );
+        assert_eq!(spec.replicas, Some(5));
+        assert_ne!(
+            stable.metadata.labels.as_ref().unwrap()[labels::TEMPLATE_HASH],
+            "rev-1"
+        );
+    }
 }
