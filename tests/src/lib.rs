@@ -252,8 +252,15 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// A plain HTTP/1.0 GET on loopback; returns status and body.
 pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    http_get_from(&format!("127.0.0.1:{port}"), path)
+}
+
+/// A plain HTTP/1.0 GET to `address` (`ip:port`: loopback, or a Service or pod IP of the local
+/// cluster); returns status and body.
+pub fn http_get_from(address: &str, path: &str) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    let address: std::net::SocketAddr = address.parse()?;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut response = String::new();

@@ -6,7 +6,7 @@
 //! The cluster is shared with every other test. Each installation here lives in a namespace of its
 //! own, manages only an app namespace of its own (`watchNamespace`, `--watch-namespace`), and its
 //! webhook only intercepts namespaces carrying a label unique to the test, so it never touches
-//! anyone else's objects or pods. The images must have been built: `hack/images.sh operator testapp`
+//! anyone else's objects or pods. The images must have been built: `hack/images.sh operator testapp request-splitter`
 //! (`make test-cluster` does it).
 
 use std::{
@@ -19,7 +19,9 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration, apps::v1::Deployment, core::v1::Pod,
+    admissionregistration::v1::MutatingWebhookConfiguration,
+    apps::v1::Deployment,
+    core::v1::{Pod, Service},
 };
 use kube::api::{Api, ListParams, PostParams};
 use outrigger_tests::{
@@ -306,10 +308,10 @@ fn images_are_non_root_labelled_and_hold_nothing_but_static_binaries() {
         };
         let image = format!("outrigger/{name}:{VERSION}");
         let Ok(inspect) = docker_ok(&["image", "inspect", &image]) else {
-            // The operator and the test app are needed by every cluster test; others are optional.
+            // The operator, the test app and the splitter are needed by the cluster tests; others are optional.
             assert!(
-                !["operator", "testapp"].contains(&name),
-                "{image} is missing: run `hack/images.sh operator testapp`"
+                !["operator", "testapp", "request-splitter"].contains(&name),
+                "{image} is missing: run `hack/images.sh operator testapp request-splitter`"
             );
             continue;
         };
@@ -369,10 +371,10 @@ impl Installation {
     /// Two fresh namespaces: one for the operator, one for the apps it manages (opted in to
     /// annotation-driven injection and carrying this test's scope label).
     fn new(prefix: &str, names: impl Fn(&str) -> (String, String, String, Vec<String>)) -> Self {
-        for image in ["operator", "testapp"] {
+        for image in ["operator", "testapp", "request-splitter"] {
             // Without the image the kubelet would try to pull it; fail here instead.
             docker_ok(&["image", "inspect", &format!("outrigger/{image}:{VERSION}")])
-                .unwrap_or_else(|_| panic!("run `hack/images.sh operator testapp` first"));
+                .unwrap_or_else(|_| panic!("run `hack/images.sh operator testapp request-splitter` first"));
         }
         ensure_crds().unwrap();
         let operator_ns = TestNamespace::create(prefix).unwrap();
@@ -511,9 +513,27 @@ impl Installation {
             let sidecar = &pod.spec.as_ref().unwrap().containers[0];
             assert_eq!(
                 sidecar.image.as_deref(),
-                Some(format!("outrigger/testapp:{VERSION}").as_str())
+                Some(format!("outrigger/request-splitter:{VERSION}").as_str())
             );
         }
+        // Requests reach the app through the rollout's splitter and each pod's injected splitter.
+        let services: Api<Service> = Api::namespaced(admin_client().await.unwrap(), &self.app_ns.name);
+        eventually("an answer of the app through the Service", WAIT, || async {
+            let service = services.get("web").await?;
+            let spec = service.spec.unwrap_or_default();
+            let fronted = spec
+                .selector
+                .unwrap_or_default()
+                .contains_key("outrigger.dev/splitter");
+            let ip = spec.cluster_ip.unwrap_or_default();
+            if !fronted {
+                return Ok(None);
+            }
+            let answer = outrigger_tests::http_get_from(&format!("{ip}:80"), "/hello")?;
+            Ok((answer.0 == 200 && answer.1.contains("version=")).then_some(()))
+        })
+        .await
+        .unwrap();
     }
 
     /// Triggers a rollout of the operator while creating pods through the webhook without a pause,
@@ -737,14 +757,14 @@ async fn helm_install_runs_the_example_upgrades_without_webhook_downtime_and_uni
     let app = install.app_ns.name.clone();
     let chart = chart();
     // The default values, plus the scope every installation on this shared cluster needs, and the
-    // test app (an image hack/images.sh builds) standing in for the request splitter.
+    // request splitter image hack/images.sh builds.
     let scope = [
         "--set".to_owned(),
         format!("watchNamespace={app}"),
         "--set-string".to_owned(),
         format!("webhook.namespaceSelector.matchLabels.outrigger\\.dev/test-scope={app}"),
         "--set-string".to_owned(),
-        format!("sidecars.images.request-splitter=outrigger/testapp:{VERSION}"),
+        format!("sidecars.images.request-splitter=outrigger/request-splitter:{VERSION}"),
     ];
     let mut args: Vec<&str> = vec![
         "install",
@@ -852,7 +872,7 @@ fn relocated_install_yaml(operator_ns: &str, app_ns: &str, log_level: &str) -> S
                 args.push(json!(format!("--watch-namespace={app_ns}")));
                 args.push(json!(format!("--webhook-namespace-label={SCOPE_LABEL}={app_ns}")));
                 args.push(json!(format!(
-                    "--sidecar-image=request-splitter=outrigger/testapp:{VERSION}"
+                    "--sidecar-image=request-splitter=outrigger/request-splitter:{VERSION}"
                 )));
             }
             "MutatingWebhookConfiguration" => {

@@ -19,8 +19,9 @@ use k8s_openapi::{
     },
 };
 use outrigger_api::{
-    common::{AffinitySource, SessionAffinity},
+    common::{AffinitySource, SessionAffinity, SidecarKind},
     rollout::{CanaryStrategy, RouteMatch},
+    ReplicatedServiceSpec,
 };
 use serde_json::{json, Value};
 
@@ -170,6 +171,88 @@ pub fn splitter_config(traffic: &Traffic<'_>) -> Value {
     config
 }
 
+/// Port an injected request splitter listens on when its `listenPort` setting does not say.
+pub const INJECTED_SPLITTER_PORT: i32 = 15001;
+
+/// Where a request splitter injected into a service's pods listens, and the app port it forwards to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InjectedSplitter {
+    pub listen_port: i32,
+    pub app_port: i32,
+}
+
+/// A problem with the injected splitter's settings: the setting and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingError {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+fn port_setting(
+    settings: &BTreeMap<String, String>,
+    setting: &'static str,
+) -> Result<Option<i32>, SettingError> {
+    settings
+        .get(setting)
+        .map(|value| match value.trim().parse::<i32>() {
+            Ok(port) if (1..=65535).contains(&port) => Ok(port),
+            _ => Err(SettingError {
+                setting,
+                message: format!("{value:?} is not a port number (1-65535)"),
+            }),
+        })
+        .transpose()
+}
+
+/// The injected request splitter of a ReplicatedService, when `spec.sidecars` attaches one:
+/// `listenPort` (default [`INJECTED_SPLITTER_PORT`]) and `appPort` (default: the first port's
+/// target, else the first container port, else 8080).
+pub fn injected_splitter(spec: &ReplicatedServiceSpec) -> Option<Result<InjectedSplitter, SettingError>> {
+    let sidecar = spec
+        .sidecars
+        .iter()
+        .find(|s| s.name == SidecarKind::RequestSplitter)?;
+    let first_container_port = || {
+        spec.template
+            .spec
+            .as_ref()?
+            .containers
+            .first()?
+            .ports
+            .as_ref()?
+            .first()
+            .map(|p| p.container_port)
+    };
+    let resolve = || {
+        let listen_port = port_setting(&sidecar.settings, "listenPort")?.unwrap_or(INJECTED_SPLITTER_PORT);
+        let app_port = port_setting(&sidecar.settings, "appPort")?
+            .or_else(|| spec.ports.first().map(|p| p.target_port.unwrap_or(p.port)))
+            .or_else(first_container_port)
+            .unwrap_or(SPLITTER_PORT);
+        if listen_port == app_port {
+            return Err(SettingError {
+                setting: "listenPort",
+                message: format!(
+                    "{listen_port} is also the app's port; the splitter needs a port of its own"
+                ),
+            });
+        }
+        Ok(InjectedSplitter {
+            listen_port,
+            app_port,
+        })
+    };
+    Some(resolve())
+}
+
+/// The injected splitter's configuration: listen on its port, forward to the app on loopback.
+pub fn injected_splitter_config(splitter: InjectedSplitter) -> Value {
+    json!({
+        "listen": format!("0.0.0.0:{}", splitter.listen_port),
+        "backends": [{"name": "app", "endpoints": [format!("127.0.0.1:{}", splitter.app_port)], "maxRetries": 1}],
+    })
+}
+
 /// The splitter's ConfigMap.
 pub fn splitter_config_map(owner: &Owner, config: &Value) -> ConfigMap {
     ConfigMap {
@@ -300,6 +383,77 @@ mod tests {
             "routes": [{"name": "testers", "match": {"header": {"name": "x-canary", "exact": "always"}}}],
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn the_injected_splitter_listens_on_its_port_and_forwards_to_the_app() {
+        let spec = |sidecar: Value, ports: Value| -> ReplicatedServiceSpec {
+            serde_json::from_value(json!({
+                "template": {"spec": {"containers": [{"name": "app", "image": "a", "ports": [{"containerPort": 9000}]}]}},
+                "ports": ports,
+                "sidecars": [sidecar],
+            }))
+            .unwrap()
+        };
+        let port = |listen_port, app_port| {
+            Some(Ok(InjectedSplitter {
+                listen_port,
+                app_port,
+            }))
+        };
+        let cases = [
+            (
+                "defaults",
+                json!({"name": "request-splitter"}),
+                json!([]),
+                port(15001, 9000),
+            ),
+            (
+                "the service's target port",
+                json!({"name": "request-splitter"}),
+                json!([{"name": "http", "port": 80, "targetPort": 8080}]),
+                port(15001, 8080),
+            ),
+            (
+                "settings",
+                json!({"name": "request-splitter", "settings": {"listenPort": "8000", "appPort": "7000"}}),
+                json!([]),
+                port(8000, 7000),
+            ),
+            ("another sidecar", json!({"name": "log-adapter"}), json!([]), None),
+        ];
+        for (name, sidecar, ports, expected) in cases {
+            assert_eq!(injected_splitter(&spec(sidecar, ports)), expected, "{name}");
+        }
+        let bad = injected_splitter(&spec(
+            json!({"name": "request-splitter", "settings": {"listenPort": "http"}}),
+            json!([]),
+        ));
+        assert!(matches!(
+            bad,
+            Some(Err(SettingError {
+                setting: "listenPort",
+                ..
+            }))
+        ));
+        let clash = injected_splitter(&spec(
+            json!({"name": "request-splitter", "settings": {"listenPort": "9000"}}),
+            json!([]),
+        ));
+        assert!(matches!(
+            clash,
+            Some(Err(SettingError {
+                setting: "listenPort",
+                ..
+            }))
+        ));
+        assert_eq!(
+            injected_splitter_config(InjectedSplitter {
+                listen_port: 8000,
+                app_port: 8080
+            }),
+            json!({"listen": "0.0.0.0:8000", "backends": [{"name": "app", "endpoints": ["127.0.0.1:8080"], "maxRetries": 1}]})
+        );
     }
 
     #[test]

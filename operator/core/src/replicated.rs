@@ -150,7 +150,7 @@ pub fn build(
 
     let rollout_children = rollout.and_then(|inputs| {
         let port = spec.ports.first()?;
-        let target_port = port.target_port.unwrap_or(port.port);
+        let target_port = first_target_port(spec)?;
         let (splitter_account, splitter_role, splitter_role_binding) = canary::splitter_identity(&owner);
         Some((
             inputs,
@@ -175,12 +175,24 @@ pub fn build(
         Some((inputs, port, _)) if inputs.splitter_ready => canary::front_service(&owner, *port),
         _ => service(&owner, &owner_labels, &pod_selector, spec),
     };
+    let mut config_data = BTreeMap::from([(
+        SIDECAR_CONFIG_KEY.to_owned(),
+        sidecar_config_json(&owner, spec.session_affinity.as_ref(), &spec.sidecars)?,
+    )]);
+    if let Some(Ok(splitter)) = canary::injected_splitter(spec) {
+        config_data.insert(
+            canary::SPLITTER_CONFIG_KEY.to_owned(),
+            serde_json::to_string_pretty(&canary::injected_splitter_config(splitter)).map_err(|error| {
+                BuildError::Serialize {
+                    what: "injected splitter config",
+                    message: error.to_string(),
+                }
+            })?,
+        );
+    }
     let config_map = ConfigMap {
         metadata: child_meta(&owner, &config_map_name(&owner.name), &owner_labels),
-        data: Some(BTreeMap::from([(
-            SIDECAR_CONFIG_KEY.to_owned(),
-            sidecar_config_json(&owner, spec.session_affinity.as_ref(), &spec.sidecars)?,
-        )])),
+        data: Some(config_data),
         ..ConfigMap::default()
     };
     let pod_disruption_budget = match pdb_api {
@@ -300,6 +312,16 @@ fn probe(readiness: &Readiness) -> Probe {
     }
 }
 
+/// Where the first Service port sends traffic: to the injected request splitter when the pods have
+/// one, so every request passes through it, otherwise to the app.
+fn first_target_port(spec: &outrigger_api::ReplicatedServiceSpec) -> Option<i32> {
+    let port = spec.ports.first()?;
+    Some(match canary::injected_splitter(spec) {
+        Some(Ok(splitter)) => splitter.listen_port,
+        _ => port.target_port.unwrap_or(port.port),
+    })
+}
+
 fn service(
     owner: &Owner,
     owner_labels: &BTreeMap<String, String>,
@@ -309,10 +331,17 @@ fn service(
     let ports: Vec<CoreServicePort> = spec
         .ports
         .iter()
-        .map(|port| CoreServicePort {
+        .enumerate()
+        .map(|(index, port)| CoreServicePort {
             name: Some(port.name.clone()),
             port: port.port,
-            target_port: Some(IntOrString::Int(port.target_port.unwrap_or(port.port))),
+            target_port: Some(IntOrString::Int(
+                match (index, port.protocol) {
+                    (0, PortProtocol::Tcp) => first_target_port(spec),
+                    _ => None,
+                }
+                .unwrap_or(port.target_port.unwrap_or(port.port)),
+            )),
             protocol: Some(
                 match port.protocol {
                     PortProtocol::Tcp => "TCP",

@@ -63,6 +63,17 @@ pub fn replicated_service(spec: &ReplicatedServiceSpec) -> Result<(), InvalidSpe
     if let Some(affinity) = &spec.session_affinity {
         session_affinity(&mut problems, affinity);
     }
+    if let Some(Err(error)) = crate::canary::injected_splitter(spec) {
+        let index = spec
+            .sidecars
+            .iter()
+            .position(|s| s.name == outrigger_api::common::SidecarKind::RequestSplitter)
+            .unwrap_or(0);
+        problems.add(
+            format!("spec.sidecars[{index}].settings.{}", error.setting),
+            error.message,
+        );
+    }
     if spec.rollout_strategy_ref.is_some() {
         match spec.ports.first() {
             None => problems.add(
@@ -527,6 +538,11 @@ mod tests {
                 "cookie affinity",
                 json!({"sessionAffinity": {"source": "cookie", "name": "sid"}}),
                 vec![],
+            ),
+            (
+                "splitter listen port not a number",
+                json!({"sidecars": [{"name": "request-splitter", "settings": {"listenPort": "http"}}]}),
+                vec!["spec.sidecars[0].settings.listenPort"],
             ),
             (
                 "rollout without a port",
