@@ -253,6 +253,35 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
         _ => {}
     }
 
+    // Background analysis judges every step that is not an analysis step of its own.
+    if let (Some(background), Some(measurement)) = (&strategy.analysis, &observed.measurement) {
+        let step = strategy
+            .steps
+            .get(usize::try_from(status.current_step.unwrap_or(0)).unwrap_or(usize::MAX));
+        if !matches!(step, Some(CanaryStep::Analysis(_))) {
+            status.last_analysis = Some(measurement.clone());
+            if measurement.verdict == AnalysisVerdict::Failed {
+                status.analysis_failures += 1;
+            }
+            if status.analysis_failures >= background.failure_limit {
+                let reason = format!("background analysis failed: {}", describe(measurement));
+                if strategy.rollback.automatic {
+                    status.phase = RolloutPhase::RollingBack;
+                    record(&mut status, now, "Rollback", reason);
+                    return roll_back(strategy, status, observed, true);
+                }
+                status.phase = RolloutPhase::Paused;
+                record(&mut status, now, "Pause", reason);
+                return Decision {
+                    status,
+                    promote: false,
+                    canary: true,
+                    requeue_after: None,
+                };
+            }
+        }
+    }
+
     // Progressing: run steps until one has to wait.
     loop {
         let index = status.current_step.unwrap_or(0);
@@ -290,11 +319,17 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
                     let waited = elapsed(status.step_started_at.as_ref(), now);
                     if waited < duration {
                         status.message = Some(format!("pausing for {duration:?}"));
+                        let remaining = duration - waited;
                         return Decision {
                             status,
                             promote: false,
                             canary: true,
-                            requeue_after: Some(duration - waited),
+                            requeue_after: Some(
+                                strategy
+                                    .analysis
+                                    .as_ref()
+                                    .map_or(remaining, |a| interval(a).min(remaining)),
+                            ),
                         };
                     }
                     enter_step(&mut status, index + 1, now);
@@ -814,6 +849,41 @@ mod tests {
             canary_plan(&automatic).steps.as_slice(),
             [CanaryStep::SetWeight(100)]
         ));
+    }
+
+    #[test]
+    fn background_analysis_rolls_back_during_a_pause() {
+        let s: CanaryStrategy = serde_json::from_value(json!({
+            "steps": [{"setWeight": 20}, {"pause": {"duration": "10m"}}],
+            "analysis": {"interval": "5s", "metrics": [{"name": "success-rate", "type": "successRate", "min": 99}]},
+            "scaleDownDelaySeconds": 0,
+        }))
+        .unwrap();
+        let d = next(&s, None, &observe(0, "a", "b"));
+        assert_eq!(
+            d.requeue_after,
+            Some(Duration::from_secs(5)),
+            "measured while pausing"
+        );
+        let mut passing = observe(5, "a", "b");
+        passing.measurement = Some(measurement(AnalysisVerdict::Successful));
+        let d = next(&s, Some(&d.status), &passing);
+        assert_eq!(
+            (d.status.phase, d.status.canary_weight),
+            (RolloutPhase::Progressing, 20)
+        );
+        let mut failing = observe(10, "a", "b");
+        failing.measurement = Some(measurement(AnalysisVerdict::Failed));
+        let d = next(&s, Some(&d.status), &failing);
+        assert_eq!(
+            (d.status.phase, d.status.canary_weight),
+            (RolloutPhase::Aborted, 0)
+        );
+        assert!(d
+            .status
+            .message
+            .unwrap()
+            .starts_with("background analysis failed"));
     }
 
     #[test]

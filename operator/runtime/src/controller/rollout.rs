@@ -132,11 +132,13 @@ fn revision_of(deployment: &Deployment) -> Option<String> {
     deployment.labels().get(labels::TEMPLATE_HASH).cloned()
 }
 
-/// The analysis a step runs, when the rollout stands at an analysis step.
+/// The analysis to measure now: the current step's, or else the strategy's background analysis
+/// while the canary receives traffic (live or mirrored).
 fn analysis_step<'a>(plan: &'a CanaryStrategy, status: &RolloutStatus) -> Option<&'a AnalysisSpec> {
     let step = usize::try_from(status.current_step?).ok()?;
-    match plan.steps.get(step)? {
-        CanaryStep::Analysis(analysis) => Some(analysis),
+    match plan.steps.get(step) {
+        Some(CanaryStep::Analysis(analysis)) => Some(analysis),
+        _ if status.canary_weight > 0 || status.mirror_percent > 0 => plan.analysis.as_ref(),
         _ => None,
     }
 }
