@@ -622,8 +622,19 @@ impl Installation {
                 .collect();
             assert!(left.is_empty(), "left behind in {ns}: {left:?}");
         }
-        let in_app_ns =
-            kubectl_ok(&["get", "roles,rolebindings", "-n", &self.app_ns.name, "-o", "name"]).unwrap();
+        // The example service's own children (its splitter's Role) stay with it; the installation's
+        // RBAC in the app namespace must not.
+        let in_app_ns = kubectl_ok(&[
+            "get",
+            "roles,rolebindings",
+            "-n",
+            &self.app_ns.name,
+            "-l",
+            "app.kubernetes.io/managed-by!=outrigger",
+            "-o",
+            "name",
+        ])
+        .unwrap();
         assert_eq!(in_app_ns.trim(), "", "left behind in the app namespace");
         for object in &self.cluster_objects {
             let output = kubectl().args(["get", object]).output().unwrap();
@@ -813,7 +824,8 @@ async fn helm_install_runs_the_example_upgrades_without_webhook_downtime_and_uni
 
     install.run_the_example().await;
     assert_eq!(assert_unprivileged_and_read_only(&ns).await, 2);
-    assert_eq!(assert_unprivileged_and_read_only(&app).await, 6);
+    // Three replicas with their injected splitter, and the rollout's two splitter pods.
+    assert_eq!(assert_unprivileged_and_read_only(&app).await, 8);
 
     let (upgrade_release, upgrade_ns, upgrade_chart) = (release.clone(), ns.clone(), chart.clone());
     install
@@ -923,7 +935,8 @@ async fn kubectl_apply_of_install_yaml_runs_the_example_upgrades_without_webhook
     install.assert_webhook_rbac_is_least_privilege();
     install.run_the_example().await;
     assert_eq!(assert_unprivileged_and_read_only(&ns).await, 2);
-    assert_eq!(assert_unprivileged_and_read_only(&app).await, 6);
+    // Three replicas with their injected splitter, and the rollout's two splitter pods.
+    assert_eq!(assert_unprivileged_and_read_only(&app).await, 8);
 
     let changed = relocated_install_yaml(&ns, &app, "debug");
     install
