@@ -6,8 +6,9 @@ use clap::Parser;
 use outrigger_sidecar_common::telemetry::{self, LogFormat, TelemetryError};
 
 use crate::{
+    apiserver::ApiServerOptions,
     config::ConfigDuration,
-    run::{run, Options, RunError},
+    run::{run, ConfigMapOptions, Options, RunError},
 };
 
 /// File name of the configuration inside `--config-dir` (the key in the injected ConfigMap).
@@ -46,6 +47,8 @@ pub struct Cli {
         default_value = "request-splitter.json"
     )]
     configmap_key: String,
+    #[command(flatten)]
+    api: ApiArgs,
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`, `/config`).
     #[arg(long, env = "OUTRIGGER_ADMIN_ADDR", default_value = "0.0.0.0:9901")]
     admin_addr: SocketAddr,
@@ -70,6 +73,38 @@ pub struct Cli {
     log_format: LogFormat,
 }
 
+/// How the ConfigMap watch reaches the Kubernetes API. In a pod none is needed: the API server,
+/// token and CA come from the service account.
+#[derive(Debug, clap::Args)]
+pub struct ApiArgs {
+    /// API server URL (`https://host:port`); default `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    #[arg(long, env = "OUTRIGGER_SPLITTER_API_SERVER")]
+    api_server: Option<String>,
+    /// File holding the bearer token, read again every minute and after a 401; default the
+    /// service account's token.
+    #[arg(long, env = "OUTRIGGER_SPLITTER_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
+    /// PEM CA bundle that signs the API server's certificate; default the service account's
+    /// `ca.crt`.
+    #[arg(long, env = "OUTRIGGER_SPLITTER_API_CA_FILE")]
+    api_ca_file: Option<PathBuf>,
+}
+
+impl From<ApiArgs> for ApiServerOptions {
+    fn from(args: ApiArgs) -> Self {
+        let ApiArgs {
+            api_server,
+            api_token_file,
+            api_ca_file,
+        } = args;
+        ApiServerOptions {
+            server: api_server,
+            token_file: api_token_file,
+            ca_file: api_ca_file,
+        }
+    }
+}
+
 impl Cli {
     /// Runs the splitter until SIGTERM.
     pub fn run(self) -> Result<(), CliError> {
@@ -78,6 +113,7 @@ impl Cli {
             config_dir,
             configmap,
             configmap_key,
+            api,
             admin_addr,
             workers,
             config_poll_interval,
@@ -94,7 +130,11 @@ impl Cli {
         });
         let options = Options {
             config_file: config,
-            configmap: configmap.map(|reference| (reference, configmap_key)),
+            configmap: configmap.map(|reference| ConfigMapOptions {
+                reference,
+                key: configmap_key,
+                api: api.into(),
+            }),
             admin_addr,
             poll_interval: config_poll_interval.0,
             drain_timeout: drain_timeout.0,

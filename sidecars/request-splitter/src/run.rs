@@ -17,6 +17,7 @@ use tokio::{
 #[cfg(feature = "configmap")]
 use crate::configmap::{self, ConfigMapError, ConfigMapRef};
 use crate::{
+    apiserver::ApiServerOptions,
     config::ConfigError,
     health::RetryBudget,
     metrics::Metrics,
@@ -52,17 +53,24 @@ pub enum RunError {
     Tls(#[from] TlsError),
     #[cfg(feature = "configmap")]
     #[error(transparent)]
-    ConfigMap(#[from] ConfigMapError),
+    ConfigMap(Box<ConfigMapError>),
     #[error("this build has no ConfigMap support (feature `configmap`)")]
     ConfigMapUnsupported,
+}
+
+#[cfg(feature = "configmap")]
+impl From<ConfigMapError> for RunError {
+    fn from(error: ConfigMapError) -> Self {
+        RunError::ConfigMap(Box::new(error))
+    }
 }
 
 /// Where the configuration comes from and how the process behaves.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub config_file: Option<PathBuf>,
-    /// `namespace/name` and key of a ConfigMap to watch.
-    pub configmap: Option<(String, String)>,
+    /// A ConfigMap to watch.
+    pub configmap: Option<ConfigMapOptions>,
     pub admin_addr: SocketAddr,
     pub poll_interval: Duration,
     /// Longest wait for open connections to finish after SIGTERM.
@@ -72,6 +80,16 @@ pub struct Options {
     /// Threads serving clients, each with its own runtime, listening socket (`SO_REUSEPORT`) and
     /// backend connections; the calling runtime is the first.
     pub workers: usize,
+}
+
+/// The ConfigMap to watch and how to reach the API server.
+#[derive(Debug, Clone)]
+pub struct ConfigMapOptions {
+    /// `namespace/name`.
+    pub reference: String,
+    /// Key holding the JSON document.
+    pub key: String,
+    pub api: ApiServerOptions,
 }
 
 /// A started splitter.
@@ -143,8 +161,12 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         }
     })));
 
-    if let Some((reference, key)) = configmap {
-        background.push(start_configmap_watch(&store, &reference, key, shutdown_receiver.clone()).await?);
+    if let Some(configmap) = configmap {
+        background.push(start_configmap_watch(
+            &store,
+            configmap,
+            shutdown_receiver.clone(),
+        )?);
     }
     let Some(active) = store.wait_for_first().await else {
         return Err(RunError::NoSource);
@@ -315,15 +337,20 @@ impl Worker {
 }
 
 #[cfg(feature = "configmap")]
-async fn start_configmap_watch(
+fn start_configmap_watch(
     store: &Arc<ConfigStore>,
-    reference: &str,
-    key: String,
+    options: ConfigMapOptions,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, RunError> {
+    let ConfigMapOptions { reference, key, api } = options;
     let reference: ConfigMapRef = reference.parse()?;
-    let client = configmap::client().await?;
-    tracing::info!(configmap = %reference, key = %key, "Watching a ConfigMap for configuration.");
+    let client = configmap::client(&api)?;
+    tracing::info!(
+        configmap = %reference,
+        key = %key,
+        api_server = %client.authority(),
+        "Watching a ConfigMap for configuration."
+    );
     Ok(tokio::spawn(configmap::watch(
         client,
         store.clone(),
@@ -334,10 +361,9 @@ async fn start_configmap_watch(
 }
 
 #[cfg(not(feature = "configmap"))]
-async fn start_configmap_watch(
+fn start_configmap_watch(
     _store: &Arc<ConfigStore>,
-    _reference: &str,
-    _key: String,
+    _options: ConfigMapOptions,
     _shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, RunError> {
     Err(RunError::ConfigMapUnsupported)

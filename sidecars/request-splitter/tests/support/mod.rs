@@ -213,7 +213,7 @@ pub struct Splitter {
     pub config_path: PathBuf,
 }
 
-fn temp_path(name: &str) -> PathBuf {
+pub fn temp_path(name: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let unique = COUNTER.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("splitter-test-{}-{unique}", std::process::id()));
