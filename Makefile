@@ -28,7 +28,7 @@ test-unit:
 	$(CARGO) test --workspace --exclude outrigger-tests
 
 test-cluster:
-	$(CARGO) build -p outrigger-operator
+	$(CARGO) build -p outrigger-operator -p outrigger-request-splitter
 	hack/images.sh testapp operator request-splitter
 	$(CARGO) test -p outrigger-tests -- --test-threads=4
 
