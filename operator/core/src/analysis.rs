@@ -28,6 +28,35 @@ pub struct BackendCounters {
 pub struct Snapshot {
     pub live: BTreeMap<String, BackendCounters>,
     pub shadow: BTreeMap<String, BackendCounters>,
+    /// Values of `prometheus` metrics at the time of the snapshot, by metric name.
+    pub external: BTreeMap<String, f64>,
+}
+
+/// The value of a Prometheus instant query (`/api/v1/query`): a scalar, or a vector of exactly one
+/// sample.
+pub fn prometheus_value(body: &str) -> Result<f64, String> {
+    let answer: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    if answer["status"] != "success" {
+        return Err(format!(
+            "the query failed: {}",
+            answer["error"].as_str().unwrap_or("no error message")
+        ));
+    }
+    let data = &answer["data"];
+    let value = match data["resultType"].as_str() {
+        Some("scalar") => &data["result"][1],
+        Some("vector") => match data["result"].as_array().map(Vec::as_slice) {
+            Some([sample]) => &sample["value"][1],
+            Some(samples) => return Err(format!("the query returned {} samples, not one", samples.len())),
+            None => return Err("no result".to_owned()),
+        },
+        other => return Err(format!("result type {other:?}; expected scalar or vector")),
+    };
+    value
+        .as_str()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| format!("{value} is not a finite number"))
 }
 
 fn labels(text: &str) -> BTreeMap<&str, &str> {
@@ -203,7 +232,17 @@ pub fn judge(
     let metrics: Vec<MetricMeasurement> = spec
         .metrics
         .iter()
-        .map(|metric| measure(metric, &canary, &stable, canary_requests, spec.min_request_count))
+        .map(|metric| {
+            let external = now.external.get(&metric.name).copied();
+            measure(
+                metric,
+                &canary,
+                &stable,
+                external,
+                canary_requests,
+                spec.min_request_count,
+            )
+        })
         .collect();
     let verdict = if metrics.iter().any(|m| m.verdict == AnalysisVerdict::Failed) {
         AnalysisVerdict::Failed
@@ -226,6 +265,7 @@ fn measure(
     metric: &AnalysisMetric,
     canary: &BackendCounters,
     stable: &BackendCounters,
+    external: Option<f64>,
     canary_requests: i64,
     min_requests: i32,
 ) -> MetricMeasurement {
@@ -238,11 +278,14 @@ fn measure(
                 false,
             )
         }
-        // Prometheus queries are not read by this judge; they stay inconclusive.
-        AnalysisMetricType::Prometheus => (Box::new(|_: &BackendCounters| None), true),
+        // A query's value describes the canary (the query selects it); there is no stable value.
+        AnalysisMetricType::Prometheus => (Box::new(move |_: &BackendCounters| external), true),
     };
     let canary_value = value_of(canary);
-    let stable_value = value_of(stable);
+    let stable_value = match metric.metric_type {
+        AnalysisMetricType::Prometheus => None,
+        _ => value_of(stable),
+    };
     let mut threshold = Vec::new();
     if let Some(min) = metric.min {
         threshold.push(format!("min {min}"));
@@ -318,6 +361,67 @@ mod tests {
 
     fn at() -> Timestamp {
         Timestamp::UNIX_EPOCH
+    }
+
+    #[test]
+    fn prometheus_answers_are_read_as_one_number_or_refused_with_a_reason() {
+        let cases = [
+            (
+                r#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"0.25"]}}"#,
+                Ok(0.25),
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1.5,"99.5"]}]}}"#,
+                Ok(99.5),
+            ),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(prometheus_value(body), expected, "{body}");
+        }
+        for (body, reason) in [
+            (
+                r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+                "0 samples",
+            ),
+            (
+                r#"{"status":"error","error":"parse error at char 3"}"#,
+                "parse error",
+            ),
+            (
+                r#"{"status":"success","data":{"resultType":"scalar","result":[1.5,"NaN"]}}"#,
+                "finite",
+            ),
+            ("<html>", "not JSON"),
+        ] {
+            let error = prometheus_value(body).unwrap_err();
+            assert!(error.contains(reason), "{body}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_prometheus_metric_is_judged_on_the_queried_value_once_the_canary_has_traffic() {
+        let spec = spec(json!([{"name": "errors", "type": "prometheus", "max": 1.0,
+            "prometheus": {"address": "http://127.0.0.1:9090", "query": "x"}}]));
+        let before = snapshot(&[scrape((1000, 0), (100, 0), 100)]);
+        let mut now = snapshot(&[scrape((1900, 0), (200, 0), 200)]);
+        now.external.insert("errors".into(), 3.0);
+        let result = judge(&spec, &before, &now, false, at());
+        assert_eq!(result.verdict, AnalysisVerdict::Failed);
+        assert_eq!(
+            (result.metrics[0].canary, result.metrics[0].stable),
+            (Some(3.0), None)
+        );
+        now.external.insert("errors".into(), 0.5);
+        assert_eq!(
+            judge(&spec, &before, &now, false, at()).verdict,
+            AnalysisVerdict::Successful
+        );
+        now.external.clear();
+        assert_eq!(
+            judge(&spec, &before, &now, false, at()).verdict,
+            AnalysisVerdict::Inconclusive,
+            "an unanswered query is inconclusive"
+        );
     }
 
     #[test]

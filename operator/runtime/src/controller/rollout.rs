@@ -25,7 +25,10 @@ use kube::{
     ResourceExt,
 };
 use outrigger_api::{
-    rollout::{AnalysisSpec, CanaryStep, CanaryStrategy, RolloutDecision, RolloutPhase, RolloutStatus},
+    rollout::{
+        AnalysisMetricType, AnalysisSpec, CanaryStep, CanaryStrategy, RolloutDecision, RolloutPhase,
+        RolloutStatus,
+    },
     schema::parse_duration,
     ReplicatedService, RolloutStrategy,
 };
@@ -201,7 +204,8 @@ pub async fn decide(
                     ctx.baselines.put(key.clone(), baseline);
                 }
                 baseline => {
-                    let (snapshot, scraped) = scrape(ctx, &namespace, &name).await;
+                    let (mut snapshot, scraped) = scrape(ctx, &namespace, &name).await;
+                    query_prometheus(analysis, &mut snapshot).await;
                     if scraped > 0 {
                         if let Some(before) = &baseline {
                             let experiment = previous.canary_weight == 0 && previous.mirror_percent > 0;
@@ -303,7 +307,76 @@ async fn scrape(ctx: &Context, namespace: &str, service: &str) -> (Snapshot, usi
     (snapshot, scraped)
 }
 
+/// Asks Prometheus for the value of every `prometheus` metric of `analysis`. A query that fails
+/// leaves its metric out, which makes it inconclusive; the reason is logged.
+async fn query_prometheus(analysis: &AnalysisSpec, snapshot: &mut Snapshot) {
+    for metric in &analysis.metrics {
+        let Some(prometheus) = metric
+            .prometheus
+            .as_ref()
+            .filter(|_| metric.metric_type == AnalysisMetricType::Prometheus)
+        else {
+            continue;
+        };
+        let answer = async {
+            let rest = prometheus
+                .address
+                .strip_prefix("http://")
+                .ok_or_else(|| "only http:// Prometheus addresses are supported".to_owned())?;
+            let (authority, prefix) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+            let path = format!(
+                "/{}api/v1/query?query={}",
+                if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/", prefix.trim_end_matches('/'))
+                },
+                percent_encode(&prometheus.query)
+            );
+            let address = tokio::net::lookup_host(if authority.contains(':') {
+                authority.to_owned()
+            } else {
+                format!("{authority}:80")
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or_else(|| format!("{authority} has no address"))?;
+            let body = tokio::time::timeout(SCRAPE_TIMEOUT, http_get(address, &path))
+                .await
+                .map_err(|_| ScrapeError::Timeout(SCRAPE_TIMEOUT).to_string())?
+                .map_err(|e| e.to_string())?;
+            analysis::prometheus_value(&body)
+        };
+        match answer.await {
+            Ok(value) => {
+                snapshot.external.insert(metric.name.clone(), value);
+            }
+            Err(error) => {
+                tracing::warn!(%error, metric = %metric.name, "Querying Prometheus failed; the metric is inconclusive.")
+            }
+        }
+    }
+}
+
+/// Percent-encodes a query parameter value.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(byte).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
 async fn fetch_metrics(address: SocketAddr) -> Result<String, ScrapeError> {
+    http_get(address, "/metrics").await
+}
+
+async fn http_get(address: SocketAddr, path: &str) -> Result<String, ScrapeError> {
     let stream = tokio::net::TcpStream::connect(address)
         .await
         .map_err(ScrapeError::Connect)?;
@@ -311,7 +384,7 @@ async fn fetch_metrics(address: SocketAddr) -> Result<String, ScrapeError> {
         .await
         .map_err(ScrapeError::Http)?;
     tokio::spawn(connection);
-    let request = Request::get("/metrics")
+    let request = Request::get(path)
         .header(HOST, address.to_string())
         .body(Empty::<Bytes>::new())
         .map_err(ScrapeError::Request)?;
@@ -422,6 +495,14 @@ mod tests {
         for (name, deployment, expected) in cases {
             assert_eq!(settled(&deployment), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn queries_are_percent_encoded() {
+        assert_eq!(
+            percent_encode("sum(rate(x{a=\"b\"}[1m]))"),
+            "sum%28rate%28x%7Ba%3D%22b%22%7D%5B1m%5D%29%29"
+        );
     }
 
     #[test]
