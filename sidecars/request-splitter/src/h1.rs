@@ -56,10 +56,10 @@ pub fn encode_request(
     target: &str,
     headers: &HeaderMap,
     body_length: Option<usize>,
-    out: &mut Vec<u8>,
+    out: &mut BytesMut,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     out.extend_from_slice(if target.is_empty() {
         b"/"
     } else {
@@ -428,21 +428,21 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("stable:8080"));
         headers.insert("x-request-id", HeaderValue::from_static("abc"));
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
         encode_request(&Method::GET, "/a?b=1", &headers, None, &mut out);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            String::from_utf8(out.to_vec()).unwrap(),
             "GET /a?b=1 HTTP/1.1\r\nhost: stable:8080\r\nx-request-id: abc\r\n\r\n"
         );
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
         encode_request(&Method::POST, "/", &headers, Some(5), &mut out);
-        assert!(String::from_utf8(out)
+        assert!(String::from_utf8(out.to_vec())
             .unwrap()
             .ends_with("content-length: 5\r\n\r\n"));
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
         encode_request(&Method::POST, "", &HeaderMap::new(), None, &mut out);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            String::from_utf8(out.to_vec()).unwrap(),
             "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
         );
     }

@@ -139,6 +139,8 @@ const MAX_IDLE: usize = 1_024;
 const MAX_STALE: usize = 4;
 /// First read buffer of a direct exchange: the response head and, usually, the whole body.
 const READ_BUFFER: usize = 4 * 1024;
+/// A connection's buffer larger than this (after a large response head) is not kept with it.
+const MAX_KEPT_BUFFER: usize = 16 * 1024;
 /// Request bodies up to this size go out in the same write as the head.
 const COALESCE_BODY: usize = 16 * 1024;
 
@@ -149,6 +151,9 @@ struct IdleConnection {
 
 struct IdleStream {
     stream: TcpStream,
+    /// Kept for the next exchange: its memory is used again once the last body bytes of the
+    /// previous response have been sent on (and their handles dropped).
+    buffer: BytesMut,
     since: Instant,
 }
 
@@ -241,21 +246,6 @@ impl ConnectionPool {
             return Box::pin(self.send_http1(request, connect_timeout)).await;
         };
         let target = parts.uri.path_and_query().map_or("/", |path| path.as_str());
-        let mut head = Vec::with_capacity(128 + parts.headers.len() * 48);
-        h1::encode_request(
-            &parts.method,
-            target,
-            &parts.headers,
-            body.as_ref().map(Bytes::len),
-            &mut head,
-        );
-        let separate = match body {
-            Some(body) if body.len() <= COALESCE_BODY => {
-                head.extend_from_slice(&body);
-                None
-            }
-            other => other,
-        };
         let resend = is_idempotent(&parts.method);
         for attempt in 0..=MAX_STALE {
             // The last attempt always opens a fresh connection.
@@ -265,11 +255,31 @@ impl ConnectionPool {
                 None
             };
             let reused = pooled.is_some();
-            let mut stream = match pooled {
-                Some(stream) => stream,
-                None => Box::pin(self.connect(connect_timeout)).await?.into_inner(),
+            let (mut stream, mut buffer) = match pooled {
+                Some(pooled) => pooled,
+                None => (
+                    Box::pin(self.connect(connect_timeout)).await?.into_inner(),
+                    BytesMut::new(),
+                ),
             };
-            match exchange(&mut stream, &head, separate.as_ref()).await {
+            // The request is written from the connection's buffer, which then receives the response.
+            buffer.clear();
+            buffer.reserve(READ_BUFFER);
+            h1::encode_request(
+                &parts.method,
+                target,
+                &parts.headers,
+                body.as_ref().map(Bytes::len),
+                &mut buffer,
+            );
+            let separate = match &body {
+                Some(body) if body.len() <= COALESCE_BODY => {
+                    buffer.extend_from_slice(body);
+                    None
+                }
+                other => other.as_ref(),
+            };
+            match exchange(&mut stream, buffer, separate).await {
                 Ok((head, buffer)) => {
                     let framing = h1::framing(&parts.method, &head).map_err(UpstreamError::Http1)?;
                     let reusable = h1::keep_alive(&head) && framing != h1::Framing::Close;
@@ -297,8 +307,8 @@ impl ConnectionPool {
         Err(UpstreamError::ConnectTimeout(connect_timeout))
     }
 
-    /// The newest idle direct connection that is still open.
-    fn checkout_direct(&self) -> Option<TcpStream> {
+    /// The newest idle direct connection that is still open, with its buffer.
+    fn checkout_direct(&self) -> Option<(TcpStream, BytesMut)> {
         let mut idle = lock(&self.slot().direct);
         while let Some(connection) = idle.pop_back() {
             // Nothing to read is what an open idle connection has; end of file or stray bytes mean
@@ -306,14 +316,17 @@ impl ConnectionPool {
             let mut probe = [0u8; 1];
             if let Err(error) = connection.stream.try_read(&mut probe) {
                 if error.kind() == std::io::ErrorKind::WouldBlock {
-                    return Some(connection.stream);
+                    return Some((connection.stream, connection.buffer));
                 }
             }
         }
         None
     }
 
-    fn put_direct(&self, stream: TcpStream) {
+    fn put_direct(&self, stream: TcpStream, mut buffer: BytesMut) {
+        if buffer.capacity() > MAX_KEPT_BUFFER {
+            buffer = BytesMut::new();
+        }
         let now = Instant::now();
         let mut idle = lock(&self.slot().direct);
         while idle
@@ -323,7 +336,11 @@ impl ConnectionPool {
             idle.pop_front();
         }
         if idle.len() < MAX_IDLE {
-            idle.push_back(IdleStream { stream, since: now });
+            idle.push_back(IdleStream {
+                stream,
+                buffer,
+                since: now,
+            });
         }
     }
 
@@ -644,24 +661,25 @@ impl DirectBody {
     fn release(&mut self) {
         if self.decoder.is_done() && self.reusable && self.buffer.is_empty() {
             if let Some(stream) = self.stream.take() {
-                self.pool.put_direct(stream);
+                self.pool.put_direct(stream, std::mem::take(&mut self.buffer));
             }
         }
     }
 }
 
-/// Writes the request (head, and body when not coalesced into it) and reads until a final
-/// response head; 1xx interim responses are skipped. Returns the head and what followed it.
+/// Writes the request in `buffer` (and `body`, when it was not coalesced into it), then reads into
+/// the same buffer until a final response head; 1xx interim responses are skipped. Returns the
+/// head and what followed it.
 async fn exchange(
     stream: &mut TcpStream,
-    head: &[u8],
+    mut buffer: BytesMut,
     body: Option<&Bytes>,
 ) -> Result<(h1::Head, BytesMut), H1Error> {
-    stream.write_all(head).await.map_err(H1Error::Write)?;
+    stream.write_all(&buffer).await.map_err(H1Error::Write)?;
     if let Some(body) = body {
         stream.write_all(body).await.map_err(H1Error::Write)?;
     }
-    let mut buffer = BytesMut::with_capacity(READ_BUFFER);
+    buffer.clear();
     let mut received = false;
     loop {
         match h1::parse_head(&mut buffer)? {
