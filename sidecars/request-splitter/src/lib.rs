@@ -14,6 +14,7 @@ pub mod config;
 #[cfg(feature = "configmap")]
 pub mod configmap;
 pub mod correlation;
+pub mod fast;
 pub mod h1;
 pub mod health;
 pub mod metrics;
