@@ -106,11 +106,49 @@ pub async fn serve(
             trailers,
         } = request;
         let version = request.version();
-        let response = proxy::handle(shared.clone(), request, info).await;
+        let Some(response) = handle_watching_client(&stream, &mut buffer, shared, request, info).await else {
+            return Outcome::Closed;
+        };
         let close = close || *shutdown.borrow();
         match write_response(&mut stream, &mut out, response, version, head, trailers, close).await {
             Ok(true) if !close => {}
             _ => return Outcome::Closed,
+        }
+    }
+}
+
+/// Handles the request while watching the client: when it closes the connection, the exchange is
+/// dropped (and with it the backend request), as hyper does. Bytes of a pipelined request that
+/// arrive meanwhile are kept in `buffer`. `None` when the client went away.
+async fn handle_watching_client(
+    stream: &TcpStream,
+    buffer: &mut BytesMut,
+    shared: &Arc<Shared>,
+    request: Request<Empty<Bytes>>,
+    info: &ConnectionInfo,
+) -> Option<Response<ResponseBody>> {
+    let handling = proxy::handle(shared.clone(), request, info);
+    let mut handling = std::pin::pin!(handling);
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            biased;
+            response = &mut handling => return Some(response),
+            ready = stream.readable(), if watching => {
+                if ready.is_err() {
+                    return None;
+                }
+                if buffer.capacity() - buffer.len() < 1024 {
+                    buffer.reserve(READ_BUFFER);
+                }
+                match stream.try_read_buf(buffer) {
+                    Ok(0) => return None,
+                    // The next request, pipelined: read later, after this response.
+                    Ok(_) => watching = false,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return None,
+                }
+            }
         }
     }
 }

@@ -178,3 +178,36 @@ async fn the_drain_closes_idle_keep_alive_connections_at_once() {
     let closed = tokio::time::timeout(STEP, stream.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the idle connection was left open");
 }
+
+/// As with hyper: a client that goes away while its request waits on a backend cancels the
+/// exchange, instead of leaving it running until the backend's timeout.
+#[tokio::test]
+async fn a_client_that_disconnects_mid_request_cancels_the_exchange() {
+    let hanging = backend("hanging", Behaviour::Hang).await;
+    let splitter = splitter(
+        json!({"backends": [{"name": "hanging", "endpoints": [hanging.endpoint()], "timeout": "1h"}]}),
+    )
+    .await;
+    let mut stream = TcpStream::connect(splitter.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + STEP;
+    while hanging.hits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(splitter.running.open_connections(), 1);
+    drop(stream);
+    while splitter.running.open_connections() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the exchange outlived its client"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
