@@ -13,10 +13,11 @@
 //! it. That saves hyper's connection task and the channel hops to it, per request. A connection
 //! taken from the pool is probed first; one the backend closed while idle is dropped, and an
 //! idempotent request that got nothing back on a reused connection is sent again on another. A
-//! streamed request body or an upgrade goes through a hyper client connection instead. HTTP/2 (h2c): one
-//! multiplexed connection per endpoint, replaced when it closes. With several workers (threads,
-//! each with its own runtime), every worker has its own idle connections, so a connection's I/O
-//! and the requests on it stay on one thread.
+//! streamed request body or an upgrade goes through a hyper client connection instead.
+//!
+//! HTTP/2 (h2c): one multiplexed connection per endpoint, replaced when it closes. With several
+//! workers (threads, each with its own runtime), every worker has its own idle connections, so a
+//! connection's I/O and the requests on it stay on one thread.
 
 use std::{
     cell::Cell,
