@@ -77,7 +77,8 @@ pub struct Cli {
 /// token and CA come from the service account.
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
-    /// API server URL (`https://host:port`); default `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    /// API server URL (`https://host:port`); default
+    /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
     #[arg(long, env = "OUTRIGGER_SPLITTER_API_SERVER")]
     api_server: Option<String>,
     /// File holding the bearer token, read again every minute and after a 401; default the

@@ -126,7 +126,8 @@ impl ConfigMapRef {
     /// `None`).
     pub fn watch_path(&self, version: Option<&str>) -> String {
         let mut path = format!(
-            "/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{}&watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_TIMEOUT_SECONDS}",
+            "/api/v1/namespaces/{}/configmaps?fieldSelector=metadata.name%3D{}&watch=1\
+             &allowWatchBookmarks=true&timeoutSeconds={WATCH_TIMEOUT_SECONDS}",
             encode(&self.namespace),
             encode(&self.name)
         );
@@ -220,7 +221,11 @@ impl Watcher {
             let mut version = match self.read().await {
                 Ok(version) => version,
                 Err(error) => {
-                    tracing::warn!(%error, configmap = %self.reference, "Reading the ConfigMap failed; retrying.");
+                    tracing::warn!(
+                        %error,
+                        configmap = %self.reference,
+                        "Reading the ConfigMap failed; retrying."
+                    );
                     backoff.wait().await;
                     continue;
                 }
@@ -233,7 +238,10 @@ impl Watcher {
                 }
                 match outcome {
                     Ok(healthy) => {
-                        tracing::debug!(configmap = %self.reference, "The ConfigMap watch ended; watching again.");
+                        tracing::debug!(
+                            configmap = %self.reference,
+                            "The ConfigMap watch ended; watching again."
+                        );
                         if healthy {
                             backoff.reset();
                         } else {
@@ -246,7 +254,11 @@ impl Watcher {
                         break;
                     }
                     Err(error) => {
-                        tracing::warn!(%error, configmap = %self.reference, "ConfigMap watch failed; retrying.");
+                        tracing::warn!(
+                            %error,
+                            configmap = %self.reference,
+                            "ConfigMap watch failed; retrying."
+                        );
                         backoff.wait().await;
                     }
                 }

@@ -14,6 +14,8 @@ pub mod config;
 #[cfg(feature = "configmap")]
 pub mod configmap;
 pub mod correlation;
+pub mod fast;
+pub mod h1;
 pub mod health;
 pub mod metrics;
 pub mod mirror;

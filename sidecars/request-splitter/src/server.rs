@@ -30,6 +30,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     config::LimitsConfig,
+    fast,
     metrics::ReasonLabels,
     proxy::{self, ConnectionInfo, Shared},
 };
@@ -171,7 +172,19 @@ async fn connection(
         },
         None => match tokio::time::timeout(header_timeout, sniff_h2(&stream)).await {
             Ok(Ok(true)) => Box::pin(serve_h2(stream, shared.clone(), info.clone(), &limits, shutdown)).await,
-            Ok(Ok(false)) => serve_h1(stream, shared.clone(), info.clone(), &limits, shutdown).await,
+            Ok(Ok(false)) => match fast::serve(stream, &shared, &info, &limits, shutdown.clone()).await {
+                fast::Outcome::Closed => return,
+                fast::Outcome::HeaderTimeout => {
+                    // As with hyper below: an idle keep-alive connection timing out is no error.
+                    if info.requests() == 0 {
+                        count(&shared, "header_timeout");
+                    }
+                    return;
+                }
+                fast::Outcome::HandOff(io) => {
+                    Box::pin(serve_h1(io, shared.clone(), info.clone(), &limits, shutdown)).await
+                }
+            },
             // Closed before sending anything.
             Ok(Err(_)) => return,
             Err(_) => {

@@ -5,10 +5,19 @@
 //! The pool is deliberately small. HTTP/1.1: idle connections per endpoint, last in first out; a
 //! connection goes back to the pool when its response body has been read to the end (a response
 //! abandoned half way closes its connection); a pooled connection found closed when a request is
-//! handed to it gives the request back unsent, and the next connection is tried. HTTP/2 (h2c): one
-//! multiplexed connection per endpoint, replaced when it closes. With several workers (threads,
-//! each with its own runtime), every worker has its own idle connections, so a connection's I/O
-//! and the requests on it stay on one thread.
+//! handed to it gives the request back unsent, and the next connection is tried.
+//!
+//! Plain HTTP/1.1 exchanges (a request without a body or with a buffered one, no upgrade) run on
+//! the request's own task: the request is written straight to a pooled TCP connection, and the
+//! response is parsed ([`crate::h1`]) and its body read from the socket as the client side asks for
+//! it. That saves hyper's connection task and the channel hops to it, per request. A connection
+//! taken from the pool is probed first; one the backend closed while idle is dropped, and an
+//! idempotent request that got nothing back on a reused connection is sent again on another. A
+//! streamed request body or an upgrade goes through a hyper client connection instead.
+//!
+//! HTTP/2 (h2c): one multiplexed connection per endpoint, replaced when it closes. With several
+//! workers (threads, each with its own runtime), every worker has its own idle connections, so a
+//! connection's I/O and the requests on it stay on one thread.
 
 use std::{
     cell::Cell,
@@ -22,8 +31,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http::{uri::Authority, Request, Response};
+use bytes::{Bytes, BytesMut};
+use http::{header, uri::Authority, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::{
     body::Incoming,
@@ -31,11 +40,15 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrigger_hashring::HashRing;
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 use crate::{
-    body::RequestBody,
+    body::{BoxError, RequestBody},
     config::{parse_endpoint, BackendConfig, UpstreamProtocol},
+    h1::{self, BodyDecoder, Decoded, H1Error},
     health::EndpointHealth,
     metrics::{BackendMetrics, Metrics},
     routing::mix,
@@ -52,6 +65,8 @@ pub enum UpstreamError {
     Handshake(#[source] hyper::Error),
     #[error("{0}")]
     Exchange(#[source] hyper::Error),
+    #[error("{0}")]
+    Http1(#[source] H1Error),
 }
 
 impl UpstreamError {
@@ -123,9 +138,23 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const MAX_IDLE: usize = 1_024;
 /// Pooled connections tried before opening a fresh one, when they turn out closed.
 const MAX_STALE: usize = 4;
+/// First read buffer of a direct exchange: the response head and, usually, the whole body.
+const READ_BUFFER: usize = 4 * 1024;
+/// A connection's buffer larger than this (after a large response head) is not kept with it.
+const MAX_KEPT_BUFFER: usize = 16 * 1024;
+/// Request bodies up to this size go out in the same write as the head.
+const COALESCE_BODY: usize = 16 * 1024;
 
 struct IdleConnection {
     sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+struct IdleStream {
+    stream: TcpStream,
+    /// Kept for the next exchange: its memory is used again once the last body bytes of the
+    /// previous response have been sent on (and their handles dropped).
+    buffer: BytesMut,
     since: Instant,
 }
 
@@ -146,6 +175,8 @@ fn worker() -> usize {
 #[derive(Default)]
 struct Slot {
     idle: Mutex<VecDeque<IdleConnection>>,
+    /// Idle connections of direct exchanges.
+    direct: Mutex<VecDeque<IdleStream>>,
     multiplexed: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -192,11 +223,125 @@ impl ConnectionPool {
         connect_timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match self.protocol {
-            UpstreamProtocol::Http1 => self.send_http1(request, connect_timeout).await,
+            UpstreamProtocol::Http1 if is_direct(&request) => {
+                self.send_direct(request, connect_timeout).await
+            }
+            // Boxed: rare, and its large future would otherwise be part of every request's future.
+            UpstreamProtocol::Http1 => Box::pin(self.send_http1(request, connect_timeout)).await,
             UpstreamProtocol::H2c => {
                 let response = self.send_h2c(request, connect_timeout).await?;
-                Ok(response.map(|body| UpstreamBody { body, lease: None }))
+                Ok(response.map(|body| UpstreamBody::hyper(body, None)))
             }
+        }
+    }
+
+    /// A plain exchange on the request's own task (see the module documentation).
+    async fn send_direct(
+        self: &Arc<Self>,
+        request: Request<RequestBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let (parts, body) = request.into_parts();
+        let RequestBody::Buffered(body) = body else {
+            let request = Request::from_parts(parts, body);
+            return Box::pin(self.send_http1(request, connect_timeout)).await;
+        };
+        let target = parts.uri.path_and_query().map_or("/", |path| path.as_str());
+        let resend = is_idempotent(&parts.method);
+        for attempt in 0..=MAX_STALE {
+            // The last attempt always opens a fresh connection.
+            let pooled = if attempt < MAX_STALE {
+                self.checkout_direct()
+            } else {
+                None
+            };
+            let reused = pooled.is_some();
+            let (mut stream, mut buffer) = match pooled {
+                Some(pooled) => pooled,
+                None => (
+                    Box::pin(self.connect(connect_timeout)).await?.into_inner(),
+                    BytesMut::new(),
+                ),
+            };
+            // The request is written from the connection's buffer, which then receives the response.
+            buffer.clear();
+            buffer.reserve(READ_BUFFER);
+            h1::encode_request(
+                &parts.method,
+                target,
+                &parts.headers,
+                body.as_ref().map(Bytes::len),
+                &mut buffer,
+            );
+            let separate = match &body {
+                Some(body) if body.len() <= COALESCE_BODY => {
+                    buffer.extend_from_slice(body);
+                    None
+                }
+                other => other.as_ref(),
+            };
+            match exchange(&mut stream, buffer, separate).await {
+                Ok((head, buffer)) => {
+                    let framing = h1::framing(&parts.method, &head).map_err(UpstreamError::Http1)?;
+                    let reusable = h1::keep_alive(&head) && framing != h1::Framing::Close;
+                    let body = DirectBody {
+                        stream: Some(stream),
+                        buffer,
+                        decoder: BodyDecoder::new(framing),
+                        reusable,
+                        pool: self.clone(),
+                    };
+                    let mut response = Response::new(UpstreamBody {
+                        kind: BodyKind::Direct(body),
+                    });
+                    *response.status_mut() = head.status;
+                    *response.version_mut() = head.version;
+                    *response.headers_mut() = head.headers;
+                    return Ok(response);
+                }
+                // The backend closed the pooled connection while it was idle.
+                Err(error) if reused && error.nothing_received() && resend => {}
+                Err(error) => return Err(UpstreamError::Http1(error)),
+            }
+        }
+        // Not reached: the last attempt uses a fresh connection and returns either way.
+        Err(UpstreamError::ConnectTimeout(connect_timeout))
+    }
+
+    /// The newest idle direct connection that is still open, with its buffer.
+    fn checkout_direct(&self) -> Option<(TcpStream, BytesMut)> {
+        let mut idle = lock(&self.slot().direct);
+        while let Some(connection) = idle.pop_back() {
+            // Nothing to read is what an open idle connection has; end of file or stray bytes mean
+            // it cannot carry a request.
+            let mut probe = [0u8; 1];
+            if let Err(error) = connection.stream.try_read(&mut probe) {
+                if error.kind() == std::io::ErrorKind::WouldBlock {
+                    return Some((connection.stream, connection.buffer));
+                }
+            }
+        }
+        None
+    }
+
+    fn put_direct(&self, stream: TcpStream, mut buffer: BytesMut) {
+        if buffer.capacity() > MAX_KEPT_BUFFER {
+            buffer = BytesMut::new();
+        }
+        let now = Instant::now();
+        let mut idle = lock(&self.slot().direct);
+        while idle
+            .front()
+            .is_some_and(|oldest| now.duration_since(oldest.since) > IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < MAX_IDLE {
+            idle.push_back(IdleStream {
+                stream,
+                buffer,
+                since: now,
+            });
         }
     }
 
@@ -217,7 +362,7 @@ impl ConnectionPool {
                 Some(sender) => sender,
                 // Boxed: connecting is rare, and its large future would otherwise be part of (and
                 // copied with) every request's future.
-                None => Box::pin(self.connect_http1(connect_timeout)).await?,
+                None => self.connect_http1(connect_timeout).await?,
             };
             if reused && sender.ready().await.is_err() {
                 continue;
@@ -228,10 +373,7 @@ impl ConnectionPool {
                         sender: Some(sender),
                         pool: self.clone(),
                     };
-                    return Ok(response.map(|body| UpstreamBody {
-                        body,
-                        lease: Some(lease),
-                    }));
+                    return Ok(response.map(|body| UpstreamBody::hyper(body, Some(lease))));
                 }
                 Err(mut error) => match error.take_message() {
                     // The pooled connection closed before the request was written: try another.
@@ -361,42 +503,74 @@ impl Lease {
 
 /// A response body from an endpoint, which gives its connection back once read to the end.
 pub struct UpstreamBody {
-    body: Incoming,
-    lease: Option<Lease>,
+    kind: BodyKind,
+}
+
+enum BodyKind {
+    Hyper { body: Incoming, lease: Option<Lease> },
+    Direct(DirectBody),
+}
+
+impl UpstreamBody {
+    fn hyper(body: Incoming, lease: Option<Lease>) -> UpstreamBody {
+        UpstreamBody {
+            kind: BodyKind::Hyper { body, lease },
+        }
+    }
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
-            .field("body", &self.body)
-            .finish_non_exhaustive()
+        match &self.kind {
+            BodyKind::Hyper { body, .. } => f
+                .debug_struct("UpstreamBody")
+                .field("body", body)
+                .finish_non_exhaustive(),
+            BodyKind::Direct(body) => f
+                .debug_struct("UpstreamBody")
+                .field("decoder", &body.decoder)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            if let Some(lease) = this.lease.as_mut() {
-                lease.release();
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().kind {
+            BodyKind::Hyper { body, lease } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(None) = polled {
+                    if let Some(lease) = lease.as_mut() {
+                        lease.release();
+                    }
+                }
+                polled.map_err(Into::into)
             }
+            BodyKind::Direct(body) => body.poll_frame(cx).map_err(Into::into),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.kind {
+            BodyKind::Hyper { body, .. } => body.is_end_stream(),
+            BodyKind::Direct(body) => body.decoder.is_done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.kind {
+            BodyKind::Hyper { body, .. } => body.size_hint(),
+            BodyKind::Direct(body) => body
+                .decoder
+                .remaining()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
     }
 }
 
@@ -404,12 +578,144 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A body that was complete before anyone polled it (`content-length: 0`, HEAD) still gives
         // its connection back; one dropped half way does not.
-        if self.body.is_end_stream() {
-            if let Some(lease) = self.lease.as_mut() {
-                lease.release();
+        match &mut self.kind {
+            BodyKind::Hyper { body, lease } => {
+                if body.is_end_stream() {
+                    if let Some(lease) = lease.as_mut() {
+                        lease.release();
+                    }
+                }
+            }
+            BodyKind::Direct(body) => body.release(),
+        }
+    }
+}
+
+/// The body of a direct exchange, read from the backend's socket by whoever polls it.
+struct DirectBody {
+    /// `None` once the connection went back to the pool or was given up.
+    stream: Option<TcpStream>,
+    /// Bytes received and not yet decoded.
+    buffer: BytesMut,
+    decoder: BodyDecoder,
+    /// The backend keeps the connection open after this response.
+    reusable: bool,
+    pool: Arc<ConnectionPool>,
+}
+
+impl DirectBody {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        loop {
+            match self.decoder.decode(&mut self.buffer) {
+                Err(error) => {
+                    self.stream = None;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Ok(Decoded::Data(data)) => {
+                    // Given back before the last bytes are sent on, so the next request can use it.
+                    self.release();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::Trailers(trailers)) => {
+                    self.release();
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Ok(Decoded::End) => {
+                    self.release();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::NeedMore) => {}
+            }
+            let Some(stream) = self.stream.as_ref() else {
+                return Poll::Ready(Some(Err(H1Error::ClosedInBody)));
+            };
+            if self.buffer.capacity() - self.buffer.len() < 1024 {
+                self.buffer.reserve(READ_BUFFER);
+            }
+            match stream.try_read_buf(&mut self.buffer) {
+                Ok(0) => {
+                    self.stream = None;
+                    if let Err(error) = self.decoder.finish() {
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                }
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    match stream.poll_read_ready(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(error)) => {
+                            self.stream = None;
+                            return Poll::Ready(Some(Err(H1Error::Broken(error))));
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.stream = None;
+                    return Poll::Ready(Some(Err(H1Error::Broken(error))));
+                }
             }
         }
     }
+
+    /// Gives the connection back once the whole response has been read from it, and nothing more.
+    fn release(&mut self) {
+        if self.decoder.is_done() && self.reusable && self.buffer.is_empty() {
+            if let Some(stream) = self.stream.take() {
+                self.pool.put_direct(stream, std::mem::take(&mut self.buffer));
+            }
+        }
+    }
+}
+
+/// Writes the request in `buffer` (and `body`, when it was not coalesced into it), then reads into
+/// the same buffer until a final response head; 1xx interim responses are skipped. Returns the
+/// head and what followed it.
+async fn exchange(
+    stream: &mut TcpStream,
+    mut buffer: BytesMut,
+    body: Option<&Bytes>,
+) -> Result<(h1::Head, BytesMut), H1Error> {
+    stream.write_all(&buffer).await.map_err(H1Error::Write)?;
+    if let Some(body) = body {
+        stream.write_all(body).await.map_err(H1Error::Write)?;
+    }
+    buffer.clear();
+    let mut received = false;
+    loop {
+        match h1::parse_head(&mut buffer)? {
+            Some(head) if head.status == http::StatusCode::SWITCHING_PROTOCOLS => {
+                return Err(H1Error::Malformed("101 without an upgrade request"));
+            }
+            Some(head) if head.status.is_informational() => continue,
+            Some(head) => return Ok((head, buffer)),
+            None => {}
+        }
+        if buffer.capacity() - buffer.len() < 1024 {
+            buffer.reserve(READ_BUFFER);
+        }
+        match stream.read_buf(&mut buffer).await {
+            Ok(0) if received => return Err(H1Error::ClosedInHead),
+            Ok(0) => return Err(H1Error::ClosedBeforeResponse),
+            Ok(_) => received = true,
+            Err(error) if received => return Err(H1Error::Broken(error)),
+            Err(error) => return Err(H1Error::Read(error)),
+        }
+    }
+}
+
+/// Whether a request can take the direct path: HTTP/1.1 without an upgrade, with a buffered body.
+fn is_direct(request: &Request<RequestBody>) -> bool {
+    matches!(request.body(), RequestBody::Buffered(_))
+        && *request.method() != Method::CONNECT
+        && !request.headers().contains_key(header::UPGRADE)
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// An endpoint's state that outlives configuration generations, by (backend name, address).

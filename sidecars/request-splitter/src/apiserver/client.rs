@@ -89,7 +89,10 @@ pub enum ApiError {
 impl ApiError {
     /// The answer was `410 Gone`: the resource version asked for is too old.
     pub fn is_gone(&self) -> bool {
-        matches!(self, ApiError::Status { status, details } if *status == StatusCode::GONE || details.is_gone())
+        match self {
+            ApiError::Status { status, details } => *status == StatusCode::GONE || details.is_gone(),
+            _ => false,
+        }
     }
 }
 

@@ -1,0 +1,584 @@
+//! The HTTP/1.1 client codec for backends, sans IO: the request head written from parts, the
+//! response head parsed with httparse, and the response body decoded from a buffer by its framing
+//! (`content-length`, `chunked`, or up to the end of the connection). [`crate::upstream`] drives it
+//! over pooled TCP connections from the request's own task.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+/// Largest response head (and chunked trailer section) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header lines in a response head, as hyper's client allows.
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line (hex size plus extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// Why a backend's response could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("writing the request: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("reading the response: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("the connection failed in the middle of the response: {0}")]
+    Broken(#[source] std::io::Error),
+    #[error("the connection closed before a response")]
+    ClosedBeforeResponse,
+    #[error("the connection closed in the middle of the response head")]
+    ClosedInHead,
+    #[error("the connection closed in the middle of the response body")]
+    ClosedInBody,
+    #[error("malformed response head: {0}")]
+    Head(#[source] httparse::Error),
+    #[error("the response head is larger than {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
+    #[error("malformed chunked body: {0}")]
+    Chunk(&'static str),
+}
+
+impl H1Error {
+    /// Nothing of a response arrived: on a reused connection, the backend had probably closed it
+    /// while it sat idle.
+    pub fn nothing_received(&self) -> bool {
+        matches!(
+            self,
+            H1Error::Write(_) | H1Error::Read(_) | H1Error::ClosedBeforeResponse
+        )
+    }
+}
+
+/// Appends the request head: request line, headers (a `content-length` is added for a body that
+/// has none), blank line.
+pub fn encode_request(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body_length: Option<usize>,
+    out: &mut BytesMut,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !headers.contains_key(header::CONTENT_LENGTH) {
+        match body_length {
+            Some(length) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(length.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            // What hyper sends for an empty body of a method that usually has one.
+            None if matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+            None => {}
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+/// Parses the response head at the start of `buffer` and removes it; `None` while it is
+/// incomplete. Header values share the buffer's memory instead of being copied.
+pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
+    if buffer.is_empty() {
+        return Ok(None);
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
+    let length = match response.parse(buffer) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD_BYTES => return Err(H1Error::HeadTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(error) => return Err(H1Error::Head(error)),
+    };
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or(H1Error::Malformed("status code"))?;
+    let version = if response.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let base = buffer.as_ptr().addr();
+    let spans: Vec<(HeaderName, usize, usize)> = response
+        .headers
+        .iter()
+        .map(|field| {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| H1Error::Malformed("header name"))?;
+            let start = field.value.as_ptr().addr() - base;
+            Ok((name, start, start + field.value.len()))
+        })
+        .collect::<Result<_, H1Error>>()?;
+    let head = buffer.split_to(length).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, start, end) in spans {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| H1Error::Malformed("header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: `HEAD`, 1xx, 204, 304, or `content-length: 0`.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Up to the end of the connection, which then cannot be reused.
+    Close,
+}
+
+/// The framing of the response to a `method` request.
+pub fn framing(method: &Method, head: &Head) -> Result<Framing, H1Error> {
+    let status = head.status;
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Empty);
+    }
+    if head.headers.contains_key(header::TRANSFER_ENCODING) {
+        let last = head
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
+            .map(<[u8]>::trim_ascii)
+            .rfind(|coding| !coding.is_empty());
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+            _ => Framing::Close,
+        });
+    }
+    let mut length = None;
+    for value in head.headers.get_all(header::CONTENT_LENGTH) {
+        let parsed = std::str::from_utf8(value.as_bytes())
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .ok_or(H1Error::Malformed("content-length"))?;
+        if length.is_some_and(|previous| previous != parsed) {
+            return Err(H1Error::Malformed("conflicting content-length"));
+        }
+        length = Some(parsed);
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(length) => Framing::Length(length),
+        None => Framing::Close,
+    })
+}
+
+/// Whether the backend keeps the connection open after this response.
+pub fn keep_alive(head: &Head) -> bool {
+    let has = |token: &[u8]| {
+        head.headers.get_all(header::CONNECTION).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|byte| *byte == b',')
+                .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    match head.version {
+        Version::HTTP_11 => !has(b"close"),
+        _ => has(b"keep-alive") && !has(b"close"),
+    }
+}
+
+/// What [`BodyDecoder::decode`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body is complete.
+    End,
+    /// More bytes are needed.
+    NeedMore,
+}
+
+/// Decodes a response body from a buffer as its bytes arrive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyDecoder {
+    /// Bytes of the body not yet returned.
+    Length(u64),
+    Chunked(Chunk),
+    Close,
+    Done,
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+impl BodyDecoder {
+    pub fn new(framing: Framing) -> BodyDecoder {
+        match framing {
+            Framing::Empty => BodyDecoder::Done,
+            Framing::Length(length) => BodyDecoder::Length(length),
+            Framing::Chunked => BodyDecoder::Chunked(Chunk::Size),
+            Framing::Close => BodyDecoder::Close,
+        }
+    }
+
+    /// The body has been returned whole.
+    pub fn is_done(&self) -> bool {
+        *self == BodyDecoder::Done
+    }
+
+    /// Bytes still to come, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            BodyDecoder::Length(remaining) => Some(*remaining),
+            BodyDecoder::Done => Some(0),
+            BodyDecoder::Chunked(_) | BodyDecoder::Close => None,
+        }
+    }
+
+    /// The next piece of the body from `buffer` (consumed as it is decoded).
+    pub fn decode(&mut self, buffer: &mut BytesMut) -> Result<Decoded, H1Error> {
+        loop {
+            match self {
+                BodyDecoder::Done => return Ok(Decoded::End),
+                BodyDecoder::Length(remaining) => {
+                    if buffer.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take =
+                        usize::try_from(*remaining).map_or(buffer.len(), |left| left.min(buffer.len()));
+                    *remaining -= take as u64;
+                    if *remaining == 0 {
+                        *self = BodyDecoder::Done;
+                    }
+                    return Ok(Decoded::Data(buffer.split_to(take).freeze()));
+                }
+                BodyDecoder::Close => {
+                    if buffer.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    return Ok(Decoded::Data(buffer.split().freeze()));
+                }
+                BodyDecoder::Chunked(chunk) => match *chunk {
+                    Chunk::Size => match httparse::parse_chunk_size(buffer) {
+                        Ok(httparse::Status::Complete((used, 0))) => {
+                            buffer.advance(used);
+                            *chunk = Chunk::Trailers;
+                        }
+                        Ok(httparse::Status::Complete((used, size))) => {
+                            buffer.advance(used);
+                            *chunk = Chunk::Data(size);
+                        }
+                        Ok(httparse::Status::Partial) if buffer.len() > MAX_CHUNK_LINE => {
+                            return Err(H1Error::Chunk("chunk size line too long"));
+                        }
+                        Ok(httparse::Status::Partial) => return Ok(Decoded::NeedMore),
+                        Err(_) => return Err(H1Error::Chunk("invalid chunk size")),
+                    },
+                    Chunk::Data(remaining) => {
+                        if buffer.is_empty() {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        let take =
+                            usize::try_from(remaining).map_or(buffer.len(), |left| left.min(buffer.len()));
+                        let left = remaining - take as u64;
+                        *chunk = if left == 0 {
+                            Chunk::DataEnd
+                        } else {
+                            Chunk::Data(left)
+                        };
+                        return Ok(Decoded::Data(buffer.split_to(take).freeze()));
+                    }
+                    Chunk::DataEnd => {
+                        if buffer.len() < 2 {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        if &buffer[..2] != b"\r\n" {
+                            return Err(H1Error::Chunk("chunk data not followed by CRLF"));
+                        }
+                        buffer.advance(2);
+                        *chunk = Chunk::Size;
+                    }
+                    Chunk::Trailers => {
+                        if buffer.len() < 2 {
+                            return Ok(Decoded::NeedMore);
+                        }
+                        if buffer.starts_with(b"\r\n") {
+                            buffer.advance(2);
+                            *self = BodyDecoder::Done;
+                            return Ok(Decoded::End);
+                        }
+                        let trailers = parse_trailers(buffer)?;
+                        return Ok(match trailers {
+                            Some(trailers) => {
+                                *self = BodyDecoder::Done;
+                                Decoded::Trailers(trailers)
+                            }
+                            None => Decoded::NeedMore,
+                        });
+                    }
+                },
+            }
+        }
+    }
+
+    /// The connection ended: the end of a body delimited by it, an error for any other framing.
+    pub fn finish(&mut self) -> Result<(), H1Error> {
+        match self {
+            BodyDecoder::Close | BodyDecoder::Done => {
+                *self = BodyDecoder::Done;
+                Ok(())
+            }
+            BodyDecoder::Length(_) | BodyDecoder::Chunked(_) => Err(H1Error::ClosedInBody),
+        }
+    }
+}
+
+/// The trailer section of a chunked body, with its final blank line; `None` while incomplete.
+fn parse_trailers(buffer: &mut BytesMut) -> Result<Option<HeaderMap>, H1Error> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(buffer, &mut slots) {
+        Ok(httparse::Status::Complete((used, fields))) => {
+            let mut trailers = HeaderMap::with_capacity(fields.len());
+            for field in fields {
+                let name = HeaderName::from_bytes(field.name.as_bytes())
+                    .map_err(|_| H1Error::Chunk("trailer name"))?;
+                let value =
+                    HeaderValue::from_bytes(field.value).map_err(|_| H1Error::Chunk("trailer value"))?;
+                trailers.append(name, value);
+            }
+            buffer.advance(used);
+            Ok(Some(trailers))
+        }
+        Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD_BYTES => Err(H1Error::HeadTooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(error) => Err(H1Error::Head(error)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Head {
+        let mut buffer = BytesMut::from(text);
+        parse_head(&mut buffer).unwrap().unwrap()
+    }
+
+    /// Feeds `wire` to a decoder `step` bytes at a time and returns the data, trailers and
+    /// whether the end was seen.
+    fn decode_in_steps(framing: Framing, wire: &[u8], step: usize) -> (Vec<u8>, Option<HeaderMap>, bool) {
+        let mut decoder = BodyDecoder::new(framing);
+        let mut buffer = BytesMut::new();
+        let (mut data, mut trailers, mut ended) = (Vec::new(), None, false);
+        let mut chunks = wire.chunks(step);
+        loop {
+            match decoder.decode(&mut buffer).unwrap() {
+                Decoded::Data(bytes) => {
+                    assert!(!bytes.is_empty());
+                    data.extend_from_slice(&bytes);
+                }
+                Decoded::Trailers(map) => trailers = Some(map),
+                Decoded::End => {
+                    ended = true;
+                    break;
+                }
+                Decoded::NeedMore => match chunks.next() {
+                    Some(chunk) => buffer.extend_from_slice(chunk),
+                    None => break,
+                },
+            }
+        }
+        (data, trailers, ended)
+    }
+
+    #[test]
+    fn the_request_head_has_the_line_the_headers_and_a_length_for_a_body() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("stable:8080"));
+        headers.insert("x-request-id", HeaderValue::from_static("abc"));
+        let mut out = BytesMut::new();
+        encode_request(&Method::GET, "/a?b=1", &headers, None, &mut out);
+        assert_eq!(
+            String::from_utf8(out.to_vec()).unwrap(),
+            "GET /a?b=1 HTTP/1.1\r\nhost: stable:8080\r\nx-request-id: abc\r\n\r\n"
+        );
+        let mut out = BytesMut::new();
+        encode_request(&Method::POST, "/", &headers, Some(5), &mut out);
+        assert!(String::from_utf8(out.to_vec())
+            .unwrap()
+            .ends_with("content-length: 5\r\n\r\n"));
+        let mut out = BytesMut::new();
+        encode_request(&Method::POST, "", &HeaderMap::new(), None, &mut out);
+        assert_eq!(
+            String::from_utf8(out.to_vec()).unwrap(),
+            "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_head_is_parsed_once_complete_and_leaves_the_body_in_the_buffer() {
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Backend: stable\r\n\r\nok";
+        let mut buffer = BytesMut::new();
+        for byte in &wire[..wire.len() - 3] {
+            buffer.extend_from_slice(&[*byte]);
+            assert!(parse_head(&mut buffer).unwrap().is_none());
+        }
+        buffer.extend_from_slice(&wire[wire.len() - 3..]);
+        let head = parse_head(&mut buffer).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.headers["x-backend"], "stable");
+        assert_eq!(&buffer[..], b"ok");
+        assert_eq!(framing(&Method::GET, &head).unwrap(), Framing::Length(2));
+        assert_eq!(framing(&Method::HEAD, &head).unwrap(), Framing::Empty);
+    }
+
+    #[test]
+    fn garbage_and_oversized_heads_are_errors() {
+        let mut garbage = BytesMut::from("NOT HTTP AT ALL\r\n\r\n");
+        assert!(matches!(parse_head(&mut garbage), Err(H1Error::Head(_))));
+        let mut huge = BytesMut::from("HTTP/1.1 200 OK\r\n");
+        huge.extend_from_slice(&vec![b'x'; MAX_HEAD_BYTES]);
+        assert!(matches!(parse_head(&mut huge), Err(H1Error::HeadTooLarge)));
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let cases = [
+            ("HTTP/1.1 204 No Content\r\n\r\n", Framing::Empty),
+            (
+                "HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n",
+                Framing::Empty,
+            ),
+            ("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", Framing::Empty),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                Framing::Chunked,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n",
+                Framing::Chunked,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
+                Framing::Close,
+            ),
+            ("HTTP/1.1 200 OK\r\n\r\n", Framing::Close),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 7\r\ncontent-length: 7\r\n\r\n",
+                Framing::Length(7),
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(framing(&Method::GET, &head(text)).unwrap(), expected, "{text}");
+        }
+        for text in [
+            "HTTP/1.1 200 OK\r\ncontent-length: 7\r\ncontent-length: 8\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+        ] {
+            assert!(framing(&Method::GET, &head(text)).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn keep_alive_is_the_default_of_http_1_1_and_an_option_of_http_1_0() {
+        assert!(keep_alive(&head("HTTP/1.1 200 OK\r\n\r\n")));
+        assert!(!keep_alive(&head("HTTP/1.1 200 OK\r\nConnection: Close\r\n\r\n")));
+        assert!(!keep_alive(&head("HTTP/1.0 200 OK\r\n\r\n")));
+        assert!(keep_alive(&head(
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\n"
+        )));
+    }
+
+    #[test]
+    fn a_length_body_ends_at_its_length_whatever_the_chunking_of_the_reads() {
+        for step in [1, 3, 100] {
+            let (data, trailers, ended) = decode_in_steps(Framing::Length(11), b"hello world", step);
+            assert_eq!(
+                (data.as_slice(), trailers, ended),
+                (&b"hello world"[..], None, true)
+            );
+        }
+        let (data, _, ended) = decode_in_steps(Framing::Length(11), b"hello", 2);
+        assert_eq!((data.as_slice(), ended), (&b"hello"[..], false));
+        let mut decoder = BodyDecoder::new(Framing::Length(11));
+        assert!(matches!(decoder.finish(), Err(H1Error::ClosedInBody)));
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_across_reads_with_extensions_and_trailers() {
+        let wire = b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 42\r\n\r\n";
+        for step in [1, 2, 7, wire.len()] {
+            let (data, trailers, ended) = decode_in_steps(Framing::Chunked, wire, step);
+            assert_eq!(data, b"hello world", "step {step}");
+            assert_eq!(trailers.unwrap()["x-checksum"], "42");
+            assert!(ended);
+        }
+        let (data, trailers, ended) = decode_in_steps(Framing::Chunked, b"2\r\nok\r\n0\r\n\r\n", 1);
+        assert_eq!((data.as_slice(), trailers, ended), (&b"ok"[..], None, true));
+    }
+
+    #[test]
+    fn a_bad_chunk_is_an_error() {
+        for wire in [&b"zz\r\nhello\r\n"[..], b"2\r\nokXX0\r\n\r\n"] {
+            let mut decoder = BodyDecoder::new(Framing::Chunked);
+            let mut buffer = BytesMut::from(wire);
+            let mut failed = false;
+            for _ in 0..5 {
+                match decoder.decode(&mut buffer) {
+                    Err(H1Error::Chunk(_)) => {
+                        failed = true;
+                        break;
+                    }
+                    Ok(Decoded::NeedMore) => break,
+                    _ => {}
+                }
+            }
+            assert!(failed, "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn a_body_delimited_by_the_connection_ends_with_it() {
+        let mut decoder = BodyDecoder::new(Framing::Close);
+        let mut buffer = BytesMut::from("all of it");
+        assert_eq!(
+            decoder.decode(&mut buffer).unwrap(),
+            Decoded::Data(Bytes::from_static(b"all of it"))
+        );
+        assert_eq!(decoder.decode(&mut buffer).unwrap(), Decoded::NeedMore);
+        decoder.finish().unwrap();
+        assert!(decoder.is_done());
+    }
+}
