@@ -76,6 +76,37 @@ pub struct Decision {
     pub requeue_after: Option<Duration>,
 }
 
+impl Decision {
+    /// Keep the canary track, promote nothing, and look again after `requeue_after` (or on the next
+    /// change).
+    fn hold(status: RolloutStatus, requeue_after: Option<Duration>) -> Decision {
+        Decision {
+            status,
+            promote: false,
+            canary: true,
+            requeue_after,
+        }
+    }
+}
+
+/// Failed analysis (of a step or in the background): roll back, or pause for a person when
+/// automatic rollback is off.
+fn analysis_failed(
+    strategy: &CanaryStrategy,
+    mut status: RolloutStatus,
+    observed: &Observation,
+    reason: String,
+) -> Decision {
+    if strategy.rollback.automatic {
+        status.phase = RolloutPhase::RollingBack;
+        record(&mut status, observed.now, "Rollback", reason);
+        return roll_back(strategy, status, observed, true);
+    }
+    status.phase = RolloutPhase::Paused;
+    record(&mut status, observed.now, "Pause", reason);
+    Decision::hold(status, None)
+}
+
 fn time(now: Timestamp) -> Time {
     Time(now)
 }
@@ -106,6 +137,11 @@ fn enter_step(status: &mut RolloutStatus, step: i32, now: Timestamp) {
     status.analysis_successes = 0;
     status.analysis_failures = 0;
     status.analysis_inconclusive = 0;
+}
+
+/// How long the previous version's replicas stay after promotion or rollback.
+fn scale_down_delay(strategy: &CanaryStrategy) -> Duration {
+    Duration::from_secs(u64::try_from(strategy.scale_down_delay_seconds).unwrap_or(0))
 }
 
 fn interval(analysis: &AnalysisSpec) -> Duration {
@@ -233,8 +269,7 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
             // Held at the stable revision until the template changes again.
             status.canary_weight = 0;
             status.mirror_percent = 0;
-            let keep = elapsed(status.step_started_at.as_ref(), now)
-                < Duration::from_secs(u64::try_from(strategy.scale_down_delay_seconds).unwrap_or(0));
+            let keep = elapsed(status.step_started_at.as_ref(), now) < scale_down_delay(strategy);
             return Decision {
                 status,
                 promote: false,
@@ -242,14 +277,7 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
                 requeue_after: keep.then(|| Duration::from_secs(1)),
             };
         }
-        RolloutPhase::Paused => {
-            return Decision {
-                status,
-                promote: false,
-                canary: true,
-                requeue_after: None,
-            }
-        }
+        RolloutPhase::Paused => return Decision::hold(status, None),
         _ => {}
     }
 
@@ -265,19 +293,7 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
             }
             if status.analysis_failures >= background.failure_limit {
                 let reason = format!("background analysis failed: {}", describe(measurement));
-                if strategy.rollback.automatic {
-                    status.phase = RolloutPhase::RollingBack;
-                    record(&mut status, now, "Rollback", reason);
-                    return roll_back(strategy, status, observed, true);
-                }
-                status.phase = RolloutPhase::Paused;
-                record(&mut status, now, "Pause", reason);
-                return Decision {
-                    status,
-                    promote: false,
-                    canary: true,
-                    requeue_after: None,
-                };
+                return analysis_failed(strategy, status, observed, reason);
             }
         }
     }
@@ -291,12 +307,7 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
         // Nothing moves before the canary's replicas are ready.
         if !observed.canary_ready {
             status.message = Some("waiting for the canary replicas to be ready".to_owned());
-            return Decision {
-                status,
-                promote: false,
-                canary: true,
-                requeue_after: Some(Duration::from_secs(2)),
-            };
+            return Decision::hold(status, Some(Duration::from_secs(2)));
         }
         match step {
             CanaryStep::SetWeight(weight) => {
@@ -320,17 +331,15 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
                     if waited < duration {
                         status.message = Some(format!("pausing for {duration:?}"));
                         let remaining = duration - waited;
-                        return Decision {
+                        return Decision::hold(
                             status,
-                            promote: false,
-                            canary: true,
-                            requeue_after: Some(
+                            Some(
                                 strategy
                                     .analysis
                                     .as_ref()
                                     .map_or(remaining, |a| interval(a).min(remaining)),
                             ),
-                        };
+                        );
                     }
                     enter_step(&mut status, index + 1, now);
                 }
@@ -342,12 +351,7 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
                         "Pause",
                         format!("step {index}: waiting to be promoted or resumed"),
                     );
-                    return Decision {
-                        status,
-                        promote: false,
-                        canary: true,
-                        requeue_after: None,
-                    };
+                    return Decision::hold(status, None);
                 }
             },
             CanaryStep::Analysis(analysis) => {
@@ -368,19 +372,7 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
                 let numbers = status.last_analysis.as_ref().map(describe).unwrap_or_default();
                 if status.analysis_failures >= analysis.failure_limit {
                     let reason = format!("analysis failed: {numbers}");
-                    if strategy.rollback.automatic {
-                        status.phase = RolloutPhase::RollingBack;
-                        record(&mut status, now, "Rollback", reason);
-                        return roll_back(strategy, status, observed, true);
-                    }
-                    status.phase = RolloutPhase::Paused;
-                    record(&mut status, now, "Pause", reason);
-                    return Decision {
-                        status,
-                        promote: false,
-                        canary: true,
-                        requeue_after: None,
-                    };
+                    return analysis_failed(strategy, status, observed, reason);
                 }
                 if status.analysis_inconclusive >= analysis.inconclusive_limit {
                     status.phase = RolloutPhase::Paused;
@@ -389,12 +381,7 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
                         status.analysis_inconclusive
                     );
                     record(&mut status, now, "Pause", reason);
-                    return Decision {
-                        status,
-                        promote: false,
-                        canary: true,
-                        requeue_after: None,
-                    };
+                    return Decision::hold(status, None);
                 }
                 if status.analysis_successes >= analysis.count {
                     let reason = format!("{} successful measurements: {numbers}", status.analysis_successes);
@@ -402,12 +389,7 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
                     enter_step(&mut status, index + 1, now);
                     continue;
                 }
-                return Decision {
-                    status,
-                    promote: false,
-                    canary: true,
-                    requeue_after: Some(interval(analysis)),
-                };
+                return Decision::hold(status, Some(interval(analysis)));
             }
         }
     }
@@ -439,16 +421,10 @@ fn drain_after_promotion(
     observed: &Observation,
 ) -> Decision {
     let now = observed.now;
-    let keep = |status: RolloutStatus, after: Duration| Decision {
-        status,
-        promote: false,
-        canary: true,
-        requeue_after: Some(after),
-    };
     if status.step_started_at.is_none() {
         if !observed.stable_ready {
             status.message = Some("promoted; waiting for stable to run the promoted revision".to_owned());
-            return keep(status, Duration::from_secs(2));
+            return Decision::hold(status, Some(Duration::from_secs(2)));
         }
         status.canary_weight = 0;
         status.step_started_at = Some(time(now));
@@ -459,10 +435,10 @@ fn drain_after_promotion(
             "stable runs the promoted revision; canary traffic moved to stable".to_owned(),
         );
     }
-    let delay = Duration::from_secs(u64::try_from(strategy.scale_down_delay_seconds).unwrap_or(0));
+    let delay = scale_down_delay(strategy);
     let waited = elapsed(status.step_started_at.as_ref(), now);
     if waited < delay {
-        return keep(status, delay - waited);
+        return Decision::hold(status, Some(delay - waited));
     }
     status.canary_revision = None;
     status.step_started_at = None;
@@ -488,12 +464,7 @@ fn roll_back(
         // Traffic moves back only to a stable track that can carry it.
         status.message = Some("scaling stable back up before moving traffic back".to_owned());
         status.step_started_at = None;
-        return Decision {
-            status,
-            promote: false,
-            canary: true,
-            requeue_after: Some(Duration::from_secs(1)),
-        };
+        return Decision::hold(status, Some(Duration::from_secs(1)));
     }
     let step_interval = parse_duration(&strategy.rollback.step_interval).unwrap_or(Duration::from_secs(5));
     match strategy.rollback.step_percent {
@@ -510,7 +481,7 @@ fn roll_back(
     if status.canary_weight == 0 {
         status.phase = RolloutPhase::Aborted;
         status.step_started_at = Some(time(now));
-        let delay = Duration::from_secs(u64::try_from(strategy.scale_down_delay_seconds).unwrap_or(0));
+        let delay = scale_down_delay(strategy);
         return Decision {
             status,
             promote: false,
@@ -518,12 +489,7 @@ fn roll_back(
             requeue_after: (!delay.is_zero()).then_some(delay),
         };
     }
-    Decision {
-        status,
-        promote: false,
-        canary: true,
-        requeue_after: Some(step_interval),
-    }
+    Decision::hold(status, Some(step_interval))
 }
 
 fn describe(result: &AnalysisResult) -> String {
