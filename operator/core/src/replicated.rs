@@ -80,7 +80,8 @@ pub struct RolloutInputs<'a> {
 /// known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RolloutChildren {
-    pub track_services: Vec<Service>,
+    pub stable_service: Service,
+    pub canary_service: Service,
     pub splitter: Deployment,
     pub splitter_account: ServiceAccount,
     pub splitter_role: Role,
@@ -156,10 +157,8 @@ pub fn build(
             inputs,
             port.port,
             RolloutChildren {
-                track_services: [STABLE, CANARY]
-                    .into_iter()
-                    .map(|track| canary::track_service(&owner, track, port.port, target_port))
-                    .collect(),
+                stable_service: canary::track_service(&owner, STABLE, port.port, target_port),
+                canary_service: canary::track_service(&owner, CANARY, port.port, target_port),
                 splitter: canary::splitter_deployment(
                     &owner,
                     inputs.splitter_image,
@@ -692,12 +691,18 @@ mod tests {
         spec
     }
 
+    /// A one-step canary strategy, and the template the live stable Deployment runs.
+    fn strategy_and_live_stable() -> (CanaryStrategy, PodTemplateSpec) {
+        (
+            serde_json::from_value(json!({"steps": [{"setWeight": 20}]})).unwrap(),
+            serde_json::from_value(json!({"spec": {"containers": [{"name": "app", "image": "app:1"}]}}))
+                .unwrap(),
+        )
+    }
+
     #[test]
     fn during_a_rollout_stable_keeps_its_live_template_and_the_canary_runs_the_spec() {
-        let strategy: CanaryStrategy = serde_json::from_value(json!({"steps": [{"setWeight": 20}]})).unwrap();
-        let live: PodTemplateSpec =
-            serde_json::from_value(json!({"spec": {"containers": [{"name": "app", "image": "app:1"}]}}))
-                .unwrap();
+        let (strategy, live) = strategy_and_live_stable();
         let decision = Decision {
             status: canary_status("Progressing", 20),
             promote: false,
@@ -746,12 +751,11 @@ mod tests {
             );
             let rollout = children.rollout.as_ref().unwrap();
             assert_eq!(rollout.splitter.spec.as_ref().unwrap().replicas, Some(2));
-            let names: Vec<_> = rollout
-                .track_services
-                .iter()
-                .filter_map(|s| s.metadata.name.clone())
-                .collect();
-            assert_eq!(names, ["web-stable", "web-canary"]);
+            let names = [&rollout.stable_service, &rollout.canary_service].map(|s| s.metadata.name.clone());
+            assert_eq!(
+                names,
+                [Some("web-stable".to_owned()), Some("web-canary".to_owned())]
+            );
             let selector = children.service.spec.unwrap().selector.unwrap();
             assert_eq!(
                 selector.contains_key(canary::SPLITTER_LABEL),
@@ -763,10 +767,7 @@ mod tests {
 
     #[test]
     fn promotion_gives_stable_the_spec_template_at_full_size() {
-        let strategy: CanaryStrategy = serde_json::from_value(json!({"steps": [{"setWeight": 20}]})).unwrap();
-        let live: PodTemplateSpec =
-            serde_json::from_value(json!({"spec": {"containers": [{"name": "app", "image": "app:1"}]}}))
-                .unwrap();
+        let (strategy, live) = strategy_and_live_stable();
         let decision = Decision {
             status: canary_status("Promoted", 20),
             promote: true,

@@ -280,6 +280,19 @@ struct Kept {
     identity: Vec<String>,
 }
 
+/// Applies one track's Service and returns the address the splitter reaches the track at.
+async fn apply_track_service(
+    applier: &Applier<'_>,
+    service: &Service,
+    keep: &mut Kept,
+) -> Result<String, Error> {
+    let live = applier.apply(to_apply_value(service)?).await?;
+    let ip = live.data["spec"]["clusterIP"].as_str().unwrap_or_default();
+    let port = live.data["spec"]["ports"][0]["port"].as_i64().unwrap_or_default();
+    keep.services.extend(service.metadata.name.clone());
+    Ok(format!("{ip}:{port}"))
+}
+
 /// Applies the splitter's identity, the track Services, the splitter configuration (which needs
 /// the tracks' addresses) and the splitter Deployment.
 async fn apply_splitter(
@@ -294,23 +307,8 @@ async fn apply_splitter(
     applier
         .apply(to_apply_value(&front.splitter_role_binding)?)
         .await?;
-    let mut endpoints = Vec::new();
-    for service in &front.track_services {
-        let live = applier.apply(to_apply_value(service)?).await?;
-        let ip = live.data["spec"]["clusterIP"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let port = live.data["spec"]["ports"][0]["port"].as_i64().unwrap_or_default();
-        endpoints.push(format!("{ip}:{port}"));
-        keep.services.extend(service.metadata.name.clone());
-    }
-    let [stable_endpoint, canary_endpoint] = <[String; 2]>::try_from(endpoints).map_err(|_| {
-        Error::Build(outrigger_core::owner::BuildError::Serialize {
-            what: "track services",
-            message: "expected a stable and a canary Service".to_owned(),
-        })
-    })?;
+    let stable_endpoint = apply_track_service(applier, &front.stable_service, keep).await?;
+    let canary_endpoint = apply_track_service(applier, &front.canary_service, keep).await?;
     let config = canary::splitter_config(&Traffic {
         stable_endpoint,
         canary_endpoint: rollout.canary_serves().then_some(canary_endpoint),

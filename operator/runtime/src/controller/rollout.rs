@@ -291,7 +291,7 @@ async fn scrape(ctx: &Context, namespace: &str, service: &str) -> (Snapshot, usi
             continue;
         };
         let address = SocketAddr::new(ip, port);
-        match tokio::time::timeout(SCRAPE_TIMEOUT, fetch_metrics(address)).await {
+        match tokio::time::timeout(SCRAPE_TIMEOUT, http_get(address, "/metrics")).await {
             Ok(Ok(text)) => {
                 snapshot.add_scrape(&text);
                 scraped += 1;
@@ -370,10 +370,6 @@ fn percent_encode(value: &str) -> String {
             other => format!("%{other:02X}"),
         })
         .collect()
-}
-
-async fn fetch_metrics(address: SocketAddr) -> Result<String, ScrapeError> {
-    http_get(address, "/metrics").await
 }
 
 async fn http_get(address: SocketAddr, path: &str) -> Result<String, ScrapeError> {
