@@ -112,7 +112,7 @@ async fn start_webhook(
     config: &WebhookConfig,
     registry: &mut Registry,
     watch_namespace: Option<&str>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let cert_config = certs::CertConfig {
         namespace: config.namespace.clone(),
         secret_name: config.secret_name.clone(),
@@ -150,25 +150,27 @@ async fn start_webhook(
         metrics: webhook::WebhookMetrics::register(registry),
     });
     let addr = config.addr;
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         if let Err(error) = webhook::serve(addr, served, injector, shutdown::signal()).await {
             tracing::error!(%error, "The webhook server stopped.");
         }
-    });
-    Ok(())
+    }))
 }
 
 /// Runs until SIGTERM, or until leadership is lost (then returns an error so the process restarts
-/// and stands for election again).
+/// and stands for election again). On SIGTERM it returns once the webhook has drained.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    if let Some(webhook) = &config.webhook {
-        start_webhook(&client, webhook, &mut registry, config.watch_namespace.as_deref()).await?;
-    }
+    let webhook_server = match &config.webhook {
+        Some(webhook) => {
+            Some(start_webhook(&client, webhook, &mut registry, config.watch_namespace.as_deref()).await?)
+        }
+        None => None,
+    };
     let state = admin::AdminState::new(registry);
     let listener = admin::bind(config.admin_addr).await?;
     tokio::spawn(admin::serve(listener, state.clone(), shutdown::signal()));
@@ -191,6 +193,24 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     // A follower is ready too: it serves the webhook and its admin endpoints and can take over.
     state.set_ready(true);
 
+    run_controllers(&config, client, ctx, &metrics).await?;
+    // Shutting down: the webhook server drains on the same signal; exiting before it has would
+    // cut the reviews still in flight.
+    if let Some(server) = webhook_server {
+        if let Err(error) = server.await {
+            tracing::error!(%error, "The webhook server task failed.");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the controllers until SIGTERM: at once without an election, otherwise once elected.
+async fn run_controllers(
+    config: &RunConfig,
+    client: Client,
+    ctx: Arc<Context>,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
     match &config.election {
         None => {
             metrics.leader.set(1);

@@ -3,14 +3,22 @@
 
 pub mod certs;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::graceful::GracefulShutdown,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
@@ -262,7 +270,20 @@ pub enum WebhookError {
     Tls(#[from] rustls::Error),
 }
 
-/// Serves HTTPS with the (rotating) certificate until `shutdown` completes.
+/// How long a stopping server waits for open connections to finish their reviews.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTPS with the (rotating) certificate until `shutdown` completes, then drains.
+///
+/// The API server keeps one HTTP/2 connection to a webhook replica and reuses it after the
+/// replica has left the Service's endpoints. Exiting with that connection open would fail the
+/// reviews in flight on it, and the `Ignore` failure policy would admit those pods without
+/// their sidecars. So on shutdown every connection is told to go away (HTTP/2 GOAWAY, or
+/// close after the current HTTP/1.1 response): the API server sends new reviews over a new
+/// connection to a live replica while this one finishes the reviews it already has.
 pub async fn serve(
     addr: SocketAddr,
     served: Arc<certs::ServedCert>,
@@ -280,6 +301,7 @@ pub async fn serve(
         .await
         .map_err(|source| WebhookError::Bind { addr, source })?;
     tracing::info!(%addr, "Webhook server listening.");
+    let connections = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -290,31 +312,42 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
         };
         let acceptor = acceptor.clone();
         let injector = injector.clone();
+        let watcher = connections.watcher();
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream)).await
-                {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, "TLS handshake failed.");
-                        return;
-                    }
-                    Err(_) => return,
-                };
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "TLS handshake failed.");
+                    return;
+                }
+                Err(_) => return,
+            };
             let service = service_fn(move |request: Request<Incoming>| {
                 let injector = injector.clone();
                 async move { Ok::<_, Infallible>(injector.handle(request).await) }
             });
-            if let Err(error) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%error, "Webhook connection ended with an error.");
             }
         });
     }
+    drop(listener);
+    tracing::info!(
+        connections = connections.count(),
+        "Webhook server stopped accepting; draining its connections."
+    );
+    match tokio::time::timeout(DRAIN_DEADLINE, connections.shutdown()).await {
+        Ok(()) => tracing::info!("Webhook connections drained."),
+        Err(_) => tracing::warn!(
+            deadline_seconds = DRAIN_DEADLINE.as_secs(),
+            "Webhook connections still open at the drain deadline; closing them."
+        ),
+    }
+    Ok(())
 }

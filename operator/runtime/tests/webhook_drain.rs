@@ -1,0 +1,223 @@
+//! A stopping webhook server tells its HTTP/2 clients to go away, still answers the review in
+//! flight, and returns once its connections have closed. Real TLS on loopback, as the API
+//! server calls it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures::SinkExt;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use k8s_openapi::jiff::Timestamp;
+use outrigger_api::common::SidecarSpec;
+use outrigger_core::inject::SidecarDefaults;
+use outrigger_operator::webhook::{certs, serve, Injector, OwnerLookup, WebhookMetrics};
+use prometheus_client::registry::Registry;
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+/// No test here should get near this; it only turns a hang into a failure.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+struct NoOwners;
+
+impl OwnerLookup for NoOwners {
+    fn sidecars(&self, _kind: &str, _namespace: &str, _name: &str) -> Option<(Vec<SidecarSpec>, String)> {
+        None
+    }
+}
+
+fn review() -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "drain-1",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": "shop",
+            "userInfo": {"username": "tester"},
+            "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "plain"},
+                "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+            }
+        }
+    }))
+    .unwrap()
+}
+
+struct Server {
+    addr: std::net::SocketAddr,
+    ca_cert: String,
+    stop: oneshot::Sender<()>,
+    stopped: tokio::task::JoinHandle<()>,
+}
+
+async fn start_server() -> Server {
+    let bundle = certs::issue(
+        &["127.0.0.1".to_owned()],
+        Duration::from_secs(3600),
+        None,
+        Timestamp::now(),
+    )
+    .unwrap();
+    let served = Arc::new(certs::ServedCert::default());
+    served.set(&bundle).unwrap();
+    let mut registry = Registry::default();
+    let injector = Arc::new(Injector {
+        owners: Arc::new(NoOwners),
+        defaults: SidecarDefaults::default(),
+        native_sidecars: false,
+        metrics: WebhookMetrics::register(&mut registry),
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let (stop, stopped_signal) = oneshot::channel::<()>();
+    let stopped = tokio::spawn(async move {
+        serve(addr, served, injector, async {
+            let _ = stopped_signal.await;
+        })
+        .await
+        .unwrap();
+    });
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Server {
+        addr,
+        ca_cert: bundle.ca_cert.clone(),
+        stop,
+        stopped,
+    }
+}
+
+type StreamedBody = StreamBody<futures::channel::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>>;
+
+/// An HTTP/2 connection over TLS, negotiated by ALPN like the API server's.
+async fn h2_client(
+    server: &Server,
+) -> (
+    hyper::client::conn::http2::SendRequest<StreamedBody>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(server.ca_cert.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+fn post(body: StreamedBody) -> http::Request<StreamedBody> {
+    http::Request::post("https://127.0.0.1/mutate")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_stopping_server_answers_the_review_in_flight_and_closes_its_connections() {
+    tokio::time::timeout(HANG_GUARD, async {
+        let server = start_server().await;
+        let (mut sender, connection) = h2_client(&server).await;
+
+        // A review whose body is still arriving when the server is told to stop.
+        let (mut body, frames) = futures::channel::mpsc::channel(4);
+        let in_flight = sender.send_request(post(StreamBody::new(frames)));
+        let in_flight = tokio::spawn(in_flight);
+        let full = review();
+        let (first, rest) = full.split_at(full.len() / 2);
+        body.send(Ok(Frame::data(Bytes::copy_from_slice(first))))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        server.stop.send(()).unwrap();
+        // The listener closes: new connections go to another replica.
+        let mut refused = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(server.addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "the stopping server still accepts connections");
+
+        body.send(Ok(Frame::data(Bytes::copy_from_slice(rest))))
+            .await
+            .unwrap();
+        drop(body);
+        let response = in_flight
+            .await
+            .unwrap()
+            .expect("the review in flight is answered");
+        assert_eq!(response.status(), 200);
+        let answer: serde_json::Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(answer["response"]["uid"], "drain-1");
+        assert_eq!(answer["response"]["allowed"], true);
+
+        // The server has said GOAWAY: the client's connection ends cleanly, and the server
+        // returns without waiting for its drain deadline.
+        connection
+            .await
+            .unwrap()
+            .expect("the connection closes without an error");
+        server.stopped.await.unwrap();
+    })
+    .await
+    .expect("the server drained");
+}
+
+#[tokio::test]
+async fn a_stopping_server_closes_idle_connections_at_once() {
+    tokio::time::timeout(HANG_GUARD, async {
+        let server = start_server().await;
+        let (mut sender, connection) = h2_client(&server).await;
+        let (mut body, frames) = futures::channel::mpsc::channel(1);
+        body.send(Ok(Frame::data(Bytes::from(review())))).await.unwrap();
+        drop(body);
+        let response = sender.send_request(post(StreamBody::new(frames))).await.unwrap();
+        assert_eq!(response.status(), 200);
+
+        server.stop.send(()).unwrap();
+        connection
+            .await
+            .unwrap()
+            .expect("the idle connection closes without an error");
+        server.stopped.await.unwrap();
+        assert!(
+            sender.ready().await.is_err(),
+            "the closed connection takes no more requests"
+        );
+    })
+    .await
+    .expect("the server drained");
+}
