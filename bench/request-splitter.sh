@@ -4,8 +4,11 @@
 # Backends: one nginx (one worker) answering `return 200 'ok'` on two loopback ports. Proxies keep
 # connections to the backends alive. Load: `wrk -t2 -c64 -d10s --latency` against the backend directly,
 # the splitter, nginx (`upstream` weights 9:1) and HAProxy (`weight 90` / `weight 10`), with one worker
-# (thread / process) each and then two. Then a moderate load (`-t1 -c8`) for the latency the proxy
-# adds when it is not saturated. Everything runs in this one script so that the anchors and the
+# (thread / process) each and then two. Then a moderate load for the latency the proxy adds when it
+# is not saturated: `-t1 -c8`, each connection pausing MODERATE_PAUSE_MS (1) between a response and
+# its next request (wrk's `delay()` hook; the pause is not part of the measured latency), so that
+# wrk offers a paced load of some thousands of requests per second instead of as many as the machine
+# can answer. Everything runs in this one script so that the anchors and the
 # splitter are measured in the same run, on the same cores.
 #
 # Per proxy it reports requests/s, p50 and p99 latency, RSS (VmRSS summed over the proxy's processes
@@ -18,7 +21,7 @@
 # alike instead of skewing whichever ran at the wrong moment.
 #
 # Usage: bench/request-splitter.sh            (installs wrk, nginx and haproxy with apt-get if missing)
-# Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (2s), ROUNDS (3),
+# Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (2s), ROUNDS (3), MODERATE_PAUSE_MS (1),
 #              BASE_PORT (18080), WORKER_COUNTS ("1 2"), CARGO_TARGET_DIR (where the release build goes).
 # This is a benchmark, not a test: it asserts nothing.
 set -euo pipefail
@@ -29,6 +32,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 WARMUP=${WARMUP:-2s}
 ROUNDS=${ROUNDS:-3}
+MODERATE_PAUSE_MS=${MODERATE_PAUSE_MS:-1}
 BASE_PORT=${BASE_PORT:-18080}
 WORKER_COUNTS=${WORKER_COUNTS:-"1 2"}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
@@ -229,18 +233,20 @@ median() {
 }
 
 # measure <key> <port> <threads> <connections> [proxy pid]: one wrk run, added to the key's samples.
+# Extra wrk arguments (a pacing script) come from the array `wrk_extra`.
 declare -A rps_samples p50_samples p99_samples cpu_samples rss_last errors_seen
+wrk_extra=()
 measure() {
   local key=$1 port=$2 threads=$3 connections=$4 pid=${5:-}
   local url="http://127.0.0.1:$port/"
-  wrk -t"$threads" -c"$connections" -d"$WARMUP" "$url" >/dev/null
+  wrk -t"$threads" -c"$connections" -d"$WARMUP" "${wrk_extra[@]}" "$url" >/dev/null
   local pids=() before=0
   if [ -n "$pid" ]; then
     read -r -a pids <<<"$(pids_of "$pid")"
     before=$(cpu_ticks "${pids[@]}")
   fi
   local out rps requests p50 p99 errors
-  out=$(wrk -t"$threads" -c"$connections" -d"$DURATION" --latency "$url")
+  out=$(wrk -t"$threads" -c"$connections" -d"$DURATION" --latency "${wrk_extra[@]}" "$url")
   rps=$(echo "$out" | awk '/^Requests\/sec:/ {printf "%.0f", $2}')
   requests=$(echo "$out" | awk '/requests in/ {print $1}')
   p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
@@ -321,6 +327,8 @@ for workers in $WORKER_COUNTS; do
   fi
   if [ "$workers" = 1 ]; then
     # Moderate load: the latency a proxy adds when it is not saturated.
+    printf 'function delay()\n  return %d\nend\n' "$MODERATE_PAUSE_MS" >"$work/pace.lua"
+    wrk_extra=(-s "$work/pace.lua")
     for round in $(seq 1 "$ROUNDS"); do
       echo "[bench] moderate load, round $round of $ROUNDS" >&2
       measure "direct-moderate" "$STABLE_PORT" 1 8
@@ -328,8 +336,9 @@ for workers in $WORKER_COUNTS; do
       measure "nginx-moderate" "$NGINX_PORT" 1 8 "$nginx_pid"
       measure "haproxy-moderate" "$HAPROXY_PORT" 1 8 "$haproxy_pid"
     done
+    wrk_extra=()
     saved=("${table[@]}")
-    table=("" "**Moderate load**, 1 worker, \`wrk -t1 -c8 -d$DURATION --latency\`, median of $ROUNDS interleaved rounds" "" "$header" "$rule")
+    table=("" "**Moderate load**, 1 worker, \`wrk -t1 -c8 -d$DURATION --latency -s pace.lua\` (each connection pauses ${MODERATE_PAUSE_MS} ms between requests), median of $ROUNDS interleaved rounds" "" "$header" "$rule")
     row "direct-moderate" "direct (backend)" "direct-moderate"
     row "splitter-moderate" "request splitter (1 worker)" "direct-moderate"
     row "nginx-moderate" "nginx (1 worker)" "direct-moderate"
