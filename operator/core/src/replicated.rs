@@ -68,6 +68,8 @@ pub struct Children {
 pub struct RolloutInputs<'a> {
     pub strategy: &'a CanaryStrategy,
     pub decision: &'a Decision,
+    /// Replicas of the new version before a blue-green switch; `None` for a canary.
+    pub preview_replicas: Option<i32>,
     /// Template and revision the live stable Deployment runs, when it exists.
     pub live_stable: Option<(&'a PodTemplateSpec, &'a str)>,
     pub splitter_image: &'a str,
@@ -111,6 +113,7 @@ pub fn build(
             spec.replicas,
             Some(&inputs.decision.status),
             inputs.decision.canary,
+            inputs.preview_replicas,
         ),
         None => (spec.replicas, 0),
     };
@@ -726,6 +729,7 @@ mod tests {
             let inputs = RolloutInputs {
                 strategy: &strategy,
                 decision: &decision,
+                preview_replicas: None,
                 live_stable: Some((&live, "rev-1")),
                 splitter_image: "outrigger/request-splitter:dev",
                 splitter_ready,
@@ -766,6 +770,32 @@ mod tests {
     }
 
     #[test]
+    fn a_blue_green_preview_runs_at_its_own_size_beside_a_full_stable() {
+        let (strategy, live) = strategy_and_live_stable();
+        let decision = Decision {
+            status: canary_status("Progressing", 0),
+            promote: false,
+            canary: true,
+            requeue_after: None,
+        };
+        let inputs = RolloutInputs {
+            strategy: &strategy,
+            decision: &decision,
+            preview_replicas: Some(3),
+            live_stable: Some((&live, "rev-1")),
+            splitter_image: "splitter",
+            splitter_ready: true,
+        };
+        let children = build(&rsvc(rollout_spec()), PdbApi::None, Some(&inputs)).unwrap();
+        let replicas: Vec<_> = children
+            .deployments
+            .iter()
+            .map(|d| d.spec.as_ref().unwrap().replicas.unwrap())
+            .collect();
+        assert_eq!(replicas, [5, 3]);
+    }
+
+    #[test]
     fn promotion_gives_stable_the_spec_template_at_full_size() {
         let (strategy, live) = strategy_and_live_stable();
         let decision = Decision {
@@ -777,6 +807,7 @@ mod tests {
         let inputs = RolloutInputs {
             strategy: &strategy,
             decision: &decision,
+            preview_replicas: None,
             live_stable: Some((&live, "rev-1")),
             splitter_image: "splitter",
             splitter_ready: true,

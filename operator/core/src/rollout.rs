@@ -514,20 +514,38 @@ fn describe(result: &AnalysisResult) -> String {
 /// Replicas of the stable and canary tracks: the canary in proportion to its weight (at least one
 /// while it exists), stable the rest — except while rolling back or after promotion, when stable
 /// is back at full size before traffic moves to it.
-pub fn replica_split(total: i32, status: Option<&RolloutStatus>, canary: bool) -> (i32, i32) {
+pub fn replica_split(
+    total: i32,
+    status: Option<&RolloutStatus>,
+    canary: bool,
+    preview: Option<i32>,
+) -> (i32, i32) {
     let Some(status) = status.filter(|_| canary) else {
         return (total, 0);
     };
     let weight = status.canary_weight.clamp(0, 100);
     let canary_replicas = ((total * weight + 99) / 100).max(1);
-    match status.phase {
-        RolloutPhase::RollingBack | RolloutPhase::Aborted | RolloutPhase::Promoted => {
+    match (status.phase, preview) {
+        (RolloutPhase::RollingBack | RolloutPhase::Aborted | RolloutPhase::Promoted, _) => {
             (total, canary_replicas)
         }
+        // Blue-green: the old version keeps every replica until the switch is over, and the new
+        // one runs at its preview size until it takes all traffic.
+        (_, Some(preview)) if weight < 100 => (total, preview.max(1)),
+        (_, Some(_)) => (total, total),
         _ => (
             (total - total * weight / 100).max(if weight < 100 { 1 } else { 0 }),
             canary_replicas,
         ),
+    }
+}
+
+/// Replicas of the new version before a blue-green switch (`previewReplicas`, by default the
+/// service's); `None` for a canary, whose replicas follow its weight.
+pub fn preview_replicas(strategy: &Strategy, service_replicas: i32) -> Option<i32> {
+    match strategy {
+        Strategy::Canary(_) => None,
+        Strategy::BlueGreen(blue_green) => Some(blue_green.preview_replicas.unwrap_or(service_replicas)),
     }
 }
 
@@ -684,7 +702,7 @@ mod tests {
             (RolloutPhase::RollingBack, 35)
         );
         assert_eq!(
-            replica_split(4, Some(&d.status), d.canary),
+            replica_split(4, Some(&d.status), d.canary, None),
             (4, 2),
             "stable is back at full size first"
         );
@@ -703,7 +721,7 @@ mod tests {
     fn an_abort_moves_traffic_back_only_once_stable_is_back_at_full_size() {
         let s = strategy(json!([{"setWeight": 40}, {"pause": {}}]));
         let d = next(&s, None, &observe(0, "a", "b"));
-        assert_eq!(replica_split(5, Some(&d.status), d.canary), (3, 2));
+        assert_eq!(replica_split(5, Some(&d.status), d.canary, None), (3, 2));
         let mut abort = observe(1, "a", "b");
         abort.control = Control::Abort;
         abort.stable_ready = false;
@@ -713,7 +731,7 @@ mod tests {
             (RolloutPhase::RollingBack, 40)
         );
         assert_eq!(
-            replica_split(5, Some(&d.status), d.canary),
+            replica_split(5, Some(&d.status), d.canary, None),
             (5, 2),
             "stable scales up first"
         );
@@ -870,19 +888,27 @@ mod tests {
             ..RolloutStatus::default()
         };
         let cases = [
-            (10, 0, RolloutPhase::Progressing, true, (10, 1)),
-            (10, 10, RolloutPhase::Progressing, true, (9, 1)),
-            (10, 50, RolloutPhase::Progressing, true, (5, 5)),
-            (4, 30, RolloutPhase::Progressing, true, (3, 2)),
-            (10, 100, RolloutPhase::Progressing, true, (0, 10)),
-            (10, 30, RolloutPhase::RollingBack, true, (10, 3)),
-            (10, 30, RolloutPhase::Progressing, false, (10, 0)),
+            (10, 0, RolloutPhase::Progressing, true, None, (10, 1)),
+            (10, 10, RolloutPhase::Progressing, true, None, (9, 1)),
+            (10, 50, RolloutPhase::Progressing, true, None, (5, 5)),
+            (4, 30, RolloutPhase::Progressing, true, None, (3, 2)),
+            (10, 100, RolloutPhase::Progressing, true, None, (0, 10)),
+            (10, 30, RolloutPhase::RollingBack, true, None, (10, 3)),
+            (10, 30, RolloutPhase::Progressing, false, None, (10, 0)),
+            // Blue-green: full size on both sides until the switch is over.
+            (4, 0, RolloutPhase::Progressing, true, Some(4), (4, 4)),
+            (4, 0, RolloutPhase::Paused, true, Some(2), (4, 2)),
+            (4, 0, RolloutPhase::Progressing, true, Some(0), (4, 1)),
+            (4, 100, RolloutPhase::Progressing, true, Some(2), (4, 4)),
+            (4, 100, RolloutPhase::Promoted, true, Some(2), (4, 4)),
+            (4, 0, RolloutPhase::Aborted, true, Some(4), (4, 1)),
+            (4, 0, RolloutPhase::Progressing, false, Some(4), (4, 0)),
         ];
-        for (total, weight, phase, canary, expected) in cases {
+        for (total, weight, phase, canary, preview, expected) in cases {
             assert_eq!(
-                replica_split(total, Some(&status(weight, phase)), canary),
+                replica_split(total, Some(&status(weight, phase)), canary, preview),
                 expected,
-                "{total} {weight} {phase:?}"
+                "{total} {weight} {phase:?} {preview:?}"
             );
         }
     }

@@ -212,6 +212,7 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
     let inputs = rollout.as_ref().map(|rollout| RolloutInputs {
         strategy: &rollout.plan,
         decision: &rollout.decision,
+        preview_replicas: rollout.preview_replicas,
         live_stable: rollout.live_stable_template(),
         splitter_image: &ctx.splitter_image,
         splitter_ready: rollout.splitter_ready,

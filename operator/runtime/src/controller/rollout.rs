@@ -94,6 +94,8 @@ impl Baselines {
 /// What the rollout step decided, with what the build needs from the reads.
 pub struct Rollout {
     pub plan: CanaryStrategy,
+    /// Replicas of the new version before a blue-green switch; `None` for a canary.
+    pub preview_replicas: Option<i32>,
     pub decision: Decision,
     pub live_stable: Option<Deployment>,
     /// The canary runs the desired template with all its replicas ready.
@@ -257,6 +259,7 @@ pub async fn decide(
     }
     Ok(Rollout {
         plan,
+        preview_replicas: rollout::preview_replicas(&strategy.spec.strategy, rsvc.spec.replicas),
         decision,
         live_stable,
         canary_ready,
