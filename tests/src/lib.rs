@@ -255,6 +255,21 @@ pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     http_get_from(&format!("127.0.0.1:{port}"), path)
 }
 
+/// The Service's `ClusterIP:port` (its first port) once its selector sends clients to the rollout's
+/// request splitter; `None` before that.
+pub async fn splitter_fronted_address(
+    services: &kube::Api<k8s_openapi::api::core::v1::Service>,
+    name: &str,
+) -> anyhow::Result<Option<String>> {
+    let spec = services.get(name).await?.spec.unwrap_or_default();
+    let fronted = spec
+        .selector
+        .unwrap_or_default()
+        .contains_key("outrigger.dev/splitter");
+    let port = spec.ports.unwrap_or_default().first().map_or(80, |p| p.port);
+    Ok(fronted.then(|| format!("{}:{port}", spec.cluster_ip.unwrap_or_default())))
+}
+
 /// A plain HTTP/1.0 GET to `address` (`ip:port`: loopback, or a Service or pod IP of the local
 /// cluster); returns status and body.
 pub fn http_get_from(address: &str, path: &str) -> anyhow::Result<(u16, String)> {

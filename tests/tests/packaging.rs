@@ -519,17 +519,10 @@ impl Installation {
         // Requests reach the app through the rollout's splitter and each pod's injected splitter.
         let services: Api<Service> = Api::namespaced(admin_client().await.unwrap(), &self.app_ns.name);
         eventually("an answer of the app through the Service", WAIT, || async {
-            let service = services.get("web").await?;
-            let spec = service.spec.unwrap_or_default();
-            let fronted = spec
-                .selector
-                .unwrap_or_default()
-                .contains_key("outrigger.dev/splitter");
-            let ip = spec.cluster_ip.unwrap_or_default();
-            if !fronted {
+            let Some(address) = outrigger_tests::splitter_fronted_address(&services, "web").await? else {
                 return Ok(None);
-            }
-            let answer = outrigger_tests::http_get_from(&format!("{ip}:80"), "/hello")?;
+            };
+            let answer = outrigger_tests::http_get_from(&address, "/hello")?;
             Ok((answer.0 == 200 && answer.1.contains("version=")).then_some(()))
         })
         .await

@@ -211,16 +211,12 @@ async fn ready_behind_the_splitter(client: &kube::Client, namespace: &str) -> an
                 .rollout
                 .as_ref()
                 .is_some_and(|r| r.phase == RolloutPhase::Healthy);
-        let service = services.get("web").await?;
-        let spec = service.spec.unwrap_or_default();
-        let fronted = spec
-            .selector
-            .unwrap_or_default()
-            .contains_key("outrigger.dev/splitter");
-        let ip = spec.cluster_ip.unwrap_or_default();
+        let Some(address) = outrigger_tests::splitter_fronted_address(&services, "web").await? else {
+            return Ok(None);
+        };
         // The Service answers only once kube-proxy routes it to a ready splitter.
-        let answers = fronted && ready && request(&format!("{ip}:80")).status == 200;
-        Ok(answers.then(|| format!("{ip}:80")))
+        let answers = ready && request(&address).status == 200;
+        Ok(answers.then_some(address))
     })
     .await
 }

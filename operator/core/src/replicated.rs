@@ -703,15 +703,34 @@ mod tests {
         )
     }
 
-    #[test]
-    fn during_a_rollout_stable_keeps_its_live_template_and_the_canary_runs_the_spec() {
+    /// The children of `rollout_spec()` while a rollout in `phase` at `weight` runs.
+    fn build_during_rollout(
+        phase: &str,
+        weight: i32,
+        promote: bool,
+        preview_replicas: Option<i32>,
+        splitter_ready: bool,
+    ) -> Children {
         let (strategy, live) = strategy_and_live_stable();
         let decision = Decision {
-            status: canary_status("Progressing", 20),
-            promote: false,
+            status: canary_status(phase, weight),
+            promote,
             canary: true,
             requeue_after: None,
         };
+        let inputs = RolloutInputs {
+            strategy: &strategy,
+            decision: &decision,
+            preview_replicas,
+            live_stable: Some((&live, "rev-1")),
+            splitter_image: "outrigger/request-splitter:dev",
+            splitter_ready,
+        };
+        build(&rsvc(rollout_spec()), PdbApi::None, Some(&inputs)).unwrap()
+    }
+
+    #[test]
+    fn during_a_rollout_stable_keeps_its_live_template_and_the_canary_runs_the_spec() {
         let image = |d: &Deployment| {
             d.spec
                 .as_ref()
@@ -726,15 +745,7 @@ mod tests {
                 .unwrap()
         };
         for splitter_ready in [false, true] {
-            let inputs = RolloutInputs {
-                strategy: &strategy,
-                decision: &decision,
-                preview_replicas: None,
-                live_stable: Some((&live, "rev-1")),
-                splitter_image: "outrigger/request-splitter:dev",
-                splitter_ready,
-            };
-            let children = build(&rsvc(rollout_spec()), PdbApi::None, Some(&inputs)).unwrap();
+            let children = build_during_rollout("Progressing", 20, false, None, splitter_ready);
             let [stable, canary] = children.deployments.as_slice() else {
                 panic!("two tracks expected")
             };
@@ -771,22 +782,7 @@ mod tests {
 
     #[test]
     fn a_blue_green_preview_runs_at_its_own_size_beside_a_full_stable() {
-        let (strategy, live) = strategy_and_live_stable();
-        let decision = Decision {
-            status: canary_status("Progressing", 0),
-            promote: false,
-            canary: true,
-            requeue_after: None,
-        };
-        let inputs = RolloutInputs {
-            strategy: &strategy,
-            decision: &decision,
-            preview_replicas: Some(3),
-            live_stable: Some((&live, "rev-1")),
-            splitter_image: "splitter",
-            splitter_ready: true,
-        };
-        let children = build(&rsvc(rollout_spec()), PdbApi::None, Some(&inputs)).unwrap();
+        let children = build_during_rollout("Progressing", 0, false, Some(3), true);
         let replicas: Vec<_> = children
             .deployments
             .iter()
@@ -797,22 +793,7 @@ mod tests {
 
     #[test]
     fn promotion_gives_stable_the_spec_template_at_full_size() {
-        let (strategy, live) = strategy_and_live_stable();
-        let decision = Decision {
-            status: canary_status("Promoted", 20),
-            promote: true,
-            canary: true,
-            requeue_after: None,
-        };
-        let inputs = RolloutInputs {
-            strategy: &strategy,
-            decision: &decision,
-            preview_replicas: None,
-            live_stable: Some((&live, "rev-1")),
-            splitter_image: "splitter",
-            splitter_ready: true,
-        };
-        let children = build(&rsvc(rollout_spec()), PdbApi::None, Some(&inputs)).unwrap();
+        let children = build_during_rollout("Promoted", 20, true, None, true);
         let stable = &children.deployments[0];
         let spec = stable.spec.as_ref().unwrap();
         assert_eq!(
