@@ -103,9 +103,15 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     if buffer.is_empty() {
         return Ok(None);
     }
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut slots);
-    let length = match response.parse(buffer) {
+    // Uninitialised slots: filling a hundred of them for every response costs more than parsing.
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buffer,
+        &mut slots,
+    );
+    let length = match parsed {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) if buffer.len() > MAX_HEAD_BYTES => return Err(H1Error::HeadTooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -121,18 +127,16 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         Version::HTTP_11
     };
     let base = buffer.as_ptr().addr();
-    let spans: Vec<(HeaderName, usize, usize)> = response
-        .headers
-        .iter()
-        .map(|field| {
-            let name = HeaderName::from_bytes(field.name.as_bytes())
-                .map_err(|_| H1Error::Malformed("header name"))?;
-            let start = field.value.as_ptr().addr() - base;
-            Ok((name, start, start + field.value.len()))
-        })
-        .collect::<Result<_, H1Error>>()?;
+    let mut spans = Vec::with_capacity(response.headers.len());
+    for field in response.headers.iter() {
+        let name =
+            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| H1Error::Malformed("header name"))?;
+        let start = field.value.as_ptr().addr() - base;
+        spans.push((name, start, start + field.value.len()));
+    }
     let head = buffer.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // One more for the `x-request-id` the proxy adds to every response.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
     for (name, start, end) in spans {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| H1Error::Malformed("header value"))?;

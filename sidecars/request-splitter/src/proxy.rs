@@ -675,57 +675,88 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
         .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+/// The headers that belong to one connection (RFC 9110 §7.6.1), each with a bit of its own so
+/// that one pass over a message's names tells which of them it carries.
+const HOP_BY_HOP: [(&str, u8); 7] = [
+    ("connection", 1),
+    ("te", 1 << 1),
+    ("trailer", 1 << 2),
+    ("transfer-encoding", 1 << 3),
+    ("upgrade", 1 << 4),
+    ("keep-alive", 1 << 5),
+    ("proxy-connection", 1 << 6),
+];
+const CONNECTION_BIT: u8 = 1;
+const TE_BIT: u8 = 1 << 1;
+const UPGRADE_BIT: u8 = 1 << 4;
+
+/// The bit of a hop-by-hop header name, compared without regard to case; 0 for any other name.
+fn hop_by_hop_bit(name: &[u8]) -> u8 {
+    HOP_BY_HOP
+        .iter()
+        .find(|(hop, _)| name.eq_ignore_ascii_case(hop.as_bytes()))
+        .map_or(0, |(_, bit)| *bit)
 }
 
 /// Removes the headers that belong to one connection (RFC 9110 §7.6.1), keeping `connection` and
-/// `upgrade` for an upgrade, and `te: trailers` (which gRPC needs end to end).
+/// `upgrade` for an upgrade, and `te: trailers` (which gRPC needs end to end). Messages without
+/// them (most HTTP/2) cost one pass over the names; a `connection: keep-alive` costs no allocation.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if !headers.keys().any(is_hop_by_hop) {
+    let present = headers
+        .keys()
+        .fold(0, |bits, name| bits | hop_by_hop_bit(name.as_str().as_bytes()));
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    let mut remove = present & !(CONNECTION_BIT | UPGRADE_BIT);
+    // Other headers `connection` names go too. Options such as `close` rarely name a header that
+    // is there, so a name is only made (an allocation) for one that is.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    let mut te_listed = false;
+    let tokens = headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
-        .collect();
-    for name in named {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(name);
+        .map(<[u8]>::trim_ascii);
+    for token in tokens {
+        match hop_by_hop_bit(token) {
+            0 => {
+                let present = std::str::from_utf8(token).is_ok_and(|name| headers.contains_key(name));
+                if present {
+                    listed.extend(HeaderName::from_bytes(token).ok());
+                }
+            }
+            TE_BIT => te_listed = true,
+            _ => {}
         }
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in [
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-    ] {
-        if !(te_trailers && name == header::TE) {
+    for name in listed {
+        headers.remove(name);
+    }
+    let te_trailers = !te_listed
+        && headers
+            .get(header::TE)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if te_trailers {
+        remove &= !TE_BIT;
+    }
+    for (name, bit) in HOP_BY_HOP {
+        if remove & bit != 0 {
             headers.remove(name);
         }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
+        if present & CONNECTION_BIT != 0 {
+            headers.remove(header::CONNECTION);
+        }
+        if present & UPGRADE_BIT != 0 {
+            headers.remove(header::UPGRADE);
+        }
     }
 }
 
@@ -796,6 +827,27 @@ mod tests {
         let mut map = headers(&[("te", "trailers")]);
         strip_hop_by_hop(&mut map, false);
         assert_eq!(map["te"], "trailers");
+    }
+
+    #[test]
+    fn te_goes_when_connection_names_it_and_any_named_header_goes() {
+        let mut map = headers(&[("connection", "TE, close"), ("te", "trailers"), ("x-keep", "yes")]);
+        strip_hop_by_hop(&mut map, false);
+        assert_eq!(map.len(), 1, "{map:?}");
+        let mut map = headers(&[
+            ("connection", "close"),
+            ("close", "named, so it goes"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut map, false);
+        assert_eq!(map.len(), 1, "{map:?}");
+        let mut map = headers(&[
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "x-sum"),
+            ("x-keep", "yes"),
+        ]);
+        strip_hop_by_hop(&mut map, false);
+        assert_eq!(map.len(), 1, "{map:?}");
     }
 
     #[test]
