@@ -21,6 +21,14 @@
 # alike instead of skewing whichever ran at the wrong moment.
 #
 # Usage: bench/request-splitter.sh            (installs wrk, nginx and haproxy with apt-get if missing)
+#        bench/request-splitter.sh work       the work each proxy does per request, counted instead of
+#                                             timed (see below); also installs valgrind and linux-perf
+#
+# `work` mode counts, for the splitter, nginx and HAProxy with one worker each: system calls (perf's
+# tracepoint, at full speed) and TCP segments (/proc/net/snmp) per request under
+# `wrk -t2 -c64`, and the instructions the proxy runs in user space per request (callgrind, with the
+# proxy under valgrind and `wrk -t1 -c16`). Counts do not depend on who wins the two cores, so they
+# compare the proxies where the timed runs cannot tell them apart.
 # Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (2s), ROUNDS (3), MODERATE_PAUSE_MS (1),
 #              BASE_PORT (18080), WORKER_COUNTS ("1 2"), CARGO_TARGET_DIR (where the release build goes).
 # This is a benchmark, not a test: it asserts nothing.
@@ -47,13 +55,18 @@ LOGGING_PORT=$((BASE_PORT + 14))
 LOGGING_ADMIN=$((BASE_PORT + 15))
 
 missing=()
+MODE=${1:-time}
 for tool in wrk nginx haproxy; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+if [ "$MODE" = work ]; then
+  command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+  command -v perf >/dev/null 2>&1 || missing+=(linux-perf)
+fi
 if ((${#missing[@]})); then
   echo "[bench] installing ${missing[*]}" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx haproxy >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # The binary that ships: statically linked, built as hack/images.sh builds it.
@@ -74,9 +87,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# WAIT_TRIES × 50 ms: longer under valgrind, which starts a proxy in seconds.
+WAIT_TRIES=100
 wait_for_port() {
   local port=$1
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 "$WAIT_TRIES"); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
     sleep 0.05
   done
@@ -139,7 +154,8 @@ wait_for_port "$STABLE_PORT"
 wait_for_port "$CANARY_PORT"
 
 # --- proxies --------------------------------------------------------------------------------------
-# Each start_* sets proxy_pid.
+# Each start_* sets proxy_pid. `launch` is put before the proxy's command (valgrind in work mode).
+launch=()
 start_splitter() {
   local workers=$1 port=$2 admin=$3 access_log=${4:-false}
   cat >"$work/splitter-$port.json" <<EOF
@@ -155,7 +171,7 @@ start_splitter() {
 EOF
   local log=warn
   [ "$access_log" = true ] && log=info
-  "$SPLITTER_BIN" --config "$work/splitter-$port.json" --admin-addr "127.0.0.1:$admin" \
+  "${launch[@]}" "$SPLITTER_BIN" --config "$work/splitter-$port.json" --admin-addr "127.0.0.1:$admin" \
     --workers "$workers" --log "$log" >/dev/null 2>"$work/splitter-$port.err" &
   proxy_pid=$!
   started+=("$proxy_pid")
@@ -189,7 +205,7 @@ http {
   }
 }
 EOF
-  nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+  "${launch[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
   proxy_pid=$!
   started+=("$proxy_pid")
   wait_for_port "$NGINX_PORT"
@@ -216,7 +232,7 @@ backend versions
   server stable 127.0.0.1:$STABLE_PORT weight 90
   server canary 127.0.0.1:$CANARY_PORT weight 10
 EOF
-  haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>"$work/haproxy.err" &
+  "${launch[@]}" haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>"$work/haproxy.err" &
   proxy_pid=$!
   started+=("$proxy_pid")
   wait_for_port "$HAPROXY_PORT"
@@ -288,6 +304,97 @@ row() {
   local errors=${errors_seen[$key]:-}
   table+=("| $label | $rps | $ratio | $p50 | $p99 | $rss | $cpu |${errors:+ errors: $errors}")
 }
+
+# --- work mode ------------------------------------------------------------------------------------
+# The system's TCP segments sent so far (loopback counts each segment once).
+tcp_out_segments() {
+  awk '/^Tcp:/ { if (++n == 1) { for (i = 1; i <= NF; i++) if ($i == "OutSegs") col = i } else print $col }' /proc/net/snmp
+}
+
+declare -A counted
+# count_calls <key> <port> <pid>: system calls of the proxy and TCP segments of the whole machine,
+# per request, at full speed.
+count_calls() {
+  local key=$1 port=$2 pid=$3 pids before after requests
+  pids=$(pids_of "$pid" | tr ' ' ',')
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$port/" >/dev/null
+  before=$(tcp_out_segments)
+  perf stat -x, -e raw_syscalls:sys_enter -p "$pids" -o "$work/perf.txt" -- \
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$port/" >"$work/wrk.txt"
+  after=$(tcp_out_segments)
+  requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+  counted[$key-requests]=$requests
+  counted[$key-syscalls]=$(awk -F, -v n="$requests" '/raw_syscalls:sys_enter/ {printf "%.2f", $1 / n}' "$work/perf.txt")
+  counted[$key-segments]=$(awk -v d="$((after - before))" -v n="$requests" 'BEGIN {printf "%.2f", d / n}')
+  echo "[bench] $key: ${counted[$key-syscalls]} system calls, ${counted[$key-segments]} segments per request" >&2
+}
+
+# instructions_of <duration> <port> <start command...>: starts the proxy under callgrind, runs wrk
+# against it for the duration and stops it. Sets run_instructions (what all its processes ran in
+# user space) and run_requests (what wrk completed).
+instructions_of() {
+  local duration=$1 port=$2
+  shift 2
+  # Writable by all: nginx's worker runs as nobody.
+  chmod o+x "$work"
+  rm -rf "$work/callgrind"
+  mkdir -m 1777 "$work/callgrind"
+  launch=(valgrind -q --vgdb=no --tool=callgrind --trace-children=yes "--callgrind-out-file=$work/callgrind/%p")
+  WAIT_TRIES=600
+  "$@"
+  launch=()
+  WAIT_TRIES=100
+  wrk -t1 -c16 -d"$duration" "http://127.0.0.1:$port/" >"$work/wrk.txt"
+  stop "$proxy_pid"
+  # nginx's worker may still be writing its profile after the master has gone.
+  sleep 2
+  run_instructions=$(cat "$work"/callgrind/* | awk '/^totals:/ {sum += $2} END {printf "%.0f", sum}')
+  run_requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+}
+
+# count_instructions <key> <port> <start command...>: user-space instructions per request, as the
+# difference between a short and a long run, so that starting and stopping cancel out.
+count_instructions() {
+  local key=$1 port=$2
+  shift 2
+  instructions_of "$WARMUP" "$port" "$@"
+  local short_instructions=$run_instructions short_requests=$run_requests
+  instructions_of "$DURATION" "$port" "$@"
+  counted[$key-instructions]=$(awk -v a="$short_instructions" -v b="$run_instructions" \
+    -v m="$short_requests" -v n="$run_requests" 'BEGIN {printf "%.0f", (b - a) / (n - m)}')
+  echo "[bench] $key: ${counted[$key-instructions]} user-space instructions per request ($((run_requests - short_requests)) requests apart)" >&2
+}
+
+if [ "$MODE" = work ]; then
+  start_splitter 1 "$SPLITTER_PORT" "$SPLITTER_ADMIN"
+  count_calls splitter "$SPLITTER_PORT" "$proxy_pid"
+  stop "$proxy_pid"
+  start_nginx 1
+  count_calls nginx "$NGINX_PORT" "$proxy_pid"
+  stop "$proxy_pid"
+  start_haproxy 1
+  count_calls haproxy "$HAPROXY_PORT" "$proxy_pid"
+  stop "$proxy_pid"
+  count_instructions splitter "$SPLITTER_PORT" start_splitter 1 "$SPLITTER_PORT" "$SPLITTER_ADMIN"
+  count_instructions nginx "$NGINX_PORT" start_nginx 1
+  count_instructions haproxy "$HAPROXY_PORT" start_haproxy 1
+  echo
+  echo "Machine: $(nproc) cores, $(uname -r); $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(valgrind --version)"
+  echo
+  echo "Work per request, 1 worker each: calls and segments under \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION\`, instructions under callgrind and \`wrk -t1 -c16\` (a $DURATION run less a $WARMUP one)"
+  echo
+  echo "| proxy | system calls | TCP segments (whole machine) | user-space instructions |"
+  echo "| --- | --- | --- | --- |"
+  for key in splitter nginx haproxy; do
+    case $key in
+      splitter) label="request splitter" ;;
+      nginx) label="nginx" ;;
+      haproxy) label="HAProxy" ;;
+    esac
+    echo "| $label | ${counted[$key-syscalls]} | ${counted[$key-segments]} | ${counted[$key-instructions]} |"
+  done
+  exit 0
+fi
 
 header="| target | req/s | ratio to direct | p50 ms | p99 ms | proxy RSS | proxy CPU per request |"
 rule="| --- | --- | --- | --- | --- | --- | --- |"
