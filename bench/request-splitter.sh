@@ -323,7 +323,6 @@ count_calls() {
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$port/" >"$work/wrk.txt"
   after=$(tcp_out_segments)
   requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
-  counted[$key-requests]=$requests
   counted[$key-syscalls]=$(awk -F, -v n="$requests" '/raw_syscalls:sys_enter/ {printf "%.2f", $1 / n}' "$work/perf.txt")
   counted[$key-segments]=$(awk -v d="$((after - before))" -v n="$requests" 'BEGIN {printf "%.2f", d / n}')
   echo "[bench] $key: ${counted[$key-syscalls]} system calls, ${counted[$key-segments]} segments per request" >&2

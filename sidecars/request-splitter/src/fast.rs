@@ -222,7 +222,6 @@ fn parse_request(buffer: &mut BytesMut, max_head: usize, spans: &mut Vec<HeaderS
     let path_start = path.as_ptr().addr() - base;
     let path_end = path_start + path.len();
     spans.clear();
-    let count = parsed.headers.len();
     let (mut close, mut keep_alive, mut trailers) = (false, false, false);
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
@@ -260,7 +259,7 @@ fn parse_request(buffer: &mut BytesMut, max_head: usize, spans: &mut Vec<HeaderS
         *buffer = restored;
         return Parsed::HandOff;
     };
-    let mut headers = HeaderMap::with_capacity(count + ADDED_HEADERS);
+    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_HEADERS);
     for span in spans.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&head_bytes[span.name.0..span.name.1]),

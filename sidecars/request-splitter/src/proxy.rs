@@ -678,20 +678,21 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
 static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+const CONNECTION_BIT: u8 = 1;
+const TE_BIT: u8 = 1 << 1;
+const UPGRADE_BIT: u8 = 1 << 2;
+
 /// The headers that belong to one connection (RFC 9110 §7.6.1), each with a bit of its own so
 /// that one pass over a message's names tells which of them it carries.
 const HOP_BY_HOP: [(&str, u8); 7] = [
-    ("connection", 1),
-    ("te", 1 << 1),
-    ("trailer", 1 << 2),
-    ("transfer-encoding", 1 << 3),
-    ("upgrade", 1 << 4),
+    ("connection", CONNECTION_BIT),
+    ("te", TE_BIT),
+    ("upgrade", UPGRADE_BIT),
+    ("trailer", 1 << 3),
+    ("transfer-encoding", 1 << 4),
     ("keep-alive", 1 << 5),
     ("proxy-connection", 1 << 6),
 ];
-const CONNECTION_BIT: u8 = 1;
-const TE_BIT: u8 = 1 << 1;
-const UPGRADE_BIT: u8 = 1 << 4;
 
 /// The bit of a hop-by-hop header name, compared without regard to case; 0 for any other name.
 fn hop_by_hop_bit(name: &[u8]) -> u8 {
@@ -711,7 +712,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if present == 0 {
         return;
     }
-    let mut remove = present & !(CONNECTION_BIT | UPGRADE_BIT);
+    // An upgrade keeps its `upgrade`, and `connection` is set anew below.
+    let mut remove = if keep_upgrade {
+        present & !(CONNECTION_BIT | UPGRADE_BIT)
+    } else {
+        present
+    };
     // Other headers `connection` names go too. Options such as `close` rarely name a header that
     // is there, so a name is only made (an allocation) for one that is.
     let mut listed: Vec<HeaderName> = Vec::new();
@@ -750,13 +756,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        if present & CONNECTION_BIT != 0 {
-            headers.remove(header::CONNECTION);
-        }
-        if present & UPGRADE_BIT != 0 {
-            headers.remove(header::UPGRADE);
-        }
     }
 }
 
@@ -831,23 +830,24 @@ mod tests {
 
     #[test]
     fn te_goes_when_connection_names_it_and_any_named_header_goes() {
-        let mut map = headers(&[("connection", "TE, close"), ("te", "trailers"), ("x-keep", "yes")]);
-        strip_hop_by_hop(&mut map, false);
-        assert_eq!(map.len(), 1, "{map:?}");
-        let mut map = headers(&[
-            ("connection", "close"),
-            ("close", "named, so it goes"),
-            ("x-keep", "yes"),
-        ]);
-        strip_hop_by_hop(&mut map, false);
-        assert_eq!(map.len(), 1, "{map:?}");
-        let mut map = headers(&[
-            ("proxy-connection", "keep-alive"),
-            ("trailer", "x-sum"),
-            ("x-keep", "yes"),
-        ]);
-        strip_hop_by_hop(&mut map, false);
-        assert_eq!(map.len(), 1, "{map:?}");
+        let cases: [&[(&'static str, &'static str)]; 3] = [
+            &[("connection", "TE, close"), ("te", "trailers"), ("x-keep", "yes")],
+            &[
+                ("connection", "close"),
+                ("close", "named, so it goes"),
+                ("x-keep", "yes"),
+            ],
+            &[
+                ("proxy-connection", "keep-alive"),
+                ("trailer", "x-sum"),
+                ("x-keep", "yes"),
+            ],
+        ];
+        for pairs in cases {
+            let mut map = headers(pairs);
+            strip_hop_by_hop(&mut map, false);
+            assert_eq!(map.len(), 1, "{pairs:?} left {map:?}");
+        }
     }
 
     #[test]
