@@ -6,6 +6,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
+use crate::hop_by_hop;
+
 /// Largest response head (and chunked trailer section) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Most header lines in a response head, as hyper's client allows.
@@ -49,30 +51,43 @@ impl H1Error {
     }
 }
 
-/// Appends the request head: request line, headers (a `content-length` is added for a body that
-/// has none), blank line.
-pub fn encode_request(
-    method: &Method,
-    target: &str,
-    headers: &HeaderMap,
-    body_length: Option<usize>,
-    out: &mut BytesMut,
-) {
-    out.extend_from_slice(method.as_str().as_bytes());
+/// A request head to write: what [`encode_request`] needs, borrowed.
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    /// The origin-form target; empty means `/`.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The `host` to send when `headers` has none: the endpoint's address.
+    pub host: &'a str,
+}
+
+/// Appends the request head: request line, headers (a `host` when there is none, a
+/// `content-length` for a body that has none), blank line.
+pub fn encode_request(request: &RequestHead<'_>, body_length: Option<usize>, out: &mut BytesMut) {
+    out.extend_from_slice(request.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
-    out.extend_from_slice(if target.is_empty() {
+    out.extend_from_slice(if request.target.is_empty() {
         b"/"
     } else {
-        target.as_bytes()
+        request.target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    // Noted while writing, rather than looked up in the map: standard names compare cheaply.
+    let (mut has_host, mut has_length) = (false, false);
+    for (name, value) in request.headers {
+        has_host |= *name == header::HOST;
+        has_length |= *name == header::CONTENT_LENGTH;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(header::CONTENT_LENGTH) {
+    if !has_host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(request.host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_length {
         match body_length {
             Some(length) => {
                 out.extend_from_slice(b"content-length: ");
@@ -80,7 +95,7 @@ pub fn encode_request(
                 out.extend_from_slice(b"\r\n");
             }
             // What hyper sends for an empty body of a method that usually has one.
-            None if matches!(*method, Method::POST | Method::PUT | Method::PATCH) => {
+            None if matches!(*request.method, Method::POST | Method::PUT | Method::PATCH) => {
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
             None => {}
@@ -89,16 +104,42 @@ pub fn encode_request(
     out.extend_from_slice(b"\r\n");
 }
 
-/// A parsed response head.
+/// A parsed response head, with what its connection headers and framing headers said.
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
     pub version: Version,
+    /// The end-to-end headers; the hop-by-hop ones too when `hop_by_hop_removed` is false.
     pub headers: HeaderMap,
+    /// The backend keeps the connection open after this response.
+    pub keep_alive: bool,
+    /// The hop-by-hop headers were left out of `headers`. They stay (for the proxy to remove)
+    /// on a `101` and when `connection` names other headers, which then go as well.
+    pub hop_by_hop_removed: bool,
+    content_length: ContentLength,
+    /// Whether the last transfer coding is `chunked`; `None` without `transfer-encoding`.
+    chunked: Option<bool>,
+}
+
+/// What the `content-length` lines of a head said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ContentLength {
+    Absent,
+    Valid(u64),
+    /// Not a number, or lines that disagree.
+    Invalid(&'static str),
+}
+
+/// Where one header line lies in the head, and its hop-by-hop bit.
+struct Line {
+    name: (usize, usize),
+    value: (usize, usize),
+    hop_by_hop: u8,
 }
 
 /// Parses the response head at the start of `buffer` and removes it; `None` while it is
-/// incomplete. Header values share the buffer's memory instead of being copied.
+/// incomplete. Header values share the buffer's memory instead of being copied. The connection
+/// and framing headers are read in the same pass, so nothing looks them up in the map later.
 pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     if buffer.is_empty() {
         return Ok(None);
@@ -127,18 +168,80 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         Version::HTTP_11
     };
     let base = buffer.as_ptr().addr();
-    let mut spans = Vec::with_capacity(response.headers.len());
+    let mut lines = Vec::with_capacity(response.headers.len());
+    let (mut close, mut keep_alive, mut names_others, mut te_listed) = (false, false, false, false);
+    let mut te_trailers = false;
+    let mut content_length = ContentLength::Absent;
+    let mut chunked = None;
     for field in response.headers.iter() {
-        let name =
-            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| H1Error::Malformed("header name"))?;
-        let start = field.value.as_ptr().addr() - base;
-        spans.push((name, start, start + field.value.len()));
+        let name = field.name.as_bytes();
+        let bit = hop_by_hop::bit(name);
+        match bit {
+            0 if name.eq_ignore_ascii_case(b"content-length") => {
+                content_length = match (content_length, parse_length(field.value)) {
+                    (ContentLength::Invalid(why), _) => ContentLength::Invalid(why),
+                    (_, None) => ContentLength::Invalid("content-length"),
+                    (ContentLength::Valid(previous), Some(length)) if previous != length => {
+                        ContentLength::Invalid("conflicting content-length")
+                    }
+                    (_, Some(length)) => ContentLength::Valid(length),
+                };
+            }
+            0 => {}
+            hop_by_hop::CONNECTION_BIT => {
+                for token in field.value.split(|byte| *byte == b',').map(<[u8]>::trim_ascii) {
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    match hop_by_hop::bit(token) {
+                        0 => names_others |= !token.is_empty() && !token.eq_ignore_ascii_case(b"close"),
+                        hop_by_hop::TE_BIT => te_listed = true,
+                        _ => {}
+                    }
+                }
+            }
+            hop_by_hop::TE_BIT => te_trailers = field.value.eq_ignore_ascii_case(b"trailers"),
+            hop_by_hop::TRANSFER_ENCODING_BIT => {
+                let last = field
+                    .value
+                    .split(|byte| *byte == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .rfind(|coding| !coding.is_empty());
+                if let Some(coding) = last {
+                    chunked = Some(coding.eq_ignore_ascii_case(b"chunked"));
+                } else if chunked.is_none() {
+                    chunked = Some(false);
+                }
+            }
+            _ => {}
+        }
+        let name_start = field.name.as_ptr().addr() - base;
+        let value_start = field.value.as_ptr().addr() - base;
+        lines.push(Line {
+            name: (name_start, name_start + field.name.len()),
+            value: (value_start, value_start + field.value.len()),
+            hop_by_hop: bit,
+        });
     }
+    let keep_alive = match version {
+        Version::HTTP_11 => !close,
+        _ => keep_alive && !close,
+    };
+    // `close` names no header; any other name `connection` lists is left for the proxy to find.
+    let hop_by_hop_removed = status != StatusCode::SWITCHING_PROTOCOLS && !names_others;
+    let kept_te = if te_trailers && !te_listed {
+        hop_by_hop::TE_BIT
+    } else {
+        0
+    };
     let head = buffer.split_to(length).freeze();
-    // One more for the `x-request-id` the proxy adds to every response.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 1);
-    for (name, start, end) in spans {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+    let mut headers = HeaderMap::with_capacity(lines.len() + 1);
+    for line in lines {
+        if hop_by_hop_removed && line.hop_by_hop & !kept_te != 0 {
+            continue;
+        }
+        let name = HeaderName::from_bytes(&head[line.name.0..line.name.1])
+            .map_err(|_| H1Error::Malformed("header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(line.value.0..line.value.1))
             .map_err(|_| H1Error::Malformed("header value"))?;
         headers.append(name, value);
     }
@@ -146,7 +249,15 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         status,
         version,
         headers,
+        keep_alive,
+        hop_by_hop_removed,
+        content_length,
+        chunked,
     }))
+}
+
+fn parse_length(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 /// How the response body is delimited (RFC 9112 §6.3).
@@ -170,50 +281,14 @@ pub fn framing(method: &Method, head: &Head) -> Result<Framing, H1Error> {
     {
         return Ok(Framing::Empty);
     }
-    if head.headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = head
-            .headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
-            .map(<[u8]>::trim_ascii)
-            .rfind(|coding| !coding.is_empty());
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
-            _ => Framing::Close,
-        });
+    if let Some(chunked) = head.chunked {
+        return Ok(if chunked { Framing::Chunked } else { Framing::Close });
     }
-    let mut length = None;
-    for value in head.headers.get_all(header::CONTENT_LENGTH) {
-        let parsed = std::str::from_utf8(value.as_bytes())
-            .ok()
-            .and_then(|text| text.trim().parse::<u64>().ok())
-            .ok_or(H1Error::Malformed("content-length"))?;
-        if length.is_some_and(|previous| previous != parsed) {
-            return Err(H1Error::Malformed("conflicting content-length"));
-        }
-        length = Some(parsed);
-    }
-    Ok(match length {
-        Some(0) => Framing::Empty,
-        Some(length) => Framing::Length(length),
-        None => Framing::Close,
-    })
-}
-
-/// Whether the backend keeps the connection open after this response.
-pub fn keep_alive(head: &Head) -> bool {
-    let has = |token: &[u8]| {
-        head.headers.get_all(header::CONNECTION).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|byte| *byte == b',')
-                .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
-        })
-    };
-    match head.version {
-        Version::HTTP_11 => !has(b"close"),
-        _ => has(b"keep-alive") && !has(b"close"),
+    match head.content_length {
+        ContentLength::Invalid(why) => Err(H1Error::Malformed(why)),
+        ContentLength::Valid(0) => Ok(Framing::Empty),
+        ContentLength::Valid(length) => Ok(Framing::Length(length)),
+        ContentLength::Absent => Ok(Framing::Close),
     }
 }
 
@@ -428,27 +503,52 @@ mod tests {
     }
 
     #[test]
-    fn the_request_head_has_the_line_the_headers_and_a_length_for_a_body() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static("stable:8080"));
-        headers.insert("x-request-id", HeaderValue::from_static("abc"));
-        let mut out = BytesMut::new();
-        encode_request(&Method::GET, "/a?b=1", &headers, None, &mut out);
-        assert_eq!(
-            String::from_utf8(out.to_vec()).unwrap(),
-            "GET /a?b=1 HTTP/1.1\r\nhost: stable:8080\r\nx-request-id: abc\r\n\r\n"
-        );
-        let mut out = BytesMut::new();
-        encode_request(&Method::POST, "/", &headers, Some(5), &mut out);
-        assert!(String::from_utf8(out.to_vec())
-            .unwrap()
-            .ends_with("content-length: 5\r\n\r\n"));
-        let mut out = BytesMut::new();
-        encode_request(&Method::POST, "", &HeaderMap::new(), None, &mut out);
-        assert_eq!(
-            String::from_utf8(out.to_vec()).unwrap(),
-            "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
-        );
+    fn the_request_head_has_the_line_the_headers_a_host_and_a_length_for_a_body() {
+        let mut with_host = HeaderMap::new();
+        with_host.insert(header::HOST, HeaderValue::from_static("app.example"));
+        with_host.insert("x-request-id", HeaderValue::from_static("abc"));
+        let empty = HeaderMap::new();
+        let cases = [
+            (
+                Method::GET,
+                "/a?b=1",
+                &with_host,
+                None,
+                "GET /a?b=1 HTTP/1.1\r\nhost: app.example\r\nx-request-id: abc\r\n\r\n",
+            ),
+            (
+                Method::POST,
+                "/",
+                &with_host,
+                Some(5),
+                "POST / HTTP/1.1\r\nhost: app.example\r\nx-request-id: abc\r\ncontent-length: 5\r\n\r\n",
+            ),
+            (
+                Method::POST,
+                "",
+                &empty,
+                None,
+                "POST / HTTP/1.1\r\nhost: stable:8080\r\ncontent-length: 0\r\n\r\n",
+            ),
+            (
+                Method::GET,
+                "/",
+                &empty,
+                None,
+                "GET / HTTP/1.1\r\nhost: stable:8080\r\n\r\n",
+            ),
+        ];
+        for (method, target, headers, body_length, expected) in cases {
+            let mut out = BytesMut::new();
+            let request = RequestHead {
+                method: &method,
+                target,
+                headers,
+                host: "stable:8080",
+            };
+            encode_request(&request, body_length, &mut out);
+            assert_eq!(String::from_utf8(out.to_vec()).unwrap(), expected);
+        }
     }
 
     #[test]
@@ -517,12 +617,42 @@ mod tests {
 
     #[test]
     fn keep_alive_is_the_default_of_http_1_1_and_an_option_of_http_1_0() {
-        assert!(keep_alive(&head("HTTP/1.1 200 OK\r\n\r\n")));
-        assert!(!keep_alive(&head("HTTP/1.1 200 OK\r\nConnection: Close\r\n\r\n")));
-        assert!(!keep_alive(&head("HTTP/1.0 200 OK\r\n\r\n")));
-        assert!(keep_alive(&head(
-            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\n"
-        )));
+        assert!(head("HTTP/1.1 200 OK\r\n\r\n").keep_alive);
+        assert!(!head("HTTP/1.1 200 OK\r\nConnection: Close\r\n\r\n").keep_alive);
+        assert!(!head("HTTP/1.0 200 OK\r\n\r\n").keep_alive);
+        assert!(head("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_left_out_unless_connection_names_others_or_it_is_a_101() {
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\nX-Keep: 1\r\n\r\n",
+                true,
+                &["te", "x-keep"][..],
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close, TE\r\nTE: trailers\r\nX-Keep: 1\r\n\r\n",
+                true,
+                &["x-keep"][..],
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: x-private\r\nX-Private: 1\r\nX-Keep: 1\r\n\r\n",
+                false,
+                &["connection", "x-private", "x-keep"][..],
+            ),
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+                false,
+                &["connection", "upgrade"][..],
+            ),
+        ];
+        for (text, removed, kept) in cases {
+            let head = head(text);
+            assert_eq!(head.hop_by_hop_removed, removed, "{text}");
+            let names: Vec<&str> = head.headers.keys().map(HeaderName::as_str).collect();
+            assert_eq!(names, kept, "{text}");
+        }
     }
 
     #[test]

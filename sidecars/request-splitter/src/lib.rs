@@ -17,6 +17,7 @@ pub mod correlation;
 pub mod fast;
 pub mod h1;
 pub mod health;
+pub mod hop_by_hop;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;

@@ -36,11 +36,12 @@ use crate::{
     config::UpstreamProtocol,
     correlation::{ensure_request_id, ensure_traceparent, TraceId, REQUEST_ID},
     health::{now_millis, RetryBudget},
+    hop_by_hop,
     metrics::{class_index, Metrics, ReasonLabels},
     mirror::{MirrorJob, MirrorQueue},
     routing::{Choice, Decision},
     store::{Active, ConfigStore},
-    upstream::{Endpoint, UpstreamBody, UpstreamError},
+    upstream::{self, Buffered, Endpoint, UpstreamBody, UpstreamError},
 };
 
 /// The header that says why the splitter answered a request itself.
@@ -362,30 +363,60 @@ impl Exchange {
                 }
             };
             let endpoint = &backend.endpoints[endpoint_index];
-            let (attempt_body, headers) = match body.as_ref().and_then(RequestBody::replay) {
-                Some(copy) => (copy, self.headers.clone()),
-                None => match body.take() {
-                    Some(stream) => (stream, std::mem::take(&mut self.headers)),
+            // A buffered body over HTTP/1.1 is sent by reference: another attempt sends the same
+            // request again without copying its headers.
+            let direct = backend.protocol == UpstreamProtocol::Http1
+                && matches!(body, Some(RequestBody::Buffered(_)))
+                && upstream::is_direct(&self.method, &self.headers);
+            let request = if direct {
+                None
+            } else {
+                let (attempt_body, headers) = match body.as_ref().and_then(RequestBody::replay) {
+                    Some(copy) => (copy, self.headers.clone()),
+                    None => match body.take() {
+                        Some(stream) => (stream, std::mem::take(&mut self.headers)),
+                        None => {
+                            let error = last_error.unwrap_or_else(|| ProxyError::NoHealthyEndpoint {
+                                backend: backend.name.clone(),
+                            });
+                            return (Err(error), retries);
+                        }
+                    },
+                };
+                match upstream_request(
+                    &self.method,
+                    &self.path,
+                    headers,
+                    endpoint,
+                    backend.protocol,
+                    attempt_body,
+                ) {
+                    Ok(request) => Some(request),
+                    Err(error) => return (Err(error), retries),
+                }
+            };
+            // Only the bytes are borrowed across the await: a request body is not `Sync`.
+            let buffered = match &body {
+                Some(RequestBody::Buffered(bytes)) => bytes.as_ref(),
+                _ => None,
+            };
+            let sent = async {
+                match request {
+                    Some(request) => endpoint.pool.send(request, backend.connect_timeout).await,
                     None => {
-                        let error = last_error.unwrap_or_else(|| ProxyError::NoHealthyEndpoint {
-                            backend: backend.name.clone(),
-                        });
-                        return (Err(error), retries);
+                        let request = Buffered {
+                            method: &self.method,
+                            target: self.path.as_str(),
+                            headers: &self.headers,
+                            body: buffered,
+                        };
+                        endpoint
+                            .pool
+                            .send_buffered(request, backend.connect_timeout)
+                            .await
                     }
-                },
+                }
             };
-            let request = match upstream_request(
-                &self.method,
-                &self.path,
-                headers,
-                endpoint,
-                backend.protocol,
-                attempt_body,
-            ) {
-                Ok(request) => request,
-                Err(error) => return (Err(error), retries),
-            };
-            let sent = endpoint.pool.send(request, backend.connect_timeout);
             let error = match tokio::time::timeout(backend.timeout, sent).await {
                 Ok(Ok(response)) => {
                     if is_gateway_error(response.status()) {
@@ -457,10 +488,12 @@ impl Exchange {
         retries: u32,
     ) -> Response<ResponseBody> {
         let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(
-            &mut parts.headers,
-            parts.status == StatusCode::SWITCHING_PROTOCOLS,
-        );
+        if !body.hop_by_hop_removed() {
+            hop_by_hop::strip(
+                &mut parts.headers,
+                parts.status == StatusCode::SWITCHING_PROTOCOLS,
+            );
+        }
         parts.version = self.version;
         let mut response = Response::from_parts(parts, ResponseBody::Upstream(body));
         self.decorate(&mut response);
@@ -678,89 +711,8 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
 static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-const CONNECTION_BIT: u8 = 1;
-const TE_BIT: u8 = 1 << 1;
-const UPGRADE_BIT: u8 = 1 << 2;
-
-/// The headers that belong to one connection (RFC 9110 §7.6.1), each with a bit of its own so
-/// that one pass over a message's names tells which of them it carries.
-const HOP_BY_HOP: [(&str, u8); 7] = [
-    ("connection", CONNECTION_BIT),
-    ("te", TE_BIT),
-    ("upgrade", UPGRADE_BIT),
-    ("trailer", 1 << 3),
-    ("transfer-encoding", 1 << 4),
-    ("keep-alive", 1 << 5),
-    ("proxy-connection", 1 << 6),
-];
-
-/// The bit of a hop-by-hop header name, compared without regard to case; 0 for any other name.
-fn hop_by_hop_bit(name: &[u8]) -> u8 {
-    HOP_BY_HOP
-        .iter()
-        .find(|(hop, _)| name.eq_ignore_ascii_case(hop.as_bytes()))
-        .map_or(0, |(_, bit)| *bit)
-}
-
-/// Removes the headers that belong to one connection (RFC 9110 §7.6.1), keeping `connection` and
-/// `upgrade` for an upgrade, and `te: trailers` (which gRPC needs end to end). Messages without
-/// them (most HTTP/2) cost one pass over the names; a `connection: keep-alive` costs no allocation.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let present = headers
-        .keys()
-        .fold(0, |bits, name| bits | hop_by_hop_bit(name.as_str().as_bytes()));
-    if present == 0 {
-        return;
-    }
-    // An upgrade keeps its `upgrade`, and `connection` is set anew below.
-    let mut remove = if keep_upgrade {
-        present & !(CONNECTION_BIT | UPGRADE_BIT)
-    } else {
-        present
-    };
-    // Other headers `connection` names go too. Options such as `close` rarely name a header that
-    // is there, so a name is only made (an allocation) for one that is.
-    let mut listed: Vec<HeaderName> = Vec::new();
-    let mut te_listed = false;
-    let tokens = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii);
-    for token in tokens {
-        match hop_by_hop_bit(token) {
-            0 => {
-                let present = std::str::from_utf8(token).is_ok_and(|name| headers.contains_key(name));
-                if present {
-                    listed.extend(HeaderName::from_bytes(token).ok());
-                }
-            }
-            TE_BIT => te_listed = true,
-            _ => {}
-        }
-    }
-    for name in listed {
-        headers.remove(name);
-    }
-    let te_trailers = !te_listed
-        && headers
-            .get(header::TE)
-            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if te_trailers {
-        remove &= !TE_BIT;
-    }
-    for (name, bit) in HOP_BY_HOP {
-        if remove & bit != 0 {
-            headers.remove(name);
-        }
-    }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
 fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, connection: &ConnectionInfo, upgrade: bool) {
-    strip_hop_by_hop(headers, upgrade);
+    hop_by_hop::strip(headers, upgrade);
     if !headers.contains_key(header::HOST) {
         // HTTP/2 clients send `:authority` instead; keep it as the backend's Host.
         if let Some(value) = uri
@@ -799,55 +751,6 @@ mod tests {
             .iter()
             .map(|(name, value)| (HeaderName::from_static(name), HeaderValue::from_static(value)))
             .collect()
-    }
-
-    #[test]
-    fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
-        let mut map = headers(&[
-            ("connection", "keep-alive, x-private"),
-            ("keep-alive", "timeout=5"),
-            ("x-private", "1"),
-            ("transfer-encoding", "chunked"),
-            ("te", "gzip"),
-            ("upgrade", "websocket"),
-            ("x-keep", "yes"),
-        ]);
-        strip_hop_by_hop(&mut map, false);
-        assert_eq!(map.len(), 1, "{map:?}");
-        assert_eq!(map["x-keep"], "yes");
-    }
-
-    #[test]
-    fn an_upgrade_keeps_its_upgrade_headers_and_grpc_keeps_te_trailers() {
-        let mut map = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
-        strip_hop_by_hop(&mut map, true);
-        assert_eq!(map["upgrade"], "websocket");
-        assert_eq!(map["connection"], "upgrade");
-        let mut map = headers(&[("te", "trailers")]);
-        strip_hop_by_hop(&mut map, false);
-        assert_eq!(map["te"], "trailers");
-    }
-
-    #[test]
-    fn te_goes_when_connection_names_it_and_any_named_header_goes() {
-        let cases: [&[(&'static str, &'static str)]; 3] = [
-            &[("connection", "TE, close"), ("te", "trailers"), ("x-keep", "yes")],
-            &[
-                ("connection", "close"),
-                ("close", "named, so it goes"),
-                ("x-keep", "yes"),
-            ],
-            &[
-                ("proxy-connection", "keep-alive"),
-                ("trailer", "x-sum"),
-                ("x-keep", "yes"),
-            ],
-        ];
-        for pairs in cases {
-            let mut map = headers(pairs);
-            strip_hop_by_hop(&mut map, false);
-            assert_eq!(map.len(), 1, "{pairs:?} left {map:?}");
-        }
     }
 
     #[test]

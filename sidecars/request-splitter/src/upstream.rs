@@ -32,7 +32,11 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{header, uri::Authority, Method, Request, Response};
+use http::{
+    header,
+    uri::{Authority, PathAndQuery},
+    HeaderMap, Method, Request, Response,
+};
 use http_body::{Body, Frame, SizeHint};
 use hyper::{
     body::Incoming,
@@ -223,11 +227,23 @@ impl ConnectionPool {
         connect_timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match self.protocol {
-            UpstreamProtocol::Http1 if is_direct(&request) => {
-                self.send_direct(request, connect_timeout).await
-            }
-            // Boxed: rare, and its large future would otherwise be part of every request's future.
-            UpstreamProtocol::Http1 => Box::pin(self.send_http1(request, connect_timeout)).await,
+            UpstreamProtocol::Http1 => match request.into_parts() {
+                (parts, RequestBody::Buffered(body)) if is_direct(&parts.method, &parts.headers) => {
+                    let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+                    let request = Buffered {
+                        method: &parts.method,
+                        target,
+                        headers: &parts.headers,
+                        body: body.as_ref(),
+                    };
+                    self.send_buffered(request, connect_timeout).await
+                }
+                // Boxed: rare, and its large future would otherwise be part of every request's future.
+                (parts, body) => {
+                    let request = Request::from_parts(parts, body);
+                    Box::pin(self.send_http1(request, connect_timeout)).await
+                }
+            },
             UpstreamProtocol::H2c => {
                 let response = self.send_h2c(request, connect_timeout).await?;
                 Ok(response.map(|body| UpstreamBody::hyper(body, None)))
@@ -235,19 +251,21 @@ impl ConnectionPool {
         }
     }
 
-    /// A plain exchange on the request's own task (see the module documentation).
-    async fn send_direct(
+    /// A plain HTTP/1.1 exchange on the request's own task (see the module documentation). The
+    /// request is borrowed, so that a retry sends the same one again without a copy; a request
+    /// without `host` gets the endpoint's address as its host.
+    pub async fn send_buffered(
         self: &Arc<Self>,
-        request: Request<RequestBody>,
+        request: Buffered<'_>,
         connect_timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let (parts, body) = request.into_parts();
-        let RequestBody::Buffered(body) = body else {
-            let request = Request::from_parts(parts, body);
-            return Box::pin(self.send_http1(request, connect_timeout)).await;
-        };
-        let target = parts.uri.path_and_query().map_or("/", |path| path.as_str());
-        let resend = is_idempotent(&parts.method);
+        let Buffered {
+            method,
+            target,
+            headers,
+            body,
+        } = request;
+        let resend = is_idempotent(method);
         for attempt in 0..=MAX_STALE {
             // The last attempt always opens a fresh connection.
             let pooled = if attempt < MAX_STALE {
@@ -267,23 +285,26 @@ impl ConnectionPool {
             buffer.clear();
             buffer.reserve(READ_BUFFER);
             h1::encode_request(
-                &parts.method,
-                target,
-                &parts.headers,
-                body.as_ref().map(Bytes::len),
+                &h1::RequestHead {
+                    method,
+                    target,
+                    headers,
+                    host: &self.address,
+                },
+                body.map(Bytes::len),
                 &mut buffer,
             );
-            let separate = match &body {
+            let separate = match body {
                 Some(body) if body.len() <= COALESCE_BODY => {
                     buffer.extend_from_slice(body);
                     None
                 }
-                other => other.as_ref(),
+                other => other,
             };
             match exchange(&mut stream, buffer, separate).await {
                 Ok((head, buffer)) => {
-                    let framing = h1::framing(&parts.method, &head).map_err(UpstreamError::Http1)?;
-                    let reusable = h1::keep_alive(&head) && framing != h1::Framing::Close;
+                    let framing = h1::framing(method, &head).map_err(UpstreamError::Http1)?;
+                    let reusable = head.keep_alive && framing != h1::Framing::Close;
                     let body = DirectBody {
                         stream: Some(stream),
                         buffer,
@@ -293,6 +314,7 @@ impl ConnectionPool {
                     };
                     let mut response = Response::new(UpstreamBody {
                         kind: BodyKind::Direct(body),
+                        hop_by_hop_removed: head.hop_by_hop_removed,
                     });
                     *response.status_mut() = head.status;
                     *response.version_mut() = head.version;
@@ -487,6 +509,15 @@ impl ConnectionPool {
     }
 }
 
+/// A request whose body, if any, is in memory, borrowed for one exchange.
+pub struct Buffered<'a> {
+    pub method: &'a Method,
+    /// The origin-form target: path and query.
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body: Option<&'a Bytes>,
+}
+
 /// An HTTP/1 connection lent to one exchange; it returns to the pool when the response body ends.
 struct Lease {
     sender: Option<http1::SendRequest<RequestBody>>,
@@ -504,6 +535,8 @@ impl Lease {
 /// A response body from an endpoint, which gives its connection back once read to the end.
 pub struct UpstreamBody {
     kind: BodyKind,
+    /// The response head came without its hop-by-hop headers (see [`h1::parse_head`]).
+    hop_by_hop_removed: bool,
 }
 
 enum BodyKind {
@@ -515,7 +548,14 @@ impl UpstreamBody {
     fn hyper(body: Incoming, lease: Option<Lease>) -> UpstreamBody {
         UpstreamBody {
             kind: BodyKind::Hyper { body, lease },
+            hop_by_hop_removed: false,
         }
+    }
+
+    /// Whether the response's hop-by-hop headers are already gone, so that nothing needs to look
+    /// for them again.
+    pub fn hop_by_hop_removed(&self) -> bool {
+        self.hop_by_hop_removed
     }
 }
 
@@ -704,11 +744,9 @@ async fn exchange(
     }
 }
 
-/// Whether a request can take the direct path: HTTP/1.1 without an upgrade, with a buffered body.
-fn is_direct(request: &Request<RequestBody>) -> bool {
-    matches!(request.body(), RequestBody::Buffered(_))
-        && *request.method() != Method::CONNECT
-        && !request.headers().contains_key(header::UPGRADE)
+/// Whether a request with a buffered body can take the direct path: not `CONNECT`, not an upgrade.
+pub fn is_direct(method: &Method, headers: &HeaderMap) -> bool {
+    *method != Method::CONNECT && !headers.contains_key(header::UPGRADE)
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -1,0 +1,147 @@
+//! Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, so a proxy removes them
+//! before it passes a message on.
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+
+pub const CONNECTION_BIT: u8 = 1;
+pub const TE_BIT: u8 = 1 << 1;
+pub const UPGRADE_BIT: u8 = 1 << 2;
+pub const TRANSFER_ENCODING_BIT: u8 = 1 << 4;
+
+/// The headers that belong to one connection (RFC 9110 §7.6.1), each with a bit of its own so
+/// that one pass over a message's names tells which of them it carries.
+const HOP_BY_HOP: [(&str, u8); 7] = [
+    ("connection", CONNECTION_BIT),
+    ("te", TE_BIT),
+    ("upgrade", UPGRADE_BIT),
+    ("trailer", 1 << 3),
+    ("transfer-encoding", TRANSFER_ENCODING_BIT),
+    ("keep-alive", 1 << 5),
+    ("proxy-connection", 1 << 6),
+];
+
+/// The bit of a hop-by-hop header name, compared without regard to case; 0 for any other name.
+pub fn bit(name: &[u8]) -> u8 {
+    HOP_BY_HOP
+        .iter()
+        .find(|(hop, _)| name.eq_ignore_ascii_case(hop.as_bytes()))
+        .map_or(0, |(_, bit)| *bit)
+}
+
+/// Removes the headers that belong to one connection (RFC 9110 §7.6.1), keeping `connection` and
+/// `upgrade` for an upgrade, and `te: trailers` (which gRPC needs end to end). Messages without
+/// them (most HTTP/2) cost one pass over the names; a `connection: keep-alive` costs no allocation.
+pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let present = headers
+        .keys()
+        .fold(0, |bits, name| bits | bit(name.as_str().as_bytes()));
+    if present == 0 {
+        return;
+    }
+    // An upgrade keeps its `upgrade`, and `connection` is set anew below.
+    let mut remove = if keep_upgrade {
+        present & !(CONNECTION_BIT | UPGRADE_BIT)
+    } else {
+        present
+    };
+    // Other headers `connection` names go too. Options such as `close` rarely name a header that
+    // is there, so a name is only made (an allocation) for one that is.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    let mut te_listed = false;
+    let tokens = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii);
+    for token in tokens {
+        match bit(token) {
+            0 => {
+                let present = std::str::from_utf8(token).is_ok_and(|name| headers.contains_key(name));
+                if present {
+                    listed.extend(HeaderName::from_bytes(token).ok());
+                }
+            }
+            TE_BIT => te_listed = true,
+            _ => {}
+        }
+    }
+    for name in listed {
+        headers.remove(name);
+    }
+    let te_trailers = !te_listed
+        && headers
+            .get(header::TE)
+            .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if te_trailers {
+        remove &= !TE_BIT;
+    }
+    for (name, bit) in HOP_BY_HOP {
+        if remove & bit != 0 {
+            headers.remove(name);
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (HeaderName::from_static(name), HeaderValue::from_static(value)))
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_end_to_end_ones_stay() {
+        let mut map = headers(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("x-keep", "yes"),
+        ]);
+        strip(&mut map, false);
+        assert_eq!(map.len(), 1, "{map:?}");
+        assert_eq!(map["x-keep"], "yes");
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_upgrade_headers_and_grpc_keeps_te_trailers() {
+        let mut map = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip(&mut map, true);
+        assert_eq!(map["upgrade"], "websocket");
+        assert_eq!(map["connection"], "upgrade");
+        let mut map = headers(&[("te", "trailers")]);
+        strip(&mut map, false);
+        assert_eq!(map["te"], "trailers");
+    }
+
+    #[test]
+    fn te_goes_when_connection_names_it_and_any_named_header_goes() {
+        let cases: [&[(&'static str, &'static str)]; 3] = [
+            &[("connection", "TE, close"), ("te", "trailers"), ("x-keep", "yes")],
+            &[
+                ("connection", "close"),
+                ("close", "named, so it goes"),
+                ("x-keep", "yes"),
+            ],
+            &[
+                ("proxy-connection", "keep-alive"),
+                ("trailer", "x-sum"),
+                ("x-keep", "yes"),
+            ],
+        ];
+        for pairs in cases {
+            let mut map = headers(pairs);
+            strip(&mut map, false);
+            assert_eq!(map.len(), 1, "{pairs:?} left {map:?}");
+        }
+    }
+}
