@@ -2,7 +2,10 @@
 //! otherwise) and a W3C `traceparent` (kept when valid, started otherwise), both sent to the
 //! backend and written to the access log.
 
-use http::{header::HeaderName, HeaderMap, HeaderValue};
+use http::{
+    header::{Entry, HeaderName},
+    HeaderMap, HeaderValue,
+};
 
 use crate::rng;
 
@@ -12,16 +15,25 @@ pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// Returns the request id, inserting a generated one when the request has none (or an unusable one).
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(&REQUEST_ID) {
-        let bytes = id.as_bytes();
+    // One lookup for both the check and the insert: ids are added to every request.
+    let entry = headers.entry(&REQUEST_ID);
+    if let Entry::Occupied(id) = &entry {
+        let bytes = id.get().as_bytes();
         if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic) {
-            return id.clone();
+            return id.get().clone();
         }
     }
     let mut id = [0u8; 32];
     rng::hex_into(&mut id);
     let value = hex_value(&id);
-    headers.insert(REQUEST_ID.clone(), value.clone());
+    match entry {
+        Entry::Occupied(mut unusable) => {
+            unusable.insert(value.clone());
+        }
+        Entry::Vacant(missing) => {
+            missing.insert(value.clone());
+        }
+    }
     value
 }
 
@@ -40,18 +52,27 @@ impl TraceId {
 /// W3C recommendation says.
 pub fn ensure_traceparent(headers: &mut HeaderMap) -> TraceId {
     let mut trace_id = [0u8; 32];
-    if let Some(value) = headers.get(&TRACEPARENT) {
-        if let Some(valid) = parse_trace_id(value.as_bytes()) {
+    let entry = headers.entry(&TRACEPARENT);
+    if let Entry::Occupied(value) = &entry {
+        if let Some(valid) = parse_trace_id(value.get().as_bytes()) {
             trace_id.copy_from_slice(valid);
             return TraceId(trace_id);
         }
-        headers.remove(&TRACESTATE);
     }
     let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
     rng::hex_into(&mut traceparent[3..35]);
     rng::hex_into(&mut traceparent[36..52]);
     trace_id.copy_from_slice(&traceparent[3..35]);
-    headers.insert(TRACEPARENT.clone(), hex_value(&traceparent));
+    let value = hex_value(&traceparent);
+    match entry {
+        Entry::Occupied(mut invalid) => {
+            invalid.insert(value);
+            headers.remove(&TRACESTATE);
+        }
+        Entry::Vacant(missing) => {
+            missing.insert(value);
+        }
+    }
     TraceId(trace_id)
 }
 

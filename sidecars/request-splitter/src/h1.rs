@@ -130,6 +130,12 @@ enum ContentLength {
     Invalid(&'static str),
 }
 
+thread_local! {
+    /// Scratch space for the header lines of the head being parsed, kept from one response to
+    /// the next instead of allocated for each.
+    static LINES: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Where one header line lies in the head, and its hop-by-hop bit.
 struct Line {
     name: (usize, usize),
@@ -168,7 +174,10 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         Version::HTTP_11
     };
     let base = buffer.as_ptr().addr();
-    let mut lines = Vec::with_capacity(response.headers.len());
+    // Scratch space kept from one response to the next; an error drops it, and the next
+    // response allocates again.
+    let mut lines = LINES.take();
+    lines.clear();
     let (mut close, mut keep_alive, mut names_others, mut te_listed) = (false, false, false, false);
     let mut te_trailers = false;
     let mut content_length = ContentLength::Absent;
@@ -235,7 +244,7 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     };
     let head = buffer.split_to(length).freeze();
     let mut headers = HeaderMap::with_capacity(lines.len() + 1);
-    for line in lines {
+    for line in &lines {
         if hop_by_hop_removed && line.hop_by_hop & !kept_te != 0 {
             continue;
         }
@@ -245,6 +254,7 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
             .map_err(|_| H1Error::Malformed("header value"))?;
         headers.append(name, value);
     }
+    LINES.set(lines);
     Ok(Some(Head {
         status,
         version,

@@ -21,11 +21,25 @@ const HOP_BY_HOP: [(&str, u8); 7] = [
 ];
 
 /// The bit of a hop-by-hop header name, compared without regard to case; 0 for any other name.
+/// Every name of a message goes through here, so the length and first letter pick the one
+/// candidate to compare.
 pub fn bit(name: &[u8]) -> u8 {
-    HOP_BY_HOP
-        .iter()
-        .find(|(hop, _)| name.eq_ignore_ascii_case(hop.as_bytes()))
-        .map_or(0, |(_, bit)| *bit)
+    let index = match (name.len(), name.first().map(u8::to_ascii_lowercase)) {
+        (10, Some(b'c')) => 0,
+        (2, _) => 1,
+        (7, Some(b'u')) => 2,
+        (7, Some(b't')) => 3,
+        (17, _) => 4,
+        (10, Some(b'k')) => 5,
+        (16, _) => 6,
+        _ => return 0,
+    };
+    let (candidate, bit) = HOP_BY_HOP[index];
+    if name.eq_ignore_ascii_case(candidate.as_bytes()) {
+        bit
+    } else {
+        0
+    }
 }
 
 /// Removes the headers that belong to one connection (RFC 9110 §7.6.1), keeping `connection` and
@@ -88,6 +102,26 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_hop_by_hop_name_has_its_bit_in_any_case_and_others_have_none() {
+        for (name, expected) in HOP_BY_HOP {
+            assert_eq!(bit(name.as_bytes()), expected, "{name}");
+            assert_eq!(bit(name.to_ascii_uppercase().as_bytes()), expected, "{name}");
+        }
+        for other in [
+            "",
+            "t",
+            "tx",
+            "content-type",
+            "x-upgrade",
+            "trailers",
+            "keep-alivex",
+            "connectio",
+        ] {
+            assert_eq!(bit(other.as_bytes()), 0, "{other}");
+        }
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs

@@ -22,7 +22,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{
-    header::{self, HeaderName},
+    header::{self, Entry, HeaderName},
     uri::{PathAndQuery, Scheme},
     HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
@@ -526,8 +526,8 @@ impl Exchange {
 
     fn decorate(&self, response: &mut Response<ResponseBody>) {
         let headers = response.headers_mut();
-        if !headers.contains_key(&REQUEST_ID) {
-            headers.insert(REQUEST_ID.clone(), self.request_id.clone());
+        if let Entry::Vacant(missing) = headers.entry(&REQUEST_ID) {
+            missing.insert(self.request_id.clone());
         }
         if let Some(cookie) = &self.decision.set_cookie {
             headers.append(header::SET_COOKIE, cookie.clone());
@@ -722,18 +722,20 @@ fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, connection: &Conn
             headers.insert(header::HOST, value);
         }
     }
-    let forwarded = match headers.get(&FORWARDED_FOR).map(HeaderValue::as_bytes) {
-        Some(previous) => {
-            HeaderValue::from_bytes(&[previous, b", ", connection.client_ip.as_bytes()].concat()).ok()
+    match headers.entry(&FORWARDED_FOR) {
+        Entry::Occupied(mut previous) => {
+            let joined = [previous.get().as_bytes(), b", ", connection.client_ip.as_bytes()].concat();
+            if let Ok(forwarded) = HeaderValue::from_bytes(&joined) {
+                previous.insert(forwarded);
+            }
         }
-        None => Some(connection.client_ip.clone()),
-    };
-    if let Some(forwarded) = forwarded {
-        headers.insert(FORWARDED_FOR.clone(), forwarded);
+        Entry::Vacant(missing) => {
+            missing.insert(connection.client_ip.clone());
+        }
     }
-    if !headers.contains_key(&FORWARDED_PROTO) {
+    if let Entry::Vacant(missing) = headers.entry(&FORWARDED_PROTO) {
         let proto = if connection.tls { "https" } else { "http" };
-        headers.insert(FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        missing.insert(HeaderValue::from_static(proto));
     }
 }
 
