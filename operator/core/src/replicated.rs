@@ -114,6 +114,7 @@ pub fn build(
             Some(&inputs.decision.status),
             inputs.decision.canary,
             inputs.preview_replicas,
+            rollout::upcoming_weight(inputs.strategy, &inputs.decision.status),
         ),
         None => (spec.replicas, 0),
     };

@@ -56,6 +56,11 @@ pub struct Observation {
     pub desired_revision: String,
     /// The canary track has all its replicas ready.
     pub canary_ready: bool,
+    /// Ready replicas of the canary track once it has settled at the desired revision (0 before):
+    /// a weight moves only when the canary has the replicas to carry it.
+    pub canary_ready_replicas: i32,
+    /// The service's replica count.
+    pub service_replicas: i32,
     /// The stable track runs its current template at the service's full replica count, all ready:
     /// it can carry all traffic.
     pub stable_ready: bool,
@@ -311,6 +316,15 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
         }
         match step {
             CanaryStep::SetWeight(weight) => {
+                // Traffic moves only onto replicas that are there: the canary first grows to its
+                // size at the new weight (a blue-green preview to full size), then the weight moves.
+                let needed = canary_size(observed.service_replicas, *weight);
+                if *weight > status.canary_weight && observed.canary_ready_replicas < needed {
+                    status.message = Some(format!(
+                        "scaling the canary to {needed} replicas before it takes {weight}% of traffic"
+                    ));
+                    return Decision::hold(status, Some(Duration::from_secs(2)));
+                }
                 status.canary_weight = *weight;
                 record(&mut status, now, "SetWeight", format!("canary weight {weight}%"));
                 enter_step(&mut status, index + 1, now);
@@ -513,30 +527,49 @@ fn describe(result: &AnalysisResult) -> String {
 
 /// Replicas of the stable and canary tracks: the canary in proportion to its weight (at least one
 /// while it exists), stable the rest — except while rolling back or after promotion, when stable
-/// is back at full size before traffic moves to it.
+/// is back at full size before traffic moves to it. `upcoming` is a weight the rollout waits to
+/// set (see [`upcoming_weight`]): the canary grows to it first, and stable shrinks only after.
 pub fn replica_split(
     total: i32,
     status: Option<&RolloutStatus>,
     canary: bool,
     preview: Option<i32>,
+    upcoming: Option<i32>,
 ) -> (i32, i32) {
     let Some(status) = status.filter(|_| canary) else {
         return (total, 0);
     };
     let weight = status.canary_weight.clamp(0, 100);
-    let canary_replicas = ((total * weight + 99) / 100).max(1);
+    let sized_for = upcoming.map_or(weight, |upcoming| upcoming.clamp(0, 100).max(weight));
     match (status.phase, preview) {
         (RolloutPhase::RollingBack | RolloutPhase::Aborted | RolloutPhase::Promoted, _) => {
-            (total, canary_replicas)
+            (total, canary_size(total, weight))
         }
         // Blue-green: the old version keeps every replica until the switch is over, and the new
-        // one runs at its preview size until it takes all traffic.
-        (_, Some(preview)) if weight < 100 => (total, preview.max(1)),
+        // one runs at its preview size until it is about to take all traffic.
+        (_, Some(preview)) if sized_for < 100 => (total, preview.max(1)),
         (_, Some(_)) => (total, total),
         _ => (
             (total - total * weight / 100).max(if weight < 100 { 1 } else { 0 }),
-            canary_replicas,
+            canary_size(total, sized_for),
         ),
+    }
+}
+
+/// Replicas the canary needs to carry `weight` percent of the traffic of `total` (at least one).
+pub fn canary_size(total: i32, weight: i32) -> i32 {
+    ((total * weight.clamp(0, 100) + 99) / 100).max(1)
+}
+
+/// The weight of the step a progressing rollout waits at, when it raises the canary's share.
+pub fn upcoming_weight(plan: &CanaryStrategy, status: &RolloutStatus) -> Option<i32> {
+    if status.phase != RolloutPhase::Progressing {
+        return None;
+    }
+    let step = plan.steps.get(usize::try_from(status.current_step?).ok()?)?;
+    match step {
+        CanaryStep::SetWeight(weight) if *weight > status.canary_weight => Some(*weight),
+        _ => None,
     }
 }
 
@@ -566,6 +599,9 @@ mod tests {
             stable_revision: Some(stable.to_owned()),
             desired_revision: desired.to_owned(),
             canary_ready: true,
+            // Ready enough for any weight; the growth before a weight moves has its own test.
+            canary_ready_replicas: 10,
+            service_replicas: 10,
             stable_ready: true,
             control: Control::None,
             measurement: None,
@@ -702,7 +738,7 @@ mod tests {
             (RolloutPhase::RollingBack, 35)
         );
         assert_eq!(
-            replica_split(4, Some(&d.status), d.canary, None),
+            replica_split(4, Some(&d.status), d.canary, None, None),
             (4, 2),
             "stable is back at full size first"
         );
@@ -721,7 +757,7 @@ mod tests {
     fn an_abort_moves_traffic_back_only_once_stable_is_back_at_full_size() {
         let s = strategy(json!([{"setWeight": 40}, {"pause": {}}]));
         let d = next(&s, None, &observe(0, "a", "b"));
-        assert_eq!(replica_split(5, Some(&d.status), d.canary, None), (3, 2));
+        assert_eq!(replica_split(5, Some(&d.status), d.canary, None, None), (3, 2));
         let mut abort = observe(1, "a", "b");
         abort.control = Control::Abort;
         abort.stable_ready = false;
@@ -731,7 +767,7 @@ mod tests {
             (RolloutPhase::RollingBack, 40)
         );
         assert_eq!(
-            replica_split(5, Some(&d.status), d.canary, None),
+            replica_split(5, Some(&d.status), d.canary, None, None),
             (5, 2),
             "stable scales up first"
         );
@@ -836,6 +872,50 @@ mod tests {
     }
 
     #[test]
+    fn traffic_moves_only_once_the_canary_has_grown_to_carry_it() {
+        let s = strategy(json!([{"setWeight": 20}, {"setWeight": 100}]));
+        let at = |now, ready| {
+            let mut observed = observe(now, "a", "b");
+            observed.canary_ready_replicas = ready;
+            observed
+        };
+        let split = |d: &Decision| {
+            let upcoming = upcoming_weight(&s, &d.status);
+            replica_split(10, Some(&d.status), d.canary, None, upcoming)
+        };
+        let d = next(&s, None, &at(0, 1));
+        assert_eq!(d.status.canary_weight, 0, "one replica cannot carry 20%");
+        assert_eq!(split(&d), (10, 2), "the canary grows first");
+        let d = next(&s, Some(&d.status), &at(1, 2));
+        assert_eq!((d.status.canary_weight, d.status.current_step), (20, Some(1)));
+        assert_eq!(split(&d), (8, 10), "stable shrinks only after the weight moved");
+        let d = next(&s, Some(&d.status), &at(2, 9));
+        assert_eq!(d.status.canary_weight, 20);
+        let d = next(&s, Some(&d.status), &at(3, 10));
+        assert!(d.promote);
+
+        // Blue-green: the preview grows to full size before the switch.
+        let blue_green: Strategy =
+            serde_json::from_value(json!({"blueGreen": {"autoPromotion": true, "previewReplicas": 2}}))
+                .unwrap();
+        let plan = canary_plan(&blue_green);
+        let mut observed = observe(0, "a", "b");
+        observed.service_replicas = 4;
+        observed.canary_ready_replicas = 2;
+        let d = next(&plan, None, &observed);
+        assert_eq!(d.status.canary_weight, 0);
+        let upcoming = upcoming_weight(&plan, &d.status);
+        assert_eq!(upcoming, Some(100));
+        assert_eq!(
+            replica_split(4, Some(&d.status), d.canary, Some(2), upcoming),
+            (4, 4)
+        );
+        observed.canary_ready_replicas = 4;
+        let d = next(&plan, Some(&d.status), &observed);
+        assert!(d.promote && d.status.canary_weight == 100);
+    }
+
+    #[test]
     fn background_analysis_rolls_back_during_a_pause() {
         let s: CanaryStrategy = serde_json::from_value(json!({
             "steps": [{"setWeight": 20}, {"pause": {"duration": "10m"}}],
@@ -906,7 +986,7 @@ mod tests {
         ];
         for (total, weight, phase, canary, preview, expected) in cases {
             assert_eq!(
-                replica_split(total, Some(&status(weight, phase)), canary, preview),
+                replica_split(total, Some(&status(weight, phase)), canary, preview, None),
                 expected,
                 "{total} {weight} {phase:?} {preview:?}"
             );

@@ -169,6 +169,11 @@ pub async fn decide(
         revision_of(canary).as_deref() == Some(desired_revision.as_str())
             && settled(canary).is_some_and(|ready| ready > 0)
     });
+    let canary_ready_replicas = live_canary
+        .as_ref()
+        .filter(|canary| revision_of(canary).as_deref() == Some(desired_revision.as_str()))
+        .and_then(settled)
+        .unwrap_or(0);
     let stable_ready = live_stable
         .as_ref()
         .and_then(settled)
@@ -243,6 +248,8 @@ pub async fn decide(
         stable_revision: live_stable.as_ref().and_then(revision_of),
         desired_revision,
         canary_ready,
+        canary_ready_replicas,
+        service_replicas: rsvc.spec.replicas,
         stable_ready,
         control,
         measurement,
