@@ -98,8 +98,9 @@ pub struct Rollout {
     pub preview_replicas: Option<i32>,
     pub decision: Decision,
     pub live_stable: Option<Deployment>,
-    /// The canary runs the desired template with all its replicas ready.
-    pub canary_ready: bool,
+    /// Every pod of the canary runs the desired template and one is ready: it can take traffic,
+    /// also while it grows or shrinks.
+    pub canary_serving: bool,
     /// The splitter has a ready replica.
     pub splitter_ready: bool,
     pub control: Control,
@@ -110,7 +111,7 @@ pub struct Rollout {
 impl Rollout {
     /// Whether the splitter should send anything to the canary track.
     pub fn canary_serves(&self) -> bool {
-        self.decision.canary && self.canary_ready && self.decision.status.phase != RolloutPhase::Aborted
+        self.decision.canary && self.canary_serving && self.decision.status.phase != RolloutPhase::Aborted
     }
 
     /// The live stable Deployment's template and revision.
@@ -131,6 +132,17 @@ fn settled(deployment: &Deployment) -> Option<i32> {
         && status.replicas.unwrap_or(0) == wanted
         && status.ready_replicas.unwrap_or(0) >= wanted;
     caught_up.then_some(status.ready_replicas.unwrap_or(0))
+}
+
+/// A Deployment whose pods all run its current template, at least one of them ready; unlike
+/// [`settled`], it may still be adding or removing replicas.
+fn serving(deployment: &Deployment) -> bool {
+    let Some(status) = deployment.status.as_ref() else {
+        return false;
+    };
+    status.observed_generation >= deployment.metadata.generation
+        && status.updated_replicas.unwrap_or(0) >= status.replicas.unwrap_or(0)
+        && status.ready_replicas.unwrap_or(0) > 0
 }
 
 fn revision_of(deployment: &Deployment) -> Option<String> {
@@ -168,6 +180,9 @@ pub async fn decide(
     let canary_ready = live_canary.as_ref().is_some_and(|canary| {
         revision_of(canary).as_deref() == Some(desired_revision.as_str())
             && settled(canary).is_some_and(|ready| ready > 0)
+    });
+    let canary_serving = live_canary.as_ref().is_some_and(|canary| {
+        revision_of(canary).as_deref() == Some(desired_revision.as_str()) && serving(canary)
     });
     let canary_ready_replicas = live_canary
         .as_ref()
@@ -269,7 +284,7 @@ pub async fn decide(
         preview_replicas: rollout::preview_replicas(&strategy.spec.strategy, rsvc.spec.replicas),
         decision,
         live_stable,
-        canary_ready,
+        canary_serving,
         splitter_ready,
         control,
         control_annotation,
