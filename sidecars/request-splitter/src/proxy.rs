@@ -746,14 +746,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::Source;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(name, value)| (HeaderName::from_static(name), HeaderValue::from_static(value)))
-            .collect()
-    }
+    use crate::{hop_by_hop::tests::headers, store::Source};
 
     #[test]
     fn forwarding_headers_are_appended_and_host_comes_from_the_authority() {
