@@ -51,19 +51,19 @@ impl H1Error {
     }
 }
 
-/// A request head to write: what [`encode_request`] needs, borrowed.
-pub struct RequestHead<'a> {
+/// A request whose body, if any, is in memory, borrowed for one exchange: a retry sends the same
+/// one again without a copy.
+pub struct BufferedRequest<'a> {
     pub method: &'a Method,
-    /// The origin-form target; empty means `/`.
+    /// The origin-form target (path and query); empty means `/`.
     pub target: &'a str,
     pub headers: &'a HeaderMap,
-    /// The `host` to send when `headers` has none: the endpoint's address.
-    pub host: &'a str,
+    pub body: Option<&'a Bytes>,
 }
 
-/// Appends the request head: request line, headers (a `host` when there is none, a
-/// `content-length` for a body that has none), blank line.
-pub fn encode_request(request: &RequestHead<'_>, body_length: Option<usize>, out: &mut BytesMut) {
+/// Appends the request head: request line, headers (`host` as the endpoint's address when there
+/// is none, a `content-length` for a body that has none), blank line. The body is not written.
+pub fn encode_request(request: &BufferedRequest<'_>, host: &str, out: &mut BytesMut) {
     out.extend_from_slice(request.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(if request.target.is_empty() {
@@ -84,11 +84,11 @@ pub fn encode_request(request: &RequestHead<'_>, body_length: Option<usize>, out
     }
     if !has_host {
         out.extend_from_slice(b"host: ");
-        out.extend_from_slice(request.host.as_bytes());
+        out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if !has_length {
-        match body_length {
+        match request.body.map(Bytes::len) {
             Some(length) => {
                 out.extend_from_slice(b"content-length: ");
                 out.extend_from_slice(length.to_string().as_bytes());
@@ -518,6 +518,7 @@ mod tests {
         with_host.insert(header::HOST, HeaderValue::from_static("app.example"));
         with_host.insert("x-request-id", HeaderValue::from_static("abc"));
         let empty = HeaderMap::new();
+        let body = Bytes::from_static(b"hello");
         let cases = [
             (
                 Method::GET,
@@ -530,7 +531,7 @@ mod tests {
                 Method::POST,
                 "/",
                 &with_host,
-                Some(5),
+                Some(&body),
                 "POST / HTTP/1.1\r\nhost: app.example\r\nx-request-id: abc\r\ncontent-length: 5\r\n\r\n",
             ),
             (
@@ -548,15 +549,15 @@ mod tests {
                 "GET / HTTP/1.1\r\nhost: stable:8080\r\n\r\n",
             ),
         ];
-        for (method, target, headers, body_length, expected) in cases {
+        for (method, target, headers, body, expected) in cases {
             let mut out = BytesMut::new();
-            let request = RequestHead {
+            let request = BufferedRequest {
                 method: &method,
                 target,
                 headers,
-                host: "stable:8080",
+                body,
             };
-            encode_request(&request, body_length, &mut out);
+            encode_request(&request, "stable:8080", &mut out);
             assert_eq!(String::from_utf8(out.to_vec()).unwrap(), expected);
         }
     }

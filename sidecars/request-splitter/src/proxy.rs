@@ -35,13 +35,14 @@ use crate::{
     body::{BoxError, RequestBody, ResponseBody},
     config::UpstreamProtocol,
     correlation::{ensure_request_id, ensure_traceparent, TraceId, REQUEST_ID},
+    h1::BufferedRequest,
     health::{now_millis, RetryBudget},
     hop_by_hop,
     metrics::{class_index, Metrics, ReasonLabels},
     mirror::{MirrorJob, MirrorQueue},
     routing::{Choice, Decision},
     store::{Active, ConfigStore},
-    upstream::{self, Buffered, Endpoint, UpstreamBody, UpstreamError},
+    upstream::{self, Endpoint, UpstreamBody, UpstreamError},
 };
 
 /// The header that says why the splitter answered a request itself.
@@ -404,7 +405,7 @@ impl Exchange {
                 match request {
                     Some(request) => endpoint.pool.send(request, backend.connect_timeout).await,
                     None => {
-                        let request = Buffered {
+                        let request = BufferedRequest {
                             method: &self.method,
                             target: self.path.as_str(),
                             headers: &self.headers,

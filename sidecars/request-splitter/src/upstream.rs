@@ -52,7 +52,7 @@ use tokio::{
 use crate::{
     body::{BoxError, RequestBody},
     config::{parse_endpoint, BackendConfig, UpstreamProtocol},
-    h1::{self, BodyDecoder, Decoded, H1Error},
+    h1::{self, BodyDecoder, BufferedRequest, Decoded, H1Error},
     health::EndpointHealth,
     metrics::{BackendMetrics, Metrics},
     routing::mix,
@@ -230,7 +230,7 @@ impl ConnectionPool {
             UpstreamProtocol::Http1 => match request.into_parts() {
                 (parts, RequestBody::Buffered(body)) if is_direct(&parts.method, &parts.headers) => {
                     let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-                    let request = Buffered {
+                    let request = BufferedRequest {
                         method: &parts.method,
                         target,
                         headers: &parts.headers,
@@ -251,21 +251,14 @@ impl ConnectionPool {
         }
     }
 
-    /// A plain HTTP/1.1 exchange on the request's own task (see the module documentation). The
-    /// request is borrowed, so that a retry sends the same one again without a copy; a request
-    /// without `host` gets the endpoint's address as its host.
+    /// A plain HTTP/1.1 exchange on the request's own task (see the module documentation); a
+    /// request without `host` gets the endpoint's address as its host.
     pub async fn send_buffered(
         self: &Arc<Self>,
-        request: Buffered<'_>,
+        request: BufferedRequest<'_>,
         connect_timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let Buffered {
-            method,
-            target,
-            headers,
-            body,
-        } = request;
-        let resend = is_idempotent(method);
+        let resend = is_idempotent(request.method);
         for attempt in 0..=MAX_STALE {
             // The last attempt always opens a fresh connection.
             let pooled = if attempt < MAX_STALE {
@@ -284,17 +277,8 @@ impl ConnectionPool {
             // The request is written from the connection's buffer, which then receives the response.
             buffer.clear();
             buffer.reserve(READ_BUFFER);
-            h1::encode_request(
-                &h1::RequestHead {
-                    method,
-                    target,
-                    headers,
-                    host: &self.address,
-                },
-                body.map(Bytes::len),
-                &mut buffer,
-            );
-            let separate = match body {
+            h1::encode_request(&request, &self.address, &mut buffer);
+            let separate = match request.body {
                 Some(body) if body.len() <= COALESCE_BODY => {
                     buffer.extend_from_slice(body);
                     None
@@ -303,7 +287,7 @@ impl ConnectionPool {
             };
             match exchange(&mut stream, buffer, separate).await {
                 Ok((head, buffer)) => {
-                    let framing = h1::framing(method, &head).map_err(UpstreamError::Http1)?;
+                    let framing = h1::framing(request.method, &head).map_err(UpstreamError::Http1)?;
                     let reusable = head.keep_alive && framing != h1::Framing::Close;
                     let body = DirectBody {
                         stream: Some(stream),
@@ -507,15 +491,6 @@ impl ConnectionPool {
         });
         Ok(sender)
     }
-}
-
-/// A request whose body, if any, is in memory, borrowed for one exchange.
-pub struct Buffered<'a> {
-    pub method: &'a Method,
-    /// The origin-form target: path and query.
-    pub target: &'a str,
-    pub headers: &'a HeaderMap,
-    pub body: Option<&'a Bytes>,
 }
 
 /// An HTTP/1 connection lent to one exchange; it returns to the pool when the response body ends.
