@@ -54,10 +54,9 @@ pub struct Observation {
     pub stable_revision: Option<String>,
     /// Template hash of the service's current spec.
     pub desired_revision: String,
-    /// The canary track has all its replicas ready.
-    pub canary_ready: bool,
-    /// Ready replicas of the canary track once it has settled at the desired revision (0 before):
-    /// a weight moves only when the canary has the replicas to carry it.
+    /// Ready replicas of the canary track once it has settled at the desired revision, all its
+    /// replicas ready (0 before): nothing moves before then, and a weight moves only when the
+    /// canary has the replicas to carry it.
     pub canary_ready_replicas: i32,
     /// The service's replica count.
     pub service_replicas: i32,
@@ -310,7 +309,7 @@ pub fn next(strategy: &CanaryStrategy, previous: Option<&RolloutStatus>, observe
             return promote(status, now, "all steps passed".to_owned());
         };
         // Nothing moves before the canary's replicas are ready.
-        if !observed.canary_ready {
+        if observed.canary_ready_replicas == 0 {
             status.message = Some("waiting for the canary replicas to be ready".to_owned());
             return Decision::hold(status, Some(Duration::from_secs(2)));
         }
@@ -598,7 +597,6 @@ mod tests {
             now: Timestamp::from_second(1_000_000 + now).unwrap(),
             stable_revision: Some(stable.to_owned()),
             desired_revision: desired.to_owned(),
-            canary_ready: true,
             // Ready enough for any weight; the growth before a weight moves has its own test.
             canary_ready_replicas: 10,
             service_replicas: 10,
@@ -686,7 +684,7 @@ mod tests {
     fn nothing_moves_until_the_canary_is_ready() {
         let s = strategy(json!([{"setWeight": 10}]));
         let mut observed = observe(0, "a", "b");
-        observed.canary_ready = false;
+        observed.canary_ready_replicas = 0;
         let d = next(&s, None, &observed);
         assert_eq!((d.status.canary_weight, d.status.current_step), (0, Some(0)));
         assert!(d.canary);

@@ -177,18 +177,12 @@ pub async fn decide(
     let live_splitter = deployments.get_opt(&canary::splitter_name(&name)).await?;
 
     let desired_revision = content_hash(&rsvc.spec.template)?;
-    let canary_ready = live_canary.as_ref().is_some_and(|canary| {
-        revision_of(canary).as_deref() == Some(desired_revision.as_str())
-            && settled(canary).is_some_and(|ready| ready > 0)
-    });
-    let canary_serving = live_canary.as_ref().is_some_and(|canary| {
-        revision_of(canary).as_deref() == Some(desired_revision.as_str()) && serving(canary)
-    });
-    let canary_ready_replicas = live_canary
+    // The canary counts only once it runs the desired template.
+    let current_canary = live_canary
         .as_ref()
-        .filter(|canary| revision_of(canary).as_deref() == Some(desired_revision.as_str()))
-        .and_then(settled)
-        .unwrap_or(0);
+        .filter(|canary| revision_of(canary).as_deref() == Some(desired_revision.as_str()));
+    let canary_serving = current_canary.is_some_and(serving);
+    let canary_ready_replicas = current_canary.and_then(settled).unwrap_or(0);
     let stable_ready = live_stable
         .as_ref()
         .and_then(settled)
@@ -206,7 +200,7 @@ pub async fn decide(
         let analysis = analysis_step(&plan, previous)?;
         let in_progress = previous.phase == RolloutPhase::Progressing
             && previous.canary_revision.as_deref() == Some(desired_revision.as_str())
-            && canary_ready;
+            && canary_ready_replicas > 0;
         in_progress.then_some((analysis, previous))
     });
     let mut measurement = None;
@@ -262,7 +256,6 @@ pub async fn decide(
         now: Timestamp::now(),
         stable_revision: live_stable.as_ref().and_then(revision_of),
         desired_revision,
-        canary_ready,
         canary_ready_replicas,
         service_replicas: rsvc.spec.replicas,
         stable_ready,
