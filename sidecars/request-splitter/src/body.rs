@@ -8,10 +8,11 @@ use std::{
 };
 
 use bytes::Bytes;
+use http::{HeaderName, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
-use crate::upstream::UpstreamBody;
+use crate::{h1::RawHeaders, upstream::UpstreamBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -72,7 +73,33 @@ pub enum ResponseBody {
     Local(Option<Bytes>),
 }
 
+/// The response with every header in its map, for a server that writes only the map (hyper):
+/// moves in the backend's header lines that were left as received (see
+/// [`UpstreamBody::take_raw_headers`]).
+pub fn with_header_map(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
+    if let Some(raw) = response.body_mut().take_raw_headers() {
+        raw.append_to(response.headers_mut());
+    }
+    response
+}
+
 impl ResponseBody {
+    /// The backend's header lines not in the response's map, if any.
+    pub fn take_raw_headers(&mut self) -> Option<RawHeaders> {
+        match self {
+            ResponseBody::Upstream(body) => body.take_raw_headers(),
+            ResponseBody::Local(_) => None,
+        }
+    }
+
+    /// Whether the backend's header lines not in the response's map include `name`.
+    pub fn raw_headers_contain(&self, name: &HeaderName) -> bool {
+        match self {
+            ResponseBody::Upstream(body) => body.raw_headers().is_some_and(|raw| raw.contains(name)),
+            ResponseBody::Local(_) => false,
+        }
+    }
+
     pub fn text(text: &'static str) -> ResponseBody {
         ResponseBody::Local(Some(Bytes::from_static(text.as_bytes())))
     }

@@ -309,6 +309,7 @@ async fn write_response(
     close: bool,
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
+    let raw_headers = body.take_raw_headers();
     let status = parts.status;
     out.clear();
     out.extend_from_slice(if version == Version::HTTP_10 {
@@ -322,16 +323,27 @@ async fn write_response(
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
     let mut length = None;
+    // The backend's lines as it sent them (without its hop-by-hop ones), then what the map holds:
+    // the splitter's own headers, or all of them when the response came another way.
+    if let Some(raw) = &raw_headers {
+        for (name, value) in raw.iter() {
+            note_header(name, value, &mut length, &mut has_date);
+        }
+        for run in raw.runs() {
+            out.extend_from_slice(run);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     for (name, value) in &parts.headers {
         if *name == header::CONNECTION || *name == header::TRANSFER_ENCODING {
             continue;
         }
-        if *name == header::CONTENT_LENGTH {
-            length = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|text| text.trim().parse::<u64>().ok());
-        }
-        has_date |= *name == header::DATE;
+        note_header(
+            name.as_str().as_bytes(),
+            value.as_bytes(),
+            &mut length,
+            &mut has_date,
+        );
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -445,6 +457,16 @@ async fn write_response(
         stream.write_all(out).await?;
     }
     Ok(!close)
+}
+
+/// Notes what the response's framing and `date` depend on.
+fn note_header(name: &[u8], value: &[u8], length: &mut Option<u64>, has_date: &mut bool) {
+    if name.eq_ignore_ascii_case(b"content-length") {
+        *length = std::str::from_utf8(value)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok());
+    }
+    *has_date |= name.eq_ignore_ascii_case(b"date");
 }
 
 fn put_length(out: &mut Vec<u8>, length: u64) {

@@ -109,8 +109,8 @@ pub fn encode_request(request: &BufferedRequest<'_>, host: &str, out: &mut Bytes
 pub struct Head {
     pub status: StatusCode,
     pub version: Version,
-    /// The end-to-end headers; the hop-by-hop ones too when `hop_by_hop_removed` is false.
-    pub headers: HeaderMap,
+    /// The end-to-end header lines; the hop-by-hop ones too when `hop_by_hop_removed` is false.
+    pub headers: RawHeaders,
     /// The backend keeps the connection open after this response.
     pub keep_alive: bool,
     /// The hop-by-hop headers were left out of `headers`. They stay (for the proxy to remove)
@@ -130,22 +130,97 @@ enum ContentLength {
     Invalid(&'static str),
 }
 
-thread_local! {
-    /// Scratch space for the header lines of the head being parsed, kept from one response to
-    /// the next instead of allocated for each.
-    static LINES: std::cell::RefCell<Vec<Line>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Where one header line lies in the head, and its hop-by-hop bit.
+#[derive(Debug, Clone, Copy)]
 struct Line {
     name: (usize, usize),
     value: (usize, usize),
     hop_by_hop: u8,
 }
 
+/// A response's header lines as the backend sent them: the head's bytes and where each line lies.
+/// Writing them again to an HTTP/1.1 client needs no map, and building one for every response
+/// costs more than parsing it; [`RawHeaders::append_to`] builds it where one is needed.
+#[derive(Debug, Default)]
+pub struct RawHeaders {
+    head: Bytes,
+    lines: Vec<Line>,
+    /// Lines with any of these hop-by-hop bits are left out.
+    skipped: u8,
+}
+
+impl RawHeaders {
+    /// Name and value of each line, in the order received, names in the backend's case.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.lines
+            .iter()
+            .filter(|line| line.hop_by_hop & self.skipped == 0)
+            .map(|line| {
+                (
+                    &self.head[line.name.0..line.name.1],
+                    &self.head[line.value.0..line.value.1],
+                )
+            })
+    }
+
+    /// The kept lines as few slices of the head as possible: each holds one or more whole lines,
+    /// joined by the `\r\n` they came with, and ends without one. Writing a response copies these
+    /// instead of each name and value.
+    pub fn runs(&self) -> impl Iterator<Item = &[u8]> {
+        let mut kept = self
+            .lines
+            .iter()
+            .filter(|line| line.hop_by_hop & self.skipped == 0)
+            .peekable();
+        std::iter::from_fn(move || {
+            let first = kept.next()?;
+            let (start, mut end) = (first.name.0, first.value.1);
+            while let Some(next) = kept
+                .next_if(|next| next.name.0 == end + 2 && self.head.get(end..end + 2) == Some(&b"\r\n"[..]))
+            {
+                end = next.value.1;
+            }
+            Some(&self.head[start..end])
+        })
+    }
+
+    pub fn contains(&self, name: &HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        self.iter()
+            .any(|(candidate, _)| candidate.eq_ignore_ascii_case(name))
+    }
+
+    /// Moves the lines into `map`, after what it holds; values share the head's memory.
+    pub fn append_to(self, map: &mut HeaderMap) {
+        map.reserve(self.lines.len());
+        for line in self
+            .lines
+            .iter()
+            .filter(|line| line.hop_by_hop & self.skipped == 0)
+        {
+            // httparse admits exactly the names and values that `HeaderName` and `HeaderValue`
+            // do (tokens; visible characters, spaces, tabs and obs-text), so none is left out.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&self.head[line.name.0..line.name.1]),
+                HeaderValue::from_maybe_shared(self.head.slice(line.value.0..line.value.1)),
+            ) {
+                map.append(name, value);
+            }
+        }
+    }
+
+    /// The lines as a map.
+    pub fn into_map(self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        self.append_to(&mut map);
+        map
+    }
+}
+
 /// Parses the response head at the start of `buffer` and removes it; `None` while it is
-/// incomplete. Header values share the buffer's memory instead of being copied. The connection
-/// and framing headers are read in the same pass, so nothing looks them up in the map later.
+/// incomplete. The header lines stay in the buffer's memory, unvalidated beyond what httparse
+/// checks. The connection and framing headers are read in the same pass, so nothing looks for
+/// them later.
 pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     if buffer.is_empty() {
         return Ok(None);
@@ -174,10 +249,7 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         Version::HTTP_11
     };
     let base = buffer.as_ptr().addr();
-    // Scratch space kept from one response to the next; an error drops it, and the next
-    // response allocates again.
-    let mut lines = LINES.take();
-    lines.clear();
+    let mut lines = Vec::with_capacity(response.headers.len());
     let (mut close, mut keep_alive, mut names_others, mut te_listed) = (false, false, false, false);
     let mut te_trailers = false;
     let mut content_length = ContentLength::Absent;
@@ -242,19 +314,11 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     } else {
         0
     };
-    let head = buffer.split_to(length).freeze();
-    let mut headers = HeaderMap::with_capacity(lines.len() + 1);
-    for line in &lines {
-        if hop_by_hop_removed && line.hop_by_hop & !kept_te != 0 {
-            continue;
-        }
-        let name = HeaderName::from_bytes(&head[line.name.0..line.name.1])
-            .map_err(|_| H1Error::Malformed("header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(line.value.0..line.value.1))
-            .map_err(|_| H1Error::Malformed("header value"))?;
-        headers.append(name, value);
-    }
-    LINES.set(lines);
+    let headers = RawHeaders {
+        head: buffer.split_to(length).freeze(),
+        lines,
+        skipped: if hop_by_hop_removed { !kept_te } else { 0 },
+    };
     Ok(Some(Head {
         status,
         version,
@@ -481,7 +545,11 @@ mod tests {
     use super::*;
 
     fn head(text: &str) -> Head {
-        let mut buffer = BytesMut::from(text);
+        head_bytes(text.as_bytes())
+    }
+
+    fn head_bytes(wire: &[u8]) -> Head {
+        let mut buffer = BytesMut::from(wire);
         parse_head(&mut buffer).unwrap().unwrap()
     }
 
@@ -573,7 +641,11 @@ mod tests {
         buffer.extend_from_slice(&wire[wire.len() - 3..]);
         let head = parse_head(&mut buffer).unwrap().unwrap();
         assert_eq!(head.status, StatusCode::OK);
-        assert_eq!(head.headers["x-backend"], "stable");
+        let lines: Vec<(&[u8], &[u8])> = head.headers.iter().collect();
+        assert_eq!(
+            lines,
+            [(&b"Content-Length"[..], &b"2"[..]), (b"X-Backend", b"stable")]
+        );
         assert_eq!(&buffer[..], b"ok");
         assert_eq!(framing(&Method::GET, &head).unwrap(), Framing::Length(2));
         assert_eq!(framing(&Method::HEAD, &head).unwrap(), Framing::Empty);
@@ -661,9 +733,51 @@ mod tests {
         for (text, removed, kept) in cases {
             let head = head(text);
             assert_eq!(head.hop_by_hop_removed, removed, "{text}");
-            let names: Vec<&str> = head.headers.keys().map(HeaderName::as_str).collect();
+            let map = head.headers.into_map();
+            let names: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
             assert_eq!(names, kept, "{text}");
         }
+    }
+
+    #[test]
+    fn runs_join_adjacent_kept_lines_as_they_came() {
+        let cases: [(&str, &[&str]); 4] = [
+            (
+                "HTTP/1.1 200 OK\r\nServer: a\r\nDate: b\r\nContent-Length: 0\r\n\r\n",
+                &["Server: a\r\nDate: b\r\nContent-Length: 0"],
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nA: 1\r\nConnection: keep-alive\r\nB:2\r\nC: 3\r\n\r\n",
+                &["A: 1", "B:2\r\nC: 3"],
+            ),
+            // Trailing spaces are not part of a value, and bare line feeds are not passed on.
+            (
+                "HTTP/1.1 200 OK\r\nA: 1  \r\nB: 2\nC: 3\n\n",
+                &["A: 1", "B: 2", "C: 3"],
+            ),
+            ("HTTP/1.1 204 No Content\r\nKeep-Alive: 5\r\n\r\n", &[]),
+        ];
+        for (text, expected) in cases {
+            let head = head(text);
+            let runs: Vec<&[u8]> = head.headers.runs().collect();
+            let expected: Vec<&[u8]> = expected.iter().map(|run| run.as_bytes()).collect();
+            assert_eq!(runs, expected, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn every_line_httparse_admits_makes_it_into_the_map() {
+        let mut wire = b"HTTP/1.1 200 OK\r\nX-Token!#$%&'*+-.^_`|~09: a\tb\r\nX-Obs-Text: ".to_vec();
+        wire.extend_from_slice(&[0x80, 0xff, b' ', b'~']);
+        wire.extend_from_slice(b"\r\nEmpty:\r\nX-Dup: 1\r\nx-dup: 2\r\n\r\n");
+        let head = head_bytes(&wire);
+        let lines = head.headers.iter().count();
+        let map = head.headers.into_map();
+        assert_eq!((lines, map.len()), (5, 5));
+        assert_eq!(map["x-token!#$%&'*+-.^_`|~09"], "a\tb");
+        assert_eq!(map["x-obs-text"].as_bytes(), [0x80, 0xff, b' ', b'~']);
+        assert_eq!(map["empty"], "");
+        assert_eq!(map.get_all("x-dup").iter().collect::<Vec<_>>(), ["1", "2"]);
     }
 
     #[test]

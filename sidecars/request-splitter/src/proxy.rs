@@ -32,7 +32,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::{
-    body::{BoxError, RequestBody, ResponseBody},
+    body::{self, BoxError, RequestBody, ResponseBody},
     config::UpstreamProtocol,
     correlation::{ensure_request_id, ensure_traceparent, TraceId, REQUEST_ID},
     h1::BufferedRequest,
@@ -174,7 +174,7 @@ where
 {
     hyper::service::service_fn(move |request: Request<B>| {
         let (shared, connection) = (shared.clone(), connection.clone());
-        async move { Ok(handle(shared, request, &connection).await) }
+        async move { Ok(body::with_header_map(handle(shared, request, &connection).await)) }
     })
 }
 
@@ -526,9 +526,12 @@ impl Exchange {
     }
 
     fn decorate(&self, response: &mut Response<ResponseBody>) {
+        let sent_id = response.body().raw_headers_contain(&REQUEST_ID);
         let headers = response.headers_mut();
-        if let Entry::Vacant(missing) = headers.entry(&REQUEST_ID) {
-            missing.insert(self.request_id.clone());
+        if !sent_id {
+            if let Entry::Vacant(missing) = headers.entry(&REQUEST_ID) {
+                missing.insert(self.request_id.clone());
+            }
         }
         if let Some(cookie) = &self.decision.set_cookie {
             headers.append(header::SET_COOKIE, cookie.clone());

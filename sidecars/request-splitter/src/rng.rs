@@ -27,15 +27,26 @@ pub fn below(bound: u64) -> u64 {
 
 /// Lowercase hex of `N` random bytes, written into `out` (which must hold `2 * N` bytes).
 pub fn hex_into(out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut bits = 0u64;
-    for (index, slot) in out.iter_mut().enumerate() {
-        if index % 16 == 0 {
-            bits = next_u64();
-        }
-        *slot = DIGITS[(bits & 0xf) as usize];
-        bits >>= 4;
+    for chunk in out.chunks_mut(16) {
+        let digits = hex_digits(next_u64());
+        chunk.copy_from_slice(&digits[..chunk.len()]);
     }
+}
+
+/// The sixteen nibbles of `bits` as lowercase hex digits, eight at a time: the low nibble of each
+/// byte, then the high ones (an order of its own, which a random value does not mind).
+fn hex_digits(bits: u64) -> [u8; 16] {
+    const NIBBLES: u64 = 0x0f0f_0f0f_0f0f_0f0f;
+    let to_ascii = |nibbles: u64| {
+        // A byte of 10 or more carries into its bit 4 when 6 is added; those bytes get the
+        // distance from '9' + 1 to 'a' on top of '0'. No byte carries into the next.
+        let letters = ((nibbles + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+        nibbles + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'9' - 1)
+    };
+    let mut digits = [0u8; 16];
+    digits[..8].copy_from_slice(&to_ascii(bits & NIBBLES).to_le_bytes());
+    digits[8..].copy_from_slice(&to_ascii((bits >> 4) & NIBBLES).to_le_bytes());
+    digits
 }
 
 #[cfg(test)]
@@ -50,6 +61,13 @@ mod tests {
             seen[usize::try_from(value).unwrap()] = true;
         }
         assert!(seen.iter().all(|s| *s));
+    }
+
+    #[test]
+    fn every_nibble_becomes_its_digit() {
+        assert_eq!(&hex_digits(0x0123_4567_89ab_cdef), b"fdb97531eca86420");
+        assert_eq!(&hex_digits(0), b"0000000000000000");
+        assert_eq!(&hex_digits(u64::MAX), b"ffffffffffffffff");
     }
 
     #[test]

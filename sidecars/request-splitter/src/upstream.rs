@@ -296,13 +296,21 @@ impl ConnectionPool {
                         reusable,
                         pool: self.clone(),
                     };
+                    // Left as lines for the client connection to write out; a response whose
+                    // hop-by-hop headers are still to be stripped gets its map at once.
+                    let (raw_headers, headers) = if head.hop_by_hop_removed {
+                        (Some(head.headers), HeaderMap::new())
+                    } else {
+                        (None, head.headers.into_map())
+                    };
                     let mut response = Response::new(UpstreamBody {
                         kind: BodyKind::Direct(body),
                         hop_by_hop_removed: head.hop_by_hop_removed,
+                        raw_headers,
                     });
                     *response.status_mut() = head.status;
                     *response.version_mut() = head.version;
-                    *response.headers_mut() = head.headers;
+                    *response.headers_mut() = headers;
                     return Ok(response);
                 }
                 // The backend closed the pooled connection while it was idle.
@@ -512,6 +520,9 @@ pub struct UpstreamBody {
     kind: BodyKind,
     /// The response head came without its hop-by-hop headers (see [`h1::parse_head`]).
     hop_by_hop_removed: bool,
+    /// The backend's header lines, when they are not in the response's map (which then has
+    /// none of them): see [`UpstreamBody::take_raw_headers`].
+    raw_headers: Option<h1::RawHeaders>,
 }
 
 enum BodyKind {
@@ -524,6 +535,7 @@ impl UpstreamBody {
         UpstreamBody {
             kind: BodyKind::Hyper { body, lease },
             hop_by_hop_removed: false,
+            raw_headers: None,
         }
     }
 
@@ -531,6 +543,17 @@ impl UpstreamBody {
     /// for them again.
     pub fn hop_by_hop_removed(&self) -> bool {
         self.hop_by_hop_removed
+    }
+
+    /// The backend's header lines that are not in the response's map. A direct exchange leaves
+    /// them as received, so that an HTTP/1.1 client connection writes them out without a map;
+    /// whoever needs the map moves them into it.
+    pub fn raw_headers(&self) -> Option<&h1::RawHeaders> {
+        self.raw_headers.as_ref()
+    }
+
+    pub fn take_raw_headers(&mut self) -> Option<h1::RawHeaders> {
+        self.raw_headers.take()
     }
 }
 

@@ -14,8 +14,11 @@ use std::{
     },
 };
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
 use serde_json::json;
-use support::{client, get, splitter, STEP};
+use support::{client, get, send, splitter, STEP};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -107,6 +110,36 @@ async fn a_body_delimited_by_the_end_of_the_connection_is_relayed_and_the_next_r
         );
     }
     assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+/// The backend's header lines reach the client whichever side writes the response: the plain
+/// HTTP/1.1 path (a GET without a body) and hyper (a GET with a body). The backend's own request id
+/// is kept, not doubled, and its connection headers stay behind.
+#[tokio::test]
+async fn the_backends_headers_reach_the_client_once_without_its_connection_headers() {
+    let (backend, _) = scripted(
+        b"HTTP/1.1 200 OK\r\nX-Backend: stable\r\nX-Request-Id: from-backend\r\nConnection: keep-alive\r\n\
+          Keep-Alive: timeout=5\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok",
+        After::KeepOpen,
+    )
+    .await;
+    let splitter = splitter_for(backend).await;
+    let client = client();
+    let with_body = Request::get(splitter.url("/"))
+        .body(Full::new(Bytes::from_static(b"x")))
+        .unwrap();
+    for reply in [
+        get(&client, &splitter.url("/"), &[]).await,
+        send(&client, with_body).await,
+    ] {
+        assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"));
+        assert_eq!(reply.headers["x-backend"], "stable");
+        let ids: Vec<_> = reply.headers.get_all("x-request-id").iter().collect();
+        assert_eq!(ids, ["from-backend"]);
+        let cookies: Vec<_> = reply.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert!(!reply.headers.contains_key("keep-alive"));
+    }
 }
 
 #[tokio::test]
