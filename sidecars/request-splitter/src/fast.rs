@@ -18,7 +18,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use tokio::{
@@ -29,9 +29,8 @@ use tokio::{
 };
 
 use crate::{
-    body::ResponseBody,
     config::LimitsConfig,
-    proxy::{self, ConnectionInfo, Shared},
+    proxy::{self, BoxedResponse, ConnectionInfo, Shared},
 };
 
 /// Most header lines in a request head, as hyper allows.
@@ -129,7 +128,7 @@ async fn handle_watching_client(
     shared: &Arc<Shared>,
     request: Request<Empty<Bytes>>,
     info: &ConnectionInfo,
-) -> Option<Response<ResponseBody>> {
+) -> Option<BoxedResponse> {
     let handling = proxy::handle(shared.clone(), request, info);
     let mut handling = std::pin::pin!(handling);
     let mut watching = true;
@@ -302,13 +301,13 @@ enum Framing {
 async fn write_response(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
-    response: Response<ResponseBody>,
+    response: BoxedResponse,
     version: Version,
     head_request: bool,
     trailers_accepted: bool,
     close: bool,
 ) -> io::Result<bool> {
-    let (parts, mut body) = response.into_parts();
+    let (parts, mut body) = (*response).into_parts();
     let raw_headers = body.take_raw_headers();
     let status = parts.status;
     out.clear();
@@ -326,9 +325,10 @@ async fn write_response(
     // The backend's lines as it sent them (without its hop-by-hop ones), then what the map holds:
     // the splitter's own headers, or all of them when the response came another way.
     if let Some(raw) = &raw_headers {
-        for (name, value) in raw.iter() {
-            note_header(name, value, &mut length, &mut has_date);
-        }
+        // Read while the head was parsed; a response whose length lines are invalid does not
+        // get this far.
+        length = raw.content_length();
+        has_date = raw.has_date();
         for run in raw.runs() {
             out.extend_from_slice(run);
             out.extend_from_slice(b"\r\n");

@@ -147,6 +147,9 @@ pub struct RawHeaders {
     lines: Vec<Line>,
     /// Lines with any of these hop-by-hop bits are left out.
     skipped: u8,
+    /// The value of the `content-length` lines, when they have one valid value.
+    content_length: Option<u64>,
+    has_date: bool,
 }
 
 impl RawHeaders {
@@ -182,6 +185,15 @@ impl RawHeaders {
             }
             Some(&self.head[start..end])
         })
+    }
+
+    /// What the `content-length` lines say, when they are there and agree on a number.
+    pub fn content_length(&self) -> Option<u64> {
+        self.content_length
+    }
+
+    pub fn has_date(&self) -> bool {
+        self.has_date
     }
 
     pub fn contains(&self, name: &HeaderName) -> bool {
@@ -253,6 +265,7 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     let (mut close, mut keep_alive, mut names_others, mut te_listed) = (false, false, false, false);
     let mut te_trailers = false;
     let mut content_length = ContentLength::Absent;
+    let mut has_date = false;
     let mut chunked = None;
     for field in response.headers.iter() {
         let name = field.name.as_bytes();
@@ -268,7 +281,7 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
                     (_, Some(length)) => ContentLength::Valid(length),
                 };
             }
-            0 => {}
+            0 => has_date |= name.eq_ignore_ascii_case(b"date"),
             hop_by_hop::CONNECTION_BIT => {
                 for token in field.value.split(|byte| *byte == b',').map(<[u8]>::trim_ascii) {
                     close |= token.eq_ignore_ascii_case(b"close");
@@ -318,6 +331,11 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         head: buffer.split_to(length).freeze(),
         lines,
         skipped: if hop_by_hop_removed { !kept_te } else { 0 },
+        content_length: match content_length {
+            ContentLength::Valid(length) => Some(length),
+            ContentLength::Absent | ContentLength::Invalid(_) => None,
+        },
+        has_date,
     };
     Ok(Some(Head {
         status,
@@ -645,6 +663,15 @@ mod tests {
         assert_eq!(
             lines,
             [(&b"Content-Length"[..], &b"2"[..]), (b"X-Backend", b"stable")]
+        );
+        assert_eq!(
+            (head.headers.content_length(), head.headers.has_date()),
+            (Some(2), false)
+        );
+        let dated = head_bytes(b"HTTP/1.1 200 OK\r\nDATE: Sat, 21 Nov 2026 10:00:00 GMT\r\n\r\n");
+        assert_eq!(
+            (dated.headers.content_length(), dated.headers.has_date()),
+            (None, true)
         );
         assert_eq!(&buffer[..], b"ok");
         assert_eq!(framing(&Method::GET, &head).unwrap(), Framing::Length(2));

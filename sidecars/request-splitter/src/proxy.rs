@@ -174,16 +174,20 @@ where
 {
     hyper::service::service_fn(move |request: Request<B>| {
         let (shared, connection) = (shared.clone(), connection.clone());
-        async move { Ok(body::with_header_map(handle(shared, request, &connection).await)) }
+        async move { Ok(body::with_header_map(*handle(shared, request, &connection).await)) }
     })
 }
+
+/// A response on its way to the client, boxed: it passes up through several futures, and moving
+/// a box costs less than copying the response at each step.
+pub type BoxedResponse = Box<Response<ResponseBody>>;
 
 /// Answers one request.
 pub async fn handle<B>(
     shared: Arc<Shared>,
     mut request: Request<B>,
     connection: &ConnectionInfo,
-) -> Response<ResponseBody>
+) -> BoxedResponse
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -210,7 +214,7 @@ where
                 reason: error.reason(),
             })
             .inc();
-        return local_response(&error, &request_id);
+        return Box::new(local_response(&error, &request_id));
     };
     let trace_id = ensure_traceparent(&mut headers);
     let decision = active.router.decide(&headers, connection.remote.ip());
@@ -261,7 +265,7 @@ struct Exchange {
 type Served = (usize, usize);
 
 impl Exchange {
-    async fn forward<B>(mut self, body: B) -> Response<ResponseBody>
+    async fn forward<B>(mut self, body: B) -> BoxedResponse
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -487,7 +491,7 @@ impl Exchange {
         backend: usize,
         endpoint: usize,
         retries: u32,
-    ) -> Response<ResponseBody> {
+    ) -> BoxedResponse {
         let (mut parts, body) = response.into_parts();
         if !body.hop_by_hop_removed() {
             hop_by_hop::strip(
@@ -496,13 +500,13 @@ impl Exchange {
             );
         }
         parts.version = self.version;
-        let mut response = Response::from_parts(parts, ResponseBody::Upstream(body));
+        let mut response = Box::new(Response::from_parts(parts, ResponseBody::Upstream(body)));
         self.decorate(&mut response);
         self.record(&response, backend, Some(endpoint), retries);
         response
     }
 
-    fn finish_local(&self, error: ProxyError, retries: u32) -> Response<ResponseBody> {
+    fn finish_local(&self, error: ProxyError, retries: u32) -> BoxedResponse {
         self.shared
             .metrics
             .local_responses
@@ -519,7 +523,7 @@ impl Exchange {
             retries,
             "No backend could serve a request."
         );
-        let mut response = local_response(&error, &self.request_id);
+        let mut response = Box::new(local_response(&error, &self.request_id));
         self.decorate(&mut response);
         self.record(&response, self.decision.backend, None, retries);
         response
@@ -569,7 +573,7 @@ impl Exchange {
     }
 
     /// WebSocket and other `Upgrade` requests: one attempt, then bytes copied both ways.
-    async fn tunnel(mut self, on_upgrade: OnUpgrade) -> Response<ResponseBody> {
+    async fn tunnel(mut self, on_upgrade: OnUpgrade) -> BoxedResponse {
         let active = self.active.clone();
         let backend_index = self.decision.backend;
         let backend = &active.backends[backend_index];
