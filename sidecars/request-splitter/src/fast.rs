@@ -30,6 +30,7 @@ use tokio::{
 
 use crate::{
     config::LimitsConfig,
+    hop_by_hop,
     proxy::{self, BoxedResponse, ConnectionInfo, Shared},
 };
 
@@ -224,23 +225,23 @@ fn parse_request(buffer: &mut BytesMut, max_head: usize, spans: &mut Vec<HeaderS
     let (mut close, mut keep_alive, mut trailers) = (false, false, false);
     for field in parsed.headers.iter() {
         let name = field.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
-            || name.eq_ignore_ascii_case(b"expect")
-            || (name.eq_ignore_ascii_case(b"content-length") && field.value.trim_ascii() != b"0")
+        if hop_by_hop::is(name, b"transfer-encoding")
+            || hop_by_hop::is(name, b"upgrade")
+            || hop_by_hop::is(name, b"expect")
+            || (hop_by_hop::is(name, b"content-length") && field.value.trim_ascii() != b"0")
         {
             return Parsed::HandOff;
         }
-        if name.eq_ignore_ascii_case(b"connection") {
+        if hop_by_hop::is(name, b"connection") {
             for token in field.value.split(|byte| *byte == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                close |= hop_by_hop::is(token, b"close");
+                keep_alive |= hop_by_hop::is(token, b"keep-alive");
             }
-        } else if name.eq_ignore_ascii_case(b"te") {
+        } else if hop_by_hop::is(name, b"te") {
             trailers |= field
                 .value
                 .split(|byte| *byte == b',')
-                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+                .any(|token| hop_by_hop::is(token.trim_ascii(), b"trailers"));
         }
         let name_start = field.name.as_ptr().addr() - base;
         let value_start = field.value.as_ptr().addr() - base;

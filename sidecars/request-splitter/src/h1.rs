@@ -271,7 +271,7 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         let name = field.name.as_bytes();
         let bit = hop_by_hop::bit(name);
         match bit {
-            0 if name.eq_ignore_ascii_case(b"content-length") => {
+            0 if hop_by_hop::is(name, b"content-length") => {
                 content_length = match (content_length, parse_length(field.value)) {
                     (ContentLength::Invalid(why), _) => ContentLength::Invalid(why),
                     (_, None) => ContentLength::Invalid("content-length"),
@@ -281,19 +281,19 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
                     (_, Some(length)) => ContentLength::Valid(length),
                 };
             }
-            0 => has_date |= name.eq_ignore_ascii_case(b"date"),
+            0 => has_date |= hop_by_hop::is(name, b"date"),
             hop_by_hop::CONNECTION_BIT => {
                 for token in field.value.split(|byte| *byte == b',').map(<[u8]>::trim_ascii) {
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                    close |= hop_by_hop::is(token, b"close");
+                    keep_alive |= hop_by_hop::is(token, b"keep-alive");
                     match hop_by_hop::bit(token) {
-                        0 => names_others |= !token.is_empty() && !token.eq_ignore_ascii_case(b"close"),
+                        0 => names_others |= !token.is_empty() && !hop_by_hop::is(token, b"close"),
                         hop_by_hop::TE_BIT => te_listed = true,
                         _ => {}
                     }
                 }
             }
-            hop_by_hop::TE_BIT => te_trailers = field.value.eq_ignore_ascii_case(b"trailers"),
+            hop_by_hop::TE_BIT => te_trailers = hop_by_hop::is(field.value, b"trailers"),
             hop_by_hop::TRANSFER_ENCODING_BIT => {
                 let last = field
                     .value
@@ -301,7 +301,7 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
                     .map(<[u8]>::trim_ascii)
                     .rfind(|coding| !coding.is_empty());
                 if let Some(coding) = last {
-                    chunked = Some(coding.eq_ignore_ascii_case(b"chunked"));
+                    chunked = Some(hop_by_hop::is(coding, b"chunked"));
                 } else if chunked.is_none() {
                     chunked = Some(false);
                 }
