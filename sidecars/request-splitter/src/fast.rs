@@ -233,15 +233,12 @@ fn parse_request(buffer: &mut BytesMut, max_head: usize, spans: &mut Vec<HeaderS
             return Parsed::HandOff;
         }
         if hop_by_hop::is(name, b"connection") {
-            for token in field.value.split(|byte| *byte == b',').map(<[u8]>::trim_ascii) {
+            for token in hop_by_hop::tokens(field.value) {
                 close |= hop_by_hop::is(token, b"close");
                 keep_alive |= hop_by_hop::is(token, b"keep-alive");
             }
         } else if hop_by_hop::is(name, b"te") {
-            trailers |= field
-                .value
-                .split(|byte| *byte == b',')
-                .any(|token| hop_by_hop::is(token.trim_ascii(), b"trailers"));
+            trailers |= hop_by_hop::tokens(field.value).any(|token| hop_by_hop::is(token, b"trailers"));
         }
         let name_start = field.name.as_ptr().addr() - base;
         let value_start = field.value.as_ptr().addr() - base;
@@ -339,12 +336,12 @@ async fn write_response(
         if *name == header::CONNECTION || *name == header::TRANSFER_ENCODING {
             continue;
         }
-        note_header(
-            name.as_str().as_bytes(),
-            value.as_bytes(),
-            &mut length,
-            &mut has_date,
-        );
+        if *name == header::CONTENT_LENGTH {
+            length = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok());
+        }
+        has_date |= *name == header::DATE;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -458,16 +455,6 @@ async fn write_response(
         stream.write_all(out).await?;
     }
     Ok(!close)
-}
-
-/// Notes what the response's framing and `date` depend on.
-fn note_header(name: &[u8], value: &[u8], length: &mut Option<u64>, has_date: &mut bool) {
-    if name.eq_ignore_ascii_case(b"content-length") {
-        *length = std::str::from_utf8(value)
-            .ok()
-            .and_then(|text| text.trim().parse::<u64>().ok());
-    }
-    *has_date |= name.eq_ignore_ascii_case(b"date");
 }
 
 fn put_length(out: &mut Vec<u8>, length: u64) {

@@ -116,7 +116,6 @@ pub struct Head {
     /// The hop-by-hop headers were left out of `headers`. They stay (for the proxy to remove)
     /// on a `101` and when `connection` names other headers, which then go as well.
     pub hop_by_hop_removed: bool,
-    content_length: ContentLength,
     /// Whether the last transfer coding is `chunked`; `None` without `transfer-encoding`.
     chunked: Option<bool>,
 }
@@ -141,40 +140,40 @@ struct Line {
 /// A response's header lines as the backend sent them: the head's bytes and where each line lies.
 /// Writing them again to an HTTP/1.1 client needs no map, and building one for every response
 /// costs more than parsing it; [`RawHeaders::append_to`] builds it where one is needed.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RawHeaders {
     head: Bytes,
     lines: Vec<Line>,
     /// Lines with any of these hop-by-hop bits are left out.
     skipped: u8,
-    /// The value of the `content-length` lines, when they have one valid value.
-    content_length: Option<u64>,
+    /// What the `content-length` lines said.
+    content_length: ContentLength,
     has_date: bool,
 }
 
 impl RawHeaders {
-    /// Name and value of each line, in the order received, names in the backend's case.
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+    /// The lines that are not left out.
+    fn kept(&self) -> impl Iterator<Item = &Line> {
         self.lines
             .iter()
             .filter(|line| line.hop_by_hop & self.skipped == 0)
-            .map(|line| {
-                (
-                    &self.head[line.name.0..line.name.1],
-                    &self.head[line.value.0..line.value.1],
-                )
-            })
+    }
+
+    /// Name and value of each line, in the order received, names in the backend's case.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.kept().map(|line| {
+            (
+                &self.head[line.name.0..line.name.1],
+                &self.head[line.value.0..line.value.1],
+            )
+        })
     }
 
     /// The kept lines as few slices of the head as possible: each holds one or more whole lines,
     /// joined by the `\r\n` they came with, and ends without one. Writing a response copies these
     /// instead of each name and value.
     pub fn runs(&self) -> impl Iterator<Item = &[u8]> {
-        let mut kept = self
-            .lines
-            .iter()
-            .filter(|line| line.hop_by_hop & self.skipped == 0)
-            .peekable();
+        let mut kept = self.kept().peekable();
         std::iter::from_fn(move || {
             let first = kept.next()?;
             let (start, mut end) = (first.name.0, first.value.1);
@@ -189,7 +188,10 @@ impl RawHeaders {
 
     /// What the `content-length` lines say, when they are there and agree on a number.
     pub fn content_length(&self) -> Option<u64> {
-        self.content_length
+        match self.content_length {
+            ContentLength::Valid(length) => Some(length),
+            ContentLength::Absent | ContentLength::Invalid(_) => None,
+        }
     }
 
     pub fn has_date(&self) -> bool {
@@ -205,11 +207,7 @@ impl RawHeaders {
     /// Moves the lines into `map`, after what it holds; values share the head's memory.
     pub fn append_to(self, map: &mut HeaderMap) {
         map.reserve(self.lines.len());
-        for line in self
-            .lines
-            .iter()
-            .filter(|line| line.hop_by_hop & self.skipped == 0)
-        {
+        for line in self.kept() {
             // httparse admits exactly the names and values that `HeaderName` and `HeaderValue`
             // do (tokens; visible characters, spaces, tabs and obs-text), so none is left out.
             if let (Ok(name), Ok(value)) = (
@@ -283,7 +281,7 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
             }
             0 => has_date |= hop_by_hop::is(name, b"date"),
             hop_by_hop::CONNECTION_BIT => {
-                for token in field.value.split(|byte| *byte == b',').map(<[u8]>::trim_ascii) {
+                for token in hop_by_hop::tokens(field.value) {
                     close |= hop_by_hop::is(token, b"close");
                     keep_alive |= hop_by_hop::is(token, b"keep-alive");
                     match hop_by_hop::bit(token) {
@@ -295,11 +293,7 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
             }
             hop_by_hop::TE_BIT => te_trailers = hop_by_hop::is(field.value, b"trailers"),
             hop_by_hop::TRANSFER_ENCODING_BIT => {
-                let last = field
-                    .value
-                    .split(|byte| *byte == b',')
-                    .map(<[u8]>::trim_ascii)
-                    .rfind(|coding| !coding.is_empty());
+                let last = hop_by_hop::tokens(field.value).rfind(|coding| !coding.is_empty());
                 if let Some(coding) = last {
                     chunked = Some(hop_by_hop::is(coding, b"chunked"));
                 } else if chunked.is_none() {
@@ -331,10 +325,7 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         head: buffer.split_to(length).freeze(),
         lines,
         skipped: if hop_by_hop_removed { !kept_te } else { 0 },
-        content_length: match content_length {
-            ContentLength::Valid(length) => Some(length),
-            ContentLength::Absent | ContentLength::Invalid(_) => None,
-        },
+        content_length,
         has_date,
     };
     Ok(Some(Head {
@@ -343,7 +334,6 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
         headers,
         keep_alive,
         hop_by_hop_removed,
-        content_length,
         chunked,
     }))
 }
@@ -376,7 +366,7 @@ pub fn framing(method: &Method, head: &Head) -> Result<Framing, H1Error> {
     if let Some(chunked) = head.chunked {
         return Ok(if chunked { Framing::Chunked } else { Framing::Close });
     }
-    match head.content_length {
+    match head.headers.content_length {
         ContentLength::Invalid(why) => Err(H1Error::Malformed(why)),
         ContentLength::Valid(0) => Ok(Framing::Empty),
         ContentLength::Valid(length) => Ok(Framing::Length(length)),

@@ -54,6 +54,12 @@ pub fn is(token: &[u8], lowercase: &[u8]) -> bool {
             .all(|(byte, expected)| byte | 0x20 == *expected)
 }
 
+/// The items of a comma-separated header value (`connection`, `te`, `transfer-encoding`), trimmed;
+/// empty items are left for the caller to skip.
+pub fn tokens(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|byte| *byte == b',').map(<[u8]>::trim_ascii)
+}
+
 /// Removes the headers that belong to one connection (RFC 9110 §7.6.1), keeping `connection` and
 /// `upgrade` for an upgrade, and `te: trailers` (which gRPC needs end to end). Messages without
 /// them (most HTTP/2) cost one pass over the names; a `connection: keep-alive` costs no allocation.
@@ -77,8 +83,7 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
     let tokens = headers
         .get_all(header::CONNECTION)
         .iter()
-        .flat_map(|value| value.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii);
+        .flat_map(|value| tokens(value.as_bytes()));
     for token in tokens {
         match bit(token) {
             0 => {

@@ -712,8 +712,7 @@ fn is_upgrade<B>(request: &Request<B>) -> bool {
 }
 
 fn has_token(list: &[u8], token: &[u8]) -> bool {
-    list.split(|b| *b == b',')
-        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+    hop_by_hop::tokens(list).any(|item| item.eq_ignore_ascii_case(token))
 }
 
 static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

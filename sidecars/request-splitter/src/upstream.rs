@@ -305,7 +305,6 @@ impl ConnectionPool {
                     };
                     let mut response = Response::new(UpstreamBody {
                         kind: BodyKind::Direct(body),
-                        hop_by_hop_removed: head.hop_by_hop_removed,
                         raw_headers,
                     });
                     *response.status_mut() = head.status;
@@ -518,10 +517,8 @@ impl Lease {
 /// A response body from an endpoint, which gives its connection back once read to the end.
 pub struct UpstreamBody {
     kind: BodyKind,
-    /// The response head came without its hop-by-hop headers (see [`h1::parse_head`]).
-    hop_by_hop_removed: bool,
-    /// The backend's header lines, when they are not in the response's map (which then has
-    /// none of them): see [`UpstreamBody::take_raw_headers`].
+    /// The backend's header lines, without its hop-by-hop ones, when they are not in the
+    /// response's map (which then has none of them): see [`UpstreamBody::take_raw_headers`].
     raw_headers: Option<h1::RawHeaders>,
 }
 
@@ -534,15 +531,15 @@ impl UpstreamBody {
     fn hyper(body: Incoming, lease: Option<Lease>) -> UpstreamBody {
         UpstreamBody {
             kind: BodyKind::Hyper { body, lease },
-            hop_by_hop_removed: false,
             raw_headers: None,
         }
     }
 
     /// Whether the response's hop-by-hop headers are already gone, so that nothing needs to look
-    /// for them again.
+    /// for them again: a direct exchange keeps the lines apart only when it has left them out
+    /// (see [`h1::parse_head`]).
     pub fn hop_by_hop_removed(&self) -> bool {
-        self.hop_by_hop_removed
+        self.raw_headers.is_some()
     }
 
     /// The backend's header lines that are not in the response's map. A direct exchange leaves
