@@ -134,8 +134,13 @@ enum ContentLength {
 struct Line {
     name: (usize, usize),
     value: (usize, usize),
+    /// The header's bit from [`hop_by_hop::bit`], or [`CONTENT_LENGTH_LINE`].
     hop_by_hop: u8,
 }
+
+/// Marks a `content-length` line, in the bit the hop-by-hop headers leave free: it goes when the
+/// head also has `transfer-encoding`, which a proxy must then obey alone (RFC 9112 §6.3).
+const CONTENT_LENGTH_LINE: u8 = 1 << 7;
 
 /// A response's header lines as the backend sent them: the head's bytes and where each line lies.
 /// Writing them again to an HTTP/1.1 client needs no map, and building one for every response
@@ -267,9 +272,10 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     let mut chunked = None;
     for field in response.headers.iter() {
         let name = field.name.as_bytes();
-        let bit = hop_by_hop::bit(name);
+        let mut bit = hop_by_hop::bit(name);
         match bit {
             0 if hop_by_hop::is(name, b"content-length") => {
+                bit = CONTENT_LENGTH_LINE;
                 content_length = match (content_length, parse_length(field.value)) {
                     (ContentLength::Invalid(why), _) => ContentLength::Invalid(why),
                     (_, None) => ContentLength::Invalid("content-length"),
@@ -321,10 +327,23 @@ pub fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     } else {
         0
     };
+    let mut skipped = if hop_by_hop_removed {
+        !kept_te & !CONTENT_LENGTH_LINE
+    } else {
+        0
+    };
+    // With `transfer-encoding` the body is not as long as any `content-length` says, and the
+    // client gets it in a framing of the splitter's choosing.
+    let content_length = if chunked.is_some() {
+        skipped |= CONTENT_LENGTH_LINE;
+        ContentLength::Absent
+    } else {
+        content_length
+    };
     let headers = RawHeaders {
         head: buffer.split_to(length).freeze(),
         lines,
-        skipped: if hop_by_hop_removed { !kept_te } else { 0 },
+        skipped,
         content_length,
         has_date,
     };
@@ -745,6 +764,22 @@ mod tests {
                 "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
                 false,
                 &["connection", "upgrade"][..],
+            ),
+            // `transfer-encoding` overrides `content-length`, which goes with it.
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\nX-Keep: 1\r\n\r\n",
+                true,
+                &["x-keep"][..],
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: x-private\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                false,
+                &["connection", "transfer-encoding"][..],
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Keep: 1\r\n\r\n",
+                true,
+                &["content-length", "x-keep"][..],
             ),
         ];
         for (text, removed, kept) in cases {

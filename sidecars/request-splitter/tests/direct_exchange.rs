@@ -142,6 +142,34 @@ async fn the_backends_headers_reach_the_client_once_without_its_connection_heade
     }
 }
 
+/// RFC 9112 §6.3: `transfer-encoding` overrides `content-length`, and a proxy passes on only the
+/// former; a client that believed the stated length would read the wrong body.
+#[tokio::test]
+async fn a_chunked_response_that_also_states_a_length_reaches_the_client_whole() {
+    let (backend, _) = scripted(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        After::KeepOpen,
+    )
+    .await;
+    let splitter = splitter_for(backend).await;
+    let client = client();
+    let with_body = Request::get(splitter.url("/"))
+        .body(Full::new(Bytes::from_static(b"x")))
+        .unwrap();
+    for reply in [
+        get(&client, &splitter.url("/"), &[]).await,
+        send(&client, with_body).await,
+        get(&client, &splitter.url("/"), &[]).await,
+    ] {
+        assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "hello"));
+        assert!(
+            !reply.headers.contains_key("content-length"),
+            "{:?}",
+            reply.headers
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_interim_100_response_is_skipped() {
     let (backend, _) = scripted(
