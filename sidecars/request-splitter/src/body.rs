@@ -8,11 +8,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderName, Response};
+use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
-use crate::{h1::RawHeaders, upstream::UpstreamBody};
+use crate::upstream::{Unmapped, UpstreamBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -74,29 +74,27 @@ pub enum ResponseBody {
 }
 
 /// The response with every header in its map, for a server that writes only the map (hyper):
-/// moves in the backend's header lines that were left as received (see
-/// [`UpstreamBody::take_raw_headers`]).
+/// moves in the headers that were left out of it (see [`UpstreamBody::take_unmapped`]).
 pub fn with_header_map(mut response: Response<ResponseBody>) -> Response<ResponseBody> {
-    if let Some(raw) = response.body_mut().take_raw_headers() {
-        raw.append_to(response.headers_mut());
+    if let Some(unmapped) = response.body_mut().take_unmapped() {
+        unmapped.append_to(response.headers_mut());
     }
     response
 }
 
 impl ResponseBody {
-    /// The backend's header lines not in the response's map, if any.
-    pub fn take_raw_headers(&mut self) -> Option<RawHeaders> {
+    /// The headers not in the response's map, if any.
+    pub fn unmapped_mut(&mut self) -> Option<&mut Unmapped> {
         match self {
-            ResponseBody::Upstream(body) => body.take_raw_headers(),
+            ResponseBody::Upstream(body) => body.unmapped_mut(),
             ResponseBody::Local(_) => None,
         }
     }
 
-    /// Whether the backend's header lines not in the response's map include `name`.
-    pub fn raw_headers_contain(&self, name: &HeaderName) -> bool {
+    pub fn take_unmapped(&mut self) -> Option<Unmapped> {
         match self {
-            ResponseBody::Upstream(body) => body.raw_headers().is_some_and(|raw| raw.contains(name)),
-            ResponseBody::Local(_) => false,
+            ResponseBody::Upstream(body) => body.take_unmapped(),
+            ResponseBody::Local(_) => None,
         }
     }
 

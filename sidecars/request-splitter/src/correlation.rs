@@ -2,10 +2,7 @@
 //! otherwise) and a W3C `traceparent` (kept when valid, started otherwise), both sent to the
 //! backend and written to the access log.
 
-use http::{
-    header::{Entry, HeaderName},
-    HeaderMap, HeaderValue,
-};
+use http::{header::HeaderName, HeaderMap, HeaderValue};
 
 use crate::rng;
 
@@ -13,28 +10,51 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
-/// Returns the request id, inserting a generated one when the request has none (or an unusable one).
-pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    // One lookup for both the check and the insert: ids are added to every request.
-    let entry = headers.entry(&REQUEST_ID);
-    if let Entry::Occupied(id) = &entry {
-        let bytes = id.get().as_bytes();
-        if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic) {
-            return id.get().clone();
+/// A request's id: the client's own, or one the splitter made, which stays on the stack until a
+/// header needs it.
+#[derive(Debug, Clone)]
+pub enum RequestId {
+    /// The client's, which stays in the request's header map.
+    Received(HeaderValue),
+    /// Made by the splitter; the request gets it by [`crate::added::AddedHeaders`].
+    Generated([u8; 32]),
+}
+
+impl RequestId {
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Received(value) => value.as_bytes(),
+            RequestId::Generated(digits) => digits,
         }
+    }
+
+    /// The id for logs; a received id is visible ASCII, so the fallback is unreachable.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("-")
+    }
+
+    /// The id as a header value (a generated one is copied for it).
+    pub fn to_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Received(value) => value.clone(),
+            RequestId::Generated(digits) => hex_value(digits),
+        }
+    }
+}
+
+/// The request's id: the client's when it sent a sane one, a new one otherwise. An unusable one is
+/// removed; a new one is not put in the map.
+pub fn request_id(headers: &mut HeaderMap) -> RequestId {
+    if let Some(value) = headers.get(&REQUEST_ID) {
+        let bytes = value.as_bytes();
+        if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic) {
+            return RequestId::Received(value.clone());
+        }
+        headers.remove(&REQUEST_ID);
     }
     let mut id = [0u8; 32];
     rng::hex_into(&mut id);
-    let value = hex_value(&id);
-    match entry {
-        Entry::Occupied(mut unusable) => {
-            unusable.insert(value.clone());
-        }
-        Entry::Vacant(missing) => {
-            missing.insert(value.clone());
-        }
-    }
-    value
+    RequestId::Generated(id)
 }
 
 /// A W3C trace id: 32 lowercase hex digits, kept on the stack.
@@ -47,33 +67,37 @@ impl TraceId {
     }
 }
 
-/// Returns the trace id, starting a new trace when the request carries no valid `traceparent`.
-/// A valid one is passed on unchanged; an invalid one is replaced, with its `tracestate`, as the
-/// W3C recommendation says.
-pub fn ensure_traceparent(headers: &mut HeaderMap) -> TraceId {
+/// The request's trace, and the `traceparent` to send when the splitter started it.
+#[derive(Debug, Clone, Copy)]
+pub struct Trace {
+    pub id: TraceId,
+    pub started: Option<[u8; 55]>,
+}
+
+/// The request's trace: a valid `traceparent` is kept (in the map, unchanged); without one a new
+/// trace starts, and an invalid one is removed with its `tracestate`, as the W3C recommendation
+/// says. A new `traceparent` is not put in the map.
+pub fn trace(headers: &mut HeaderMap) -> Trace {
     let mut trace_id = [0u8; 32];
-    let entry = headers.entry(&TRACEPARENT);
-    if let Entry::Occupied(value) = &entry {
-        if let Some(valid) = parse_trace_id(value.get().as_bytes()) {
+    if let Some(value) = headers.get(&TRACEPARENT) {
+        if let Some(valid) = parse_trace_id(value.as_bytes()) {
             trace_id.copy_from_slice(valid);
-            return TraceId(trace_id);
+            return Trace {
+                id: TraceId(trace_id),
+                started: None,
+            };
         }
+        headers.remove(&TRACEPARENT);
+        headers.remove(&TRACESTATE);
     }
     let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
     rng::hex_into(&mut traceparent[3..35]);
     rng::hex_into(&mut traceparent[36..52]);
     trace_id.copy_from_slice(&traceparent[3..35]);
-    let value = hex_value(&traceparent);
-    match entry {
-        Entry::Occupied(mut invalid) => {
-            invalid.insert(value);
-            headers.remove(&TRACESTATE);
-        }
-        Entry::Vacant(missing) => {
-            missing.insert(value);
-        }
+    Trace {
+        id: TraceId(trace_id),
+        started: Some(traceparent),
     }
-    TraceId(trace_id)
 }
 
 fn hex_value(bytes: &[u8]) -> HeaderValue {
@@ -114,31 +138,37 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(&TRACEPARENT, HeaderValue::from_static(VALID));
         headers.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
-        assert_eq!(
-            ensure_traceparent(&mut headers).as_str(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
-        );
+        let trace = trace(&mut headers);
+        assert_eq!(trace.id.as_str(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(trace.started, None);
         assert_eq!(headers[&TRACEPARENT], VALID);
         assert_eq!(headers[&TRACESTATE], "vendor=1");
     }
 
     #[test]
-    fn an_invalid_traceparent_is_replaced_with_its_tracestate_dropped() {
+    fn an_invalid_or_missing_traceparent_is_replaced_with_its_tracestate_dropped() {
         for bad in [
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "garbage",
+            None,
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
+            Some("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"),
+            Some("garbage"),
         ] {
             let mut headers = HeaderMap::new();
-            headers.insert(&TRACEPARENT, HeaderValue::from_static(bad));
-            headers.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
-            let trace_id = ensure_traceparent(&mut headers);
-            let new = headers[&TRACEPARENT].as_bytes();
-            assert_eq!(parse_trace_id(new), Some(trace_id.as_str().as_bytes()), "{bad}");
-            assert!(!headers.contains_key(&TRACESTATE), "{bad}");
+            if let Some(bad) = bad {
+                headers.insert(&TRACEPARENT, HeaderValue::from_static(bad));
+                headers.insert(&TRACESTATE, HeaderValue::from_static("vendor=1"));
+            }
+            let trace = trace(&mut headers);
+            let started = trace.started.expect("a new trace");
+            assert_eq!(
+                parse_trace_id(&started),
+                Some(trace.id.as_str().as_bytes()),
+                "{bad:?}"
+            );
+            assert!(headers.is_empty(), "{bad:?}");
         }
     }
 
@@ -149,13 +179,32 @@ mod tests {
     }
 
     #[test]
-    fn a_request_id_is_generated_only_when_missing() {
-        let mut headers = HeaderMap::new();
-        let generated = ensure_request_id(&mut headers);
-        assert_eq!(generated.len(), 32);
-        assert_eq!(headers[&REQUEST_ID], generated);
-        let mut headers = HeaderMap::new();
-        headers.insert(&REQUEST_ID, HeaderValue::from_static("client-chosen-42"));
-        assert_eq!(ensure_request_id(&mut headers), "client-chosen-42");
+    fn a_request_id_is_generated_only_when_missing_or_unusable() {
+        let cases = [
+            (None, None),
+            (Some(&b"client-chosen-42"[..]), Some("client-chosen-42")),
+            (Some(b""), None),
+            (Some(b"has space"), None),
+            (Some(&[b'x'; 129][..]), None),
+        ];
+        for (sent, kept) in cases {
+            let mut headers = HeaderMap::new();
+            if let Some(sent) = sent {
+                headers.insert(&REQUEST_ID, HeaderValue::from_bytes(sent).unwrap());
+            }
+            let id = request_id(&mut headers);
+            match kept {
+                Some(kept) => {
+                    assert_eq!(id.as_str(), kept);
+                    assert_eq!(headers[&REQUEST_ID], kept);
+                }
+                None => {
+                    assert!(matches!(id, RequestId::Generated(_)), "{sent:?}");
+                    assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+                    assert_eq!(id.to_value(), id.as_str());
+                    assert!(headers.is_empty(), "{sent:?}");
+                }
+            }
+        }
     }
 }

@@ -40,10 +40,6 @@ const MAX_HEADERS: usize = 100;
 const READ_BUFFER: usize = 4 * 1024;
 /// Response body frames up to this size are copied next to the head (one write for both).
 const COALESCE: usize = 16 * 1024;
-/// Headers the splitter adds to a request before it goes on: `x-request-id`, `traceparent`,
-/// `x-forwarded-for` and `x-forwarded-proto`. Sized to fit them, so that a small request's map
-/// stays small enough for the allocator's per-thread cache.
-const ADDED_HEADERS: usize = 4;
 
 /// How a connection ended on the fast path.
 pub enum Outcome {
@@ -256,7 +252,8 @@ fn parse_request(buffer: &mut BytesMut, max_head: usize, spans: &mut Vec<HeaderS
         *buffer = restored;
         return Parsed::HandOff;
     };
-    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_HEADERS);
+    // The headers the splitter adds do not go in the map (see `crate::added`).
+    let mut headers = HeaderMap::with_capacity(spans.len());
     for span in spans.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&head_bytes[span.name.0..span.name.1]),
@@ -306,7 +303,7 @@ async fn write_response(
     close: bool,
 ) -> io::Result<bool> {
     let (parts, mut body) = (*response).into_parts();
-    let raw_headers = body.take_raw_headers();
+    let unmapped = body.take_unmapped();
     let status = parts.status;
     out.clear();
     out.extend_from_slice(if version == Version::HTTP_10 {
@@ -320,15 +317,22 @@ async fn write_response(
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
     let mut length = None;
-    // The backend's lines as it sent them (without its hop-by-hop ones), then what the map holds:
-    // the splitter's own headers, or all of them when the response came another way.
-    if let Some(raw) = &raw_headers {
+    // The backend's lines as it sent them (without its hop-by-hop ones) and the request id added
+    // to them, then what the map holds: the splitter's other headers, or all of them when the
+    // response came another way.
+    if let Some(unmapped) = &unmapped {
+        let raw = &unmapped.lines;
         // Read while the head was parsed; a response whose length lines are invalid does not
         // get this far.
         length = raw.content_length();
         has_date = raw.has_date();
         for run in raw.runs() {
             out.extend_from_slice(run);
+            out.extend_from_slice(b"\r\n");
+        }
+        if let Some(id) = &unmapped.request_id {
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(id.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
     }

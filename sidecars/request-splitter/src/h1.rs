@@ -6,7 +6,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
-use crate::hop_by_hop;
+use crate::{added::AddedHeaders, hop_by_hop};
 
 /// Largest response head (and chunked trailer section) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -58,6 +58,8 @@ pub struct BufferedRequest<'a> {
     /// The origin-form target (path and query); empty means `/`.
     pub target: &'a str,
     pub headers: &'a HeaderMap,
+    /// Written after `headers`.
+    pub added: &'a AddedHeaders,
     pub body: Option<&'a Bytes>,
 }
 
@@ -80,6 +82,12 @@ pub fn encode_request(request: &BufferedRequest<'_>, host: &str, out: &mut Bytes
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in request.added.lines() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     if !has_host {
@@ -608,24 +616,33 @@ mod tests {
     }
 
     #[test]
-    fn the_request_head_has_the_line_the_headers_a_host_and_a_length_for_a_body() {
+    fn the_request_head_has_the_line_the_headers_the_added_ones_a_host_and_a_length_for_a_body() {
         let mut with_host = HeaderMap::new();
         with_host.insert(header::HOST, HeaderValue::from_static("app.example"));
         with_host.insert("x-request-id", HeaderValue::from_static("abc"));
         let empty = HeaderMap::new();
+        let none = AddedHeaders::default();
+        let forwarded = AddedHeaders {
+            forwarded_for: Some(HeaderValue::from_static("10.0.0.1")),
+            forwarded_proto: Some("http"),
+            ..AddedHeaders::default()
+        };
         let body = Bytes::from_static(b"hello");
         let cases = [
             (
                 Method::GET,
                 "/a?b=1",
                 &with_host,
+                &forwarded,
                 None,
-                "GET /a?b=1 HTTP/1.1\r\nhost: app.example\r\nx-request-id: abc\r\n\r\n",
+                "GET /a?b=1 HTTP/1.1\r\nhost: app.example\r\nx-request-id: abc\r\n\
+                 x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\n\r\n",
             ),
             (
                 Method::POST,
                 "/",
                 &with_host,
+                &none,
                 Some(&body),
                 "POST / HTTP/1.1\r\nhost: app.example\r\nx-request-id: abc\r\ncontent-length: 5\r\n\r\n",
             ),
@@ -633,6 +650,7 @@ mod tests {
                 Method::POST,
                 "",
                 &empty,
+                &none,
                 None,
                 "POST / HTTP/1.1\r\nhost: stable:8080\r\ncontent-length: 0\r\n\r\n",
             ),
@@ -640,16 +658,18 @@ mod tests {
                 Method::GET,
                 "/",
                 &empty,
+                &forwarded,
                 None,
-                "GET / HTTP/1.1\r\nhost: stable:8080\r\n\r\n",
+                "GET / HTTP/1.1\r\nx-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: http\r\nhost: stable:8080\r\n\r\n",
             ),
         ];
-        for (method, target, headers, body, expected) in cases {
+        for (method, target, headers, added, body, expected) in cases {
             let mut out = BytesMut::new();
             let request = BufferedRequest {
                 method: &method,
                 target,
                 headers,
+                added,
                 body,
             };
             encode_request(&request, "stable:8080", &mut out);

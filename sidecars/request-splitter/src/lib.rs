@@ -7,6 +7,7 @@
 //! [`store`] (generations and atomic swaps), [`proxy`] (the service), [`server`] (sockets),
 //! [`run`] (wiring) and [`cli`].
 
+pub mod added;
 pub mod apiserver;
 pub mod body;
 pub mod cli;

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::{
     body::RequestBody,
+    correlation::RequestId,
     health::now_millis,
     metrics::{class_index, BackendLabels, CompareLabels, Metrics, MirrorLabels, RoleLabels, CLASSES},
     proxy::{upstream_request, ProxyError},
@@ -37,7 +38,7 @@ pub struct MirrorJob {
     pub path: PathAndQuery,
     pub headers: HeaderMap,
     pub body: Option<Bytes>,
-    pub request_id: HeaderValue,
+    pub request_id: RequestId,
     pub primary_status: StatusCode,
     pub primary_latency: Duration,
 }
@@ -186,7 +187,7 @@ async fn send(job: MirrorJob, metrics: &Metrics) {
     if active.config.access_log {
         tracing::info!(
             target: "mirror",
-            request_id = request_id.to_str().unwrap_or("-"),
+            request_id = request_id.as_str(),
             backend = %name,
             primary_status = primary_status.as_u16(),
             primary_latency_us = u64::try_from(primary_latency.as_micros()).unwrap_or(u64::MAX),

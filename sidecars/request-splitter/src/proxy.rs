@@ -32,9 +32,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::{
+    added::{AddedHeaders, FORWARDED_FOR, FORWARDED_PROTO},
     body::{self, BoxError, RequestBody, ResponseBody},
     config::UpstreamProtocol,
-    correlation::{ensure_request_id, ensure_traceparent, TraceId, REQUEST_ID},
+    correlation::{self, RequestId, Trace, TraceId, REQUEST_ID},
     h1::BufferedRequest,
     health::{now_millis, RetryBudget},
     hop_by_hop,
@@ -204,7 +205,7 @@ where
         mut headers,
         ..
     } = parts;
-    let request_id = ensure_request_id(&mut headers);
+    let request_id = correlation::request_id(&mut headers);
     let Some(active) = shared.store.current() else {
         let error = ProxyError::NoConfig;
         shared
@@ -216,7 +217,7 @@ where
             .inc();
         return Box::new(local_response(&error, &request_id));
     };
-    let trace_id = ensure_traceparent(&mut headers);
+    let trace = correlation::trace(&mut headers);
     let decision = active.router.decide(&headers, connection.remote.ip());
     if let Choice::Route(index) = decision.choice {
         if let Some(counter) = active.route_matches.get(index) {
@@ -228,7 +229,7 @@ where
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    prepare_request_headers(&mut headers, &uri, connection, upgrade);
+    let added = prepare_request_headers(&mut headers, &uri, connection, upgrade, &request_id, &trace);
     let exchange = Exchange {
         shared,
         active,
@@ -237,8 +238,9 @@ where
         path,
         version,
         headers,
+        added,
         request_id,
-        trace_id,
+        trace_id: trace.id,
         started,
     };
     match on_upgrade {
@@ -255,8 +257,10 @@ struct Exchange {
     method: Method,
     path: PathAndQuery,
     version: Version,
+    /// The client's headers, less hop-by-hop ones and unusable ids.
     headers: HeaderMap,
-    request_id: HeaderValue,
+    added: AddedHeaders,
+    request_id: RequestId,
     trace_id: TraceId,
     started: Instant,
 }
@@ -303,7 +307,9 @@ impl Exchange {
                 RequestBody::Buffered(bytes) => bytes.clone(),
                 RequestBody::Stream(_) => None,
             };
-            (backend, self.headers.clone(), copy)
+            let mut headers = self.headers.clone();
+            self.added.insert_into(&mut headers);
+            (backend, headers, copy)
         });
         let (result, retries) = self.attempts(body, idempotent).await;
         let response = match result {
@@ -376,7 +382,7 @@ impl Exchange {
             let request = if direct {
                 None
             } else {
-                let (attempt_body, headers) = match body.as_ref().and_then(RequestBody::replay) {
+                let (attempt_body, mut headers) = match body.as_ref().and_then(RequestBody::replay) {
                     Some(copy) => (copy, self.headers.clone()),
                     None => match body.take() {
                         Some(stream) => (stream, std::mem::take(&mut self.headers)),
@@ -388,6 +394,7 @@ impl Exchange {
                         }
                     },
                 };
+                self.added.insert_into(&mut headers);
                 match upstream_request(
                     &self.method,
                     &self.path,
@@ -413,6 +420,7 @@ impl Exchange {
                             method: &self.method,
                             target: self.path.as_str(),
                             headers: &self.headers,
+                            added: &self.added,
                             body: buffered,
                         };
                         endpoint
@@ -444,7 +452,7 @@ impl Exchange {
             };
             tracing::debug!(
                 %error,
-                request_id = self.request_id.to_str().unwrap_or("-"),
+                request_id = self.request_id.as_str(),
                 backend = %backend.name,
                 "Attempt failed."
             );
@@ -518,7 +526,7 @@ impl Exchange {
         // the metrics and the ejection warnings say it at a bounded rate.
         tracing::debug!(
             %error,
-            request_id = self.request_id.to_str().unwrap_or("-"),
+            request_id = self.request_id.as_str(),
             backend = %self.active.backends[self.decision.backend].name,
             retries,
             "No backend could serve a request."
@@ -529,16 +537,23 @@ impl Exchange {
         response
     }
 
+    /// The response gets the request's id, unless the backend sent its own, and a sticky cookie.
     fn decorate(&self, response: &mut Response<ResponseBody>) {
-        let sent_id = response.body().raw_headers_contain(&REQUEST_ID);
-        let headers = response.headers_mut();
-        if !sent_id {
-            if let Entry::Vacant(missing) = headers.entry(&REQUEST_ID) {
-                missing.insert(self.request_id.clone());
+        match response.body_mut().unmapped_mut() {
+            // Next to the backend's lines: a map for one header would cost more than the rest.
+            Some(unmapped) => {
+                if !unmapped.lines.contains(&REQUEST_ID) {
+                    unmapped.request_id = Some(self.request_id.clone());
+                }
+            }
+            None => {
+                if let Entry::Vacant(missing) = response.headers_mut().entry(&REQUEST_ID) {
+                    missing.insert(self.request_id.to_value());
+                }
             }
         }
         if let Some(cookie) = &self.decision.set_cookie {
-            headers.append(header::SET_COOKIE, cookie.clone());
+            response.headers_mut().append(header::SET_COOKIE, cookie.clone());
         }
     }
 
@@ -557,7 +572,7 @@ impl Exchange {
         if self.active.config.access_log {
             tracing::info!(
                 target: "access",
-                request_id = self.request_id.to_str().unwrap_or("-"),
+                request_id = self.request_id.as_str(),
                 trace_id = self.trace_id.as_str(),
                 method = %self.method,
                 path = %self.path,
@@ -584,7 +599,8 @@ impl Exchange {
             return self.finish_local(error, 0);
         };
         let endpoint = &backend.endpoints[endpoint_index];
-        let headers = std::mem::take(&mut self.headers);
+        let mut headers = std::mem::take(&mut self.headers);
+        self.added.insert_into(&mut headers);
         let request = match upstream_request(
             &self.method,
             &self.path,
@@ -621,11 +637,11 @@ impl Exchange {
                     Ok((client, upstream)) => {
                         let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
                         if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                            tracing::debug!(%error, request_id = request_id.to_str().unwrap_or("-"), "Tunnel closed with an error.");
+                            tracing::debug!(%error, request_id = request_id.as_str(), "Tunnel closed with an error.");
                         }
                     }
                     Err(error) => {
-                        tracing::debug!(%error, request_id = request_id.to_str().unwrap_or("-"), "Upgrade failed.");
+                        tracing::debug!(%error, request_id = request_id.as_str(), "Upgrade failed.");
                     }
                 }
             });
@@ -670,7 +686,7 @@ pub fn upstream_request(
 }
 
 /// The splitter's own answer when nothing could serve.
-fn local_response(error: &ProxyError, request_id: &HeaderValue) -> Response<ResponseBody> {
+fn local_response(error: &ProxyError, request_id: &RequestId) -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::text(error.body()));
     *response.status_mut() = error.status();
     let headers = response.headers_mut();
@@ -679,7 +695,7 @@ fn local_response(error: &ProxyError, request_id: &HeaderValue) -> Response<Resp
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    headers.insert(REQUEST_ID.clone(), request_id.clone());
+    headers.insert(REQUEST_ID.clone(), request_id.to_value());
     response
 }
 
@@ -715,10 +731,16 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
     hop_by_hop::tokens(list).any(|item| item.eq_ignore_ascii_case(token))
 }
 
-static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, connection: &ConnectionInfo, upgrade: bool) {
+/// Readies the client's headers to go on: hop-by-hop ones out, `host` from an HTTP/2 authority,
+/// the client appended to an `x-forwarded-for` it sent. Returns what the request gets on top.
+fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    uri: &Uri,
+    connection: &ConnectionInfo,
+    upgrade: bool,
+    request_id: &RequestId,
+    trace: &Trace,
+) -> AddedHeaders {
     hop_by_hop::strip(headers, upgrade);
     if !headers.contains_key(header::HOST) {
         // HTTP/2 clients send `:authority` instead; keep it as the backend's Host.
@@ -729,20 +751,27 @@ fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, connection: &Conn
             headers.insert(header::HOST, value);
         }
     }
-    match headers.entry(&FORWARDED_FOR) {
-        Entry::Occupied(mut previous) => {
-            let joined = [previous.get().as_bytes(), b", ", connection.client_ip.as_bytes()].concat();
+    // Looked up, not entered: an entry would grow a map built to the size of the client's headers.
+    let forwarded_for = match headers.get(&FORWARDED_FOR) {
+        Some(previous) => {
+            let joined = [previous.as_bytes(), b", ", connection.client_ip.as_bytes()].concat();
             if let Ok(forwarded) = HeaderValue::from_bytes(&joined) {
-                previous.insert(forwarded);
+                headers.insert(&FORWARDED_FOR, forwarded);
             }
+            None
         }
-        Entry::Vacant(missing) => {
-            missing.insert(connection.client_ip.clone());
-        }
-    }
-    if let Entry::Vacant(missing) = headers.entry(&FORWARDED_PROTO) {
-        let proto = if connection.tls { "https" } else { "http" };
-        missing.insert(HeaderValue::from_static(proto));
+        None => Some(connection.client_ip.clone()),
+    };
+    let forwarded_proto =
+        (!headers.contains_key(&FORWARDED_PROTO)).then_some(if connection.tls { "https" } else { "http" });
+    AddedHeaders {
+        request_id: match request_id {
+            RequestId::Generated(id) => Some(*id),
+            RequestId::Received(_) => None,
+        },
+        traceparent: trace.started,
+        forwarded_for,
+        forwarded_proto,
     }
 }
 
@@ -756,14 +785,68 @@ mod tests {
     use crate::{hop_by_hop::tests::headers, store::Source};
 
     #[test]
-    fn forwarding_headers_are_appended_and_host_comes_from_the_authority() {
-        let mut map = headers(&[("x-forwarded-for", "10.0.0.1")]);
+    fn forwarding_headers_are_appended_or_added_and_host_comes_from_the_authority() {
         let connection = ConnectionInfo::new(SocketAddr::from(([192, 168, 1, 2], 5000)), true);
         let uri: Uri = "https://app.example:8443/x".parse().unwrap();
-        prepare_request_headers(&mut map, &uri, &connection, false);
-        assert_eq!(map["x-forwarded-for"], "10.0.0.1, 192.168.1.2");
-        assert_eq!(map["x-forwarded-proto"], "https");
-        assert_eq!(map["host"], "app.example:8443");
+        let received = RequestId::Received(HeaderValue::from_static("client-42"));
+        let generated = RequestId::Generated([b'a'; 32]);
+        let kept_trace = Trace {
+            id: correlation::trace(&mut headers(&[])).id,
+            started: None,
+        };
+        let started_trace = Trace {
+            started: Some([b'0'; 55]),
+            ..kept_trace
+        };
+        type Lines<'a> = &'a [(&'a str, &'a str)];
+        let cases: [(Lines, &RequestId, &Trace, Lines, &[&str]); 3] = [
+            // A proxy in front: the client is appended to its list, which stays in the map.
+            (
+                &[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-proto", "http")],
+                &received,
+                &kept_trace,
+                &[
+                    ("x-forwarded-for", "10.0.0.1, 192.168.1.2"),
+                    ("x-forwarded-proto", "http"),
+                    ("host", "app.example:8443"),
+                ],
+                &[],
+            ),
+            (
+                &[("host", "app.example"), ("connection", "keep-alive")],
+                &received,
+                &kept_trace,
+                &[("host", "app.example")],
+                &["x-forwarded-for", "x-forwarded-proto"],
+            ),
+            (
+                &[("host", "app.example")],
+                &generated,
+                &started_trace,
+                &[("host", "app.example")],
+                &[
+                    "x-request-id",
+                    "traceparent",
+                    "x-forwarded-for",
+                    "x-forwarded-proto",
+                ],
+            ),
+        ];
+        for (sent, request_id, trace, kept, added_names) in cases {
+            let mut map = headers(sent);
+            let added = prepare_request_headers(&mut map, &uri, &connection, false, request_id, trace);
+            let entries: Vec<(&str, &str)> = map
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
+                .collect();
+            assert_eq!(entries, kept, "{sent:?}");
+            let names: Vec<&str> = added.lines().map(|(name, _)| name.as_str()).collect();
+            assert_eq!(names, added_names, "{sent:?}");
+            if let Some(forwarded) = &added.forwarded_for {
+                assert_eq!(forwarded, "192.168.1.2");
+                assert_eq!(added.forwarded_proto, Some("https"));
+            }
+        }
     }
 
     async fn shared_with(config: serde_json::Value) -> Arc<Shared> {

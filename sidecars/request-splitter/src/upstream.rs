@@ -50,8 +50,10 @@ use tokio::{
 };
 
 use crate::{
+    added::AddedHeaders,
     body::{BoxError, RequestBody},
     config::{parse_endpoint, BackendConfig, UpstreamProtocol},
+    correlation::{RequestId, REQUEST_ID},
     h1::{self, BodyDecoder, BufferedRequest, Decoded, H1Error},
     health::EndpointHealth,
     metrics::{BackendMetrics, Metrics},
@@ -230,10 +232,12 @@ impl ConnectionPool {
             UpstreamProtocol::Http1 => match request.into_parts() {
                 (parts, RequestBody::Buffered(body)) if is_direct(&parts.method, &parts.headers) => {
                     let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+                    // A request that comes with a map has its added headers in it.
                     let request = BufferedRequest {
                         method: &parts.method,
                         target,
                         headers: &parts.headers,
+                        added: &AddedHeaders::default(),
                         body: body.as_ref(),
                     };
                     self.send_buffered(request, connect_timeout).await
@@ -298,14 +302,18 @@ impl ConnectionPool {
                     };
                     // Left as lines for the client connection to write out; a response whose
                     // hop-by-hop headers are still to be stripped gets its map at once.
-                    let (raw_headers, headers) = if head.hop_by_hop_removed {
-                        (Some(head.headers), HeaderMap::new())
+                    let (unmapped, headers) = if head.hop_by_hop_removed {
+                        let unmapped = Unmapped {
+                            lines: head.headers,
+                            request_id: None,
+                        };
+                        (Some(unmapped), HeaderMap::new())
                     } else {
                         (None, head.headers.into_map())
                     };
                     let mut response = Response::new(UpstreamBody {
                         kind: BodyKind::Direct(body),
-                        raw_headers,
+                        unmapped,
                     });
                     *response.status_mut() = head.status;
                     *response.version_mut() = head.version;
@@ -518,8 +526,26 @@ impl Lease {
 pub struct UpstreamBody {
     kind: BodyKind,
     /// The backend's header lines, without its hop-by-hop ones, when they are not in the
-    /// response's map (which then has none of them): see [`UpstreamBody::take_raw_headers`].
-    raw_headers: Option<h1::RawHeaders>,
+    /// response's map (which then has none of them): see [`UpstreamBody::take_unmapped`].
+    unmapped: Option<Unmapped>,
+}
+
+/// The headers of a response that are not in its map: the backend's lines as received, and the
+/// `x-request-id` the splitter adds to them when the backend sent none.
+#[derive(Debug)]
+pub struct Unmapped {
+    pub lines: h1::RawHeaders,
+    pub request_id: Option<RequestId>,
+}
+
+impl Unmapped {
+    /// Moves the headers into `map`, after what it holds.
+    pub fn append_to(self, map: &mut HeaderMap) {
+        self.lines.append_to(map);
+        if let Some(id) = self.request_id {
+            map.append(&REQUEST_ID, id.to_value());
+        }
+    }
 }
 
 enum BodyKind {
@@ -531,7 +557,7 @@ impl UpstreamBody {
     fn hyper(body: Incoming, lease: Option<Lease>) -> UpstreamBody {
         UpstreamBody {
             kind: BodyKind::Hyper { body, lease },
-            raw_headers: None,
+            unmapped: None,
         }
     }
 
@@ -539,18 +565,18 @@ impl UpstreamBody {
     /// for them again: a direct exchange keeps the lines apart only when it has left them out
     /// (see [`h1::parse_head`]).
     pub fn hop_by_hop_removed(&self) -> bool {
-        self.raw_headers.is_some()
+        self.unmapped.is_some()
     }
 
-    /// The backend's header lines that are not in the response's map. A direct exchange leaves
-    /// them as received, so that an HTTP/1.1 client connection writes them out without a map;
+    /// The headers that are not in the response's map. A direct exchange leaves the backend's
+    /// lines as received, so that an HTTP/1.1 client connection writes them out without a map;
     /// whoever needs the map moves them into it.
-    pub fn raw_headers(&self) -> Option<&h1::RawHeaders> {
-        self.raw_headers.as_ref()
+    pub fn unmapped_mut(&mut self) -> Option<&mut Unmapped> {
+        self.unmapped.as_mut()
     }
 
-    pub fn take_raw_headers(&mut self) -> Option<h1::RawHeaders> {
-        self.raw_headers.take()
+    pub fn take_unmapped(&mut self) -> Option<Unmapped> {
+        self.unmapped.take()
     }
 }
 

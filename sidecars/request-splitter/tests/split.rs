@@ -6,8 +6,11 @@ mod support;
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
 use serde_json::{json, Value};
-use support::{backend, client, get, splitter, Backend, Behaviour};
+use support::{backend, client, get, send, splitter, Backend, Behaviour};
 
 fn config(stable: &Backend, canary: &Backend, weights: (u32, u32)) -> Value {
     json!({
@@ -134,33 +137,58 @@ async fn header_and_cookie_routes_override_the_split() {
     );
 }
 
+/// Every way a request can take: the plain HTTP/1.1 path, hyper's (a body), and a backend that
+/// gets its requests through hyper's client (h2c).
 #[tokio::test]
 async fn correlation_headers_reach_the_backend_and_come_back() {
     let stable = backend("stable", Behaviour::Named).await;
-    let splitter = splitter(json!({
-        "backends": [{"name": "stable", "endpoints": [stable.endpoint()]}]
-    }))
-    .await;
-    let client = client();
-    let url = splitter.url("/");
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let reply = get(
-        &client,
-        &url,
-        &[("x-request-id", "req-123"), ("traceparent", traceparent)],
-    )
-    .await;
-    assert_eq!(reply.headers["x-seen-request-id"], "req-123");
-    assert_eq!(reply.headers["x-request-id"], "req-123");
-    assert_eq!(reply.headers["x-seen-traceparent"], traceparent);
-    assert_eq!(reply.headers["x-seen-forwarded-for"], "127.0.0.1");
+    for protocol in ["http1", "h2c"] {
+        let splitter = splitter(json!({
+            "backends": [{"name": "stable", "endpoints": [stable.endpoint()], "protocol": protocol}]
+        }))
+        .await;
+        let client = client();
+        let url = splitter.url("/");
+        let with_body = |headers: &[(&str, &str)]| {
+            let mut builder = Request::post(&url);
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            builder.body(Full::new(Bytes::from_static(b"x"))).unwrap()
+        };
+        let sent = [("x-request-id", "req-123"), ("traceparent", traceparent)];
+        for reply in [
+            get(&client, &url, &sent).await,
+            send(&client, with_body(&sent)).await,
+        ] {
+            assert_eq!(reply.headers["x-seen-request-id"], "req-123", "{protocol}");
+            assert_eq!(reply.headers["x-request-id"], "req-123", "{protocol}");
+            assert_eq!(reply.headers["x-seen-traceparent"], traceparent, "{protocol}");
+            assert_eq!(reply.headers["x-seen-forwarded-for"], "127.0.0.1", "{protocol}");
+            assert_eq!(reply.headers["x-seen-forwarded-proto"], "http", "{protocol}");
+        }
 
-    let generated = get(&client, &url, &[]).await;
-    let id = generated.headers["x-seen-request-id"].to_str().unwrap();
-    assert_eq!(id.len(), 32);
-    assert_eq!(generated.headers["x-request-id"], id);
-    let started = generated.headers["x-seen-traceparent"].to_str().unwrap();
-    assert!(started.len() == 55 && started.starts_with("00-"), "{started}");
-    let another = get(&client, &url, &[]).await;
-    assert_ne!(another.headers["x-seen-request-id"], id);
+        let mut ids = Vec::new();
+        for generated in [get(&client, &url, &[]).await, send(&client, with_body(&[])).await] {
+            let id = generated.headers["x-seen-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(id.len(), 32, "{protocol}");
+            assert_eq!(
+                generated
+                    .headers
+                    .get_all("x-request-id")
+                    .iter()
+                    .collect::<Vec<_>>(),
+                [&id]
+            );
+            let started = generated.headers["x-seen-traceparent"].to_str().unwrap();
+            assert!(started.len() == 55 && started.starts_with("00-"), "{started}");
+            assert_eq!(generated.headers["x-seen-forwarded-proto"], "http", "{protocol}");
+            ids.push(id);
+        }
+        assert_ne!(ids[0], ids[1]);
+    }
 }

@@ -197,6 +197,7 @@ async fn respond(state: State, behaviour: Behaviour, mut request: Request<Incomi
         ("x-request-id", "x-seen-request-id"),
         ("traceparent", "x-seen-traceparent"),
         ("x-forwarded-for", "x-seen-forwarded-for"),
+        ("x-forwarded-proto", "x-seen-forwarded-proto"),
     ] {
         if let Some(value) = parts.headers.get(from) {
             headers.insert(to, value.clone());
