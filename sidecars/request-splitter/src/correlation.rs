@@ -21,6 +21,12 @@ pub enum RequestId {
 }
 
 impl RequestId {
+    pub fn generate() -> RequestId {
+        let mut id = [0u8; 32];
+        rng::hex_into(&mut id);
+        RequestId::Generated(id)
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             RequestId::Received(value) => value.as_bytes(),
@@ -52,9 +58,7 @@ pub fn request_id(headers: &mut HeaderMap) -> RequestId {
         }
         headers.remove(&REQUEST_ID);
     }
-    let mut id = [0u8; 32];
-    rng::hex_into(&mut id);
-    RequestId::Generated(id)
+    RequestId::generate()
 }
 
 /// A W3C trace id: 32 lowercase hex digits, kept on the stack.
@@ -74,6 +78,21 @@ pub struct Trace {
     pub started: Option<[u8; 55]>,
 }
 
+impl Trace {
+    /// A new trace, with a random trace id and parent id, not sampled.
+    pub fn start() -> Trace {
+        let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        rng::hex_into(&mut traceparent[3..35]);
+        rng::hex_into(&mut traceparent[36..52]);
+        let mut trace_id = [0u8; 32];
+        trace_id.copy_from_slice(&traceparent[3..35]);
+        Trace {
+            id: TraceId(trace_id),
+            started: Some(traceparent),
+        }
+    }
+}
+
 /// The request's trace: a valid `traceparent` is kept (in the map, unchanged); without one a new
 /// trace starts, and an invalid one is removed with its `tracestate`, as the W3C recommendation
 /// says. A new `traceparent` is not put in the map.
@@ -90,14 +109,7 @@ pub fn trace(headers: &mut HeaderMap) -> Trace {
         headers.remove(&TRACEPARENT);
         headers.remove(&TRACESTATE);
     }
-    let mut traceparent = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    rng::hex_into(&mut traceparent[3..35]);
-    rng::hex_into(&mut traceparent[36..52]);
-    trace_id.copy_from_slice(&traceparent[3..35]);
-    Trace {
-        id: TraceId(trace_id),
-        started: Some(traceparent),
-    }
+    Trace::start()
 }
 
 fn hex_value(bytes: &[u8]) -> HeaderValue {

@@ -67,6 +67,12 @@ pub fn strip(headers: &mut HeaderMap, keep_upgrade: bool) {
     let present = headers
         .keys()
         .fold(0, |bits, name| bits | bit(name.as_str().as_bytes()));
+    strip_present(headers, present, keep_upgrade);
+}
+
+/// [`strip`], for a caller that has already found which hop-by-hop headers are `present` (their
+/// bits) in a pass over the names of its own.
+pub fn strip_present(headers: &mut HeaderMap, present: u8, keep_upgrade: bool) {
     if present == 0 {
         return;
     }

@@ -35,7 +35,7 @@ use crate::{
     added::{AddedHeaders, FORWARDED_FOR, FORWARDED_PROTO},
     body::{self, BoxError, RequestBody, ResponseBody},
     config::UpstreamProtocol,
-    correlation::{self, RequestId, Trace, TraceId, REQUEST_ID},
+    correlation::{self, RequestId, Trace, TraceId, REQUEST_ID, TRACEPARENT},
     h1::BufferedRequest,
     health::{now_millis, RetryBudget},
     hop_by_hop,
@@ -205,7 +205,12 @@ where
         mut headers,
         ..
     } = parts;
-    let request_id = correlation::request_id(&mut headers);
+    let carried = Carried::by(&headers);
+    let request_id = if carried.request_id {
+        correlation::request_id(&mut headers)
+    } else {
+        RequestId::generate()
+    };
     let Some(active) = shared.store.current() else {
         let error = ProxyError::NoConfig;
         shared
@@ -217,7 +222,11 @@ where
             .inc();
         return Box::new(local_response(&error, &request_id));
     };
-    let trace = correlation::trace(&mut headers);
+    let trace = if carried.traceparent {
+        correlation::trace(&mut headers)
+    } else {
+        Trace::start()
+    };
     let decision = active.router.decide(&headers, connection.remote.ip());
     if let Choice::Route(index) = decision.choice {
         if let Some(counter) = active.route_matches.get(index) {
@@ -229,7 +238,15 @@ where
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let added = prepare_request_headers(&mut headers, &uri, connection, upgrade, &request_id, &trace);
+    let added = prepare_request_headers(
+        &mut headers,
+        &carried,
+        &uri,
+        connection,
+        upgrade,
+        &request_id,
+        &trace,
+    );
     let exchange = Exchange {
         shared,
         active,
@@ -731,18 +748,51 @@ fn has_token(list: &[u8], token: &[u8]) -> bool {
     hop_by_hop::tokens(list).any(|item| item.eq_ignore_ascii_case(token))
 }
 
+/// Which of the headers the proxy reads or adds a request carries, found in one pass over its
+/// names: a lookup in the map hashes the name, and most requests carry none of them but `host`.
+#[derive(Debug, Default)]
+struct Carried {
+    hop_by_hop: u8,
+    host: bool,
+    request_id: bool,
+    traceparent: bool,
+    forwarded_for: bool,
+    forwarded_proto: bool,
+}
+
+impl Carried {
+    fn by(headers: &HeaderMap) -> Carried {
+        let mut carried = Carried::default();
+        for name in headers.keys() {
+            if *name == header::HOST {
+                carried.host = true;
+                continue;
+            }
+            // Names in a map are lowercase.
+            let bytes = name.as_str().as_bytes();
+            carried.hop_by_hop |= hop_by_hop::bit(bytes);
+            carried.request_id |= bytes == REQUEST_ID.as_str().as_bytes();
+            carried.traceparent |= bytes == TRACEPARENT.as_str().as_bytes();
+            carried.forwarded_for |= bytes == FORWARDED_FOR.as_str().as_bytes();
+            carried.forwarded_proto |= bytes == FORWARDED_PROTO.as_str().as_bytes();
+        }
+        carried
+    }
+}
+
 /// Readies the client's headers to go on: hop-by-hop ones out, `host` from an HTTP/2 authority,
 /// the client appended to an `x-forwarded-for` it sent. Returns what the request gets on top.
 fn prepare_request_headers(
     headers: &mut HeaderMap,
+    carried: &Carried,
     uri: &Uri,
     connection: &ConnectionInfo,
     upgrade: bool,
     request_id: &RequestId,
     trace: &Trace,
 ) -> AddedHeaders {
-    hop_by_hop::strip(headers, upgrade);
-    if !headers.contains_key(header::HOST) {
+    hop_by_hop::strip_present(headers, carried.hop_by_hop, upgrade);
+    if !carried.host {
         // HTTP/2 clients send `:authority` instead; keep it as the backend's Host.
         if let Some(value) = uri
             .authority()
@@ -752,7 +802,11 @@ fn prepare_request_headers(
         }
     }
     // Looked up, not entered: an entry would grow a map built to the size of the client's headers.
-    let forwarded_for = match headers.get(&FORWARDED_FOR) {
+    let previous = carried
+        .forwarded_for
+        .then(|| headers.get(&FORWARDED_FOR))
+        .flatten();
+    let forwarded_for = match previous {
         Some(previous) => {
             let joined = [previous.as_bytes(), b", ", connection.client_ip.as_bytes()].concat();
             if let Ok(forwarded) = HeaderValue::from_bytes(&joined) {
@@ -762,8 +816,7 @@ fn prepare_request_headers(
         }
         None => Some(connection.client_ip.clone()),
     };
-    let forwarded_proto =
-        (!headers.contains_key(&FORWARDED_PROTO)).then_some(if connection.tls { "https" } else { "http" });
+    let forwarded_proto = (!carried.forwarded_proto).then_some(if connection.tls { "https" } else { "http" });
     AddedHeaders {
         request_id: match request_id {
             RequestId::Generated(id) => Some(*id),
@@ -783,6 +836,26 @@ mod tests {
 
     use super::*;
     use crate::{hop_by_hop::tests::headers, store::Source};
+
+    #[test]
+    fn one_pass_over_the_names_finds_the_headers_the_proxy_reads() {
+        let map = headers(&[
+            ("host", "a"),
+            ("x-request-id", "1"),
+            ("traceparent", "x"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("connection", "close"),
+            ("te", "trailers"),
+            ("x-forwarded-protocol", "near miss"),
+        ]);
+        let carried = Carried::by(&map);
+        assert!(carried.host && carried.request_id && carried.traceparent && carried.forwarded_for);
+        assert!(!carried.forwarded_proto);
+        assert_eq!(carried.hop_by_hop, hop_by_hop::CONNECTION_BIT | hop_by_hop::TE_BIT);
+        let none = Carried::by(&headers(&[("x-request", "1"), ("accept", "*/*")]));
+        assert!(!(none.host || none.request_id || none.traceparent || none.forwarded_for));
+        assert_eq!(none.hop_by_hop, 0);
+    }
 
     #[test]
     fn forwarding_headers_are_appended_or_added_and_host_comes_from_the_authority() {
@@ -834,7 +907,9 @@ mod tests {
         ];
         for (sent, request_id, trace, kept, added_names) in cases {
             let mut map = headers(sent);
-            let added = prepare_request_headers(&mut map, &uri, &connection, false, request_id, trace);
+            let carried = Carried::by(&map);
+            let added =
+                prepare_request_headers(&mut map, &carried, &uri, &connection, false, request_id, trace);
             let entries: Vec<(&str, &str)> = map
                 .iter()
                 .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
