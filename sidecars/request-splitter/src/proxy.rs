@@ -43,7 +43,7 @@ use crate::{
     mirror::{MirrorJob, MirrorQueue},
     routing::{Choice, Decision},
     store::{Active, ConfigStore},
-    upstream::{self, Endpoint, UpstreamBody, UpstreamError},
+    upstream::{Endpoint, UpstreamBody, UpstreamError},
 };
 
 /// The header that says why the splitter answered a request itself.
@@ -195,7 +195,8 @@ where
 {
     let started = Instant::now();
     connection.requests.fetch_add(1, Ordering::Relaxed);
-    let upgrade = is_upgrade(&request);
+    let carried = Carried::by(request.headers());
+    let upgrade = is_upgrade(&request, &carried);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (parts, body) = request.into_parts();
     let http::request::Parts {
@@ -205,7 +206,6 @@ where
         mut headers,
         ..
     } = parts;
-    let carried = Carried::by(&headers);
     let request_id = if carried.request_id {
         correlation::request_id(&mut headers)
     } else {
@@ -395,7 +395,8 @@ impl Exchange {
             // request again without copying its headers.
             let direct = backend.protocol == UpstreamProtocol::Http1
                 && matches!(body, Some(RequestBody::Buffered(_)))
-                && upstream::is_direct(&self.method, &self.headers);
+                // Upgrades take `tunnel`, and other requests have lost their `upgrade` header.
+                && self.method != Method::CONNECT;
             let request = if direct {
                 None
             } else {
@@ -734,9 +735,9 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-fn is_upgrade<B>(request: &Request<B>) -> bool {
+fn is_upgrade<B>(request: &Request<B>, carried: &Carried) -> bool {
     request.version() == Version::HTTP_11
-        && request.headers().contains_key(header::UPGRADE)
+        && carried.hop_by_hop & hop_by_hop::UPGRADE_BIT != 0
         && request
             .headers()
             .get_all(header::CONNECTION)
@@ -851,7 +852,10 @@ mod tests {
         let carried = Carried::by(&map);
         assert!(carried.host && carried.request_id && carried.traceparent && carried.forwarded_for);
         assert!(!carried.forwarded_proto);
-        assert_eq!(carried.hop_by_hop, hop_by_hop::CONNECTION_BIT | hop_by_hop::TE_BIT);
+        assert_eq!(
+            carried.hop_by_hop,
+            hop_by_hop::CONNECTION_BIT | hop_by_hop::TE_BIT
+        );
         let none = Carried::by(&headers(&[("x-request", "1"), ("accept", "*/*")]));
         assert!(!(none.host || none.request_id || none.traceparent || none.forwarded_for));
         assert_eq!(none.hop_by_hop, 0);
