@@ -57,7 +57,7 @@ pub async fn serve(
     shared: &Arc<Shared>,
     info: &ConnectionInfo,
     limits: &LimitsConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Outcome {
     let header_timeout = limits.header_read_timeout.0;
     let max_head = limits.max_header_bytes as usize;
@@ -68,6 +68,14 @@ pub async fn serve(
     // so a busy connection does not touch the timer wheel per request.
     let timer = tokio::time::sleep(header_timeout);
     let mut timer = std::pin::pin!(timer);
+    // One wait for the drain for the connection too: made anew for every request, it registered
+    // with the channel and left it again each time.
+    let mut drain_watch = shutdown.clone();
+    // A sender gone ends the connection as a drain does.
+    let drained = async move {
+        let _ = drain_watch.wait_for(|stop| *stop).await;
+    };
+    let mut drained = std::pin::pin!(drained);
     loop {
         let deadline = Instant::now() + header_timeout;
         let request = loop {
@@ -95,7 +103,7 @@ pub async fn serve(
                 }
                 // Between requests the drain closes the connection at once; a request being read
                 // is finished first.
-                _ = shutdown.wait_for(|stop| *stop), if waiting => return Outcome::Closed,
+                () = &mut drained, if waiting => return Outcome::Closed,
             }
         };
         let Plain {
