@@ -28,7 +28,10 @@
 # tracepoint, at full speed) and TCP segments (/proc/net/snmp) per request under
 # `wrk -t2 -c64`, and the instructions the proxy runs in user space per request (callgrind, with the
 # proxy under valgrind and `wrk -t1 -c16`). Counts do not depend on who wins the two cores, so they
-# compare the proxies where the timed runs cannot tell them apart.
+# compare the proxies where the timed runs cannot tell them apart. It also counts how often the
+# proxy was preempted per request (its involuntary context switches, /proc/PID/task/*/status) in the
+# full-speed run: that one does depend on the scheduler, and shows how the proxy's share of a core
+# goes, which decides its throughput at one worker.
 # Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (2s), ROUNDS (3), MODERATE_PAUSE_MS (1),
 #              BASE_PORT (18080), WORKER_COUNTS ("1 2"), CARGO_TARGET_DIR (where the release build goes).
 # This is a benchmark, not a test: it asserts nothing.
@@ -311,21 +314,34 @@ tcp_out_segments() {
   awk '/^Tcp:/ { if (++n == 1) { for (i = 1; i <= NF; i++) if ($i == "OutSegs") col = i } else print $col }' /proc/net/snmp
 }
 
+# Involuntary context switches of all threads of the given processes so far.
+preemptions() {
+  local pid
+  for pid in "$@"; do
+    cat /proc/"$pid"/task/*/status 2>/dev/null || true
+  done | awk '/^nonvoluntary_ctxt_switches/ {sum += $2} END {print sum + 0}'
+}
+
 declare -A counted
-# count_calls <key> <port> <pid>: system calls of the proxy and TCP segments of the whole machine,
-# per request, at full speed.
+# count_calls <key> <port> <pid>: system calls and preemptions of the proxy and TCP segments of the
+# whole machine, per request, at full speed.
 count_calls() {
-  local key=$1 port=$2 pid=$3 pids before after requests
-  pids=$(pids_of "$pid" | tr ' ' ',')
+  local key=$1 port=$2 pid=$3 pids before after preempted_before preempted_after requests
+  # shellcheck disable=SC2046
+  set -- $(pids_of "$pid")
+  pids=$(echo "$@" | tr ' ' ',')
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$port/" >/dev/null
   before=$(tcp_out_segments)
+  preempted_before=$(preemptions "$@")
   perf stat -x, -e raw_syscalls:sys_enter -p "$pids" -o "$work/perf.txt" -- \
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" "http://127.0.0.1:$port/" >"$work/wrk.txt"
+  preempted_after=$(preemptions "$@")
   after=$(tcp_out_segments)
   requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
   counted[$key-syscalls]=$(awk -F, -v n="$requests" '/raw_syscalls:sys_enter/ {printf "%.2f", $1 / n}' "$work/perf.txt")
   counted[$key-segments]=$(awk -v d="$((after - before))" -v n="$requests" 'BEGIN {printf "%.2f", d / n}')
-  echo "[bench] $key: ${counted[$key-syscalls]} system calls, ${counted[$key-segments]} segments per request" >&2
+  counted[$key-preempted]=$(awk -v d="$((preempted_after - preempted_before))" -v n="$requests" 'BEGIN {printf "%.3f", d / n}')
+  echo "[bench] $key: ${counted[$key-syscalls]} system calls, ${counted[$key-segments]} segments, preempted ${counted[$key-preempted]} times per request" >&2
 }
 
 # instructions_of <duration> <port> <start command...>: starts the proxy under callgrind, runs wrk
@@ -382,15 +398,15 @@ if [ "$MODE" = work ]; then
   echo
   echo "Work per request, 1 worker each: calls and segments under \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION\`, instructions under callgrind and \`wrk -t1 -c16\` (a $DURATION run less a $WARMUP one)"
   echo
-  echo "| proxy | system calls | TCP segments (whole machine) | user-space instructions |"
-  echo "| --- | --- | --- | --- |"
+  echo "| proxy | system calls | TCP segments (whole machine) | user-space instructions | preempted (full speed) |"
+  echo "| --- | --- | --- | --- | --- |"
   for key in splitter nginx haproxy; do
     case $key in
       splitter) label="request splitter" ;;
       nginx) label="nginx" ;;
       haproxy) label="HAProxy" ;;
     esac
-    echo "| $label | ${counted[$key-syscalls]} | ${counted[$key-segments]} | ${counted[$key-instructions]} |"
+    echo "| $label | ${counted[$key-syscalls]} | ${counted[$key-segments]} | ${counted[$key-instructions]} | ${counted[$key-preempted]} |"
   done
   exit 0
 fi

@@ -519,7 +519,13 @@ async fn kubectl_pauses_resumes_promotes_and_aborts() {
 
     change_template(&api, "v2", 0).await;
     phase_and_weight(&api, "a pause without duration", RolloutPhase::Paused, 25).await;
-    let columns = kubectl_ok(&["get", "-n", ns, "rsvc", "web", "--no-headers"]).unwrap();
+    // On a freshly started cluster kubectl may not know the short name until its discovery cache
+    // is refreshed, which a failed lookup triggers.
+    let columns = eventually("kubectl get rsvc", WAIT, || async {
+        kubectl_ok(&["get", "-n", ns, "rsvc", "web", "--no-headers"]).map(Some)
+    })
+    .await
+    .unwrap();
     assert!(columns.contains("Paused") && columns.contains("25"), "{columns}");
 
     annotate(ns, "resume");
