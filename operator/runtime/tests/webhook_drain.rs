@@ -221,3 +221,37 @@ async fn a_stopping_server_closes_idle_connections_at_once() {
     .await
     .expect("the server drained");
 }
+
+/// A connection the API server opened just before the drain began has not sent its review yet.
+/// Telling it to go away at once closed it before its HTTP/2 preface was read, and the API server
+/// reported `EOF`; now it is served first.
+#[tokio::test]
+async fn a_connection_that_opens_as_the_server_stops_still_gets_its_review_answered() {
+    tokio::time::timeout(HANG_GUARD, async {
+        let server = start_server().await;
+        // The TLS handshake is done, so the server has accepted the connection.
+        let (mut sender, connection) = h2_client(&server).await;
+        server.stop.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        let (mut body, frames) = futures::channel::mpsc::channel(1);
+        body.send(Ok(Frame::data(Bytes::from(review())))).await.unwrap();
+        drop(body);
+        let response = sender
+            .send_request(post(StreamBody::new(frames)))
+            .await
+            .expect("the review on the fresh connection is answered");
+        assert_eq!(response.status(), 200);
+        let answer: serde_json::Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+
+        connection
+            .await
+            .unwrap()
+            .expect("the connection closes without an error");
+        server.stopped.await.unwrap();
+    })
+    .await
+    .expect("the server drained");
+}

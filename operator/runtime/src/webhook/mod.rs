@@ -15,10 +15,7 @@ use futures::StreamExt;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::graceful::GracefulShutdown,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
@@ -35,7 +32,10 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
 use tokio_rustls::TlsAcceptor;
 
 /// Largest AdmissionReview accepted (the API server's own request limit is 3 MiB).
@@ -276,6 +276,13 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a connection is served before a drain may tell it to go away. A client opens a
+/// connection to send a review; one that opened just before the drain began has not sent it yet,
+/// and going away at once (before its HTTP/2 preface is even read) would close it with nothing
+/// answered: the API server reports `EOF` and the `Ignore` policy admits the pod without its
+/// sidecars.
+const FRESH_CONNECTION: Duration = Duration::from_secs(1);
+
 /// Serves HTTPS with the (rotating) certificate until `shutdown` completes, then drains.
 ///
 /// The API server keeps one HTTP/2 connection to a webhook replica and reuses it after the
@@ -283,7 +290,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// reviews in flight on it, and the `Ignore` failure policy would admit those pods without
 /// their sidecars. So on shutdown every connection is told to go away (HTTP/2 GOAWAY, or
 /// close after the current HTTP/1.1 response): the API server sends new reviews over a new
-/// connection to a live replica while this one finishes the reviews it already has.
+/// connection to a live replica while this one finishes the reviews it already has. A connection
+/// younger than [`FRESH_CONNECTION`] is told so only once it has had that long to send its review.
 pub async fn serve(
     addr: SocketAddr,
     served: Arc<certs::ServedCert>,
@@ -301,7 +309,9 @@ pub async fn serve(
         .await
         .map_err(|source| WebhookError::Bind { addr, source })?;
     tracing::info!(%addr, "Webhook server listening.");
-    let connections = GracefulShutdown::new();
+    let (draining, drain_started) = watch::channel(false);
+    // Every connection task holds a sender; the drain is over when the last one is dropped.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -314,10 +324,13 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let opened = tokio::time::Instant::now();
         let acceptor = acceptor.clone();
         let injector = injector.clone();
-        let watcher = connections.watcher();
+        let mut drain_started = drain_started.clone();
+        let open = open.clone();
         tokio::spawn(async move {
+            let _open = open;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
@@ -332,18 +345,39 @@ pub async fn serve(
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection).await {
+            tokio::pin!(connection);
+            // The borrow `wait_for` returns is not `Send`; it must not live across the drain.
+            let drain = async move {
+                let _ = drain_started.wait_for(|started| *started).await;
+            };
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = drain => {
+                    let grace = tokio::time::sleep_until(opened + FRESH_CONNECTION);
+                    tokio::select! {
+                        ended = connection.as_mut() => ended,
+                        () = grace => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    }
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%error, "Webhook connection ended with an error.");
             }
         });
     }
     drop(listener);
+    drop(open);
     tracing::info!(
-        connections = connections.count(),
+        connections = draining.receiver_count().saturating_sub(1),
         "Webhook server stopped accepting; draining its connections."
     );
-    match tokio::time::timeout(DRAIN_DEADLINE, connections.shutdown()).await {
-        Ok(()) => tracing::info!("Webhook connections drained."),
+    let _ = draining.send(true);
+    // `recv` has nothing to receive: it returns once every connection task has dropped its sender.
+    match tokio::time::timeout(DRAIN_DEADLINE, all_closed.recv()).await {
+        Ok(_) => tracing::info!("Webhook connections drained."),
         Err(_) => tracing::warn!(
             deadline_seconds = DRAIN_DEADLINE.as_secs(),
             "Webhook connections still open at the drain deadline; closing them."
