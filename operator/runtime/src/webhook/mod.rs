@@ -32,10 +32,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
-use tokio::{
-    net::TcpListener,
-    sync::{mpsc, watch},
-};
+use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 
 /// Largest AdmissionReview accepted (the API server's own request limit is 3 MiB).
@@ -309,9 +306,9 @@ pub async fn serve(
         .await
         .map_err(|source| WebhookError::Bind { addr, source })?;
     tracing::info!(%addr, "Webhook server listening.");
+    // Every connection task holds a receiver for its whole life: the drain is over when the last
+    // one is dropped.
     let (draining, drain_started) = watch::channel(false);
-    // Every connection task holds a sender; the drain is over when the last one is dropped.
-    let (open, mut all_closed) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -328,9 +325,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let injector = injector.clone();
         let mut drain_started = drain_started.clone();
-        let open = open.clone();
         tokio::spawn(async move {
-            let _open = open;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(error)) => {
@@ -347,7 +342,7 @@ pub async fn serve(
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
             // The borrow `wait_for` returns is not `Send`; it must not live across the drain.
-            let drain = async move {
+            let drain = async {
                 let _ = drain_started.wait_for(|started| *started).await;
             };
             let ended = tokio::select! {
@@ -369,15 +364,14 @@ pub async fn serve(
         });
     }
     drop(listener);
-    drop(open);
+    drop(drain_started);
     tracing::info!(
-        connections = draining.receiver_count().saturating_sub(1),
+        connections = draining.receiver_count(),
         "Webhook server stopped accepting; draining its connections."
     );
     let _ = draining.send(true);
-    // `recv` has nothing to receive: it returns once every connection task has dropped its sender.
-    match tokio::time::timeout(DRAIN_DEADLINE, all_closed.recv()).await {
-        Ok(_) => tracing::info!("Webhook connections drained."),
+    match tokio::time::timeout(DRAIN_DEADLINE, draining.closed()).await {
+        Ok(()) => tracing::info!("Webhook connections drained."),
         Err(_) => tracing::warn!(
             deadline_seconds = DRAIN_DEADLINE.as_secs(),
             "Webhook connections still open at the drain deadline; closing them."
