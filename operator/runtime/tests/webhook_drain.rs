@@ -134,6 +134,17 @@ async fn h2_client(
     (sender, tokio::spawn(connection))
 }
 
+/// A review's whole body, ready to send.
+async fn whole_review() -> StreamedBody {
+    let (mut body, frames) = futures::channel::mpsc::channel(1);
+    body.send(Ok(Frame::data(Bytes::from(review())))).await.unwrap();
+    StreamBody::new(frames)
+}
+
+async fn answer_of(response: http::Response<hyper::body::Incoming>) -> serde_json::Value {
+    serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap()
+}
+
 fn post(body: StreamedBody) -> http::Request<StreamedBody> {
     http::Request::post("https://127.0.0.1/mutate")
         .header("content-type", "application/json")
@@ -179,8 +190,7 @@ async fn a_stopping_server_answers_the_review_in_flight_and_closes_its_connectio
             .unwrap()
             .expect("the review in flight is answered");
         assert_eq!(response.status(), 200);
-        let answer: serde_json::Value =
-            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let answer = answer_of(response).await;
         assert_eq!(answer["response"]["uid"], "drain-1");
         assert_eq!(answer["response"]["allowed"], true);
 
@@ -201,10 +211,7 @@ async fn a_stopping_server_closes_idle_connections_at_once() {
     tokio::time::timeout(HANG_GUARD, async {
         let server = start_server().await;
         let (mut sender, connection) = h2_client(&server).await;
-        let (mut body, frames) = futures::channel::mpsc::channel(1);
-        body.send(Ok(Frame::data(Bytes::from(review())))).await.unwrap();
-        drop(body);
-        let response = sender.send_request(post(StreamBody::new(frames))).await.unwrap();
+        let response = sender.send_request(post(whole_review().await)).await.unwrap();
         assert_eq!(response.status(), 200);
 
         server.stop.send(()).unwrap();
@@ -234,16 +241,12 @@ async fn a_connection_that_opens_as_the_server_stops_still_gets_its_review_answe
         server.stop.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
 
-        let (mut body, frames) = futures::channel::mpsc::channel(1);
-        body.send(Ok(Frame::data(Bytes::from(review())))).await.unwrap();
-        drop(body);
         let response = sender
-            .send_request(post(StreamBody::new(frames)))
+            .send_request(post(whole_review().await))
             .await
             .expect("the review on the fresh connection is answered");
         assert_eq!(response.status(), 200);
-        let answer: serde_json::Value =
-            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let answer = answer_of(response).await;
         assert_eq!(answer["response"]["allowed"], true);
 
         connection

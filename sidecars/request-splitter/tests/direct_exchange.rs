@@ -115,23 +115,30 @@ async fn a_body_delimited_by_the_end_of_the_connection_is_relayed_and_the_next_r
 /// The backend's header lines reach the client whichever side writes the response: the plain
 /// HTTP/1.1 path (a GET without a body) and hyper (a GET with a body). The backend's own request id
 /// is kept, not doubled, and its connection headers stay behind.
-#[tokio::test]
-async fn the_backends_headers_reach_the_client_once_without_its_connection_headers() {
-    let (backend, _) = scripted(
-        b"HTTP/1.1 200 OK\r\nX-Backend: stable\r\nX-Request-Id: from-backend\r\nConnection: keep-alive\r\n\
-          Keep-Alive: timeout=5\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok",
-        After::KeepOpen,
-    )
-    .await;
+/// The replies to a GET on the plain HTTP/1.1 path, a GET with a body (served by hyper) and another
+/// plain GET on the reused backend connection, from a backend that keeps answering `response`.
+async fn replies_on_both_client_paths(response: &'static [u8]) -> Vec<support::Reply> {
+    let (backend, _) = scripted(response, After::KeepOpen).await;
     let splitter = splitter_for(backend).await;
     let client = client();
     let with_body = Request::get(splitter.url("/"))
         .body(Full::new(Bytes::from_static(b"x")))
         .unwrap();
-    for reply in [
+    vec![
         get(&client, &splitter.url("/"), &[]).await,
         send(&client, with_body).await,
-    ] {
+        get(&client, &splitter.url("/"), &[]).await,
+    ]
+}
+
+#[tokio::test]
+async fn the_backends_headers_reach_the_client_once_without_its_connection_headers() {
+    let replies = replies_on_both_client_paths(
+        b"HTTP/1.1 200 OK\r\nX-Backend: stable\r\nX-Request-Id: from-backend\r\nConnection: keep-alive\r\n\
+          Keep-Alive: timeout=5\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    for reply in replies {
         assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "ok"));
         assert_eq!(reply.headers["x-backend"], "stable");
         let ids: Vec<_> = reply.headers.get_all("x-request-id").iter().collect();
@@ -146,21 +153,11 @@ async fn the_backends_headers_reach_the_client_once_without_its_connection_heade
 /// former; a client that believed the stated length would read the wrong body.
 #[tokio::test]
 async fn a_chunked_response_that_also_states_a_length_reaches_the_client_whole() {
-    let (backend, _) = scripted(
+    let replies = replies_on_both_client_paths(
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-        After::KeepOpen,
     )
     .await;
-    let splitter = splitter_for(backend).await;
-    let client = client();
-    let with_body = Request::get(splitter.url("/"))
-        .body(Full::new(Bytes::from_static(b"x")))
-        .unwrap();
-    for reply in [
-        get(&client, &splitter.url("/"), &[]).await,
-        send(&client, with_body).await,
-        get(&client, &splitter.url("/"), &[]).await,
-    ] {
+    for reply in replies {
         assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "hello"));
         assert!(
             !reply.headers.contains_key("content-length"),
