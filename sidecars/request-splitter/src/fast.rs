@@ -32,6 +32,7 @@ use crate::{
     config::LimitsConfig,
     hop_by_hop,
     proxy::{self, BoxedResponse, ConnectionInfo, Shared},
+    sends,
 };
 
 /// Most header lines in a request head, as hyper allows.
@@ -391,7 +392,7 @@ async fn write_response(
     if framing == Framing::None {
         // Dropping the body gives a complete upstream response's connection back.
         drop(body);
-        stream.write_all(out).await?;
+        sends::write_all(stream, out).await?;
         return Ok(!close);
     }
     let mut remaining = match framing {
@@ -463,9 +464,7 @@ async fn write_response(
         }
         out.extend_from_slice(b"\r\n");
     }
-    if !out.is_empty() {
-        stream.write_all(out).await?;
-    }
+    sends::write_all(stream, out).await?;
     Ok(!close)
 }
 

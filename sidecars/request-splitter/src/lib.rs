@@ -26,6 +26,7 @@ pub mod reload;
 pub mod rng;
 pub mod routing;
 pub mod run;
+pub mod sends;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -33,6 +33,7 @@ use crate::{
     fast,
     metrics::ReasonLabels,
     proxy::{self, ConnectionInfo, Shared},
+    sends,
 };
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -99,6 +100,7 @@ pub async fn serve(
     connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    sends::start(sends::SendMode::Ring);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -58,6 +58,7 @@ use crate::{
     health::EndpointHealth,
     metrics::{BackendMetrics, Metrics},
     routing::mix,
+    sends,
 };
 
 /// Why an exchange with an endpoint failed.
@@ -734,13 +735,18 @@ impl DirectBody {
 /// head and what followed it.
 async fn exchange(
     stream: &mut TcpStream,
-    mut buffer: BytesMut,
+    buffer: BytesMut,
     body: Option<&Bytes>,
 ) -> Result<(h1::Head, BytesMut), H1Error> {
-    stream.write_all(&buffer).await.map_err(H1Error::Write)?;
+    // The same allocation throughout: lent to the batch as a vector, then reused for the response.
+    let mut request = Vec::from(buffer);
+    sends::write_all(stream, &mut request)
+        .await
+        .map_err(H1Error::Write)?;
     if let Some(body) = body {
         stream.write_all(body).await.map_err(H1Error::Write)?;
     }
+    let mut buffer = BytesMut::from(Bytes::from(request));
     buffer.clear();
     let mut received = false;
     loop {
