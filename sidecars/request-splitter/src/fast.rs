@@ -77,13 +77,16 @@ pub async fn serve(
         let _ = drain_watch.wait_for(|stop| *stop).await;
     };
     let mut drained = std::pin::pin!(drained);
-    loop {
-        let deadline = Instant::now() + header_timeout;
+    // The last write of the previous response, lent to the worker's batch of sends (see
+    // [`sends`]): collected before the next write, or as soon as the batch could not send it all.
+    let mut pending: Option<sends::Lent> = None;
+    let ended = 'connection: loop {
+        let mut deadline = Instant::now() + header_timeout;
         let request = loop {
             match parse_request(&mut buffer, max_head, &mut spans) {
                 Parsed::Complete(request) => break request,
                 Parsed::Partial => {}
-                Parsed::HandOff => return hand_off(stream, buffer),
+                Parsed::HandOff => break 'connection Ended::HandOff,
             }
             if buffer.capacity() - buffer.len() < 1024 {
                 buffer.reserve(READ_BUFFER);
@@ -92,19 +95,32 @@ pub async fn serve(
             tokio::select! {
                 biased;
                 read = stream.read_buf(&mut buffer) => match read {
-                    Ok(0) | Err(_) => return Outcome::Closed,
+                    Ok(0) | Err(_) => break 'connection Ended::Closed,
                     Ok(_) => {}
                 },
+                () = std::future::poll_fn(|cx| match pending.as_mut() {
+                    Some(lent) => lent.poll_incomplete(cx),
+                    None => Poll::Pending,
+                }), if pending.is_some() => {
+                    // A full socket buffer: the rest is written now, and the wait for the next
+                    // request starts after it.
+                    if let Some(lent) = pending.take() {
+                        if lent.finish(&mut stream, &mut out).await.is_err() {
+                            break 'connection Ended::Closed;
+                        }
+                    }
+                    deadline = Instant::now() + header_timeout;
+                }
                 () = &mut timer => {
                     if Instant::now() < deadline {
                         timer.as_mut().reset(deadline);
                     } else {
-                        return Outcome::HeaderTimeout;
+                        break 'connection Ended::HeaderTimeout;
                     }
                 }
                 // Between requests the drain closes the connection at once; a request being read
                 // is finished first.
-                () = &mut drained, if waiting => return Outcome::Closed,
+                () = &mut drained, if waiting => break 'connection Ended::Closed,
             }
         };
         let Plain {
@@ -115,14 +131,38 @@ pub async fn serve(
         } = request;
         let version = request.version();
         let Some(response) = handle_watching_client(&stream, &mut buffer, shared, request, info).await else {
-            return Outcome::Closed;
+            break Ended::Closed;
         };
         let close = close || *shutdown.borrow();
-        match write_response(&mut stream, &mut out, response, version, head, trailers, close).await {
+        let exchange = Exchange {
+            version,
+            head_request: head,
+            trailers_accepted: trailers,
+            close,
+        };
+        match write_response(&mut stream, &mut out, &mut pending, response, exchange).await {
             Ok(true) if !close => {}
-            _ => return Outcome::Closed,
+            _ => break Ended::Closed,
+        }
+    };
+    // The last response goes out whole before the connection closes or moves to hyper.
+    if let Some(lent) = pending.take() {
+        if lent.finish(&mut stream, &mut out).await.is_err() {
+            return Outcome::Closed;
         }
     }
+    match ended {
+        Ended::Closed => Outcome::Closed,
+        Ended::HeaderTimeout => Outcome::HeaderTimeout,
+        Ended::HandOff => hand_off(stream, buffer),
+    }
+}
+
+/// Why the fast path stopped serving a connection.
+enum Ended {
+    Closed,
+    HeaderTimeout,
+    HandOff,
 }
 
 /// Handles the request while watching the client: when it closes the connection, the exchange is
@@ -301,16 +341,34 @@ enum Framing {
     Close,
 }
 
-/// Writes the response; `Ok(false)` when the connection must close after it.
+/// What the response's encoding depends on.
+struct Exchange {
+    version: Version,
+    /// `HEAD`: the response has no body.
+    head_request: bool,
+    trailers_accepted: bool,
+    /// Close after this response.
+    close: bool,
+}
+
+/// Writes the response, its last write lent to the batch in `pending`; `Ok(false)` when the
+/// connection must close after it. The previous response's lent write is collected first.
 async fn write_response(
     stream: &mut TcpStream,
     out: &mut Vec<u8>,
+    pending: &mut Option<sends::Lent>,
     response: BoxedResponse,
-    version: Version,
-    head_request: bool,
-    trailers_accepted: bool,
-    close: bool,
+    exchange: Exchange,
 ) -> io::Result<bool> {
+    let Exchange {
+        version,
+        head_request,
+        trailers_accepted,
+        close,
+    } = exchange;
+    if let Some(lent) = pending.take() {
+        lent.finish(stream, out).await?;
+    }
     let (parts, mut body) = (*response).into_parts();
     let unmapped = body.take_unmapped();
     let status = parts.status;
@@ -392,7 +450,7 @@ async fn write_response(
     if framing == Framing::None {
         // Dropping the body gives a complete upstream response's connection back.
         drop(body);
-        sends::write_all(stream, out).await?;
+        lend_last(stream, out, pending).await?;
         return Ok(!close);
     }
     let mut remaining = match framing {
@@ -464,8 +522,25 @@ async fn write_response(
         }
         out.extend_from_slice(b"\r\n");
     }
-    sends::write_all(stream, out).await?;
+    lend_last(stream, out, pending).await?;
     Ok(!close)
+}
+
+/// Lends a response's last write to the batch, to be collected later; written at once where the
+/// worker does not batch.
+async fn lend_last(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    pending: &mut Option<sends::Lent>,
+) -> io::Result<()> {
+    let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+    match sends::lend(stream, out, &waker) {
+        Some(lent) => {
+            *pending = Some(lent);
+            Ok(())
+        }
+        None => stream.write_all(out).await,
+    }
 }
 
 fn put_length(out: &mut Vec<u8>, length: u64) {

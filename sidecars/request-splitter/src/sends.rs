@@ -75,30 +75,125 @@ pub fn start(mode: SendMode) {
         true
     });
     if started {
-        handle.spawn(Flusher { alive });
+        handle.spawn(Flusher {
+            alive,
+            wakers: Vec::new(),
+        });
     }
 }
 
 /// Writes all of `bytes` to `stream`. On a batching worker the first attempt joins the pass's
 /// batch; `bytes` is lent to the batch and given back unchanged.
 pub async fn write_all(stream: &mut TcpStream, bytes: &mut Vec<u8>) -> io::Result<()> {
+    let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+    match lend(stream, bytes, &waker) {
+        Some(lent) => lent.finish(stream, bytes).await,
+        None => stream.write_all(bytes).await,
+    }
+}
+
+/// Lends `bytes` to the pass's batch for `stream`, on a batching worker (`None` elsewhere, and for
+/// nothing to write: then `bytes` is untouched and the caller writes it). `waker` is woken if the
+/// batch cannot send all of it; a complete send wakes nobody, and [`Lent::finish`] collects it.
+pub fn lend(stream: &TcpStream, bytes: &mut Vec<u8>, waker: &Waker) -> Option<Lent> {
     if bytes.is_empty() {
-        return Ok(());
+        return None;
     }
-    let Some(slot) = queue(stream.as_raw_fd(), bytes) else {
-        return stream.write_all(bytes).await;
-    };
-    let (returned, sent) = Queued { slot: Some(slot) }.await;
-    *bytes = returned;
-    let written = match sent {
-        Ok(written) => written,
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
-        Err(error) => return Err(error),
-    };
-    if let Some(rest) = bytes.get(written..).filter(|rest| !rest.is_empty()) {
-        stream.write_all(rest).await?;
+    queue(stream.as_raw_fd(), bytes, waker).map(|slot| Lent { slot: Some(slot) })
+}
+
+/// A write lent to the batch. Dropped before the batch sent it, it leaves the batch unsent.
+pub struct Lent {
+    slot: Option<usize>,
+}
+
+impl Lent {
+    /// Ready once the batch has tried the write and left some of it unsent (a full socket buffer
+    /// or an error): the caller should [`finish`](Lent::finish) it then. A complete send stays
+    /// pending here.
+    pub fn poll_incomplete(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(index) = self.slot else {
+            return Poll::Ready(());
+        };
+        BATCH.with(|batch| match batch.borrow_mut().slots.get_mut(index) {
+            Some(Slot::Queued { waker, .. }) => {
+                if !waker.will_wake(cx.waker()) {
+                    *waker = cx.waker().clone();
+                }
+                Poll::Pending
+            }
+            Some(Slot::Sent { complete: true, .. }) => Poll::Pending,
+            _ => Poll::Ready(()),
+        })
     }
-    Ok(())
+
+    /// Waits for the batch to send the write, writes what it left, and gives the bytes back.
+    pub async fn finish(mut self, stream: &mut TcpStream, bytes: &mut Vec<u8>) -> io::Result<()> {
+        let (returned, sent) = std::future::poll_fn(|cx| self.poll_outcome(cx)).await;
+        *bytes = returned;
+        let written = match sent {
+            Ok(written) => written,
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(error) => return Err(error),
+        };
+        if let Some(rest) = bytes.get(written..).filter(|rest| !rest.is_empty()) {
+            stream.write_all(rest).await?;
+        }
+        Ok(())
+    }
+
+    fn poll_outcome(&mut self, cx: &mut Context<'_>) -> Poll<(Vec<u8>, io::Result<usize>)> {
+        let Some(index) = self.slot else {
+            return Poll::Ready((
+                Vec::new(),
+                Err(io::Error::other("a lent write was finished twice")),
+            ));
+        };
+        let outcome = BATCH.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            let batch = &mut *batch;
+            match batch.slots.get_mut(index) {
+                Some(Slot::Queued { waker, waiting, .. }) => {
+                    if !waker.will_wake(cx.waker()) {
+                        *waker = cx.waker().clone();
+                    }
+                    *waiting = true;
+                    None
+                }
+                Some(slot @ Slot::Sent { .. }) => {
+                    let Slot::Sent { bytes, result, .. } = std::mem::replace(slot, Slot::Free) else {
+                        return None;
+                    };
+                    batch.free.push(index);
+                    Some((bytes, result))
+                }
+                _ => Some((Vec::new(), Err(io::Error::other("a lent write lost its slot")))),
+            }
+        });
+        match outcome {
+            Some(done) => {
+                self.slot = None;
+                Poll::Ready(done)
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let Some(index) = self.slot else {
+            return;
+        };
+        let _ = BATCH.try_with(|batch| {
+            let mut batch = batch.borrow_mut();
+            if let Some(slot) = batch.slots.get_mut(index) {
+                *slot = Slot::Free;
+                batch.free.push(index);
+                batch.queued.retain(|queued| *queued != index);
+            }
+        });
+    }
 }
 
 thread_local! {
@@ -111,6 +206,10 @@ struct Batch {
     free: Vec<usize>,
     /// Slots in the order their writes were queued.
     queued: Vec<usize>,
+    /// The slots being sent, and their results: kept from one flush to the next, as is the
+    /// flusher's list of tasks to wake, so that a flush allocates nothing.
+    flushing: Vec<usize>,
+    results: Vec<io::Result<usize>>,
     flusher: Option<FlusherHandle>,
     mode: SendMode,
     ring: Ring,
@@ -122,6 +221,8 @@ impl Default for Batch {
             slots: Vec::new(),
             free: Vec::new(),
             queued: Vec::new(),
+            flushing: Vec::new(),
+            results: Vec::new(),
             flusher: None,
             mode: SendMode::Ring,
             ring: Ring::Untried,
@@ -140,11 +241,15 @@ enum Slot {
     Queued {
         fd: RawFd,
         bytes: Vec<u8>,
-        waker: Option<Waker>,
+        waker: Waker,
+        /// The task waits for the outcome ([`Lent::finish`]): wake it even for a complete send.
+        waiting: bool,
     },
     Sent {
         bytes: Vec<u8>,
         result: io::Result<usize>,
+        /// All of `bytes` went out.
+        complete: bool,
     },
 }
 
@@ -155,7 +260,7 @@ enum Ring {
 }
 
 /// Queues a write on a batching thread; `None` where writes go out at once.
-fn queue(fd: RawFd, bytes: &mut Vec<u8>) -> Option<usize> {
+fn queue(fd: RawFd, bytes: &mut Vec<u8>, waker: &Waker) -> Option<usize> {
     BATCH
         .try_with(|batch| {
             let mut batch = batch.borrow_mut();
@@ -167,7 +272,8 @@ fn queue(fd: RawFd, bytes: &mut Vec<u8>) -> Option<usize> {
             let slot = Slot::Queued {
                 fd,
                 bytes: std::mem::take(bytes),
-                waker: None,
+                waker: waker.clone(),
+                waiting: false,
             };
             let index = match batch.free.pop() {
                 Some(index) => {
@@ -191,77 +297,19 @@ fn queue(fd: RawFd, bytes: &mut Vec<u8>) -> Option<usize> {
         .flatten()
 }
 
-/// A queued write, until the flusher has sent it. Dropped before that, it leaves the batch.
-struct Queued {
-    slot: Option<usize>,
-}
-
-impl Future for Queued {
-    type Output = (Vec<u8>, io::Result<usize>);
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(index) = self.slot else {
-            return Poll::Ready((
-                Vec::new(),
-                Err(io::Error::other("a batched write was polled after it ended")),
-            ));
-        };
-        let outcome = BATCH.with(|batch| {
-            let mut batch = batch.borrow_mut();
-            let batch = &mut *batch;
-            match batch.slots.get_mut(index) {
-                Some(Slot::Queued { waker, .. }) => {
-                    if !waker.as_ref().is_some_and(|waker| waker.will_wake(cx.waker())) {
-                        *waker = Some(cx.waker().clone());
-                    }
-                    None
-                }
-                Some(slot @ Slot::Sent { .. }) => {
-                    let Slot::Sent { bytes, result } = std::mem::replace(slot, Slot::Free) else {
-                        return None;
-                    };
-                    batch.free.push(index);
-                    Some((bytes, result))
-                }
-                _ => Some((Vec::new(), Err(io::Error::other("a batched write lost its slot")))),
-            }
-        });
-        match outcome {
-            Some(done) => {
-                self.slot = None;
-                Poll::Ready(done)
-            }
-            None => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for Queued {
-    fn drop(&mut self) {
-        let Some(index) = self.slot else {
-            return;
-        };
-        let _ = BATCH.try_with(|batch| {
-            let mut batch = batch.borrow_mut();
-            if let Some(slot) = batch.slots.get_mut(index) {
-                *slot = Slot::Free;
-                batch.free.push(index);
-                batch.queued.retain(|queued| *queued != index);
-            }
-        });
-    }
-}
-
 /// The task that sends a thread's batch; it runs after the tasks that were woken before it.
 struct Flusher {
     alive: Arc<AtomicBool>,
+    /// Tasks to wake after a flush (woken outside the batch's borrow).
+    wakers: Vec<Waker>,
 }
 
 impl Future for Flusher {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let wakers = BATCH.with(|batch| {
+        let wakers = &mut self.get_mut().wakers;
+        BATCH.with(|batch| {
             let mut batch = batch.borrow_mut();
             if let Some(flusher) = batch.flusher.as_mut() {
                 if !flusher
@@ -272,9 +320,9 @@ impl Future for Flusher {
                     flusher.waker = Some(cx.waker().clone());
                 }
             }
-            flush(&mut batch)
+            flush(&mut batch, wakers);
         });
-        for waker in wakers {
+        for waker in wakers.drain(..) {
             waker.wake();
         }
         Poll::Pending
@@ -287,62 +335,75 @@ impl Drop for Flusher {
     }
 }
 
-/// Sends every queued write and returns the wakers of their tasks.
-fn flush(batch: &mut Batch) -> Vec<Waker> {
+/// Sends every queued write, and adds to `wakers` the tasks that want the outcome.
+fn flush(batch: &mut Batch, wakers: &mut Vec<Waker>) {
     if batch.queued.is_empty() {
-        return Vec::new();
+        return;
     }
-    let queued = std::mem::take(&mut batch.queued);
-    let mut results = Vec::with_capacity(queued.len());
-    let writes: Vec<(RawFd, &[u8])> = queued
-        .iter()
-        .filter_map(|index| match batch.slots.get(*index) {
-            Some(Slot::Queued { fd, bytes, .. }) => Some((*fd, bytes.as_slice())),
-            _ => None,
-        })
-        .collect();
-    let batched = writes.len() > 1 && batch.mode == SendMode::Ring;
-    if batched && matches!(batch.ring, Ring::Untried) {
-        batch.ring = open_ring();
+    std::mem::swap(&mut batch.queued, &mut batch.flushing);
+    let Batch {
+        slots,
+        flushing,
+        results,
+        mode,
+        ring,
+        ..
+    } = batch;
+    results.clear();
+    let batched = flushing.len() > 1 && *mode == SendMode::Ring;
+    if batched && matches!(ring, Ring::Untried) {
+        *ring = open_ring();
     }
-    let ring_failed = match &mut batch.ring {
-        Ring::Ready(ring) if batched => send_on_ring(ring, &writes, &mut results).err(),
+    let ring_failed = match ring {
+        Ring::Ready(open) if batched => send_on_ring(open, slots, flushing, results).err(),
         _ => {
-            results.extend(writes.iter().map(|(fd, bytes)| send(*fd, bytes)));
+            results.extend(flushing.iter().map(|index| match slots.get(*index) {
+                Some(Slot::Queued { fd, bytes, .. }) => send(*fd, bytes),
+                _ => Err(io::Error::other("no write in the slot")),
+            }));
             None
         }
     };
-    drop(writes);
     if let Some(error) = ring_failed {
         tracing::warn!(%error, "io_uring stopped working; batched sends go out one by one from now on.");
         // What the kernel still holds of this batch may point into its buffers: they are never
         // freed, and the ring is not used again.
-        if let Ring::Ready(ring) = std::mem::replace(&mut batch.ring, Ring::Unavailable) {
-            std::mem::forget(ring);
+        if let Ring::Ready(open) = std::mem::replace(ring, Ring::Unavailable) {
+            std::mem::forget(open);
         }
-        for index in &queued {
-            if let Some(Slot::Queued { bytes, .. }) = batch.slots.get_mut(*index) {
+        for index in flushing.iter() {
+            if let Some(Slot::Queued { bytes, .. }) = slots.get_mut(*index) {
                 std::mem::forget(std::mem::take(bytes));
             }
         }
         results.clear();
-        results.resize_with(queued.len(), || Err(io::Error::other("io_uring failed")));
     }
-    let mut wakers = Vec::with_capacity(queued.len());
-    let mut results = results.into_iter();
-    for index in queued {
-        let Some(slot) = batch.slots.get_mut(index) else {
+    let mut outcomes = results.drain(..);
+    for index in flushing.drain(..) {
+        let Some(slot) = slots.get_mut(index) else {
             continue;
         };
-        if let Slot::Queued { bytes, waker, .. } = std::mem::replace(slot, Slot::Free) {
-            let result = results
+        if let Slot::Queued {
+            bytes,
+            waker,
+            waiting,
+            ..
+        } = std::mem::replace(slot, Slot::Free)
+        {
+            let result = outcomes
                 .next()
-                .unwrap_or_else(|| Err(io::Error::other("no result")));
-            *slot = Slot::Sent { bytes, result };
-            wakers.extend(waker);
+                .unwrap_or_else(|| Err(io::Error::other("the write was not sent")));
+            let complete = matches!(result, Ok(written) if written == bytes.len());
+            if waiting || !complete {
+                wakers.push(waker);
+            }
+            *slot = Slot::Sent {
+                bytes,
+                result,
+                complete,
+            };
         }
     }
-    wakers
 }
 
 fn send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
@@ -374,34 +435,42 @@ fn open_ring() -> Ring {
     }
 }
 
-/// Sends the writes with as few io_uring submissions as the ring's size allows. Returns only once
-/// the kernel has completed every write it took, so the buffers are free to reuse.
+/// Sends the queued writes of `flushing` with as few io_uring submissions as the ring's size
+/// allows, their results in `results` in the same order. Returns only once the kernel has completed
+/// every write it took, so the buffers are free to reuse.
 fn send_on_ring(
     ring: &mut io_uring::IoUring,
-    writes: &[(RawFd, &[u8])],
+    slots: &[Slot],
+    flushing: &[usize],
     results: &mut Vec<io::Result<usize>>,
 ) -> io::Result<()> {
-    results.resize_with(writes.len(), || Ok(0));
-    for (chunk_index, chunk) in writes.chunks(RING_ENTRIES as usize).enumerate() {
+    // Filled in as the completions arrive; every entry the kernel takes completes.
+    results.resize_with(flushing.len(), || Ok(0));
+    for (chunk_index, chunk) in flushing.chunks(RING_ENTRIES as usize).enumerate() {
         let base = chunk_index * RING_ENTRIES as usize;
+        let mut submitted = 0;
         {
             let mut submission = ring.submission();
-            for (offset, (fd, bytes)) in chunk.iter().enumerate() {
+            for (offset, index) in chunk.iter().enumerate() {
+                let Some(Slot::Queued { fd, bytes, .. }) = slots.get(*index) else {
+                    continue;
+                };
                 let length = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
                 let entry = io_uring::opcode::Send::new(io_uring::types::Fd(*fd), bytes.as_ptr(), length)
                     .flags(SEND_FLAGS)
                     .build()
                     .user_data((base + offset) as u64);
                 // SAFETY: the buffer outlives the operation: this function returns only after the
-                // kernel completed every entry it took, and the caller keeps the buffers (never
-                // frees them) if it returns an error. The chunk fits the queue, which is empty.
+                // kernel completed every entry it took, and the caller never frees the buffers
+                // if it returns an error. The chunk fits the queue, which is empty.
                 unsafe { submission.push(&entry) }
                     .map_err(|_| io::Error::other("the submission queue is full"))?;
+                submitted += 1;
             }
         }
         let mut completed = 0;
-        while completed < chunk.len() {
-            match ring.submit_and_wait(chunk.len() - completed) {
+        while completed < submitted {
+            match ring.submit_and_wait(submitted - completed) {
                 Ok(_) => {}
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => return Err(error),

@@ -738,11 +738,27 @@ async fn exchange(
     buffer: BytesMut,
     body: Option<&Bytes>,
 ) -> Result<(h1::Head, BytesMut), H1Error> {
-    // The same allocation throughout: lent to the batch as a vector, then reused for the response.
+    // The same allocation throughout: lent to the worker's batch of sends as a vector, then
+    // reused for the response.
     let mut request = Vec::from(buffer);
-    sends::write_all(stream, &mut request)
-        .await
-        .map_err(H1Error::Write)?;
+    let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
+    match sends::lend(stream, &mut request, &waker) {
+        None => stream.write_all(&request).await.map_err(H1Error::Write)?,
+        Some(mut lent) => {
+            if body.is_none() {
+                // A complete send wakes nobody: the task sleeps until the backend answers (or
+                // closes), unless the batch could not send it all.
+                std::future::poll_fn(|cx| {
+                    if lent.poll_incomplete(cx).is_ready() {
+                        return std::task::Poll::Ready(());
+                    }
+                    stream.poll_read_ready(cx).map(|_| ())
+                })
+                .await;
+            }
+            lent.finish(stream, &mut request).await.map_err(H1Error::Write)?;
+        }
+    }
     if let Some(body) = body {
         stream.write_all(body).await.map_err(H1Error::Write)?;
     }

@@ -167,6 +167,73 @@ async fn a_chunked_response_that_also_states_a_length_reaches_the_client_whole()
     }
 }
 
+/// More responses than the sockets hold: a client pipelines requests and reads nothing for a while,
+/// so the worker's batched sends find the socket full and the rest of each response waits for the
+/// client. Every response still arrives whole and in order (this test's runtime is single-threaded,
+/// so the splitter batches its sends as a worker does).
+#[tokio::test]
+async fn pipelined_responses_larger_than_the_socket_buffers_arrive_whole_and_in_order() {
+    const BODY: usize = 12_000;
+    const REQUESTS: usize = 600;
+    let mut response = format!("HTTP/1.1 200 OK\r\ncontent-length: {BODY}\r\n\r\n").into_bytes();
+    response.extend((0..BODY).map(|index| b'a' + (index % 26) as u8));
+    let response: &'static [u8] = Box::leak(response.into_boxed_slice());
+    let (backend, _) = scripted(response, After::KeepOpen).await;
+    let splitter = splitter_for(backend).await;
+    let mut stream = TcpStream::connect(splitter.addr).await.unwrap();
+    let requests: Vec<u8> = (0..REQUESTS)
+        .flat_map(|index| format!("GET /{index} HTTP/1.1\r\nhost: test\r\n\r\n").into_bytes())
+        .collect();
+    stream.write_all(&requests).await.unwrap();
+    // Let the splitter fill the socket buffers before anything is read.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let received = tokio::time::timeout(STEP, async {
+        let mut received = Vec::new();
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut answered = 0;
+        while answered < REQUESTS {
+            let read = stream.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "closed after {answered} responses");
+            received.extend_from_slice(&buffer[..read]);
+            answered = count_responses(&received, BODY);
+        }
+        received
+    })
+    .await
+    .expect("every response arrives");
+    let mut rest = received.as_slice();
+    for index in 0..REQUESTS {
+        let head_end = rest.windows(4).position(|window| window == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&rest[..head_end]).to_lowercase();
+        assert!(head.starts_with("http/1.1 200 ok"), "response {index}: {head}");
+        assert!(
+            head.contains(&format!("content-length: {BODY}")),
+            "response {index}: {head}"
+        );
+        assert_eq!(
+            &rest[head_end..head_end + BODY],
+            &response[response.len() - BODY..],
+            "body {index}"
+        );
+        rest = &rest[head_end + BODY..];
+    }
+    assert!(rest.is_empty(), "nothing after the last response");
+}
+
+/// Complete responses (head and `body` bytes) at the start of `received`.
+fn count_responses(received: &[u8], body: usize) -> usize {
+    let mut count = 0;
+    let mut rest = received;
+    while let Some(head_end) = rest.windows(4).position(|window| window == b"\r\n\r\n") {
+        let Some(next) = rest.get(head_end + 4 + body..) else {
+            break;
+        };
+        count += 1;
+        rest = next;
+    }
+    count
+}
+
 #[tokio::test]
 async fn an_interim_100_response_is_skipped() {
     let (backend, _) = scripted(
