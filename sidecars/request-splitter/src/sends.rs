@@ -13,9 +13,15 @@
 //! then finds every response addressed to it at once. Without io_uring (an old kernel, or a
 //! seccomp profile that forbids it) the batch goes out one `send` at a time.
 //!
+//! A task lends its write to the batch ([`lend`]) and goes on waiting for what comes next on its
+//! connections (the backend's answer, the client's next request). A complete send wakes nobody:
+//! the task collects it ([`Lent::finish`]) when it next needs the socket. Only a send the batch
+//! could not finish (a full socket buffer, an error) wakes its task, which writes the rest the
+//! usual way.
+//!
 //! Only a worker's own single-threaded runtime batches ([`start`] runs in each); elsewhere (a
-//! multi-threaded runtime, where a task may move between threads) [`write_all`] writes at once.
-//! What is left after the batched attempt (a full socket buffer) is written the usual way.
+//! multi-threaded runtime, where a task may move between threads) [`lend`] declines and the caller
+//! writes at once.
 
 // The batch is handed to the kernel by address (io_uring) and by file descriptor (`send`).
 #![allow(unsafe_code)]
@@ -79,16 +85,6 @@ pub fn start(mode: SendMode) {
             alive,
             wakers: Vec::new(),
         });
-    }
-}
-
-/// Writes all of `bytes` to `stream`. On a batching worker the first attempt joins the pass's
-/// batch; `bytes` is lent to the batch and given back unchanged.
-pub async fn write_all(stream: &mut TcpStream, bytes: &mut Vec<u8>) -> io::Result<()> {
-    let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-    match lend(stream, bytes, &waker) {
-        Some(lent) => lent.finish(stream, bytes).await,
-        None => stream.write_all(bytes).await,
     }
 }
 
@@ -496,6 +492,15 @@ mod tests {
     use super::*;
     use tokio::{io::AsyncReadExt, net::TcpListener};
 
+    /// Lends the write and waits for it, as a connection that needs the outcome at once does.
+    async fn write_all(stream: &mut TcpStream, bytes: &mut Vec<u8>) -> io::Result<()> {
+        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        match lend(stream, bytes, &waker) {
+            Some(lent) => lent.finish(stream, bytes).await,
+            None => stream.write_all(bytes).await,
+        }
+    }
+
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -596,6 +601,35 @@ mod tests {
             }
         }
         assert!(failed, "writing to a reset connection reports an error");
+    }
+
+    struct CountedWakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountedWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The point of lending: a send the batch completes does not wake the task that lent it.
+    #[tokio::test]
+    async fn a_complete_send_wakes_nobody_and_is_collected_later() {
+        start(SendMode::Ring);
+        let (mut writer, mut reader) = pair().await;
+        let wakes = Arc::new(CountedWakes(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut bytes = b"quiet".to_vec();
+        let mut lent = lend(&writer, &mut bytes, &waker).expect("a single-threaded runtime batches");
+        // The flusher runs while this task waits for the peer.
+        let mut received = [0; 5];
+        reader.read_exact(&mut received).await.unwrap();
+        assert_eq!(&received, b"quiet");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "nobody was woken");
+        assert!(lent
+            .poll_incomplete(&mut Context::from_waker(&waker))
+            .is_pending());
+        lent.finish(&mut writer, &mut bytes).await.unwrap();
+        assert_eq!(bytes, b"quiet", "the bytes come back");
     }
 
     /// A write whose task is dropped before the flusher runs is never sent, and its slot is reused.
