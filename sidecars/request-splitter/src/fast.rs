@@ -63,7 +63,7 @@ pub async fn serve(
     let header_timeout = limits.header_read_timeout.0;
     let max_head = limits.max_header_bytes as usize;
     let mut buffer = BytesMut::with_capacity(READ_BUFFER);
-    let mut out = Vec::with_capacity(512);
+    let mut out = BytesMut::with_capacity(512);
     let mut spans = Vec::new();
     // One timer for the connection; it is re-armed only when it fires before the current deadline,
     // so a busy connection does not touch the timer wheel per request.
@@ -355,7 +355,7 @@ struct Exchange {
 /// connection must close after it. The previous response's lent write is collected first.
 async fn write_response(
     stream: &mut TcpStream,
-    out: &mut Vec<u8>,
+    out: &mut BytesMut,
     pending: &mut Option<sends::Lent>,
     response: BoxedResponse,
     exchange: Exchange,
@@ -379,7 +379,7 @@ async fn write_response(
         b"HTTP/1.1 "
     });
     out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut has_date = false;
@@ -530,7 +530,7 @@ async fn write_response(
 /// worker does not batch.
 async fn lend_last(
     stream: &mut TcpStream,
-    out: &mut Vec<u8>,
+    out: &mut BytesMut,
     pending: &mut Option<sends::Lent>,
 ) -> io::Result<()> {
     let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
@@ -543,7 +543,7 @@ async fn lend_last(
     }
 }
 
-fn put_length(out: &mut Vec<u8>, length: u64) {
+fn put_length(out: &mut BytesMut, length: u64) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(length.to_string().as_bytes());
     out.extend_from_slice(b"\r\n");
@@ -554,7 +554,7 @@ thread_local! {
     static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
 }
 
-fn put_date(out: &mut Vec<u8>) {
+fn put_date(out: &mut BytesMut) {
     let now = SystemTime::now();
     let second = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -675,9 +675,9 @@ mod tests {
 
     #[test]
     fn the_date_is_an_http_date() {
-        let mut out = Vec::new();
+        let mut out = BytesMut::new();
         put_date(&mut out);
-        let text = String::from_utf8(out).unwrap();
+        let text = String::from_utf8(out.to_vec()).unwrap();
         assert!(text.ends_with(" GMT") && text.len() == 29, "{text}");
     }
 }

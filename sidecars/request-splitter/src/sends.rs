@@ -39,6 +39,7 @@ use std::{
     task::{Context, Poll, Waker},
 };
 
+use bytes::BytesMut;
 use tokio::{io::AsyncWriteExt, net::TcpStream, runtime::RuntimeFlavor};
 
 /// Most writes handed to io_uring in one system call; larger batches go in several.
@@ -91,7 +92,7 @@ pub fn start(mode: SendMode) {
 /// Lends `bytes` to the pass's batch for `stream`, on a batching worker (`None` elsewhere, and for
 /// nothing to write: then `bytes` is untouched and the caller writes it). `waker` is woken if the
 /// batch cannot send all of it; a complete send wakes nobody, and [`Lent::finish`] collects it.
-pub fn lend(stream: &TcpStream, bytes: &mut Vec<u8>, waker: &Waker) -> Option<Lent> {
+pub fn lend(stream: &TcpStream, bytes: &mut BytesMut, waker: &Waker) -> Option<Lent> {
     if bytes.is_empty() {
         return None;
     }
@@ -124,7 +125,7 @@ impl Lent {
     }
 
     /// Waits for the batch to send the write, writes what it left, and gives the bytes back.
-    pub async fn finish(mut self, stream: &mut TcpStream, bytes: &mut Vec<u8>) -> io::Result<()> {
+    pub async fn finish(mut self, stream: &mut TcpStream, bytes: &mut BytesMut) -> io::Result<()> {
         let (returned, sent) = std::future::poll_fn(|cx| self.poll_outcome(cx)).await;
         *bytes = returned;
         let written = match sent {
@@ -138,10 +139,10 @@ impl Lent {
         Ok(())
     }
 
-    fn poll_outcome(&mut self, cx: &mut Context<'_>) -> Poll<(Vec<u8>, io::Result<usize>)> {
+    fn poll_outcome(&mut self, cx: &mut Context<'_>) -> Poll<(BytesMut, io::Result<usize>)> {
         let Some(index) = self.slot else {
             return Poll::Ready((
-                Vec::new(),
+                BytesMut::new(),
                 Err(io::Error::other("a lent write was finished twice")),
             ));
         };
@@ -163,7 +164,10 @@ impl Lent {
                     batch.free.push(index);
                     Some((bytes, result))
                 }
-                _ => Some((Vec::new(), Err(io::Error::other("a lent write lost its slot")))),
+                _ => Some((
+                    BytesMut::new(),
+                    Err(io::Error::other("a lent write lost its slot")),
+                )),
             }
         });
         match outcome {
@@ -236,13 +240,13 @@ enum Slot {
     Free,
     Queued {
         fd: RawFd,
-        bytes: Vec<u8>,
+        bytes: BytesMut,
         waker: Waker,
         /// The task waits for the outcome ([`Lent::finish`]): wake it even for a complete send.
         waiting: bool,
     },
     Sent {
-        bytes: Vec<u8>,
+        bytes: BytesMut,
         result: io::Result<usize>,
         /// All of `bytes` went out.
         complete: bool,
@@ -256,7 +260,7 @@ enum Ring {
 }
 
 /// Queues a write on a batching thread; `None` where writes go out at once.
-fn queue(fd: RawFd, bytes: &mut Vec<u8>, waker: &Waker) -> Option<usize> {
+fn queue(fd: RawFd, bytes: &mut BytesMut, waker: &Waker) -> Option<usize> {
     BATCH
         .try_with(|batch| {
             let mut batch = batch.borrow_mut();
@@ -493,7 +497,7 @@ mod tests {
     use tokio::{io::AsyncReadExt, net::TcpListener};
 
     /// Lends the write and waits for it, as a connection that needs the outcome at once does.
-    async fn write_all(stream: &mut TcpStream, bytes: &mut Vec<u8>) -> io::Result<()> {
+    async fn write_all(stream: &mut TcpStream, bytes: &mut BytesMut) -> io::Result<()> {
         let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         match lend(stream, bytes, &waker) {
             Some(lent) => lent.finish(stream, bytes).await,
@@ -515,7 +519,7 @@ mod tests {
         for index in 0..40 {
             let (mut writer, mut reader) = pair().await;
             writers.push(tokio::spawn(async move {
-                let mut bytes = format!("message {index}\n").into_bytes();
+                let mut bytes = BytesMut::from(format!("message {index}\n").as_bytes());
                 let expected = bytes.clone();
                 write_all(&mut writer, &mut bytes).await.unwrap();
                 assert_eq!(bytes, expected, "the buffer comes back unchanged");
@@ -544,7 +548,7 @@ mod tests {
     async fn a_multi_threaded_runtime_writes_at_once() {
         start(SendMode::Ring);
         let (mut writer, mut reader) = pair().await;
-        let mut bytes = b"direct".to_vec();
+        let mut bytes = BytesMut::from(&b"direct"[..]);
         write_all(&mut writer, &mut bytes).await.unwrap();
         drop(writer);
         let mut received = Vec::new();
@@ -569,10 +573,10 @@ mod tests {
             received
         });
         let small = tokio::spawn(async move {
-            let mut bytes = b"small".to_vec();
+            let mut bytes = BytesMut::from(&b"small"[..]);
             write_all(&mut other_writer, &mut bytes).await.unwrap();
         });
-        let mut bytes = large;
+        let mut bytes = BytesMut::from(&large[..]);
         write_all(&mut writer, &mut bytes).await.unwrap();
         drop(writer);
         small.await.unwrap();
@@ -594,7 +598,7 @@ mod tests {
         let mut failed = false;
         for _ in 0..5 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            let mut bytes = b"after the close".to_vec();
+            let mut bytes = BytesMut::from(&b"after the close"[..]);
             if write_all(&mut writer, &mut bytes).await.is_err() {
                 failed = true;
                 break;
@@ -618,7 +622,7 @@ mod tests {
         let (mut writer, mut reader) = pair().await;
         let wakes = Arc::new(CountedWakes(std::sync::atomic::AtomicUsize::new(0)));
         let waker = Waker::from(wakes.clone());
-        let mut bytes = b"quiet".to_vec();
+        let mut bytes = BytesMut::from(&b"quiet"[..]);
         let mut lent = lend(&writer, &mut bytes, &waker).expect("a single-threaded runtime batches");
         // The flusher runs while this task waits for the peer.
         let mut received = [0; 5];
@@ -629,7 +633,7 @@ mod tests {
             .poll_incomplete(&mut Context::from_waker(&waker))
             .is_pending());
         lent.finish(&mut writer, &mut bytes).await.unwrap();
-        assert_eq!(bytes, b"quiet", "the bytes come back");
+        assert_eq!(&bytes[..], b"quiet", "the bytes come back");
     }
 
     /// A write whose task is dropped before the flusher runs is never sent, and its slot is reused.
@@ -637,14 +641,14 @@ mod tests {
     async fn a_dropped_write_leaves_the_batch() {
         start(SendMode::Ring);
         let (mut writer, mut reader) = pair().await;
-        let mut bytes = b"never sent".to_vec();
+        let mut bytes = BytesMut::from(&b"never sent"[..]);
         {
             let writing = write_all(&mut writer, &mut bytes);
             let mut writing = std::pin::pin!(writing);
             // Polled once: queued, not yet sent (the flusher has not run).
             assert!(futures_poll_once(writing.as_mut()).await.is_pending());
         }
-        let mut bytes = b"sent".to_vec();
+        let mut bytes = BytesMut::from(&b"sent"[..]);
         write_all(&mut writer, &mut bytes).await.unwrap();
         drop(writer);
         let mut received = Vec::new();

@@ -738,9 +738,8 @@ async fn exchange(
     buffer: BytesMut,
     body: Option<&Bytes>,
 ) -> Result<(h1::Head, BytesMut), H1Error> {
-    // The same allocation throughout: lent to the worker's batch of sends as a vector, then
-    // reused for the response.
-    let mut request = Vec::from(buffer);
+    // The same buffer throughout: lent to the worker's batch of sends, then reused for the response.
+    let mut request = buffer;
     let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
     match sends::lend(stream, &mut request, &waker) {
         None => stream.write_all(&request).await.map_err(H1Error::Write)?,
@@ -762,7 +761,7 @@ async fn exchange(
     if let Some(body) = body {
         stream.write_all(body).await.map_err(H1Error::Write)?;
     }
-    let mut buffer = BytesMut::from(Bytes::from(request));
+    let mut buffer = request;
     buffer.clear();
     let mut received = false;
     loop {
