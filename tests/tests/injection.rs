@@ -139,6 +139,23 @@ fn container_names(pod: &Pod) -> Vec<String> {
         .collect()
 }
 
+/// Waits until the API server calls the webhook and gets sidecars back, with dry-run pods (nothing
+/// is created): the configuration being stored does not mean the API server uses it yet.
+async fn wait_for_injection(pods: &Api<Pod>) {
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually("the webhook injecting", WAIT, || async {
+        let pod = pods
+            .create(&dry_run, &plain_pod("dry-run", "metrics-adapter"))
+            .await?;
+        Ok((container_names(&pod) == ["metrics-adapter", "app"]).then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn injected_sidecars_run_next_to_the_app_and_answer_it_on_localhost() {
     let ns = TestNamespace::create("inject").unwrap();
@@ -255,6 +272,7 @@ async fn with_the_operator_down_ignore_lets_pods_through_and_fail_refuses_them()
     .await
     .unwrap();
     let pods: Api<Pod> = Api::namespaced(admin_client().await.unwrap(), &ns.name);
+    wait_for_injection(&pods).await;
     let injected = pods
         .create(&PostParams::default(), &plain_pod("while-up", "metrics-adapter"))
         .await

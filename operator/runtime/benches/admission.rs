@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark fails loudly
 
 use std::{
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::jiff::Timestamp;
 use outrigger_api::common::SidecarSpec;
 use outrigger_core::inject::SidecarDefaults;
-use outrigger_operator::webhook::{certs, serve, Injector, OwnerLookup, WebhookMetrics};
+use outrigger_operator::webhook::{bind, certs, serve, Injector, OwnerLookup, WebhookMetrics};
 use prometheus_client::registry::Registry;
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use serde_json::json;
@@ -83,10 +84,9 @@ async fn main() {
         native_sidecars: false,
         metrics: WebhookMetrics::register(&mut registry),
     });
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    drop(listener);
-    tokio::spawn(serve(addr, served, injector.clone(), std::future::pending()));
+    tokio::spawn(serve(listener, served, injector.clone(), std::future::pending()));
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // The handler alone, without network or TLS, for reference.

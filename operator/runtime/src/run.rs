@@ -125,6 +125,8 @@ async fn start_webhook(
         renew_before: config.cert_renew_before,
         check_interval: config.cert_check_interval,
     };
+    // Bound before the first certificate publishes the webhook configuration (see `webhook::bind`).
+    let listener = webhook::bind(config.addr).await?;
     let served = Arc::new(certs::ServedCert::default());
     let mut bundle = None;
     // The first certificate must exist before anything is served; retry until the API answers.
@@ -149,9 +151,8 @@ async fn start_webhook(
         native_sidecars: discover_native_sidecars(client).await,
         metrics: webhook::WebhookMetrics::register(registry),
     });
-    let addr = config.addr;
     Ok(tokio::spawn(async move {
-        if let Err(error) = webhook::serve(addr, served, injector, shutdown::signal()).await {
+        if let Err(error) = webhook::serve(listener, served, injector, shutdown::signal()).await {
             tracing::error!(%error, "The webhook server stopped.");
         }
     }))

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::SinkExt;
@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::jiff::Timestamp;
 use outrigger_api::common::SidecarSpec;
 use outrigger_core::inject::SidecarDefaults;
-use outrigger_operator::webhook::{certs, serve, Injector, OwnerLookup, WebhookMetrics};
+use outrigger_operator::webhook::{bind, certs, serve, Injector, OwnerLookup, WebhookMetrics};
 use prometheus_client::registry::Registry;
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use serde_json::json;
@@ -76,12 +76,11 @@ async fn start_server() -> Server {
         native_sidecars: false,
         metrics: WebhookMetrics::register(&mut registry),
     });
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    drop(listener);
     let (stop, stopped_signal) = oneshot::channel::<()>();
     let stopped = tokio::spawn(async move {
-        serve(addr, served, injector, async {
+        serve(listener, served, injector, async {
             let _ = stopped_signal.await;
         })
         .await

@@ -280,6 +280,18 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// sidecars.
 const FRESH_CONNECTION: Duration = Duration::from_secs(1);
 
+/// Binds the webhook's port. The operator binds it before it publishes its webhook configuration:
+/// a review the API server sends as soon as it sees the configuration then waits in the listen
+/// backlog until the server accepts it, instead of meeting a refused connection, which the
+/// failure policy would turn into a pod without sidecars (`Ignore`) or a refused pod (`Fail`).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, WebhookError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| WebhookError::Bind { addr, source })?;
+    tracing::info!(%addr, "Webhook server listening.");
+    Ok(listener)
+}
+
 /// Serves HTTPS with the (rotating) certificate until `shutdown` completes, then drains.
 ///
 /// The API server keeps one HTTP/2 connection to a webhook replica and reuses it after the
@@ -290,7 +302,7 @@ const FRESH_CONNECTION: Duration = Duration::from_secs(1);
 /// connection to a live replica while this one finishes the reviews it already has. A connection
 /// younger than [`FRESH_CONNECTION`] is told so only once it has had that long to send its review.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: TcpListener,
     served: Arc<certs::ServedCert>,
     injector: Arc<Injector>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -302,10 +314,6 @@ pub async fn serve(
         .with_cert_resolver(served);
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(tls));
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| WebhookError::Bind { addr, source })?;
-    tracing::info!(%addr, "Webhook server listening.");
     // Every connection task holds a receiver for its whole life: the drain is over when the last
     // one is dropped.
     let (draining, drain_started) = watch::channel(false);
