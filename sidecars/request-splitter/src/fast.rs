@@ -104,10 +104,8 @@ pub async fn serve(
                 }), if pending.is_some() => {
                     // A full socket buffer: the rest is written now, and the wait for the next
                     // request starts after it.
-                    if let Some(lent) = pending.take() {
-                        if lent.finish(&mut stream, &mut out).await.is_err() {
-                            break 'connection Ended::Closed;
-                        }
+                    if collect(&mut stream, &mut out, &mut pending).await.is_err() {
+                        break 'connection Ended::Closed;
                     }
                     deadline = Instant::now() + header_timeout;
                 }
@@ -146,10 +144,8 @@ pub async fn serve(
         }
     };
     // The last response goes out whole before the connection closes or moves to hyper.
-    if let Some(lent) = pending.take() {
-        if lent.finish(&mut stream, &mut out).await.is_err() {
-            return Outcome::Closed;
-        }
+    if collect(&mut stream, &mut out, &mut pending).await.is_err() {
+        return Outcome::Closed;
     }
     match ended {
         Ended::Closed => Outcome::Closed,
@@ -366,9 +362,7 @@ async fn write_response(
         trailers_accepted,
         close,
     } = exchange;
-    if let Some(lent) = pending.take() {
-        lent.finish(stream, out).await?;
-    }
+    collect(stream, out, pending).await?;
     let (parts, mut body) = (*response).into_parts();
     let unmapped = body.take_unmapped();
     let status = parts.status;
@@ -533,13 +527,23 @@ async fn lend_last(
     out: &mut BytesMut,
     pending: &mut Option<sends::Lent>,
 ) -> io::Result<()> {
-    let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-    match sends::lend(stream, out, &waker) {
-        Some(lent) => {
-            *pending = Some(lent);
-            Ok(())
-        }
-        None => stream.write_all(out).await,
+    *pending = sends::lend(stream, out).await;
+    if pending.is_none() {
+        stream.write_all(out).await?;
+    }
+    Ok(())
+}
+
+/// Collects the lent write in `pending`, if any: waits for the batch, writes what it left, and puts
+/// the buffer back in `out`.
+async fn collect(
+    stream: &mut TcpStream,
+    out: &mut BytesMut,
+    pending: &mut Option<sends::Lent>,
+) -> io::Result<()> {
+    match pending.take() {
+        Some(lent) => lent.finish(stream, out).await,
+        None => Ok(()),
     }
 }
 

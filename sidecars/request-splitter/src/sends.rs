@@ -90,13 +90,22 @@ pub fn start(mode: SendMode) {
 }
 
 /// Lends `bytes` to the pass's batch for `stream`, on a batching worker (`None` elsewhere, and for
-/// nothing to write: then `bytes` is untouched and the caller writes it). `waker` is woken if the
-/// batch cannot send all of it; a complete send wakes nobody, and [`Lent::finish`] collects it.
-pub fn lend(stream: &TcpStream, bytes: &mut BytesMut, waker: &Waker) -> Option<Lent> {
+/// nothing to write: then `bytes` is untouched and the caller writes it). The calling task is woken
+/// if the batch cannot send all of it; a complete send wakes nobody, and [`Lent::finish`] collects
+/// it.
+pub async fn lend(stream: &TcpStream, bytes: &mut BytesMut) -> Option<Lent> {
     if bytes.is_empty() {
         return None;
     }
-    queue(stream.as_raw_fd(), bytes, waker).map(|slot| Lent { slot: Some(slot) })
+    let slot = std::future::poll_fn(|cx| Poll::Ready(queue(stream.as_raw_fd(), bytes, cx.waker()))).await;
+    slot.map(|slot| Lent { slot: Some(slot) })
+}
+
+/// Keeps the waker of the task that polls now in `kept`.
+fn keep_waker(kept: &mut Waker, cx: &Context<'_>) {
+    if !kept.will_wake(cx.waker()) {
+        *kept = cx.waker().clone();
+    }
 }
 
 /// A write lent to the batch. Dropped before the batch sent it, it leaves the batch unsent.
@@ -114,9 +123,7 @@ impl Lent {
         };
         BATCH.with(|batch| match batch.borrow_mut().slots.get_mut(index) {
             Some(Slot::Queued { waker, .. }) => {
-                if !waker.will_wake(cx.waker()) {
-                    *waker = cx.waker().clone();
-                }
+                keep_waker(waker, cx);
                 Poll::Pending
             }
             Some(Slot::Sent { complete: true, .. }) => Poll::Pending,
@@ -151,19 +158,14 @@ impl Lent {
             let batch = &mut *batch;
             match batch.slots.get_mut(index) {
                 Some(Slot::Queued { waker, waiting, .. }) => {
-                    if !waker.will_wake(cx.waker()) {
-                        *waker = cx.waker().clone();
-                    }
+                    keep_waker(waker, cx);
                     *waiting = true;
                     None
                 }
-                Some(slot @ Slot::Sent { .. }) => {
-                    let Slot::Sent { bytes, result, .. } = std::mem::replace(slot, Slot::Free) else {
-                        return None;
-                    };
-                    batch.free.push(index);
-                    Some((bytes, result))
-                }
+                Some(Slot::Sent { .. }) => match batch.release(index) {
+                    Slot::Sent { bytes, result, .. } => Some((bytes, result)),
+                    _ => None,
+                },
                 _ => Some((
                     BytesMut::new(),
                     Err(io::Error::other("a lent write lost its slot")),
@@ -187,9 +189,7 @@ impl Drop for Lent {
         };
         let _ = BATCH.try_with(|batch| {
             let mut batch = batch.borrow_mut();
-            if let Some(slot) = batch.slots.get_mut(index) {
-                *slot = Slot::Free;
-                batch.free.push(index);
+            if let Slot::Queued { .. } = batch.release(index) {
                 batch.queued.retain(|queued| *queued != index);
             }
         });
@@ -226,6 +226,19 @@ impl Default for Batch {
             flusher: None,
             mode: SendMode::Ring,
             ring: Ring::Untried,
+        }
+    }
+}
+
+impl Batch {
+    /// Frees a slot for the next write and returns what it held.
+    fn release(&mut self, index: usize) -> Slot {
+        match self.slots.get_mut(index) {
+            Some(slot) => {
+                self.free.push(index);
+                std::mem::replace(slot, Slot::Free)
+            }
+            None => Slot::Free,
         }
     }
 }
@@ -498,11 +511,18 @@ mod tests {
 
     /// Lends the write and waits for it, as a connection that needs the outcome at once does.
     async fn write_all(stream: &mut TcpStream, bytes: &mut BytesMut) -> io::Result<()> {
-        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-        match lend(stream, bytes, &waker) {
+        match lend(stream, bytes).await {
             Some(lent) => lent.finish(stream, bytes).await,
             None => stream.write_all(bytes).await,
         }
+    }
+
+    /// Closes the writing side and returns everything the reader gets up to the close.
+    async fn received_after_close(writer: TcpStream, reader: &mut TcpStream) -> Vec<u8> {
+        drop(writer);
+        let mut received = Vec::new();
+        reader.read_to_end(&mut received).await.unwrap();
+        received
     }
 
     async fn pair() -> (TcpStream, TcpStream) {
@@ -523,10 +543,7 @@ mod tests {
                 let expected = bytes.clone();
                 write_all(&mut writer, &mut bytes).await.unwrap();
                 assert_eq!(bytes, expected, "the buffer comes back unchanged");
-                drop(writer);
-                let mut received = Vec::new();
-                reader.read_to_end(&mut received).await.unwrap();
-                assert_eq!(received, expected);
+                assert_eq!(received_after_close(writer, &mut reader).await, expected);
             }));
         }
         for writer in writers {
@@ -550,10 +567,7 @@ mod tests {
         let (mut writer, mut reader) = pair().await;
         let mut bytes = BytesMut::from(&b"direct"[..]);
         write_all(&mut writer, &mut bytes).await.unwrap();
-        drop(writer);
-        let mut received = Vec::new();
-        reader.read_to_end(&mut received).await.unwrap();
-        assert_eq!(received, b"direct");
+        assert_eq!(received_after_close(writer, &mut reader).await, b"direct");
     }
 
     /// More than a socket buffer holds: the batch sends what fits, the rest follows as the peer
@@ -623,7 +637,16 @@ mod tests {
         let wakes = Arc::new(CountedWakes(std::sync::atomic::AtomicUsize::new(0)));
         let waker = Waker::from(wakes.clone());
         let mut bytes = BytesMut::from(&b"quiet"[..]);
-        let mut lent = lend(&writer, &mut bytes, &waker).expect("a single-threaded runtime batches");
+        // Lent from a task whose waker counts its wakes.
+        let lent = {
+            let lending = lend(&writer, &mut bytes);
+            let mut lending = std::pin::pin!(lending);
+            match lending.as_mut().poll(&mut Context::from_waker(&waker)) {
+                Poll::Ready(lent) => lent,
+                Poll::Pending => None,
+            }
+        };
+        let mut lent = lent.expect("a single-threaded runtime batches");
         // The flusher runs while this task waits for the peer.
         let mut received = [0; 5];
         reader.read_exact(&mut received).await.unwrap();
@@ -650,10 +673,7 @@ mod tests {
         }
         let mut bytes = BytesMut::from(&b"sent"[..]);
         write_all(&mut writer, &mut bytes).await.unwrap();
-        drop(writer);
-        let mut received = Vec::new();
-        reader.read_to_end(&mut received).await.unwrap();
-        assert_eq!(received, b"sent");
+        assert_eq!(received_after_close(writer, &mut reader).await, b"sent");
     }
 
     async fn futures_poll_once<F: Future + Unpin>(mut future: F) -> Poll<F::Output> {

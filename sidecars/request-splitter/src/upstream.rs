@@ -740,8 +740,7 @@ async fn exchange(
 ) -> Result<(h1::Head, BytesMut), H1Error> {
     // The same buffer throughout: lent to the worker's batch of sends, then reused for the response.
     let mut request = buffer;
-    let waker = std::future::poll_fn(|cx| std::task::Poll::Ready(cx.waker().clone())).await;
-    match sends::lend(stream, &mut request, &waker) {
+    match sends::lend(stream, &mut request).await {
         None => stream.write_all(&request).await.map_err(H1Error::Write)?,
         Some(mut lent) => {
             if body.is_none() {
