@@ -151,6 +151,16 @@ fn post(body: StreamedBody) -> http::Request<StreamedBody> {
         .unwrap()
 }
 
+/// The client's connection closes without an error (`what`), and the server returns.
+async fn connection_and_server_end(
+    connection: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    stopped: tokio::task::JoinHandle<()>,
+    what: &str,
+) {
+    connection.await.unwrap().expect(what);
+    stopped.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_stopping_server_answers_the_review_in_flight_and_closes_its_connections() {
     tokio::time::timeout(HANG_GUARD, async {
@@ -195,11 +205,12 @@ async fn a_stopping_server_answers_the_review_in_flight_and_closes_its_connectio
 
         // The server has said GOAWAY: the client's connection ends cleanly, and the server
         // returns without waiting for its drain deadline.
-        connection
-            .await
-            .unwrap()
-            .expect("the connection closes without an error");
-        server.stopped.await.unwrap();
+        connection_and_server_end(
+            connection,
+            server.stopped,
+            "the connection closes without an error",
+        )
+        .await;
     })
     .await
     .expect("the server drained");
@@ -214,11 +225,12 @@ async fn a_stopping_server_closes_idle_connections_at_once() {
         assert_eq!(response.status(), 200);
 
         server.stop.send(()).unwrap();
-        connection
-            .await
-            .unwrap()
-            .expect("the idle connection closes without an error");
-        server.stopped.await.unwrap();
+        connection_and_server_end(
+            connection,
+            server.stopped,
+            "the idle connection closes without an error",
+        )
+        .await;
         assert!(
             sender.ready().await.is_err(),
             "the closed connection takes no more requests"
@@ -248,11 +260,12 @@ async fn a_connection_that_opens_as_the_server_stops_still_gets_its_review_answe
         let answer = answer_of(response).await;
         assert_eq!(answer["response"]["allowed"], true);
 
-        connection
-            .await
-            .unwrap()
-            .expect("the connection closes without an error");
-        server.stopped.await.unwrap();
+        connection_and_server_end(
+            connection,
+            server.stopped,
+            "the connection closes without an error",
+        )
+        .await;
     })
     .await
     .expect("the server drained");
