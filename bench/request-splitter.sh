@@ -8,8 +8,12 @@
 # is not saturated: `-t1 -c8`, each connection pausing MODERATE_PAUSE_MS (1) between a response and
 # its next request (wrk's `delay()` hook; the pause is not part of the measured latency), so that
 # wrk offers a paced load of some thousands of requests per second instead of as many as the machine
-# can answer. Everything runs in this one script so that the anchors and the
-# splitter are measured in the same run, on the same cores.
+# can answer. The splitter adds correlation headers that the plain nginx and HAProxy configurations
+# do not: `x-request-id`, `traceparent`, `x-forwarded-for` and `x-forwarded-proto` on the request,
+# which the backend parses, and `x-request-id` on the response, which wrk parses. So nginx and
+# HAProxy are also measured adding the same headers (a second listener of the same process), the
+# configuration a user who wants request ids from them would run. Everything runs in this one
+# script so that the anchors and the splitter are measured in the same run, on the same cores.
 #
 # Per proxy it reports requests/s, p50 and p99 latency, RSS (VmRSS summed over the proxy's processes
 # after the run: nginx's master and workers, HAProxy's and the splitter's one process) and CPU per
@@ -56,6 +60,8 @@ NGINX_PORT=$((BASE_PORT + 12))
 HAPROXY_PORT=$((BASE_PORT + 13))
 LOGGING_PORT=$((BASE_PORT + 14))
 LOGGING_ADMIN=$((BASE_PORT + 15))
+NGINX_HEADERS_PORT=$((BASE_PORT + 16))
+HAPROXY_HEADERS_PORT=$((BASE_PORT + 17))
 
 missing=()
 MODE=${1:-time}
@@ -206,6 +212,22 @@ http {
       proxy_set_header Connection "";
     }
   }
+  # The same split, adding the headers the splitter adds. The span id is a constant: nginx has
+  # one random value per request, and cutting a second one out of it would cost a regex match.
+  server {
+    listen 127.0.0.1:$NGINX_HEADERS_PORT;
+    location / {
+      proxy_pass http://split;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Request-ID \$request_id;
+      proxy_set_header traceparent 00-\$request_id-0000000000000001-00;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      add_header X-Request-ID \$request_id always;
+    }
+  }
 }
 EOF
   "${launch[@]}" nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
@@ -229,6 +251,16 @@ defaults
   http-reuse always
 frontend split
   bind 127.0.0.1:$HAPROXY_PORT
+  default_backend versions
+# The same split, adding the headers the splitter adds.
+frontend split-with-headers
+  bind 127.0.0.1:$HAPROXY_HEADERS_PORT
+  unique-id-format %[rand,hex,lower]%[rand,hex,lower]
+  unique-id-header X-Request-ID
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header traceparent 00-%[rand,hex,lower]%[rand,hex,lower]-%[rand,hex,lower]-00
+  http-after-response set-header X-Request-ID %[unique-id]
   default_backend versions
 backend versions
   balance roundrobin
@@ -434,6 +466,8 @@ for workers in $WORKER_COUNTS; do
     measure "splitter-$workers" "$SPLITTER_PORT" "$THREADS" "$CONNECTIONS" "$splitter_pid"
     measure "nginx-$workers" "$NGINX_PORT" "$THREADS" "$CONNECTIONS" "$nginx_pid"
     measure "haproxy-$workers" "$HAPROXY_PORT" "$THREADS" "$CONNECTIONS" "$haproxy_pid"
+    measure "nginx-headers-$workers" "$NGINX_HEADERS_PORT" "$THREADS" "$CONNECTIONS" "$nginx_pid"
+    measure "haproxy-headers-$workers" "$HAPROXY_HEADERS_PORT" "$THREADS" "$CONNECTIONS" "$haproxy_pid"
     if [ -n "$logging_pid" ]; then
       measure "logging-$workers" "$LOGGING_PORT" "$THREADS" "$CONNECTIONS" "$logging_pid"
     fi
@@ -443,6 +477,8 @@ for workers in $WORKER_COUNTS; do
   row "splitter-$workers" "request splitter ($workers worker)" "direct-$workers"
   row "nginx-$workers" "nginx ($workers worker)" "direct-$workers"
   row "haproxy-$workers" "HAProxy (nbthread $workers)" "direct-$workers"
+  row "nginx-headers-$workers" "nginx ($workers worker, adding the splitter's headers)" "direct-$workers"
+  row "haproxy-headers-$workers" "HAProxy (nbthread $workers, adding the splitter's headers)" "direct-$workers"
   if [ -n "$logging_pid" ]; then
     row "logging-$workers" "request splitter ($workers worker, JSON access log to /dev/null)" "direct-$workers"
     stop "$logging_pid"
