@@ -22,7 +22,9 @@
 #
 # Targets are measured interleaved, ROUNDS times (direct, splitter, nginx, HAProxy, direct, ...), and
 # each figure is the median over the rounds, so that load elsewhere on the machine shifts all targets
-# alike instead of skewing whichever ran at the wrong moment.
+# alike instead of skewing whichever ran at the wrong moment. For the same reason the splitter is also
+# compared with each anchor round by round: the median and range of its requests/s over the anchor's
+# in the same round, and in how many rounds it served more.
 #
 # Usage: bench/request-splitter.sh            (installs wrk, nginx and haproxy with apt-get if missing)
 #        bench/request-splitter.sh work       the work each proxy does per request, counted instead of
@@ -340,6 +342,25 @@ row() {
   table+=("| $label | $rps | $ratio | $p50 | $p99 | $rss | $cpu |${errors:+ errors: $errors}")
 }
 
+# paired <key> <anchor key> <label>: the splitter's throughput over an anchor's, round by round. The
+# targets of a round run one after the other, so a round's ratio cancels what the machine did to all
+# of them in that round; the median of the ratios is steadier than the ratio of the medians.
+paired() {
+  local key=$1 anchor=$2 label=$3
+  local -a ours theirs
+  read -r -a ours <<<"${rps_samples[$key]}"
+  read -r -a theirs <<<"${rps_samples[$anchor]}"
+  local ratios=() won=0 i
+  for i in "${!ours[@]}"; do
+    ratios+=("$(awk -v a="${ours[$i]}" -v b="${theirs[$i]}" 'BEGIN {printf "%.2f", a / b}')")
+    if ((ours[i] >= theirs[i])); then won=$((won + 1)); fi
+  done
+  local sorted
+  sorted=$(printf '%s\n' "${ratios[@]}" | sort -g | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  pairs+=("| $label | $(median "${ratios[@]}") | $(echo $sorted | awk '{print $1 "–" $NF}') | $won of ${#ours[@]} |")
+}
+
 # --- work mode ------------------------------------------------------------------------------------
 # The system's TCP segments sent so far (loopback counts each segment once).
 tcp_out_segments() {
@@ -479,10 +500,16 @@ for workers in $WORKER_COUNTS; do
   row "haproxy-$workers" "HAProxy (nbthread $workers)" "direct-$workers"
   row "nginx-headers-$workers" "nginx ($workers worker, adding the splitter's headers)" "direct-$workers"
   row "haproxy-headers-$workers" "HAProxy (nbthread $workers, adding the splitter's headers)" "direct-$workers"
+  pairs=("" "Request splitter's requests/s over each anchor's in the same round, $workers worker(s)" "" "| over | median | range | rounds the splitter served more |" "| --- | --- | --- | --- |")
+  paired "splitter-$workers" "nginx-$workers" "nginx"
+  paired "splitter-$workers" "haproxy-$workers" "HAProxy"
+  paired "splitter-$workers" "nginx-headers-$workers" "nginx adding the splitter's headers"
+  paired "splitter-$workers" "haproxy-headers-$workers" "HAProxy adding the splitter's headers"
   if [ -n "$logging_pid" ]; then
     row "logging-$workers" "request splitter ($workers worker, JSON access log to /dev/null)" "direct-$workers"
     stop "$logging_pid"
   fi
+  table+=("${pairs[@]}")
   if [ "$workers" = 1 ]; then
     # Moderate load: the latency a proxy adds when it is not saturated.
     printf 'function delay()\n  return %d\nend\n' "$MODERATE_PAUSE_MS" >"$work/pace.lua"
