@@ -30,9 +30,9 @@
 #        bench/request-splitter.sh work       the work each proxy does per request, counted instead of
 #                                             timed (see below); also installs valgrind and linux-perf
 #
-# `work` mode counts, for the splitter, nginx and HAProxy with one worker each: system calls (perf's
-# tracepoint, at full speed) and TCP segments (/proc/net/snmp) per request under
-# `wrk -t2 -c64`, and the instructions the proxy runs in user space per request (callgrind, with the
+# `work` mode counts, for the splitter, nginx and HAProxy with one worker each (nginx and HAProxy
+# also adding the splitter's headers): system calls (perf's tracepoint, at full speed) and TCP
+# segments (/proc/net/snmp) per request under `wrk -t2 -c64`, and the instructions the proxy runs in user space per request (callgrind, with the
 # proxy under valgrind and `wrk -t1 -c16`). Counts do not depend on who wins the two cores, so they
 # compare the proxies where the timed runs cannot tell them apart. It also counts how often the
 # proxy was preempted per request (its involuntary context switches, /proc/PID/task/*/status) in the
@@ -439,13 +439,17 @@ if [ "$MODE" = work ]; then
   stop "$proxy_pid"
   start_nginx 1
   count_calls nginx "$NGINX_PORT" "$proxy_pid"
+  count_calls nginx-headers "$NGINX_HEADERS_PORT" "$proxy_pid"
   stop "$proxy_pid"
   start_haproxy 1
   count_calls haproxy "$HAPROXY_PORT" "$proxy_pid"
+  count_calls haproxy-headers "$HAPROXY_HEADERS_PORT" "$proxy_pid"
   stop "$proxy_pid"
   count_instructions splitter "$SPLITTER_PORT" start_splitter 1 "$SPLITTER_PORT" "$SPLITTER_ADMIN"
   count_instructions nginx "$NGINX_PORT" start_nginx 1
+  count_instructions nginx-headers "$NGINX_HEADERS_PORT" start_nginx 1
   count_instructions haproxy "$HAPROXY_PORT" start_haproxy 1
+  count_instructions haproxy-headers "$HAPROXY_HEADERS_PORT" start_haproxy 1
   echo
   echo "Machine: $(nproc) cores, $(uname -r); $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(valgrind --version)"
   echo
@@ -453,11 +457,13 @@ if [ "$MODE" = work ]; then
   echo
   echo "| proxy | system calls | TCP segments (whole machine) | user-space instructions | preempted (full speed) |"
   echo "| --- | --- | --- | --- | --- |"
-  for key in splitter nginx haproxy; do
+  for key in splitter nginx haproxy nginx-headers haproxy-headers; do
     case $key in
       splitter) label="request splitter" ;;
       nginx) label="nginx" ;;
       haproxy) label="HAProxy" ;;
+      nginx-headers) label="nginx adding the splitter's headers" ;;
+      haproxy-headers) label="HAProxy adding the splitter's headers" ;;
     esac
     echo "| $label | ${counted[$key-syscalls]} | ${counted[$key-segments]} | ${counted[$key-instructions]} | ${counted[$key-preempted]} |"
   done
