@@ -1,6 +1,6 @@
-//! A stopping webhook server tells its HTTP/2 clients to go away, still answers the review in
-//! flight, and returns once its connections have closed. Real TLS on loopback, as the API
-//! server calls it.
+//! A stopping webhook server tells its HTTP/2 clients to go away, closes HTTP/1.1 connections with
+//! their next response, still answers the review in flight, and returns once its connections have
+//! closed. Real TLS on loopback, as the API server calls it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
@@ -102,13 +102,8 @@ async fn start_server() -> Server {
 
 type StreamedBody = StreamBody<futures::channel::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>>;
 
-/// An HTTP/2 connection over TLS, negotiated by ALPN like the API server's.
-async fn h2_client(
-    server: &Server,
-) -> (
-    hyper::client::conn::http2::SendRequest<StreamedBody>,
-    tokio::task::JoinHandle<Result<(), hyper::Error>>,
-) {
+/// A TLS connection to the server, offering one protocol by ALPN.
+async fn tls_to(server: &Server, protocol: &[u8]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(server.ca_cert.as_bytes()).unwrap())
@@ -119,17 +114,43 @@ async fn h2_client(
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec()];
+    tls.alpn_protocols = vec![protocol.to_vec()];
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
         .await
         .unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(protocol));
+    stream
+}
+
+/// An HTTP/2 connection over TLS, negotiated by ALPN.
+async fn h2_client(
+    server: &Server,
+) -> (
+    hyper::client::conn::http2::SendRequest<StreamedBody>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let stream = tls_to(server, b"h2").await;
     let (sender, connection) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
             .await
             .unwrap();
+    (sender, tokio::spawn(connection))
+}
+
+/// An HTTP/1.1 keep-alive connection over TLS: what the API server opens to a webhook (it offers
+/// only `http/1.1`, so that its reviews spread over the replicas).
+async fn http1_client(
+    server: &Server,
+) -> (
+    hyper::client::conn::http1::SendRequest<StreamedBody>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let stream = tls_to(server, b"http/1.1").await;
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     (sender, tokio::spawn(connection))
 }
 
@@ -235,6 +256,42 @@ async fn a_stopping_server_closes_idle_connections_at_once() {
             sender.ready().await.is_err(),
             "the closed connection takes no more requests"
         );
+    })
+    .await
+    .expect("the server drained");
+}
+
+/// HTTP/1.1 has no GOAWAY: an idle connection the server closes can cross a review the API server
+/// is sending on it, which then fails with `EOF` (and `Ignore` admits the pod without sidecars).
+/// So a stopping server leaves an idle HTTP/1.1 connection open, and its next response closes it.
+#[tokio::test]
+async fn a_stopping_server_closes_an_http1_connection_with_its_next_response_not_while_idle() {
+    tokio::time::timeout(HANG_GUARD, async {
+        let server = start_server().await;
+        let (mut sender, connection) = http1_client(&server).await;
+        let first = sender.send_request(post(whole_review().await)).await.unwrap();
+        assert_eq!(first.status(), 200);
+        assert!(
+            first.headers().get("connection").is_none(),
+            "kept alive while serving"
+        );
+        answer_of(first).await;
+
+        server.stop.send(()).unwrap();
+        // Time in which the server, had it closed idle connections, would have closed this one.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!connection.is_finished(), "the idle connection stays open");
+        sender.ready().await.unwrap();
+        let second = sender.send_request(post(whole_review().await)).await.unwrap();
+        assert_eq!(second.status(), 200);
+        assert_eq!(second.headers().get("connection").unwrap(), "close");
+        assert_eq!(answer_of(second).await["response"]["allowed"], true);
+        connection_and_server_end(
+            connection,
+            server.stopped,
+            "the connection closes after that response",
+        )
+        .await;
     })
     .await
     .expect("the server drained");

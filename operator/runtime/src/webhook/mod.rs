@@ -6,7 +6,10 @@ pub mod certs;
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -294,13 +297,18 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, WebhookError> {
 
 /// Serves HTTPS with the (rotating) certificate until `shutdown` completes, then drains.
 ///
-/// The API server keeps one HTTP/2 connection to a webhook replica and reuses it after the
-/// replica has left the Service's endpoints. Exiting with that connection open would fail the
-/// reviews in flight on it, and the `Ignore` failure policy would admit those pods without
-/// their sidecars. So on shutdown every connection is told to go away (HTTP/2 GOAWAY, or
-/// close after the current HTTP/1.1 response): the API server sends new reviews over a new
-/// connection to a live replica while this one finishes the reviews it already has. A connection
-/// younger than [`FRESH_CONNECTION`] is told so only once it has had that long to send its review.
+/// The API server keeps its connections to a webhook replica and reuses them after the replica
+/// has left the Service's endpoints. Closing one under a review, or as the API server sends one,
+/// fails that review, and the `Ignore` failure policy admits the pod without its sidecars. So on
+/// shutdown every connection is told to go away in its own protocol, and the API server sends new
+/// reviews over a new connection to a live replica:
+/// - HTTP/2 gets GOAWAY, which says which requests will still be answered. A connection younger
+///   than [`FRESH_CONNECTION`] gets it only once it has had that long to send its review.
+/// - HTTP/1.1 (what the API server speaks to webhooks) has no such message: an idle connection
+///   closed by the server can cross a review the API server is sending on it, which then fails
+///   with `EOF`. So an HTTP/1.1 connection is not closed by the drain; its next response says
+///   `connection: close`, and it closes after that response. One that stays idle is closed at
+///   [`DRAIN_DEADLINE`].
 pub async fn serve(
     listener: TcpListener,
     served: Arc<certs::ServedCert>,
@@ -317,6 +325,8 @@ pub async fn serve(
     // Every connection task holds a receiver for its whole life: the drain is over when the last
     // one is dropped.
     let (draining, drain_started) = watch::channel(false);
+    // Read by every HTTP/1.1 response: once set, it closes its connection.
+    let closing = Arc::new(AtomicBool::new(false));
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -333,6 +343,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let injector = injector.clone();
         let mut drain_started = drain_started.clone();
+        let closing = closing.clone();
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
@@ -342,9 +353,20 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
+            let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
             let service = service_fn(move |request: Request<Incoming>| {
                 let injector = injector.clone();
-                async move { Ok::<_, Infallible>(injector.handle(request).await) }
+                let closing = closing.clone();
+                async move {
+                    let http1 = request.version() < http::Version::HTTP_2;
+                    let mut response = injector.handle(request).await;
+                    if http1 && closing.load(Ordering::Acquire) {
+                        response
+                            .headers_mut()
+                            .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(response)
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -353,18 +375,23 @@ pub async fn serve(
             let drain = async {
                 let _ = drain_started.wait_for(|started| *started).await;
             };
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                () = drain => {
-                    let grace = tokio::time::sleep_until(opened + FRESH_CONNECTION);
-                    tokio::select! {
-                        ended = connection.as_mut() => ended,
-                        () = grace => {
-                            connection.as_mut().graceful_shutdown();
-                            connection.await
+            let ended = if http2 {
+                tokio::select! {
+                    ended = connection.as_mut() => ended,
+                    () = drain => {
+                        let grace = tokio::time::sleep_until(opened + FRESH_CONNECTION);
+                        tokio::select! {
+                            ended = connection.as_mut() => ended,
+                            () = grace => {
+                                connection.as_mut().graceful_shutdown();
+                                connection.await
+                            }
                         }
                     }
                 }
+            } else {
+                // Closed by its first response after the drain began (see above).
+                connection.await
             };
             if let Err(error) = ended {
                 tracing::debug!(%error, "Webhook connection ended with an error.");
@@ -377,6 +404,7 @@ pub async fn serve(
         connections = draining.receiver_count(),
         "Webhook server stopped accepting; draining its connections."
     );
+    closing.store(true, Ordering::Release);
     let _ = draining.send(true);
     match tokio::time::timeout(DRAIN_DEADLINE, draining.closed()).await {
         Ok(()) => tracing::info!("Webhook connections drained."),
