@@ -276,11 +276,10 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a connection is served before a drain may tell it to go away. A client opens a
-/// connection to send a review; one that opened just before the drain began has not sent it yet,
+/// How long an HTTP/2 connection is served before a drain may tell it to go away. A client opens a
+/// connection to send a request; one that opened just before the drain began has not sent it yet,
 /// and going away at once (before its HTTP/2 preface is even read) would close it with nothing
-/// answered: the API server reports `EOF` and the `Ignore` policy admits the pod without its
-/// sidecars.
+/// answered.
 const FRESH_CONNECTION: Duration = Duration::from_secs(1);
 
 /// Binds the webhook's port. The operator binds it before it publishes its webhook configuration:
