@@ -32,12 +32,12 @@
 #
 # `work` mode counts, for the splitter, nginx and HAProxy with one worker each (nginx and HAProxy
 # also adding the splitter's headers): system calls (perf's tracepoint, at full speed) and TCP
-# segments (/proc/net/snmp) per request under `wrk -t2 -c64`, and the instructions the proxy runs in user space per request (callgrind, with the
-# proxy under valgrind and `wrk -t1 -c16`). Counts do not depend on who wins the two cores, so they
-# compare the proxies where the timed runs cannot tell them apart. It also counts how often the
-# proxy was preempted per request (its involuntary context switches, /proc/PID/task/*/status) in the
-# full-speed run: that one does depend on the scheduler, and shows how the proxy's share of a core
-# goes, which decides its throughput at one worker.
+# segments (/proc/net/snmp) per request under `wrk -t2 -c64`, and the instructions the proxy runs in
+# user space per request (callgrind, with the proxy under valgrind and `wrk -t1 -c16`). Counts do
+# not depend on who wins the two cores, so they compare the proxies where the timed runs cannot tell
+# them apart. It also counts how often the proxy was preempted per request (its involuntary context
+# switches, /proc/PID/task/*/status) in the full-speed run: that one does depend on the scheduler,
+# and shows how the proxy's share of a core goes, which decides its throughput at one worker.
 # Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (2s), ROUNDS (3), MODERATE_PAUSE_MS (1),
 #              BASE_PORT (18080), WORKER_COUNTS ("1 2"), CARGO_TARGET_DIR (where the release build goes).
 # This is a benchmark, not a test: it asserts nothing.

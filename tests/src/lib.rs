@@ -15,6 +15,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use kube::{
+    api::PostParams,
     config::{KubeConfigOptions, Kubeconfig},
     Client, Config,
 };
@@ -194,6 +195,15 @@ where
             bail!("timed out after {timeout:?} waiting for {what}: {last}");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Create parameters for a dry run: the API server admits the object, webhooks included, and
+/// stores nothing.
+pub fn dry_run() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..PostParams::default()
     }
 }
 

@@ -13,7 +13,7 @@ use k8s_openapi::api::{
 use kube::api::{Api, ListParams, PostParams};
 use outrigger_api::ReplicatedService;
 use outrigger_tests::{
-    admin_client, eventually, free_port, kubectl, kubectl_ok, OperatorProcess, TestNamespace,
+    admin_client, dry_run, eventually, free_port, kubectl, kubectl_ok, OperatorProcess, TestNamespace,
 };
 use serde_json::json;
 
@@ -142,13 +142,9 @@ fn container_names(pod: &Pod) -> Vec<String> {
 /// Waits until the API server calls the webhook and gets sidecars back, with dry-run pods (nothing
 /// is created): the configuration being stored does not mean the API server uses it yet.
 async fn wait_for_injection(pods: &Api<Pod>) {
-    let dry_run = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
     eventually("the webhook injecting", WAIT, || async {
         let pod = pods
-            .create(&dry_run, &plain_pod("dry-run", "metrics-adapter"))
+            .create(&dry_run(), &plain_pod("dry-run", "metrics-adapter"))
             .await?;
         Ok((container_names(&pod) == ["metrics-adapter", "app"]).then_some(()))
     })

@@ -23,10 +23,10 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Pod, Service},
 };
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use outrigger_tests::{
-    admin_client, docker_ok, ensure_crds, eventually, helm, helm_ok, kubectl, kubectl_ok, kubectl_stdin,
-    repo_root, yaml_documents, TestNamespace,
+    admin_client, docker_ok, dry_run, ensure_crds, eventually, helm, helm_ok, kubectl, kubectl_ok,
+    kubectl_stdin, repo_root, yaml_documents, TestNamespace,
 };
 use serde_json::{json, Value};
 
@@ -634,13 +634,6 @@ impl Installation {
             assert!(!output.status.success(), "{object} was left behind");
         }
         kubectl_ok(&["get", "crd", "replicatedservices.outrigger.dev"]).expect("the CRDs stay");
-    }
-}
-
-fn dry_run() -> PostParams {
-    PostParams {
-        dry_run: true,
-        ..PostParams::default()
     }
 }
 
