@@ -38,8 +38,16 @@
 # them apart. It also counts how often the proxy was preempted per request (its involuntary context
 # switches, /proc/PID/task/*/status) in the full-speed run: that one does depend on the scheduler,
 # and shows how the proxy's share of a core goes, which decides its throughput at one worker.
+#
+# CPU_LIMIT=<millicores> runs each proxy as a sidecar with `resources.limits.cpu` runs in a pod: in a
+# CPU cgroup of its own with a CFS quota of that many millicores per worker (100 ms period, as the
+# kubelet sets it). Unlimited, the proxies share two cores with wrk and the backend, and what those
+# spend decides much of a proxy's throughput; limited, the proxy's own CPU per request does, as it
+# does for a sidecar given a fraction of a core. Needs root and a cgroup v1 `cpu` hierarchy or the
+# v2 `cpu` controller. The moderate load runs under the limit too.
 # Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (2s), ROUNDS (3), MODERATE_PAUSE_MS (1),
-#              BASE_PORT (18080), WORKER_COUNTS ("1 2"), CARGO_TARGET_DIR (where the release build goes).
+#              BASE_PORT (18080), WORKER_COUNTS ("1 2"), CPU_LIMIT (none), CARGO_TARGET_DIR (where the
+#              release build goes).
 # This is a benchmark, not a test: it asserts nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +60,7 @@ ROUNDS=${ROUNDS:-3}
 MODERATE_PAUSE_MS=${MODERATE_PAUSE_MS:-1}
 BASE_PORT=${BASE_PORT:-18080}
 WORKER_COUNTS=${WORKER_COUNTS:-"1 2"}
+CPU_LIMIT=${CPU_LIMIT:-}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 
 STABLE_PORT=$((BASE_PORT + 1))
@@ -64,6 +73,11 @@ LOGGING_PORT=$((BASE_PORT + 14))
 LOGGING_ADMIN=$((BASE_PORT + 15))
 NGINX_HEADERS_PORT=$((BASE_PORT + 16))
 HAPROXY_HEADERS_PORT=$((BASE_PORT + 17))
+
+if [ -n "$CPU_LIMIT" ] && ! [[ $CPU_LIMIT =~ ^[1-9][0-9]*$ ]]; then
+  echo "[bench] CPU_LIMIT is in millicores per worker, e.g. 500; got '$CPU_LIMIT'" >&2
+  exit 2
+fi
 
 missing=()
 MODE=${1:-time}
@@ -89,14 +103,51 @@ SPLITTER_BIN=$TARGET_DIR/x86_64-unknown-linux-gnu/release/outrigger-request-spli
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d /tmp/splitter-bench.XXXXXX)
 started=()
+cgroups=()
 cleanup() {
   for pid in "${started[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true
+  local group
+  for group in "${cgroups[@]}"; do
+    rmdir "$group" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+# --- CPU limit ------------------------------------------------------------------------------------
+CFS_PERIOD_US=100000
+if [ -n "$CPU_LIMIT" ]; then
+  if [ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+    cgroup_root=/sys/fs/cgroup/cpu
+  elif grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+    cgroup_root=/sys/fs/cgroup
+    echo +cpu >"$cgroup_root/cgroup.subtree_control"
+  else
+    echo "[bench] CPU_LIMIT needs a cgroup v1 cpu hierarchy or the cgroup v2 cpu controller" >&2
+    exit 2
+  fi
+fi
+
+# limit_launch <name> <workers>: when CPU_LIMIT is set, makes `launch` start the next proxy in a CPU
+# cgroup of its own (the name's) with a quota of CPU_LIMIT millicores per worker; its children
+# (nginx's workers) stay in it.
+limit_launch() {
+  [ -n "$CPU_LIMIT" ] || return 0
+  local group="$cgroup_root/outrigger-bench-$1" quota=$((CPU_LIMIT * $2 * CFS_PERIOD_US / 1000))
+  mkdir -p "$group"
+  cgroups+=("$group")
+  if [ -f "$group/cpu.cfs_quota_us" ]; then
+    echo "$CFS_PERIOD_US" >"$group/cpu.cfs_period_us"
+    echo "$quota" >"$group/cpu.cfs_quota_us"
+  else
+    echo "$quota $CFS_PERIOD_US" >"$group/cpu.max"
+  fi
+  # shellcheck disable=SC2016
+  launch=(sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$group")
+}
 
 # WAIT_TRIES × 50 ms: longer under valgrind, which starts a proxy in seconds.
 WAIT_TRIES=100
@@ -475,18 +526,27 @@ rule="| --- | --- | --- | --- | --- | --- | --- |"
 table=()
 moderate_table=()
 
+limit_note=""
+if [ -n "$CPU_LIMIT" ]; then
+  limit_note=", each proxy limited to ${CPU_LIMIT} millicores per worker (CFS quota)"
+fi
 for workers in $WORKER_COUNTS; do
+  limit_launch splitter "$workers"
   start_splitter "$workers" "$SPLITTER_PORT" "$SPLITTER_ADMIN"
   splitter_pid=$proxy_pid
+  limit_launch nginx "$workers"
   start_nginx "$workers"
   nginx_pid=$proxy_pid
+  limit_launch haproxy "$workers"
   start_haproxy "$workers"
   haproxy_pid=$proxy_pid
   logging_pid=
   if [ "$workers" = 1 ]; then
+    limit_launch logging 1
     start_splitter 1 "$LOGGING_PORT" "$LOGGING_ADMIN" true
     logging_pid=$proxy_pid
   fi
+  launch=()
   for round in $(seq 1 "$ROUNDS"); do
     echo "[bench] $workers worker(s), round $round of $ROUNDS" >&2
     measure "direct-$workers" "$STABLE_PORT" "$THREADS" "$CONNECTIONS"
@@ -499,7 +559,7 @@ for workers in $WORKER_COUNTS; do
       measure "logging-$workers" "$LOGGING_PORT" "$THREADS" "$CONNECTIONS" "$logging_pid"
     fi
   done
-  table+=("" "**$workers worker(s)**, \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency\`, median of $ROUNDS interleaved rounds" "" "$header" "$rule")
+  table+=("" "**$workers worker(s)**, \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency\`, median of $ROUNDS interleaved rounds$limit_note" "" "$header" "$rule")
   row "direct-$workers" "direct (backend)" "direct-$workers"
   row "splitter-$workers" "request splitter ($workers worker)" "direct-$workers"
   row "nginx-$workers" "nginx ($workers worker)" "direct-$workers"
@@ -529,7 +589,7 @@ for workers in $WORKER_COUNTS; do
     done
     wrk_extra=()
     saved=("${table[@]}")
-    table=("" "**Moderate load**, 1 worker, \`wrk -t1 -c8 -d$DURATION --latency -s pace.lua\` (each connection pauses ${MODERATE_PAUSE_MS} ms between requests), median of $ROUNDS interleaved rounds" "" "$header" "$rule")
+    table=("" "**Moderate load**, 1 worker, \`wrk -t1 -c8 -d$DURATION --latency -s pace.lua\` (each connection pauses ${MODERATE_PAUSE_MS} ms between requests), median of $ROUNDS interleaved rounds$limit_note" "" "$header" "$rule")
     row "direct-moderate" "direct (backend)" "direct-moderate"
     row "splitter-moderate" "request splitter (1 worker)" "direct-moderate"
     row "nginx-moderate" "nginx (1 worker)" "direct-moderate"
