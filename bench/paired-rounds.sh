@@ -16,9 +16,10 @@ fi
 
 awk '
   FNR == 1 { run++ }
-  /^\[bench\] [a-z-]+-[12]: [0-9]+ req\/s/ {
+  /^\[bench\] [a-z-]+-[0-9]+: [0-9]+ req\/s/ {
     key = $2; sub(/:$/, "", key)
     n = split(key, parts, "-"); workers = parts[n]
+    counts[workers + 0] = 1
     target = substr(key, 1, length(key) - length(workers) - 1)
     # A target is measured once per round, so its count so far numbers the round.
     round = ++seen[run, key]
@@ -32,7 +33,8 @@ awk '
     label["haproxy-headers"] = "HAProxy adding the splitter'"'"'s headers"
     print "| workers | over | rounds (runs) | median | quartiles | range | rounds the splitter served more |"
     print "| --- | --- | --- | --- | --- | --- | --- |"
-    for (workers = 1; workers <= 2; workers++) {
+    for (workers = 1; workers <= max_workers(); workers++) {
+      if (!(workers in counts)) continue
       for (a = 1; a <= 4; a++) {
         anchor = anchors[a]; count = 0; won = 0; runs = 0
         delete ratio
@@ -58,6 +60,10 @@ awk '
           quantile(ratio, count, 0.75), ratio[1], ratio[count], won, count
       }
     }
+  }
+  function max_workers(    w, most) {
+    for (w in counts) if (w + 0 > most) most = w + 0
+    return most
   }
   # Linear interpolation between the order statistics (the median of an even count is the mean of
   # the middle two).

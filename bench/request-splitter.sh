@@ -23,8 +23,9 @@
 # Targets are measured interleaved, ROUNDS times (direct, splitter, nginx, HAProxy, direct, ...), and
 # each figure is the median over the rounds, so that load elsewhere on the machine shifts all targets
 # alike instead of skewing whichever ran at the wrong moment. For the same reason the splitter is also
-# compared with each anchor round by round: the median and range of its requests/s over the anchor's
-# in the same round, and in how many rounds it served more.
+# compared with each anchor round by round (bench/paired-rounds.sh, which also pools several runs):
+# the median, quartiles and range of its requests/s over the anchor's in the same round, and in how
+# many rounds it served more.
 #
 # Usage: bench/request-splitter.sh            (installs wrk, nginx and haproxy with apt-get if missing)
 #        bench/request-splitter.sh work       the work each proxy does per request, counted instead of
@@ -369,7 +370,10 @@ measure() {
     cpu_samples[$key]+="$cpu "
     rss_last[$key]=$(awk -v k="$(rss_kib "${pids[@]}")" 'BEGIN {printf "%.1f", k / 1024}')
   fi
-  echo "[bench] $key: $rps req/s, p50 $p50 ms, p99 $p99 ms${cpu:+, CPU $cpu µs/request, RSS ${rss_last[$key]} MiB} $errors" >&2
+  local line="[bench] $key: $rps req/s, p50 $p50 ms, p99 $p99 ms${cpu:+, CPU $cpu µs/request, RSS ${rss_last[$key]} MiB} $errors"
+  echo "$line" >&2
+  # The rounds, for bench/paired-rounds.sh.
+  echo "$line" >>"$work/rounds.log"
 }
 
 # row <key> <label> <direct key>: the medians of a key as a table row.
@@ -391,25 +395,6 @@ row() {
   fi
   local errors=${errors_seen[$key]:-}
   table+=("| $label | $rps | $ratio | $p50 | $p99 | $rss | $cpu |${errors:+ errors: $errors}")
-}
-
-# paired <key> <anchor key> <label>: the splitter's throughput over an anchor's, round by round. The
-# targets of a round run one after the other, so a round's ratio cancels what the machine did to all
-# of them in that round; the median of the ratios is steadier than the ratio of the medians.
-paired() {
-  local key=$1 anchor=$2 label=$3
-  local -a ours theirs
-  read -r -a ours <<<"${rps_samples[$key]}"
-  read -r -a theirs <<<"${rps_samples[$anchor]}"
-  local ratios=() won=0 i
-  for i in "${!ours[@]}"; do
-    ratios+=("$(awk -v a="${ours[$i]}" -v b="${theirs[$i]}" 'BEGIN {printf "%.2f", a / b}')")
-    if ((ours[i] >= theirs[i])); then won=$((won + 1)); fi
-  done
-  local sorted
-  sorted=$(printf '%s\n' "${ratios[@]}" | sort -g | tr '\n' ' ')
-  # shellcheck disable=SC2086
-  pairs+=("| $label | $(median "${ratios[@]}") | $(echo $sorted | awk '{print $1 "–" $NF}') | $won of ${#ours[@]} |")
 }
 
 # --- work mode ------------------------------------------------------------------------------------
@@ -566,16 +551,10 @@ for workers in $WORKER_COUNTS; do
   row "haproxy-$workers" "HAProxy (nbthread $workers)" "direct-$workers"
   row "nginx-headers-$workers" "nginx ($workers worker, adding the splitter's headers)" "direct-$workers"
   row "haproxy-headers-$workers" "HAProxy (nbthread $workers, adding the splitter's headers)" "direct-$workers"
-  pairs=("" "Request splitter's requests/s over each anchor's in the same round, $workers worker(s)" "" "| over | median | range | rounds the splitter served more |" "| --- | --- | --- | --- |")
-  paired "splitter-$workers" "nginx-$workers" "nginx"
-  paired "splitter-$workers" "haproxy-$workers" "HAProxy"
-  paired "splitter-$workers" "nginx-headers-$workers" "nginx adding the splitter's headers"
-  paired "splitter-$workers" "haproxy-headers-$workers" "HAProxy adding the splitter's headers"
   if [ -n "$logging_pid" ]; then
     row "logging-$workers" "request splitter ($workers worker, JSON access log to /dev/null)" "direct-$workers"
     stop "$logging_pid"
   fi
-  table+=("${pairs[@]}")
   if [ "$workers" = 1 ]; then
     # Moderate load: the latency a proxy adds when it is not saturated.
     printf 'function delay()\n  return %d\nend\n' "$MODERATE_PAUSE_MS" >"$work/pace.lua"
@@ -605,3 +584,7 @@ done
 echo
 echo "Machine: $(nproc) cores, $(uname -r); $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $(nginx -v 2>&1 | cut -d' ' -f3), $(haproxy -v | head -1 | cut -d' ' -f1-3); load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%s\n' "${table[@]}" "${moderate_table[@]}"
+echo
+echo "Request splitter's requests/s over each anchor's in the same round (bench/paired-rounds.sh)"
+echo
+bench/paired-rounds.sh "$work/rounds.log"
