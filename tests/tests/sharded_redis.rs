@@ -75,12 +75,17 @@ async fn the_sharded_service_example_runs_real_redis_on_every_shard_replica() {
 
     for address in &addresses {
         let pong = eventually(&format!("PING {address}"), WAIT, || async {
-            Ok(redis_command(address, &["PING"]).ok().filter(|reply| reply == "+PONG\r\n"))
+            Ok(redis_command(address, &["PING"])
+                .ok()
+                .filter(|reply| reply == "+PONG\r\n"))
         })
         .await
         .unwrap();
         assert_eq!(pong, "+PONG\r\n");
-        assert_eq!(redis_command(address, &["SET", "greeting", address]).unwrap(), "+OK\r\n");
+        assert_eq!(
+            redis_command(address, &["SET", "greeting", address]).unwrap(),
+            "+OK\r\n"
+        );
         let value = redis_command(address, &["GET", "greeting"]).unwrap();
         assert!(value.ends_with(&format!("{address}\r\n")), "{value}");
         let dir = redis_command(address, &["CONFIG", "GET", "dir"]).unwrap();
