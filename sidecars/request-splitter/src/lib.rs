@@ -7,27 +7,21 @@
 //! [`store`] (generations and atomic swaps), [`proxy`] (the service), [`server`] (sockets),
 //! [`run`] (wiring) and [`cli`].
 
-pub mod added;
 pub mod apiserver;
-pub mod body;
 pub mod cli;
 pub mod config;
 #[cfg(feature = "configmap")]
 pub mod configmap;
-pub mod correlation;
-pub mod fast;
-pub mod h1;
-pub mod health;
-pub mod hop_by_hop;
 pub mod metrics;
-pub mod mirror;
-pub mod proxy;
 pub mod reload;
 pub mod rng;
 pub mod routing;
 pub mod run;
-pub mod sends;
-pub mod server;
 pub mod store;
-pub mod tls;
-pub mod upstream;
+pub mod transport;
+
+// The modules' paths before `routing/` and `transport/` existed.
+pub use routing::health;
+pub use transport::{
+    added, body, correlation, fast, h1, hop_by_hop, mirror, proxy, sends, server, tls, upstream,
+};

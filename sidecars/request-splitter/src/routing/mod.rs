@@ -453,3 +453,5 @@ mod tests {
         assert_eq!(cookie(&map, "d"), None);
     }
 }
+
+pub mod health;
