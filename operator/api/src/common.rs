@@ -7,6 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+/// Declared with the documents the operator writes for the sidecars, which carry it unchanged.
+pub use outrigger_contract::AffinitySource;
 
 /// Condition types every Outrigger resource reports.
 pub mod condition_type {
@@ -126,19 +128,6 @@ pub struct LocalObjectReference {
     /// Name of the referenced object.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-}
-
-/// Where a consistent-hashing key is read from for a request.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum AffinitySource {
-    /// A request header, named by `name`.
-    Header,
-    /// A cookie, named by `name`.
-    Cookie,
-    /// The client's source IP address.
-    #[serde(rename = "sourceIP")]
-    SourceIp,
 }
 
 /// Session affinity: requests with the same key go to the same replica (and the same version during
