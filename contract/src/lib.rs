@@ -1,5 +1,6 @@
 //! The contract between the operator and the sidecars: every document the operator writes for a
-//! sidecar (the request splitter's configuration, the shard map) as Rust types that the writer
+//! sidecar (the request splitter's configuration, the shard map, the settings every attached sidecar
+//! reads) as Rust types that the writer
 //! serializes and the reader parses, so the two sides cannot drift apart field by field.
 //!
 //! The enums a user writes in a custom resource and the operator copies into a document (where a
@@ -14,8 +15,9 @@ pub mod json;
 pub mod routing;
 pub mod schema;
 pub mod shard_map;
+pub mod sidecars;
 pub mod splitter;
 mod version;
 
-pub use routing::{AffinitySource, RouteMatch, ValueMatch};
+pub use routing::{AffinitySource, RouteMatch, SessionAffinity, ValueMatch};
 pub use version::{ApiVersion, API_VERSION};

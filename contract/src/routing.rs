@@ -20,6 +20,27 @@ pub enum AffinitySource {
     SourceIp,
 }
 
+/// Session affinity: requests with the same key go to the same replica (and the same version during
+/// a rollout), chosen on a consistent-hash ring so that scaling moves only the keys that must move.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionAffinity {
+    /// Where the key comes from: `header`, `cookie` or `sourceIP`.
+    pub source: AffinitySource,
+    /// Header or cookie name; required for `header` and `cookie`, ignored for `sourceIP`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub name: Option<String>,
+    /// Points per replica on the hash ring; more points spread keys more evenly.
+    #[serde(default = "default_virtual_nodes")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub virtual_nodes: i32,
+}
+
+fn default_virtual_nodes() -> i32 {
+    160
+}
+
 /// The part of a request a route matches on.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

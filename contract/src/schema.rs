@@ -3,7 +3,7 @@
 
 use schemars::{generate::SchemaSettings, JsonSchema, Schema};
 
-use crate::{shard_map::ShardMap, splitter::SplitterConfig};
+use crate::{shard_map::ShardMap, sidecars::SidecarsConfig, splitter::SplitterConfig};
 
 /// One document of the contract.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +29,7 @@ impl Document {
 }
 
 /// Every document, in a stable order.
-pub fn documents() -> [Document; 2] {
+pub fn documents() -> [Document; 3] {
     [
         Document {
             name: "splitter-config",
@@ -38,6 +38,10 @@ pub fn documents() -> [Document; 2] {
         Document {
             name: "shard-map",
             schema: schema_of::<ShardMap>,
+        },
+        Document {
+            name: "sidecars-config",
+            schema: schema_of::<SidecarsConfig>,
         },
     ]
 }

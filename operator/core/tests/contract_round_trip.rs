@@ -2,7 +2,7 @@
 
 //! Every document the operator's builders write is accepted by the reader on the other side: the
 //! splitter's configuration through the splitter's own ConfigMap and file paths (parse, merge,
-//! validate, compile), the shard map through the contract's parser. The reader must get back
+//! validate, compile), the shard map and the sidecars' document through the contract's parser. The reader must get back
 //! exactly what the builder built, so a field spelt differently on one side fails here.
 //!
 //! The operator may depend on a sidecar for its tests; a sidecar never depends on the operator.
@@ -10,15 +10,18 @@
 use std::{collections::BTreeSet, path::PathBuf};
 
 use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::OwnerReference};
-use outrigger_api::{common::SessionAffinity, rollout::CanaryStrategy, ShardedService};
+use outrigger_api::{common::SessionAffinity, rollout::CanaryStrategy, ReplicatedService, ShardedService};
 use outrigger_contract::{
+    json::merge_patch,
     shard_map::{ShardMap, SHARD_MAP_KEY},
+    sidecars::{SidecarsConfig, SIDECARS_CONFIG_KEY},
     splitter::SplitterConfig,
     ApiVersion,
 };
 use outrigger_core::{
-    canary::{self, InjectedSplitter, Traffic, SPLITTER_CONFIG_KEY},
+    canary::{self, Traffic, SPLITTER_CONFIG_KEY},
     owner::Owner,
+    replicated::{self, PdbApi},
     sharded,
 };
 use outrigger_request_splitter::{
@@ -162,26 +165,110 @@ fn every_traffic_state_the_operator_writes_is_read_back_unchanged_by_the_splitte
     }
 }
 
+fn replicated_service(spec: Value) -> ReplicatedService {
+    let mut full = json!({
+        "replicas": 2,
+        "template": {"spec": {"containers": [{"name": "app", "image": "app:1", "ports": [{"containerPort": 9000}]}]}},
+    });
+    merge_patch(&mut full, &spec);
+    serde_json::from_value(json!({
+        "apiVersion": "outrigger.dev/v1alpha1", "kind": "ReplicatedService",
+        "metadata": {"name": "web", "namespace": "shop", "uid": "u-1"},
+        "spec": full,
+    }))
+    .unwrap()
+}
+
 #[test]
 fn the_injected_splitters_file_is_read_back_unchanged_by_the_splitter() {
-    let cases = [(15_001, 8_080), (8_000, 7_000), (65_535, 1)];
-    for (listen_port, app_port) in cases {
-        let built = canary::injected_splitter_config(InjectedSplitter {
-            listen_port,
-            app_port,
-        });
-        // Serialized as the ReplicatedService's ConfigMap holds it, read from the mounted file.
-        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("injected-splitter-{listen_port}-{app_port}.json"));
-        std::fs::write(&path, serde_json::to_string_pretty(&built).unwrap()).unwrap();
+    let splitter =
+        |settings: Value| json!({"sidecars": [{"name": "request-splitter", "settings": settings}]});
+    let cases = [
+        ("defaults", splitter(json!({}))),
+        (
+            "both ports set",
+            splitter(json!({"listenPort": "8000", "appPort": "7000"})),
+        ),
+        (
+            "the service's target port",
+            merge(
+                splitter(json!({})),
+                json!({"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}),
+            ),
+        ),
+        (
+            "with affinity and another sidecar",
+            json!({
+                "sidecars": [{"name": "request-splitter"}, {"name": "log-adapter", "settings": {"format": "nginx"}}],
+                "sessionAffinity": {"source": "header", "name": "x-user"},
+            }),
+        ),
+    ];
+    for (name, spec) in cases {
+        let children = replicated::build(&replicated_service(spec), PdbApi::None, None).unwrap();
+        let text = &children.config_map.data.as_ref().unwrap()[SPLITTER_CONFIG_KEY];
+        let built: SplitterConfig = serde_json::from_str(text).unwrap();
+        // The ConfigMap is mounted into the pod; the injected splitter reads the file.
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("injected-request-splitter.json");
+        std::fs::write(&path, text).unwrap();
         let store = store();
         let (_, applied) = reload::load_file_with_fingerprint(&store, &path);
         assert!(
             matches!(applied, Ok(Applied::Changed { .. })),
-            "{listen_port}/{app_port}: {applied:?}"
+            "{name}: {applied:?}\n{text}"
         );
-        assert_eq!(store.current().unwrap().config, built, "{listen_port}/{app_port}");
+        assert_eq!(store.current().unwrap().config, built, "{name}");
     }
+}
+
+#[test]
+fn the_sidecars_document_is_read_back_unchanged_by_the_contracts_parser() {
+    let cases = [
+        ("no sidecars", json!({})),
+        (
+            "sidecars with settings and affinity",
+            json!({
+                "sidecars": [{"name": "log-adapter", "settings": {"format": "nginx"}}, {"name": "metrics-adapter"}],
+                "sessionAffinity": {"source": "sourceIP"},
+            }),
+        ),
+        (
+            "cookie affinity",
+            json!({"sessionAffinity": {"source": "cookie", "name": "sid", "virtualNodes": 32}}),
+        ),
+    ];
+    for (name, spec) in cases {
+        let rsvc = replicated_service(spec);
+        let children = replicated::build(&rsvc, PdbApi::None, None).unwrap();
+        let text = &children.config_map.data.as_ref().unwrap()[SIDECARS_CONFIG_KEY];
+        let config = SidecarsConfig::from_json(text.as_bytes())
+            .unwrap_or_else(|error| panic!("{name}: {error}\n{text}"));
+        assert_eq!(config.api_version, ApiVersion::V1alpha1, "{name}");
+        assert_eq!(
+            (config.service.as_str(), config.namespace.as_str()),
+            ("web", "shop"),
+            "{name}"
+        );
+        assert_eq!(config.session_affinity, rsvc.spec.session_affinity, "{name}");
+        let sidecars: Vec<&str> = config.sidecars.keys().map(String::as_str).collect();
+        let expected: Vec<&str> = rsvc
+            .spec
+            .sidecars
+            .iter()
+            .map(|sidecar| sidecar.name.as_str())
+            .collect();
+        assert_eq!(sidecars, expected, "{name}");
+        assert_eq!(
+            config.to_json().unwrap(),
+            *text,
+            "{name}: written again, the document is the same text"
+        );
+    }
+}
+
+fn merge(mut base: Value, patch: Value) -> Value {
+    merge_patch(&mut base, &patch);
+    base
 }
 
 fn sharded_service(sharding: Value, protocol: &str, shards: i32) -> ShardedService {
