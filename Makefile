@@ -41,9 +41,10 @@ install-manifest:
 	cp crds/*.yaml charts/outrigger/crds/
 	hack/install-manifest.sh >manifests/install.yaml
 
-## Regenerate the CRDs under crds/ from the Rust types.
+## Regenerate the CRDs under crds/ and the sidecar documents' schemas under contract/schemas/ from the Rust types.
 generate:
 	$(CARGO) run -q -p outrigger-operator -- crd --dir crds
+	$(CARGO) run -q -p outrigger-contract --bin contract-schemas -- --dir contract/schemas
 	$(MAKE) install-manifest
 
 cluster-up:

@@ -214,22 +214,8 @@ pub fn example(file: &str) -> anyhow::Result<Value> {
     Ok(serde_yaml::from_str(&text)?)
 }
 
-/// Applies a JSON merge patch (RFC 7386) to `target`: objects merge, `null` deletes, anything else
-/// replaces.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(target), Value::Object(patch)) => {
-            for (key, value) in patch {
-                if value.is_null() {
-                    target.remove(key);
-                } else {
-                    merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
-                }
-            }
-        }
-        (target, patch) => *target = patch.clone(),
-    }
-}
+/// Applies a JSON merge patch (RFC 7386), as the splitter layers its documents.
+pub use outrigger_contract::json::merge_patch;
 
 /// The operator's ServiceAccount user, as the API server sees it.
 pub const OPERATOR_USER: &str = "system:serviceaccount:outrigger-system:outrigger-operator";
@@ -521,21 +507,4 @@ pub fn yaml_documents(text: &str) -> anyhow::Result<Vec<Value>> {
         }
     }
     Ok(documents)
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn merge_patch_merges_objects_deletes_nulls_and_replaces_arrays() {
-        let mut doc = json!({"a": {"b": 1, "c": 2}, "list": [1, 2], "gone": true});
-        merge_patch(
-            &mut doc,
-            &json!({"a": {"b": 5}, "list": [3], "gone": null, "new": "x"}),
-        );
-        assert_eq!(doc, json!({"a": {"b": 5, "c": 2}, "list": [3], "new": "x"}));
-    }
 }

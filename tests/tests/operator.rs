@@ -14,7 +14,8 @@ use kube::{
     api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams},
     Client,
 };
-use outrigger_api::{sharded::ShardMap, ReplicatedService, ShardedService};
+use outrigger_api::{ReplicatedService, ShardedService};
+use outrigger_contract::shard_map::{ShardMap, SHARD_MAP_KEY};
 use outrigger_tests::{admin_client, eventually, operator_writes_in, OperatorProcess, TestNamespace};
 use serde_json::json;
 
@@ -168,9 +169,9 @@ async fn shard_map(client: &Client, namespace: &str) -> anyhow::Result<ShardMap>
     let json = map
         .data
         .unwrap_or_default()
-        .remove("shard-map.json")
+        .remove(SHARD_MAP_KEY)
         .unwrap_or_default();
-    Ok(serde_json::from_str(&json)?)
+    Ok(ShardMap::from_json(json.as_bytes())?)
 }
 
 async fn ready_shards(api: &Api<ShardedService>, want: i32) -> anyhow::Result<Option<()>> {

@@ -24,6 +24,7 @@ use k8s_openapi::api::{
     core::v1::{Pod, Service},
 };
 use kube::api::{Api, ListParams};
+use outrigger_contract::json::is_subset;
 use outrigger_tests::{
     admin_client, docker_ok, dry_run, ensure_crds, eventually, helm, helm_ok, kubectl, kubectl_ok,
     kubectl_stdin, repo_root, yaml_documents, TestNamespace,
@@ -72,19 +73,6 @@ fn operator_args(documents: &[Value]) -> Vec<String> {
         .iter()
         .map(|a| a.as_str().unwrap().to_owned())
         .collect()
-}
-
-/// Whether every field of `part` is in `whole` with the same value (arrays element by element).
-fn is_subset(part: &Value, whole: &Value) -> bool {
-    match (part, whole) {
-        (Value::Object(part), Value::Object(whole)) => part
-            .iter()
-            .all(|(key, value)| whole.get(key).is_some_and(|w| is_subset(value, w))),
-        (Value::Array(part), Value::Array(whole)) => {
-            part.len() == whole.len() && part.iter().zip(whole).all(|(p, w)| is_subset(p, w))
-        }
-        (part, whole) => part == whole,
-    }
 }
 
 #[test]

@@ -7,6 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+/// Declared with the documents the operator writes for the sidecars, which carry them unchanged.
+pub use outrigger_contract::{AffinitySource, SessionAffinity};
 
 /// Condition types every Outrigger resource reports.
 pub mod condition_type {
@@ -126,38 +128,4 @@ pub struct LocalObjectReference {
     /// Name of the referenced object.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-}
-
-/// Where a consistent-hashing key is read from for a request.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum AffinitySource {
-    /// A request header, named by `name`.
-    Header,
-    /// A cookie, named by `name`.
-    Cookie,
-    /// The client's source IP address.
-    #[serde(rename = "sourceIP")]
-    SourceIp,
-}
-
-/// Session affinity: requests with the same key go to the same replica (and the same version during
-/// a rollout), chosen on a consistent-hash ring so that scaling moves only the keys that must move.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionAffinity {
-    /// Where the key comes from: `header`, `cookie` or `sourceIP`.
-    pub source: AffinitySource,
-    /// Header or cookie name; required for `header` and `cookie`, ignored for `sourceIP`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
-    pub name: Option<String>,
-    /// Points per replica on the hash ring; more points spread keys more evenly.
-    #[serde(default = "default_virtual_nodes")]
-    #[schemars(range(min = 1, max = 1000))]
-    pub virtual_nodes: i32,
-}
-
-fn default_virtual_nodes() -> i32 {
-    160
 }

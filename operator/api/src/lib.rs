@@ -2,7 +2,10 @@
 //!
 //! Doc comments on every field become the schema descriptions `kubectl explain` shows, and the
 //! `#[schemars(...)]` bounds become the server-side validation the API server enforces.
-//! This crate has no client, so the operator's pure logic and the sidecars can both depend on it.
+//! This crate has no client, so the operator's pure logic can depend on it. The enums a resource
+//! shares with a document the operator writes for a sidecar (affinity source, route match, shard
+//! function) are declared in `outrigger-contract` and re-exported here; sidecars depend on that
+//! crate, not on this one.
 
 pub mod autoscaling;
 pub mod common;

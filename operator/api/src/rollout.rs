@@ -7,6 +7,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::Condition;
+/// Declared with the splitter's document, which carries a route's match unchanged.
+pub use outrigger_contract::{RouteMatch, ValueMatch};
 
 /// How changes of a service's pod template reach users: canary steps driven through the request
 /// splitter (with header routes, mirroring and automated analysis) or blue-green.
@@ -107,32 +109,6 @@ pub struct CanaryRoute {
     /// What a request must carry: exactly one of `header` or `cookie`.
     #[serde(rename = "match")]
     pub matcher: RouteMatch,
-}
-
-/// The part of a request a route matches on.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum RouteMatch {
-    /// A request header.
-    Header(ValueMatch),
-    /// A cookie.
-    Cookie(ValueMatch),
-}
-
-/// A named value and what it must equal.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ValueMatch {
-    /// Header or cookie name.
-    #[schemars(length(min = 1, max = 256))]
-    pub name: String,
-    /// Exact value; without it (and without `regex`) the presence of the header or cookie matches.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exact: Option<String>,
-    /// Regular expression the whole value must match.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1024))]
-    pub regex: Option<String>,
 }
 
 /// Automated analysis of the canary against thresholds and against stable.

@@ -6,6 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{Condition, SidecarSpec};
+/// Declared with the shard map, which carries them unchanged.
+pub use outrigger_contract::shard_map::{KeyHash, KeyRange, ShardProtocol, ShardingFunction};
 
 /// A sharded service: `shards` StatefulSets of `replicasPerShard` replicas each, and a shard map
 /// the sharding ambassador of client pods reads to route every key to its shard.
@@ -89,16 +91,6 @@ fn default_replicas_per_shard() -> i32 {
     1
 }
 
-/// Protocol of a sharded service.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum ShardProtocol {
-    /// RESP (Redis, KeyDB, Dragonfly, memcached in Redis mode): keys are command arguments.
-    Redis,
-    /// HTTP: the key is taken from a header or the path.
-    Http,
-}
-
 /// How keys map to shards.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -143,42 +135,6 @@ impl Default for ShardingSpec {
 
 fn default_virtual_nodes() -> i32 {
     160
-}
-
-/// Function from a key's hash to a shard.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum ShardingFunction {
-    #[default]
-    Ketama,
-    Jump,
-    Rendezvous,
-    KeyRange,
-}
-
-/// Hash applied to a key.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum KeyHash {
-    #[default]
-    Fnv1a64,
-    Murmur3,
-    Md5,
-}
-
-/// A lexicographic key range owned by one shard: `start` inclusive, `end` exclusive.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct KeyRange {
-    /// Index of the owning shard, from 0.
-    #[schemars(range(min = 0, max = 1023))]
-    pub shard: i32,
-    /// First key of the range; absent means from the beginning.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start: Option<String>,
-    /// First key after the range; absent means to the end.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end: Option<String>,
 }
 
 /// Persistent storage of each shard replica.
@@ -237,43 +193,3 @@ pub struct ShardStatus {
     /// Replicas of the shard that are ready.
     pub ready_replicas: i32,
 }
-
-/// The shard map the operator writes (ConfigMap `<service>-shard-map`, key `shard-map.json`) and
-/// the sharding ambassador reads: everything needed to route a key to a shard's endpoints.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct ShardMap {
-    /// Protocol spoken to the shards.
-    pub protocol: ShardProtocol,
-    /// Key-to-shard function.
-    pub function: ShardingFunction,
-    /// Key hash.
-    pub hash: KeyHash,
-    /// Points per shard on a ketama ring.
-    pub virtual_nodes: u32,
-    /// Hash tag delimiters, when set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hash_tag: Option<String>,
-    /// With protocol `http`: header carrying the key.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_header: Option<String>,
-    /// The shards in index order. Ring positions depend on shard names only, so adding a shard
-    /// moves only the keys the new shard takes over.
-    pub shards: Vec<ShardEndpoints>,
-    /// With `keyRange`: the ranges.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub key_ranges: Vec<KeyRange>,
-}
-
-/// One shard in a shard map.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct ShardEndpoints {
-    /// Shard name, the node name on the hash ring.
-    pub name: String,
-    /// `host:port` of every replica; the first is the primary.
-    pub endpoints: Vec<String>,
-}
-
-/// Key of the shard map inside its ConfigMap.
-pub const SHARD_MAP_KEY: &str = "shard-map.json";

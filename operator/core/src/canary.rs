@@ -2,7 +2,7 @@
 //! canary track (Deployment and Service each), and the request splitter in front of them with its
 //! configuration and the identity it reads that configuration with. Pure.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use k8s_openapi::{
     api::{
@@ -19,11 +19,13 @@ use k8s_openapi::{
     },
 };
 use outrigger_api::{
-    common::{AffinitySource, SessionAffinity, SidecarKind},
-    rollout::{CanaryStrategy, RouteMatch},
+    common::{SessionAffinity, SidecarKind},
+    rollout::CanaryStrategy,
     ReplicatedServiceSpec,
 };
-use serde_json::{json, Value};
+use outrigger_contract::splitter::{
+    BackendConfig, MirrorConfig, RouteConfig, SplitterConfig, StickinessConfig, CONFIG_KEY,
+};
 
 use crate::{
     analysis::{CANARY, STABLE},
@@ -35,9 +37,10 @@ use crate::{
 };
 
 /// Key of the splitter's configuration in its ConfigMap.
-pub const SPLITTER_CONFIG_KEY: &str = "request-splitter.json";
+pub const SPLITTER_CONFIG_KEY: &str = CONFIG_KEY;
 /// Port the splitter proxies on.
-pub const SPLITTER_PORT: i32 = 8080;
+pub const SPLITTER_PORT: i32 = SPLITTER_LISTEN_PORT as i32;
+const SPLITTER_LISTEN_PORT: u16 = 8080;
 /// Label selecting a service's splitter pods.
 pub const SPLITTER_LABEL: &str = "outrigger.dev/splitter";
 
@@ -122,57 +125,51 @@ pub struct Traffic<'a> {
 }
 
 /// The splitter's configuration document.
-pub fn splitter_config(traffic: &Traffic<'_>) -> Value {
-    let mut backends = vec![json!({"name": STABLE, "endpoints": [traffic.stable_endpoint], "maxRetries": 1})];
-    let mut config = json!({"listen": format!("0.0.0.0:{SPLITTER_PORT}"), "accessLog": false});
+pub fn splitter_config(traffic: &Traffic<'_>) -> SplitterConfig {
+    let backend = |name: &str, endpoint: &str| BackendConfig {
+        max_retries: 1,
+        ..BackendConfig::new(name, vec![endpoint.to_owned()])
+    };
+    let mut config = SplitterConfig::new(
+        SocketAddr::from(([0, 0, 0, 0], SPLITTER_LISTEN_PORT)),
+        vec![backend(STABLE, &traffic.stable_endpoint)],
+    );
+    config.access_log = false;
     if let Some(canary) = &traffic.canary_endpoint {
-        backends.push(json!({"name": CANARY, "endpoints": [canary], "maxRetries": 1}));
-        let weight = traffic.canary_weight.clamp(0, 100);
-        config["weights"] = json!({STABLE: 100 - weight, CANARY: weight});
-        let routes: Vec<Value> = traffic
+        config.backends.push(backend(CANARY, canary));
+        let weight = i64::from(traffic.canary_weight.clamp(0, 100));
+        config.weights = BTreeMap::from([(STABLE.to_owned(), 100 - weight), (CANARY.to_owned(), weight)]);
+        config.routes = traffic
             .strategy
             .routes
             .iter()
-            .map(|route| {
-                let (kind, matcher) = match &route.matcher {
-                    RouteMatch::Header(m) => ("header", m),
-                    RouteMatch::Cookie(m) => ("cookie", m),
-                };
-                let mut value = json!({"name": matcher.name});
-                if let Some(exact) = &matcher.exact {
-                    value["exact"] = json!(exact);
-                }
-                if let Some(regex) = &matcher.regex {
-                    value["regex"] = json!(regex);
-                }
-                json!({"name": route.name, "match": {kind: value}, "backend": CANARY})
+            .map(|route| RouteConfig {
+                name: route.name.clone(),
+                matcher: route.matcher.clone(),
+                backend: CANARY.to_owned(),
             })
             .collect();
-        if !routes.is_empty() {
-            config["routes"] = Value::Array(routes);
-        }
         if traffic.mirror_percent > 0 {
-            config["mirror"] = json!({"backend": CANARY, "percent": traffic.mirror_percent.clamp(0, 100)});
+            config.mirror = Some(MirrorConfig {
+                backend: CANARY.to_owned(),
+                percent: f64::from(traffic.mirror_percent.clamp(0, 100)),
+            });
         }
     }
-    config["backends"] = Value::Array(backends);
-    if let Some(affinity) = traffic.affinity {
-        let source = match affinity.source {
-            AffinitySource::Header => "header",
-            AffinitySource::Cookie => "cookie",
-            AffinitySource::SourceIp => "sourceIP",
-        };
-        let mut stickiness = json!({"source": source, "virtualNodes": affinity.virtual_nodes});
-        if let Some(name) = &affinity.name {
-            stickiness["name"] = json!(name);
+    config.stickiness = traffic.affinity.map(|affinity| {
+        let mut stickiness = StickinessConfig::new(affinity.source, affinity.name.clone());
+        // The CRD bounds virtualNodes to 1-1000, so the conversion keeps every admitted value.
+        if let Ok(virtual_nodes) = u32::try_from(affinity.virtual_nodes) {
+            stickiness.virtual_nodes = virtual_nodes;
         }
-        config["stickiness"] = stickiness;
-    }
+        stickiness
+    });
     config
 }
 
 /// Port an injected request splitter listens on when its `listenPort` setting does not say.
-pub const INJECTED_SPLITTER_PORT: i32 = 15001;
+pub const INJECTED_SPLITTER_PORT: i32 = INJECTED_SPLITTER_LISTEN_PORT as i32;
+const INJECTED_SPLITTER_LISTEN_PORT: u16 = 15001;
 
 /// Where a request splitter injected into a service's pods listens, and the app port it forwards to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,15 +243,20 @@ pub fn injected_splitter(spec: &ReplicatedServiceSpec) -> Option<Result<Injected
 }
 
 /// The injected splitter's configuration: listen on its port, forward to the app on loopback.
-pub fn injected_splitter_config(splitter: InjectedSplitter) -> Value {
-    json!({
-        "listen": format!("0.0.0.0:{}", splitter.listen_port),
-        "backends": [{"name": "app", "endpoints": [format!("127.0.0.1:{}", splitter.app_port)], "maxRetries": 1}],
-    })
+pub fn injected_splitter_config(splitter: InjectedSplitter) -> SplitterConfig {
+    // `injected_splitter` admits only ports from 1 to 65535, so the conversion keeps the port.
+    let listen_port = u16::try_from(splitter.listen_port).unwrap_or(INJECTED_SPLITTER_LISTEN_PORT);
+    SplitterConfig::new(
+        SocketAddr::from(([0, 0, 0, 0], listen_port)),
+        vec![BackendConfig {
+            max_retries: 1,
+            ..BackendConfig::new("app", vec![format!("127.0.0.1:{}", splitter.app_port)])
+        }],
+    )
 }
 
 /// The splitter's ConfigMap.
-pub fn splitter_config_map(owner: &Owner, config: &Value) -> ConfigMap {
+pub fn splitter_config_map(owner: &Owner, config: &SplitterConfig) -> ConfigMap {
     ConfigMap {
         metadata: meta(owner, &splitter_name(&owner.name), &[]),
         data: Some(BTreeMap::from([(
@@ -375,6 +377,10 @@ pub fn splitter_deployment(owner: &Owner, image: &str, replicas: i32) -> Deploym
 
 #[cfg(test)]
 mod tests {
+    use outrigger_api::common::AffinitySource;
+    use outrigger_contract::{RouteMatch, ValueMatch};
+    use serde_json::{json, Value};
+
     use super::*;
 
     fn strategy() -> CanaryStrategy {
@@ -447,12 +453,17 @@ mod tests {
                 ..
             }))
         ));
+        let config = injected_splitter_config(InjectedSplitter {
+            listen_port: 8000,
+            app_port: 8080,
+        });
+        assert_eq!(config.listen, SocketAddr::from(([0, 0, 0, 0], 8000)));
         assert_eq!(
-            injected_splitter_config(InjectedSplitter {
-                listen_port: 8000,
-                app_port: 8080
-            }),
-            json!({"listen": "0.0.0.0:8000", "backends": [{"name": "app", "endpoints": ["127.0.0.1:8080"], "maxRetries": 1}]})
+            config.backends,
+            [BackendConfig {
+                max_retries: 1,
+                ..BackendConfig::new("app", vec!["127.0.0.1:8080".to_owned()])
+            }]
         );
     }
 
@@ -467,12 +478,8 @@ mod tests {
             strategy: &strategy,
             affinity: None,
         });
-        assert_eq!(config["backends"].as_array().unwrap().len(), 1);
-        assert!(
-            config.get("weights").is_none()
-                && config.get("routes").is_none()
-                && config.get("mirror").is_none()
-        );
+        assert_eq!(config.backends.len(), 1);
+        assert!(config.weights.is_empty() && config.routes.is_empty() && config.mirror.is_none());
     }
 
     #[test]
@@ -488,15 +495,35 @@ mod tests {
             strategy: &strategy,
             affinity: Some(&affinity),
         });
-        assert_eq!(config["weights"], json!({"stable": 70, "canary": 30}));
         assert_eq!(
-            config["routes"][0],
-            json!({"name": "testers", "match": {"header": {"name": "x-canary", "exact": "always"}}, "backend": "canary"})
+            config.weights,
+            BTreeMap::from([("stable".to_owned(), 70), ("canary".to_owned(), 30)])
         );
-        assert_eq!(config["mirror"], json!({"backend": "canary", "percent": 20}));
         assert_eq!(
-            config["stickiness"],
-            json!({"source": "cookie", "name": "sid", "virtualNodes": 160})
+            config.routes,
+            [RouteConfig {
+                name: "testers".to_owned(),
+                matcher: RouteMatch::Header(ValueMatch {
+                    name: "x-canary".to_owned(),
+                    exact: Some("always".to_owned()),
+                    regex: None,
+                }),
+                backend: "canary".to_owned(),
+            }]
+        );
+        assert_eq!(
+            config.mirror,
+            Some(MirrorConfig {
+                backend: "canary".to_owned(),
+                percent: 20.0
+            })
+        );
+        assert_eq!(
+            config.stickiness,
+            Some(StickinessConfig::new(
+                AffinitySource::Cookie,
+                Some("sid".to_owned())
+            ))
         );
     }
 }

@@ -25,7 +25,10 @@ use outrigger_api::{
     rollout::CanaryStrategy,
     ReplicatedService,
 };
-use serde::Serialize;
+use outrigger_contract::{
+    sidecars::{SidecarsConfig, TrackConfig, SIDECARS_CONFIG_KEY},
+    ApiVersion,
+};
 use serde_json::{json, Value};
 
 use crate::{
@@ -38,7 +41,7 @@ use crate::{
 };
 
 /// Key of the sidecar configuration inside the service's ConfigMap.
-pub const SIDECAR_CONFIG_KEY: &str = "sidecars.json";
+pub const SIDECAR_CONFIG_KEY: &str = SIDECARS_CONFIG_KEY;
 
 /// Which PodDisruptionBudget API the cluster serves (discovered by the caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,35 +373,23 @@ fn service(
 }
 
 /// The configuration the sidecars of a ReplicatedService read from its ConfigMap.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SidecarConfig<'a> {
-    service: &'a str,
-    namespace: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    session_affinity: Option<&'a SessionAffinity>,
-    sidecars: BTreeMap<&'a str, &'a BTreeMap<String, String>>,
-    tracks: BTreeMap<&'a str, TrackConfig>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-struct TrackConfig {
-    weight: i32,
-}
-
 fn sidecar_config_json(
     owner: &Owner,
     affinity: Option<&SessionAffinity>,
     sidecars: &[SidecarSpec],
 ) -> Result<String, BuildError> {
-    let config = SidecarConfig {
-        service: &owner.name,
-        namespace: &owner.namespace,
-        session_affinity: affinity,
-        sidecars: sidecars.iter().map(|s| (s.name.as_str(), &s.settings)).collect(),
-        tracks: BTreeMap::from([("stable", TrackConfig { weight: 100 })]),
+    let config = SidecarsConfig {
+        api_version: ApiVersion::default(),
+        service: owner.name.clone(),
+        namespace: owner.namespace.clone(),
+        session_affinity: affinity.cloned(),
+        sidecars: sidecars
+            .iter()
+            .map(|sidecar| (sidecar.name.as_str().to_owned(), sidecar.settings.clone()))
+            .collect(),
+        tracks: BTreeMap::from([(STABLE.to_owned(), TrackConfig { weight: 100 })]),
     };
-    serde_json::to_string_pretty(&config).map_err(|error| BuildError::Serialize {
+    config.to_json().map_err(|error| BuildError::Serialize {
         what: "sidecar config",
         message: error.to_string(),
     })

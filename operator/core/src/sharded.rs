@@ -17,8 +17,12 @@ use k8s_openapi::{
 };
 use outrigger_api::{
     common::condition_type,
-    sharded::{ShardEndpoints, ShardMap, ShardProtocol, ShardStatus, SHARD_MAP_KEY},
+    sharded::{ShardProtocol, ShardStatus},
     ShardedService,
+};
+use outrigger_contract::{
+    shard_map::{ShardEndpoints, ShardMap, SHARD_MAP_KEY},
+    ApiVersion,
 };
 
 use crate::{
@@ -148,6 +152,7 @@ pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
         });
     }
     let map = ShardMap {
+        api_version: ApiVersion::default(),
         protocol: spec.protocol,
         function: spec.sharding.function,
         hash: spec.sharding.hash,
@@ -157,7 +162,7 @@ pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
         shards,
         key_ranges: spec.sharding.key_ranges.clone(),
     };
-    let map_json = serde_json::to_string_pretty(&map).map_err(|error| BuildError::Serialize {
+    let map_json = map.to_json().map_err(|error| BuildError::Serialize {
         what: "shard map",
         message: error.to_string(),
     })?;
@@ -247,7 +252,7 @@ mod tests {
     }
 
     fn map(children: &Children) -> ShardMap {
-        serde_json::from_str(&children.shard_map.data.as_ref().unwrap()[SHARD_MAP_KEY]).unwrap()
+        ShardMap::from_json(children.shard_map.data.as_ref().unwrap()[SHARD_MAP_KEY].as_bytes()).unwrap()
     }
 
     #[test]

@@ -435,26 +435,13 @@ fn session_affinity(problems: &mut Problems, affinity: &SessionAffinity) {
 
 #[cfg(test)]
 mod tests {
+    use outrigger_contract::json::merge_patch;
     use serde_json::{json, Value};
 
     use super::*;
 
     fn merged(mut base: Value, patch: Value) -> Value {
-        fn merge(target: &mut Value, patch: &Value) {
-            match (target, patch) {
-                (Value::Object(target), Value::Object(patch)) => {
-                    for (key, value) in patch {
-                        if value.is_null() {
-                            target.remove(key);
-                        } else {
-                            merge(target.entry(key.clone()).or_insert(Value::Null), value);
-                        }
-                    }
-                }
-                (target, patch) => *target = patch.clone(),
-            }
-        }
-        merge(&mut base, &patch);
+        merge_patch(&mut base, &patch);
         base
     }
 

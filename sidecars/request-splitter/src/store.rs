@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 
 use crate::{
-    config::{merge_patch, ConfigError, SplitterConfig},
+    config::{merge_patch, ConfigError, SplitterConfig, SplitterConfigExt},
     metrics::{Metrics, ReloadLabels, RouteLabels},
     routing::Router,
     upstream::{Backend, Resources},

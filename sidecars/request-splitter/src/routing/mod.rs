@@ -304,6 +304,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::SplitterConfigExt;
 
     fn router(extra: serde_json::Value) -> Router {
         let mut value = json!({

@@ -871,7 +871,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::config::{ConfigDuration, OutlierConfig, SplitterConfig};
+    use crate::config::{ConfigDuration, OutlierConfig, SplitterConfig, SplitterConfigExt};
 
     fn backends(resources: &Resources, endpoints: &[&str]) -> Vec<Backend> {
         let config = SplitterConfig::from_value(json!({
