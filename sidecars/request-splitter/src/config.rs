@@ -277,6 +277,9 @@ pub struct LimitsConfig {
     /// Largest request head (request line and headers); larger gets 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: u32,
+    /// Most header fields in a request (HTTP/1 lines or HTTP/2 fields); more gets 431.
+    #[serde(default = "default_max_header_count")]
+    pub max_header_count: u32,
     /// How long a client may take to send a request head (and how long an idle keep-alive
     /// connection stays open).
     #[serde(default = "default_header_read_timeout")]
@@ -301,6 +304,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_header_bytes: default_max_header_bytes(),
+            max_header_count: default_max_header_count(),
             header_read_timeout: default_header_read_timeout(),
             max_connections: default_max_connections(),
             max_buffered_body_bytes: default_max_buffered_body_bytes(),
@@ -312,6 +316,11 @@ impl Default for LimitsConfig {
 
 fn default_max_header_bytes() -> u32 {
     16 * 1024
+}
+
+fn default_max_header_count() -> u32 {
+    // Above what browsers and API clients send with room to spare, and the same on every protocol.
+    200
 }
 
 fn default_header_read_timeout() -> ConfigDuration {
@@ -664,6 +673,9 @@ impl LimitsConfig {
         if !(1_024..=1_048_576).contains(&self.max_header_bytes) {
             problems.push("limits.maxHeaderBytes", "must be between 1024 and 1048576");
         }
+        if !(16..=1_024).contains(&self.max_header_count) {
+            problems.push("limits.maxHeaderCount", "must be between 16 and 1024");
+        }
         if self.header_read_timeout.0.is_zero() {
             problems.push("limits.headerReadTimeout", "must be more than 0");
         }
@@ -779,6 +791,7 @@ mod tests {
         assert_eq!(config.backends[1].protocol, UpstreamProtocol::H2c);
         assert_eq!(config.weight_vector(), vec![90, 10]);
         assert_eq!(config.limits.max_header_bytes, 16 * 1024);
+        assert_eq!(config.limits.max_header_count, 200);
         assert!(config.access_log);
     }
 
@@ -801,7 +814,7 @@ mod tests {
             "stickiness": {"source": "header"},
             "routes": [{"name": "r", "match": {"cookie": {"name": "c", "exact": "a", "regex": "("}}, "backend": "ghost"}],
             "mirror": {"backend": "ghost", "percent": 120},
-            "limits": {"maxHeaderBytes": 10},
+            "limits": {"maxHeaderBytes": 10, "maxHeaderCount": 2000},
             "outlierDetection": {"consecutiveFailures": 0}
         }));
         let expected = [
@@ -820,6 +833,7 @@ mod tests {
             "mirror.backend: no backend is named \"ghost\"",
             "mirror.percent: must be between 0 and 100",
             "limits.maxHeaderBytes: must be between 1024 and 1048576",
+            "limits.maxHeaderCount: must be between 16 and 1024",
             "outlierDetection.consecutiveFailures: must be at least 1",
         ];
         for needle in expected {

@@ -803,6 +803,8 @@ type EndpointStates = HashMap<(String, String), (Arc<EndpointHealth>, Arc<Connec
 /// What outlives configuration generations: endpoint health and connection pools.
 pub struct Resources {
     endpoints: Mutex<EndpointStates>,
+    /// The backends of the last generation built, whose metric series are exported.
+    names: Mutex<Vec<String>>,
     workers: usize,
 }
 
@@ -811,6 +813,7 @@ impl Resources {
     pub fn new(workers: usize) -> Resources {
         Resources {
             endpoints: Mutex::default(),
+            names: Mutex::default(),
             workers: workers.max(1),
         }
     }
@@ -861,6 +864,15 @@ impl Resources {
             });
         }
         *known = kept;
+        drop(known);
+        let mut names = lock(&self.names);
+        for gone in names
+            .iter()
+            .filter(|name| !configs.iter().any(|config| &config.name == *name))
+        {
+            metrics.remove_backend(gone);
+        }
+        *names = configs.iter().map(|config| config.name.clone()).collect();
         backends
     }
 }
