@@ -639,7 +639,9 @@ impl Exchange {
         endpoint: usize,
         retries: u32,
     ) -> BoxedResponse {
-        let (mut parts, body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
+        let served_by = &self.active.backends[backend];
+        body.set_idle_timeout(served_by.timeout, served_by.metrics.timeouts.clone());
         if !body.hop_by_hop_removed() {
             hop_by_hop::strip(
                 &mut parts.headers,
@@ -822,17 +824,22 @@ async fn wait_for_backend<F: Future>(
         if let Ok(output) = tokio::time::timeout_at(deadline, sent.as_mut()).await {
             return Ok(output);
         }
-        // The timer only fires late: the upload moved on since it was set, so it is set again
-        // from the moment the current wait began.
+        // The upload may have moved on since the timer was set: it is set again from the moment
+        // the current wait began. While the client is waited for, the next look comes no later
+        // than the backend's timeout, the earliest a wait for the backend starting now could end.
         let (waiting, waited) = upload.waiting();
-        let (limit, silent) = match waiting {
-            Waiting::Client => (client_timeout, Silent::Client),
-            Waiting::Backend | Waiting::ClientFailed => (timeout, Silent::Backend),
+        let left = match waiting {
+            Waiting::Client => client_timeout
+                .checked_sub(waited)
+                .filter(|left| !left.is_zero())
+                .ok_or(Silent::Client)?
+                .min(timeout),
+            Waiting::Backend | Waiting::ClientFailed => timeout
+                .checked_sub(waited)
+                .filter(|left| !left.is_zero())
+                .ok_or(Silent::Backend)?,
         };
-        match limit.checked_sub(waited).filter(|left| !left.is_zero()) {
-            Some(left) => deadline = tokio::time::Instant::now() + left,
-            None => return Err(silent),
-        }
+        deadline = tokio::time::Instant::now() + left;
     }
 }
 
