@@ -169,6 +169,8 @@ impl Body for Upload {
 }
 
 /// A response body on its way to the client.
+// Not boxed: that would cost an allocation per response; the response itself is boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ResponseBody {
     Upstream(UpstreamBody),
