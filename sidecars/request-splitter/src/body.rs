@@ -239,3 +239,57 @@ impl Body for ResponseBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::VecDeque, task::Waker};
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// A client body that plays a script: `None` is a poll with nothing there yet.
+    struct Scripted(VecDeque<Option<Result<&'static str, &'static str>>>);
+
+    impl Body for Scripted {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            match self.get_mut().0.pop_front() {
+                None => Poll::Ready(None),
+                Some(None) => Poll::Pending,
+                Some(Some(Ok(data))) => {
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(data.as_bytes())))))
+                }
+                Some(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            }
+        }
+    }
+
+    #[test]
+    fn an_upload_says_whether_it_waits_for_the_client_or_the_backend_or_the_client_failed() {
+        let progress = Arc::new(UploadProgress::default());
+        let script = [None, Some(Ok("part")), Some(Err("malformed chunk"))];
+        let client = Scripted(script.into_iter().collect());
+        let mut upload = Upload::new(client.boxed_unsync(), progress.clone());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert_eq!(
+            progress.waiting().0,
+            Waiting::Backend,
+            "connecting is the backend's time"
+        );
+        assert!(Pin::new(&mut upload).poll_frame(&mut cx).is_pending());
+        assert_eq!(progress.waiting().0, Waiting::Client);
+        assert!(Pin::new(&mut upload).poll_frame(&mut cx).is_ready());
+        assert_eq!(progress.waiting().0, Waiting::Backend);
+        assert!(matches!(
+            Pin::new(&mut upload).poll_frame(&mut cx),
+            Poll::Ready(Some(Err(_)))
+        ));
+        assert_eq!(progress.waiting().0, Waiting::ClientFailed);
+    }
+}

@@ -489,3 +489,41 @@ where
     connection.as_mut().graceful();
     connection.await
 }
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    #[test]
+    fn readiness_needs_serving_and_no_listener_paused() {
+        let admin = AdminState::new(Registry::default());
+        let readiness = Readiness::new(admin.clone(), Gauge::default());
+        assert!(!admin.is_ready(), "not before the listener is up");
+        readiness.set_serving(true);
+        assert!(admin.is_ready());
+        // Two workers' listeners pause; readiness returns only when both resume.
+        readiness.pause();
+        readiness.pause();
+        readiness.resume();
+        assert!(!admin.is_ready());
+        readiness.resume();
+        assert!(admin.is_ready());
+        // A pause ending during the drain does not make the process ready again.
+        readiness.pause();
+        readiness.set_serving(false);
+        readiness.resume();
+        assert!(!admin.is_ready());
+    }
+
+    #[test]
+    fn only_running_out_of_descriptors_or_memory_pauses_accepting() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(is_exhaustion(&io::Error::from_raw_os_error(errno)), "{errno}");
+        }
+        for errno in [libc::ECONNABORTED, libc::EPERM, libc::EINTR] {
+            assert!(!is_exhaustion(&io::Error::from_raw_os_error(errno)), "{errno}");
+        }
+    }
+}
