@@ -641,7 +641,7 @@ impl Exchange {
     ) -> BoxedResponse {
         let (mut parts, mut body) = response.into_parts();
         let served_by = &self.active.backends[backend];
-        body.set_idle_timeout(served_by.timeout, served_by.metrics.timeouts.clone());
+        body.set_idle_timeout(served_by.timeout, &served_by.metrics.timeouts);
         if !body.hop_by_hop_removed() {
             hop_by_hop::strip(
                 &mut parts.headers,

@@ -195,6 +195,9 @@ pub struct ConnectionPool {
     address: String,
     protocol: UpstreamProtocol,
     slots: Box<[Slot]>,
+    /// The backend's `upstream_errors_total{kind="timeout"}`, for response bodies cut off: a
+    /// direct exchange's body reaches it through the pool it already holds.
+    timeouts: Counter,
 }
 
 impl std::fmt::Debug for ConnectionPool {
@@ -214,11 +217,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ConnectionPool {
-    pub fn new(address: &str, protocol: UpstreamProtocol, workers: usize) -> Arc<ConnectionPool> {
+    pub fn new(
+        address: &str,
+        protocol: UpstreamProtocol,
+        workers: usize,
+        timeouts: Counter,
+    ) -> Arc<ConnectionPool> {
         Arc::new(ConnectionPool {
             address: address.to_owned(),
             protocol,
             slots: (0..workers.max(1)).map(|_| Slot::default()).collect(),
+            timeouts,
         })
     }
 
@@ -541,8 +550,9 @@ pub struct UpstreamBody {
 /// while the client is slow to take the bytes, nobody polls the body and no time is counted.
 struct Idle {
     timeout: Duration,
-    /// Counts the endpoint's silences (`upstream_errors_total{kind="timeout"}`).
-    timeouts: Counter,
+    /// Counts the endpoint's silences (`upstream_errors_total{kind="timeout"}`); a direct
+    /// exchange's body counts them through its pool, without a copy of the handle per response.
+    timeouts: Option<Counter>,
     /// Made on the first wait: a body that is in the buffer at once never needs one.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When the current wait for the endpoint began; `None` while the body is not waiting.
@@ -583,7 +593,11 @@ impl UpstreamBody {
 
     /// Ends the body with an error when the endpoint sends nothing for `timeout` while the body
     /// waits for it, counting it in `timeouts`.
-    pub fn set_idle_timeout(&mut self, timeout: Duration, timeouts: Counter) {
+    pub fn set_idle_timeout(&mut self, timeout: Duration, timeouts: &Counter) {
+        let timeouts = match self.kind {
+            BodyKind::Direct(_) => None,
+            BodyKind::Hyper { .. } => Some(timeouts.clone()),
+        };
         self.idle = Some(Idle {
             timeout,
             timeouts,
@@ -607,12 +621,18 @@ impl UpstreamBody {
         // that waits often does not touch the timer wheel each time.
         while std::future::Future::poll(timer.as_mut(), cx).is_ready() {
             if tokio::time::Instant::now() >= deadline {
-                idle.timeouts.inc();
                 let timeout = idle.timeout;
-                self.idle = None;
-                if let BodyKind::Direct(body) = &mut self.kind {
-                    body.stream = None;
+                match (idle.timeouts.take(), &mut self.kind) {
+                    (Some(timeouts), _) => {
+                        timeouts.inc();
+                    }
+                    (None, BodyKind::Direct(body)) => {
+                        body.pool.timeouts.inc();
+                        body.stream = None;
+                    }
+                    (None, BodyKind::Hyper { .. }) => {}
                 }
+                self.idle = None;
                 return Poll::Ready(Some(Err(Box::new(UpstreamError::BodyTimeout(timeout)))));
             }
             timer.as_mut().reset(deadline);
@@ -893,6 +913,8 @@ impl Resources {
         let mut kept = HashMap::new();
         let mut backends = Vec::with_capacity(configs.len());
         for config in configs {
+            let backend_metrics = metrics.backend(&config.name);
+            let timeouts = &backend_metrics.timeouts;
             let endpoints = config
                 .endpoints
                 .iter()
@@ -903,11 +925,11 @@ impl Resources {
                         Some((health, pool)) if pool.protocol == config.protocol => (health, pool),
                         Some((health, _)) => (
                             health,
-                            ConnectionPool::new(address, config.protocol, self.workers),
+                            ConnectionPool::new(address, config.protocol, self.workers, timeouts.clone()),
                         ),
                         None => (
                             Arc::default(),
-                            ConnectionPool::new(address, config.protocol, self.workers),
+                            ConnectionPool::new(address, config.protocol, self.workers, timeouts.clone()),
                         ),
                     };
                     kept.insert(id, (health.clone(), pool.clone()));
@@ -928,7 +950,7 @@ impl Resources {
                 timeout: config.timeout.0,
                 connect_timeout: config.connect_timeout.0,
                 max_retries: config.max_retries,
-                metrics: metrics.backend(&config.name),
+                metrics: backend_metrics,
             });
         }
         *known = kept;
