@@ -306,6 +306,9 @@ pub struct LimitsConfig {
     /// Largest request head (request line and headers); larger gets 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: u32,
+    /// Most header fields in a request (HTTP/1 lines or HTTP/2 fields); more gets 431.
+    #[serde(default = "default_max_header_count")]
+    pub max_header_count: u32,
     /// How long a client may take to send a request head (and how long an idle keep-alive
     /// connection stays open).
     #[serde(default = "default_header_read_timeout")]
@@ -330,6 +333,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_header_bytes: default_max_header_bytes(),
+            max_header_count: default_max_header_count(),
             header_read_timeout: default_header_read_timeout(),
             max_connections: default_max_connections(),
             max_buffered_body_bytes: default_max_buffered_body_bytes(),
@@ -341,6 +345,11 @@ impl Default for LimitsConfig {
 
 fn default_max_header_bytes() -> u32 {
     16 * 1024
+}
+
+fn default_max_header_count() -> u32 {
+    // Above what browsers and API clients send with room to spare, and the same on every protocol.
+    200
 }
 
 fn default_header_read_timeout() -> ConfigDuration {

@@ -306,6 +306,9 @@ fn check_limits(limits: &LimitsConfig, problems: &mut Problems) {
     if limits.header_read_timeout.0.is_zero() {
         problems.push("limits.headerReadTimeout", "must be more than 0");
     }
+    if !(16..=1_024).contains(&limits.max_header_count) {
+        problems.push("limits.maxHeaderCount", "must be between 16 and 1024");
+    }
     if limits.max_connections == 0 {
         problems.push("limits.maxConnections", "must be at least 1");
     }
@@ -317,6 +320,7 @@ fn check_limits(limits: &LimitsConfig, problems: &mut Problems) {
     }
     if !(1..=65_536).contains(&limits.mirror_in_flight) {
         problems.push("limits.mirrorInFlight", "must be between 1 and 65536");
+    }
     }
 }
 
@@ -397,6 +401,7 @@ mod tests {
         assert_eq!(config.backends[1].protocol, UpstreamProtocol::H2c);
         assert_eq!(config.weight_vector(), vec![90, 10]);
         assert_eq!(config.limits.max_header_bytes, 16 * 1024);
+        assert_eq!(config.limits.max_header_count, 200);
         assert!(config.access_log);
     }
 
@@ -419,7 +424,7 @@ mod tests {
             "stickiness": {"source": "header"},
             "routes": [{"name": "r", "match": {"cookie": {"name": "c", "exact": "a", "regex": "("}}, "backend": "ghost"}],
             "mirror": {"backend": "ghost", "percent": 120},
-            "limits": {"maxHeaderBytes": 10},
+            "limits": {"maxHeaderBytes": 10, "maxHeaderCount": 2000},
             "outlierDetection": {"consecutiveFailures": 0}
         }));
         let expected = [
@@ -438,6 +443,7 @@ mod tests {
             "mirror.backend: no backend is named \"ghost\"",
             "mirror.percent: must be between 0 and 100",
             "limits.maxHeaderBytes: must be between 1024 and 1048576",
+            "limits.maxHeaderCount: must be between 16 and 1024",
             "outlierDetection.consecutiveFailures: must be at least 1",
         ];
         for needle in expected {

@@ -99,6 +99,7 @@ pub struct Metrics {
     pub connections: Counter,
     pub connections_rejected: Counter,
     pub client_errors: Family<ReasonLabels, Counter>,
+    pub accept_paused: Gauge,
     pub config_generation: Gauge,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_last_reload_ok: Gauge,
@@ -124,6 +125,7 @@ impl Metrics {
             connections: Counter::default(),
             connections_rejected: Counter::default(),
             client_errors: Family::default(),
+            accept_paused: Gauge::default(),
             config_generation: Gauge::default(),
             config_reloads: Family::default(),
             config_last_reload_ok: Gauge::default(),
@@ -204,8 +206,13 @@ impl Metrics {
         );
         r.register(
             "client_errors",
-            "Client connections closed for bad input, by reason: malformed, headers_too_large, header_timeout, tls_handshake",
+            "Failures put down to the client, by reason: malformed, headers_too_large, too_many_headers, header_timeout, tls_handshake, request_body, request_body_timeout, connect_method",
             metrics.client_errors.clone(),
+        );
+        r.register(
+            "accept_paused",
+            "Listeners not accepting connections for lack of file descriptors (readiness fails meanwhile)",
+            metrics.accept_paused.clone(),
         );
         r.register(
             "config_generation",
@@ -230,6 +237,7 @@ impl Metrics {
         let backend = || BackendLabels {
             backend: name.to_owned(),
         };
+        let [connect, reset, timeout] = UPSTREAM_ERROR_KINDS;
         let error = |kind| {
             self.upstream_errors.get_or_create_owned(&UpstreamErrorLabels {
                 backend: name.to_owned(),
@@ -246,9 +254,63 @@ impl Metrics {
             latency: self.latency.get_or_create_owned(&backend()),
             retries: self.retries.get_or_create_owned(&backend()),
             ejections: self.ejections.get_or_create_owned(&backend()),
-            connect_errors: error("connect"),
-            reset_errors: error("reset"),
-            timeouts: error("timeout"),
+            connect_errors: error(connect),
+            reset_errors: error(reset),
+            timeouts: error(timeout),
+        }
+    }
+}
+
+/// Outcomes of `mirror_requests`.
+pub const MIRROR_OUTCOMES: [&str; 3] = ["queued", "queue_full", "body_too_large"];
+/// Roles of the mirror comparisons.
+pub const MIRROR_ROLES: [&str; 2] = ["primary", "shadow"];
+/// Kinds of `upstream_errors`.
+const UPSTREAM_ERROR_KINDS: [&str; 3] = ["connect", "reset", "timeout"];
+
+impl Metrics {
+    /// Removes every series of a backend that a reload took away, so that `/metrics` lists only
+    /// the backends in effect. A request still finishing on the old generation counts into
+    /// handles no longer exported.
+    pub fn remove_backend(&self, name: &str) {
+        let backend = name.to_owned();
+        let labels = BackendLabels {
+            backend: backend.clone(),
+        };
+        for class in CLASSES {
+            self.requests.remove(&RequestLabels {
+                backend: backend.clone(),
+                class,
+            });
+        }
+        for kind in UPSTREAM_ERROR_KINDS {
+            self.upstream_errors.remove(&UpstreamErrorLabels {
+                backend: backend.clone(),
+                kind,
+            });
+        }
+        self.latency.remove(&labels);
+        self.retries.remove(&labels);
+        self.ejections.remove(&labels);
+        self.mirror_divergence.remove(&labels);
+        for outcome in MIRROR_OUTCOMES {
+            self.mirror_requests.remove(&MirrorLabels {
+                backend: backend.clone(),
+                outcome,
+            });
+        }
+        for role in MIRROR_ROLES {
+            self.mirror_latency.remove(&RoleLabels {
+                backend: backend.clone(),
+                role,
+            });
+            for class in CLASSES {
+                self.mirror_compared.remove(&CompareLabels {
+                    backend: backend.clone(),
+                    role,
+                    class,
+                });
+            }
         }
     }
 }
@@ -288,5 +350,28 @@ mod tests {
             text.contains("outrigger_splitter_response_latency_seconds_count{backend=\"canary\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_removed_backend_leaves_no_series_behind() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let canary = metrics.backend("canary");
+        let stable = metrics.backend("stable");
+        canary.requests[1].inc();
+        canary.timeouts.inc();
+        stable.requests[1].inc();
+        metrics
+            .mirror_requests
+            .get_or_create(&MirrorLabels {
+                backend: "canary".to_owned(),
+                outcome: "queued",
+            })
+            .inc();
+        metrics.remove_backend("canary");
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("canary"), "{text}");
+        assert!(text.contains("backend=\"stable\""), "{text}");
     }
 }

@@ -24,7 +24,7 @@ use crate::{
     mirror::MirrorQueue,
     proxy::Shared,
     reload,
-    server::{self, Connections},
+    server::{self, Connections, Readiness},
     store::{Applied, ConfigStore},
     tls::{self, TlsError},
     upstream,
@@ -190,7 +190,8 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         limits.mirror_in_flight as usize,
         metrics.clone(),
     );
-    let connections = Connections::new(metrics.active_connections.clone());
+    let readiness = Readiness::new(admin.clone(), metrics.accept_paused.clone());
+    let connections = Connections::new(metrics.active_connections.clone(), readiness);
     let limit = Arc::new(Semaphore::new(limits.max_connections as usize));
     let shared = Arc::new(Shared {
         store: store.clone(),
@@ -239,7 +240,7 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
             shutdown_receiver.clone(),
         )));
     }
-    admin.set_ready(true);
+    connections.readiness().set_serving(true);
     tracing::info!(
         %addr,
         %admin_addr,
@@ -389,16 +390,21 @@ impl Running {
         self.reload_now.notify_one();
     }
 
-    /// Client connections open now.
+    /// Client connections open now, upgraded ones (tunnels) included.
     pub fn open_connections(&self) -> usize {
         self.connections.open()
+    }
+
+    /// The admin state behind `/readyz` and `/metrics`, for a caller in the same process that
+    /// cannot open a connection (out of file descriptors).
+    pub fn admin(&self) -> &AdminState {
+        &self.admin
     }
 
     /// Drains: fails readiness, waits `drain_delay`, closes the listener, lets open connections
     /// finish for at most `drain_timeout`. Returns the connections still open at the deadline.
     pub async fn shutdown(self) -> usize {
         let Running {
-            admin,
             connections,
             shutdown,
             server,
@@ -409,12 +415,13 @@ impl Running {
             drain_delay,
             ..
         } = self;
-        admin.set_ready(false);
+        connections.readiness().set_serving(false);
         tokio::time::sleep(drain_delay).await;
         let _ = shutdown.send(true);
         let _ = server.await;
         let drained = tokio::time::timeout(drain_timeout, connections.all_closed()).await;
-        let left = connections.open();
+        // Tunnels are not waited for (see `Connections`).
+        let left = connections.serving();
         match drained {
             Ok(()) => tracing::info!("Drained every connection."),
             Err(_) => tracing::warn!(

@@ -35,12 +35,19 @@ use crate::{
     sends,
 };
 
-/// Most header lines in a request head, as hyper allows.
-const MAX_HEADERS: usize = 100;
+/// Most header lines the fast path parses (the default `limits.maxHeaderCount`); a head with more
+/// goes to hyper, which applies a larger configured limit.
+const MAX_HEADERS: usize = 200;
 /// First size of a connection's read buffer; it grows for larger heads.
 const READ_BUFFER: usize = 4 * 1024;
 /// Response body frames up to this size are copied next to the head (one write for both).
 const COALESCE: usize = 16 * 1024;
+/// Most response bytes a connection holds before writing them: past this the body is not read
+/// further until the client has taken them, so a slow reader holds back the backend instead of
+/// filling the splitter's memory.
+pub const MAX_UNSENT: usize = 64 * 1024;
+/// A write buffer grown past this by a large response is not kept for the next one.
+const MAX_KEPT_OUT: usize = 2 * MAX_UNSENT;
 
 /// How a connection ended on the fast path.
 pub enum Outcome {
@@ -62,6 +69,7 @@ pub async fn serve(
 ) -> Outcome {
     let header_timeout = limits.header_read_timeout.0;
     let max_head = limits.max_header_bytes as usize;
+    let max_count = limits.max_header_count as usize;
     let mut buffer = BytesMut::with_capacity(READ_BUFFER);
     let mut out = BytesMut::with_capacity(512);
     let mut spans = Vec::new();
@@ -83,7 +91,7 @@ pub async fn serve(
     let ended = 'connection: loop {
         let mut deadline = Instant::now() + header_timeout;
         let request = loop {
-            match parse_request(&mut buffer, max_head, &mut spans) {
+            match parse_request(&mut buffer, (max_head, max_count), &mut spans) {
                 Parsed::Complete(request) => break request,
                 Parsed::Partial => {}
                 Parsed::HandOff => break 'connection Ended::HandOff,
@@ -232,7 +240,11 @@ struct HeaderSpan {
 
 /// Parses the request head at the start of `buffer` (removing it when the request is plain).
 /// `spans` is scratch space that the connection keeps from one request to the next.
-fn parse_request(buffer: &mut BytesMut, max_head: usize, spans: &mut Vec<HeaderSpan>) -> Parsed {
+fn parse_request(
+    buffer: &mut BytesMut,
+    (max_head, max_count): (usize, usize),
+    spans: &mut Vec<HeaderSpan>,
+) -> Parsed {
     if buffer.is_empty() {
         return Parsed::Partial;
     }
@@ -245,6 +257,9 @@ fn parse_request(buffer: &mut BytesMut, max_head: usize, spans: &mut Vec<HeaderS
         // Too large, too many headers or malformed: hyper answers 431 or 400.
         _ => return Parsed::HandOff,
     };
+    if parsed.headers.len() > max_count {
+        return Parsed::HandOff;
+    }
     let (Some(method), Some(path), Some(minor)) = (parsed.method, parsed.path, parsed.version) else {
         return Parsed::HandOff;
     };
@@ -363,6 +378,9 @@ async fn write_response(
         close,
     } = exchange;
     collect(stream, out, pending).await?;
+    if out.capacity() > MAX_KEPT_OUT {
+        *out = BytesMut::with_capacity(512);
+    }
     let (parts, mut body) = (*response).into_parts();
     let unmapped = body.take_unmapped();
     let status = parts.status;
@@ -489,6 +507,12 @@ async fn write_response(
                     }
                     if framing == Framing::Chunked {
                         out.extend_from_slice(b"\r\n");
+                    }
+                    // The socket's pace, not the backend's: while the client reads slowly, the
+                    // write waits and the body is not polled.
+                    if out.len() >= MAX_UNSENT {
+                        stream.write_all(out).await?;
+                        out.clear();
                     }
                 }
                 Err(frame) => {
@@ -624,7 +648,7 @@ mod tests {
 
     fn parse(text: &str) -> (Parsed, BytesMut) {
         let mut buffer = BytesMut::from(text);
-        (parse_request(&mut buffer, 8192, &mut Vec::new()), buffer)
+        (parse_request(&mut buffer, (8192, 200), &mut Vec::new()), buffer)
     }
 
     #[test]
@@ -668,7 +692,7 @@ mod tests {
         let mut large = BytesMut::from("GET / HTTP/1.1\r\nx-big: ");
         large.extend_from_slice(&[b'a'; 200]);
         assert!(matches!(
-            parse_request(&mut large, 100, &mut Vec::new()),
+            parse_request(&mut large, (100, 200), &mut Vec::new()),
             Parsed::HandOff
         ));
         assert!(matches!(

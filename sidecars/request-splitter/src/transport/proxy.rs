@@ -33,7 +33,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::{
     added::{AddedHeaders, FORWARDED_FOR, FORWARDED_PROTO},
-    body::{self, BoxError, RequestBody, ResponseBody},
+    body::{self, BoxError, RequestBody, ResponseBody, Upload, UploadProgress, Waiting},
     config::UpstreamProtocol,
     correlation::{self, RequestId, Trace, TraceId, REQUEST_ID, TRACEPARENT},
     h1::BufferedRequest,
@@ -42,6 +42,7 @@ use crate::{
     metrics::{class_index, Metrics, ReasonLabels},
     mirror::{MirrorJob, MirrorQueue},
     routing::{Choice, Decision},
+    server::Held,
     store::{Active, ConfigStore},
     upstream::{Endpoint, UpstreamBody, UpstreamError},
 };
@@ -68,6 +69,10 @@ pub enum ProxyError {
     RequestBodyTimeout { timeout: Duration },
     #[error("building the upstream request: {source}")]
     Build { source: http::Error },
+    #[error("CONNECT is not served: the splitter is a reverse proxy")]
+    MethodNotAllowed,
+    #[error("{count} header fields, more than the limit of {limit}")]
+    TooManyHeaders { count: usize, limit: u32 },
 }
 
 impl ProxyError {
@@ -91,6 +96,20 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RequestBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+
+    /// For failures the client caused, the `client_errors_total` reason; they never count against
+    /// an endpoint.
+    pub fn client_reason(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::RequestBody { .. } => Some("request_body"),
+            ProxyError::RequestBodyTimeout { .. } => Some("request_body_timeout"),
+            ProxyError::MethodNotAllowed => Some("connect_method"),
+            ProxyError::TooManyHeaders { .. } => Some("too_many_headers"),
+            _ => None,
         }
     }
 
@@ -105,6 +124,8 @@ impl ProxyError {
             ProxyError::RequestBody { .. } => "bad-request-body",
             ProxyError::RequestBodyTimeout { .. } => "request-body-timeout",
             ProxyError::Build { .. } => "bad-upstream-request",
+            ProxyError::MethodNotAllowed => "method-not-allowed",
+            ProxyError::TooManyHeaders { .. } => "too-many-headers",
         }
     }
 
@@ -118,6 +139,8 @@ impl ProxyError {
             ProxyError::RequestBody { .. } => "bad-request-body\n",
             ProxyError::RequestBodyTimeout { .. } => "request-body-timeout\n",
             ProxyError::Build { .. } => "bad-upstream-request\n",
+            ProxyError::MethodNotAllowed => "method-not-allowed\n",
+            ProxyError::TooManyHeaders { .. } => "too-many-headers\n",
         }
     }
 }
@@ -137,25 +160,47 @@ pub struct ConnectionInfo {
     pub tls: bool,
     /// The client's address as a header value, rendered once per connection.
     client_ip: HeaderValue,
+    state: Arc<ConnectionState>,
+}
+
+#[derive(Debug, Default)]
+struct ConnectionState {
     /// Requests received on the connection so far.
-    requests: Arc<AtomicU64>,
+    requests: AtomicU64,
+    /// The connection's place under the connection limit, kept by whoever still uses the
+    /// connection: its requests, and a tunnel once it is upgraded.
+    held: Option<Held>,
 }
 
 impl ConnectionInfo {
+    /// A connection that holds no place under the limit (unit tests).
     pub fn new(remote: SocketAddr, tls: bool) -> ConnectionInfo {
+        ConnectionInfo::with_state(remote, tls, ConnectionState::default())
+    }
+
+    /// A connection of the listener, which counts while this or a copy of it lives.
+    pub fn holding(remote: SocketAddr, tls: bool, held: Held) -> ConnectionInfo {
+        let state = ConnectionState {
+            requests: AtomicU64::new(0),
+            held: Some(held),
+        };
+        ConnectionInfo::with_state(remote, tls, state)
+    }
+
+    fn with_state(remote: SocketAddr, tls: bool, state: ConnectionState) -> ConnectionInfo {
         let client_ip = HeaderValue::from_str(&remote.ip().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         ConnectionInfo {
             remote,
             tls,
             client_ip,
-            requests: Arc::default(),
+            state: Arc::new(state),
         }
     }
 
     /// Requests received on the connection so far.
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.state.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -194,7 +239,7 @@ where
     B::Error: Into<BoxError>,
 {
     let started = Instant::now();
-    connection.requests.fetch_add(1, Ordering::Relaxed);
+    connection.state.requests.fetch_add(1, Ordering::Relaxed);
     let carried = Carried::by(request.headers());
     let upgrade = is_upgrade(&request, &carried);
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -222,6 +267,22 @@ where
             .inc();
         return Box::new(local_response(&error, &request_id));
     };
+    // Refused before routing: what the client asked for, not any backend, is at fault.
+    let limit = active.config.limits.max_header_count;
+    let refusal = if method == Method::CONNECT {
+        Some(ProxyError::MethodNotAllowed)
+    } else if headers.len() > limit as usize {
+        // HTTP/1 heads with too many lines are refused while parsed; this is HTTP/2's check.
+        Some(ProxyError::TooManyHeaders {
+            count: headers.len(),
+            limit,
+        })
+    } else {
+        None
+    };
+    if let Some(error) = refusal {
+        return Box::new(refuse(&shared, &error, &request_id, version));
+    }
     let trace = if carried.traceparent {
         correlation::trace(&mut headers)
     } else {
@@ -241,7 +302,7 @@ where
     let added = prepare_request_headers(
         &mut headers,
         &carried,
-        &uri,
+        (&uri, version),
         connection,
         upgrade,
         &request_id,
@@ -261,8 +322,49 @@ where
         started,
     };
     match on_upgrade {
-        Some(on_upgrade) => exchange.tunnel(on_upgrade).await,
+        Some(on_upgrade) => exchange.tunnel(on_upgrade, connection.clone()).await,
         None => exchange.forward(body).await,
+    }
+}
+
+/// The splitter's answer to a request it refuses outright, counted as the client's error.
+fn refuse(
+    shared: &Shared,
+    error: &ProxyError,
+    request_id: &RequestId,
+    version: Version,
+) -> Response<ResponseBody> {
+    shared
+        .metrics
+        .local_responses
+        .get_or_create(&ReasonLabels {
+            reason: error.reason(),
+        })
+        .inc();
+    count_client_error(shared, error);
+    let mut response = local_response(error, request_id);
+    if let ProxyError::MethodNotAllowed = error {
+        response.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+        );
+        // Bytes a CONNECT client sends next are meant for a tunnel, not HTTP: close after this.
+        if version < Version::HTTP_2 {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    response
+}
+
+fn count_client_error(shared: &Shared, error: &ProxyError) {
+    if let Some(reason) = error.client_reason() {
+        shared
+            .metrics
+            .client_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 }
 
@@ -297,6 +399,7 @@ impl Exchange {
         let idempotent = is_idempotent(&self.method);
         let wants_buffer =
             mirror_to.is_some() || (idempotent && active.backends[self.decision.backend].max_retries > 0);
+        let mut upload = None;
         let body = if body.is_end_stream() {
             RequestBody::Buffered(None)
         } else if wants_buffer
@@ -311,7 +414,9 @@ impl Exchange {
                 Err(_) => return self.finish_local(ProxyError::RequestBodyTimeout { timeout }, 0),
             }
         } else {
-            RequestBody::Stream(body.map_err(Into::into).boxed_unsync())
+            let progress = Arc::new(UploadProgress::default());
+            upload = Some(progress.clone());
+            RequestBody::Stream(Upload::new(body.map_err(Into::into).boxed_unsync(), progress))
         };
         if let (Some(backend), RequestBody::Stream(_)) = (mirror_to, &body) {
             self.shared
@@ -328,7 +433,7 @@ impl Exchange {
             self.added.insert_into(&mut headers);
             (backend, headers, copy)
         });
-        let (result, retries) = self.attempts(body, idempotent).await;
+        let (result, retries) = self.attempts(body, idempotent, upload.as_deref()).await;
         let response = match result {
             Ok((response, (backend, endpoint))) => self.finish_upstream(response, backend, endpoint, retries),
             Err(error) => self.finish_local(error, retries),
@@ -354,6 +459,7 @@ impl Exchange {
         &mut self,
         body: RequestBody,
         idempotent: bool,
+        upload: Option<&UploadProgress>,
     ) -> (Result<(Response<UpstreamBody>, Served), ProxyError>, u32) {
         let active = self.active.clone();
         let replayable = body.replay().is_some();
@@ -448,7 +554,8 @@ impl Exchange {
                     }
                 }
             };
-            let error = match tokio::time::timeout(backend.timeout, sent).await {
+            let body_timeout = active.config.limits.header_read_timeout.0;
+            let error = match wait_for_backend(sent, backend.timeout, upload, body_timeout).await {
                 Ok(Ok(response)) => {
                     if is_gateway_error(response.status()) {
                         self.record_failure(backend_index, endpoint);
@@ -457,8 +564,22 @@ impl Exchange {
                     }
                     return (Ok((response, (backend_index, endpoint_index))), retries);
                 }
-                Ok(Err(source)) => ProxyError::from_upstream(&endpoint.address, source),
-                Err(_) => ProxyError::Timeout {
+                Ok(Err(source)) => {
+                    // The exchange failed because the client's body did: the client's failure,
+                    // not the endpoint's.
+                    if upload.is_some_and(|upload| upload.waiting().0 == Waiting::ClientFailed) {
+                        let source = Box::new(source) as BoxError;
+                        return (Err(ProxyError::RequestBody { source }), retries);
+                    }
+                    ProxyError::from_upstream(&endpoint.address, source)
+                }
+                Err(Silent::Client) => {
+                    let error = ProxyError::RequestBodyTimeout {
+                        timeout: body_timeout,
+                    };
+                    return (Err(error), retries);
+                }
+                Err(Silent::Backend) => ProxyError::Timeout {
                     endpoint: endpoint.address.clone(),
                     timeout: backend.timeout,
                 },
@@ -518,7 +639,9 @@ impl Exchange {
         endpoint: usize,
         retries: u32,
     ) -> BoxedResponse {
-        let (mut parts, body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
+        let served_by = &self.active.backends[backend];
+        body.set_idle_timeout(served_by.timeout, &served_by.metrics.timeouts);
         if !body.hop_by_hop_removed() {
             hop_by_hop::strip(
                 &mut parts.headers,
@@ -540,6 +663,7 @@ impl Exchange {
                 reason: error.reason(),
             })
             .inc();
+        count_client_error(&self.shared, &error);
         // Debug, not warn: during an outage this would be one line per request. The access log,
         // the metrics and the ejection warnings say it at a bounded rate.
         tracing::debug!(
@@ -606,7 +730,7 @@ impl Exchange {
     }
 
     /// WebSocket and other `Upgrade` requests: one attempt, then bytes copied both ways.
-    async fn tunnel(mut self, on_upgrade: OnUpgrade) -> BoxedResponse {
+    async fn tunnel(mut self, on_upgrade: OnUpgrade, connection: ConnectionInfo) -> BoxedResponse {
         let active = self.active.clone();
         let backend_index = self.decision.backend;
         let backend = &active.backends[backend_index];
@@ -653,6 +777,9 @@ impl Exchange {
             tokio::spawn(async move {
                 match tokio::try_join!(on_upgrade, upstream) {
                     Ok((client, upstream)) => {
+                        // The client connection stays counted (and under the limit) as long as
+                        // the tunnel: `connection` holds its place, which this marks as a tunnel.
+                        let _tunnel = connection.state.held.as_ref().map(Held::tunnel);
                         let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
                         if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                             tracing::debug!(%error, request_id = request_id.as_str(), "Tunnel closed with an error.");
@@ -665,6 +792,54 @@ impl Exchange {
             });
         }
         self.finish_upstream(response, backend_index, endpoint_index, 0)
+    }
+}
+
+/// Who went silent for too long while an attempt waited for its response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Silent {
+    /// The backend, for its `timeout`: it took no more of the body, or did not answer it.
+    Backend,
+    /// The client, for `headerReadTimeout`: it sent no more of its streamed body.
+    Client,
+}
+
+/// Waits for an attempt's response head. The backend's `timeout` counts only the time the
+/// exchange waits for the backend: with a streamed body, not the time the client takes to send
+/// it. Without one, the whole wait is the backend's.
+async fn wait_for_backend<F: Future>(
+    sent: F,
+    timeout: Duration,
+    upload: Option<&UploadProgress>,
+    client_timeout: Duration,
+) -> Result<F::Output, Silent> {
+    let Some(upload) = upload else {
+        return tokio::time::timeout(timeout, sent)
+            .await
+            .map_err(|_| Silent::Backend);
+    };
+    let mut sent = std::pin::pin!(sent);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(output) = tokio::time::timeout_at(deadline, sent.as_mut()).await {
+            return Ok(output);
+        }
+        // The upload may have moved on since the timer was set: it is set again from the moment
+        // the current wait began. While the client is waited for, the next look comes no later
+        // than the backend's timeout, the earliest a wait for the backend starting now could end.
+        let (waiting, waited) = upload.waiting();
+        let left = match waiting {
+            Waiting::Client => client_timeout
+                .checked_sub(waited)
+                .filter(|left| !left.is_zero())
+                .ok_or(Silent::Client)?
+                .min(timeout),
+            Waiting::Backend | Waiting::ClientFailed => timeout
+                .checked_sub(waited)
+                .filter(|left| !left.is_zero())
+                .ok_or(Silent::Backend)?,
+        };
+        deadline = tokio::time::Instant::now() + left;
     }
 }
 
@@ -786,19 +961,23 @@ impl Carried {
 fn prepare_request_headers(
     headers: &mut HeaderMap,
     carried: &Carried,
-    uri: &Uri,
+    (uri, version): (&Uri, Version),
     connection: &ConnectionInfo,
     upgrade: bool,
     request_id: &RequestId,
     trace: &Trace,
 ) -> AddedHeaders {
     hop_by_hop::strip_present(headers, carried.hop_by_hop, upgrade);
-    if !carried.host {
-        // HTTP/2 clients send `:authority` instead; keep it as the backend's Host.
-        if let Some(value) = uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
+    // HTTP/2 clients send `:authority` instead of `host`; keep it as the backend's Host. An HTTP/1
+    // request in absolute form names its host in the target, and a `host` header it also carries
+    // is ignored (RFC 9112 §3.2.2).
+    let authority = uri
+        .authority()
+        .filter(|_| !carried.host || version < Version::HTTP_2);
+    if let Some(authority) = authority {
+        // Without user info, which is no part of a host.
+        let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+        if let Ok(value) = HeaderValue::from_str(host) {
             headers.insert(header::HOST, value);
         }
     }
@@ -912,8 +1091,15 @@ mod tests {
         for (sent, request_id, trace, kept, added_names) in cases {
             let mut map = headers(sent);
             let carried = Carried::by(&map);
-            let added =
-                prepare_request_headers(&mut map, &carried, &uri, &connection, false, request_id, trace);
+            let added = prepare_request_headers(
+                &mut map,
+                &carried,
+                (&uri, Version::HTTP_2),
+                &connection,
+                false,
+                request_id,
+                trace,
+            );
             let entries: Vec<(&str, &str)> = map
                 .iter()
                 .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))

@@ -44,6 +44,7 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use outrigger_hashring::HashRing;
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -74,6 +75,8 @@ pub enum UpstreamError {
     Exchange(#[source] hyper::Error),
     #[error("{0}")]
     Http1(#[source] H1Error),
+    #[error("the endpoint sent nothing for {0:?} in the middle of the response body")]
+    BodyTimeout(Duration),
 }
 
 impl UpstreamError {
@@ -192,6 +195,9 @@ pub struct ConnectionPool {
     address: String,
     protocol: UpstreamProtocol,
     slots: Box<[Slot]>,
+    /// The backend's `upstream_errors_total{kind="timeout"}`, for response bodies cut off: a
+    /// direct exchange's body reaches it through the pool it already holds.
+    timeouts: Counter,
 }
 
 impl std::fmt::Debug for ConnectionPool {
@@ -211,11 +217,17 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ConnectionPool {
-    pub fn new(address: &str, protocol: UpstreamProtocol, workers: usize) -> Arc<ConnectionPool> {
+    pub fn new(
+        address: &str,
+        protocol: UpstreamProtocol,
+        workers: usize,
+        timeouts: Counter,
+    ) -> Arc<ConnectionPool> {
         Arc::new(ConnectionPool {
             address: address.to_owned(),
             protocol,
             slots: (0..workers.max(1)).map(|_| Slot::default()).collect(),
+            timeouts,
         })
     }
 
@@ -315,6 +327,7 @@ impl ConnectionPool {
                     let mut response = Response::new(UpstreamBody {
                         kind: BodyKind::Direct(body),
                         unmapped,
+                        idle: None,
                     });
                     *response.status_mut() = head.status;
                     *response.version_mut() = head.version;
@@ -529,6 +542,21 @@ pub struct UpstreamBody {
     /// The backend's header lines, without its hop-by-hop ones, when they are not in the
     /// response's map (which then has none of them): see [`UpstreamBody::take_unmapped`].
     unmapped: Option<Unmapped>,
+    /// How long the body may wait for the endpoint between two reads.
+    idle: Option<Idle>,
+}
+
+/// The wait of a response body for its endpoint. Only time spent waiting for the endpoint counts:
+/// while the client is slow to take the bytes, nobody polls the body and no time is counted.
+struct Idle {
+    timeout: Duration,
+    /// Counts the endpoint's silences (`upstream_errors_total{kind="timeout"}`); a direct
+    /// exchange's body counts them through its pool, without a copy of the handle per response.
+    timeouts: Option<Counter>,
+    /// Made on the first wait: a body that is in the buffer at once never needs one.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the current wait for the endpoint began; `None` while the body is not waiting.
+    since: Option<tokio::time::Instant>,
 }
 
 /// The headers of a response that are not in its map: the backend's lines as received, and the
@@ -559,7 +587,57 @@ impl UpstreamBody {
         UpstreamBody {
             kind: BodyKind::Hyper { body, lease },
             unmapped: None,
+            idle: None,
         }
+    }
+
+    /// Ends the body with an error when the endpoint sends nothing for `timeout` while the body
+    /// waits for it, counting it in `timeouts`.
+    pub fn set_idle_timeout(&mut self, timeout: Duration, timeouts: &Counter) {
+        let timeouts = match self.kind {
+            BodyKind::Direct(_) => None,
+            BodyKind::Hyper { .. } => Some(timeouts.clone()),
+        };
+        self.idle = Some(Idle {
+            timeout,
+            timeouts,
+            timer: None,
+            since: None,
+        });
+    }
+
+    /// The body waits for the endpoint: `Pending` until the endpoint has been silent for the
+    /// idle timeout, then an error (and the connection is given up).
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(idle) = self.idle.as_mut() else {
+            return Poll::Pending;
+        };
+        let since = *idle.since.get_or_insert_with(tokio::time::Instant::now);
+        let deadline = since + idle.timeout;
+        let timer = idle
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        // The timer is moved only when it fires early (it was set for an earlier wait), so a body
+        // that waits often does not touch the timer wheel each time.
+        while std::future::Future::poll(timer.as_mut(), cx).is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                let timeout = idle.timeout;
+                match (idle.timeouts.take(), &mut self.kind) {
+                    (Some(timeouts), _) => {
+                        timeouts.inc();
+                    }
+                    (None, BodyKind::Direct(body)) => {
+                        body.pool.timeouts.inc();
+                        body.stream = None;
+                    }
+                    (None, BodyKind::Hyper { .. }) => {}
+                }
+                self.idle = None;
+                return Poll::Ready(Some(Err(Box::new(UpstreamError::BodyTimeout(timeout)))));
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 
     /// Whether the response's hop-by-hop headers are already gone, so that nothing needs to look
@@ -604,7 +682,8 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
             BodyKind::Hyper { body, lease } => {
                 let polled = Pin::new(body).poll_frame(cx);
                 if let Poll::Ready(None) = polled {
@@ -615,6 +694,15 @@ impl Body for UpstreamBody {
                 polled.map_err(Into::into)
             }
             BodyKind::Direct(body) => body.poll_frame(cx).map_err(Into::into),
+        };
+        match polled {
+            Poll::Pending => this.poll_idle(cx),
+            ready => {
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.since = None;
+                }
+                ready
+            }
         }
     }
 
@@ -803,6 +891,8 @@ type EndpointStates = HashMap<(String, String), (Arc<EndpointHealth>, Arc<Connec
 /// What outlives configuration generations: endpoint health and connection pools.
 pub struct Resources {
     endpoints: Mutex<EndpointStates>,
+    /// The backends of the last generation built, whose metric series are exported.
+    names: Mutex<Vec<String>>,
     workers: usize,
 }
 
@@ -811,6 +901,7 @@ impl Resources {
     pub fn new(workers: usize) -> Resources {
         Resources {
             endpoints: Mutex::default(),
+            names: Mutex::default(),
             workers: workers.max(1),
         }
     }
@@ -822,6 +913,8 @@ impl Resources {
         let mut kept = HashMap::new();
         let mut backends = Vec::with_capacity(configs.len());
         for config in configs {
+            let backend_metrics = metrics.backend(&config.name);
+            let timeouts = &backend_metrics.timeouts;
             let endpoints = config
                 .endpoints
                 .iter()
@@ -832,11 +925,11 @@ impl Resources {
                         Some((health, pool)) if pool.protocol == config.protocol => (health, pool),
                         Some((health, _)) => (
                             health,
-                            ConnectionPool::new(address, config.protocol, self.workers),
+                            ConnectionPool::new(address, config.protocol, self.workers, timeouts.clone()),
                         ),
                         None => (
                             Arc::default(),
-                            ConnectionPool::new(address, config.protocol, self.workers),
+                            ConnectionPool::new(address, config.protocol, self.workers, timeouts.clone()),
                         ),
                     };
                     kept.insert(id, (health.clone(), pool.clone()));
@@ -857,10 +950,19 @@ impl Resources {
                 timeout: config.timeout.0,
                 connect_timeout: config.connect_timeout.0,
                 max_retries: config.max_retries,
-                metrics: metrics.backend(&config.name),
+                metrics: backend_metrics,
             });
         }
         *known = kept;
+        drop(known);
+        let mut names = lock(&self.names);
+        for gone in names
+            .iter()
+            .filter(|name| !configs.iter().any(|config| &config.name == *name))
+        {
+            metrics.remove_backend(gone);
+        }
+        *names = configs.iter().map(|config| config.name.clone()).collect();
         backends
     }
 }

@@ -107,7 +107,9 @@ pub async fn backend(name: &str, behaviour: Behaviour) -> Backend {
                 async move { Ok::<_, Infallible>(respond(state, behaviour, request).await) }
             });
             let connection = async move {
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // Above the splitter's own limit, so that tests of that limit see the splitter's.
+                builder.http1().max_headers(1_000);
                 let _ = builder
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .await;
