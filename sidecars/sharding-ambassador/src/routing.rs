@@ -1,0 +1,597 @@
+//! What to do with a command: answer it here, send it to one shard, split it over shards and merge
+//! the replies, or refuse it. Pure: it sees the arguments and a key locator, never a socket.
+
+use bytes::Bytes;
+
+use crate::resp::Frame;
+
+/// Finds the shard of a key.
+pub trait Locate {
+    /// Index of the shard owning `key`, `None` when there are no shards.
+    fn shard_of(&self, key: &[u8]) -> Option<usize>;
+}
+
+/// The decision for one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Answer with this frame, without a shard.
+    Reply(Frame),
+    /// Answer `+OK` and close the connection.
+    Quit,
+    /// Send the command, unchanged, to this shard.
+    Forward { shard: usize },
+    /// Send one sub-command per shard and merge the replies into one.
+    Split { parts: Vec<Part>, merge: Merge },
+}
+
+/// The sub-command of a split command bound for one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub shard: usize,
+    pub args: Vec<Bytes>,
+}
+
+/// How the replies of a split command become one reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merge {
+    /// `MGET`: part `i` answered an array whose element `j` is value `positions[i][j]` of the result.
+    Values {
+        total: usize,
+        positions: Vec<Vec<usize>>,
+    },
+    /// `DEL`, `EXISTS`, `UNLINK`, `TOUCH`: the sum of the integer replies.
+    Sum,
+    /// `MSET`: `+OK` when every part answered `+OK`.
+    AllOk,
+}
+
+/// How a command names its keys.
+enum Keys {
+    /// The key is argument 1.
+    First,
+    /// Arguments 1 and 2 are keys that must live on one shard (`RENAME`, `SMOVE`, ...).
+    FirstTwo,
+    /// Every argument from 1 is a key, all on one shard (`SINTER`, `PFCOUNT`, ...).
+    AllSameShard,
+    /// Every argument from 1 is a key; split by shard and merged.
+    Each(Merge),
+    /// Arguments from 1 are key-value pairs (`MSET`); split by shard.
+    Pairs,
+}
+
+const SINGLE_KEY: &[&str] = &[
+    // strings
+    "GET",
+    "SET",
+    "SETNX",
+    "SETEX",
+    "PSETEX",
+    "GETSET",
+    "GETDEL",
+    "GETEX",
+    "APPEND",
+    "STRLEN",
+    "INCR",
+    "DECR",
+    "INCRBY",
+    "DECRBY",
+    "INCRBYFLOAT",
+    "GETRANGE",
+    "SETRANGE",
+    "SUBSTR",
+    "GETBIT",
+    "SETBIT",
+    "BITCOUNT",
+    "BITPOS",
+    "BITFIELD",
+    "BITFIELD_RO",
+    // keyspace
+    "EXPIRE",
+    "PEXPIRE",
+    "EXPIREAT",
+    "PEXPIREAT",
+    "EXPIRETIME",
+    "PEXPIRETIME",
+    "TTL",
+    "PTTL",
+    "PERSIST",
+    "TYPE",
+    "DUMP",
+    "RESTORE",
+    // hashes
+    "HGET",
+    "HSET",
+    "HSETNX",
+    "HMSET",
+    "HMGET",
+    "HDEL",
+    "HEXISTS",
+    "HLEN",
+    "HKEYS",
+    "HVALS",
+    "HGETALL",
+    "HINCRBY",
+    "HINCRBYFLOAT",
+    "HSTRLEN",
+    "HSCAN",
+    "HRANDFIELD",
+    // lists
+    "LPUSH",
+    "RPUSH",
+    "LPUSHX",
+    "RPUSHX",
+    "LPOP",
+    "RPOP",
+    "LLEN",
+    "LRANGE",
+    "LINDEX",
+    "LSET",
+    "LREM",
+    "LTRIM",
+    "LINSERT",
+    "LPOS",
+    // sets
+    "SADD",
+    "SREM",
+    "SMEMBERS",
+    "SISMEMBER",
+    "SMISMEMBER",
+    "SCARD",
+    "SPOP",
+    "SRANDMEMBER",
+    "SSCAN",
+    // sorted sets
+    "ZADD",
+    "ZREM",
+    "ZSCORE",
+    "ZMSCORE",
+    "ZINCRBY",
+    "ZCARD",
+    "ZCOUNT",
+    "ZRANGE",
+    "ZRANGEBYSCORE",
+    "ZREVRANGE",
+    "ZREVRANGEBYSCORE",
+    "ZRANK",
+    "ZREVRANK",
+    "ZREMRANGEBYRANK",
+    "ZREMRANGEBYSCORE",
+    "ZRANGEBYLEX",
+    "ZREVRANGEBYLEX",
+    "ZLEXCOUNT",
+    "ZREMRANGEBYLEX",
+    "ZSCAN",
+    "ZPOPMIN",
+    "ZPOPMAX",
+    "ZRANDMEMBER",
+    // hyperloglog, geo, streams
+    "PFADD",
+    "GEOADD",
+    "GEODIST",
+    "GEOHASH",
+    "GEOPOS",
+    "GEOSEARCH",
+    "XADD",
+    "XLEN",
+    "XRANGE",
+    "XREVRANGE",
+    "XDEL",
+    "XTRIM",
+];
+
+const SAME_SHARD_PAIR: &[&str] = &["RENAME", "RENAMENX", "SMOVE", "RPOPLPUSH", "LMOVE", "COPY"];
+
+const SAME_SHARD_ALL: &[&str] = &[
+    "SINTER",
+    "SUNION",
+    "SDIFF",
+    "SINTERSTORE",
+    "SUNIONSTORE",
+    "SDIFFSTORE",
+    "PFCOUNT",
+    "PFMERGE",
+];
+
+/// Commands that cannot be served through a sharding proxy, with the reason the client is told.
+fn refusal(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "MULTI" | "EXEC" | "DISCARD" | "WATCH" | "UNWATCH" => {
+            "transactions are not supported: their keys may span shards"
+        }
+        "KEYS" | "SCAN" | "RANDOMKEY" | "DBSIZE" => "it would have to visit every shard",
+        "FLUSHALL" | "FLUSHDB" | "SWAPDB" | "MOVE" => "it would act on every shard",
+        "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE"
+        | "PUBLISH" | "SPUBLISH" | "PUBSUB" => "pub/sub is not sharded",
+        "BLPOP" | "BRPOP" | "BRPOPLPUSH" | "BLMOVE" | "BZPOPMIN" | "BZPOPMAX" | "BLMPOP" | "BZMPOP"
+        | "XREAD" | "XREADGROUP" | "WAIT" => "blocking commands would stall a shared shard connection",
+        "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "SCRIPT" | "FCALL" | "FUNCTION" => {
+            "scripts are not supported"
+        }
+        _ => return None,
+    })
+}
+
+fn keys_of(name: &str) -> Option<Keys> {
+    Some(match name {
+        "MGET" => Keys::Each(Merge::Values {
+            total: 0,
+            positions: Vec::new(),
+        }),
+        "DEL" | "EXISTS" | "UNLINK" | "TOUCH" => Keys::Each(Merge::Sum),
+        "MSET" => Keys::Pairs,
+        _ if SINGLE_KEY.contains(&name) => Keys::First,
+        _ if SAME_SHARD_PAIR.contains(&name) => Keys::FirstTwo,
+        _ if SAME_SHARD_ALL.contains(&name) => Keys::AllSameShard,
+        _ => return None,
+    })
+}
+
+/// Longest command name looked up; longer names are unknown without being upper-cased.
+const MAX_NAME_LEN: usize = 32;
+
+/// Decides what to do with `args` (never empty: the codec drops empty commands).
+pub fn plan(args: &[Bytes], ring: &impl Locate) -> Plan {
+    let Some(first) = args.first() else {
+        return Plan::Reply(Frame::error("ERR empty command"));
+    };
+    if first.len() > MAX_NAME_LEN {
+        return Plan::Reply(unknown(first));
+    }
+    let name = String::from_utf8_lossy(first).to_ascii_uppercase();
+    let name = name.as_str();
+    if let Some(reply) = local(name, args) {
+        return reply;
+    }
+    if let Some(reason) = refusal(name) {
+        return Plan::Reply(Frame::error(format!(
+            "ERR '{}' is refused by the sharding ambassador: {reason}",
+            name.to_ascii_lowercase()
+        )));
+    }
+    let Some(keys) = keys_of(name) else {
+        return Plan::Reply(unknown(first));
+    };
+    let wrong_arity = || {
+        Plan::Reply(Frame::error(format!(
+            "ERR wrong number of arguments for '{}' command",
+            name.to_ascii_lowercase()
+        )))
+    };
+    let no_shard = || Plan::Reply(Frame::error("ERR no shard map loaded"));
+    match keys {
+        Keys::First => match args.get(1) {
+            None => wrong_arity(),
+            Some(key) => ring
+                .shard_of(key)
+                .map_or_else(no_shard, |shard| Plan::Forward { shard }),
+        },
+        Keys::FirstTwo | Keys::AllSameShard => {
+            let keys = match keys {
+                Keys::FirstTwo if args.len() >= 3 => &args[1..3],
+                Keys::AllSameShard if args.len() >= 2 => &args[1..],
+                _ => return wrong_arity(),
+            };
+            let mut shards = keys.iter().map(|key| ring.shard_of(key));
+            let Some(Some(shard)) = shards.next() else {
+                return no_shard();
+            };
+            if shards.all(|other| other == Some(shard)) {
+                Plan::Forward { shard }
+            } else {
+                Plan::Reply(Frame::error(format!(
+                    "ERR '{}' is refused by the sharding ambassador: its keys live on different shards \
+                     (use a hash tag to keep them together)",
+                    name.to_ascii_lowercase()
+                )))
+            }
+        }
+        Keys::Each(merge) => {
+            if args.len() < 2 {
+                return wrong_arity();
+            }
+            split(args, 1, ring, merge).unwrap_or_else(no_shard)
+        }
+        Keys::Pairs => {
+            if args.len() < 3 || args.len() % 2 == 0 {
+                return wrong_arity();
+            }
+            split(args, 2, ring, Merge::AllOk).unwrap_or_else(no_shard)
+        }
+    }
+}
+
+/// Groups the keys (or key-value pairs, `stride` 2) by shard, keeping their order within a shard.
+/// A command whose keys all live on one shard is forwarded whole.
+fn split(args: &[Bytes], stride: usize, ring: &impl Locate, merge: Merge) -> Option<Plan> {
+    let mut parts: Vec<Part> = Vec::new();
+    let mut positions: Vec<Vec<usize>> = Vec::new();
+    for (position, group) in args[1..].chunks(stride).enumerate() {
+        let shard = ring.shard_of(&group[0])?;
+        let index = match parts.iter().position(|part| part.shard == shard) {
+            Some(index) => index,
+            None => {
+                parts.push(Part {
+                    shard,
+                    args: vec![args[0].clone()],
+                });
+                positions.push(Vec::new());
+                parts.len() - 1
+            }
+        };
+        parts[index].args.extend(group.iter().cloned());
+        positions[index].push(position);
+    }
+    if let [only] = parts.as_slice() {
+        return Some(Plan::Forward { shard: only.shard });
+    }
+    let merge = match merge {
+        Merge::Values { .. } => Merge::Values {
+            total: args.len() - 1,
+            positions,
+        },
+        other => other,
+    };
+    Some(Plan::Split { parts, merge })
+}
+
+/// Commands answered without a shard.
+fn local(name: &str, args: &[Bytes]) -> Option<Plan> {
+    Some(match (name, args.len()) {
+        ("PING", 1) => Plan::Reply(Frame::Simple(Bytes::from_static(b"PONG"))),
+        ("PING", 2) | ("ECHO", 2) => Plan::Reply(Frame::Bulk(args[1].clone())),
+        ("QUIT", _) => Plan::Quit,
+        ("SELECT", 2) if args[1].as_ref() == b"0" => Plan::Reply(Frame::ok()),
+        ("SELECT", 2) => Plan::Reply(Frame::error("ERR only database 0 is sharded")),
+        _ => return None,
+    })
+}
+
+fn unknown(name: &[u8]) -> Frame {
+    let shown: String = String::from_utf8_lossy(name).chars().take(MAX_NAME_LEN).collect();
+    Frame::error(format!("ERR unknown command '{shown}'"))
+}
+
+/// Merges the replies of a split command, given in the order of its parts. An error reply of any
+/// part becomes the reply.
+pub fn merge(merge: &Merge, replies: Vec<Frame>) -> Frame {
+    if let Some(error) = replies.iter().find(|reply| matches!(reply, Frame::Error(_))) {
+        return error.clone();
+    }
+    match merge {
+        Merge::Sum => {
+            let mut total: i64 = 0;
+            for reply in &replies {
+                match reply {
+                    Frame::Integer(value) => total = total.saturating_add(*value),
+                    _ => return unexpected(),
+                }
+            }
+            Frame::Integer(total)
+        }
+        Merge::AllOk => {
+            if replies.iter().all(|reply| *reply == Frame::ok()) {
+                Frame::ok()
+            } else {
+                unexpected()
+            }
+        }
+        Merge::Values { total, positions } => {
+            let mut values = vec![Frame::Null; *total];
+            for (reply, places) in replies.into_iter().zip(positions) {
+                let Frame::Array(items) = reply else {
+                    return unexpected();
+                };
+                if items.len() != places.len() {
+                    return unexpected();
+                }
+                for (item, place) in items.into_iter().zip(places) {
+                    if let Some(slot) = values.get_mut(*place) {
+                        *slot = item;
+                    }
+                }
+            }
+            Frame::Array(values)
+        }
+    }
+}
+
+fn unexpected() -> Frame {
+    Frame::error("ERR unexpected reply from a shard")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys name their shard: `k<digit>...` lives on shard `<digit>`.
+    struct ByDigit;
+
+    impl Locate for ByDigit {
+        fn shard_of(&self, key: &[u8]) -> Option<usize> {
+            key.get(1).map(|digit| usize::from(digit - b'0'))
+        }
+    }
+
+    struct Empty;
+
+    impl Locate for Empty {
+        fn shard_of(&self, _: &[u8]) -> Option<usize> {
+            None
+        }
+    }
+
+    fn cmd(words: &str) -> Vec<Bytes> {
+        words
+            .split(' ')
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect()
+    }
+
+    fn bulk(text: &str) -> Frame {
+        Frame::Bulk(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    fn is_error_containing(plan: &Plan, text: &str) -> bool {
+        matches!(plan, Plan::Reply(Frame::Error(message)) if String::from_utf8_lossy(message).contains(text))
+    }
+
+    #[test]
+    fn single_key_commands_go_to_the_keys_shard_whatever_their_case() {
+        assert_eq!(plan(&cmd("get k2"), &ByDigit), Plan::Forward { shard: 2 });
+        assert_eq!(plan(&cmd("HSET k1 f v"), &ByDigit), Plan::Forward { shard: 1 });
+    }
+
+    #[test]
+    fn mget_over_three_shards_is_split_and_remembers_where_each_value_goes() {
+        let Plan::Split { parts, merge } = plan(&cmd("MGET k1a k2a k1b k3a"), &ByDigit) else {
+            panic!("expected a split");
+        };
+        assert_eq!(
+            parts[0],
+            Part {
+                shard: 1,
+                args: cmd("MGET k1a k1b")
+            }
+        );
+        assert_eq!(
+            parts[1],
+            Part {
+                shard: 2,
+                args: cmd("MGET k2a")
+            }
+        );
+        assert_eq!(
+            parts[2],
+            Part {
+                shard: 3,
+                args: cmd("MGET k3a")
+            }
+        );
+        assert_eq!(
+            merge,
+            Merge::Values {
+                total: 4,
+                positions: vec![vec![0, 2], vec![1], vec![3]]
+            }
+        );
+        let replies = vec![
+            Frame::Array(vec![bulk("1a"), Frame::Null]),
+            Frame::Array(vec![bulk("2a")]),
+            Frame::Array(vec![bulk("3a")]),
+        ];
+        assert_eq!(
+            super::merge(&merge, replies),
+            Frame::Array(vec![bulk("1a"), bulk("2a"), Frame::Null, bulk("3a")])
+        );
+    }
+
+    #[test]
+    fn mset_keeps_keys_with_their_values() {
+        let Plan::Split { parts, merge } = plan(&cmd("MSET k1 a k2 b k1x c"), &ByDigit) else {
+            panic!("expected a split");
+        };
+        assert_eq!(parts[0].args, cmd("MSET k1 a k1x c"));
+        assert_eq!(parts[1].args, cmd("MSET k2 b"));
+        assert_eq!(super::merge(&merge, vec![Frame::ok(), Frame::ok()]), Frame::ok());
+        assert!(is_error_containing(
+            &plan(&cmd("MSET k1 a k2"), &ByDigit),
+            "wrong number"
+        ));
+    }
+
+    #[test]
+    fn del_exists_unlink_touch_sum_their_counts() {
+        for name in ["DEL", "EXISTS", "UNLINK", "TOUCH"] {
+            let Plan::Split { merge, .. } = plan(&cmd(&format!("{name} k1 k2")), &ByDigit) else {
+                panic!("expected a split for {name}");
+            };
+            assert_eq!(
+                super::merge(&merge, vec![Frame::Integer(1), Frame::Integer(2)]),
+                Frame::Integer(3)
+            );
+        }
+    }
+
+    #[test]
+    fn a_multi_key_command_on_one_shard_is_forwarded_whole() {
+        assert_eq!(plan(&cmd("MGET k1a k1b"), &ByDigit), Plan::Forward { shard: 1 });
+    }
+
+    #[test]
+    fn an_error_from_any_part_becomes_the_reply() {
+        let error = Frame::error("ERR boom");
+        assert_eq!(
+            super::merge(&Merge::Sum, vec![Frame::Integer(1), error.clone()]),
+            error
+        );
+    }
+
+    #[test]
+    fn cross_shard_rename_is_refused_and_same_shard_rename_forwarded() {
+        assert!(is_error_containing(
+            &plan(&cmd("RENAME k1 k2"), &ByDigit),
+            "different shards"
+        ));
+        assert_eq!(plan(&cmd("RENAME k1a k1b"), &ByDigit), Plan::Forward { shard: 1 });
+    }
+
+    #[test]
+    fn commands_that_would_touch_every_shard_or_hold_state_are_refused_never_forwarded() {
+        for words in [
+            "MULTI",
+            "EXEC",
+            "KEYS *",
+            "SCAN 0",
+            "FLUSHALL",
+            "SUBSCRIBE k1",
+            "PUBLISH k1 m",
+            "BLPOP k1 0",
+        ] {
+            let decision = plan(&cmd(words), &ByDigit);
+            assert!(is_error_containing(&decision, "refused"), "{words}: {decision:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_commands_get_an_error() {
+        assert!(is_error_containing(
+            &plan(&cmd("FROBNICATE k1"), &ByDigit),
+            "unknown command 'FROBNICATE'"
+        ));
+        let long = "X".repeat(1000);
+        assert!(is_error_containing(
+            &plan(&cmd(&long), &ByDigit),
+            "unknown command"
+        ));
+    }
+
+    #[test]
+    fn ping_echo_select_and_quit_are_answered_locally() {
+        assert_eq!(
+            plan(&cmd("PING"), &Empty),
+            Plan::Reply(Frame::Simple(Bytes::from_static(b"PONG")))
+        );
+        assert_eq!(plan(&cmd("ECHO hi"), &Empty), Plan::Reply(bulk("hi")));
+        assert_eq!(plan(&cmd("SELECT 0"), &Empty), Plan::Reply(Frame::ok()));
+        assert!(is_error_containing(&plan(&cmd("SELECT 1"), &Empty), "database 0"));
+        assert_eq!(plan(&cmd("QUIT"), &Empty), Plan::Quit);
+    }
+
+    #[test]
+    fn without_a_shard_map_keyed_commands_get_an_error() {
+        assert!(is_error_containing(&plan(&cmd("GET k"), &Empty), "no shard map"));
+        assert!(is_error_containing(
+            &plan(&cmd("MGET a b"), &Empty),
+            "no shard map"
+        ));
+    }
+
+    #[test]
+    fn a_command_without_its_key_gets_an_arity_error() {
+        assert!(is_error_containing(
+            &plan(&cmd("GET"), &ByDigit),
+            "wrong number of arguments for 'get'"
+        ));
+        assert!(is_error_containing(&plan(&cmd("DEL"), &ByDigit), "wrong number"));
+    }
+}
