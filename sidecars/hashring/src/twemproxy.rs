@@ -453,6 +453,10 @@ mod tests {
     fn a_key_belongs_to_the_first_point_at_or_after_its_hash_wrapping_around() {
         let ring = KetamaRing::with_names(&["a", "b", "c"]);
         let (first_value, first_node) = ring.continuum[0];
+        let (second_value, second_node) = ring.continuum[1];
+        assert_eq!(ring.index_for_hash(first_value), Some(first_node));
+        assert_eq!(ring.index_for_hash(first_value + 1), Some(second_node));
+        assert_eq!(ring.index_for_hash(second_value), Some(second_node));
         let (last_value, _) = ring.continuum[ring.continuum.len() - 1];
         assert!(last_value < u32::MAX, "480 points leave room after the last one");
         assert_eq!(ring.index_for_hash(last_value + 1), Some(first_node));
@@ -460,7 +464,7 @@ mod tests {
     }
 
     #[test]
-    fn renaming_nothing_but_adding_a_node_moves_keys_only_to_it() {
+    fn adding_a_node_moves_keys_only_to_it() {
         let before = KetamaRing::with_names(&["s0", "s1", "s2"]);
         let after = KetamaRing::with_names(&["s0", "s1", "s2", "s3"]);
         let mut moved = 0;

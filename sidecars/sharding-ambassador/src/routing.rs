@@ -292,7 +292,7 @@ pub fn plan(args: &[Bytes], ring: &impl Locate) -> Plan {
             split(args, 1, ring, merge).unwrap_or_else(no_shard)
         }
         Keys::Pairs => {
-            if args.len() < 3 || args.len() % 2 == 0 {
+            if args.len() < 3 || args.len().is_multiple_of(2) {
                 return wrong_arity();
             }
             split(args, 2, ring, Merge::AllOk).unwrap_or_else(no_shard)
