@@ -13,7 +13,7 @@ use tracing::debug;
 
 use crate::{
     resp::{self, Frame, Limits, ProtocolError},
-    routing::{self, Merge, Plan},
+    routing::{self, Merge, Plan, Session},
     shard::{ShardError, ShardReply},
     topology::Topology,
 };
@@ -110,10 +110,11 @@ async fn read_commands<R: AsyncRead + Unpin>(
     settings: &ClientSettings,
 ) -> Result<(), ClientError> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut session = Session::default();
     loop {
         while let Some(command) = resp::decode_command(&mut buf, &settings.limits)? {
             let current = topology.borrow().clone();
-            let (reply, last) = dispatch(command, &current);
+            let (reply, last) = dispatch(command, &mut session, &current);
             if pending.send(reply).await.is_err() || last {
                 return Ok(());
             }
@@ -135,8 +136,8 @@ async fn read_commands<R: AsyncRead + Unpin>(
 }
 
 /// Routes one command; the flag says the connection ends after its reply.
-fn dispatch(command: resp::Command, topology: &Topology) -> (Pending, bool) {
-    match routing::plan(&command.args, topology) {
+fn dispatch(command: resp::Command, session: &mut Session, topology: &Topology) -> (Pending, bool) {
+    match session.plan(&command.args, topology) {
         Plan::Reply(frame) => (Pending::Ready(frame.to_bytes()), false),
         Plan::Quit => (Pending::Last(Frame::ok().to_bytes()), true),
         Plan::Forward { shard } => {
@@ -173,6 +174,28 @@ fn dispatch(command: resp::Command, topology: &Topology) -> (Pending, bool) {
                 replies.push((Arc::from(handle.name()), handle.call(out.freeze())));
             }
             (Pending::Many { replies, merge }, false)
+        }
+        Plan::Exec { shard, commands } => {
+            let Some(handle) = topology.shard(shard) else {
+                return (
+                    Pending::Ready(Frame::error("ERR shard map changed").to_bytes()),
+                    false,
+                );
+            };
+            let mut out = BytesMut::new();
+            resp::encode_command(&["MULTI"], &mut out);
+            for command in &commands {
+                resp::encode_command(command, &mut out);
+            }
+            resp::encode_command(&["EXEC"], &mut out);
+            let reply = handle.call_batch(out.freeze(), commands.len() + 2);
+            (
+                Pending::One {
+                    shard: Arc::from(handle.name()),
+                    reply,
+                },
+                false,
+            )
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct Limits {
     pub max_line_len: usize,
     /// Deepest nesting of arrays (replies such as `SCAN` nest; commands never do).
     pub max_depth: usize,
+    /// Largest whole frame: many bulk strings each within `max_bulk_len` can still add up.
+    pub max_frame_len: usize,
 }
 
 impl Default for Limits {
@@ -27,6 +29,7 @@ impl Default for Limits {
             max_array_len: 1024 * 1024,
             max_line_len: 64 * 1024,
             max_depth: 8,
+            max_frame_len: 64 * 1024 * 1024,
         }
     }
 }
@@ -121,6 +124,8 @@ pub enum ProtocolError {
     BulkTooLarge { len: i64, max: usize },
     #[error("array of {len} elements over the limit of {max}")]
     ArrayTooLarge { len: i64, max: usize },
+    #[error("frame larger than {max} bytes")]
+    FrameTooLarge { max: usize },
     #[error("arrays nested deeper than {max}")]
     TooDeep { max: usize },
     #[error("a command must be an array of bulk strings")]
@@ -140,6 +145,7 @@ impl ProtocolError {
             ProtocolError::LineTooLong { .. }
             | ProtocolError::BulkTooLarge { .. }
             | ProtocolError::ArrayTooLarge { .. }
+            | ProtocolError::FrameTooLarge { .. }
             | ProtocolError::TooDeep { .. } => "too_large",
             ProtocolError::ClosedMidFrame => "closed_mid_frame",
             _ => "malformed",
@@ -152,7 +158,14 @@ impl ProtocolError {
 /// untouched; [`parse_frame`] reads them when they must be merged.
 pub fn decode_raw(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Bytes>, ProtocolError> {
     match check(buf, 0, limits, 0)? {
+        Some(end) if end > limits.max_frame_len => Err(ProtocolError::FrameTooLarge {
+            max: limits.max_frame_len,
+        }),
         Some(end) => Ok(Some(buf.split_to(end).freeze())),
+        // The frame is still arriving, and already larger than allowed.
+        None if buf.len() > limits.max_frame_len => Err(ProtocolError::FrameTooLarge {
+            max: limits.max_frame_len,
+        }),
         None => Ok(None),
     }
 }
@@ -559,6 +572,24 @@ mod tests {
         assert_eq!(
             decode_frame(&mut buf(b"+aaaaaaaaaaaaaaaaaaaaaaaa"), &limits),
             Err(ProtocolError::LineTooLong { max: 16 })
+        );
+    }
+
+    #[test]
+    fn many_bulks_within_their_limit_still_cannot_exceed_the_frame_limit() {
+        let limits = Limits {
+            max_frame_len: 64,
+            ..Limits::default()
+        };
+        let big = Frame::Array(vec![bulk(&"x".repeat(40)), bulk(&"y".repeat(40))]).to_bytes();
+        assert_eq!(
+            decode_frame(&mut buf(&big), &limits),
+            Err(ProtocolError::FrameTooLarge { max: 64 })
+        );
+        assert_eq!(
+            decode_frame(&mut buf(&big[..70]), &limits),
+            Err(ProtocolError::FrameTooLarge { max: 64 }),
+            "refused while still arriving"
         );
     }
 

@@ -22,6 +22,8 @@ pub enum Plan {
     Forward { shard: usize },
     /// Send one sub-command per shard and merge the replies into one.
     Split { parts: Vec<Part>, merge: Merge },
+    /// Send `MULTI`, the commands and `EXEC` to this shard back to back; the reply is `EXEC`'s.
+    Exec { shard: usize, commands: Vec<Vec<Bytes>> },
 }
 
 /// The sub-command of a split command bound for one shard.
@@ -195,9 +197,8 @@ const SAME_SHARD_ALL: &[&str] = &[
 /// Commands that cannot be served through a sharding proxy, with the reason the client is told.
 fn refusal(name: &str) -> Option<&'static str> {
     Some(match name {
-        "MULTI" | "EXEC" | "DISCARD" | "WATCH" | "UNWATCH" => {
-            "transactions are not supported: their keys may span shards"
-        }
+        "MULTI" | "EXEC" | "DISCARD" => "transactions need a client session",
+        "WATCH" | "UNWATCH" => "WATCH would hold state on a shard connection shared by every client",
         "KEYS" | "SCAN" | "RANDOMKEY" | "DBSIZE" => "it would have to visit every shard",
         "FLUSHALL" | "FLUSHDB" | "SWAPDB" | "MOVE" => "it would act on every shard",
         "SUBSCRIBE" | "PSUBSCRIBE" | "SSUBSCRIBE" | "UNSUBSCRIBE" | "PUNSUBSCRIBE" | "SUNSUBSCRIBE"
@@ -228,6 +229,94 @@ fn keys_of(name: &str) -> Option<Keys> {
 
 /// Longest command name looked up; longer names are unknown without being upper-cased.
 const MAX_NAME_LEN: usize = 32;
+
+/// Most commands queued in one transaction.
+pub const MAX_QUEUED: usize = 10_000;
+
+/// What one client connection remembers between commands: an open transaction.
+///
+/// A transaction is queued here, not on a shard: `MULTI` and every command answer locally
+/// (`+OK`, `+QUEUED`), and `EXEC` sends `MULTI`, the commands and `EXEC` to the one shard owning
+/// every key of the transaction, back to back on the shared connection, so Redis runs them as one
+/// transaction. A command whose key lives on another shard is refused and the transaction fails at
+/// `EXEC`, as Redis fails a transaction with a queueing error.
+#[derive(Debug, Default)]
+pub struct Session {
+    transaction: Option<Transaction>,
+}
+
+#[derive(Debug, Default)]
+struct Transaction {
+    shard: Option<usize>,
+    commands: Vec<Vec<Bytes>>,
+    failed: bool,
+}
+
+impl Session {
+    /// Decides what to do with `args`, given what came before on this connection.
+    pub fn plan(&mut self, args: &[Bytes], ring: &impl Locate) -> Plan {
+        let name = match args.first() {
+            Some(first) if first.len() <= MAX_NAME_LEN => String::from_utf8_lossy(first).to_ascii_uppercase(),
+            _ => String::new(),
+        };
+        match (name.as_str(), self.transaction.as_mut()) {
+            ("MULTI", None) => {
+                self.transaction = Some(Transaction::default());
+                Plan::Reply(Frame::ok())
+            }
+            ("MULTI", Some(_)) => Plan::Reply(Frame::error("ERR MULTI calls can not be nested")),
+            ("EXEC", None) => Plan::Reply(Frame::error("ERR EXEC without MULTI")),
+            ("DISCARD", None) => Plan::Reply(Frame::error("ERR DISCARD without MULTI")),
+            ("DISCARD", Some(_)) => {
+                self.transaction = None;
+                Plan::Reply(Frame::ok())
+            }
+            ("EXEC", Some(_)) => {
+                let Some(transaction) = self.transaction.take() else {
+                    return Plan::Reply(Frame::error("ERR EXEC without MULTI"));
+                };
+                match (transaction.failed, transaction.shard) {
+                    (true, _) => Plan::Reply(Frame::error(
+                        "EXECABORT Transaction discarded because of previous errors.",
+                    )),
+                    (false, None) => Plan::Reply(Frame::Array(Vec::new())),
+                    (false, Some(shard)) => Plan::Exec {
+                        shard,
+                        commands: transaction.commands,
+                    },
+                }
+            }
+            ("QUIT", _) => Plan::Quit,
+            (_, Some(transaction)) => transaction.queue(args, plan(args, ring)),
+            (_, None) => plan(args, ring),
+        }
+    }
+}
+
+impl Transaction {
+    fn queue(&mut self, args: &[Bytes], decision: Plan) -> Plan {
+        let refusal = match decision {
+            Plan::Forward { shard } if self.shard.is_none_or(|chosen| chosen == shard) => {
+                if self.commands.len() >= MAX_QUEUED {
+                    Frame::error(format!("ERR a transaction holds at most {MAX_QUEUED} commands"))
+                } else {
+                    self.shard = Some(shard);
+                    self.commands.push(args.to_vec());
+                    return Plan::Reply(Frame::Simple(Bytes::from_static(b"QUEUED")));
+                }
+            }
+            Plan::Forward { .. } | Plan::Split { .. } => {
+                Frame::error("ERR the keys of a transaction must all live on one shard (use a hash tag)")
+            }
+            Plan::Reply(error @ Frame::Error(_)) => error,
+            Plan::Reply(_) | Plan::Quit | Plan::Exec { .. } => {
+                Frame::error("ERR this command is not supported inside a transaction")
+            }
+        };
+        self.failed = true;
+        Plan::Reply(refusal)
+    }
+}
 
 /// Decides what to do with `args` (never empty: the codec drops empty commands).
 pub fn plan(args: &[Bytes], ring: &impl Locate) -> Plan {
@@ -550,6 +639,86 @@ mod tests {
             let decision = plan(&cmd(words), &ByDigit);
             assert!(is_error_containing(&decision, "refused"), "{words}: {decision:?}");
         }
+    }
+
+    #[test]
+    fn a_transaction_on_one_shard_is_queued_locally_and_sent_whole_at_exec() {
+        let mut session = Session::default();
+        assert_eq!(session.plan(&cmd("MULTI"), &ByDigit), Plan::Reply(Frame::ok()));
+        let queued = Plan::Reply(Frame::Simple(Bytes::from_static(b"QUEUED")));
+        assert_eq!(session.plan(&cmd("SET k1a 1"), &ByDigit), queued);
+        assert_eq!(session.plan(&cmd("INCR k1b"), &ByDigit), queued);
+        assert_eq!(session.plan(&cmd("MGET k1a k1b"), &ByDigit), queued);
+        assert_eq!(
+            session.plan(&cmd("EXEC"), &ByDigit),
+            Plan::Exec {
+                shard: 1,
+                commands: vec![cmd("SET k1a 1"), cmd("INCR k1b"), cmd("MGET k1a k1b")]
+            }
+        );
+        assert_eq!(
+            session.plan(&cmd("GET k2"), &ByDigit),
+            Plan::Forward { shard: 2 },
+            "the session is closed"
+        );
+    }
+
+    #[test]
+    fn a_transaction_spanning_shards_is_refused_and_aborted_at_exec() {
+        let mut session = Session::default();
+        session.plan(&cmd("MULTI"), &ByDigit);
+        session.plan(&cmd("SET k1 1"), &ByDigit);
+        assert!(is_error_containing(
+            &session.plan(&cmd("SET k2 1"), &ByDigit),
+            "one shard"
+        ));
+        assert!(is_error_containing(
+            &session.plan(&cmd("EXEC"), &ByDigit),
+            "EXECABORT"
+        ));
+    }
+
+    #[test]
+    fn an_unknown_command_in_a_transaction_aborts_it() {
+        let mut session = Session::default();
+        session.plan(&cmd("MULTI"), &ByDigit);
+        assert!(is_error_containing(
+            &session.plan(&cmd("NOPE k1"), &ByDigit),
+            "unknown"
+        ));
+        assert!(is_error_containing(
+            &session.plan(&cmd("EXEC"), &ByDigit),
+            "EXECABORT"
+        ));
+    }
+
+    #[test]
+    fn exec_and_discard_without_multi_are_errors_and_an_empty_transaction_answers_nothing() {
+        let mut session = Session::default();
+        assert!(is_error_containing(
+            &session.plan(&cmd("EXEC"), &ByDigit),
+            "without MULTI"
+        ));
+        assert!(is_error_containing(
+            &session.plan(&cmd("DISCARD"), &ByDigit),
+            "without MULTI"
+        ));
+        session.plan(&cmd("MULTI"), &ByDigit);
+        assert!(is_error_containing(
+            &session.plan(&cmd("MULTI"), &ByDigit),
+            "nested"
+        ));
+        assert_eq!(
+            session.plan(&cmd("EXEC"), &ByDigit),
+            Plan::Reply(Frame::Array(Vec::new()))
+        );
+        session.plan(&cmd("MULTI"), &ByDigit);
+        session.plan(&cmd("SET k1 1"), &ByDigit);
+        assert_eq!(session.plan(&cmd("DISCARD"), &ByDigit), Plan::Reply(Frame::ok()));
+        assert!(is_error_containing(
+            &session.plan(&cmd("EXEC"), &ByDigit),
+            "without MULTI"
+        ));
     }
 
     #[test]

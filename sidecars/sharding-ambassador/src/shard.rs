@@ -8,8 +8,8 @@
 
 use std::{
     sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc,
     },
     time::Duration,
 };
@@ -98,34 +98,43 @@ pub type ShardReply = Result<Bytes, ShardError>;
 
 struct Request {
     payload: Bytes,
+    /// Replies the payload draws; the last one is handed back.
+    replies: usize,
     reply: oneshot::Sender<ShardReply>,
 }
 
 struct InFlight {
+    replies: usize,
     reply: oneshot::Sender<ShardReply>,
     deadline: Instant,
 }
 
-/// Consecutive failures and ejection, shared by the connection task and the callers.
-#[derive(Debug, Default)]
+/// Consecutive failures and ejection, shared by the connection task and the callers. Lock-free:
+/// every command checks it.
+#[derive(Debug)]
 struct Health {
     failures: AtomicU32,
-    ejected_until: Mutex<Option<Instant>>,
+    /// Milliseconds after `epoch` until which the shard is ejected; 0 when it is not.
+    ejected_until_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl Health {
-    fn is_ejected(&self) -> bool {
-        let Ok(mut until) = self.ejected_until.lock() else {
-            return false;
-        };
-        match *until {
-            Some(deadline) if Instant::now() < deadline => true,
-            Some(_) => {
-                *until = None;
-                false
-            }
-            None => false,
+    fn new() -> Health {
+        Health {
+            failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && self.now_ms() < until
     }
 
     fn success(&self) {
@@ -139,9 +148,9 @@ impl Health {
             return false;
         }
         self.failures.store(0, Ordering::Relaxed);
-        if let Ok(mut until) = self.ejected_until.lock() {
-            *until = Some(Instant::now() + settings.retry_interval);
-        }
+        let retry_ms = u64::try_from(settings.retry_interval.as_millis()).unwrap_or(u64::MAX);
+        let until = self.now_ms().saturating_add(retry_ms).max(1);
+        self.ejected_until_ms.store(until, Ordering::Relaxed);
         true
     }
 }
@@ -164,7 +173,7 @@ impl ShardHandle {
             name: Arc::from(name),
             endpoint: Arc::from(endpoint),
             requests,
-            health: Arc::new(Health::default()),
+            health: Arc::new(Health::new()),
         };
         let task = Connection {
             name: handle.name.clone(),
@@ -188,12 +197,22 @@ impl ShardHandle {
     /// Queues one command (its wire bytes); the receiver yields its reply. Never waits: a full
     /// queue or an ejected shard answers at once.
     pub fn call(&self, payload: Bytes) -> oneshot::Receiver<ShardReply> {
+        self.call_batch(payload, 1)
+    }
+
+    /// Queues commands written back to back, as one unit (`MULTI` ... `EXEC`): nothing of another
+    /// client comes between them, and the receiver yields the last of their `replies` replies.
+    pub fn call_batch(&self, payload: Bytes, replies: usize) -> oneshot::Receiver<ShardReply> {
         let (reply, receiver) = oneshot::channel();
         if self.health.is_ejected() {
             let _ = reply.send(Err(ShardError::Ejected));
             return receiver;
         }
-        if let Err(error) = self.requests.try_send(Request { payload, reply }) {
+        if let Err(error) = self.requests.try_send(Request {
+            payload,
+            replies: replies.max(1),
+            reply,
+        }) {
             let request = match error {
                 mpsc::error::TrySendError::Full(request) | mpsc::error::TrySendError::Closed(request) => {
                     request
@@ -276,6 +295,7 @@ impl Connection {
             if open
                 .in_flight
                 .send(InFlight {
+                    replies: request.replies,
                     reply: request.reply,
                     deadline,
                 })
@@ -345,7 +365,14 @@ impl Reader {
     async fn run(self, mut read: OwnedReadHalf, mut answered: mpsc::Receiver<InFlight>) {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         while let Some(waiting) = answered.recv().await {
-            match self.next_reply(&mut read, &mut buf, waiting.deadline).await {
+            let mut last = self.next_reply(&mut read, &mut buf, waiting.deadline).await;
+            for _ in 1..waiting.replies {
+                if last.is_err() {
+                    break;
+                }
+                last = self.next_reply(&mut read, &mut buf, waiting.deadline).await;
+            }
+            match last {
                 Ok(reply) => {
                     self.health.success();
                     let _ = waiting.reply.send(Ok(reply));

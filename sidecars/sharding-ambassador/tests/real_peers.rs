@@ -226,8 +226,7 @@ async fn commands_that_span_shards_are_refused_and_never_reach_a_shard() {
         .unwrap();
 
     let refused: Vec<Vec<&str>> = vec![
-        vec!["MULTI"],
-        vec!["EXEC"],
+        vec!["WATCH", &keys[0]],
         vec!["KEYS", "*"],
         vec!["SCAN", "0"],
         vec!["FLUSHALL"],
@@ -384,4 +383,113 @@ async fn inline_commands_and_local_commands_are_served() {
     assert_eq!(client.read().await, Some(Frame::Simple("PONG".into())));
     assert_eq!(client.call(&["QUIT"]).await, Frame::ok());
     assert_eq!(client.read().await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_on_one_shard_runs_there_and_one_spanning_shards_is_aborted() {
+    let shards = start_shards(3).await;
+    let ambassador = Ambassador::start(&shards, "fnv1a64", Some("{}")).await;
+    let mut client = Client::connect(ambassador.addr).await.unwrap();
+    let queued = Frame::Simple("QUEUED".into());
+    let replies = client
+        .pipeline(&[
+            args(&["MULTI"]),
+            args(&["SET", "cart:{9}:total", "10"]),
+            args(&["INCRBY", "cart:{9}:total", "5"]),
+            args(&["RPUSH", "cart:{9}:items", "apple"]),
+            args(&["EXEC"]),
+        ])
+        .await;
+    assert_eq!(
+        replies[..4],
+        [Frame::ok(), queued.clone(), queued.clone(), queued.clone()]
+    );
+    assert_eq!(
+        replies[4],
+        Frame::Array(vec![Frame::ok(), Frame::Integer(15), Frame::Integer(1)])
+    );
+
+    let ring = KetamaRing::with_names(&shards.iter().map(|s| s.name.clone()).collect::<Vec<_>>());
+    let shard_of = |key: &str| ring.index_for_key(key.as_bytes(), KeyHash::Fnv1a64, TAG);
+    let first = "0:txn";
+    let elsewhere = (1..100)
+        .map(|i| format!("{i}:txn"))
+        .find(|key| shard_of(key) != shard_of(first))
+        .unwrap();
+    assert_eq!(client.call(&["MULTI"]).await, Frame::ok());
+    assert_eq!(client.call(&["SET", first, "1"]).await, queued);
+    assert!(error_text(&client.call(&["SET", &elsewhere, "1"]).await).contains("one shard"));
+    assert!(error_text(&client.call(&["EXEC"]).await).contains("EXECABORT"));
+    assert_eq!(
+        client.call(&["EXISTS", first, &elsewhere]).await,
+        Frame::Integer(0),
+        "nothing ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_follows_its_shard_map_file_and_keeps_the_last_good_map() {
+    let shards = start_shards(3).await;
+    let dir = TempDir::new("binary");
+    let map = dir.0.join("shard-map.json");
+    std::fs::write(&map, shard_map_json(&shards[..2], "fnv1a64", None)).unwrap();
+    let port = free_port();
+    let _ambassador = spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_outrigger-sharding-ambassador"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--shard-map-poll-ms",
+                "50",
+                "--log-format",
+                "text",
+            ])
+            .arg("--shard-map")
+            .arg(&map),
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut client = connect_when_listening(addr).await;
+    let keys: Vec<String> = (0..200).map(|i| format!("{i}:binary")).collect();
+    let names = |count: usize| shards[..count].iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let (two, three) = (
+        KetamaRing::with_names(&names(2)),
+        KetamaRing::with_names(&names(3)),
+    );
+
+    // The first map is loaded shortly after start; until then keys get an error.
+    let mut loaded = false;
+    for _ in 0..100 {
+        if client.call(&["SET", &keys[0], &keys[0]]).await == Frame::ok() {
+            loaded = true;
+            break;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert!(loaded, "the shard map is loaded");
+    write_through(addr, &keys).await;
+    assert_each_key_is_where_the_ring_says(&shards[..2], &two, KeyHash::Fnv1a64, &keys).await;
+
+    std::fs::write(&map, shard_map_json(&shards, "fnv1a64", None)).unwrap();
+    let moved = keys
+        .iter()
+        .find(|key| three.index_for_key(key.as_bytes(), KeyHash::Fnv1a64, None) == Some(2))
+        .unwrap();
+    let mut third = Client::connect(shards[2].addr()).await.unwrap();
+    let mut reloaded = false;
+    for _ in 0..100 {
+        client.call(&["SET", moved, "on the new shard"]).await;
+        if third.call(&["GET", moved]).await == bulk("on the new shard") {
+            reloaded = true;
+            break;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "the new map routes keys to the new shard");
+
+    // A broken map is ignored: the three-shard map stays in force.
+    std::fs::write(&map, "{ not a shard map").unwrap();
+    sleep(Duration::from_millis(300)).await;
+    let renamed: Vec<String> = keys.iter().map(|key| format!("{key}:after")).collect();
+    write_through(addr, &renamed).await;
+    assert_each_key_is_where_the_ring_says(&shards, &three, KeyHash::Fnv1a64, &renamed).await;
 }

@@ -74,6 +74,30 @@ impl Drop for Process {
     }
 }
 
+/// Runs a command until dropped.
+pub fn spawn(command: &mut Command) -> Process {
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Process {
+        child,
+        _dir: TempDir::new("process"),
+    }
+}
+
+/// A client, once something listens on `addr`.
+pub async fn connect_when_listening(addr: SocketAddr) -> Client {
+    for _ in 0..100 {
+        if let Ok(client) = Client::connect(addr).await {
+            return client;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
 /// A `redis-server` on a loopback port, without persistence.
 pub struct Redis {
     pub name: String,
