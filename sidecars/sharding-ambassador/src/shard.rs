@@ -190,6 +190,11 @@ impl ShardHandle {
         &self.name
     }
 
+    /// Whether both handles feed the same connection task.
+    pub fn same_connection(&self, other: &ShardHandle) -> bool {
+        self.requests.same_channel(&other.requests)
+    }
+
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }

@@ -75,3 +75,64 @@ impl Locate for Topology {
         self.ring.index_for_key(key, self.hash, self.tag)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shardmap::ShardSpec;
+
+    fn spec(shards: &[(&str, &str)]) -> RingSpec {
+        RingSpec {
+            hash: KeyHash::Fnv1a64,
+            tag: None,
+            points_per_server: 160,
+            shards: shards
+                .iter()
+                .map(|(name, primary)| ShardSpec {
+                    name: (*name).into(),
+                    primary: (*primary).into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_pod_address_keeps_every_key_on_its_shard() {
+        let settings = Arc::new(ShardSettings::default());
+        let before = Topology::build(
+            &spec(&[("s-0", "10.0.0.1:6379"), ("s-1", "10.0.0.2:6379")]),
+            &Topology::empty(),
+            &settings,
+        );
+        let after = Topology::build(
+            &spec(&[("s-0", "10.0.0.9:6379"), ("s-1", "10.0.0.2:6379")]),
+            &before,
+            &settings,
+        );
+        for i in 0..2_000 {
+            let key = format!("{i}:key");
+            assert_eq!(before.shard_of(key.as_bytes()), after.shard_of(key.as_bytes()));
+        }
+        assert_eq!(after.shards()[0].endpoint(), "10.0.0.9:6379");
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_connections_of_unchanged_shards() {
+        let settings = Arc::new(ShardSettings::default());
+        let before = Topology::build(
+            &spec(&[("s-0", "a:1"), ("s-1", "b:1")]),
+            &Topology::empty(),
+            &settings,
+        );
+        let after = Topology::build(
+            &spec(&[("s-0", "a:1"), ("s-1", "c:1"), ("s-2", "d:1")]),
+            &before,
+            &settings,
+        );
+        assert!(after.shards()[0].same_connection(&before.shards()[0]));
+        assert!(
+            !after.shards()[1].same_connection(&before.shards()[1]),
+            "a moved shard gets a new connection"
+        );
+    }
+}
