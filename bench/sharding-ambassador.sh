@@ -33,6 +33,7 @@ AMBASSADOR_BIN=${AMBASSADOR_BIN:-}
 NUTCRACKER_PORT=$((BASE_PORT + 20))
 NUTCRACKER_STATS_PORT=$((BASE_PORT + 21))
 AMBASSADOR_PORT=$((BASE_PORT + 22))
+AMBASSADOR_ADMIN_PORT=$((BASE_PORT + 23))
 
 log() { echo "[bench] $*" >&2; }
 
@@ -106,7 +107,7 @@ nutcracker_pid=$!
 cat >"$work/shard-map.json" <<EOF
 {"protocol":"redis","function":"ketama","hash":"fnv1a64","virtualNodes":160,"hashTag":"{}","shards":[$shards_json]}
 EOF
-"$AMBASSADOR_BIN" --listen "127.0.0.1:$AMBASSADOR_PORT" --shard-map "$work/shard-map.json" \
+"$AMBASSADOR_BIN" --listen "127.0.0.1:$AMBASSADOR_PORT" --admin-addr "127.0.0.1:$AMBASSADOR_ADMIN_PORT" --shard-map "$work/shard-map.json" \
   --log-level warn --log-format text 2>"$work/ambassador.log" &
 pids+=($!)
 ambassador_pid=$!

@@ -1,10 +1,10 @@
 //! Command-line arguments.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Parser;
 
-use crate::{client::ClientSettings, shard::ShardSettings};
+use crate::{client::ClientSettings, metrics::Metrics, shard::ShardSettings};
 
 /// Routes Redis commands to the shard owning each key, placing keys as a twemproxy ketama pool.
 #[derive(Debug, Clone, Parser)]
@@ -13,6 +13,10 @@ pub struct Args {
     /// Address clients connect to.
     #[arg(long, env = "OUTRIGGER_LISTEN", default_value = "127.0.0.1:6379")]
     pub listen: SocketAddr,
+    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`: ready once a shard map is
+    /// loaded).
+    #[arg(long, env = "OUTRIGGER_ADMIN_ADDR", default_value = "0.0.0.0:9902")]
+    pub admin_addr: SocketAddr,
     /// Shard map document (JSON), re-read when it changes.
     #[arg(long, env = "OUTRIGGER_SHARD_MAP")]
     pub shard_map: PathBuf,
@@ -44,8 +48,9 @@ pub struct Args {
 
 impl Args {
     /// The settings of shard connections.
-    pub fn shard_settings(&self) -> ShardSettings {
+    pub fn shard_settings(&self, metrics: &Arc<Metrics>) -> ShardSettings {
         ShardSettings {
+            metrics: metrics.clone(),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             failure_limit: self.failure_limit.max(1),
@@ -55,8 +60,9 @@ impl Args {
     }
 
     /// The settings of client connections.
-    pub fn client_settings(&self) -> ClientSettings {
+    pub fn client_settings(&self, metrics: &Arc<Metrics>) -> ClientSettings {
         ClientSettings {
+            metrics: metrics.clone(),
             // A reply is awaited a little longer than the shard may take to connect and answer,
             // so the shard's own error, which names the cause, normally comes first.
             reply_timeout: Duration::from_millis(self.connect_timeout_ms + self.request_timeout_ms + 1000),

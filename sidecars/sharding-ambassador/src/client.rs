@@ -12,6 +12,7 @@ use tokio::{
 use tracing::debug;
 
 use crate::{
+    metrics::Metrics,
     resp::{self, Frame, Limits, ProtocolError},
     routing::{self, Merge, Plan, Session},
     shard::{ShardError, ShardReply},
@@ -28,6 +29,7 @@ pub struct ClientSettings {
     pub partial_frame_timeout: Duration,
     /// Longest wait for a shard's reply, on top of the shard's own request timeout.
     pub reply_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for ClientSettings {
@@ -37,6 +39,7 @@ impl Default for ClientSettings {
             max_pipeline: 1024,
             partial_frame_timeout: Duration::from_secs(10),
             reply_timeout: Duration::from_secs(5),
+            metrics: Arc::default(),
         }
     }
 }
@@ -89,7 +92,7 @@ where
 {
     let (read, write) = tokio::io::split(stream);
     let (pending, queue) = mpsc::channel(settings.max_pipeline.max(1));
-    let writer = tokio::spawn(write_replies(write, queue, settings.reply_timeout));
+    let writer = tokio::spawn(write_replies(write, queue, settings.clone()));
     let result = read_commands(read, &pending, topology, &settings).await;
     if let Err(ClientError::Protocol(error)) = &result {
         // Redis answers a protocol error and closes; so does the ambassador.
@@ -114,7 +117,7 @@ async fn read_commands<R: AsyncRead + Unpin>(
     loop {
         while let Some(command) = resp::decode_command(&mut buf, &settings.limits)? {
             let current = topology.borrow().clone();
-            let (reply, last) = dispatch(command, &mut session, &current);
+            let (reply, last) = dispatch(command, &mut session, &current, &settings.metrics);
             if pending.send(reply).await.is_err() || last {
                 return Ok(());
             }
@@ -136,8 +139,21 @@ async fn read_commands<R: AsyncRead + Unpin>(
 }
 
 /// Routes one command; the flag says the connection ends after its reply.
-fn dispatch(command: resp::Command, session: &mut Session, topology: &Topology) -> (Pending, bool) {
-    match session.plan(&command.args, topology) {
+fn dispatch(
+    command: resp::Command,
+    session: &mut Session,
+    topology: &Topology,
+    metrics: &Metrics,
+) -> (Pending, bool) {
+    let plan = session.plan(&command.args, topology);
+    metrics.command(match &plan {
+        Plan::Reply(Frame::Error(_)) => "error",
+        Plan::Reply(_) | Plan::Quit => "local",
+        Plan::Forward { .. } => "forward",
+        Plan::Split { .. } => "split",
+        Plan::Exec { .. } => "transaction",
+    });
+    match plan {
         Plan::Reply(frame) => (Pending::Ready(frame.to_bytes()), false),
         Plan::Quit => (Pending::Last(Frame::ok().to_bytes()), true),
         Plan::Forward { shard } => {
@@ -154,7 +170,7 @@ fn dispatch(command: resp::Command, session: &mut Session, topology: &Topology) 
             });
             (
                 Pending::One {
-                    shard: Arc::from(handle.name()),
+                    shard: handle.shared_name(),
                     reply: handle.call(payload),
                 },
                 false,
@@ -171,7 +187,7 @@ fn dispatch(command: resp::Command, session: &mut Session, topology: &Topology) 
                 };
                 let mut out = BytesMut::new();
                 resp::encode_command(&part.args, &mut out);
-                replies.push((Arc::from(handle.name()), handle.call(out.freeze())));
+                replies.push((handle.shared_name(), handle.call(out.freeze())));
             }
             (Pending::Many { replies, merge }, false)
         }
@@ -191,7 +207,7 @@ fn dispatch(command: resp::Command, session: &mut Session, topology: &Topology) 
             let reply = handle.call_batch(out.freeze(), commands.len() + 2);
             (
                 Pending::One {
-                    shard: Arc::from(handle.name()),
+                    shard: handle.shared_name(),
                     reply,
                 },
                 false,
@@ -203,13 +219,13 @@ fn dispatch(command: resp::Command, session: &mut Session, topology: &Topology) 
 async fn write_replies<W: AsyncWrite>(
     write: W,
     mut queue: mpsc::Receiver<Pending>,
-    reply_timeout: Duration,
+    settings: Arc<ClientSettings>,
 ) -> Result<(), ClientError> {
     let mut write = std::pin::pin!(write);
     let mut out = BytesMut::with_capacity(16 * 1024);
     while let Some(next) = queue.recv().await {
         let last = matches!(next, Pending::Last(_));
-        let reply = resolve(next, reply_timeout).await;
+        let reply = resolve(next, &settings).await;
         out.extend_from_slice(&reply);
         // Replies already known go out together; the flush waits only while more are queued.
         if last || queue.is_empty() || out.len() >= 64 * 1024 {
@@ -230,20 +246,21 @@ async fn write_replies<W: AsyncWrite>(
     Ok(())
 }
 
-async fn resolve(pending: Pending, reply_timeout: Duration) -> Bytes {
+async fn resolve(pending: Pending, settings: &ClientSettings) -> Bytes {
+    let (reply_timeout, metrics) = (settings.reply_timeout, &*settings.metrics);
     match pending {
         Pending::Ready(bytes) | Pending::Last(bytes) => bytes,
         Pending::One { shard, reply } => match wait(reply, reply_timeout).await {
             Ok(bytes) => bytes,
-            Err(error) => shard_error(&shard, &error).to_bytes(),
+            Err(error) => shard_error(&shard, &error, metrics).to_bytes(),
         },
         Pending::Many { replies, merge } => {
             let mut frames = Vec::with_capacity(replies.len());
             for (shard, reply) in replies {
                 let frame = match wait(reply, reply_timeout).await {
                     Ok(bytes) => resp::parse_frame(&bytes)
-                        .unwrap_or_else(|error| shard_error(&shard, &ShardError::Protocol(error))),
-                    Err(error) => shard_error(&shard, &error),
+                        .unwrap_or_else(|error| shard_error(&shard, &ShardError::Protocol(error), metrics)),
+                    Err(error) => shard_error(&shard, &error, metrics),
                 };
                 frames.push(frame);
             }
@@ -260,7 +277,8 @@ async fn wait(reply: oneshot::Receiver<ShardReply>, reply_timeout: Duration) -> 
     }
 }
 
-fn shard_error(shard: &str, error: &ShardError) -> Frame {
+fn shard_error(shard: &str, error: &ShardError, metrics: &Metrics) -> Frame {
     debug!(shard, %error, "Command failed on its shard.");
+    metrics.shard_error(shard, error.category());
     Frame::error(format!("ERR shard {shard} unavailable: {error}"))
 }

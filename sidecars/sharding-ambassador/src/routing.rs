@@ -1,6 +1,8 @@
 //! What to do with a command: answer it here, send it to one shard, split it over shards and merge
 //! the replies, or refuse it. Pure: it sees the arguments and a key locator, never a socket.
 
+use std::{collections::HashMap, sync::OnceLock};
+
 use bytes::Bytes;
 
 use crate::resp::Frame;
@@ -212,6 +214,30 @@ fn refusal(name: &str) -> Option<&'static str> {
     })
 }
 
+/// The key-position kinds of [`Keys`] without their merge state, for the lookup table.
+#[derive(Debug, Clone, Copy)]
+enum KeyKind {
+    First,
+    FirstTwo,
+    AllSameShard,
+}
+
+/// Commands by name, built once: every command looks its name up here.
+fn key_kinds() -> &'static HashMap<&'static str, KeyKind> {
+    static TABLE: OnceLock<HashMap<&'static str, KeyKind>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let lists = [
+            (SINGLE_KEY, KeyKind::First),
+            (SAME_SHARD_PAIR, KeyKind::FirstTwo),
+            (SAME_SHARD_ALL, KeyKind::AllSameShard),
+        ];
+        lists
+            .iter()
+            .flat_map(|(names, kind)| names.iter().map(move |name| (*name, *kind)))
+            .collect()
+    })
+}
+
 fn keys_of(name: &str) -> Option<Keys> {
     Some(match name {
         "MGET" => Keys::Each(Merge::Values {
@@ -220,11 +246,22 @@ fn keys_of(name: &str) -> Option<Keys> {
         }),
         "DEL" | "EXISTS" | "UNLINK" | "TOUCH" => Keys::Each(Merge::Sum),
         "MSET" => Keys::Pairs,
-        _ if SINGLE_KEY.contains(&name) => Keys::First,
-        _ if SAME_SHARD_PAIR.contains(&name) => Keys::FirstTwo,
-        _ if SAME_SHARD_ALL.contains(&name) => Keys::AllSameShard,
-        _ => return None,
+        _ => match key_kinds().get(name)? {
+            KeyKind::First => Keys::First,
+            KeyKind::FirstTwo => Keys::FirstTwo,
+            KeyKind::AllSameShard => Keys::AllSameShard,
+        },
     })
+}
+
+/// A command name upper-cased into `buf`, without allocating; `None` when it is too long or not
+/// UTF-8 (no such command exists).
+fn upper_name<'a>(name: &[u8], buf: &'a mut [u8; MAX_NAME_LEN]) -> Option<&'a str> {
+    let upper = buf.get_mut(..name.len())?;
+    for (to, from) in upper.iter_mut().zip(name) {
+        *to = from.to_ascii_uppercase();
+    }
+    std::str::from_utf8(upper).ok()
 }
 
 /// Longest command name looked up; longer names are unknown without being upper-cased.
@@ -255,11 +292,12 @@ struct Transaction {
 impl Session {
     /// Decides what to do with `args`, given what came before on this connection.
     pub fn plan(&mut self, args: &[Bytes], ring: &impl Locate) -> Plan {
-        let name = match args.first() {
-            Some(first) if first.len() <= MAX_NAME_LEN => String::from_utf8_lossy(first).to_ascii_uppercase(),
-            _ => String::new(),
-        };
-        match (name.as_str(), self.transaction.as_mut()) {
+        let mut buf = [0; MAX_NAME_LEN];
+        let name = args
+            .first()
+            .and_then(|first| upper_name(first, &mut buf))
+            .unwrap_or_default();
+        match (name, self.transaction.as_mut()) {
             ("MULTI", None) => {
                 self.transaction = Some(Transaction::default());
                 Plan::Reply(Frame::ok())
@@ -323,11 +361,10 @@ pub fn plan(args: &[Bytes], ring: &impl Locate) -> Plan {
     let Some(first) = args.first() else {
         return Plan::Reply(Frame::error("ERR empty command"));
     };
-    if first.len() > MAX_NAME_LEN {
+    let mut buf = [0; MAX_NAME_LEN];
+    let Some(name) = upper_name(first, &mut buf) else {
         return Plan::Reply(unknown(first));
-    }
-    let name = String::from_utf8_lossy(first).to_ascii_uppercase();
-    let name = name.as_str();
+    };
     if let Some(reply) = local(name, args) {
         return reply;
     }

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     client::{self, ClientSettings},
+    metrics::CategoryLabels,
     topology::Topology,
 };
 
@@ -47,10 +48,21 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (topology, settings) = (topology.clone(), settings.clone());
         tokio::spawn(async move {
+            let metrics = settings.metrics.clone();
+            metrics.clients.inc();
             match client::serve(stream, topology, settings).await {
                 Ok(()) => debug!(%peer, "Client disconnected."),
-                Err(error) => info!(%peer, %error, category = error.category(), "Client dropped."),
+                Err(error) => {
+                    metrics
+                        .client_errors
+                        .get_or_create(&CategoryLabels {
+                            category: error.category(),
+                        })
+                        .inc();
+                    info!(%peer, %error, category = error.category(), "Client dropped.");
+                }
             }
+            metrics.clients.dec();
             drop(permit);
         });
     }

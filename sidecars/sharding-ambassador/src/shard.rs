@@ -27,7 +27,10 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::resp::{self, Limits, ProtocolError};
+use crate::{
+    metrics::Metrics,
+    resp::{self, Limits, ProtocolError},
+};
 
 /// How shard connections behave.
 #[derive(Debug, Clone)]
@@ -44,6 +47,7 @@ pub struct ShardSettings {
     /// Commands written and not yet answered on one connection.
     pub max_in_flight: usize,
     pub limits: Limits,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for ShardSettings {
@@ -56,6 +60,7 @@ impl Default for ShardSettings {
             queue_len: 4096,
             max_in_flight: 4096,
             limits: Limits::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -188,6 +193,11 @@ impl ShardHandle {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The name, shared without copying.
+    pub fn shared_name(&self) -> Arc<str> {
+        self.name.clone()
     }
 
     /// Whether both handles feed the same connection task.
@@ -350,6 +360,9 @@ impl Connection {
 
     fn failed(&self, error: &ShardError) {
         let ejected = self.health.failure(&self.settings);
+        if ejected {
+            self.settings.metrics.ejected(&self.name);
+        }
         warn!(shard = %self.name, endpoint = %self.endpoint, %error, category = error.category(), ejected, "Shard failed.");
     }
 }
@@ -384,6 +397,9 @@ impl Reader {
                 }
                 Err(error) => {
                     let ejected = self.health.failure(&self.settings);
+                    if ejected {
+                        self.settings.metrics.ejected(&self.name);
+                    }
                     warn!(shard = %self.name, %error, category = error.category(), ejected, "Shard connection failed.");
                     let _ = waiting.reply.send(Err(error.clone()));
                     // Replies after a lost one can't be matched to their commands: fail them all.

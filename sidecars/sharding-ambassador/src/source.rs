@@ -6,7 +6,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::{shard::ShardSettings, shardmap, topology::Topology};
+use crate::{metrics::ResultLabels, shard::ShardSettings, shardmap, topology::Topology};
 
 /// Polls `path` every `interval` and publishes a new topology whenever the file's content changes
 /// and parses. Returns when every receiver is gone.
@@ -38,11 +38,25 @@ pub async fn watch_file(
         }
         match shardmap::parse(&content) {
             Ok(spec) => {
+                settings
+                    .metrics
+                    .shard_map_loads
+                    .get_or_create(&ResultLabels { result: "loaded" })
+                    .inc();
+                settings
+                    .metrics
+                    .shards
+                    .set(i64::try_from(spec.shards.len()).unwrap_or(i64::MAX));
                 let next = Topology::build(&spec, &topology.borrow(), &settings);
                 info!(path = %path.display(), shards = spec.shards.len(), "Shard map loaded.");
                 topology.send_replace(Arc::new(next));
             }
             Err(error) => {
+                settings
+                    .metrics
+                    .shard_map_loads
+                    .get_or_create(&ResultLabels { result: "rejected" })
+                    .inc();
                 warn!(path = %path.display(), %error, category = error.category(), "Shard map rejected; keeping the last good one.");
             }
         }

@@ -433,12 +433,14 @@ async fn the_binary_follows_its_shard_map_file_and_keeps_the_last_good_map() {
     let dir = TempDir::new("binary");
     let map = dir.0.join("shard-map.json");
     std::fs::write(&map, shard_map_json(&shards[..2], "fnv1a64", None)).unwrap();
-    let port = free_port();
+    let (port, admin_port) = (free_port(), free_port());
     let _ambassador = spawn(
         std::process::Command::new(env!("CARGO_BIN_EXE_outrigger-sharding-ambassador"))
             .args([
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--admin-addr",
+                &format!("127.0.0.1:{admin_port}"),
                 "--shard-map-poll-ms",
                 "50",
                 "--log-format",
@@ -466,6 +468,11 @@ async fn the_binary_follows_its_shard_map_file_and_keeps_the_last_good_map() {
         sleep(Duration::from_millis(50)).await;
     }
     assert!(loaded, "the shard map is loaded");
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], admin_port));
+    assert!(
+        http_get(admin, "/readyz").await.starts_with("HTTP/1.1 200"),
+        "ready once a map is loaded"
+    );
     write_through(addr, &keys).await;
     assert_each_key_is_where_the_ring_says(&shards[..2], &two, KeyHash::Fnv1a64, &keys).await;
 
@@ -492,4 +499,24 @@ async fn the_binary_follows_its_shard_map_file_and_keeps_the_last_good_map() {
     let renamed: Vec<String> = keys.iter().map(|key| format!("{key}:after")).collect();
     write_through(addr, &renamed).await;
     assert_each_key_is_where_the_ring_says(&shards, &three, KeyHash::Fnv1a64, &renamed).await;
+    let metrics = http_get(admin, "/metrics").await;
+    for line in [
+        "outrigger_sharding_shard_map_loads_total{result=\"loaded\"} 2",
+        "outrigger_sharding_shard_map_loads_total{result=\"rejected\"} 1",
+        "outrigger_sharding_shard_map_shards 3",
+        "outrigger_sharding_commands_total{route=\"forward\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from {metrics}");
+    }
+}
+
+/// A whole HTTP/1.1 response, as text.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }
