@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Parser;
 
-use crate::{client::ClientSettings, metrics::Metrics, shard::ShardSettings};
+use crate::{client::ClientSettings, metrics::Metrics, server::ServerLimits, shard::ShardSettings};
 
 /// Routes Redis commands to the shard owning each key, placing keys as a twemproxy ketama pool.
 #[derive(Debug, Clone, Parser)]
@@ -32,6 +32,9 @@ pub struct Args {
     /// Clients served at once.
     #[arg(long, env = "OUTRIGGER_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: usize,
+    /// How long connected clients get to leave after SIGTERM, in milliseconds.
+    #[arg(long, env = "OUTRIGGER_DRAIN_MS", default_value_t = 5000)]
+    pub drain_ms: u64,
     /// Connect timeout to a shard, in milliseconds.
     #[arg(long, env = "OUTRIGGER_CONNECT_TIMEOUT_MS", default_value_t = 500)]
     pub connect_timeout_ms: u64,
@@ -56,6 +59,14 @@ impl Args {
             failure_limit: self.failure_limit.max(1),
             retry_interval: Duration::from_millis(self.retry_interval_ms),
             ..ShardSettings::default()
+        }
+    }
+
+    /// Client count and drain.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_clients: self.max_clients,
+            drain: Duration::from_millis(self.drain_ms),
         }
     }
 

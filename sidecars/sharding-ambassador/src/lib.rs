@@ -71,7 +71,7 @@ pub async fn run(args: Args) -> Result<(), RunError> {
         listener,
         receiver,
         client_settings,
-        args.max_clients,
+        args.server_limits(),
         shutdown::signal(),
     )
     .await;

@@ -1,6 +1,6 @@
 //! Accepts clients, at most `max_clients` at once.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use tokio::{
     net::TcpListener,
@@ -14,16 +14,17 @@ use crate::{
     topology::Topology,
 };
 
-/// Serves clients on `listener` until `shutdown` completes. Clients already connected are left to
-/// finish on their own tasks.
+/// Serves clients on `listener` until `shutdown` completes, then stops accepting and gives the
+/// clients already connected up to `drain` to disconnect before returning.
 pub async fn serve(
     listener: TcpListener,
     topology: watch::Receiver<Arc<Topology>>,
     settings: Arc<ClientSettings>,
-    max_clients: usize,
+    limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(max_clients.max(1)));
+    let max_clients = limits.max_clients.clamp(1, Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max_clients));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         // The permit is taken before accepting, so a full house leaves clients in the backlog.
@@ -65,5 +66,27 @@ pub async fn serve(
             metrics.clients.dec();
             drop(permit);
         });
+    }
+    drop(listener);
+    let clients = u32::try_from(max_clients).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(limits.drain, permits.acquire_many(clients))
+        .await
+        .is_ok();
+    info!(drained, "Drain finished; clients still connected are cut.");
+}
+
+/// How many clients at once, and how long they get to leave at shutdown.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    pub max_clients: usize,
+    pub drain: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_clients: 10_000,
+            drain: Duration::from_secs(5),
+        }
     }
 }

@@ -280,7 +280,7 @@ impl Ambassador {
             listener,
             receiver,
             Arc::new(client_settings),
-            1000,
+            server::ServerLimits::default(),
             async move {
                 let _ = stopped.await;
             },
