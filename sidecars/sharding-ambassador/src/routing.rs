@@ -383,7 +383,7 @@ pub fn plan(args: &[Bytes], ring: &impl Locate) -> Plan {
             name.to_ascii_lowercase()
         )))
     };
-    let no_shard = || Plan::Reply(Frame::error("ERR no shard map loaded"));
+    let no_shard = || Plan::Reply(Frame::error("ERR no shard map with shards is loaded"));
     match keys {
         Keys::First => match args.get(1) {
             None => wrong_arity(),

@@ -301,7 +301,6 @@ impl Connection {
             return;
         };
         out.clear();
-        let deadline = Instant::now() + self.settings.request_timeout;
         for request in batch.drain(..) {
             if request.reply.is_closed() {
                 continue;
@@ -312,7 +311,8 @@ impl Connection {
                 .send(InFlight {
                     replies: request.replies,
                     reply: request.reply,
-                    deadline,
+                    // Taken per command: registering can wait for room, which is not the shard's time.
+                    deadline: Instant::now() + self.settings.request_timeout,
                 })
                 .await
                 .is_err()
@@ -323,7 +323,7 @@ impl Connection {
             }
             out.extend_from_slice(&request.payload);
         }
-        match timeout_at(deadline, open.write.write_all(out)).await {
+        match timeout(self.settings.request_timeout, open.write.write_all(out)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 let error = ShardError::ConnectionLost(error.to_string());
@@ -344,7 +344,9 @@ impl Connection {
             .map_err(|error| ShardError::Connect(error.to_string()))?;
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
-        let (in_flight, answered) = mpsc::channel(self.settings.max_in_flight.max(1));
+        // At least a batch: commands of a batch are registered before any of its bytes is written,
+        // so a smaller queue could wait for replies to commands not yet sent.
+        let (in_flight, answered) = mpsc::channel(self.settings.max_in_flight.max(MAX_BATCH));
         let reader = Reader {
             name: self.name.clone(),
             health: self.health.clone(),

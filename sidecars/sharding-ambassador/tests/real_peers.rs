@@ -371,6 +371,54 @@ async fn a_dead_shard_fails_only_its_own_keys_is_ejected_and_comes_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_never_answers_times_out_without_holding_up_the_others() {
+    let mut shards = start_shards(2).await;
+    // Accepts connections and reads commands, but never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    shards.push(Redis::standing_in("cache-shard-2", silent_port));
+    let settings = ShardSettings {
+        request_timeout: Duration::from_millis(300),
+        ..ShardSettings::default()
+    };
+    let ambassador = Ambassador::start_with(&shards, "md5", None, settings, ClientSettings::default()).await;
+    let ring = KetamaRing::with_names(&shards.iter().map(|s| s.name.clone()).collect::<Vec<_>>());
+    let keys: Vec<String> = (0..100).map(|i| format!("slow:{i}")).collect();
+    let on = |index: usize| {
+        keys.iter()
+            .find(|k| ring.index_for_key(k.as_bytes(), KeyHash::Md5, None) == Some(index))
+            .unwrap()
+    };
+
+    let mut waiting = Client::connect(ambassador.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut meanwhile = Client::connect(ambassador.addr).await.unwrap();
+    waiting.send_raw(b"*2\r\n$3\r\nGET\r\n").await;
+    waiting
+        .send_raw(format!("${}\r\n{}\r\n", on(2).len(), on(2)).as_bytes())
+        .await;
+    for index in [0, 1] {
+        assert_eq!(meanwhile.call(&["SET", on(index), "v"]).await, Frame::ok());
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "other shards answer while one is silent"
+    );
+    let reply = waiting.read().await.unwrap();
+    assert!(
+        error_text(&reply).contains("no reply within the request timeout"),
+        "{reply:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inline_commands_and_local_commands_are_served() {
     let shards = start_shards(2).await;
     let ambassador = Ambassador::start(&shards, "fnv1a64", None).await;

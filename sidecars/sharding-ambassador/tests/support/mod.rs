@@ -116,6 +116,15 @@ impl Redis {
         redis
     }
 
+    /// A shard entry for something else listening on `port` (no redis-server is started).
+    pub fn standing_in(name: &str, port: u16) -> Redis {
+        Redis {
+            name: name.to_owned(),
+            port,
+            process: None,
+        }
+    }
+
     /// Starts (again) on the same port.
     pub async fn restart(&mut self) {
         let dir = TempDir::new("redis");
