@@ -178,7 +178,8 @@ pub fn decode_frame(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>
     }
 }
 
-/// Parses the wire bytes of one frame already taken by [`decode_raw`].
+/// Parses the wire bytes of one frame already taken by [`decode_raw`] (which bounded its size and
+/// depth; other bytes are not to be given here).
 pub fn parse_frame(raw: &Bytes) -> Result<Frame, ProtocolError> {
     let mut position = 0;
     parse(raw, &mut position)
@@ -530,6 +531,41 @@ mod tests {
             }
             assert_eq!(decoded, frames);
             assert!(input.is_empty());
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_every_decode_consumes_or_stops() {
+        // Bytes drawn mostly from RESP's own alphabet, so that many inputs get deep into the parser.
+        const ALPHABET: &[u8] = b"*$:+-\r\n\r\n0123456789-1ab \"'";
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let limits = Limits {
+            max_depth: 3,
+            max_array_len: 8,
+            max_bulk_len: 64,
+            ..Limits::default()
+        };
+        for _ in 0..20_000 {
+            let len = usize::try_from(next() % 48).unwrap();
+            let input: Vec<u8> = (0..len)
+                .map(|_| ALPHABET[usize::try_from(next() % ALPHABET.len() as u64).unwrap()])
+                .collect();
+            let mut commands = buf(&input);
+            while let Ok(Some(_)) = decode_command(&mut commands, &limits) {}
+            let mut frames = buf(&input);
+            loop {
+                let before = frames.len();
+                match decode_frame(&mut frames, &limits) {
+                    Ok(Some(_)) => assert!(frames.len() < before, "a decoded frame consumes bytes"),
+                    Ok(None) | Err(_) => break,
+                }
+            }
         }
     }
 
