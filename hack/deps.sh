@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pkg in curl ca-certificates; do
+# redis-server, redis-tools and nutcracker: the sharding ambassador's tests run against real Redis
+# shards and check key placement against twemproxy.
+for pkg in curl ca-certificates redis-server redis-tools nutcracker; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if ((${#need[@]})); then

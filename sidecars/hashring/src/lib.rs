@@ -1,5 +1,10 @@
 //! Consistent hashing: the same key must reach the same node from the operator's shard map and
 //! from every sidecar, so both use this crate. No dependencies, no I/O.
+//!
+//! [`HashRing`] is the project's own ring; [`twemproxy`] holds a ring and key hashes that place
+//! keys exactly as a twemproxy (nutcracker) ketama pool does.
+
+pub mod twemproxy;
 
 /// 64-bit FNV-1a.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {

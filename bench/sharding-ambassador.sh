@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Benchmark of the sharding ambassador against nutcracker (twemproxy) sharding the same keys.
+#
+# Shards: SHARDS (4) redis-server on loopback, no persistence. Proxies: nutcracker with a pool of the
+# shards (`distribution: ketama`, `hash: fnv1a_64`, `hash_tag: "{}"`, server names cache-shard-<i>),
+# and the ambassador with the equivalent shard map, so both place every key on the same shard.
+# Load: `redis-benchmark -t set,get -n REQUESTS -c CLIENTS -r KEYSPACE`, without pipelining and with
+# `-P 16`, against one shard directly (the floor), nutcracker and the ambassador, in that order.
+#
+# Per target, test and pipeline depth it prints ops/s, p50 and p99 latency (redis-benchmark's CSV)
+# and the RSS of the proxy after the run (VmRSS; for the direct run, the shard's).
+#
+# Usage: bench/sharding-ambassador.sh
+#        REQUESTS=2000 AMBASSADOR_BIN=target/debug/outrigger-sharding-ambassador bench/sharding-ambassador.sh
+#                                          a smoke run of a debug build (numbers mean nothing)
+# Environment: REQUESTS (200000), CLIENTS (50), KEYSPACE (1000000), PIPELINES ("1 16"), SHARDS (4),
+#              BASE_PORT (17380), AMBASSADOR_BIN (default: a release build, made here),
+#              CARGO_TARGET_DIR (where that build goes).
+# Installs redis-server, redis-tools and nutcracker with apt-get when missing.
+# This is a benchmark, not a test: it asserts nothing. Everything listens on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-200000}
+CLIENTS=${CLIENTS:-50}
+KEYSPACE=${KEYSPACE:-1000000}
+PIPELINES=${PIPELINES:-"1 16"}
+SHARDS=${SHARDS:-4}
+BASE_PORT=${BASE_PORT:-17380}
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+AMBASSADOR_BIN=${AMBASSADOR_BIN:-}
+
+NUTCRACKER_PORT=$((BASE_PORT + 20))
+NUTCRACKER_STATS_PORT=$((BASE_PORT + 21))
+AMBASSADOR_PORT=$((BASE_PORT + 22))
+AMBASSADOR_ADMIN_PORT=$((BASE_PORT + 23))
+
+log() { echo "[bench] $*" >&2; }
+
+need=()
+for command in redis-server:redis-server redis-benchmark:redis-tools redis-cli:redis-tools nutcracker:nutcracker; do
+  command -v "${command%%:*}" >/dev/null 2>&1 || need+=("${command#*:}")
+done
+if ((${#need[@]})); then
+  log "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ -z "$AMBASSADOR_BIN" ]; then
+  log "building the ambassador (release)"
+  cargo build --release -q -p outrigger-sharding-ambassador
+  AMBASSADOR_BIN=$TARGET_DIR/release/outrigger-sharding-ambassador
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_ping() {
+  local port=$1
+  for _ in $(seq 100); do
+    [ "$(redis-cli -h 127.0.0.1 -p "$port" PING 2>/dev/null)" = PONG ] && return 0
+    sleep 0.1
+  done
+  log "nothing answers PING on port $port"
+  exit 1
+}
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+shard_pids=()
+servers=""
+shards_json=""
+for ((i = 0; i < SHARDS; i++)); do
+  port=$((BASE_PORT + i))
+  mkdir -p "$work/shard-$i"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work/shard-$i" \
+    --logfile "$work/shard-$i/redis.log" &
+  pids+=($!)
+  shard_pids+=($!)
+  servers+="   - 127.0.0.1:$port:1 cache-shard-$i"$'\n'
+  shards_json+="${shards_json:+,}{\"name\":\"cache-shard-$i\",\"endpoints\":[\"127.0.0.1:$port\"]}"
+done
+
+cat >"$work/nutcracker.yml" <<EOF
+pool:
+  listen: 127.0.0.1:$NUTCRACKER_PORT
+  hash: fnv1a_64
+  distribution: ketama
+  hash_tag: "{}"
+  redis: true
+  auto_eject_hosts: false
+  timeout: 1000
+  servers:
+$servers
+EOF
+nutcracker -c "$work/nutcracker.yml" -s "$NUTCRACKER_STATS_PORT" -a 127.0.0.1 -o "$work/nutcracker.log" &
+pids+=($!)
+nutcracker_pid=$!
+
+cat >"$work/shard-map.json" <<EOF
+{"protocol":"redis","function":"ketama","hash":"fnv1a64","virtualNodes":160,"hashTag":"{}","shards":[$shards_json]}
+EOF
+"$AMBASSADOR_BIN" --listen "127.0.0.1:$AMBASSADOR_PORT" --admin-addr "127.0.0.1:$AMBASSADOR_ADMIN_PORT" --shard-map "$work/shard-map.json" \
+  --log-level warn --log-format text 2>"$work/ambassador.log" &
+pids+=($!)
+ambassador_pid=$!
+
+for ((i = 0; i < SHARDS; i++)); do wait_ping $((BASE_PORT + i)); done
+wait_ping "$NUTCRACKER_PORT"
+wait_ping "$AMBASSADOR_PORT"
+# The ambassador answers PING before its map is loaded; a keyed command says when it is.
+for _ in $(seq 100); do
+  [ "$(redis-cli -h 127.0.0.1 -p "$AMBASSADOR_PORT" SET bench:ready 1 2>/dev/null)" = OK ] && break
+  sleep 0.1
+done
+
+results=$work/results
+: >"$results"
+run() {
+  local target=$1 port=$2 pid=$3 pipeline=$4
+  log "$target, pipeline $pipeline"
+  # CSV rows: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+  redis-benchmark -h 127.0.0.1 -p "$port" -t set,get -n "$REQUESTS" -c "$CLIENTS" -P "$pipeline" \
+    -r "$KEYSPACE" --csv >"$work/run.csv" 2>/dev/null
+  local rss
+  rss=$(rss_kib "$pid")
+  tr -d '"' <"$work/run.csv" | awk -F, -v target="$target" -v pipeline="$pipeline" -v rss="$rss" '
+    $1 == "SET" || $1 == "GET" {
+      printf "%s|%s|%s|%.0f|%s|%s|%.1f\n", target, pipeline, $1, $2, $5, $7, rss / 1024
+    }' >>"$results"
+}
+
+for pipeline in $PIPELINES; do
+  run "redis (one shard, direct)" "$BASE_PORT" "${shard_pids[0]}" "$pipeline"
+  run nutcracker "$NUTCRACKER_PORT" "$nutcracker_pid" "$pipeline"
+  run ambassador "$AMBASSADOR_PORT" "$ambassador_pid" "$pipeline"
+done
+
+echo "| target | pipeline | test | ops/s | p50 ms | p99 ms | RSS MiB |"
+echo "| --- | --- | --- | --- | --- | --- | --- |"
+awk -F'|' '{ printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7 }' "$results"
+echo
+echo "$SHARDS shards, redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS -r $KEYSPACE; RSS measured after each run."

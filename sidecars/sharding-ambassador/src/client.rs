@@ -1,0 +1,284 @@
+//! One client connection: commands are read and dispatched as fast as they arrive (pipelining),
+//! replies are written strictly in command order by a writer task that awaits them one by one.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::{mpsc, oneshot, watch},
+    time::timeout,
+};
+use tracing::debug;
+
+use crate::{
+    metrics::Metrics,
+    resp::{self, Frame, Limits, ProtocolError},
+    routing::{self, Merge, Plan, Session},
+    shard::{ShardError, ShardReply},
+    topology::Topology,
+};
+
+/// How client connections behave.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub limits: Limits,
+    /// Commands read and not yet answered; a client that pipelines more waits.
+    pub max_pipeline: usize,
+    /// How long a client may leave a frame half sent before it is disconnected.
+    pub partial_frame_timeout: Duration,
+    /// Longest wait for a shard's reply, on top of the shard's own request timeout.
+    pub reply_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            limits: Limits::default(),
+            max_pipeline: 1024,
+            partial_frame_timeout: Duration::from_secs(10),
+            reply_timeout: Duration::from_secs(5),
+            metrics: Arc::default(),
+        }
+    }
+}
+
+/// Why a client connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("frame left incomplete for longer than the partial frame timeout")]
+    Stalled,
+}
+
+impl ClientError {
+    /// A fixed label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ClientError::Io(_) => "io",
+            ClientError::Protocol(error) => error.category(),
+            ClientError::Stalled => "stalled",
+        }
+    }
+}
+
+/// A reply owed to the client, in command order.
+enum Pending {
+    Ready(Bytes),
+    /// Write the reply, then close (QUIT, protocol errors).
+    Last(Bytes),
+    One {
+        shard: Arc<str>,
+        reply: oneshot::Receiver<ShardReply>,
+    },
+    Many {
+        replies: Vec<(Arc<str>, oneshot::Receiver<ShardReply>)>,
+        merge: Merge,
+    },
+}
+
+/// Serves one client until it disconnects, closes mid-frame or breaks the protocol.
+pub async fn serve<S>(
+    stream: S,
+    topology: watch::Receiver<Arc<Topology>>,
+    settings: Arc<ClientSettings>,
+) -> Result<(), ClientError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
+    let (pending, queue) = mpsc::channel(settings.max_pipeline.max(1));
+    let writer = tokio::spawn(write_replies(write, queue, settings.clone()));
+    let result = read_commands(read, &pending, topology, &settings).await;
+    if let Err(ClientError::Protocol(error)) = &result {
+        // Redis answers a protocol error and closes; so does the ambassador.
+        let reply = Frame::error(format!("ERR Protocol error: {error}")).to_bytes();
+        let _ = pending.send(Pending::Last(reply)).await;
+    }
+    drop(pending);
+    let written = writer
+        .await
+        .map_err(|error| ClientError::Io(std::io::Error::other(error)))?;
+    result.and(written)
+}
+
+async fn read_commands<R: AsyncRead + Unpin>(
+    mut read: R,
+    pending: &mpsc::Sender<Pending>,
+    topology: watch::Receiver<Arc<Topology>>,
+    settings: &ClientSettings,
+) -> Result<(), ClientError> {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut session = Session::default();
+    loop {
+        while let Some(command) = resp::decode_command(&mut buf, &settings.limits)? {
+            let current = topology.borrow().clone();
+            let (reply, last) = dispatch(command, &mut session, &current, &settings.metrics);
+            if pending.send(reply).await.is_err() || last {
+                return Ok(());
+            }
+        }
+        buf.reserve(16 * 1024);
+        let count = if buf.is_empty() {
+            read.read_buf(&mut buf).await?
+        } else {
+            // A half-sent frame holds buffer space: it must be finished in time.
+            timeout(settings.partial_frame_timeout, read.read_buf(&mut buf))
+                .await
+                .map_err(|_| ClientError::Stalled)??
+        };
+        if count == 0 {
+            resp::finish(&buf)?;
+            return Ok(());
+        }
+    }
+}
+
+/// Routes one command; the flag says the connection ends after its reply.
+fn dispatch(
+    command: resp::Command,
+    session: &mut Session,
+    topology: &Topology,
+    metrics: &Metrics,
+) -> (Pending, bool) {
+    let plan = session.plan(&command.args, topology);
+    metrics.command(match &plan {
+        Plan::Reply(Frame::Error(_)) => "error",
+        Plan::Reply(_) | Plan::Quit => "local",
+        Plan::Forward { .. } => "forward",
+        Plan::Split { .. } => "split",
+        Plan::Exec { .. } => "transaction",
+    });
+    match plan {
+        Plan::Reply(frame) => (Pending::Ready(frame.to_bytes()), false),
+        Plan::Quit => (Pending::Last(Frame::ok().to_bytes()), true),
+        Plan::Forward { shard } => {
+            let Some(handle) = topology.shard(shard) else {
+                return (
+                    Pending::Ready(Frame::error("ERR shard map changed").to_bytes()),
+                    false,
+                );
+            };
+            let payload = command.raw.unwrap_or_else(|| {
+                let mut out = BytesMut::new();
+                resp::encode_command(&command.args, &mut out);
+                out.freeze()
+            });
+            (
+                Pending::One {
+                    shard: handle.shared_name(),
+                    reply: handle.call(payload),
+                },
+                false,
+            )
+        }
+        Plan::Split { parts, merge } => {
+            let mut replies = Vec::with_capacity(parts.len());
+            for part in parts {
+                let Some(handle) = topology.shard(part.shard) else {
+                    return (
+                        Pending::Ready(Frame::error("ERR shard map changed").to_bytes()),
+                        false,
+                    );
+                };
+                let mut out = BytesMut::new();
+                resp::encode_command(&part.args, &mut out);
+                replies.push((handle.shared_name(), handle.call(out.freeze())));
+            }
+            (Pending::Many { replies, merge }, false)
+        }
+        Plan::Exec { shard, commands } => {
+            let Some(handle) = topology.shard(shard) else {
+                return (
+                    Pending::Ready(Frame::error("ERR shard map changed").to_bytes()),
+                    false,
+                );
+            };
+            let mut out = BytesMut::new();
+            resp::encode_command(&["MULTI"], &mut out);
+            for command in &commands {
+                resp::encode_command(command, &mut out);
+            }
+            resp::encode_command(&["EXEC"], &mut out);
+            let reply = handle.call_batch(out.freeze(), commands.len() + 2);
+            (
+                Pending::One {
+                    shard: handle.shared_name(),
+                    reply,
+                },
+                false,
+            )
+        }
+    }
+}
+
+async fn write_replies<W: AsyncWrite>(
+    write: W,
+    mut queue: mpsc::Receiver<Pending>,
+    settings: Arc<ClientSettings>,
+) -> Result<(), ClientError> {
+    let mut write = std::pin::pin!(write);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    while let Some(next) = queue.recv().await {
+        let last = matches!(next, Pending::Last(_));
+        let reply = resolve(next, &settings).await;
+        out.extend_from_slice(&reply);
+        // Replies already known go out together; the flush waits only while more are queued.
+        if last || queue.is_empty() || out.len() >= 64 * 1024 {
+            write.write_all(&out).await?;
+            out.clear();
+        }
+        if last {
+            break;
+        }
+    }
+    if !out.is_empty() {
+        write.write_all(&out).await?;
+    }
+    write.shutdown().await.or_else(|error| match error.kind() {
+        std::io::ErrorKind::NotConnected | std::io::ErrorKind::BrokenPipe => Ok(()),
+        _ => Err(error),
+    })?;
+    Ok(())
+}
+
+async fn resolve(pending: Pending, settings: &ClientSettings) -> Bytes {
+    let (reply_timeout, metrics) = (settings.reply_timeout, &*settings.metrics);
+    match pending {
+        Pending::Ready(bytes) | Pending::Last(bytes) => bytes,
+        Pending::One { shard, reply } => match wait(reply, reply_timeout).await {
+            Ok(bytes) => bytes,
+            Err(error) => shard_error(&shard, &error, metrics).to_bytes(),
+        },
+        Pending::Many { replies, merge } => {
+            let mut frames = Vec::with_capacity(replies.len());
+            for (shard, reply) in replies {
+                let frame = match wait(reply, reply_timeout).await {
+                    Ok(bytes) => resp::parse_frame(&bytes)
+                        .unwrap_or_else(|error| shard_error(&shard, &ShardError::Protocol(error), metrics)),
+                    Err(error) => shard_error(&shard, &error, metrics),
+                };
+                frames.push(frame);
+            }
+            routing::merge(&merge, frames).to_bytes()
+        }
+    }
+}
+
+async fn wait(reply: oneshot::Receiver<ShardReply>, reply_timeout: Duration) -> ShardReply {
+    match timeout(reply_timeout, reply).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => Err(ShardError::ConnectionLost("connection reset".to_owned())),
+        Err(_) => Err(ShardError::Timeout),
+    }
+}
+
+fn shard_error(shard: &str, error: &ShardError, metrics: &Metrics) -> Frame {
+    debug!(shard, %error, "Command failed on its shard.");
+    metrics.shard_error(shard, error.category());
+    Frame::error(format!("ERR shard {shard} unavailable: {error}"))
+}

@@ -1,0 +1,110 @@
+//! The ambassador's Prometheus metrics, registered under `outrigger_sharding_`. Labels are bounded:
+//! shard names come from the shard map, everything else is a fixed set. Keys, endpoints and error
+//! strings never become labels.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// `forward`, `split`, `transaction`, `local` or `error`.
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardErrorLabels {
+    pub shard: String,
+    pub category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabels {
+    pub category: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `loaded` or `rejected`.
+    pub result: &'static str,
+}
+
+/// Every metric of the ambassador; cheap to clone (the metrics are shared).
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub commands: Family<RouteLabels, Counter>,
+    pub shard_errors: Family<ShardErrorLabels, Counter>,
+    pub ejections: Family<ShardLabels, Counter>,
+    pub clients: Gauge,
+    pub client_errors: Family<CategoryLabels, Counter>,
+    pub shard_map_loads: Family<ResultLabels, Counter>,
+    pub shards: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics::default();
+        let r = registry.sub_registry_with_prefix("outrigger_sharding");
+        r.register(
+            "commands",
+            "Client commands, by route: forwarded to one shard, split over shards, a transaction, answered locally, or an error reply",
+            metrics.commands.clone(),
+        );
+        r.register(
+            "shard_errors",
+            "Commands that got an error because their shard failed, by shard and cause",
+            metrics.shard_errors.clone(),
+        );
+        r.register(
+            "ejections",
+            "Times a shard was ejected after repeated failures",
+            metrics.ejections.clone(),
+        );
+        r.register("clients", "Client connections open", metrics.clients.clone());
+        r.register(
+            "client_errors",
+            "Client connections ended by an error, by cause",
+            metrics.client_errors.clone(),
+        );
+        r.register(
+            "shard_map_loads",
+            "Shard map documents read, by result",
+            metrics.shard_map_loads.clone(),
+        );
+        r.register(
+            "shard_map_shards",
+            "Shards in the shard map in force",
+            metrics.shards.clone(),
+        );
+        metrics
+    }
+
+    pub fn command(&self, route: &'static str) {
+        self.commands.get_or_create(&RouteLabels { route }).inc();
+    }
+
+    pub fn shard_error(&self, shard: &str, category: &'static str) {
+        self.shard_errors
+            .get_or_create(&ShardErrorLabels {
+                shard: shard.to_owned(),
+                category,
+            })
+            .inc();
+    }
+
+    pub fn ejected(&self, shard: &str) {
+        self.ejections
+            .get_or_create(&ShardLabels {
+                shard: shard.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,92 @@
+//! Accepts clients, at most `max_clients` at once.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio::{
+    net::TcpListener,
+    sync::{watch, Semaphore},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    client::{self, ClientSettings},
+    metrics::CategoryLabels,
+    topology::Topology,
+};
+
+/// Serves clients on `listener` until `shutdown` completes, then stops accepting and gives the
+/// clients already connected up to `drain` to disconnect before returning.
+pub async fn serve(
+    listener: TcpListener,
+    topology: watch::Receiver<Arc<Topology>>,
+    settings: Arc<ClientSettings>,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let max_clients = limits.max_clients.clamp(1, Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max_clients));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // The permit is taken before accepting, so a full house leaves clients in the backlog.
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "Accept failed.");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (topology, settings) = (topology.clone(), settings.clone());
+        tokio::spawn(async move {
+            let metrics = settings.metrics.clone();
+            metrics.clients.inc();
+            match client::serve(stream, topology, settings).await {
+                Ok(()) => debug!(%peer, "Client disconnected."),
+                Err(error) => {
+                    metrics
+                        .client_errors
+                        .get_or_create(&CategoryLabels {
+                            category: error.category(),
+                        })
+                        .inc();
+                    info!(%peer, %error, category = error.category(), "Client dropped.");
+                }
+            }
+            metrics.clients.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let clients = u32::try_from(max_clients).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(limits.drain, permits.acquire_many(clients))
+        .await
+        .is_ok();
+    info!(drained, "Drain finished; clients still connected are cut.");
+}
+
+/// How many clients at once, and how long they get to leave at shutdown.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    pub max_clients: usize,
+    pub drain: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_clients: 10_000,
+            drain: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The shard map document, read into what the ambassador routes with. The only module that knows
+//! the document's type: when the type moves to its own contract crate, only this module changes.
+
+use outrigger_api::sharded::{KeyHash, ShardMap, ShardProtocol, ShardingFunction};
+use outrigger_hashring::twemproxy;
+
+/// A validated shard map: what a ring and its shard connections are built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingSpec {
+    pub hash: twemproxy::KeyHash,
+    /// Hash tag delimiters.
+    pub tag: Option<(u8, u8)>,
+    /// Points per shard of weight 1 (160 places keys as twemproxy does).
+    pub points_per_server: u32,
+    /// `(shard name, primary endpoint)` in index order.
+    pub shards: Vec<ShardSpec>,
+}
+
+/// One shard: its name keys the ring, its primary takes the traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSpec {
+    pub name: String,
+    pub primary: String,
+}
+
+/// Why a shard map document can't be routed with.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardMapError {
+    #[error("not a shard map document: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("protocol {0:?} is not served by this ambassador (only redis)")]
+    Protocol(ShardProtocol),
+    #[error("sharding function {0:?} is not supported yet (only ketama)")]
+    Function(ShardingFunction),
+    #[error("hash tag {0:?} must be exactly two ASCII characters")]
+    HashTag(String),
+    #[error("shard {0:?} has no endpoint")]
+    NoEndpoint(String),
+    #[error("shard name {0:?} appears twice")]
+    DuplicateShard(String),
+    #[error("virtual nodes must be at least 4")]
+    VirtualNodes,
+}
+
+impl ShardMapError {
+    /// A fixed label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ShardMapError::Json(_) => "parse",
+            _ => "invalid",
+        }
+    }
+}
+
+/// Parses and validates a shard map document (JSON).
+pub fn parse(document: &[u8]) -> Result<RingSpec, ShardMapError> {
+    let map: ShardMap = serde_json::from_slice(document)?;
+    validate(&map)
+}
+
+/// Checks that `map` can be routed with.
+pub fn validate(map: &ShardMap) -> Result<RingSpec, ShardMapError> {
+    if map.protocol != ShardProtocol::Redis {
+        return Err(ShardMapError::Protocol(map.protocol));
+    }
+    if map.function != ShardingFunction::Ketama {
+        return Err(ShardMapError::Function(map.function));
+    }
+    if map.virtual_nodes < 4 {
+        return Err(ShardMapError::VirtualNodes);
+    }
+    let tag = match map.hash_tag.as_deref() {
+        None => None,
+        Some(tag) => match tag.as_bytes() {
+            [open, close] => Some((*open, *close)),
+            _ => return Err(ShardMapError::HashTag(tag.to_owned())),
+        },
+    };
+    let mut shards: Vec<ShardSpec> = Vec::with_capacity(map.shards.len());
+    for shard in &map.shards {
+        if shards.iter().any(|seen| seen.name == shard.name) {
+            return Err(ShardMapError::DuplicateShard(shard.name.clone()));
+        }
+        let primary = shard
+            .endpoints
+            .first()
+            .ok_or_else(|| ShardMapError::NoEndpoint(shard.name.clone()))?;
+        shards.push(ShardSpec {
+            name: shard.name.clone(),
+            primary: primary.clone(),
+        });
+    }
+    let hash = match map.hash {
+        KeyHash::Fnv1a64 => twemproxy::KeyHash::Fnv1a64,
+        KeyHash::Md5 => twemproxy::KeyHash::Md5,
+        KeyHash::Murmur3 => twemproxy::KeyHash::Murmur3,
+    };
+    Ok(RingSpec {
+        hash,
+        tag,
+        points_per_server: map.virtual_nodes,
+        shards,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document(extra: &str) -> String {
+        format!(
+            r#"{{"protocol":"redis","function":"ketama","hash":"fnv1a64","virtualNodes":160,{extra}
+               "shards":[{{"name":"cache-shard-0","endpoints":["10.0.0.1:6379","10.0.0.2:6379"]}},
+                         {{"name":"cache-shard-1","endpoints":["cache-shard-1-0.cache:6379"]}}]}}"#
+        )
+    }
+
+    #[test]
+    fn a_redis_ketama_map_routes_to_each_shards_primary() {
+        let spec = parse(document(r#""hashTag":"{}","#).as_bytes()).unwrap();
+        assert_eq!(spec.hash, twemproxy::KeyHash::Fnv1a64);
+        assert_eq!(spec.tag, Some((b'{', b'}')));
+        assert_eq!(spec.points_per_server, 160);
+        assert_eq!(
+            spec.shards,
+            vec![
+                ShardSpec {
+                    name: "cache-shard-0".into(),
+                    primary: "10.0.0.1:6379".into()
+                },
+                ShardSpec {
+                    name: "cache-shard-1".into(),
+                    primary: "cache-shard-1-0.cache:6379".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn http_maps_and_other_functions_are_refused() {
+        let http = document("").replace(r#""protocol":"redis""#, r#""protocol":"http""#);
+        assert!(matches!(
+            parse(http.as_bytes()),
+            Err(ShardMapError::Protocol(ShardProtocol::Http))
+        ));
+        let jump = document("").replace("ketama", "jump");
+        assert!(matches!(
+            parse(jump.as_bytes()),
+            Err(ShardMapError::Function(ShardingFunction::Jump))
+        ));
+    }
+
+    #[test]
+    fn a_shard_without_endpoints_or_a_bad_tag_is_refused() {
+        let empty = document("").replace(r#"["cache-shard-1-0.cache:6379"]"#, "[]");
+        assert!(
+            matches!(parse(empty.as_bytes()), Err(ShardMapError::NoEndpoint(name)) if name == "cache-shard-1")
+        );
+        let tag = document(r#""hashTag":"{","#);
+        assert!(matches!(parse(tag.as_bytes()), Err(ShardMapError::HashTag(_))));
+        assert!(matches!(parse(b"{not json"), Err(ShardMapError::Json(_))));
+    }
+}
