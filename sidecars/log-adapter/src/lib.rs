@@ -5,6 +5,9 @@
 //! Everything here is library code; `main.rs` and `cli.rs` only parse arguments and wire it up,
 //! so that the shared sidecar runtime can take over the CLI and admin server later.
 
+pub mod glob;
+pub mod line;
+pub mod multiline;
 pub mod parse;
 pub mod record;
 pub mod time;
