@@ -5,9 +5,13 @@
 //! Everything here is library code; `main.rs` and `cli.rs` only parse arguments and wire it up,
 //! so that the shared sidecar runtime can take over the CLI and admin server later.
 
+pub mod checkpoint;
+pub mod enrich;
 pub mod glob;
 pub mod line;
 pub mod multiline;
 pub mod parse;
 pub mod record;
+pub mod sink;
+pub mod tail;
 pub mod time;

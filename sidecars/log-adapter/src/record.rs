@@ -198,7 +198,7 @@ pub struct Meta<'a> {
     /// Joined continuation lines (each starting with `\n`), appended to the message.
     pub continuation: &'a [u8],
     pub lines: u32,
-    pub parse_error: Option<&'a str>,
+    pub parse_error: Option<crate::parse::ParseError>,
     pub truncated: bool,
     /// When the line was read: the timestamp of lines without one.
     pub read_at: Timestamp,
@@ -237,8 +237,11 @@ pub fn encode(out: &mut Vec<u8>, header: &Header<'_>, fields: &Fields, meta: &Me
         out.push(b'}');
     }
     if let Some(error) = meta.parse_error {
-        out.extend_from_slice(b",\"parse_error\":");
-        write_json_string(out, error.as_bytes());
+        out.extend_from_slice(b",\"parse_error\":\"");
+        escape_into(out, error.format.as_bytes());
+        out.extend_from_slice(b": ");
+        escape_into(out, error.reason.as_bytes());
+        out.push(b'"');
     }
     if meta.truncated {
         out.extend_from_slice(b",\"truncated\":true");
