@@ -152,7 +152,11 @@ fn walk(dir: &Path, rest: &[&[u8]], out: &mut Vec<PathBuf>, depth: usize) {
 
 /// Entries of `dir` as (path, is a directory), following symlinks for the kind.
 fn read_dir(dir: &Path) -> Vec<(PathBuf, bool)> {
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -187,7 +191,11 @@ mod tests {
             ("[unclosed", "[unclosed", true),
         ];
         for (pattern, name, want) in cases {
-            assert_eq!(matches(pattern.as_bytes(), name.as_bytes()), want, "{pattern} {name}");
+            assert_eq!(
+                matches(pattern.as_bytes(), name.as_bytes()),
+                want,
+                "{pattern} {name}"
+            );
         }
     }
 

@@ -129,7 +129,9 @@ mod tests {
             let used = splitter.split(chunk, false, |line| seen.push((line.bytes.len(), line.truncated)));
             assert_eq!(used, chunk.len(), "nothing of an overlong line is held back");
         }
-        splitter.split(b"\nafter\n", false, |line| seen.push((line.bytes.len(), line.truncated)));
+        splitter.split(b"\nafter\n", false, |line| {
+            seen.push((line.bytes.len(), line.truncated))
+        });
         assert_eq!(seen, [(1024, true), (5, false)]);
     }
 }

@@ -394,7 +394,12 @@ mod tests {
             (b"a very long level word indeed", None),
         ];
         for (input, want) in cases {
-            assert_eq!(Level::from_name(input), want, "{}", String::from_utf8_lossy(input));
+            assert_eq!(
+                Level::from_name(input),
+                want,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
         }
         assert_eq!(Level::from_number(30.0), Some(Level::Info));
         assert_eq!(Level::from_syslog_severity(3), Level::Error);

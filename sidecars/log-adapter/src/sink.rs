@@ -144,12 +144,19 @@ mod tests {
     fn a_batch_lists_its_records_and_the_offsets_it_covers() {
         let mut batch = Batch::default();
         let (a, b) = (FileId { dev: 1, ino: 1 }, FileId { dev: 1, ino: 2 });
-        for (id, offset, text) in [(a, 10, "{\"x\":1}\n"), (b, 5, "{\"y\":2}\n"), (a, 20, "{\"z\":3}\n")] {
+        for (id, offset, text) in [
+            (a, 10, "{\"x\":1}\n"),
+            (b, 5, "{\"y\":2}\n"),
+            (a, 20, "{\"z\":3}\n"),
+        ] {
             batch.buffer().extend_from_slice(text.as_bytes());
             batch.finish_record(Timestamp { secs: 1, nanos: 0 });
             batch.cover(id, offset);
         }
-        let lines: Vec<_> = batch.lines().map(|(line, _)| String::from_utf8_lossy(line).into_owned()).collect();
+        let lines: Vec<_> = batch
+            .lines()
+            .map(|(line, _)| String::from_utf8_lossy(line).into_owned())
+            .collect();
         assert_eq!(lines, ["{\"x\":1}", "{\"y\":2}", "{\"z\":3}"]);
         assert_eq!(batch.offsets(), [(a, 20), (b, 5)]);
         let mut sink = WriterSink::new(Vec::new());

@@ -80,7 +80,9 @@ impl Default for Config {
             offset: UtcOffset(0),
             max_line_bytes: 64 * 1024,
             max_trace_lines: 500,
-            checkpoint_path: Some(PathBuf::from(format!("{DEFAULT_LOG_DIR}/.log-adapter-checkpoints.json"))),
+            checkpoint_path: Some(PathBuf::from(format!(
+                "{DEFAULT_LOG_DIR}/.log-adapter-checkpoints.json"
+            ))),
             batch_max_records: 4096,
             batch_max_bytes: 1 << 20,
             read_chunk: 256 * 1024,
@@ -213,8 +215,7 @@ impl Emitter<'_> {
         self.stats.lines += 1;
         let start = buf_start + line.start as u64;
         let end = buf_start + line.end as u64;
-        let joins = stream.parser.locked().is_none_or(parse::Format::may_continue);
-        if joins {
+        if stream.parser.may_join() {
             if stream.joiner.continues(line.bytes) {
                 stream.joiner.append(line.bytes, line.truncated);
                 return;
@@ -324,9 +325,16 @@ impl<S: Sink> Tailer<S> {
 
     /// Runs until `stop` is set, then writes what is pending and commits. Sink failures are
     /// logged and retried after a pause, holding the batch (nothing more is read meanwhile).
-    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), TailError> {
+    /// `observe` sees the counters and the number of open files after each look.
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        mut observe: impl FnMut(&Stats, usize),
+    ) -> Result<(), TailError> {
         while !stop.load(Ordering::Relaxed) {
-            match self.poll(Instant::now()) {
+            let polled = self.poll(Instant::now());
+            observe(&self.stats, self.streams.len());
+            match polled {
                 Ok(true) => {}
                 Ok(false) => sleep_unless(stop, self.config.poll_interval),
                 Err(TailError::Sink(error)) => {
@@ -335,6 +343,22 @@ impl<S: Sink> Tailer<S> {
                     sleep_unless(stop, Duration::from_secs(1));
                 }
                 Err(error) => return Err(error),
+            }
+        }
+        let result = self.shutdown();
+        observe(&self.stats, self.streams.len());
+        result
+    }
+
+    /// Reads every file to its current end, writes and commits, and returns: one pass, for
+    /// batch use and benchmarks.
+    pub fn run_once(&mut self) -> Result<(), TailError> {
+        let mut quiet = 0;
+        while quiet < 2 {
+            if self.poll(Instant::now())? {
+                quiet = 0;
+            } else {
+                quiet += 1;
             }
         }
         self.shutdown()
@@ -567,7 +591,9 @@ impl<S: Sink> Tailer<S> {
             }
             let at = stream.read_offset();
             let len = stream.buf.len();
-            let want = usize::try_from(size - at).unwrap_or(usize::MAX).min(self.config.read_chunk);
+            let want = usize::try_from(size - at)
+                .unwrap_or(usize::MAX)
+                .min(self.config.read_chunk);
             let read = if want == 0 {
                 Ok(0)
             } else {

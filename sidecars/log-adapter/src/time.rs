@@ -107,9 +107,9 @@ impl Timestamp {
         push_digits(out, s, 2);
         if self.nanos != 0 {
             out.push(b'.');
-            if self.nanos % 1_000_000 == 0 {
+            if self.nanos.is_multiple_of(1_000_000) {
                 push_digits(out, self.nanos / 1_000_000, 3);
-            } else if self.nanos % 1000 == 0 {
+            } else if self.nanos.is_multiple_of(1000) {
                 push_digits(out, self.nanos / 1000, 6);
             } else {
                 push_digits(out, self.nanos, 9);
@@ -387,8 +387,14 @@ mod tests {
             ("2024-01-02T03:04:05Z", Some("2024-01-02T03:04:05Z")),
             ("2024-01-02T03:04:05.5+02:00", Some("2024-01-02T01:04:05.500Z")),
             ("2024-01-02 03:04:05,123", Some("2024-01-02T02:04:05.123Z")),
-            ("2024-01-02T03:04:05.123456-0530", Some("2024-01-02T08:34:05.123456Z")),
-            ("2024-01-02T03:04:05.123456789Z", Some("2024-01-02T03:04:05.123456789Z")),
+            (
+                "2024-01-02T03:04:05.123456-0530",
+                Some("2024-01-02T08:34:05.123456Z"),
+            ),
+            (
+                "2024-01-02T03:04:05.123456789Z",
+                Some("2024-01-02T03:04:05.123456789Z"),
+            ),
             ("2024-02-30T03:04:05Z", None),
             ("2024-01-02T25:04:05Z", None),
             ("2024-01-02", None),
@@ -407,7 +413,9 @@ mod tests {
             assert_eq!(ts.to_rfc3339(), want, "{value}");
         }
         assert_eq!(
-            Timestamp::from_epoch_number(1_700_000_000.25).unwrap().to_rfc3339(),
+            Timestamp::from_epoch_number(1_700_000_000.25)
+                .unwrap()
+                .to_rfc3339(),
             "2023-11-14T22:13:20.250Z"
         );
         assert_eq!(Timestamp::from_epoch_number(f64::NAN), None);
@@ -416,7 +424,9 @@ mod tests {
     #[test]
     fn clf_and_slashed_stamps_parse() {
         assert_eq!(
-            parse_clf(b"10/Oct/2000:13:55:36 -0700").map(Timestamp::to_rfc3339).as_deref(),
+            parse_clf(b"10/Oct/2000:13:55:36 -0700")
+                .map(Timestamp::to_rfc3339)
+                .as_deref(),
             Some("2000-10-10T20:55:36Z")
         );
         assert_eq!(parse_clf(b"10/Foo/2000:13:55:36 -0700"), None);
@@ -442,7 +452,7 @@ mod tests {
         assert_eq!("UTC".parse(), Ok(UtcOffset(0)));
         assert_eq!("+02:00".parse(), Ok(UtcOffset(7200)));
         assert_eq!("-0530".parse(), Ok(UtcOffset(-19_800)));
-        assert_eq!("UTC+1".parse::<UtcOffset>().is_err(), true);
+        assert!("UTC+1".parse::<UtcOffset>().is_err());
         assert!("Europe/Berlin".parse::<UtcOffset>().is_err());
     }
 }

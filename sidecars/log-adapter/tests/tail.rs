@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 //! The tailer on real files in temporary directories: rotation by rename and by copytruncate,
 //! deletion while reading, restarts (every line counted), unreadable files, long lines, binary
 //! garbage, and stack traces that stay within their file.
@@ -129,7 +131,11 @@ fn rotation_by_rename_reads_the_old_file_to_its_end_and_the_new_one_from_its_sta
     append(&log, numbered(150..300));
     settle(&mut tailer);
     assert_each_once(tailer.sink(), 0..300);
-    assert_eq!(tailer.files(), [log.as_path()], "the rotated file is closed once read");
+    assert_eq!(
+        tailer.files(),
+        [log.as_path()],
+        "the rotated file is closed once read"
+    );
     let checkpoints = Checkpoints::load(Some(dir.join(".checkpoints.json"))).unwrap();
     assert_eq!(checkpoints.len(), 1, "the rotated file's checkpoint is dropped");
 }
@@ -142,7 +148,12 @@ fn rotation_by_copytruncate_starts_the_file_again_without_losing_a_line() {
     let mut tailer = Tailer::new(config(&dir), Vec::new()).unwrap();
     settle(&mut tailer);
     fs::copy(&log, dir.join("app.log.1")).unwrap();
-    OpenOptions::new().write(true).open(&log).unwrap().set_len(0).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
     append(&log, numbered(200..230));
     settle(&mut tailer);
     assert_each_once(tailer.sink(), 0..230);
@@ -163,7 +174,10 @@ fn a_file_deleted_while_being_read_is_read_to_its_end() {
     )
     .unwrap();
     tailer.poll(Instant::now()).unwrap();
-    assert!(counts(tailer.sink()).len() < 2000, "the first look reads only part of the file");
+    assert!(
+        counts(tailer.sink()).len() < 2000,
+        "the first look reads only part of the file"
+    );
     fs::remove_file(&log).unwrap();
     settle(&mut tailer);
     assert_each_once(tailer.sink(), 0..2000);
@@ -270,7 +284,11 @@ fn an_unreadable_file_is_skipped_and_read_once_it_can_be() {
     .unwrap();
     settle(&mut tailer);
     assert_each_once(tailer.sink(), 10..20);
-    assert_eq!(tailer.stats().unreadable, 1, "logged once, however often it is retried");
+    assert_eq!(
+        tailer.stats().unreadable,
+        1,
+        "logged once, however often it is retried"
+    );
     fs::set_permissions(&log, fs::Permissions::from_mode(0o644)).unwrap();
     settle(&mut tailer);
     assert_each_once(tailer.sink(), 0..20);
@@ -320,7 +338,13 @@ fn stack_traces_join_within_their_own_file_only() {
     // Both files are read in the same look, the trace of `a` still pending.
     tailer.poll(Instant::now()).unwrap();
     append(&b, ["b second".to_owned()]);
-    append(&a, ["\tat a.Handler.handle(Handler.java:42)".to_owned(), "next".to_owned()]);
+    append(
+        &a,
+        [
+            "\tat a.Handler.handle(Handler.java:42)".to_owned(),
+            "next".to_owned(),
+        ],
+    );
     settle(&mut tailer);
     let mut by_source: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for record in records(tailer.sink()) {

@@ -56,9 +56,11 @@ pub fn parse_access<'a>(line: &'a [u8], fields: &mut Fields) -> Result<Header<'a
     let (bytes, mut rest) = token(rest).ok_or_else(|| err("missing bytes"))?;
     let bytes = match bytes {
         b"-" => None,
-        digits if digits.iter().all(u8::is_ascii_digit) => {
-            Some(std::str::from_utf8(digits).ok().and_then(|d| d.parse::<u64>().ok()))
-        }
+        digits if digits.iter().all(u8::is_ascii_digit) => Some(
+            std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse::<u64>().ok()),
+        ),
         _ => return Err(err("invalid byte count")),
     };
 
@@ -79,7 +81,11 @@ pub fn parse_access<'a>(line: &'a [u8], fields: &mut Fields) -> Result<Header<'a
     if let Some(Some(bytes)) = bytes {
         fields.int(b"body_bytes", bytes);
     }
-    for (index, name) in [&b"referer"[..], b"user_agent"].into_iter().chain(std::iter::repeat(&b"extra"[..])).enumerate() {
+    for (index, name) in [&b"referer"[..], b"user_agent"]
+        .into_iter()
+        .chain(std::iter::repeat(&b"extra"[..]))
+        .enumerate()
+    {
         rest = rest.trim_ascii_start();
         if rest.is_empty() {
             break;
@@ -126,7 +132,9 @@ pub fn parse_error_log<'a>(
     let bad = |reason| ParseError::new(ERROR, reason);
     let stamp = line.get(..19).ok_or_else(|| bad("too short"))?;
     let timestamp = parse_slashed(stamp, ctx.offset).ok_or_else(|| bad("invalid time"))?;
-    let rest = line[19..].strip_prefix(b" [").ok_or_else(|| bad("missing [level]"))?;
+    let rest = line[19..]
+        .strip_prefix(b" [")
+        .ok_or_else(|| bad("missing [level]"))?;
     let (level, rest) = split_once(rest, b']').ok_or_else(|| bad("unterminated [level]"))?;
     let level = Level::from_name(level).ok_or_else(|| bad("unknown level"))?;
     let rest = rest.strip_prefix(b" ").unwrap_or(rest);
@@ -149,10 +157,7 @@ pub fn parse_error_log<'a>(
         }
     }
     // The tail starts at the first known key; each key's value runs to the next known key.
-    let tail_at = ERROR_TAIL_KEYS
-        .iter()
-        .filter_map(|key| find(message, key))
-        .min();
+    let tail_at = ERROR_TAIL_KEYS.iter().filter_map(|key| find(message, key)).min();
     if let Some(at) = tail_at {
         let mut tail = &message[at..];
         message = &message[..at];

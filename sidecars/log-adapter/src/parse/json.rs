@@ -321,7 +321,10 @@ mod tests {
                 json!({"timestamp": null, "level": null, "message": "",
                        "fields": {"ts": "yesterday", "level": "chatty", "msg": 1}}),
             ),
-            ("{}", json!({"timestamp": null, "level": null, "message": "", "fields": {}})),
+            (
+                "{}",
+                json!({"timestamp": null, "level": null, "message": "", "fields": {}}),
+            ),
         ];
         for (line, want) in cases {
             assert_eq!(run(line).unwrap(), want, "{line}");

@@ -22,8 +22,11 @@ fn is_key_byte(b: u8) -> bool {
     b > b' ' && b != b'=' && b != b'"' && b != 0x7f
 }
 
+/// A key and its value, if it has one.
+pub(crate) type Pair<'a> = (&'a [u8], Option<Text<'a>>);
+
 /// One `key[=value]` pair; the value is `Text::Quoted` or `Text::Raw`. `None` at the end.
-pub(crate) fn next_pair<'a>(input: &mut &'a [u8]) -> Result<Option<(&'a [u8], Option<Text<'a>>)>, ParseError> {
+pub(crate) fn next_pair<'a>(input: &mut &'a [u8]) -> Result<Option<Pair<'a>>, ParseError> {
     let rest = input.trim_ascii_start();
     if rest.is_empty() {
         *input = rest;

@@ -197,6 +197,12 @@ impl StreamParser {
         StreamParser { choice, locked }
     }
 
+    /// Whether stack-trace lines may be joined to this stream's records: not when the chosen
+    /// format carries a whole event per line. Auto-detection always may (a stream can mix).
+    pub fn may_join(&self) -> bool {
+        !matches!(self.choice, Choice::Json | Choice::Combined)
+    }
+
     /// The format the stream's next record is expected in, if known (the joiner asks whether it
     /// can continue).
     pub fn locked(&self) -> Option<Format> {
@@ -382,7 +388,10 @@ mod tests {
     fn sniffing_guesses_the_format_from_the_first_bytes() {
         let cases: [(&[u8], Format); 10] = [
             (br#"{"msg":"x"}"#, Format::Json),
-            (b"<34>1 2003-10-11T22:14:15.003Z host app - - - hi", Format::Syslog5424),
+            (
+                b"<34>1 2003-10-11T22:14:15.003Z host app - - - hi",
+                Format::Syslog5424,
+            ),
             (b"<34>Oct 11 22:14:15 host su: hi", Format::Syslog3164),
             (b"Oct 11 22:14:15 host su: hi", Format::Syslog3164),
             (b"I0102 03:04:05.000006    1 main.go:10] hi", Format::Klog),
@@ -424,7 +433,10 @@ mod tests {
         assert_eq!((plain.format, plain.error), (Format::Plain, None));
         let broken = parser.parse(b"{\"unterminated", &ctx(), &patterns, &mut fields);
         assert_eq!(broken.format, Format::Plain);
-        assert!(broken.error.is_some(), "a line that starts like JSON but is not is flagged");
+        assert!(
+            broken.error.is_some(),
+            "a line that starts like JSON but is not is flagged"
+        );
     }
 
     #[test]

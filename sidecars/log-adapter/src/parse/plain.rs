@@ -99,7 +99,10 @@ mod tests {
                 json!({"timestamp": null, "level": null, "message": "2024-01-02T03:04:05Zsuffix words",
                        "fields": {}}),
             ),
-            ("", json!({"timestamp": null, "level": null, "message": "", "fields": {}})),
+            (
+                "",
+                json!({"timestamp": null, "level": null, "message": "", "fields": {}}),
+            ),
         ];
         for (line, want) in cases {
             let header = parse(line.as_bytes(), &ctx());

@@ -52,7 +52,12 @@ impl Patterns {
         self.patterns.is_empty()
     }
 
-    pub fn parse<'a>(&self, line: &'a [u8], ctx: &Context, fields: &mut Fields) -> Result<Header<'a>, ParseError> {
+    pub fn parse<'a>(
+        &self,
+        line: &'a [u8],
+        ctx: &Context,
+        fields: &mut Fields,
+    ) -> Result<Header<'a>, ParseError> {
         for regex in &self.patterns {
             let Some(captures) = regex.captures(line) else {
                 continue;
@@ -149,7 +154,10 @@ mod tests {
 
     #[test]
     fn patterns_without_names_or_invalid_are_rejected() {
-        assert!(matches!(Patterns::new(&["(a"]), Err(PatternError::Invalid { .. })));
+        assert!(matches!(
+            Patterns::new(&["(a"]),
+            Err(PatternError::Invalid { .. })
+        ));
         assert!(matches!(Patterns::new(&["(a)"]), Err(PatternError::NoNames(_))));
     }
 }

@@ -12,9 +12,30 @@ const RFC5424: &str = "syslog_rfc5424";
 const RFC3164: &str = "syslog_rfc3164";
 
 const FACILITIES: [&str; 24] = [
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
-    "ntp", "security", "console", "solaris-cron", "local0", "local1", "local2", "local3", "local4",
-    "local5", "local6", "local7",
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "security",
+    "console",
+    "solaris-cron",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
+    "local7",
 ];
 
 /// `<PRI>`: the value and the rest.
@@ -38,15 +59,11 @@ fn store_priority(pri: u8, fields: &mut Fields) -> Level {
     Level::from_syslog_severity(pri % 8)
 }
 
-fn nil_or<'a>(token: &'a [u8]) -> Option<&'a [u8]> {
+fn nil_or(token: &[u8]) -> Option<&[u8]> {
     (token != b"-").then_some(token)
 }
 
-pub fn parse_5424<'a>(
-    line: &'a [u8],
-    ctx: &Context,
-    fields: &mut Fields,
-) -> Result<Header<'a>, ParseError> {
+pub fn parse_5424<'a>(line: &'a [u8], ctx: &Context, fields: &mut Fields) -> Result<Header<'a>, ParseError> {
     let bad = |reason| ParseError::new(RFC5424, reason);
     let (pri, rest) = priority(line).ok_or_else(|| bad("missing <priority>"))?;
     let rest = rest.strip_prefix(b"1 ").ok_or_else(|| bad("missing version 1"))?;
@@ -81,10 +98,7 @@ pub fn parse_5424<'a>(
         rest = after;
     } else {
         while let Some(element) = rest.strip_prefix(b"[") {
-            let id_len = element
-                .iter()
-                .take_while(|&&b| b != b' ' && b != b']')
-                .count();
+            let id_len = element.iter().take_while(|&&b| b != b' ' && b != b']').count();
             let id = &element[..id_len];
             let mut params = &element[id_len..];
             loop {
@@ -120,11 +134,7 @@ pub fn parse_5424<'a>(
     })
 }
 
-pub fn parse_3164<'a>(
-    line: &'a [u8],
-    ctx: &Context,
-    fields: &mut Fields,
-) -> Result<Header<'a>, ParseError> {
+pub fn parse_3164<'a>(line: &'a [u8], ctx: &Context, fields: &mut Fields) -> Result<Header<'a>, ParseError> {
     let bad = |reason| ParseError::new(RFC3164, reason);
     let (level, rest) = match priority(line) {
         Some((pri, rest)) => (Some(store_priority(pri, fields)), rest),
@@ -147,7 +157,9 @@ pub fn parse_3164<'a>(
     let (hms, nanos, used) = parse_clock(&rest[7..]).ok_or_else(|| bad("invalid time"))?;
     let timestamp =
         infer_year(ctx.now, month, day, hms, nanos, ctx.offset).ok_or_else(|| bad("invalid date"))?;
-    let rest = rest[7 + used..].strip_prefix(b" ").ok_or_else(|| bad("missing host"))?;
+    let rest = rest[7 + used..]
+        .strip_prefix(b" ")
+        .ok_or_else(|| bad("missing host"))?;
     let (host, rest) = split_once(rest, b' ').unwrap_or((rest, b""));
     fields.str(b"hostname", host);
     // `tag[pid]: message` or `tag: message`; a message without a tag is kept whole.
@@ -257,7 +269,12 @@ mod tests {
         for (line, want) in cases {
             assert_eq!(run(parse_3164, line).unwrap(), want, "{line}");
         }
-        for line in ["<34 Oct", "Foo 11 22:14:15 h x", "Oct 32 22:14:15 h x", "Oct 11 22:14"] {
+        for line in [
+            "<34 Oct",
+            "Foo 11 22:14:15 h x",
+            "Oct 32 22:14:15 h x",
+            "Oct 11 22:14",
+        ] {
             assert!(run(parse_3164, line).is_err(), "{line}");
         }
     }
