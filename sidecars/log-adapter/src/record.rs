@@ -181,7 +181,7 @@ impl Fields {
     /// An integer value.
     pub fn int(&mut self, key: &[u8], value: u64) {
         self.key(key);
-        self.buf.extend_from_slice(value.to_string().as_bytes());
+        push_u64(&mut self.buf, value);
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -248,10 +248,28 @@ pub fn encode(out: &mut Vec<u8>, header: &Header<'_>, fields: &Fields, meta: &Me
     }
     if meta.lines > 1 {
         out.extend_from_slice(b",\"lines\":");
-        out.extend_from_slice(meta.lines.to_string().as_bytes());
+        push_u64(out, u64::from(meta.lines));
     }
     out.extend_from_slice(meta.enrichment);
     out.extend_from_slice(b"}\n");
+}
+
+/// Decimal digits of `value`, without allocating.
+pub fn push_u64(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        // The remainder is below 10.
+        #[allow(clippy::cast_possible_truncation)]
+        let digit = (value % 10) as u8;
+        digits[at] = b'0' + digit;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// `"..."` with the contents escaped.
@@ -370,6 +388,15 @@ mod tests {
             assert_eq!(got, want);
             let back: String = serde_json::from_str(&got).unwrap();
             assert!(!back.is_empty());
+        }
+    }
+
+    #[test]
+    fn integers_are_written_in_decimal() {
+        for value in [0, 7, 10, 12_345, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, value);
+            assert_eq!(out, value.to_string().as_bytes());
         }
     }
 

@@ -446,3 +446,93 @@ mod tests {
         assert!("yaml".parse::<Choice>().is_err());
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::{test_support::ctx, *};
+    use crate::record::{encode, Meta};
+
+    /// Fragments that lead each parser down its paths, glued at random: whatever comes out,
+    /// every line must encode to one valid JSON object.
+    const FRAGMENTS: [&[u8]; 24] = [
+        b"{",
+        b"}",
+        b"\"",
+        b"\\",
+        b":",
+        b",",
+        b"=",
+        b" ",
+        b"[",
+        b"]",
+        b"<34>",
+        b"<165>1 ",
+        b"I0102 ",
+        b"03:04:05.1 ",
+        b"2024-01-02T03:04:05Z",
+        b"10/Oct/2000:13:55:36 -0700",
+        b"level",
+        b"msg",
+        b"\xff\xfe",
+        b"\xe2\x82",
+        b"\x00\x1b",
+        b"\\u00",
+        b"\\ud800",
+        b"1e9",
+    ];
+
+    /// xorshift64: deterministic, so a failure is repeatable.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn any_line_in_any_mode_encodes_to_valid_json() {
+        let choices = [
+            Choice::Auto,
+            Choice::Json,
+            Choice::Logfmt,
+            Choice::Combined,
+            Choice::NginxError,
+            Choice::Klog,
+            Choice::Syslog,
+            Choice::Plain,
+        ];
+        let patterns = regex::Patterns::default();
+        let mut fields = Fields::default();
+        let mut state = 0x2545_f491_4f6c_dd1d;
+        let mut line = Vec::new();
+        let mut out = Vec::new();
+        for round in 0..20_000 {
+            line.clear();
+            for _ in 0..next(&mut state) % 12 {
+                line.extend_from_slice(FRAGMENTS[(next(&mut state) % FRAGMENTS.len() as u64) as usize]);
+            }
+            let choice = choices[round % choices.len()];
+            let mut parser = StreamParser::new(choice);
+            let parsed = parser.parse(&line, &ctx(), &patterns, &mut fields);
+            let meta = Meta {
+                format: parsed.format.name(),
+                source: b"/x",
+                continuation: b"",
+                lines: 1,
+                parse_error: parsed.error,
+                truncated: false,
+                read_at: ctx().now,
+                enrichment: b"",
+            };
+            out.clear();
+            encode(&mut out, &parsed.header, &fields, &meta);
+            if let Err(error) = serde_json::from_slice::<serde_json::Value>(&out) {
+                panic!(
+                    "{choice:?} {:?} -> {} : {error}",
+                    String::from_utf8_lossy(&line),
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+    }
+}
