@@ -165,9 +165,9 @@ impl Checkpoints {
 
     /// Forgets every file not in `live`: inodes are reused, and a stale entry could make a new
     /// file start in its middle.
-    pub fn retain(&mut self, live: impl Fn(FileId) -> bool) {
+    pub fn retain(&mut self, live: impl Fn(FileId, &Path) -> bool) {
         let before = self.entries.len();
-        self.entries.retain(|id, _| live(*id));
+        self.entries.retain(|id, (_, path)| live(*id, path));
         self.dirty |= self.entries.len() != before;
     }
 

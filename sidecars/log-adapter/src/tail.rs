@@ -499,9 +499,12 @@ impl<S: Sink> Tailer<S> {
             }
         }
         if !self.scanned_once {
-            // Entries of files that are gone would only wait for a reused inode.
+            // Entries of files that are gone would only wait for a reused inode. A file that
+            // exists but cannot be opened yet keeps its entry.
             let streams = &self.streams;
-            self.checkpoints.retain(|id| streams.iter().any(|s| s.id == id));
+            let unreadable = &self.unreadable;
+            self.checkpoints
+                .retain(|id, path| streams.iter().any(|s| s.id == id) || unreadable.contains_key(path));
             self.scanned_once = true;
         }
     }
