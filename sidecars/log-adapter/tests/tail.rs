@@ -362,3 +362,20 @@ fn stack_traces_join_within_their_own_file_only() {
     );
     assert_eq!(by_source[&b.display().to_string()], ["b first", "b second"]);
 }
+
+#[test]
+fn a_line_written_in_two_pieces_becomes_one_record() {
+    let dir = TempDir::new("pieces");
+    let log = dir.join("app.log");
+    fs::write(&log, "level=info msg=\"first ha").unwrap();
+    let mut tailer = Tailer::new(config(&dir), Vec::new()).unwrap();
+    settle(&mut tailer);
+    assert!(tailer.sink().is_empty(), "an incomplete line waits for its end");
+    let mut file = OpenOptions::new().append(true).open(&log).unwrap();
+    file.write_all(b"lf\" n=1\n").unwrap();
+    settle(&mut tailer);
+    let records = records(tailer.sink());
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["message"], "first half");
+    assert_eq!(records[0]["fields"]["n"], "1");
+}

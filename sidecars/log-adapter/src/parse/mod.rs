@@ -165,7 +165,13 @@ pub fn sniff(line: &[u8]) -> Format {
             Format::Klog
         }
         Some(b) if b.is_ascii_digit() && line.get(4) == Some(&b'/') => Format::NginxError,
-        Some(_) if crate::time::month_abbrev(line).is_some() && line.get(3) == Some(&b' ') => {
+        // `Mmm dd hh:` (the day may be space-padded): prose starting with "May " is not syslog.
+        Some(_)
+            if crate::time::month_abbrev(line).is_some()
+                && line.get(3) == Some(&b' ')
+                && line.get(6) == Some(&b' ')
+                && line.get(9) == Some(&b':') =>
+        {
             Format::Syslog3164
         }
         Some(_) if combined::looks_like_access(line) => Format::Combined,
@@ -281,22 +287,28 @@ impl StreamParser {
             }
             fields.clear();
         }
+        let mut locked_error = None;
         if let Some(format) = self.locked {
-            if let Ok(header) = parse_as(format, line, ctx, regexes, fields) {
-                return Parsed {
-                    header,
-                    format,
-                    error: None,
-                };
+            match parse_as(format, line, ctx, regexes, fields) {
+                Ok(header) => {
+                    return Parsed {
+                        header,
+                        format,
+                        error: None,
+                    }
+                }
+                Err(error) => locked_error = Some(error),
             }
             fields.clear();
         }
         let guess = sniff(line);
-        if Some(guess) == self.locked || guess == Format::Plain {
+        if guess == Format::Plain || Some(guess) == self.locked {
+            // A line that looks like the stream's format but does not parse is flagged; one that
+            // looks like no format is plain text, which apps mix into any stream.
             return Parsed {
                 header: plain::parse(line, ctx),
                 format: Format::Plain,
-                error: None,
+                error: locked_error.filter(|_| guess != Format::Plain),
             };
         }
         match parse_as(guess, line, ctx, regexes, fields) {
@@ -310,12 +322,12 @@ impl StreamParser {
             }
             Err(error) => {
                 fields.clear();
-                // A line that starts like JSON or syslog but is not is worth flagging; the plain
-                // parser still finds its stamp and level.
+                // A line that starts like a format but is not is flagged; the plain parser still
+                // finds its stamp and level.
                 Parsed {
                     header: plain::parse(line, ctx),
                     format: Format::Plain,
-                    error: matches!(guess, Format::Json | Format::Syslog5424).then_some(error),
+                    error: Some(error),
                 }
             }
         }
@@ -431,6 +443,14 @@ mod tests {
         assert_eq!(odd.format, Format::Json);
         let plain = parser.parse(b"just words", &ctx(), &patterns, &mut fields);
         assert_eq!((plain.format, plain.error), (Format::Plain, None));
+        let prose = parser.parse(b"May I ask: why?", &ctx(), &patterns, &mut fields);
+        assert_eq!((prose.format, prose.error), (Format::Plain, None));
+        let broken = parser.parse(b"level=\"open", &ctx(), &patterns, &mut fields);
+        assert_eq!(
+            broken.error.map(|e| e.format),
+            Some("logfmt"),
+            "looks like the stream's format"
+        );
         let broken = parser.parse(b"{\"unterminated", &ctx(), &patterns, &mut fields);
         assert_eq!(broken.format, Format::Plain);
         assert!(
