@@ -91,6 +91,9 @@ pub struct Cli {
     /// How long a rotated or deleted file stays open after its last new data, in milliseconds.
     #[arg(long, env = "OUTRIGGER_LOG_ADAPTER_ROTATE_WAIT_MS", default_value_t = 5000)]
     rotate_wait_ms: u64,
+    /// Wait before opening a file that could not be read again, in milliseconds.
+    #[arg(long, env = "OUTRIGGER_LOG_ADAPTER_RETRY_MS", default_value_t = 10_000)]
+    retry_unreadable_ms: u64,
     /// Settings from the service's spec, a JSON object of strings (set by injection); flags win.
     #[arg(long, env = "OUTRIGGER_SETTINGS", default_value = "", hide_env_values = true)]
     settings: String,
@@ -121,6 +124,7 @@ impl Cli {
             max_line_bytes,
             poll_interval_ms,
             rotate_wait_ms,
+            retry_unreadable_ms,
             settings,
             once,
             admin_addr,
@@ -150,6 +154,7 @@ impl Cli {
             },
             poll_interval: Duration::from_millis(poll_interval_ms.max(1)),
             rotate_wait: Duration::from_millis(rotate_wait_ms),
+            retry_unreadable: Duration::from_millis(retry_unreadable_ms),
             enrichment: Enrichment::from_env(),
             ..defaults
         };

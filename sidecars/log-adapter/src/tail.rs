@@ -17,7 +17,7 @@
 //!   line (or stack trace) not yet in a batch.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
@@ -134,6 +134,17 @@ pub struct Stats {
     pub truncations: u64,
     pub unreadable: u64,
     pub sink_errors: u64,
+}
+
+/// What a look at one stream ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Still open.
+    Open,
+    /// Gone from the patterns, read to its end and quiet: close it and drop its checkpoint.
+    Drained,
+    /// It could not be read: close it, keep its checkpoint, and open it again later.
+    Failed,
 }
 
 /// One file being read.
@@ -261,6 +272,8 @@ pub struct Tailer<S> {
     closing: Vec<FileId>,
     exclude: Vec<PathBuf>,
     unreadable: HashMap<PathBuf, Instant>,
+    /// Paths warned about, so that a file that keeps failing is logged once, until it reads.
+    warned: HashSet<PathBuf>,
     last_scan: Option<Instant>,
     scanned_once: bool,
     sink: S,
@@ -297,6 +310,7 @@ impl<S: Sink> Tailer<S> {
             closing: Vec::new(),
             exclude,
             unreadable: HashMap::new(),
+            warned: HashSet::new(),
             last_scan: None,
             scanned_once: false,
             sink,
@@ -413,14 +427,20 @@ impl<S: Sink> Tailer<S> {
         let mut worked = false;
         let mut index = 0;
         while index < self.streams.len() {
-            let (read, finished) = self.pump(index, now)?;
+            let (read, outcome) = self.pump(index, now)?;
             worked |= read;
-            if finished {
-                let stream = self.streams.swap_remove(index);
-                info!(path = %stream.path.display(), offset = stream.read_offset(), "Closed a rotated or deleted file read to its end.");
-                self.closing.push(stream.id);
-            } else {
-                index += 1;
+            match outcome {
+                Outcome::Open => index += 1,
+                Outcome::Drained => {
+                    let stream = self.streams.swap_remove(index);
+                    info!(path = %stream.path.display(), offset = stream.read_offset(), "Closed a rotated or deleted file read to its end.");
+                    self.closing.push(stream.id);
+                }
+                Outcome::Failed => {
+                    let stream = self.streams.swap_remove(index);
+                    self.unreadable
+                        .insert(stream.path, now + self.config.retry_unreadable);
+                }
             }
         }
         if !self.batch.is_empty() || !self.closing.is_empty() {
@@ -514,11 +534,11 @@ impl<S: Sink> Tailer<S> {
         let (file, meta) = match opened {
             Ok(opened) => opened,
             Err(error) => {
-                if self.unreadable.contains_key(&path) {
-                    debug!(%error, path = %path.display(), "Log file still unreadable.");
-                } else {
+                if self.warned.insert(path.clone()) {
                     warn!(%error, path = %path.display(), "Cannot read a log file; skipping it and trying again later.");
                     self.stats.unreadable += 1;
+                } else {
+                    debug!(%error, path = %path.display(), "Log file still unreadable.");
                 }
                 self.unreadable.insert(path, now + self.config.retry_unreadable);
                 return;
@@ -551,7 +571,7 @@ impl<S: Sink> Tailer<S> {
     /// Reads what is new in one stream, a few chunks at a time so that one busy file does not
     /// starve the others. Returns whether anything was read, and whether the stream is finished
     /// (gone, drained and quiet for `rotate_wait`).
-    fn pump(&mut self, index: usize, now: Instant) -> Result<(bool, bool), TailError> {
+    fn pump(&mut self, index: usize, now: Instant) -> Result<(bool, Outcome), TailError> {
         const CHUNKS_PER_LOOK: usize = 16;
         let mut read_any = false;
         for _ in 0..CHUNKS_PER_LOOK {
@@ -559,8 +579,11 @@ impl<S: Sink> Tailer<S> {
             let size = match stream.file.metadata() {
                 Ok(meta) => meta.len(),
                 Err(error) => {
-                    warn!(%error, path = %stream.path.display(), "Cannot stat an open log file.");
-                    return Ok((read_any, true));
+                    if self.warned.insert(stream.path.clone()) {
+                        warn!(%error, path = %stream.path.display(), "Cannot stat an open log file; closing it and trying again later.");
+                        self.stats.unreadable += 1;
+                    }
+                    return Ok((read_any, Outcome::Failed));
                 }
             };
             let mut emitter = Emitter {
@@ -608,9 +631,13 @@ impl<S: Sink> Tailer<S> {
             let read = match read {
                 Ok(read) => read,
                 Err(error) => {
-                    warn!(%error, path = %stream.path.display(), "Cannot read a log file; closing it until the next scan.");
-                    emitter.stats.unreadable += 1;
-                    return Ok((read_any, true));
+                    if self.warned.insert(stream.path.clone()) {
+                        warn!(%error, path = %stream.path.display(), "Cannot read a log file; closing it and trying again later.");
+                        emitter.stats.unreadable += 1;
+                    } else {
+                        debug!(%error, path = %stream.path.display(), "Log file still unreadable.");
+                    }
+                    return Ok((read_any, Outcome::Failed));
                 }
             };
             if read == 0 {
@@ -621,7 +648,7 @@ impl<S: Sink> Tailer<S> {
                 // A pending stack trace is complete once a whole look found nothing after it
                 // (a poll interval at least): writers may write a trace in several pieces.
                 if !finished && read_any {
-                    return Ok((read_any, false));
+                    return Ok((read_any, Outcome::Open));
                 }
                 let Stream {
                     id,
@@ -658,7 +685,10 @@ impl<S: Sink> Tailer<S> {
                     },
                     *buf_start,
                 );
-                return Ok((read_any, finished));
+                return Ok((read_any, if finished { Outcome::Drained } else { Outcome::Open }));
+            }
+            if !read_any && !self.warned.is_empty() {
+                self.warned.remove(&stream.path);
             }
             read_any = true;
             stream.last_data = now;
@@ -693,7 +723,7 @@ impl<S: Sink> Tailer<S> {
                 self.flush()?;
             }
         }
-        Ok((read_any, false))
+        Ok((read_any, Outcome::Open))
     }
 }
 

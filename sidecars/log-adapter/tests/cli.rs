@@ -102,3 +102,85 @@ fn an_invalid_setting_stops_the_start_naming_it() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("setting parser"));
 }
+
+/// Polls `path` until `done` holds for its text, for at most five seconds.
+fn wait_for(path: &std::path::Path, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if done(&text) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_unreadable_file_is_logged_once_skipped_and_read_once_permitted() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("unreadable");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let readable = dir.0.join("readable.log");
+    let secret = dir.0.join("secret.log");
+    std::fs::write(&readable, "line a\n").unwrap();
+    std::fs::write(&secret, "line b\n").unwrap();
+    std::fs::set_permissions(&readable, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let binary = env!("CARGO_BIN_EXE_outrigger-log-adapter");
+    // Permissions do not stop a privileged process: run the adapter as nobody then.
+    let mut command = if std::fs::File::open(&secret).is_ok() {
+        if !std::path::Path::new("/usr/bin/setpriv").exists() {
+            eprintln!("skipped: privileged and no setpriv to drop the privilege");
+            return;
+        }
+        let mut command = Command::new("/usr/bin/setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", binary]);
+        command
+    } else {
+        Command::new(binary)
+    };
+    let out = dir.0.join("out.jsonl");
+    let err = dir.0.join("err.txt");
+    let mut child = command
+        .env_clear()
+        .args([
+            "--include",
+            &format!("{}/*.log", dir.0.display()),
+            "--no-checkpoint",
+            "--poll-interval-ms",
+            "10",
+            "--retry-unreadable-ms",
+            "20",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+        ])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+
+    let first = wait_for(&out, |text| text.contains("line a"));
+    let warnings = wait_for(&err, |text| text.contains("Cannot read a log file"));
+    // Several retries pass before the file becomes readable.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let after = wait_for(&out, |text| text.contains("line b"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&err).unwrap();
+
+    assert!(
+        first.contains("line a"),
+        "the readable file is read meanwhile: {first}"
+    );
+    assert!(!first.contains("line b"));
+    assert!(warnings.contains("Cannot read a log file"), "{warnings}");
+    assert!(after.contains("line b"), "read once permitted: {after}\n{stderr}");
+    assert_eq!(
+        stderr.matches("Cannot read a log file").count(),
+        1,
+        "logged once: {stderr}"
+    );
+}
