@@ -345,8 +345,13 @@ pub fn parse_clf(input: &[u8]) -> Option<Timestamp> {
     from_civil(i64::from(year), month, day, hms, nanos, UtcOffset(offset))
 }
 
-/// nginx's error log: `2024/01/02 03:04:05`, in local time.
+/// nginx's error log and Go's `log` package: `2024/01/02 03:04:05[.123456]`, in local time.
 pub fn parse_slashed(input: &[u8], offset: UtcOffset) -> Option<Timestamp> {
+    parse_slashed_prefix(input, offset).and_then(|(ts, used)| (used == input.len()).then_some(ts))
+}
+
+/// [`parse_slashed`] at the start of `input`: the instant and the bytes used.
+pub fn parse_slashed_prefix(input: &[u8], offset: UtcOffset) -> Option<(Timestamp, usize)> {
     let year = digits(input, 4)?;
     (input.get(4) == Some(&b'/')).then_some(())?;
     let month = digits(input.get(5..)?, 2)?;
@@ -354,8 +359,7 @@ pub fn parse_slashed(input: &[u8], offset: UtcOffset) -> Option<Timestamp> {
     let day = digits(input.get(8..)?, 2)?;
     (input.get(10) == Some(&b' ')).then_some(())?;
     let (hms, nanos, used) = clock(input.get(11..)?)?;
-    (11 + used == input.len()).then_some(())?;
-    from_civil(i64::from(year), month, day, hms, nanos, offset)
+    from_civil(i64::from(year), month, day, hms, nanos, offset).map(|ts| (ts, 11 + used))
 }
 
 /// Clock part shared with the syslog and klog parsers.

@@ -164,7 +164,10 @@ pub fn sniff(line: &[u8]) -> Format {
         {
             Format::Klog
         }
-        Some(b) if b.is_ascii_digit() && line.get(4) == Some(&b'/') => Format::NginxError,
+        // `2024/01/02 03:04:05 [`: Go's `log` writes the same stamp without the bracket.
+        Some(b) if b.is_ascii_digit() && line.get(4) == Some(&b'/') && line.get(19..21) == Some(b" [") => {
+            Format::NginxError
+        }
         // `Mmm dd hh:` (the day may be space-padded): prose starting with "May " is not syslog.
         Some(_)
             if crate::time::month_abbrev(line).is_some()
@@ -398,7 +401,7 @@ mod tests {
 
     #[test]
     fn sniffing_guesses_the_format_from_the_first_bytes() {
-        let cases: [(&[u8], Format); 10] = [
+        let cases: [(&[u8], Format); 11] = [
             (br#"{"msg":"x"}"#, Format::Json),
             (
                 b"<34>1 2003-10-11T22:14:15.003Z host app - - - hi",
@@ -414,6 +417,7 @@ mod tests {
             ),
             (b"level=info msg=hi", Format::Logfmt),
             (b"Information: all good", Format::Plain),
+            (b"2024/01/02 03:04:05 Go's log package", Format::Plain),
             (b"", Format::Plain),
         ];
         for (line, want) in cases {

@@ -1,18 +1,20 @@
 //! Lines of no known format: the whole line is the message, with a leading stamp and level word
 //! taken out when present (`2024-01-02 03:04:05,123 ERROR [main] Foo - boom`, `[2024-...] WARN:`,
-//! Python's `ERROR:root:boom`).
+//! Go's `2024/01/02 03:04:05 boom`, Python's `ERROR:root:boom`).
 
 use super::Context;
 use crate::{
     record::{Header, Level, Text},
-    time::parse_iso8601,
+    time::{parse_iso8601, parse_slashed_prefix},
 };
 
 pub fn parse<'a>(line: &'a [u8], ctx: &Context) -> Header<'a> {
     let mut rest = line;
     let mut timestamp = None;
     let bracketed = rest.strip_prefix(b"[");
-    if let Some((ts, used)) = parse_iso8601(bracketed.unwrap_or(rest), ctx.offset) {
+    let inner = bracketed.unwrap_or(rest);
+    let stamp = parse_iso8601(inner, ctx.offset).or_else(|| parse_slashed_prefix(inner, ctx.offset));
+    if let Some((ts, used)) = stamp {
         let after = &bracketed.unwrap_or(rest)[used..];
         let after = if bracketed.is_some() {
             after.strip_prefix(b"]")
@@ -83,6 +85,11 @@ mod tests {
                 "[2024-01-02T03:04:05Z] [warn] low disk",
                 json!({"timestamp": "2024-01-02T03:04:05Z", "level": "warn",
                        "message": "low disk", "fields": {}}),
+            ),
+            (
+                "2024/01/02 03:04:05.000123 listening on :8080",
+                json!({"timestamp": "2024-01-02T03:04:05.000123Z", "level": null,
+                       "message": "listening on :8080", "fields": {}}),
             ),
             (
                 "ERROR:root:division by zero",
