@@ -21,6 +21,7 @@ pub struct Metrics {
     truncations: Counter,
     unreadable_files: Counter,
     sink_errors: Counter,
+    checkpoint_errors: Counter,
     open_files: Gauge,
     last: Stats,
 }
@@ -74,6 +75,11 @@ impl Metrics {
             "Failed batch writes (retried)",
             metrics.sink_errors.clone(),
         );
+        registry.register(
+            "checkpoint_errors",
+            "Failed checkpoint writes",
+            metrics.checkpoint_errors.clone(),
+        );
         registry.register("open_files", "Log files open", metrics.open_files.clone());
         metrics
     }
@@ -93,6 +99,11 @@ impl Metrics {
             (&self.truncations, stats.truncations, last.truncations),
             (&self.unreadable_files, stats.unreadable, last.unreadable),
             (&self.sink_errors, stats.sink_errors, last.sink_errors),
+            (
+                &self.checkpoint_errors,
+                stats.checkpoint_errors,
+                last.checkpoint_errors,
+            ),
         ] {
             counter.inc_by(now.saturating_sub(before));
         }

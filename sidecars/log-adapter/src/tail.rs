@@ -134,6 +134,7 @@ pub struct Stats {
     pub truncations: u64,
     pub unreadable: u64,
     pub sink_errors: u64,
+    pub checkpoint_errors: u64,
 }
 
 /// What a look at one stream ended with.
@@ -276,6 +277,7 @@ pub struct Tailer<S> {
     warned: HashSet<PathBuf>,
     last_scan: Option<Instant>,
     scanned_once: bool,
+    checkpoint_failing: bool,
     sink: S,
     batch: Batch,
     fields: Fields,
@@ -313,6 +315,7 @@ impl<S: Sink> Tailer<S> {
             warned: HashSet::new(),
             last_scan: None,
             scanned_once: false,
+            checkpoint_failing: false,
             sink,
             batch: Batch::default(),
             fields: Fields::default(),
@@ -468,9 +471,20 @@ impl<S: Sink> Tailer<S> {
             self.checkpoints.remove(id);
         }
         self.batch.clear();
-        if let Err(error) = self.checkpoints.persist() {
-            // Records flow on; a restart would repeat more of them.
-            warn!(%error, category = error.category(), "Cannot write checkpoints.");
+        match self.checkpoints.persist() {
+            // Records flow on; a restart would repeat more of them. Logged when it starts and
+            // when it ends, not at every batch.
+            Err(error) if !self.checkpoint_failing => {
+                warn!(%error, category = error.category(), "Cannot write checkpoints; a restart will repeat records.");
+                self.checkpoint_failing = true;
+                self.stats.checkpoint_errors += 1;
+            }
+            Err(_) => self.stats.checkpoint_errors += 1,
+            Ok(()) if self.checkpoint_failing => {
+                info!("Checkpoints written again.");
+                self.checkpoint_failing = false;
+            }
+            Ok(()) => {}
         }
         Ok(())
     }

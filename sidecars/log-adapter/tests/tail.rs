@@ -379,3 +379,23 @@ fn a_line_written_in_two_pieces_becomes_one_record() {
     assert_eq!(records[0]["message"], "first half");
     assert_eq!(records[0]["fields"]["n"], "1");
 }
+
+#[test]
+fn records_flow_on_when_checkpoints_cannot_be_written() {
+    let dir = TempDir::new("no-checkpoint-dir");
+    let log = dir.join("app.log");
+    append(&log, numbered(0..50));
+    let mut tailer = Tailer::new(
+        Config {
+            checkpoint_path: Some(dir.join("missing/dir/checkpoints.json")),
+            ..config(&dir)
+        },
+        Vec::new(),
+    )
+    .unwrap();
+    settle(&mut tailer);
+    append(&log, numbered(50..60));
+    settle(&mut tailer);
+    assert_each_once(tailer.sink(), 0..60);
+    assert!(tailer.stats().checkpoint_errors >= 2);
+}
