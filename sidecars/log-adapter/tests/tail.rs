@@ -225,7 +225,8 @@ fn a_restart_resumes_at_the_checkpoint_losing_nothing_and_repeating_at_most_one_
         },
     )
     .unwrap();
-    while first.poll(Instant::now()).is_ok() {}
+    let crashed_at = (0..10_000).find(|_| first.poll(Instant::now()).is_err());
+    assert!(crashed_at.is_some(), "the sink fails its seventh batch");
     let crashed = std::mem::take(&mut first.sink_mut().out);
     let repeated_at_most = first.sink().failed_batch_records;
     drop(first);
