@@ -51,6 +51,12 @@ impl Settings {
             return Ok(Settings::default());
         }
         let map: BTreeMap<String, String> = serde_json::from_str(text).map_err(SettingsError::NotAMap)?;
+        Self::from_map(map)
+    }
+
+    /// Reads a settings map however it arrived (the variable, or this sidecar's entry in the
+    /// service's sidecars document).
+    pub fn from_map(map: BTreeMap<String, String>) -> Result<Self, SettingsError> {
         let mut settings = Settings::default();
         for (key, value) in map {
             match key.as_str() {
