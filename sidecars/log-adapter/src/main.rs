@@ -1,0 +1,16 @@
+use std::time::Duration;
+
+use clap::Parser;
+use outrigger_sidecar_common::wait_ready;
+
+mod cli;
+
+fn main() -> anyhow::Result<()> {
+    // `wait-ready` is the postStart hook injection adds: it holds the app back until this sidecar's
+    // /readyz answers.
+    if std::env::args().nth(1).as_deref() == Some(wait_ready::COMMAND) {
+        std::process::exit(wait_ready::run(None, Duration::from_secs(120)));
+    }
+    cli::Cli::parse().run()?;
+    Ok(())
+}
