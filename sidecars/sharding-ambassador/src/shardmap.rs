@@ -1,7 +1,7 @@
 //! The shard map document, read into what the ambassador routes with. The only module that knows
 //! the document's type: when the type moves to its own contract crate, only this module changes.
 
-use outrigger_api::sharded::{KeyHash, ShardMap, ShardProtocol, ShardingFunction};
+use outrigger_contract::shard_map::{KeyHash, ShardMap, ShardProtocol, ShardingFunction};
 use outrigger_hashring::twemproxy;
 
 /// A validated shard map: what a ring and its shard connections are built from.
