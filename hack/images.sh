@@ -3,7 +3,8 @@
 # Usage: hack/images.sh [binary ...]   (default: every image under images/)
 # Tags: outrigger/<binary without the outrigger- prefix>:${OUTRIGGER_IMAGE_TAG:-dev} and :<workspace
 # version> (the chart's appVersion, so the chart's default values find the images built here).
-# Binaries come from ${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release.
+# Binaries come from ${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/<profile>, the Cargo profile
+# being ${OUTRIGGER_IMAGE_PROFILE:-release} (the tests use `image-test`: no LTO, a much faster link).
 # An image whose Dockerfile has a line `# debian-binaries: PACKAGE:/path[,PACKAGE:/path...]` (such as
 # redis) is made of Debian's binaries instead: each listed binary, the dynamic loader and every
 # shared library `ldd` lists go into rootfs/ of the build context, at their own paths.
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 TAG=${OUTRIGGER_IMAGE_TAG:-dev}
 TARGET=x86_64-unknown-linux-gnu
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
+PROFILE=${OUTRIGGER_IMAGE_PROFILE:-release}
 VERSION=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 REVISION=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 images=("$@")
@@ -55,7 +57,7 @@ debian_rootfs() {
 }
 # crt-static on the gnu target gives a fully static binary without a musl toolchain.
 if ((${#packages[@]})); then
-  RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target "$TARGET" "${packages[@]}"
+  RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --profile "$PROFILE" --target "$TARGET" "${packages[@]}"
 fi
 # The preStop helper of images without a shell (images/delay.rs): one file, rustc alone.
 delay=$TARGET_DIR/$TARGET/release/outrigger-delay
@@ -65,7 +67,7 @@ rustc --edition 2021 -O -C panic=abort -C strip=symbols -C target-feature=+crt-s
 # Copies a static release binary (and the preStop helper, when the Dockerfile uses it) into DIR.
 rust_context() {
   local image=$1 dir=$2 file
-  local binary=$TARGET_DIR/$TARGET/release/outrigger-$image
+  local binary=$TARGET_DIR/$TARGET/$PROFILE/outrigger-$image
   # A dynamically linked binary would not start on an empty base image.
   for file in "$binary" "$delay"; do
     if file "$file" 2>/dev/null | grep -q 'dynamically linked'; then
