@@ -321,7 +321,6 @@ fn check_limits(limits: &LimitsConfig, problems: &mut Problems) {
     if !(1..=65_536).contains(&limits.mirror_in_flight) {
         problems.push("limits.mirrorInFlight", "must be between 1 and 65536");
     }
-    }
 }
 
 /// A regular expression that must match a whole value.

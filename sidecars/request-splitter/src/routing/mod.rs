@@ -456,3 +456,4 @@ mod tests {
 }
 
 pub mod health;
+pub mod retry;

@@ -396,7 +396,7 @@ impl Exchange {
         let active = self.active.clone();
         let limits = &active.config.limits;
         let mut mirror_to = active.router.mirror_sample();
-        let idempotent = is_idempotent(&self.method);
+        let idempotent = crate::routing::retry::is_idempotent(&self.method);
         let wants_buffer =
             mirror_to.is_some() || (idempotent && active.backends[self.decision.backend].max_retries > 0);
         let mut upload = None;
@@ -892,12 +892,6 @@ fn local_response(error: &ProxyError, request_id: &RequestId) -> Response<Respon
     response
 }
 
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
 
 fn is_gateway_error(status: StatusCode) -> bool {
     matches!(

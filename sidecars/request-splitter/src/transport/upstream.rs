@@ -275,7 +275,7 @@ impl ConnectionPool {
         request: BufferedRequest<'_>,
         connect_timeout: Duration,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let resend = is_idempotent(request.method);
+        let resend = crate::routing::retry::is_idempotent(request.method);
         for attempt in 0..=MAX_STALE {
             // The last attempt always opens a fresh connection.
             let pooled = if attempt < MAX_STALE {
@@ -878,12 +878,6 @@ pub fn is_direct(method: &Method, headers: &HeaderMap) -> bool {
     *method != Method::CONNECT && !headers.contains_key(header::UPGRADE)
 }
 
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
 
 /// An endpoint's state that outlives configuration generations, by (backend name, address).
 type EndpointStates = HashMap<(String, String), (Arc<EndpointHealth>, Arc<ConnectionPool>)>;
