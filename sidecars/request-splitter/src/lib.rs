@@ -4,16 +4,17 @@
 //! file or a ConfigMap without dropping requests, and a graceful drain.
 //!
 //! Layers: [`config`] (the document and its validation), [`routing`] (pure decisions),
-//! [`store`] (generations and atomic swaps), [`proxy`] (the service), [`server`] (sockets),
-//! [`run`] (wiring) and [`cli`].
+//! [`store`] (generations compiled and swapped atomically), [`proxy`] (the service), [`server`]
+//! (sockets), [`run`] (wiring) and [`cli`]. What every sidecar shares (command-line groups, admin
+//! server, API client and watch, config source with the last good document kept, drain) is
+//! `outrigger-sidecar-runtime`.
 
 pub mod added;
-pub mod apiserver;
+/// The runtime's API-server client, where the splitter's own used to be.
+pub use outrigger_sidecar_runtime::apiserver;
 pub mod body;
 pub mod cli;
 pub mod config;
-#[cfg(feature = "configmap")]
-pub mod configmap;
 pub mod correlation;
 pub mod fast;
 pub mod h1;
@@ -22,7 +23,6 @@ pub mod hop_by_hop;
 pub mod metrics;
 pub mod mirror;
 pub mod proxy;
-pub mod reload;
 pub mod rng;
 pub mod routing;
 pub mod run;

@@ -3,9 +3,16 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use outrigger_sidecar_common::{
+use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
-    shutdown,
+    apiserver::{resource::ObjectRefError, ApiError, ApiServerOptions},
+    config::{file::FileLayer, log_outcome, Applied, ReloadError, Source},
+    shutdown::{self, DrainTiming},
+};
+#[cfg(feature = "configmap")]
+use outrigger_sidecar_runtime::{
+    apiserver::{ApiClient, ObjectRef},
+    config::configmap::ConfigMapLayer,
 };
 use prometheus_client::registry::Registry;
 use tokio::{
@@ -14,18 +21,14 @@ use tokio::{
     task::JoinHandle,
 };
 
-#[cfg(feature = "configmap")]
-use crate::configmap::{self, ConfigMapError, ConfigMapRef};
 use crate::{
-    apiserver::ApiServerOptions,
-    config::ConfigError,
+    config::SplitterConfig,
     health::RetryBudget,
     metrics::Metrics,
     mirror::MirrorQueue,
     proxy::Shared,
-    reload,
     server::{self, Connections},
-    store::{Applied, ConfigStore},
+    store::ConfigStore,
     tls::{self, TlsError},
     upstream,
 };
@@ -39,7 +42,7 @@ pub enum RunError {
     #[error("neither a configuration file nor a ConfigMap was given")]
     NoSource,
     #[error("the configuration file is not usable: {0}")]
-    InitialConfig(#[source] ConfigError),
+    InitialConfig(#[source] ReloadError),
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error("binding the proxy listener to {addr}: {source}")]
@@ -51,18 +54,12 @@ pub enum RunError {
     Worker { index: usize, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[cfg(feature = "configmap")]
-    #[error(transparent)]
-    ConfigMap(Box<ConfigMapError>),
+    #[error("a ConfigMap is named namespace/name: {0}")]
+    ConfigMapReference(#[source] ObjectRefError),
+    #[error("connecting to the Kubernetes API: {0}")]
+    ApiClient(#[source] Box<ApiError>),
     #[error("this build has no ConfigMap support (feature `configmap`)")]
     ConfigMapUnsupported,
-}
-
-#[cfg(feature = "configmap")]
-impl From<ConfigMapError> for RunError {
-    fn from(error: ConfigMapError) -> Self {
-        RunError::ConfigMap(Box::new(error))
-    }
 }
 
 /// Where the configuration comes from and how the process behaves.
@@ -103,8 +100,7 @@ pub struct Running {
     connections: Arc<Connections>,
     shutdown: watch::Sender<bool>,
     reload_now: Arc<Notify>,
-    config_file: Option<PathBuf>,
-    file_lock: reload::FileLock,
+    file: Option<FileLayer<SplitterConfig>>,
     server: JoinHandle<()>,
     workers: Vec<std::thread::JoinHandle<()>>,
     /// Tells the extra workers' runtimes to stop once the drain is over.
@@ -132,10 +128,11 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let store = Arc::new(ConfigStore::with_workers(metrics.clone(), workers));
+    let file = config_file.map(|path| FileLayer::new(store.source().clone(), path));
     let mut fingerprint = None;
-    if let Some(path) = &config_file {
-        let (read, outcome) = reload::load_file_with_fingerprint(&store, path);
-        reload::log_outcome(crate::store::Source::File, &outcome);
+    if let Some(file) = &file {
+        let (read, outcome) = file.reload().await;
+        log_outcome(Source::File, &outcome);
         outcome.map_err(RunError::InitialConfig)?;
         fingerprint = read;
     }
@@ -144,16 +141,8 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
 
     let admin_listener = admin::bind(admin_addr).await?;
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
-    let config_store = store.clone();
-    let admin = AdminState::new(registry).with_routes(Arc::new(move |path| match path {
-        "/config" => Some((
-            "application/json",
-            config_store
-                .current()
-                .map_or_else(|| "null".to_owned(), |active| active.json.clone()),
-        )),
-        _ => None,
-    }));
+    let source = store.source().clone();
+    let admin = AdminState::new(registry).with_config(Arc::new(move || source.status_json()));
     background.push(tokio::spawn(admin::serve(admin_listener, admin.clone(), {
         let mut stop = shutdown_receiver.clone();
         async move {
@@ -227,12 +216,8 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         worker_threads.push(thread);
     }
     let reload_now = Arc::new(Notify::new());
-    let file_lock = reload::FileLock::default();
-    if let Some(path) = &config_file {
-        background.push(tokio::spawn(reload::watch_file(
-            store.clone(),
-            path.clone(),
-            file_lock.clone(),
+    if let Some(file) = &file {
+        background.push(tokio::spawn(file.clone().watch(
             fingerprint,
             poll_interval,
             reload_now.clone(),
@@ -256,8 +241,7 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         connections,
         shutdown: shutdown_sender,
         reload_now,
-        config_file,
-        file_lock,
+        file,
         server,
         workers: worker_threads,
         terminate,
@@ -343,21 +327,13 @@ fn start_configmap_watch(
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, RunError> {
     let ConfigMapOptions { reference, key, api } = options;
-    let reference: ConfigMapRef = reference.parse()?;
-    let client = configmap::client(&api)?;
-    tracing::info!(
-        configmap = %reference,
-        key = %key,
-        api_server = %client.authority(),
-        "Watching a ConfigMap for configuration."
-    );
-    Ok(tokio::spawn(configmap::watch(
-        client,
-        store.clone(),
-        reference,
-        key,
-        shutdown,
-    )))
+    let reference: ObjectRef = reference.parse().map_err(RunError::ConfigMapReference)?;
+    let client = ApiClient::new(&api)
+        .map_err(|error| RunError::ApiClient(Box::new(error)))?
+        .with_user_agent(concat!("outrigger-request-splitter/", env!("CARGO_PKG_VERSION")));
+    tracing::info!(api_server = %client.authority(), "Reaching the Kubernetes API.");
+    let layer = ConfigMapLayer::new(store.source().clone(), reference, key);
+    Ok(tokio::spawn(layer.watch(client, shutdown)))
 }
 
 #[cfg(not(feature = "configmap"))]
@@ -377,10 +353,9 @@ impl Running {
 
     /// Reads the configuration file now, as the poller would (one at a time with it), and returns
     /// the outcome.
-    pub async fn reload_file(&self) -> Option<Result<Applied, ConfigError>> {
-        let path = self.config_file.as_ref()?;
-        let outcome = reload::reload_file(&self.store, path, &self.file_lock).await;
-        reload::log_outcome(crate::store::Source::File, &outcome);
+    pub async fn reload_file(&self) -> Option<Result<Applied, ReloadError>> {
+        let (_, outcome) = self.file.as_ref()?.reload().await;
+        log_outcome(Source::File, &outcome);
         Some(outcome)
     }
 
@@ -409,18 +384,21 @@ impl Running {
             drain_delay,
             ..
         } = self;
-        admin.set_ready(false);
-        tokio::time::sleep(drain_delay).await;
-        let _ = shutdown.send(true);
-        let _ = server.await;
-        let drained = tokio::time::timeout(drain_timeout, connections.all_closed()).await;
+        let timing = DrainTiming {
+            delay: drain_delay,
+            timeout: drain_timeout,
+        };
+        let close = async {
+            let _ = shutdown.send(true);
+            let _ = server.await;
+        };
+        let drained = shutdown::drain(&admin, timing, close, connections.all_closed()).await;
         let left = connections.open();
-        match drained {
-            Ok(()) => tracing::info!("Drained every connection."),
-            Err(_) => tracing::warn!(
+        if !drained {
+            tracing::warn!(
                 open_connections = left,
-                "Drain deadline reached; closing the rest."
-            ),
+                "Connections still open at the drain deadline."
+            );
         }
         let _ = terminate.send(true);
         let _ = tokio::task::spawn_blocking(move || {
