@@ -1,3 +1,4 @@
+#![cfg(feature = "apiserver")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 //! The generic watch against a scripted API server on loopback (plain HTTP): objects are read, then
