@@ -3,16 +3,17 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+#[cfg(feature = "configmap")]
+use outrigger_sidecar_runtime::apiserver::{ApiClient, ObjectRef};
 use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
     apiserver::{resource::ObjectRefError, ApiError, ApiServerOptions},
-    config::{file::FileLayer, log_outcome, Applied, ReloadError, Source},
+    config::{
+        file::FileLayer,
+        layers::{self, ConfigMapSpec, LayerOptions, StartError, Started},
+        log_outcome, Applied, ReloadError, Source,
+    },
     shutdown::{self, DrainTiming},
-};
-#[cfg(feature = "configmap")]
-use outrigger_sidecar_runtime::{
-    apiserver::{ApiClient, ObjectRef},
-    config::configmap::ConfigMapLayer,
 };
 use prometheus_client::registry::Registry;
 use tokio::{
@@ -121,23 +122,31 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         drain_delay,
         workers,
     } = options;
-    if config_file.is_none() && configmap.is_none() {
-        return Err(RunError::NoSource);
-    }
     let workers = workers.max(1);
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let store = Arc::new(ConfigStore::with_workers(metrics.clone(), workers));
-    let file = config_file.map(|path| FileLayer::new(store.source().clone(), path));
-    let mut fingerprint = None;
-    if let Some(file) = &file {
-        let (read, outcome) = file.reload().await;
-        log_outcome(Source::File, &outcome);
-        outcome.map_err(RunError::InitialConfig)?;
-        fingerprint = read;
-    }
     let (shutdown_sender, shutdown_receiver) = watch::channel(false);
-    let mut background = Vec::new();
+    let reload_now = Arc::new(Notify::new());
+    let layers = LayerOptions {
+        file: config_file,
+        configmap: configmap.map(configmap_spec).transpose()?,
+        poll_interval,
+    };
+    let Started {
+        file,
+        tasks: mut background,
+    } = layers::start(
+        store.source(),
+        layers,
+        reload_now.clone(),
+        shutdown_receiver.clone(),
+    )
+    .await
+    .map_err(|error| match error {
+        StartError::NoSource => RunError::NoSource,
+        StartError::InitialFile(error) => RunError::InitialConfig(error),
+    })?;
 
     let admin_listener = admin::bind(admin_addr).await?;
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
@@ -150,13 +159,6 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         }
     })));
 
-    if let Some(configmap) = configmap {
-        background.push(start_configmap_watch(
-            &store,
-            configmap,
-            shutdown_receiver.clone(),
-        )?);
-    }
     let Some(active) = store.wait_for_first().await else {
         return Err(RunError::NoSource);
     };
@@ -214,15 +216,6 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
             .spawn(move || worker.run())
             .map_err(|source| RunError::Worker { index, source })?;
         worker_threads.push(thread);
-    }
-    let reload_now = Arc::new(Notify::new());
-    if let Some(file) = &file {
-        background.push(tokio::spawn(file.clone().watch(
-            fingerprint,
-            poll_interval,
-            reload_now.clone(),
-            shutdown_receiver.clone(),
-        )));
     }
     admin.set_ready(true);
     tracing::info!(
@@ -321,27 +314,21 @@ impl Worker {
 }
 
 #[cfg(feature = "configmap")]
-fn start_configmap_watch(
-    store: &Arc<ConfigStore>,
-    options: ConfigMapOptions,
-    shutdown: watch::Receiver<bool>,
-) -> Result<JoinHandle<()>, RunError> {
+fn configmap_spec(options: ConfigMapOptions) -> Result<ConfigMapSpec, RunError> {
     let ConfigMapOptions { reference, key, api } = options;
     let reference: ObjectRef = reference.parse().map_err(RunError::ConfigMapReference)?;
     let client = ApiClient::new(&api)
         .map_err(|error| RunError::ApiClient(Box::new(error)))?
         .with_user_agent(concat!("outrigger-request-splitter/", env!("CARGO_PKG_VERSION")));
-    tracing::info!(api_server = %client.authority(), "Reaching the Kubernetes API.");
-    let layer = ConfigMapLayer::new(store.source().clone(), reference, key);
-    Ok(tokio::spawn(layer.watch(client, shutdown)))
+    Ok(ConfigMapSpec {
+        reference,
+        key,
+        client,
+    })
 }
 
 #[cfg(not(feature = "configmap"))]
-fn start_configmap_watch(
-    _store: &Arc<ConfigStore>,
-    _options: ConfigMapOptions,
-    _shutdown: watch::Receiver<bool>,
-) -> Result<JoinHandle<()>, RunError> {
+fn configmap_spec(_options: ConfigMapOptions) -> Result<ConfigMapSpec, RunError> {
     Err(RunError::ConfigMapUnsupported)
 }
 

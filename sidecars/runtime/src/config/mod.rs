@@ -16,6 +16,7 @@
 
 pub mod configmap;
 pub mod file;
+pub mod layers;
 pub mod merge;
 pub mod source;
 
