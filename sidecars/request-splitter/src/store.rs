@@ -17,7 +17,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 
 use crate::{
-    config::SplitterConfig,
+    config::{ConfigError, SplitterConfig},
     metrics::{Metrics, RouteLabels},
     routing::Router,
     upstream::{Backend, Resources},
@@ -64,7 +64,7 @@ impl ConfigStore {
             metrics,
         });
         let hook = compiled.clone();
-        let source = ConfigSource::new(reload_metrics, SplitterConfig::from_value)
+        let source = ConfigSource::new(reload_metrics, validate)
             .on_change(move |next, previous| hook.install(next, previous));
         ConfigStore {
             source: Arc::new(source),
@@ -92,6 +92,15 @@ impl ConfigStore {
     pub fn apply(&self, source: Source, layer: Value) -> Result<Applied, ReloadError> {
         self.source.apply(source, layer)
     }
+}
+
+/// Reads and validates the merged document; a document that does not fit the schema is a `parse`
+/// rejection, one that fits but breaks a rule is `invalid`.
+fn validate(value: Value) -> Result<SplitterConfig, ReloadError> {
+    SplitterConfig::from_value(value).map_err(|error| match error {
+        ConfigError::Parse { path, message } => ReloadError::Parse { path, message },
+        other => ReloadError::Invalid(Box::new(other)),
+    })
 }
 
 impl Compiled {
@@ -263,7 +272,8 @@ mod tests {
     #[tokio::test]
     async fn a_configmap_alone_can_carry_the_whole_document() {
         let (store, _registry) = store();
-        assert!(store.apply(Source::ConfigMap, json!({"weights": {}})).is_err());
+        let partial = store.apply(Source::ConfigMap, json!({"weights": {}})).unwrap_err();
+        assert_eq!(partial.category(), "parse", "{partial}");
         store.apply(Source::ConfigMap, file_layer()).unwrap();
         assert_eq!(store.current().unwrap().backends.len(), 2);
     }
