@@ -272,7 +272,9 @@ mod tests {
     #[tokio::test]
     async fn a_configmap_alone_can_carry_the_whole_document() {
         let (store, _registry) = store();
-        let partial = store.apply(Source::ConfigMap, json!({"weights": {}})).unwrap_err();
+        let partial = store
+            .apply(Source::ConfigMap, json!({"weights": {}}))
+            .unwrap_err();
         assert_eq!(partial.category(), "parse", "{partial}");
         store.apply(Source::ConfigMap, file_layer()).unwrap();
         assert_eq!(store.current().unwrap().backends.len(), 2);
