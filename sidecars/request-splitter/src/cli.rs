@@ -104,6 +104,7 @@ mod tests {
     // working now that the flags come from the runtime's groups.
     #[test]
     fn every_flag_keeps_its_name_and_environment_variable() {
+        Cli::command().debug_assert();
         let command = args::with_env_prefix(Cli::command(), ENV_PREFIX);
         let expected = [
             ("config", "OUTRIGGER_SPLITTER_CONFIG"),

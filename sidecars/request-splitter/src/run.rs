@@ -404,7 +404,7 @@ impl Running {
 /// Runs until SIGTERM or SIGINT, then drains. SIGHUP reloads the configuration file.
 pub async fn run(options: Options) -> Result<(), RunError> {
     let running = start(options).await?;
-    let hangup = spawn_hangup_listener(running.reload_now.clone());
+    let hangup = shutdown::reload_on_hangup(running.reload_now.clone());
     shutdown::signal().await;
     tracing::info!(
         open_connections = running.open_connections(),
@@ -413,22 +413,4 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     hangup.abort();
     running.shutdown().await;
     Ok(())
-}
-
-fn spawn_hangup_listener(reload_now: Arc<Notify>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hangup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the configuration file.");
-                reload_now.notify_one();
-            }
-        }
-        #[cfg(not(unix))]
-        drop(reload_now);
-    })
 }

@@ -238,6 +238,7 @@ mod tests {
 
     #[test]
     fn a_binary_prefix_renames_its_own_variables_and_keeps_the_pod_wide_ones() {
+        Example::command().debug_assert();
         let command = with_env_prefix(Example::command(), "SPLITTER");
         for (id, env) in [
             ("configmap", "OUTRIGGER_SPLITTER_CONFIGMAP"),

@@ -1,4 +1,4 @@
-//! Shutdown signals.
+//! Signals: SIGTERM / SIGINT end the process after a graceful drain, SIGHUP asks for a reload.
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 pub async fn signal() {
@@ -22,6 +22,29 @@ pub async fn signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Notifies `reload_now` on every SIGHUP (the config file poller reads the file at once), until
+/// the returned task is aborted.
+pub fn reload_on_hangup(reload_now: std::sync::Arc<tokio::sync::Notify>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                tracing::warn!(
+                    "Cannot listen for SIGHUP; the configuration file is reloaded by polling only."
+                );
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration file.");
+                reload_now.notify_one();
+            }
+        }
+        #[cfg(not(unix))]
+        drop(reload_now);
+    })
 }
 
 /// How a process drains after SIGTERM.

@@ -41,6 +41,41 @@ pub struct Secret {
     pub data: Option<BTreeMap<String, String>>,
 }
 
+impl Secret {
+    /// The decoded value of `key`; `None` when it is absent or not valid base64.
+    pub fn decoded(&self, key: &str) -> Option<Vec<u8>> {
+        base64_decode(self.data.as_ref()?.get(key)?)
+    }
+}
+
+/// Standard base64 with padding, as the API encodes Secret data.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let digit = |byte: u8| -> Option<u32> {
+        Some(u32::from(match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        }))
+    };
+    let text = text.trim_end_matches('=').as_bytes();
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    for chunk in text.chunks(4) {
+        let mut bits = 0u32;
+        for (index, byte) in chunk.iter().enumerate() {
+            bits |= digit(*byte)? << (18 - 6 * index);
+        }
+        let bytes = bits.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
 /// The fields of an EndpointSlice a sidecar reads; the same in `discovery.k8s.io/v1beta1` and `v1`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -364,6 +399,19 @@ mod tests {
             everything.watch_path(&Selector::Labels(None), Some("9")),
             "/api/v1/configmaps?watch=1&allowWatchBookmarks=true&timeoutSeconds=290&resourceVersion=9"
         );
+    }
+
+    #[test]
+    fn secret_values_are_decoded_from_base64() {
+        let secret: Secret = serde_json::from_str(
+            r#"{"metadata":{"name":"tls"},"type":"Opaque","data":{"a":"aGVsbG8=","b":"aGk=","c":"aGV5","bad":"a*=="}}"#,
+        )
+        .unwrap();
+        assert_eq!(secret.decoded("a").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(secret.decoded("b").as_deref(), Some(&b"hi"[..]));
+        assert_eq!(secret.decoded("c").as_deref(), Some(&b"hey"[..]));
+        assert_eq!(secret.decoded("bad"), None);
+        assert_eq!(secret.decoded("missing"), None);
     }
 
     #[test]
