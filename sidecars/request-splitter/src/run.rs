@@ -3,8 +3,6 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-#[cfg(feature = "configmap")]
-use outrigger_sidecar_runtime::apiserver::{ApiClient, ObjectRef};
 use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
     apiserver::{resource::ObjectRefError, ApiError, ApiServerOptions},
@@ -14,6 +12,11 @@ use outrigger_sidecar_runtime::{
         log_outcome, Applied, ReloadError, Source,
     },
     shutdown::{self, DrainTiming},
+};
+#[cfg(feature = "configmap")]
+use outrigger_sidecar_runtime::{
+    apiserver::{ApiClient, ObjectRef},
+    metrics::WatchMetrics,
 };
 use prometheus_client::registry::Registry;
 use tokio::{
@@ -130,7 +133,9 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
     let reload_now = Arc::new(Notify::new());
     let layers = LayerOptions {
         file: config_file,
-        configmap: configmap.map(configmap_spec).transpose()?,
+        configmap: configmap
+            .map(|configmap| configmap_spec(configmap, &mut registry))
+            .transpose()?,
         poll_interval,
     };
     let Started {
@@ -314,21 +319,23 @@ impl Worker {
 }
 
 #[cfg(feature = "configmap")]
-fn configmap_spec(options: ConfigMapOptions) -> Result<ConfigMapSpec, RunError> {
+fn configmap_spec(options: ConfigMapOptions, registry: &mut Registry) -> Result<ConfigMapSpec, RunError> {
     let ConfigMapOptions { reference, key, api } = options;
     let reference: ObjectRef = reference.parse().map_err(RunError::ConfigMapReference)?;
     let client = ApiClient::new(&api)
         .map_err(|error| RunError::ApiClient(Box::new(error)))?
         .with_user_agent(concat!("outrigger-request-splitter/", env!("CARGO_PKG_VERSION")));
+    let metrics = WatchMetrics::register(registry.sub_registry_with_prefix("outrigger_splitter"));
     Ok(ConfigMapSpec {
         reference,
         key,
         client,
+        metrics,
     })
 }
 
 #[cfg(not(feature = "configmap"))]
-fn configmap_spec(_options: ConfigMapOptions) -> Result<ConfigMapSpec, RunError> {
+fn configmap_spec(_options: ConfigMapOptions, _registry: &mut Registry) -> Result<ConfigMapSpec, RunError> {
     Err(RunError::ConfigMapUnsupported)
 }
 

@@ -344,6 +344,13 @@ async fn the_configmap_is_read_then_watched_from_its_version_and_every_change_ap
         .filter(|request| !request.contains("watch=1"))
         .count();
     assert_eq!(gets, 1, "the object is read once; the watch carries the rest");
+    let url = format!("http://{}/metrics", running.admin_addr);
+    let metrics = support::get(&support::client(), &url, &[]).await.body;
+    assert_eq!(
+        support::metric(&metrics, "outrigger_splitter_api_relists_total"),
+        1.0,
+        "the watch's health is on /metrics: {metrics}"
+    );
     running.shutdown().await;
 }
 

@@ -55,6 +55,12 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// `category`: an error's fixed category (`ReconcilerError::category`-style).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CategoryLabels {
+    pub category: &'static str,
+}
+
 /// `source` (`file`, `configmap`) and `result` (`applied`, `unchanged`, `rejected`) of a reload.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
@@ -104,6 +110,34 @@ impl ReloadMetrics {
     pub fn record(&self, source: &'static str, result: &'static str) {
         self.reloads.get_or_create(&ReloadLabels { source, result }).inc();
         self.last_reload_successful.set(i64::from(result != "rejected"));
+    }
+}
+
+/// The health of a sidecar's watches on the Kubernetes API; cheap to clone. Unregistered (the
+/// default) it counts into nothing anyone reads.
+#[derive(Clone, Debug, Default)]
+pub struct WatchMetrics {
+    /// `api_watch_errors_total{category}`: failed reads and watches, each retried with backoff.
+    pub errors: Family<CategoryLabels, Counter>,
+    /// `api_relists_total`: complete reads, at start and after `410 Gone`.
+    pub relists: Counter,
+}
+
+impl WatchMetrics {
+    /// Creates the families and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> WatchMetrics {
+        let metrics = WatchMetrics::default();
+        registry.register(
+            "api_watch_errors",
+            "Failed reads and watches of the Kubernetes API, each retried with backoff, by category: api, stream, transport, overdue, status, gone",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "api_relists",
+            "Complete reads of what a watch covers: at start and after 410 Gone",
+            metrics.relists.clone(),
+        );
+        metrics
     }
 }
 

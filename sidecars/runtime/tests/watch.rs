@@ -24,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use outrigger_sidecar_runtime::apiserver::{
     Api, ApiClient, ApiServerOptions, ConfigMap, Event, Selector, Watcher,
 };
+use outrigger_sidecar_runtime::metrics::{CategoryLabels, WatchMetrics};
 use serde_json::{json, Value};
 use tokio::{
     net::TcpListener,
@@ -345,7 +346,8 @@ async fn a_named_object_is_read_then_watched_from_its_version_and_resumed_from_a
 async fn an_expired_resource_version_makes_the_watch_read_everything_again() {
     let api = FakeApi::start(Some(configmap("cm", "5", "old")), "secret").await;
     api.state.lock().unwrap().expired.push("5".to_owned());
-    let mut watching = Watching::start(named(&api, "secret"));
+    let metrics = WatchMetrics::default();
+    let mut watching = Watching::start(named(&api, "secret").with_metrics(metrics.clone()));
     assert_eq!(value(&watching.next("the first read").await), ["old"]);
     // Meanwhile the object changed; the 410 sends the watch back to read it.
     api.state.lock().unwrap().object = Some(configmap("cm", "9", "new"));
@@ -358,6 +360,12 @@ async fn an_expired_resource_version_makes_the_watch_read_everything_again() {
         watches.last().unwrap().contains("resourceVersion=9"),
         "{watches:?}"
     );
+    assert_eq!(metrics.relists.get(), 2, "read at start and after the 410");
+    let gone = metrics
+        .errors
+        .get_or_create(&CategoryLabels { category: "gone" })
+        .get();
+    assert_eq!(gone, 1);
     watching.stop().await;
 }
 

@@ -12,6 +12,8 @@ use std::{
 use http_body_util::BodyExt;
 use tokio::{sync::watch, time::Instant};
 
+use crate::metrics::{CategoryLabels, WatchMetrics};
+
 use super::{
     resource::WATCH_TIMEOUT_SECONDS, Api, ApiError, DecodeError, EventDecoder, ObjectMeta, Resource,
     Selector, Status, WatchEvent,
@@ -75,6 +77,7 @@ pub struct Watcher<K> {
     selector: Selector,
     resume_from: Option<String>,
     target: String,
+    metrics: WatchMetrics,
 }
 
 impl<K: Resource> Watcher<K> {
@@ -89,7 +92,24 @@ impl<K: Resource> Watcher<K> {
             selector,
             resume_from: None,
             target,
+            metrics: WatchMetrics::default(),
         }
+    }
+
+    /// Counts errors and relists into `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: WatchMetrics) -> Watcher<K> {
+        self.metrics = metrics;
+        self
+    }
+
+    fn count(&self, error: &WatchError) {
+        self.metrics
+            .errors
+            .get_or_create(&CategoryLabels {
+                category: error.category(),
+            })
+            .inc();
     }
 
     /// Starts by watching from `version` instead of reading first (a version remembered from
@@ -122,6 +142,7 @@ impl<K: Resource> Watcher<K> {
                 None => match self.read(sink).await {
                     Ok(version) => version,
                     Err(error) => {
+                        self.count(&error);
                         tracing::warn!(%error, category = error.category(), "Reading for a watch failed; retrying.");
                         backoff.wait().await;
                         continue;
@@ -144,11 +165,13 @@ impl<K: Resource> Watcher<K> {
                         }
                     }
                     Err(error @ WatchError::Gone { .. }) => {
+                        self.count(&error);
                         tracing::info!(%error, "Reading everything again.");
                         backoff.wait().await;
                         break;
                     }
                     Err(error) => {
+                        self.count(&error);
                         tracing::warn!(%error, category = error.category(), "The watch failed; retrying.");
                         backoff.wait().await;
                     }
@@ -163,6 +186,7 @@ impl<K: Resource> Watcher<K> {
             target: self.target.clone(),
             source,
         };
+        self.metrics.relists.inc();
         match &self.selector {
             Selector::Named(name) => match self.api.get(name).await.map_err(api_error)? {
                 Some(object) => {

@@ -9,13 +9,17 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::source::{log_outcome, parse_layer, Applied, ConfigSource, ReloadError, Source};
-use crate::apiserver::{Api, ConfigMap, Event, ObjectRef, Selector, Watcher};
+use crate::{
+    apiserver::{Api, ConfigMap, Event, ObjectRef, Selector, Watcher},
+    metrics::WatchMetrics,
+};
 
 /// The ConfigMap key a [`ConfigSource`] follows.
 pub struct ConfigMapLayer<T> {
     source: Arc<ConfigSource<T>>,
     reference: ObjectRef,
     key: String,
+    metrics: WatchMetrics,
 }
 
 impl<T> ConfigMapLayer<T>
@@ -27,7 +31,15 @@ where
             source,
             reference,
             key,
+            metrics: WatchMetrics::default(),
         }
+    }
+
+    /// Counts the watch's errors and relists into `metrics`.
+    #[must_use]
+    pub fn with_watch_metrics(mut self, metrics: WatchMetrics) -> ConfigMapLayer<T> {
+        self.metrics = metrics;
+        self
     }
 
     /// Applies one version of the ConfigMap.
@@ -82,7 +94,8 @@ where
     /// Watches the ConfigMap until `shutdown`, applying every version.
     pub async fn watch(self, client: crate::apiserver::ApiClient, shutdown: watch::Receiver<bool>) {
         let api = Api::configmaps(client, &self.reference.namespace);
-        let watcher = Watcher::new(api, Selector::Named(self.reference.name.clone()));
+        let watcher = Watcher::new(api, Selector::Named(self.reference.name.clone()))
+            .with_metrics(self.metrics.clone());
         tracing::info!(
             configmap = %self.reference,
             key = %self.key,

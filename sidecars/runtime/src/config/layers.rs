@@ -15,7 +15,10 @@ use super::{
     file::FileLayer,
     source::{log_outcome, ConfigSource, ReloadError, Source},
 };
-use crate::apiserver::{ApiClient, ObjectRef};
+use crate::{
+    apiserver::{ApiClient, ObjectRef},
+    metrics::WatchMetrics,
+};
 
 /// The ConfigMap key to follow, and the client to watch it with.
 #[derive(Debug, Clone)]
@@ -23,6 +26,8 @@ pub struct ConfigMapSpec {
     pub reference: ObjectRef,
     pub key: String,
     pub client: ApiClient,
+    /// Where the watch counts its errors and relists.
+    pub metrics: WatchMetrics,
 }
 
 /// The layers to start.
@@ -91,10 +96,11 @@ where
         reference,
         key,
         client,
+        metrics,
     }) = configmap
     {
         tracing::info!(api_server = %client.authority(), "Reaching the Kubernetes API.");
-        let layer = ConfigMapLayer::new(source.clone(), reference, key);
+        let layer = ConfigMapLayer::new(source.clone(), reference, key).with_watch_metrics(metrics);
         tasks.push(tokio::spawn(layer.watch(client, shutdown)));
     }
     Ok(Started { file, tasks })
