@@ -42,16 +42,37 @@ pub fn operator_kubeconfig() -> PathBuf {
     cluster_run_dir().join("operator.kubeconfig")
 }
 
+/// A Kubernetes binary built for the local cluster (`kube-apiserver`, `kubectl`, ...).
+pub fn cluster_binary(name: &str) -> PathBuf {
+    let cache = std::env::var_os("OUTRIGGER_CLUSTER_CACHE").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/outrigger/k8s-v1.20.2"),
+        PathBuf::from,
+    );
+    cache.join("bin").join(name)
+}
+
+/// The local cluster's API server URL, on loopback.
+pub fn cluster_api_server() -> String {
+    let port = std::env::var("OUTRIGGER_CLUSTER_PORT").unwrap_or_else(|_| "16443".to_owned());
+    format!("https://127.0.0.1:{port}")
+}
+
+/// The CA bundle the local cluster's API server certificate chains to.
+pub fn cluster_ca_file() -> PathBuf {
+    cluster_run_dir().join("certs/apiserver.crt")
+}
+
+/// The file holding the local cluster's admin bearer token (`system:masters`).
+pub fn admin_token_file() -> PathBuf {
+    cluster_run_dir().join("admin.token")
+}
+
 /// The kubectl built with the cluster (same version as the API server), or the one on PATH.
 pub fn kubectl_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("OUTRIGGER_KUBECTL") {
         return PathBuf::from(path);
     }
-    let cache = std::env::var_os("OUTRIGGER_CLUSTER_CACHE").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/outrigger/k8s-v1.20.2"),
-        PathBuf::from,
-    );
-    let built = cache.join("bin/kubectl");
+    let built = cluster_binary("kubectl");
     if built.exists() {
         built
     } else {

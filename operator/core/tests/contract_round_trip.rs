@@ -25,10 +25,12 @@ use outrigger_core::{
     sharded,
 };
 use outrigger_request_splitter::{
-    configmap::{self, ConfigMapRef},
     metrics::Metrics,
-    reload,
     store::{Applied, ConfigStore},
+};
+use outrigger_sidecar_runtime::{
+    apiserver::{self, ObjectRef},
+    config::{configmap::ConfigMapLayer, file::FileLayer},
 };
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
@@ -56,10 +58,11 @@ fn store() -> ConfigStore {
 /// splitter's watch decodes it, applied the way the watch applies it.
 fn read_by_the_splitter(config_map: &ConfigMap) -> SplitterConfig {
     let store = store();
-    let object: configmap::ConfigMap =
+    let object: apiserver::ConfigMap =
         serde_json::from_value(serde_json::to_value(config_map).unwrap()).unwrap();
-    let reference: ConfigMapRef = "shop/web-splitter".parse().unwrap();
-    let applied = configmap::apply_object(&store, &reference, SPLITTER_CONFIG_KEY, &object);
+    let reference: ObjectRef = "shop/web-splitter".parse().unwrap();
+    let layer = ConfigMapLayer::new(store.source().clone(), reference, SPLITTER_CONFIG_KEY.to_owned());
+    let applied = layer.apply(&object);
     assert!(
         matches!(applied, Ok(Applied::Changed { .. })),
         "the splitter refused the operator's document: {applied:?}\n{}",
@@ -212,7 +215,12 @@ fn the_injected_splitters_file_is_read_back_unchanged_by_the_splitter() {
         let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("injected-request-splitter.json");
         std::fs::write(&path, text).unwrap();
         let store = store();
-        let (_, applied) = reload::load_file_with_fingerprint(&store, &path);
+        let file = FileLayer::new(store.source().clone(), path.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (_, applied) = runtime.block_on(file.reload());
         assert!(
             matches!(applied, Ok(Applied::Changed { .. })),
             "{name}: {applied:?}\n{text}"

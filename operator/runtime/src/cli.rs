@@ -4,7 +4,7 @@ use std::{io::Write, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use outrigger_sidecar_common::telemetry::{self, LogFormat};
+use outrigger_sidecar_runtime::telemetry::{self, LogFormat};
 
 use std::collections::BTreeMap;
 

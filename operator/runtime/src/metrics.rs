@@ -1,6 +1,7 @@
 //! The operator's Prometheus metrics. Labels are bounded: controller names and error categories
 //! are fixed sets, never object names or error strings.
 
+use outrigger_sidecar_runtime::metrics::{histogram_family, Buckets, CONTROL_LOOP_SECONDS};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -29,7 +30,7 @@ pub struct WriteLabels {
 pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
-    pub duration: Family<ControllerLabels, Histogram>,
+    pub duration: Family<ControllerLabels, Histogram, Buckets>,
     pub managed: Family<ControllerLabels, Gauge>,
     pub writes: Family<WriteLabels, Counter>,
     pub leader: Gauge,
@@ -41,11 +42,7 @@ impl Metrics {
         let metrics = Metrics {
             reconciles: Family::default(),
             errors: Family::default(),
-            duration: Family::new_with_constructor(|| {
-                Histogram::new([
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ])
-            }),
+            duration: histogram_family(CONTROL_LOOP_SECONDS),
             managed: Family::default(),
             writes: Family::default(),
             leader: Gauge::default(),

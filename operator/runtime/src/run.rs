@@ -11,7 +11,7 @@ use outrigger_core::{
     replicated::PdbApi,
     webhook_config::{FailurePolicy, WebhookEndpoint},
 };
-use outrigger_sidecar_common::{admin, shutdown};
+use outrigger_sidecar_runtime::{admin, shutdown};
 use prometheus_client::registry::Registry;
 
 use crate::{

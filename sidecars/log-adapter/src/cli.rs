@@ -21,7 +21,7 @@ use outrigger_log_adapter::{
     tail::{Config, TailError, Tailer},
     time::UtcOffset,
 };
-use outrigger_sidecar_common::{
+use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
     shutdown,
     telemetry::LogFormat,

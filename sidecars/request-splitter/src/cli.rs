@@ -1,18 +1,24 @@
-//! Command line of `outrigger-request-splitter`.
-
-use std::{net::SocketAddr, path::PathBuf};
+//! Command line of `outrigger-request-splitter`: the runtime's shared groups, flattened, plus the
+//! splitter's own `--workers`. The splitter's own environment variables carry its prefix
+//! (`OUTRIGGER_SPLITTER_CONFIGMAP`, `OUTRIGGER_SPLITTER_DRAIN_TIMEOUT`, …, see
+//! [`outrigger_sidecar_runtime::args::with_env_prefix`]); what injection sets for every sidecar of
+//! a pod keeps one name (`OUTRIGGER_CONFIG_DIR`, `OUTRIGGER_ADMIN_ADDR`, `OUTRIGGER_LOG`,
+//! `OUTRIGGER_LOG_FORMAT`).
 
 use clap::Parser;
-use outrigger_sidecar_common::telemetry::{self, LogFormat, TelemetryError};
-
-use crate::{
-    apiserver::ApiServerOptions,
-    config::ConfigDuration,
-    run::{run, ConfigMapOptions, Options, RunError},
+use outrigger_sidecar_runtime::{
+    args::{self, AdminArgs, ApiServerArgs, ConfigSourceArgs, DrainArgs, LogArgs},
+    telemetry::TelemetryError,
 };
 
-/// File name of the configuration inside `--config-dir` (the key in the injected ConfigMap).
+use crate::run::{run, ConfigMapOptions, Options, RunError};
+
+/// File name of the configuration inside `--config-dir` (the key in the injected ConfigMap), and
+/// the default `--configmap-key`.
 pub const INJECTED_CONFIG_KEY: &str = "request-splitter.json";
+
+/// The prefix of the splitter's own environment variables: `OUTRIGGER_SPLITTER_…`.
+pub const ENV_PREFIX: &str = "SPLITTER";
 
 /// Why the command failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,116 +36,52 @@ pub enum CliError {
 #[derive(Debug, Parser)]
 #[command(name = "outrigger-request-splitter", version, about)]
 pub struct Cli {
-    /// Configuration file (JSON), re-read when it changes.
-    #[arg(long, env = "OUTRIGGER_SPLITTER_CONFIG")]
-    config: Option<PathBuf>,
-    /// Directory of the sidecar configuration mounted by injection; without --config,
-    /// `<dir>/request-splitter.json` is the configuration file when it exists.
-    #[arg(long, env = "OUTRIGGER_CONFIG_DIR")]
-    config_dir: Option<PathBuf>,
-    /// Also watch this ConfigMap (`namespace/name`); its key is merged over the file.
-    #[arg(long, env = "OUTRIGGER_SPLITTER_CONFIGMAP")]
-    configmap: Option<String>,
-    /// Key of the ConfigMap that holds the JSON document.
-    #[arg(
-        long,
-        env = "OUTRIGGER_SPLITTER_CONFIGMAP_KEY",
-        default_value = "request-splitter.json"
-    )]
-    configmap_key: String,
     #[command(flatten)]
-    api: ApiArgs,
-    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`, `/config`).
-    #[arg(long, env = "OUTRIGGER_ADMIN_ADDR", default_value = "0.0.0.0:9901")]
-    admin_addr: SocketAddr,
+    source: ConfigSourceArgs,
+    #[command(flatten)]
+    api: ApiServerArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// Threads serving clients, each with its own runtime, listening socket and backend
     /// connections (like nginx's worker processes); 1 runs everything on one thread.
     #[arg(long, env = "OUTRIGGER_SPLITTER_WORKERS", default_value_t = 1)]
     workers: usize,
-    /// How often the configuration file is checked for changes.
-    #[arg(long, env = "OUTRIGGER_SPLITTER_CONFIG_POLL", default_value = "2s")]
-    config_poll_interval: ConfigDuration,
-    /// Longest wait for open connections after SIGTERM.
-    #[arg(long, env = "OUTRIGGER_SPLITTER_DRAIN_TIMEOUT", default_value = "25s")]
-    drain_timeout: ConfigDuration,
-    /// Wait between failing readiness and closing the listener after SIGTERM.
-    #[arg(long, env = "OUTRIGGER_SPLITTER_DRAIN_DELAY", default_value = "0s")]
-    drain_delay: ConfigDuration,
-    /// Log filter, in RUST_LOG syntax (`access=off` silences the access log).
-    #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
-    log: String,
-    /// Log format: `json` or `text`.
-    #[arg(long, env = "OUTRIGGER_LOG_FORMAT", default_value = "json")]
-    log_format: LogFormat,
-}
-
-/// How the ConfigMap watch reaches the Kubernetes API. In a pod none is needed: the API server,
-/// token and CA come from the service account.
-#[derive(Debug, clap::Args)]
-pub struct ApiArgs {
-    /// API server URL (`https://host:port`); default
-    /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
-    #[arg(long, env = "OUTRIGGER_SPLITTER_API_SERVER")]
-    api_server: Option<String>,
-    /// File holding the bearer token, read again every minute and after a 401; default the
-    /// service account's token.
-    #[arg(long, env = "OUTRIGGER_SPLITTER_API_TOKEN_FILE")]
-    api_token_file: Option<PathBuf>,
-    /// PEM CA bundle that signs the API server's certificate; default the service account's
-    /// `ca.crt`.
-    #[arg(long, env = "OUTRIGGER_SPLITTER_API_CA_FILE")]
-    api_ca_file: Option<PathBuf>,
-}
-
-impl From<ApiArgs> for ApiServerOptions {
-    fn from(args: ApiArgs) -> Self {
-        let ApiArgs {
-            api_server,
-            api_token_file,
-            api_ca_file,
-        } = args;
-        ApiServerOptions {
-            server: api_server,
-            token_file: api_token_file,
-            ca_file: api_ca_file,
-        }
-    }
+    #[command(flatten)]
+    drain: DrainArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 impl Cli {
+    /// Parses the process's arguments and environment (exits with a message when they are wrong).
+    pub fn from_env() -> Cli {
+        args::parse_with_env_prefix(ENV_PREFIX)
+    }
+
     /// Runs the splitter until SIGTERM.
     pub fn run(self) -> Result<(), CliError> {
         let Self {
-            config,
-            config_dir,
-            configmap,
-            configmap_key,
+            source,
             api,
-            admin_addr,
+            admin,
             workers,
-            config_poll_interval,
-            drain_timeout,
-            drain_delay,
+            drain,
             log,
-            log_format,
         } = self;
-        telemetry::init(&log, log_format)?;
-        let config = config.or_else(|| {
-            config_dir
-                .map(|dir| dir.join(INJECTED_CONFIG_KEY))
-                .filter(|path| path.exists())
-        });
+        log.init()?;
+        let source = source.resolve(INJECTED_CONFIG_KEY);
+        let drain = outrigger_sidecar_runtime::shutdown::DrainTiming::from(drain);
         let options = Options {
-            config_file: config,
-            configmap: configmap.map(|reference| ConfigMapOptions {
+            config_file: source.file,
+            configmap: source.configmap.map(|reference| ConfigMapOptions {
                 reference,
-                key: configmap_key,
+                key: source.configmap_key,
                 api: api.into(),
             }),
-            admin_addr,
-            poll_interval: config_poll_interval.0,
-            drain_timeout: drain_timeout.0,
-            drain_delay: drain_delay.0,
+            admin_addr: admin.admin_addr,
+            poll_interval: source.poll_interval,
+            drain_timeout: drain.timeout,
+            drain_delay: drain.delay,
             workers,
         };
         // The first worker is this thread; `run` starts the others, each with a runtime of its own.
@@ -149,5 +91,67 @@ impl Cli {
             .map_err(CliError::Runtime)?;
         runtime.block_on(run(options))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches};
+
+    use super::*;
+
+    // The operator's injection, the cluster tests and the docs set these names; they must keep
+    // working now that the flags come from the runtime's groups.
+    #[test]
+    fn every_flag_keeps_its_name_and_environment_variable() {
+        Cli::command().debug_assert();
+        let command = args::with_env_prefix(Cli::command(), ENV_PREFIX);
+        let expected = [
+            ("config", "OUTRIGGER_SPLITTER_CONFIG"),
+            ("config-dir", "OUTRIGGER_CONFIG_DIR"),
+            ("configmap", "OUTRIGGER_SPLITTER_CONFIGMAP"),
+            ("configmap-key", "OUTRIGGER_SPLITTER_CONFIGMAP_KEY"),
+            ("api-server", "OUTRIGGER_SPLITTER_API_SERVER"),
+            ("api-token-file", "OUTRIGGER_SPLITTER_API_TOKEN_FILE"),
+            ("api-ca-file", "OUTRIGGER_SPLITTER_API_CA_FILE"),
+            ("admin-addr", "OUTRIGGER_ADMIN_ADDR"),
+            ("workers", "OUTRIGGER_SPLITTER_WORKERS"),
+            ("config-poll-interval", "OUTRIGGER_SPLITTER_CONFIG_POLL"),
+            ("drain-timeout", "OUTRIGGER_SPLITTER_DRAIN_TIMEOUT"),
+            ("drain-delay", "OUTRIGGER_SPLITTER_DRAIN_DELAY"),
+            ("log", "OUTRIGGER_LOG"),
+            ("log-format", "OUTRIGGER_LOG_FORMAT"),
+        ];
+        for (flag, env) in expected {
+            let arg = command
+                .get_arguments()
+                .find(|arg| arg.get_long() == Some(flag))
+                .unwrap_or_else(|| panic!("no --{flag}"));
+            assert_eq!(arg.get_env().and_then(|env| env.to_str()), Some(env), "--{flag}");
+        }
+        let flags = command
+            .get_arguments()
+            .filter(|arg| arg.get_long().is_some())
+            .count();
+        assert_eq!(flags, expected.len(), "a flag without a checked name");
+    }
+
+    #[test]
+    fn the_configmap_key_defaults_to_the_injected_file_name() {
+        let matches = Cli::command()
+            .try_get_matches_from([
+                "outrigger-request-splitter",
+                "--configmap",
+                "shop/cm",
+                "--drain-delay",
+                "5s",
+            ])
+            .unwrap();
+        let Cli { source, drain, .. } = Cli::from_arg_matches(&matches).unwrap();
+        let settings = source.resolve(INJECTED_CONFIG_KEY);
+        assert_eq!(settings.configmap_key, "request-splitter.json");
+        assert_eq!(settings.poll_interval, std::time::Duration::from_secs(2));
+        assert_eq!(drain.drain_delay.0, std::time::Duration::from_secs(5));
+        assert_eq!(drain.drain_timeout.0, std::time::Duration::from_secs(25));
     }
 }

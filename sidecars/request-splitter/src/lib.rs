@@ -4,16 +4,16 @@
 //! file or a ConfigMap without dropping requests, and a graceful drain.
 //!
 //! Layers: [`config`] (the document and its validation), [`routing`] (pure decisions),
-//! [`store`] (generations and atomic swaps), [`proxy`] (the service), [`server`] (sockets),
-//! [`run`] (wiring) and [`cli`].
+//! [`store`] (generations compiled and swapped atomically), [`proxy`] (the service), [`server`]
+//! (sockets), [`run`] (wiring) and [`cli`]. What every sidecar shares (command-line groups, admin
+//! server, API client and watch, config source with the last good document kept, drain) is
+//! `outrigger-sidecar-runtime`.
 
-pub mod apiserver;
+/// The runtime's API-server client, where the splitter's own used to be.
+pub use outrigger_sidecar_runtime::apiserver;
 pub mod cli;
 pub mod config;
-#[cfg(feature = "configmap")]
-pub mod configmap;
 pub mod metrics;
-pub mod reload;
 pub mod rng;
 pub mod routing;
 pub mod run;

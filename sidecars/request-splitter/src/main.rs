@@ -1,8 +1,7 @@
 use std::time::Duration;
 
-use clap::Parser;
 use outrigger_request_splitter::cli::Cli;
-use outrigger_sidecar_common::wait_ready;
+use outrigger_sidecar_runtime::wait_ready;
 
 fn main() -> anyhow::Result<()> {
     // `wait-ready` is the postStart hook injection adds: it holds the app back until this sidecar's
@@ -10,6 +9,6 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some(wait_ready::COMMAND) {
         std::process::exit(wait_ready::run(None, Duration::from_secs(120)));
     }
-    Cli::parse().run()?;
+    Cli::from_env().run()?;
     Ok(())
 }

@@ -54,11 +54,8 @@ pub struct RoleLabels {
     pub role: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReloadLabels {
-    pub source: &'static str,
-    pub result: &'static str,
-}
+/// The reload families are the runtime's: its config source counts into them.
+pub use outrigger_sidecar_runtime::metrics::ReloadLabels;
 
 /// Status classes, the `class` label. `error` is a request that got no response at all.
 pub const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];

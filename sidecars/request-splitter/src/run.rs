@@ -3,9 +3,20 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use outrigger_sidecar_common::{
+use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
-    shutdown,
+    apiserver::{resource::ObjectRefError, ApiError, ApiServerOptions},
+    config::{
+        file::FileLayer,
+        layers::{self, ConfigMapSpec, LayerOptions, StartError, Started},
+        log_outcome, Applied, ReloadError, Source,
+    },
+    shutdown::{self, DrainTiming},
+};
+#[cfg(feature = "configmap")]
+use outrigger_sidecar_runtime::{
+    apiserver::{ApiClient, ObjectRef},
+    metrics::WatchMetrics,
 };
 use prometheus_client::registry::Registry;
 use tokio::{
@@ -14,18 +25,14 @@ use tokio::{
     task::JoinHandle,
 };
 
-#[cfg(feature = "configmap")]
-use crate::configmap::{self, ConfigMapError, ConfigMapRef};
 use crate::{
-    apiserver::ApiServerOptions,
-    config::ConfigError,
+    config::SplitterConfig,
     health::RetryBudget,
     metrics::Metrics,
     mirror::MirrorQueue,
     proxy::Shared,
-    reload,
     server::{self, Connections, Readiness},
-    store::{Applied, ConfigStore},
+    store::ConfigStore,
     tls::{self, TlsError},
     upstream,
 };
@@ -39,7 +46,7 @@ pub enum RunError {
     #[error("neither a configuration file nor a ConfigMap was given")]
     NoSource,
     #[error("the configuration file is not usable: {0}")]
-    InitialConfig(#[source] ConfigError),
+    InitialConfig(#[source] ReloadError),
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error("binding the proxy listener to {addr}: {source}")]
@@ -51,18 +58,12 @@ pub enum RunError {
     Worker { index: usize, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[cfg(feature = "configmap")]
-    #[error(transparent)]
-    ConfigMap(Box<ConfigMapError>),
+    #[error("a ConfigMap is named namespace/name: {0}")]
+    ConfigMapReference(#[source] ObjectRefError),
+    #[error("connecting to the Kubernetes API: {0}")]
+    ApiClient(#[source] Box<ApiError>),
     #[error("this build has no ConfigMap support (feature `configmap`)")]
     ConfigMapUnsupported,
-}
-
-#[cfg(feature = "configmap")]
-impl From<ConfigMapError> for RunError {
-    fn from(error: ConfigMapError) -> Self {
-        RunError::ConfigMap(Box::new(error))
-    }
 }
 
 /// Where the configuration comes from and how the process behaves.
@@ -103,8 +104,7 @@ pub struct Running {
     connections: Arc<Connections>,
     shutdown: watch::Sender<bool>,
     reload_now: Arc<Notify>,
-    config_file: Option<PathBuf>,
-    file_lock: reload::FileLock,
+    file: Option<FileLayer<SplitterConfig>>,
     server: JoinHandle<()>,
     workers: Vec<std::thread::JoinHandle<()>>,
     /// Tells the extra workers' runtimes to stop once the drain is over.
@@ -125,35 +125,38 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         drain_delay,
         workers,
     } = options;
-    if config_file.is_none() && configmap.is_none() {
-        return Err(RunError::NoSource);
-    }
     let workers = workers.max(1);
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let store = Arc::new(ConfigStore::with_workers(metrics.clone(), workers));
-    let mut fingerprint = None;
-    if let Some(path) = &config_file {
-        let (read, outcome) = reload::load_file_with_fingerprint(&store, path);
-        reload::log_outcome(crate::store::Source::File, &outcome);
-        outcome.map_err(RunError::InitialConfig)?;
-        fingerprint = read;
-    }
     let (shutdown_sender, shutdown_receiver) = watch::channel(false);
-    let mut background = Vec::new();
+    let reload_now = Arc::new(Notify::new());
+    let layers = LayerOptions {
+        file: config_file,
+        configmap: configmap
+            .map(|configmap| configmap_spec(configmap, &mut registry))
+            .transpose()?,
+        poll_interval,
+    };
+    let Started {
+        file,
+        tasks: mut background,
+    } = layers::start(
+        store.source(),
+        layers,
+        reload_now.clone(),
+        shutdown_receiver.clone(),
+    )
+    .await
+    .map_err(|error| match error {
+        StartError::NoSource => RunError::NoSource,
+        StartError::InitialFile(error) => RunError::InitialConfig(error),
+    })?;
 
     let admin_listener = admin::bind(admin_addr).await?;
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
-    let config_store = store.clone();
-    let admin = AdminState::new(registry).with_routes(Arc::new(move |path| match path {
-        "/config" => Some((
-            "application/json",
-            config_store
-                .current()
-                .map_or_else(|| "null".to_owned(), |active| active.json.clone()),
-        )),
-        _ => None,
-    }));
+    let source = store.source().clone();
+    let admin = AdminState::new(registry).with_config(Arc::new(move || source.status_json()));
     background.push(tokio::spawn(admin::serve(admin_listener, admin.clone(), {
         let mut stop = shutdown_receiver.clone();
         async move {
@@ -161,13 +164,6 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         }
     })));
 
-    if let Some(configmap) = configmap {
-        background.push(start_configmap_watch(
-            &store,
-            configmap,
-            shutdown_receiver.clone(),
-        )?);
-    }
     let Some(active) = store.wait_for_first().await else {
         return Err(RunError::NoSource);
     };
@@ -227,19 +223,6 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
             .map_err(|source| RunError::Worker { index, source })?;
         worker_threads.push(thread);
     }
-    let reload_now = Arc::new(Notify::new());
-    let file_lock = reload::FileLock::default();
-    if let Some(path) = &config_file {
-        background.push(tokio::spawn(reload::watch_file(
-            store.clone(),
-            path.clone(),
-            file_lock.clone(),
-            fingerprint,
-            poll_interval,
-            reload_now.clone(),
-            shutdown_receiver.clone(),
-        )));
-    }
     connections.readiness().set_serving(true);
     tracing::info!(
         %addr,
@@ -257,8 +240,7 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         connections,
         shutdown: shutdown_sender,
         reload_now,
-        config_file,
-        file_lock,
+        file,
         server,
         workers: worker_threads,
         terminate,
@@ -338,35 +320,23 @@ impl Worker {
 }
 
 #[cfg(feature = "configmap")]
-fn start_configmap_watch(
-    store: &Arc<ConfigStore>,
-    options: ConfigMapOptions,
-    shutdown: watch::Receiver<bool>,
-) -> Result<JoinHandle<()>, RunError> {
+fn configmap_spec(options: ConfigMapOptions, registry: &mut Registry) -> Result<ConfigMapSpec, RunError> {
     let ConfigMapOptions { reference, key, api } = options;
-    let reference: ConfigMapRef = reference.parse()?;
-    let client = configmap::client(&api)?;
-    tracing::info!(
-        configmap = %reference,
-        key = %key,
-        api_server = %client.authority(),
-        "Watching a ConfigMap for configuration."
-    );
-    Ok(tokio::spawn(configmap::watch(
-        client,
-        store.clone(),
+    let reference: ObjectRef = reference.parse().map_err(RunError::ConfigMapReference)?;
+    let client = ApiClient::new(&api)
+        .map_err(|error| RunError::ApiClient(Box::new(error)))?
+        .with_user_agent(concat!("outrigger-request-splitter/", env!("CARGO_PKG_VERSION")));
+    let metrics = WatchMetrics::register(registry.sub_registry_with_prefix("outrigger_splitter"));
+    Ok(ConfigMapSpec {
         reference,
         key,
-        shutdown,
-    )))
+        client,
+        metrics,
+    })
 }
 
 #[cfg(not(feature = "configmap"))]
-fn start_configmap_watch(
-    _store: &Arc<ConfigStore>,
-    _options: ConfigMapOptions,
-    _shutdown: watch::Receiver<bool>,
-) -> Result<JoinHandle<()>, RunError> {
+fn configmap_spec(_options: ConfigMapOptions, _registry: &mut Registry) -> Result<ConfigMapSpec, RunError> {
     Err(RunError::ConfigMapUnsupported)
 }
 
@@ -378,10 +348,9 @@ impl Running {
 
     /// Reads the configuration file now, as the poller would (one at a time with it), and returns
     /// the outcome.
-    pub async fn reload_file(&self) -> Option<Result<Applied, ConfigError>> {
-        let path = self.config_file.as_ref()?;
-        let outcome = reload::reload_file(&self.store, path, &self.file_lock).await;
-        reload::log_outcome(crate::store::Source::File, &outcome);
+    pub async fn reload_file(&self) -> Option<Result<Applied, ReloadError>> {
+        let (_, outcome) = self.file.as_ref()?.reload().await;
+        log_outcome(Source::File, &outcome);
         Some(outcome)
     }
 
@@ -405,6 +374,7 @@ impl Running {
     /// finish for at most `drain_timeout`. Returns the connections still open at the deadline.
     pub async fn shutdown(self) -> usize {
         let Running {
+            admin,
             connections,
             shutdown,
             server,
@@ -415,19 +385,25 @@ impl Running {
             drain_delay,
             ..
         } = self;
+        // Readiness fails first through the splitter's own flag, so that an accept pause ending
+        // during the drain cannot make the splitter ready again.
         connections.readiness().set_serving(false);
-        tokio::time::sleep(drain_delay).await;
-        let _ = shutdown.send(true);
-        let _ = server.await;
-        let drained = tokio::time::timeout(drain_timeout, connections.all_closed()).await;
+        let timing = DrainTiming {
+            delay: drain_delay,
+            timeout: drain_timeout,
+        };
+        let close = async {
+            let _ = shutdown.send(true);
+            let _ = server.await;
+        };
+        let drained = shutdown::drain(&admin, timing, close, connections.all_closed()).await;
         // Tunnels are not waited for (see `Connections`).
         let left = connections.serving();
-        match drained {
-            Ok(()) => tracing::info!("Drained every connection."),
-            Err(_) => tracing::warn!(
+        if !drained {
+            tracing::warn!(
                 open_connections = left,
-                "Drain deadline reached; closing the rest."
-            ),
+                "Connections still open at the drain deadline."
+            );
         }
         let _ = terminate.send(true);
         let _ = tokio::task::spawn_blocking(move || {
@@ -446,7 +422,7 @@ impl Running {
 /// Runs until SIGTERM or SIGINT, then drains. SIGHUP reloads the configuration file.
 pub async fn run(options: Options) -> Result<(), RunError> {
     let running = start(options).await?;
-    let hangup = spawn_hangup_listener(running.reload_now.clone());
+    let hangup = shutdown::reload_on_hangup(running.reload_now.clone());
     shutdown::signal().await;
     tracing::info!(
         open_connections = running.open_connections(),
@@ -455,22 +431,4 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     hangup.abort();
     running.shutdown().await;
     Ok(())
-}
-
-fn spawn_hangup_listener(reload_now: Arc<Notify>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while hangup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the configuration file.");
-                reload_now.notify_one();
-            }
-        }
-        #[cfg(not(unix))]
-        drop(reload_now);
-    })
 }

@@ -1,71 +1,48 @@
-//! The configuration in effect and how a new one replaces it. Two layers make the document: the
-//! file (if any) and the ConfigMap (if any), merged as a JSON merge patch over the file. A new layer
-//! is validated as a whole and swapped in atomically; requests in flight keep the generation they
-//! started with, so a reload drops nothing. A rejected layer leaves everything as it was.
+//! The configuration in effect, compiled for the request path. The runtime's config source owns
+//! the layers (the file and the ConfigMap key merged over it), validation, generations, the
+//! last-good document and the reload metrics; this store compiles each new generation (router,
+//! backend pools, route counters) and swaps it in atomically. Requests in flight keep the
+//! generation they started with, so a reload drops nothing; a rejected layer leaves everything as
+//! it was.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+pub use outrigger_sidecar_runtime::config::{Applied, ReloadError, Source};
+use outrigger_sidecar_runtime::{
+    config::{ConfigSource, Versioned},
+    metrics::ReloadMetrics,
+};
 use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
 
 use crate::{
-    config::{merge_patch, ConfigError, SplitterConfig, SplitterConfigExt},
-    metrics::{Metrics, ReloadLabels, RouteLabels},
+    config::{ConfigError, SplitterConfig, SplitterConfigExt},
+    metrics::{Metrics, RouteLabels},
     routing::Router,
     upstream::{Backend, Resources},
 };
-
-/// Where a layer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    File,
-    ConfigMap,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::File => "file",
-            Source::ConfigMap => "configmap",
-        }
-    }
-}
-
-/// What applying a layer did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// A new generation is in effect.
-    Changed { generation: u64 },
-    /// The merged document is the one already in effect.
-    Unchanged { generation: u64 },
-}
 
 /// One configuration generation, compiled for the request path.
 #[derive(Debug)]
 pub struct Active {
     pub generation: u64,
     pub config: SplitterConfig,
-    /// The document as served on `/config`.
-    pub json: String,
     pub router: Router,
     pub backends: Vec<Backend>,
     pub route_matches: Vec<Counter>,
 }
 
-/// The configuration in effect and the layers it was made from.
+/// The configuration source and the generation compiled from it.
 pub struct ConfigStore {
-    current: ArcSwapOption<Active>,
-    layers: Mutex<Layers>,
-    resources: Resources,
-    metrics: Metrics,
-    changed: tokio::sync::watch::Sender<u64>,
+    source: Arc<ConfigSource<SplitterConfig>>,
+    compiled: Arc<Compiled>,
 }
 
-#[derive(Default)]
-struct Layers {
-    file: Option<Value>,
-    configmap: Option<Value>,
+struct Compiled {
+    current: ArcSwapOption<Active>,
+    resources: Resources,
+    metrics: Metrics,
 }
 
 impl ConfigStore {
@@ -76,97 +53,64 @@ impl ConfigStore {
 
     /// A store whose connection pools have a slot per worker thread.
     pub fn with_workers(metrics: Metrics, workers: usize) -> ConfigStore {
-        ConfigStore {
+        let reload_metrics = ReloadMetrics {
+            reloads: metrics.config_reloads.clone(),
+            last_reload_successful: metrics.config_last_reload_ok.clone(),
+            generation: metrics.config_generation.clone(),
+        };
+        let compiled = Arc::new(Compiled {
             current: ArcSwapOption::empty(),
-            layers: Mutex::new(Layers::default()),
             resources: Resources::new(workers),
             metrics,
-            changed: tokio::sync::watch::channel(0).0,
+        });
+        let hook = compiled.clone();
+        let source = ConfigSource::new(reload_metrics, validate)
+            .on_change(move |next, previous| hook.install(next, previous));
+        ConfigStore {
+            source: Arc::new(source),
+            compiled,
         }
+    }
+
+    /// The config source (layers, last rejection, `/config`).
+    pub fn source(&self) -> &Arc<ConfigSource<SplitterConfig>> {
+        &self.source
     }
 
     /// The generation in effect, if any yet.
     pub fn current(&self) -> Option<Arc<Active>> {
-        self.current.load_full()
+        self.compiled.current.load_full()
     }
 
     /// Completes once a first configuration is in effect.
     pub async fn wait_for_first(&self) -> Option<Arc<Active>> {
-        let mut changed = self.changed.subscribe();
-        let _ = changed.wait_for(|generation| *generation > 0).await;
+        self.source.wait_for_first().await?;
         self.current()
     }
 
     /// Replaces one layer, validates the merged document and swaps it in. On error nothing changes.
-    pub fn apply(&self, source: Source, layer: Value) -> Result<Applied, ConfigError> {
-        let result = self.apply_inner(source, layer);
-        let outcome = match &result {
-            Ok(Applied::Changed { .. }) => "applied",
-            Ok(Applied::Unchanged { .. }) => "unchanged",
-            Err(_) => "rejected",
-        };
-        self.metrics
-            .config_reloads
-            .get_or_create(&ReloadLabels {
-                source: source.as_str(),
-                result: outcome,
-            })
-            .inc();
-        self.metrics.config_last_reload_ok.set(i64::from(result.is_ok()));
-        result
+    pub fn apply(&self, source: Source, layer: Value) -> Result<Applied, ReloadError> {
+        self.source.apply(source, layer)
     }
+}
 
-    /// Counts a layer that could not even be read or parsed.
-    pub fn record_rejected(&self, source: Source) {
-        self.metrics
-            .config_reloads
-            .get_or_create(&ReloadLabels {
-                source: source.as_str(),
-                result: "rejected",
-            })
-            .inc();
-        self.metrics.config_last_reload_ok.set(0);
-    }
+/// Reads and validates the merged document; a document that does not fit the schema is a `parse`
+/// rejection, one that fits but breaks a rule is `invalid`.
+fn validate(value: Value) -> Result<SplitterConfig, ReloadError> {
+    SplitterConfig::from_value(value).map_err(|error| match error {
+        ConfigError::Parse { path, message } => ReloadError::Parse { path, message },
+        other => ReloadError::Invalid(Box::new(other)),
+    })
+}
 
-    fn apply_inner(&self, source: Source, layer: Value) -> Result<Applied, ConfigError> {
-        // One reload at a time: the file poller and the ConfigMap watcher may race.
-        let mut layers = match self.layers.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let (file, configmap) = match source {
-            Source::File => (Some(&layer), layers.configmap.as_ref()),
-            Source::ConfigMap => (layers.file.as_ref(), Some(&layer)),
-        };
-        let mut merged = file.cloned().unwrap_or_else(|| Value::Object(Default::default()));
-        if let Some(patch) = configmap {
-            merge_patch(&mut merged, patch);
+impl Compiled {
+    /// Compiles a new generation and swaps it in; the config source calls it one at a time, in
+    /// order.
+    fn install(&self, next: &Versioned<SplitterConfig>, previous: Option<&Versioned<SplitterConfig>>) {
+        if let Some(previous) = previous {
+            warn_about_restart_only_fields(&previous.document, &next.document);
         }
-        let config = SplitterConfig::from_value(merged)?;
-        match source {
-            Source::File => layers.file = Some(layer),
-            Source::ConfigMap => layers.configmap = Some(layer),
-        }
-        let previous = self.current.load_full();
-        if let Some(previous) = previous.as_ref().filter(|previous| previous.config == config) {
-            return Ok(Applied::Unchanged {
-                generation: previous.generation,
-            });
-        }
-        if let Some(previous) = &previous {
-            warn_about_restart_only_fields(&previous.config, &config);
-        }
-        let generation = previous.as_ref().map_or(1, |previous| previous.generation + 1);
-        let active = self.compile(generation, config);
-        self.current.store(Some(Arc::new(active)));
-        self.metrics
-            .config_generation
-            .set(i64::try_from(generation).unwrap_or(i64::MAX));
-        self.changed.send_replace(generation);
-        Ok(Applied::Changed { generation })
-    }
-
-    fn compile(&self, generation: u64, config: SplitterConfig) -> Active {
+        let config = next.document.clone();
         let virtual_nodes = config
             .stickiness
             .as_ref()
@@ -183,15 +127,13 @@ impl ConfigStore {
                 })
             })
             .collect();
-        let json = serde_json::to_string_pretty(&config).unwrap_or_default();
-        Active {
-            generation,
+        self.current.store(Some(Arc::new(Active {
+            generation: next.generation,
             router: Router::new(&config),
             backends,
             route_matches,
-            json,
             config,
-        }
+        })));
     }
 }
 
@@ -323,13 +265,17 @@ mod tests {
         let active = store.current().unwrap();
         assert_eq!(active.config.weight_vector(), vec![50, 50]);
         assert!(!active.config.access_log);
-        assert!(active.json.contains("\"accessLog\": false"));
+        let shown = store.source().status_json();
+        assert!(shown.contains("\"accessLog\": false"), "{shown}");
     }
 
     #[tokio::test]
     async fn a_configmap_alone_can_carry_the_whole_document() {
         let (store, _registry) = store();
-        assert!(store.apply(Source::ConfigMap, json!({"weights": {}})).is_err());
+        let partial = store
+            .apply(Source::ConfigMap, json!({"weights": {}}))
+            .unwrap_err();
+        assert_eq!(partial.category(), "parse", "{partial}");
         store.apply(Source::ConfigMap, file_layer()).unwrap();
         assert_eq!(store.current().unwrap().backends.len(), 2);
     }

@@ -117,7 +117,21 @@ async fn an_invalid_config_file_is_rejected_and_the_previous_one_keeps_serving()
         assert_eq!((reply.status.as_u16(), reply.body.as_str()), (200, "stable"));
     }
     let (_, still) = splitter.admin_get("/config").await;
-    assert_eq!(still, good, "/config still shows the previous configuration");
+    let (good, still): (Value, Value) = (
+        serde_json::from_str(&good).unwrap(),
+        serde_json::from_str(&still).unwrap(),
+    );
+    assert_eq!(
+        still["config"], good["config"],
+        "/config still shows the previous configuration"
+    );
+    assert_eq!(still["lastReloadSuccessful"], json!(false));
+    assert!(
+        still["lastRejection"]["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("weights: the weights add up to 150")),
+        "/config shows why the last document was rejected: {still}"
+    );
     let metrics = splitter.metrics().await;
     assert_eq!(
         metric(
@@ -158,5 +172,5 @@ async fn a_swapped_file_is_picked_up_by_the_poller_without_a_signal() {
     let (status, shown) = splitter.admin_get("/config").await;
     assert_eq!(status, 200);
     let shown: Value = serde_json::from_str(&shown).unwrap();
-    assert_eq!(shown["weights"], json!({"stable": 0, "canary": 100}));
+    assert_eq!(shown["config"]["weights"], json!({"stable": 0, "canary": 100}));
 }

@@ -28,7 +28,7 @@ pub struct Args {
     pub log_level: String,
     /// Log format: `json` or `text`.
     #[arg(long, env = "OUTRIGGER_LOG_FORMAT", default_value = "json")]
-    pub log_format: outrigger_sidecar_common::telemetry::LogFormat,
+    pub log_format: outrigger_sidecar_runtime::telemetry::LogFormat,
     /// Clients served at once.
     #[arg(long, env = "OUTRIGGER_MAX_CLIENTS", default_value_t = 10_000)]
     pub max_clients: usize,

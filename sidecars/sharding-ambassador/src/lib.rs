@@ -21,7 +21,7 @@ pub mod topology;
 
 use std::{sync::Arc, time::Duration};
 
-use outrigger_sidecar_common::{
+use outrigger_sidecar_runtime::{
     admin::{self, AdminState},
     shutdown,
 };

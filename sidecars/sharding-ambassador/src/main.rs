@@ -6,7 +6,7 @@ use outrigger_sharding_ambassador::{cli::Args, run};
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(error) = outrigger_sidecar_common::telemetry::init(&args.log_level, args.log_format) {
+    if let Err(error) = outrigger_sidecar_runtime::telemetry::init(&args.log_level, args.log_format) {
         eprintln!("{error}");
         return ExitCode::FAILURE;
     }

@@ -38,6 +38,7 @@ use outrigger_core::{
     owner::content_hash,
     rollout::{self, Control, Decision, Observation, CONTROL_ANNOTATION},
 };
+use outrigger_sidecar_runtime::encode::percent_encode;
 use serde_json::json;
 
 use super::{Context, Error};
@@ -375,19 +376,6 @@ async fn query_prometheus(analysis: &AnalysisSpec, snapshot: &mut Snapshot) {
             }
         }
     }
-}
-
-/// Percent-encodes a query parameter value.
-fn percent_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(byte).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 async fn http_get(address: SocketAddr, path: &str) -> Result<String, ScrapeError> {

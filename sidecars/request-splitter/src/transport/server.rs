@@ -20,7 +20,7 @@ use hyper::{
     server::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use outrigger_sidecar_common::admin::AdminState;
+use outrigger_sidecar_runtime::admin::AdminState;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::{
     io::{AsyncRead, AsyncWrite},

@@ -1,5 +1,6 @@
-//! The admin server every binary runs: `/metrics` (Prometheus text), `/healthz`, `/readyz`, plus
-//! routes a binary adds (such as `/config`).
+//! The admin server every binary runs: `/metrics` (Prometheus text), `/healthz`, `/readyz`,
+//! `/config` (the effective document and the last rejection, from the config source) and routes a
+//! binary adds.
 
 use std::{
     convert::Infallible,
@@ -21,11 +22,15 @@ use tokio::net::TcpListener;
 /// Extra admin routes: given a path, returns `Some((content type, body))` when it serves it.
 pub type ExtraRoutes = Arc<dyn Fn(&str) -> Option<(&'static str, String)> + Send + Sync>;
 
+/// What `/config` answers: a JSON document made on each request.
+pub type ConfigView = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Shared state behind the admin endpoints.
 #[derive(Clone)]
 pub struct AdminState {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
+    config: Option<ConfigView>,
     extra: Option<ExtraRoutes>,
 }
 
@@ -34,8 +39,16 @@ impl AdminState {
         AdminState {
             registry: Arc::new(registry),
             ready: Arc::new(AtomicBool::new(false)),
+            config: None,
             extra: None,
         }
+    }
+
+    /// Serves `/config` (as JSON) from `view`, such as `ConfigSource::status_json`.
+    #[must_use]
+    pub fn with_config(mut self, view: ConfigView) -> AdminState {
+        self.config = Some(view);
+        self
     }
 
     /// Adds binary-specific routes.
@@ -77,6 +90,10 @@ impl AdminState {
                     ),
                 }
             }
+            "/config" if self.config.is_some() => match &self.config {
+                Some(view) => with_type(StatusCode::OK, "application/json", view()),
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
             other => match self.extra.as_ref().and_then(|extra| extra(other)) {
                 Some((content_type, body)) => with_type(StatusCode::OK, content_type, body),
                 None => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -183,6 +200,20 @@ mod tests {
         assert_eq!(
             state.respond(&Method::POST, "/healthz").status(),
             StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[tokio::test]
+    async fn config_is_served_from_its_view() {
+        let state = AdminState::new(Registry::default());
+        assert_eq!(
+            state.respond(&Method::GET, "/config").status(),
+            StatusCode::NOT_FOUND
+        );
+        let state = state.with_config(Arc::new(|| r#"{"generation":1}"#.to_owned()));
+        assert_eq!(
+            body(state.respond(&Method::GET, "/config")).await,
+            r#"{"generation":1}"#
         );
     }
 

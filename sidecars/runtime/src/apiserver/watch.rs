@@ -21,7 +21,7 @@ pub enum DecodeError {
     Truncated { pending: usize },
 }
 
-/// The metadata fields the watch needs.
+/// The metadata fields the watch and sidecars need.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
@@ -31,6 +31,8 @@ pub struct ObjectMeta {
     pub namespace: Option<String>,
     #[serde(default)]
     pub resource_version: Option<String>,
+    #[serde(default)]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A `metav1.Status`, as carried by `ERROR` events and error responses.

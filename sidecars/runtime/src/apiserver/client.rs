@@ -1,5 +1,6 @@
-//! A small client for the few Kubernetes API calls the splitter makes: `GET` of one object and a
-//! streamed watch, over HTTP/1.1 with TLS, authenticated with a bearer token.
+//! A small client for the few Kubernetes API calls a sidecar makes: `GET` of one object or a list,
+//! and a streamed watch, over HTTP/1.1 with TLS, authenticated with a bearer token. [`super::Api`]
+//! builds typed calls on it.
 //!
 //! In a pod it needs no flags: the API server is `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT`,
 //! and the token and CA are the service account's mounted files. The token is read again every
@@ -195,11 +196,33 @@ impl ApiClient {
                 tls,
                 token,
                 user_agent: HeaderValue::from_static(concat!(
-                    "outrigger-request-splitter/",
+                    "outrigger-sidecar/",
                     env!("CARGO_PKG_VERSION")
                 )),
             }),
         })
+    }
+
+    /// Names the calling sidecar in the `User-Agent` header (`outrigger-request-splitter/0.1.0`);
+    /// the API server's audit log shows it.
+    #[must_use]
+    pub fn with_user_agent(self, user_agent: &'static str) -> ApiClient {
+        let mut inner = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
+            Err(shared) => Inner {
+                authority: shared.authority.clone(),
+                host: shared.host.clone(),
+                port: shared.port,
+                prefix: shared.prefix.clone(),
+                tls: shared.tls.clone(),
+                token: TokenFile::new(shared.token.path.clone()),
+                user_agent: shared.user_agent.clone(),
+            },
+        };
+        inner.user_agent = HeaderValue::from_static(user_agent);
+        ApiClient {
+            inner: Arc::new(inner),
+        }
     }
 
     /// `host:port` of the API server.
@@ -437,10 +460,11 @@ mod tests {
                 let _ = std::fs::remove_file(&self.0);
             }
         }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = std::env::temp_dir().join(format!(
-            "splitter-token-{}-{}",
+            "runtime-token-{}-{}",
             std::process::id(),
-            crate::rng::next_u64()
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::write(&path, text).unwrap();
         (path.clone(), Remove(path))
