@@ -27,14 +27,14 @@ use tokio::{
 
 use crate::{
     config::SplitterConfig,
-    health::RetryBudget,
     metrics::Metrics,
-    mirror::MirrorQueue,
-    proxy::Shared,
-    server::{self, Connections, Readiness},
+    routing::health::RetryBudget,
     store::ConfigStore,
-    tls::{self, TlsError},
-    upstream,
+    transport::mirror::MirrorQueue,
+    transport::proxy::Shared,
+    transport::server::{self, Connections, Readiness},
+    transport::tls::{self, TlsError},
+    transport::upstream,
 };
 
 /// Pending connections the kernel queues per listening socket.

@@ -20,7 +20,7 @@ use crate::{
     config::{ConfigError, SplitterConfig, SplitterConfigExt},
     metrics::{Metrics, RouteLabels},
     routing::Router,
-    upstream::{Backend, Resources},
+    transport::upstream::{Backend, Resources},
 };
 
 /// One configuration generation, compiled for the request path.

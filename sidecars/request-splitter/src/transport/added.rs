@@ -7,7 +7,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::correlation::{REQUEST_ID, TRACEPARENT};
+use crate::transport::correlation::{REQUEST_ID, TRACEPARENT};
 
 pub static FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

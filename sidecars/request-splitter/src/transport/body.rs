@@ -18,8 +18,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 
 use crate::{
-    health::now_millis,
-    upstream::{Unmapped, UpstreamBody},
+    routing::health::now_millis,
+    transport::upstream::{Unmapped, UpstreamBody},
 };
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

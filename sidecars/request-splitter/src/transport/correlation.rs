@@ -16,7 +16,7 @@ pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub enum RequestId {
     /// The client's, which stays in the request's header map.
     Received(HeaderValue),
-    /// Made by the splitter; the request gets it by [`crate::added::AddedHeaders`].
+    /// Made by the splitter; the request gets it by [`crate::transport::added::AddedHeaders`].
     Generated([u8; 32]),
 }
 

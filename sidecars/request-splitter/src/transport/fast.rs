@@ -1,7 +1,7 @@
 //! Plain HTTP/1.1 client connections served on one task, without hyper's server: the request head
 //! is parsed with httparse, the request goes through [`proxy::handle`] like any other, and the
 //! response is written straight to the socket. With the direct backend exchanges of
-//! [`crate::upstream`], a plain request costs one task poll per socket event and no channel hop.
+//! [`crate::transport::upstream`], a plain request costs one task poll per socket event and no channel hop.
 //!
 //! Plain means: no request body (no `content-length` above 0, no `transfer-encoding`), no upgrade,
 //! no `CONNECT`, no `expect`. Anything else, including a head that does not parse or is too large,
@@ -30,9 +30,9 @@ use tokio::{
 
 use crate::{
     config::LimitsConfig,
-    hop_by_hop,
-    proxy::{self, BoxedResponse, ConnectionInfo, Shared},
-    sends,
+    transport::hop_by_hop,
+    transport::proxy::{self, BoxedResponse, ConnectionInfo, Shared},
+    transport::sends,
 };
 
 /// Most header lines the fast path parses (the default `limits.maxHeaderCount`); a head with more
@@ -312,7 +312,7 @@ fn parse_request(
         *buffer = restored;
         return Parsed::HandOff;
     };
-    // The headers the splitter adds do not go in the map (see `crate::added`).
+    // The headers the splitter adds do not go in the map (see `crate::transport::added`).
     let mut headers = HeaderMap::with_capacity(spans.len());
     for span in spans.iter() {
         let (Ok(name), Ok(value)) = (

@@ -1,12 +1,12 @@
 //! The HTTP/1.1 client codec for backends, sans IO: the request head written from parts, the
 //! response head parsed with httparse, and the response body decoded from a buffer by its framing
-//! (`content-length`, `chunked`, or up to the end of the connection). [`crate::upstream`] drives it
+//! (`content-length`, `chunked`, or up to the end of the connection). [`crate::transport::upstream`] drives it
 //! over pooled TCP connections from the request's own task.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
-use crate::{added::AddedHeaders, hop_by_hop};
+use crate::{transport::added::AddedHeaders, transport::hop_by_hop};
 
 /// Largest response head (and chunked trailer section) accepted.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;

@@ -15,12 +15,12 @@ use http_body_util::BodyExt;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::{
-    body::RequestBody,
-    correlation::RequestId,
-    health::now_millis,
     metrics::{class_index, BackendLabels, CompareLabels, Metrics, MirrorLabels, RoleLabels, CLASSES},
-    proxy::{upstream_request, ProxyError},
+    routing::health::now_millis,
     store::Active,
+    transport::body::RequestBody,
+    transport::correlation::RequestId,
+    transport::proxy::{upstream_request, ProxyError},
 };
 
 /// Marks a mirrored request so that the shadow can tell it from real traffic.

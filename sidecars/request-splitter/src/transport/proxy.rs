@@ -32,19 +32,19 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::{
-    added::{AddedHeaders, FORWARDED_FOR, FORWARDED_PROTO},
-    body::{self, BoxError, RequestBody, ResponseBody, Upload, UploadProgress, Waiting},
     config::UpstreamProtocol,
-    correlation::{self, RequestId, Trace, TraceId, REQUEST_ID, TRACEPARENT},
-    h1::BufferedRequest,
-    health::{now_millis, RetryBudget},
-    hop_by_hop,
     metrics::{class_index, Metrics, ReasonLabels},
-    mirror::{MirrorJob, MirrorQueue},
+    routing::health::{now_millis, RetryBudget},
     routing::{Choice, Decision},
-    server::Held,
     store::{Active, ConfigStore},
-    upstream::{Endpoint, UpstreamBody, UpstreamError},
+    transport::added::{AddedHeaders, FORWARDED_FOR, FORWARDED_PROTO},
+    transport::body::{self, BoxError, RequestBody, ResponseBody, Upload, UploadProgress, Waiting},
+    transport::correlation::{self, RequestId, Trace, TraceId, REQUEST_ID, TRACEPARENT},
+    transport::h1::BufferedRequest,
+    transport::hop_by_hop,
+    transport::mirror::{MirrorJob, MirrorQueue},
+    transport::server::Held,
+    transport::upstream::{Endpoint, UpstreamBody, UpstreamError},
 };
 
 /// The header that says why the splitter answered a request itself.
@@ -1008,7 +1008,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::{hop_by_hop::tests::headers, store::Source};
+    use crate::{store::Source, transport::hop_by_hop::tests::headers};
 
     #[test]
     fn one_pass_over_the_names_finds_the_headers_the_proxy_reads() {

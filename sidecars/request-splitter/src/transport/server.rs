@@ -31,10 +31,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::{
     config::LimitsConfig,
-    fast,
     metrics::ReasonLabels,
-    proxy::{self, ConnectionInfo, Shared},
-    sends,
+    transport::fast,
+    transport::proxy::{self, ConnectionInfo, Shared},
+    transport::sends,
 };
 
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -9,7 +9,7 @@
 //!
 //! Plain HTTP/1.1 exchanges (a request without a body or with a buffered one, no upgrade) run on
 //! the request's own task: the request is written straight to a pooled TCP connection, and the
-//! response is parsed ([`crate::h1`]) and its body read from the socket as the client side asks for
+//! response is parsed ([`crate::transport::h1`]) and its body read from the socket as the client side asks for
 //! it. That saves hyper's connection task and the channel hops to it, per request. A connection
 //! taken from the pool is probed first; one the backend closed while idle is dropped, and an
 //! idempotent request that got nothing back on a reused connection is sent again on another. A
@@ -51,15 +51,15 @@ use tokio::{
 };
 
 use crate::{
-    added::AddedHeaders,
-    body::{BoxError, RequestBody},
     config::{parse_endpoint, BackendConfig, UpstreamProtocol},
-    correlation::{RequestId, REQUEST_ID},
-    h1::{self, BodyDecoder, BufferedRequest, Decoded, H1Error},
-    health::EndpointHealth,
     metrics::{BackendMetrics, Metrics},
+    routing::health::EndpointHealth,
     routing::mix,
-    sends,
+    transport::added::AddedHeaders,
+    transport::body::{BoxError, RequestBody},
+    transport::correlation::{RequestId, REQUEST_ID},
+    transport::h1::{self, BodyDecoder, BufferedRequest, Decoded, H1Error},
+    transport::sends,
 };
 
 /// Why an exchange with an endpoint failed.
