@@ -25,10 +25,8 @@ use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use outrigger_request_splitter::{
-    apiserver::ApiServerOptions,
-    run::{start, ConfigMapOptions, Options, Running},
-};
+use outrigger_request_splitter::run::{start, ConfigMapOptions, Options, Running};
+use outrigger_sidecar_runtime::apiserver::ApiServerOptions;
 use serde_json::{json, Value};
 use support::{temp_path, STEP};
 use tokio::{net::TcpListener, sync::mpsc};

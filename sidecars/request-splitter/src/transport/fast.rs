@@ -18,7 +18,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http::{header, Request, StatusCode, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty};
 use tokio::{
@@ -30,14 +30,11 @@ use tokio::{
 
 use crate::{
     config::LimitsConfig,
-    transport::hop_by_hop,
+    transport::h1::{parse_request, Parsed, Plain},
     transport::proxy::{self, BoxedResponse, ConnectionInfo, Shared},
     transport::sends,
 };
 
-/// Most header lines the fast path parses (the default `limits.maxHeaderCount`); a head with more
-/// goes to hyper, which applies a larger configured limit.
-const MAX_HEADERS: usize = 200;
 /// First size of a connection's read buffer; it grows for larger heads.
 const READ_BUFFER: usize = 4 * 1024;
 /// Response body frames up to this size are copied next to the head (one write for both).
@@ -209,136 +206,6 @@ fn hand_off(stream: TcpStream, buffer: BytesMut) -> Outcome {
     Outcome::HandOff(Prefixed {
         prefix: buffer.freeze(),
         stream,
-    })
-}
-
-/// A plain request and what its response needs to know.
-struct Plain {
-    request: Request<Empty<Bytes>>,
-    /// The client asked to close after this exchange (or spoke HTTP/1.0 without keep-alive).
-    close: bool,
-    /// `HEAD`: the response has no body.
-    head: bool,
-    /// The client accepts trailers (`te: trailers`).
-    trailers: bool,
-}
-
-// Not boxed: that would cost an allocation per request, to save moving the value once.
-#[allow(clippy::large_enum_variant)]
-enum Parsed {
-    Complete(Plain),
-    Partial,
-    HandOff,
-}
-
-/// Where one header line's name and value lie in the request head.
-#[derive(Clone, Copy)]
-struct HeaderSpan {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
-/// Parses the request head at the start of `buffer` (removing it when the request is plain).
-/// `spans` is scratch space that the connection keeps from one request to the next.
-fn parse_request(
-    buffer: &mut BytesMut,
-    (max_head, max_count): (usize, usize),
-    spans: &mut Vec<HeaderSpan>,
-) -> Parsed {
-    if buffer.is_empty() {
-        return Parsed::Partial;
-    }
-    // Uninitialised slots: filling a hundred of them for every request costs more than parsing.
-    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut []);
-    let length = match parsed.parse_with_uninit_headers(buffer, &mut slots) {
-        Ok(httparse::Status::Complete(length)) if length <= max_head => length,
-        Ok(httparse::Status::Partial) if buffer.len() <= max_head => return Parsed::Partial,
-        // Too large, too many headers or malformed: hyper answers 431 or 400.
-        _ => return Parsed::HandOff,
-    };
-    if parsed.headers.len() > max_count {
-        return Parsed::HandOff;
-    }
-    let (Some(method), Some(path), Some(minor)) = (parsed.method, parsed.path, parsed.version) else {
-        return Parsed::HandOff;
-    };
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
-        return Parsed::HandOff;
-    };
-    if method == Method::CONNECT {
-        return Parsed::HandOff;
-    }
-    let version = if minor == 0 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    let base = buffer.as_ptr().addr();
-    let path_start = path.as_ptr().addr() - base;
-    let path_end = path_start + path.len();
-    spans.clear();
-    let (mut close, mut keep_alive, mut trailers) = (false, false, false);
-    for field in parsed.headers.iter() {
-        let name = field.name.as_bytes();
-        if hop_by_hop::is(name, b"transfer-encoding")
-            || hop_by_hop::is(name, b"upgrade")
-            || hop_by_hop::is(name, b"expect")
-            || (hop_by_hop::is(name, b"content-length") && field.value.trim_ascii() != b"0")
-        {
-            return Parsed::HandOff;
-        }
-        if hop_by_hop::is(name, b"connection") {
-            for token in hop_by_hop::tokens(field.value) {
-                close |= hop_by_hop::is(token, b"close");
-                keep_alive |= hop_by_hop::is(token, b"keep-alive");
-            }
-        } else if hop_by_hop::is(name, b"te") {
-            trailers |= hop_by_hop::tokens(field.value).any(|token| hop_by_hop::is(token, b"trailers"));
-        }
-        let name_start = field.name.as_ptr().addr() - base;
-        let value_start = field.value.as_ptr().addr() - base;
-        spans.push(HeaderSpan {
-            name: (name_start, name_start + field.name.len()),
-            value: (value_start, value_start + field.value.len()),
-        });
-    }
-    let head_bytes = buffer.split_to(length).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head_bytes.slice(path_start..path_end)) else {
-        // Not consumed after all: hyper reads the same bytes and answers 400.
-        let mut restored = BytesMut::with_capacity(head_bytes.len() + buffer.len());
-        restored.extend_from_slice(&head_bytes);
-        restored.extend_from_slice(buffer);
-        *buffer = restored;
-        return Parsed::HandOff;
-    };
-    // The headers the splitter adds do not go in the map (see `crate::transport::added`).
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for span in spans.iter() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&head_bytes[span.name.0..span.name.1]),
-            HeaderValue::from_maybe_shared(head_bytes.slice(span.value.0..span.value.1)),
-        ) else {
-            let mut restored = BytesMut::with_capacity(head_bytes.len() + buffer.len());
-            restored.extend_from_slice(&head_bytes);
-            restored.extend_from_slice(buffer);
-            *buffer = restored;
-            return Parsed::HandOff;
-        };
-        headers.append(name, value);
-    }
-    let close = close || (version == Version::HTTP_10 && !keep_alive);
-    let head = method == Method::HEAD;
-    let mut request = Request::new(Empty::new());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    Parsed::Complete(Plain {
-        request,
-        close,
-        head,
-        trailers,
     })
 }
 
