@@ -27,15 +27,16 @@ awk '
     if (round > rounds[run, workers]) rounds[run, workers] = round
   }
   END {
-    split("nginx haproxy nginx-headers haproxy-headers", anchors, " ")
+    split("nginx haproxy nginx-headers haproxy-headers baseline", anchors, " ")
     label["nginx"] = "nginx"; label["haproxy"] = "HAProxy"
     label["nginx-headers"] = "nginx adding the splitter'"'"'s headers"
     label["haproxy-headers"] = "HAProxy adding the splitter'"'"'s headers"
+    label["baseline"] = "the splitter built from BASELINE_BIN"
     print "| workers | over | rounds (runs) | median | quartiles | range | rounds the splitter served more |"
     print "| --- | --- | --- | --- | --- | --- | --- |"
     for (workers = 1; workers <= max_workers(); workers++) {
       if (!(workers in counts)) continue
-      for (a = 1; a <= 4; a++) {
+      for (a = 1; a <= 5; a++) {
         anchor = anchors[a]; count = 0; won = 0; runs = 0
         delete ratio
         for (r = 1; r <= run; r++) {

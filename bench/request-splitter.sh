@@ -46,6 +46,9 @@
 # spend decides much of a proxy's throughput; limited, the proxy's own CPU per request does, as it
 # does for a sidecar given a fraction of a core. Needs root and a cgroup v1 `cpu` hierarchy or the
 # v2 `cpu` controller. The moderate load runs under the limit too.
+# BASELINE_BIN=<path> also measures another build of the splitter (say, the previous release) in the
+# same rounds, on its own port, so that a change to the splitter is compared with what it replaces
+# under the same load: its rows say "baseline", and the round-by-round table has it as an anchor.
 # Environment: DURATION (10s), CONNECTIONS (64), THREADS (2), WARMUP (2s), ROUNDS (3), MODERATE_PAUSE_MS (1),
 #              BASE_PORT (18080), WORKER_COUNTS ("1 2"), CPU_LIMIT (none), CARGO_TARGET_DIR (where the
 #              release build goes).
@@ -74,6 +77,13 @@ LOGGING_PORT=$((BASE_PORT + 14))
 LOGGING_ADMIN=$((BASE_PORT + 15))
 NGINX_HEADERS_PORT=$((BASE_PORT + 16))
 HAPROXY_HEADERS_PORT=$((BASE_PORT + 17))
+BASELINE_PORT=$((BASE_PORT + 18))
+BASELINE_ADMIN=$((BASE_PORT + 19))
+BASELINE_BIN=${BASELINE_BIN:-}
+if [ -n "$BASELINE_BIN" ] && [ ! -x "$BASELINE_BIN" ]; then
+  echo "[bench] BASELINE_BIN=$BASELINE_BIN is not an executable" >&2
+  exit 2
+fi
 
 if [ -n "$CPU_LIMIT" ] && ! [[ $CPU_LIMIT =~ ^[1-9][0-9]*$ ]]; then
   echo "[bench] CPU_LIMIT is in millicores per worker, e.g. 500; got '$CPU_LIMIT'" >&2
@@ -220,7 +230,7 @@ wait_for_port "$CANARY_PORT"
 # Each start_* sets proxy_pid. `launch` is put before the proxy's command (valgrind in work mode).
 launch=()
 start_splitter() {
-  local workers=$1 port=$2 admin=$3 access_log=${4:-false}
+  local workers=$1 port=$2 admin=$3 access_log=${4:-false} binary=${5:-$SPLITTER_BIN}
   cat >"$work/splitter-$port.json" <<EOF
 {
   "listen": "127.0.0.1:$port",
@@ -234,7 +244,7 @@ start_splitter() {
 EOF
   local log=warn
   [ "$access_log" = true ] && log=info
-  "${launch[@]}" "$SPLITTER_BIN" --config "$work/splitter-$port.json" --admin-addr "127.0.0.1:$admin" \
+  "${launch[@]}" "$binary" --config "$work/splitter-$port.json" --admin-addr "127.0.0.1:$admin" \
     --workers "$workers" --log "$log" >/dev/null 2>"$work/splitter-$port.err" &
   proxy_pid=$!
   started+=("$proxy_pid")
@@ -525,6 +535,12 @@ for workers in $WORKER_COUNTS; do
   limit_launch haproxy "$workers"
   start_haproxy "$workers"
   haproxy_pid=$proxy_pid
+  baseline_pid=
+  if [ -n "$BASELINE_BIN" ]; then
+    limit_launch baseline "$workers"
+    start_splitter "$workers" "$BASELINE_PORT" "$BASELINE_ADMIN" false "$BASELINE_BIN"
+    baseline_pid=$proxy_pid
+  fi
   logging_pid=
   if [ "$workers" = 1 ]; then
     limit_launch logging 1
@@ -536,6 +552,9 @@ for workers in $WORKER_COUNTS; do
     echo "[bench] $workers worker(s), round $round of $ROUNDS" >&2
     measure "direct-$workers" "$STABLE_PORT" "$THREADS" "$CONNECTIONS"
     measure "splitter-$workers" "$SPLITTER_PORT" "$THREADS" "$CONNECTIONS" "$splitter_pid"
+    if [ -n "$baseline_pid" ]; then
+      measure "baseline-$workers" "$BASELINE_PORT" "$THREADS" "$CONNECTIONS" "$baseline_pid"
+    fi
     measure "nginx-$workers" "$NGINX_PORT" "$THREADS" "$CONNECTIONS" "$nginx_pid"
     measure "haproxy-$workers" "$HAPROXY_PORT" "$THREADS" "$CONNECTIONS" "$haproxy_pid"
     measure "nginx-headers-$workers" "$NGINX_HEADERS_PORT" "$THREADS" "$CONNECTIONS" "$nginx_pid"
@@ -547,6 +566,10 @@ for workers in $WORKER_COUNTS; do
   table+=("" "**$workers worker(s)**, \`wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency\`, median of $ROUNDS interleaved rounds$limit_note" "" "$header" "$rule")
   row "direct-$workers" "direct (backend)" "direct-$workers"
   row "splitter-$workers" "request splitter ($workers worker)" "direct-$workers"
+  if [ -n "$baseline_pid" ]; then
+    row "baseline-$workers" "request splitter, baseline build ($workers worker)" "direct-$workers"
+    stop "$baseline_pid"
+  fi
   row "nginx-$workers" "nginx ($workers worker)" "direct-$workers"
   row "haproxy-$workers" "HAProxy (nbthread $workers)" "direct-$workers"
   row "nginx-headers-$workers" "nginx ($workers worker, adding the splitter's headers)" "direct-$workers"
