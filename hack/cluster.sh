@@ -284,6 +284,10 @@ enforceNodeAllocatable: []
 address: 127.0.0.1
 readOnlyPort: 0
 evictionHard: {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"}
+# The images are built here and cannot be pulled again: the kubelet must never garbage-collect them
+# when the disk fills (it would at 85% by default).
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
 K
   start kubelet kubelet --kubeconfig="$KUBECONFIG" --config="$RUN/kubelet.yaml" --container-runtime=docker \
     --root-dir="$RUN/kubelet" --hostname-override=node1 --pod-infra-container-image=k8s.gcr.io/pause:3.2
