@@ -54,6 +54,7 @@ const GAUGES: &[(&str, &str, f64)] = &[
     ("master_repl_offset", "master_repl_offset", 1.0),
     ("maxclients", "config_maxclients", 1.0),
     ("maxmemory", "memory_max_bytes", 1.0),
+    ("maxmemory", "config_maxmemory", 1.0),
     ("mem_clients_normal", "mem_clients_normal", 1.0),
     ("mem_clients_slaves", "mem_clients_slaves", 1.0),
     ("mem_fragmentation_bytes", "mem_fragmentation_bytes", 1.0),
