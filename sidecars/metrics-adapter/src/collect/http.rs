@@ -7,7 +7,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{header, Request};
+use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -82,12 +82,26 @@ pub struct FetchLimits {
 
 /// GETs `url`; a status other than 2xx, a body over the limit or a slow peer is an error.
 pub async fn get(url: &LocalUrl, accept: &str, limits: FetchLimits) -> Result<Bytes, CollectError> {
-    tokio::time::timeout(limits.timeout, get_unbounded(url, accept, limits.max_body_bytes))
+    let (status, body) = fetch(url, accept, limits).await?;
+    if !status.is_success() {
+        return Err(CollectError::Status(status));
+    }
+    Ok(body)
+}
+
+/// GETs `url` and returns the status and body whatever the status; a body over the limit or a
+/// slow peer is an error.
+pub async fn fetch(url: &LocalUrl, accept: &str, limits: FetchLimits) -> Result<(StatusCode, Bytes), CollectError> {
+    tokio::time::timeout(limits.timeout, fetch_unbounded(url, accept, limits.max_body_bytes))
         .await
         .map_err(|_| CollectError::Timeout)?
 }
 
-async fn get_unbounded(url: &LocalUrl, accept: &str, max_body_bytes: usize) -> Result<Bytes, CollectError> {
+async fn fetch_unbounded(
+    url: &LocalUrl,
+    accept: &str,
+    max_body_bytes: usize,
+) -> Result<(StatusCode, Bytes), CollectError> {
     let stream = TcpStream::connect(url.address).await.map_err(CollectError::Connect)?;
     let _ = stream.set_nodelay(true);
     let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
@@ -97,7 +111,7 @@ async fn get_unbounded(url: &LocalUrl, accept: &str, max_body_bytes: usize) -> R
     let request = Request::get(url.path.as_str())
         .header(header::HOST, url.address.to_string())
         .header(header::ACCEPT, accept)
-        .header(header::USER_AGENT, "outrigger-metrics-adapter")
+        .header(header::USER_AGENT, "outrigger-adapter")
         .body(Empty::new())
         .map_err(|e| CollectError::Protocol(e.to_string()))?;
     let result = async {
@@ -106,9 +120,6 @@ async fn get_unbounded(url: &LocalUrl, accept: &str, max_body_bytes: usize) -> R
             .await
             .map_err(|e| CollectError::Protocol(e.to_string()))?;
         let status = response.status();
-        if !status.is_success() {
-            return Err(CollectError::Status(status));
-        }
         let declared = response
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -128,7 +139,7 @@ async fn get_unbounded(url: &LocalUrl, accept: &str, max_body_bytes: usize) -> R
                 collected.extend_from_slice(&data);
             }
         }
-        Ok(collected.freeze())
+        Ok((status, collected.freeze()))
     }
     .await;
     // Dropping the connection task closes the socket at once, also when the body was refused.

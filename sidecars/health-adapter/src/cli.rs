@@ -1,0 +1,98 @@
+//! Command line of `outrigger-health-adapter`, and the wiring: settings, the check loops, the
+//! probe server, the admin server, signals.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use outrigger_health_adapter::{
+    metrics::Metrics,
+    run::{self, Shared},
+    server,
+    settings::{Settings, SettingsError},
+    state::Health,
+};
+use outrigger_sidecar_common::{
+    admin::{self, AdminError, AdminState},
+    shutdown,
+    telemetry::{self, LogFormat, TelemetryError},
+};
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+
+/// Why the command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("binding the probe server to {address}: {source}")]
+    Probe {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The health adapter: checks the app and its dependencies and answers the kubelet's probes.
+#[derive(Debug, Parser)]
+#[command(name = "outrigger-health-adapter", version, about)]
+pub struct Cli {
+    /// Settings from the service's spec, a JSON object of strings (set by injection).
+    #[arg(long, env = "OUTRIGGER_SETTINGS", default_value = "", hide_env_values = true)]
+    settings: String,
+    /// Address of the probe endpoints (`/livez`, `/readyz`, `/startupz`); wins over the
+    /// `probeAddr` setting.
+    #[arg(long, env = "OUTRIGGER_PROBE_ADDR")]
+    probe_addr: Option<SocketAddr>,
+    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz` of the adapter itself).
+    #[arg(long, env = "OUTRIGGER_ADMIN_ADDR", default_value = "0.0.0.0:9906")]
+    admin_addr: SocketAddr,
+    /// Filter of the adapter's own logs, in RUST_LOG syntax.
+    #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
+    log: String,
+    /// Format of the adapter's own logs: `json` or `text`.
+    #[arg(long, env = "OUTRIGGER_LOG_FORMAT", default_value = "json")]
+    log_format: LogFormat,
+}
+
+impl Cli {
+    /// Runs until SIGTERM.
+    pub async fn run(self) -> Result<(), CliError> {
+        let Self {
+            settings,
+            probe_addr,
+            admin_addr,
+            log,
+            log_format,
+        } = self;
+        telemetry::init(&log, log_format)?;
+        let settings = Settings::from_json(&settings)?;
+        if !settings.unknown.is_empty() {
+            warn!(keys = ?settings.unknown, "Ignoring settings this health adapter does not know.");
+        }
+        let probe_addr = probe_addr.unwrap_or(settings.probe_addr);
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let admin_state = AdminState::new(registry);
+        let admin_listener = admin::bind(admin_addr).await?;
+        let probe_listener = tokio::net::TcpListener::bind(probe_addr)
+            .await
+            .map_err(|source| CliError::Probe {
+                address: probe_addr,
+                source,
+            })?;
+        let checks = settings.checks.len();
+        let shared = Shared::new(Health::new(settings.checks), metrics);
+        run::spawn_checks(&shared);
+        // The adapter's own readiness says it serves probes, never the app's health: the app
+        // waits for it (the wait-ready hook) and must not wait for itself.
+        admin_state.set_ready(true);
+        tokio::spawn(admin::serve(admin_listener, admin_state, shutdown::signal()));
+        info!(probe = %probe_addr, admin = %admin_addr, checks, "Health adapter listening.");
+        server::serve(probe_listener, shared, shutdown::signal()).await;
+        info!("Health adapter stopped.");
+        Ok(())
+    }
+}
