@@ -391,12 +391,14 @@ fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
                 protocol: Some("TCP".to_owned()),
                 ..ContainerPort::default()
             })
-            .chain((sidecar.kind == SidecarKind::HealthAdapter).then(|| ContainerPort {
-                name: Some("ha-probe".to_owned()),
-                container_port: i32::from(HEALTH_PROBE_PORT),
-                protocol: Some("TCP".to_owned()),
-                ..ContainerPort::default()
-            }))
+            .chain(
+                (sidecar.kind == SidecarKind::HealthAdapter).then(|| ContainerPort {
+                    name: Some("ha-probe".to_owned()),
+                    container_port: i32::from(HEALTH_PROBE_PORT),
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                }),
+            )
             .collect(),
         ),
         readiness_probe: Some(Probe {
@@ -680,10 +682,17 @@ mod tests {
         assert_eq!(target(&app.liveness_probe), ("/livez".to_owned(), port.clone()));
         assert_eq!(target(&app.readiness_probe), ("/readyz".to_owned(), port.clone()));
         assert_eq!(target(&app.startup_probe), ("/startupz".to_owned(), port));
-        let adapter = spec.containers.iter().find(|c| c.name == "health-adapter").unwrap();
+        let adapter = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "health-adapter")
+            .unwrap();
         assert_eq!(
             target(&adapter.readiness_probe),
-            ("/readyz".to_owned(), IntOrString::Int(admin_port(SidecarKind::HealthAdapter))),
+            (
+                "/readyz".to_owned(),
+                IntOrString::Int(admin_port(SidecarKind::HealthAdapter))
+            ),
             "the adapter's own readiness stays on its admin port"
         );
         assert!(adapter
@@ -694,8 +703,18 @@ mod tests {
             .any(|p| p.container_port == i32::from(HEALTH_PROBE_PORT)));
 
         let injected = mutate(&pod(app_probe), &plan_with(json!({}))).unwrap();
-        let app = injected.spec.unwrap().containers.into_iter().find(|c| c.name == "app").unwrap();
-        assert_eq!(target(&app.liveness_probe).0, "/own", "not asked: the app keeps its probes");
+        let app = injected
+            .spec
+            .unwrap()
+            .containers
+            .into_iter()
+            .find(|c| c.name == "app")
+            .unwrap();
+        assert_eq!(
+            target(&app.liveness_probe).0,
+            "/own",
+            "not asked: the app keeps its probes"
+        );
         assert!(app.startup_probe.is_none());
     }
 

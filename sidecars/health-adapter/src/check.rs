@@ -96,9 +96,12 @@ async fn run_unbounded(target: &Target, timeout: Duration) -> Result<(), CheckEr
             above,
             below,
         } => {
-            let body = http::get(url, "text/plain;version=0.0.4", limits).await.map_err(map_fetch)?;
+            let body = http::get(url, "text/plain;version=0.0.4", limits)
+                .await
+                .map_err(map_fetch)?;
             let text = String::from_utf8_lossy(&body);
-            let value = find_sample(&text, metric, labels).ok_or_else(|| CheckError::MetricMissing(metric.clone()))?;
+            let value = find_sample(&text, metric, labels)
+                .ok_or_else(|| CheckError::MetricMissing(metric.clone()))?;
             let within = above.is_none_or(|a| value > a) && below.is_none_or(|b| value < b);
             if within {
                 Ok(())
@@ -133,7 +136,10 @@ pub fn find_sample(text: &str, metric: &str, labels: &[(String, String)]) -> Opt
 /// error, and one stuck in a long command does not answer: both fail.
 async fn ping(address: SocketAddr) -> Result<(), CheckError> {
     let mut stream = TcpStream::connect(address).await.map_err(CheckError::Connect)?;
-    stream.write_all(b"*1\r\n$4\r\nPING\r\n").await.map_err(CheckError::Io)?;
+    stream
+        .write_all(b"*1\r\n$4\r\nPING\r\n")
+        .await
+        .map_err(CheckError::Io)?;
     let mut buffer = Vec::with_capacity(64);
     loop {
         if let Some((reply, _)) = resp::parse(&buffer, 1024).map_err(|e| CheckError::Redis(e.to_string()))? {

@@ -40,7 +40,9 @@ impl Shared {
     }
 
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Health> {
-        self.health.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn set_status(&self, check: &str, status: Status) {
@@ -51,7 +53,9 @@ impl Shared {
         };
         self.metrics
             .status
-            .get_or_create(&CheckLabels { check: check.to_owned() })
+            .get_or_create(&CheckLabels {
+                check: check.to_owned(),
+            })
             .set(value);
     }
 
@@ -95,7 +99,9 @@ impl Shared {
                 })
                 .inc();
             match status {
-                Status::Failing => warn!(check = %name, error = message.as_deref().unwrap_or(""), "Check failing."),
+                Status::Failing => {
+                    warn!(check = %name, error = message.as_deref().unwrap_or(""), "Check failing.")
+                }
                 _ => info!(check = %name, status = status.as_str(), "Check status changed."),
             }
         }

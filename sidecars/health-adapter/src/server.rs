@@ -13,37 +13,60 @@ use tokio::net::TcpListener;
 use crate::{run::Shared, settings::Probe, state::Health};
 
 /// Answers one probe request.
-pub fn respond(health: &Health, method: &Method, path: &str, query: Option<&str>, accept: Option<&str>) -> Response<Full<Bytes>> {
+pub fn respond(
+    health: &Health,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    accept: Option<&str>,
+) -> Response<Full<Bytes>> {
     let probe = match path {
         "/livez" => Probe::Liveness,
         "/readyz" => Probe::Readiness,
         "/startupz" => Probe::Startup,
-        _ => return reply(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".to_owned()),
+        _ => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found\n".to_owned(),
+            )
+        }
     };
     if method != Method::GET && method != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET and HEAD\n".to_owned());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET and HEAD\n".to_owned(),
+        );
     }
     let status = if health.verdict(probe) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let wants_detail = query.is_some_and(|q| q.split('&').any(|p| p == "verbose" || p == "detail" || p.starts_with("verbose=") || p.starts_with("detail=")))
-        || accept.is_some_and(|a| a.contains("application/json"));
+    let wants_detail = query.is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "verbose" || p == "detail" || p.starts_with("verbose=") || p.starts_with("detail="))
+    }) || accept.is_some_and(|a| a.contains("application/json"));
     if wants_detail {
         let body = serde_json::to_string_pretty(&health.detail(probe)).unwrap_or_default() + "\n";
         return reply(status, "application/json", body);
     }
-    let body = if status == StatusCode::OK { "ok\n" } else { "failed\n" };
+    let body = if status == StatusCode::OK {
+        "ok\n"
+    } else {
+        "failed\n"
+    };
     reply(status, "text/plain; charset=utf-8", body.to_owned())
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     response
 }
 
@@ -65,7 +88,10 @@ pub async fn serve(listener: TcpListener, shared: Shared, shutdown: impl std::fu
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let accept = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                let accept = request
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
                 let response = respond(
                     &shared.lock(),
                     request.method(),
@@ -100,13 +126,22 @@ mod tests {
         let checks = json!([{"name": "app", "type": "tcp", "address": "127.0.0.1:1", "successThreshold": 1}]);
         let settings = Settings::from_json(&json!({"checks": checks.to_string()}).to_string()).unwrap();
         let mut health = Health::new(settings.checks);
-        let get = |health: &Health, path: &str, query: Option<&str>| respond(health, &Method::GET, path, query, None);
+        let get = |health: &Health, path: &str, query: Option<&str>| {
+            respond(health, &Method::GET, path, query, None)
+        };
         assert_eq!(get(&health, "/livez", None).status(), StatusCode::OK);
-        assert_eq!(get(&health, "/readyz", None).status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(get(&health, "/startupz", None).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            get(&health, "/readyz", None).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            get(&health, "/startupz", None).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         health.record(0, Ok(()), std::time::Duration::from_millis(3));
         assert_eq!(get(&health, "/readyz", None).status(), StatusCode::OK);
-        let detail: serde_json::Value = serde_json::from_str(&body(get(&health, "/readyz", Some("verbose"))).await).unwrap();
+        let detail: serde_json::Value =
+            serde_json::from_str(&body(get(&health, "/readyz", Some("verbose"))).await).unwrap();
         assert_eq!(detail["checks"][0]["name"], "app");
         assert_eq!(detail["checks"][0]["lastDurationMs"], 3);
         let by_accept = respond(&health, &Method::GET, "/livez", None, Some("application/json"));

@@ -201,7 +201,12 @@ impl Check {
                 source,
             })
         };
-        if name.is_empty() || name.len() > 63 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if name.is_empty()
+            || name.len() > 63
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(invalid("the name must be 1 to 63 letters, digits, '-' or '_'"));
         }
         let target = match spec.r#type {
@@ -211,7 +216,9 @@ impl Check {
                 url: url_of(&spec.url)?,
                 status: match spec.status.as_deref() {
                     None => (200, 399),
-                    Some(text) => parse_status(text).ok_or_else(|| invalid("status must be like 200 or 200-399"))?,
+                    Some(text) => {
+                        parse_status(text).ok_or_else(|| invalid("status must be like 200 or 200-399"))?
+                    }
                 },
                 body_contains: spec.body_contains.clone(),
             },
@@ -284,7 +291,9 @@ impl Settings {
                     }
                 }
                 "probeAddr" => {
-                    settings.probe_addr = value.parse().map_err(|_| SettingsError::ProbeAddr(value.clone()))?;
+                    settings.probe_addr = value
+                        .parse()
+                        .map_err(|_| SettingsError::ProbeAddr(value.clone()))?;
                 }
                 // Read by injection, which points the app's probes here.
                 key if key == HEALTH_PROBE_APP_SETTING => {}
@@ -321,7 +330,13 @@ mod tests {
         };
         assert_eq!(port.probes, [Probe::Liveness, Probe::Startup]);
         assert_eq!(app.probes, [Probe::Liveness, Probe::Readiness]);
-        assert!(matches!(&app.target, Target::Http { status: (200, 200), .. }));
+        assert!(matches!(
+            &app.target,
+            Target::Http {
+                status: (200, 200),
+                ..
+            }
+        ));
         assert!(cache.dependency, "a Redis is a dependency");
         assert_eq!(cache.probes, [Probe::Readiness]);
         assert_eq!((cache.failure_threshold, cache.success_threshold), (2, 1));
@@ -342,11 +357,23 @@ mod tests {
     #[test]
     fn targets_off_loopback_and_incomplete_checks_are_refused() {
         for (checks, want) in [
-            (json!([{"name": "x", "type": "tcp", "address": "10.1.2.3:80"}]), "loopback"),
+            (
+                json!([{"name": "x", "type": "tcp", "address": "10.1.2.3:80"}]),
+                "loopback",
+            ),
             (json!([{"name": "x", "type": "http"}]), "needs a url"),
-            (json!([{"name": "x", "type": "metric", "url": "http://127.0.0.1:1/", "metric": "m"}]), "above or below"),
-            (json!([{"name": "x y", "type": "tcp", "address": "127.0.0.1:1"}]), "name must"),
-            (json!([{"name": "x", "type": "http", "url": "http://127.0.0.1:1/", "status": "700"}]), "status"),
+            (
+                json!([{"name": "x", "type": "metric", "url": "http://127.0.0.1:1/", "metric": "m"}]),
+                "above or below",
+            ),
+            (
+                json!([{"name": "x y", "type": "tcp", "address": "127.0.0.1:1"}]),
+                "name must",
+            ),
+            (
+                json!([{"name": "x", "type": "http", "url": "http://127.0.0.1:1/", "status": "700"}]),
+                "status",
+            ),
             (json!([{"name": "x", "type": "ping"}]), "setting checks"),
         ] {
             let error = settings(checks).unwrap_err().to_string();

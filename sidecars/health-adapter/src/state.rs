@@ -56,7 +56,12 @@ impl CheckState {
     /// Records one result; returns the new status when it changed. A passing check fails only
     /// after `failure_threshold` failures in a row, and a failing or new one passes only after
     /// `success_threshold` successes in a row, so one slow answer does not flap the pod.
-    pub fn record(&mut self, check: &Check, result: Result<(), String>, duration: Duration) -> Option<Status> {
+    pub fn record(
+        &mut self,
+        check: &Check,
+        result: Result<(), String>,
+        duration: Duration,
+    ) -> Option<Status> {
         self.last_duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         let before = self.status;
         match result {
@@ -101,7 +106,9 @@ impl Health {
     }
 
     fn checks_of(&self, probe: Probe) -> impl Iterator<Item = &(Check, CheckState)> {
-        self.checks.iter().filter(move |(check, _)| check.probes.contains(&probe))
+        self.checks
+            .iter()
+            .filter(move |(check, _)| check.probes.contains(&probe))
     }
 
     fn update_started(&mut self) {
@@ -131,10 +138,15 @@ impl Health {
         match probe {
             // A check not yet failing counts as alive: the startup probe holds the kubelet back
             // until the app has come up.
-            Probe::Liveness => self.checks_of(Probe::Liveness).all(|(_, s)| s.status != Status::Failing),
+            Probe::Liveness => self
+                .checks_of(Probe::Liveness)
+                .all(|(_, s)| s.status != Status::Failing),
             Probe::Startup => self.started,
             Probe::Readiness => {
-                self.started && self.checks_of(Probe::Readiness).all(|(_, s)| s.status == Status::Passing)
+                self.started
+                    && self
+                        .checks_of(Probe::Readiness)
+                        .all(|(_, s)| s.status == Status::Passing)
             }
         }
     }
@@ -187,7 +199,11 @@ mod tests {
         assert_eq!(health.record(0, Ok(()), MS), Some(Status::Passing));
         assert_eq!(health.record(0, Err("slow".into()), MS), None);
         assert_eq!(health.record(0, Err("slow".into()), MS), None);
-        assert_eq!(health.record(0, Ok(()), MS), None, "a success in between resets the count");
+        assert_eq!(
+            health.record(0, Ok(()), MS),
+            None,
+            "a success in between resets the count"
+        );
         for _ in 0..2 {
             assert_eq!(health.record(0, Err("down".into()), MS), None);
         }

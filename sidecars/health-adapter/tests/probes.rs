@@ -25,7 +25,11 @@ impl Drop for Process {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for_port(port: u16) {
@@ -39,7 +43,16 @@ fn wait_for_port(port: u16) {
 fn redis() -> (Process, u16) {
     let port = free_port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         // Redis 7 refuses DEBUG unless asked; the test stalls Redis with DEBUG SLEEP.
         .args(["--enable-debug-command", "local"])
         .stdout(Stdio::null())
@@ -53,7 +66,10 @@ fn redis() -> (Process, u16) {
 fn adapter(checks: &serde_json::Value) -> (Process, u16, u16) {
     let (probe, admin) = (free_port(), free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_outrigger-health-adapter"))
-        .env("OUTRIGGER_SETTINGS", json!({"checks": checks.to_string()}).to_string())
+        .env(
+            "OUTRIGGER_SETTINGS",
+            json!({"checks": checks.to_string()}).to_string(),
+        )
         .env("OUTRIGGER_PROBE_ADDR", format!("127.0.0.1:{probe}"))
         .env("OUTRIGGER_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
         .env("OUTRIGGER_LOG", "warn")
@@ -71,13 +87,19 @@ fn get(port: u16, path: &str) -> (u16, String) {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_owned())
+    (
+        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
 }
 
 fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
-        assert!(Instant::now() < deadline, "{what} did not happen within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {timeout:?}"
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -100,8 +122,14 @@ fn app(respond: fn(&mut TcpStream)) -> u16 {
 
 fn metric(admin: u16, series: &str) -> Option<f64> {
     let (_, body) = get(admin, "/metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split_whitespace().next()?.parse().ok())
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 #[test]
@@ -116,7 +144,9 @@ fn a_redis_that_stops_answering_fails_readiness_never_liveness_and_recovers() {
         {"name": "cache", "type": "redis", "address": format!("127.0.0.1:{redis_port}"),
          "intervalMs": 100, "timeoutMs": 200, "failureThreshold": 2, "successThreshold": 2},
     ]));
-    eventually("readiness", Duration::from_secs(5), || get(probe, "/readyz").0 == 200);
+    eventually("readiness", Duration::from_secs(5), || {
+        get(probe, "/readyz").0 == 200
+    });
     assert_eq!(get(probe, "/startupz").0, 200);
 
     let sleeper = thread::spawn(move || {
@@ -129,7 +159,12 @@ fn a_redis_that_stops_answering_fails_readiness_never_liveness_and_recovers() {
     let mut saw_unready = false;
     let mut saw_ready_again = false;
     while started.elapsed() < Duration::from_secs(6) {
-        assert_eq!(get(probe, "/livez").0, 200, "liveness failed at {:?}", started.elapsed());
+        assert_eq!(
+            get(probe, "/livez").0,
+            200,
+            "liveness failed at {:?}",
+            started.elapsed()
+        );
         let ready = get(probe, "/readyz").0 == 200;
         saw_unready |= !ready;
         if saw_unready && ready {
@@ -146,9 +181,27 @@ fn a_redis_that_stops_answering_fails_readiness_never_liveness_and_recovers() {
     let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
     assert_eq!(detail["checks"][1]["name"], "cache");
     assert_eq!(detail["checks"][1]["dependency"], true);
-    assert_eq!(metric(admin, "health_adapter_check_transitions_total{check=\"cache\",to=\"failing\"}"), Some(1.0));
-    assert_eq!(metric(admin, "health_adapter_endpoint_transitions_total{endpoint=\"readiness\",to=\"down\"}"), Some(1.0));
-    assert_eq!(metric(admin, "health_adapter_endpoint_transitions_total{endpoint=\"liveness\",to=\"down\"}"), None);
+    assert_eq!(
+        metric(
+            admin,
+            "health_adapter_check_transitions_total{check=\"cache\",to=\"failing\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "health_adapter_endpoint_transitions_total{endpoint=\"readiness\",to=\"down\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            admin,
+            "health_adapter_endpoint_transitions_total{endpoint=\"liveness\",to=\"down\"}"
+        ),
+        None
+    );
 }
 
 #[test]
@@ -170,12 +223,23 @@ fn an_app_that_hangs_or_answers_50_mb_fails_its_check_while_probes_answer_at_onc
     eventually("liveness to fail", Duration::from_secs(5), || {
         let started = Instant::now();
         let (status, _) = get(probe, "/livez");
-        assert!(started.elapsed() < Duration::from_millis(500), "a probe waited on a check");
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "a probe waited on a check"
+        );
         status == 503
     });
     eventually("both checks to fail", Duration::from_secs(5), || {
-        metric(admin, "health_adapter_check_runs_total{check=\"hang\",result=\"timeout\"}").is_some()
-            && metric(admin, "health_adapter_check_runs_total{check=\"huge\",result=\"io\"}").is_some()
+        metric(
+            admin,
+            "health_adapter_check_runs_total{check=\"hang\",result=\"timeout\"}",
+        )
+        .is_some()
+            && metric(
+                admin,
+                "health_adapter_check_runs_total{check=\"huge\",result=\"io\"}",
+            )
+            .is_some()
     });
     assert!(adapter.0.try_wait().unwrap().is_none(), "the adapter exited");
     let status = std::fs::read_to_string(format!("/proc/{}/status", adapter.0.id())).unwrap();
@@ -191,7 +255,11 @@ fn an_app_that_hangs_or_answers_50_mb_fails_its_check_while_probes_answer_at_onc
 fn metric_thresholds_pass_and_fail_on_the_apps_own_metrics() {
     let metrics = app(|s| {
         let body = "# TYPE queue_depth gauge\nqueue_depth{queue=\"mail\"} 7\nqueue_depth{queue=\"sms\"} 70\n";
-        let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
     });
     let url = format!("http://127.0.0.1:{metrics}/metrics");
     let (_adapter, probe, _admin) = adapter(&json!([
@@ -205,7 +273,11 @@ fn metric_thresholds_pass_and_fail_on_the_apps_own_metrics() {
     eventually("the checks to settle", Duration::from_secs(5), || {
         let (_, body) = get(probe, "/readyz?detail");
         let detail: serde_json::Value = serde_json::from_str(&body).unwrap();
-        detail["checks"].as_array().unwrap().iter().all(|c| c["status"] != "unknown")
+        detail["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["status"] != "unknown")
     });
     let (status, body) = get(probe, "/readyz?detail");
     assert_eq!(status, 503);
@@ -216,6 +288,9 @@ fn metric_thresholds_pass_and_fail_on_the_apps_own_metrics() {
         .iter()
         .map(|c| (c["name"].as_str().unwrap(), c["status"].as_str().unwrap()))
         .collect();
-    assert_eq!(statuses, [("mail", "passing"), ("sms", "failing"), ("gone", "failing")]);
+    assert_eq!(
+        statuses,
+        [("mail", "passing"), ("sms", "failing"), ("gone", "failing")]
+    );
     assert!(detail["checks"][1]["lastError"].as_str().unwrap().contains("70"));
 }

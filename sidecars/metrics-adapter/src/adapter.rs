@@ -10,8 +10,6 @@ use std::{
     time::Duration,
 };
 
-
-
 use crate::{
     collect::{CollectError, Collector, Slot, SlotView},
     expose::{encode, Format, View},
@@ -195,7 +193,10 @@ impl Adapter {
         );
         for (slot, view) in self.slots.iter().zip(views) {
             up.push(collector(&slot.name), if view.failed { 0.0 } else { 1.0 });
-            stale.push(collector(&slot.name), if view.stale || view.failed { 1.0 } else { 0.0 });
+            stale.push(
+                collector(&slot.name),
+                if view.stale || view.failed { 1.0 } else { 0.0 },
+            );
             duration.push(collector(&slot.name), view.last_duration.as_secs_f64());
             let (counts, invalid_lines) = slot.errors();
             for (category, count) in CollectError::CATEGORIES.iter().zip(counts) {

@@ -161,7 +161,11 @@ mod tests {
     use super::*;
 
     fn families() -> Vec<Family> {
-        let mut requests = Family::new("app_requests_total", "Requests \"served\"\nby route", Kind::Counter);
+        let mut requests = Family::new(
+            "app_requests_total",
+            "Requests \"served\"\nby route",
+            Kind::Counter,
+        );
         requests.push(vec![("route".into(), "/a\"b\\".into())], 3.0);
         let mut latency = Family::new("app_latency_seconds", "Latency", Kind::Histogram);
         for (le, n) in [("0.1", 1.0), ("+Inf", 2.0)] {
@@ -193,7 +197,11 @@ mod tests {
     fn text_format_keeps_counter_names_and_escapes_labels() {
         let families = families();
         let mut out = String::new();
-        encode(&mut out, &families.iter().map(View::whole).collect::<Vec<_>>(), Format::Text);
+        encode(
+            &mut out,
+            &families.iter().map(View::whole).collect::<Vec<_>>(),
+            Format::Text,
+        );
         assert!(out.starts_with(
             "# HELP app_requests_total Requests \"served\"\\nby route\n# TYPE app_requests_total counter\n\
              app_requests_total{route=\"/a\\\"b\\\\\"} 3\n"
@@ -212,8 +220,14 @@ mod tests {
             &families.iter().map(View::whole).collect::<Vec<_>>(),
             Format::OpenMetrics,
         );
-        assert!(out.contains("# TYPE app_requests counter\napp_requests_total{"), "{out}");
-        assert!(out.contains("# HELP app_requests Requests \\\"served\\\"\\nby route\n"), "{out}");
+        assert!(
+            out.contains("# TYPE app_requests counter\napp_requests_total{"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# HELP app_requests Requests \\\"served\\\"\\nby route\n"),
+            "{out}"
+        );
         assert!(out.contains("# TYPE legacy_hits unknown\n"), "{out}");
         assert!(out.ends_with("# EOF\n"));
     }
@@ -223,7 +237,10 @@ mod tests {
         let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         assert_eq!(Format::negotiate(Some(prometheus)), Format::OpenMetrics);
         assert_eq!(Format::negotiate(Some("text/plain")), Format::Text);
-        assert_eq!(Format::negotiate(Some("application/openmetrics-text;q=0")), Format::Text);
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text;q=0")),
+            Format::Text
+        );
         assert_eq!(Format::negotiate(None), Format::Text);
     }
 

@@ -86,7 +86,8 @@ impl Family {
 pub fn sanitize_name(raw: &str, allow_colon: bool) -> String {
     let mut name = String::with_capacity(raw.len() + 1);
     for (i, c) in raw.chars().enumerate() {
-        let ok = c.is_ascii_alphabetic() || c == '_' || (allow_colon && c == ':') || (i > 0 && c.is_ascii_digit());
+        let ok =
+            c.is_ascii_alphabetic() || c == '_' || (allow_colon && c == ':') || (i > 0 && c.is_ascii_digit());
         if i == 0 && c.is_ascii_digit() {
             name.push('_');
             name.push(c);
@@ -115,7 +116,10 @@ mod tests {
 
     #[test]
     fn dotted_and_dashed_names_become_valid_metric_names() {
-        assert_eq!(sanitize_name("api.get-user.latency", true), "api_get_user_latency");
+        assert_eq!(
+            sanitize_name("api.get-user.latency", true),
+            "api_get_user_latency"
+        );
         assert_eq!(sanitize_name("9lives", false), "_9lives");
         assert_eq!(sanitize_name("a:b", false), "a_b");
         assert!(is_valid_name("redis_up") && !is_valid_name("9x") && !is_valid_name(""));

@@ -14,7 +14,13 @@ use tokio::net::TcpListener;
 use crate::{adapter::Adapter, expose::Format};
 
 /// Answers one request.
-pub async fn respond(adapter: &Adapter, admin: &AdminState, method: &Method, path: &str, accept: Option<&str>) -> Response<Full<Bytes>> {
+pub async fn respond(
+    adapter: &Adapter,
+    admin: &AdminState,
+    method: &Method,
+    path: &str,
+    accept: Option<&str>,
+) -> Response<Full<Bytes>> {
     if path != "/metrics" || (method != Method::GET && method != Method::HEAD) {
         return admin.respond(method, path);
     }
@@ -23,9 +29,10 @@ pub async fn respond(adapter: &Adapter, admin: &AdminState, method: &Method, pat
     adapter.scrape(&mut body, format).await;
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = StatusCode::OK;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(format.content_type()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(format.content_type()),
+    );
     response
 }
 
@@ -60,7 +67,8 @@ pub async fn serve(
                         .headers()
                         .get(header::ACCEPT)
                         .and_then(|v| v.to_str().ok());
-                    let response = respond(&adapter, &admin, request.method(), request.uri().path(), accept).await;
+                    let response =
+                        respond(&adapter, &admin, request.method(), request.uri().path(), accept).await;
                     Ok::<_, Infallible>(response)
                 }
             });

@@ -153,12 +153,13 @@ impl Settings {
                 "redis" => {
                     let address = value.trim().trim_start_matches("redis://").trim_end_matches('/');
                     settings.redis = Some(
-                        parse_local_address(address).map_err(|source| SettingsError::Url { key: "redis", source })?,
+                        parse_local_address(address)
+                            .map_err(|source| SettingsError::Url { key: "redis", source })?,
                     );
                 }
                 "json" => {
-                    let specs: Vec<JsonTargetSpec> =
-                        serde_json::from_str(value).map_err(|source| SettingsError::Json { key: "json", source })?;
+                    let specs: Vec<JsonTargetSpec> = serde_json::from_str(value)
+                        .map_err(|source| SettingsError::Json { key: "json", source })?;
                     for spec in specs {
                         if settings.json.iter().any(|t| t.name == spec.name) {
                             return Err(SettingsError::DuplicateName {
@@ -167,15 +168,19 @@ impl Settings {
                             });
                         }
                         settings.json.push(JsonTarget {
-                            url: LocalUrl::parse(&spec.url).map_err(|source| SettingsError::Url { key: "json", source })?,
+                            url: LocalUrl::parse(&spec.url)
+                                .map_err(|source| SettingsError::Url { key: "json", source })?,
                             mapping: JsonMapping::compile(&spec.metrics)?,
                             name: spec.name,
                         });
                     }
                 }
                 "prometheus" => {
-                    let specs: Vec<PromTargetSpec> = serde_json::from_str(value)
-                        .map_err(|source| SettingsError::Json { key: "prometheus", source })?;
+                    let specs: Vec<PromTargetSpec> =
+                        serde_json::from_str(value).map_err(|source| SettingsError::Json {
+                            key: "prometheus",
+                            source,
+                        })?;
                     for spec in specs {
                         if settings.prometheus.iter().any(|t| t.name == spec.name) {
                             return Err(SettingsError::DuplicateName {
@@ -184,18 +189,23 @@ impl Settings {
                             });
                         }
                         settings.prometheus.push(PromTarget {
-                            url: LocalUrl::parse(&spec.url)
-                                .map_err(|source| SettingsError::Url { key: "prometheus", source })?,
+                            url: LocalUrl::parse(&spec.url).map_err(|source| SettingsError::Url {
+                                key: "prometheus",
+                                source,
+                            })?,
                             relabel: Relabel::compile(&spec.relabel)?,
                             name: spec.name,
                         });
                     }
                 }
                 "statsd" => {
-                    statsd_listen = Some(
-                        parse_local_address(value.trim())
-                            .map_err(|source| SettingsError::Url { key: "statsd", source })?,
-                    );
+                    statsd_listen =
+                        Some(
+                            parse_local_address(value.trim()).map_err(|source| SettingsError::Url {
+                                key: "statsd",
+                                source,
+                            })?,
+                        );
                 }
                 "statsdMappings" => {
                     statsd_mappings = serde_json::from_str::<Vec<MappingSpec>>(value).map_err(|source| {
@@ -293,7 +303,10 @@ mod tests {
             (json!({"maxSeries": "0"}), "maxSeries"),
             (json!({"statsdBuckets": "1,0.5"}), "statsdBuckets"),
             (json!({"json": "[{"}), "setting json"),
-            (json!({"statsdMappings": "[{\"match\": \"a.*\", \"name\": \"b_$3\"}]", "statsd": "127.0.0.1:1"}), "statsd mapping"),
+            (
+                json!({"statsdMappings": "[{\"match\": \"a.*\", \"name\": \"b_$3\"}]", "statsd": "127.0.0.1:1"}),
+                "statsd mapping",
+            ),
         ] {
             let error = settings(map).unwrap_err().to_string();
             assert!(error.contains(want), "{error}");

@@ -71,10 +71,17 @@ impl Mapper {
             let stars = components.iter().filter(|c| c.is_none()).count();
             let check = |template: &str| -> Result<(), MappingError> {
                 for (i, _) in template.match_indices('$') {
-                    let digits: String = template[i + 1..].chars().take_while(char::is_ascii_digit).collect();
+                    let digits: String = template[i + 1..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
                     match digits.parse::<usize>() {
                         Ok(n) if n >= 1 && n <= stars => {}
-                        _ => return Err(invalid(format!("{template:?} refers to a component the pattern has no star for"))),
+                        _ => {
+                            return Err(invalid(format!(
+                                "{template:?} refers to a component the pattern has no star for"
+                            )))
+                        }
                     }
                 }
                 Ok(())
@@ -108,13 +115,17 @@ impl Mapper {
                 continue;
             }
             let mut captures: Vec<&str> = Vec::new();
-            let matched = rule.components.iter().zip(&components).all(|(want, have)| match want {
-                Some(literal) => literal == have,
-                None => {
-                    captures.push(have);
-                    true
-                }
-            });
+            let matched = rule
+                .components
+                .iter()
+                .zip(&components)
+                .all(|(want, have)| match want {
+                    Some(literal) => literal == have,
+                    None => {
+                        captures.push(have);
+                        true
+                    }
+                });
             if matched {
                 let expand = |template: &str| {
                     let mut out = template.to_owned();
@@ -434,7 +445,9 @@ impl Table {
                     let count = *count as f64;
                     family.samples.push(sample("_bucket", labels, count));
                     family.samples.push(sample("_sum", series.labels.clone(), *sum));
-                    family.samples.push(sample("_count", series.labels.clone(), count));
+                    family
+                        .samples
+                        .push(sample("_count", series.labels.clone(), count));
                 }
             }
         }
@@ -497,7 +510,18 @@ mod tests {
             })
         );
         assert!(parse_line("g:-3|g").unwrap().delta);
-        for garbage in ["", "x", "x:|c", "x:1|q", "x:1|c|@2", ":1|c", "x:-1|c", "x:1|s", "x:NaN|g", "x:1|c|junk"] {
+        for garbage in [
+            "",
+            "x",
+            "x:|c",
+            "x:1|q",
+            "x:1|c|@2",
+            ":1|c",
+            "x:-1|c",
+            "x:1|s",
+            "x:NaN|g",
+            "x:1|c|junk",
+        ] {
             assert_eq!(parse_line(garbage), None, "{garbage}");
         }
     }
@@ -509,7 +533,9 @@ mod tests {
             100,
         );
         table.ingest(b"hits:1|c\nhits:2|c|@0.5\nqueue.depth:5|g\nqueue.depth:-2|g\n");
-        table.ingest(b"api.users.get.latency:50|ms\napi.users.get.latency:500|ms\napi.users.get.latency:2000|ms");
+        table.ingest(
+            b"api.users.get.latency:50|ms\napi.users.get.latency:500|ms\napi.users.get.latency:2000|ms",
+        );
         table.ingest(b"size:3|h|#region:eu,zone:a\nsize:4|h|#zone:a,region:eu\n");
         assert_eq!(
             samples(&table),
@@ -530,7 +556,11 @@ mod tests {
         );
         assert_eq!(table.stats().invalid, 0);
         table.ingest(b"hits_total:1|g");
-        assert_eq!(table.stats().type_conflicts, 1, "a gauge may not join a counter family");
+        assert_eq!(
+            table.stats().type_conflicts,
+            1,
+            "a gauge may not join a counter family"
+        );
     }
 
     #[test]

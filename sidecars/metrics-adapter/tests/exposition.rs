@@ -1,6 +1,9 @@
 //! Every collector at once, on loopback, checked by Debian's `promtool check metrics`, and served
 //! as OpenMetrics to a scraper that asks for it.
 
+// Test helpers: a failed setup step should stop the test right there.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::{
@@ -51,12 +54,20 @@ fn every_collector_together_passes_promtool_and_openmetrics_is_negotiated() {
         "application/json",
         json!({"queues": {"mail": {"depth": 3}, "sms": {"depth": 4}}}).to_string(),
     ));
-    let prom_app = server(Behaviour::Body("text/plain; version=0.0.4", APP_METRICS.to_owned()));
+    let prom_app = server(Behaviour::Body(
+        "text/plain; version=0.0.4",
+        APP_METRICS.to_owned(),
+    ));
     let statsd_port = support::free_port();
     let (_adapter, port) = adapter(&settings(redis_port, json_app.port, prom_app.port, statsd_port));
     send_statsd(
         statsd_port,
-        &["hits:1|c", "hits:2|c", "api.users.latency:120|ms", "temperature:21.5|g|#room:kitchen"],
+        &[
+            "hits:1|c",
+            "hits:2|c",
+            "api.users.latency:120|ms",
+            "temperature:21.5|g|#room:kitchen",
+        ],
     );
     thread::sleep(Duration::from_millis(200));
 
@@ -77,7 +88,10 @@ fn every_collector_together_passes_promtool_and_openmetrics_is_negotiated() {
     }
     assert_eq!(sample(&body, "hits_total"), Some(3.0));
     assert!(!body.contains("go_goroutines"), "dropped by relabelling");
-    assert_eq!(sample(&body, "metrics_adapter_collector_stale{collector=\"redis\"}"), Some(0.0));
+    assert_eq!(
+        sample(&body, "metrics_adapter_collector_stale{collector=\"redis\"}"),
+        Some(0.0)
+    );
 
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
@@ -100,8 +114,17 @@ fn every_collector_together_passes_promtool_and_openmetrics_is_negotiated() {
         "/metrics",
         Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
     );
-    assert_eq!(open.content_type, "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert_eq!(
+        open.content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     assert!(open.body.ends_with("# EOF\n"));
-    assert!(open.body.contains("# TYPE redis_commands_processed counter\nredis_commands_processed_total "));
-    assert!(open.body.contains("# TYPE hits counter\nhits_total 3\n"), "{}", open.body);
+    assert!(open
+        .body
+        .contains("# TYPE redis_commands_processed counter\nredis_commands_processed_total "));
+    assert!(
+        open.body.contains("# TYPE hits counter\nhits_total 3\n"),
+        "{}",
+        open.body
+    );
 }

@@ -2,6 +2,9 @@
 //! `redis-server` on loopback: the same names, types and labels, so dashboards and alerts written
 //! for the exporter keep working.
 
+// Test helpers: a failed setup step should stop the test right there.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::collections::BTreeMap;
@@ -79,7 +82,10 @@ fn the_redis_collector_speaks_redis_exporter_names_types_and_labels() {
         .keys()
         .filter(|n| n.starts_with("redis_") && !n.starts_with("redis_exporter_"))
         .collect();
-    let missing: Vec<&&String> = theirs_redis.iter().filter(|n| !our_types.contains_key(n.as_str())).collect();
+    let missing: Vec<&&String> = theirs_redis
+        .iter()
+        .filter(|n| !our_types.contains_key(n.as_str()))
+        .collect();
     eprintln!(
         "overlap: {} of the exporter's {} redis_ families; not emitted: {missing:?}",
         theirs_redis.len() - missing.len(),
@@ -110,10 +116,19 @@ fn the_redis_collector_speaks_redis_exporter_names_types_and_labels() {
 fn a_redis_that_is_down_reads_as_redis_up_zero() {
     let (redis_process, redis_port) = redis();
     let (_adapter, adapter_port) = adapter(&json!({"redis": format!("127.0.0.1:{redis_port}")}));
-    assert_eq!(sample(&get(adapter_port, "/metrics", None).body, "redis_up"), Some(1.0));
+    assert_eq!(
+        sample(&get(adapter_port, "/metrics", None).body, "redis_up"),
+        Some(1.0)
+    );
     drop(redis_process);
     let down = get(adapter_port, "/metrics", None).body;
     assert_eq!(sample(&down, "redis_up"), Some(0.0), "{down}");
-    assert_eq!(sample(&down, "metrics_adapter_collector_up{collector=\"redis\"}"), Some(0.0));
-    assert!(!down.contains("redis_db_keys"), "no values of a Redis that did not answer");
+    assert_eq!(
+        sample(&down, "metrics_adapter_collector_up{collector=\"redis\"}"),
+        Some(0.0)
+    );
+    assert!(
+        !down.contains("redis_db_keys"),
+        "no values of a Redis that did not answer"
+    );
 }

@@ -36,7 +36,9 @@ impl LocalUrl {
     /// Reads `http://HOST:PORT/PATH`, where HOST is `localhost`, an address in 127.0.0.0/8 or
     /// `[::1]`.
     pub fn parse(url: &str) -> Result<LocalUrl, UrlError> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| UrlError::NotHttp(url.to_owned()))?;
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| UrlError::NotHttp(url.to_owned()))?;
         let (authority, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
             None => (rest, "/"),
@@ -91,10 +93,17 @@ pub async fn get(url: &LocalUrl, accept: &str, limits: FetchLimits) -> Result<By
 
 /// GETs `url` and returns the status and body whatever the status; a body over the limit or a
 /// slow peer is an error.
-pub async fn fetch(url: &LocalUrl, accept: &str, limits: FetchLimits) -> Result<(StatusCode, Bytes), CollectError> {
-    tokio::time::timeout(limits.timeout, fetch_unbounded(url, accept, limits.max_body_bytes))
-        .await
-        .map_err(|_| CollectError::Timeout)?
+pub async fn fetch(
+    url: &LocalUrl,
+    accept: &str,
+    limits: FetchLimits,
+) -> Result<(StatusCode, Bytes), CollectError> {
+    tokio::time::timeout(
+        limits.timeout,
+        fetch_unbounded(url, accept, limits.max_body_bytes),
+    )
+    .await
+    .map_err(|_| CollectError::Timeout)?
 }
 
 async fn fetch_unbounded(
@@ -102,11 +111,14 @@ async fn fetch_unbounded(
     accept: &str,
     max_body_bytes: usize,
 ) -> Result<(StatusCode, Bytes), CollectError> {
-    let stream = TcpStream::connect(url.address).await.map_err(CollectError::Connect)?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+    let stream = TcpStream::connect(url.address)
         .await
-        .map_err(|e| CollectError::Protocol(e.to_string()))?;
+        .map_err(CollectError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| CollectError::Protocol(e.to_string()))?;
     let connection = tokio::spawn(connection);
     let request = Request::get(url.path.as_str())
         .header(header::HOST, url.address.to_string())

@@ -48,7 +48,11 @@ pub enum MappingError {
     #[error("metric {metric}: type {kind:?} is neither gauge nor counter")]
     Type { metric: String, kind: String },
     #[error("metric {metric}: label {label:?} uses ${index} but the path has fewer wildcards")]
-    Capture { metric: String, label: String, index: usize },
+    Capture {
+        metric: String,
+        label: String,
+        index: usize,
+    },
     #[error("metric {0}: empty path")]
     EmptyPath(String),
 }
@@ -91,7 +95,9 @@ fn parse_path(path: &str) -> Vec<Segment> {
         .filter(|s| !s.is_empty())
         .map(|s| match s {
             "*" => Segment::Wildcard,
-            s => s.parse().map_or_else(|_| Segment::Key(s.to_owned()), Segment::Index),
+            s => s
+                .parse()
+                .map_or_else(|_| Segment::Key(s.to_owned()), Segment::Index),
         })
         .collect()
 }
@@ -123,20 +129,21 @@ impl JsonMapping {
                 if !is_valid_name(label) || label.contains(':') {
                     return Err(MappingError::Name(label.clone()));
                 }
-                let source = if let Some(index) = source.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
-                    if index == 0 || index > wildcards {
-                        return Err(MappingError::Capture {
-                            metric: spec.name.clone(),
-                            label: label.clone(),
-                            index,
-                        });
-                    }
-                    LabelSource::Capture(index - 1)
-                } else if source.starts_with('.') {
-                    LabelSource::Relative(parse_path(source))
-                } else {
-                    LabelSource::Literal(source.clone())
-                };
+                let source =
+                    if let Some(index) = source.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+                        if index == 0 || index > wildcards {
+                            return Err(MappingError::Capture {
+                                metric: spec.name.clone(),
+                                label: label.clone(),
+                                index,
+                            });
+                        }
+                        LabelSource::Capture(index - 1)
+                    } else if source.starts_with('.') {
+                        LabelSource::Relative(parse_path(source))
+                    } else {
+                        LabelSource::Literal(source.clone())
+                    };
                 labels.push((label.clone(), source));
             }
             metrics.push(Metric {
@@ -156,44 +163,54 @@ impl JsonMapping {
 
     /// The families of one JSON document.
     pub fn apply(&self, body: &[u8]) -> Result<Vec<Family>, CollectError> {
-        let document: Value = serde_json::from_slice(body).map_err(|e| CollectError::Malformed(e.to_string()))?;
+        let document: Value =
+            serde_json::from_slice(body).map_err(|e| CollectError::Malformed(e.to_string()))?;
         let mut families = Vec::with_capacity(self.metrics.len());
         for metric in &self.metrics {
             let mut family = Family::new(metric.name.clone(), metric.help.clone(), metric.kind);
             let mut captures = Vec::new();
-            walk(&document, &metric.path, None, &mut captures, &mut |value, parent, captures| {
-                let Some(number) = as_number(value) else {
-                    return;
-                };
-                let labels = metric
-                    .labels
-                    .iter()
-                    .map(|(name, source)| {
-                        let value = match source {
-                            LabelSource::Capture(i) => captures.get(*i).cloned().unwrap_or_default(),
-                            LabelSource::Literal(text) => text.clone(),
-                            LabelSource::Relative(path) => parent
-                                .and_then(|p| lookup(p, path))
-                                .map(label_text)
-                                .unwrap_or_default(),
-                        };
-                        (name.clone(), value)
-                    })
-                    .collect();
-                family.push(labels, number);
-            });
+            walk(
+                &document,
+                &metric.path,
+                None,
+                &mut captures,
+                &mut |value, parent, captures| {
+                    let Some(number) = as_number(value) else {
+                        return;
+                    };
+                    let labels = metric
+                        .labels
+                        .iter()
+                        .map(|(name, source)| {
+                            let value = match source {
+                                LabelSource::Capture(i) => captures.get(*i).cloned().unwrap_or_default(),
+                                LabelSource::Literal(text) => text.clone(),
+                                LabelSource::Relative(path) => parent
+                                    .and_then(|p| lookup(p, path))
+                                    .map(label_text)
+                                    .unwrap_or_default(),
+                            };
+                            (name.clone(), value)
+                        })
+                        .collect();
+                    family.push(labels, number);
+                },
+            );
             families.push(family);
         }
         Ok(families)
     }
 }
 
+/// Called with each value a path reaches, the object holding it and the wildcard captures.
+type Found<'f, 'a> = &'f mut dyn FnMut(&'a Value, Option<&'a Value>, &[String]);
+
 fn walk<'a>(
     value: &'a Value,
     path: &[Segment],
     parent: Option<&'a Value>,
     captures: &mut Vec<String>,
-    found: &mut dyn FnMut(&'a Value, Option<&'a Value>, &[String]),
+    found: Found<'_, 'a>,
 ) {
     let Some((segment, rest)) = path.split_first() else {
         found(value, parent, captures);
@@ -234,11 +251,12 @@ fn walk<'a>(
 }
 
 fn lookup<'a>(value: &'a Value, path: &[Segment]) -> Option<&'a Value> {
-    path.iter().try_fold(value, |value, segment| match (segment, value) {
-        (Segment::Key(key), Value::Object(map)) => map.get(key),
-        (Segment::Index(index), Value::Array(items)) => items.get(*index),
-        _ => None,
-    })
+    path.iter()
+        .try_fold(value, |value, segment| match (segment, value) {
+            (Segment::Key(key), Value::Object(map)) => map.get(key),
+            (Segment::Index(index), Value::Array(items)) => items.get(*index),
+            _ => None,
+        })
 }
 
 fn as_number(value: &Value) -> Option<f64> {
@@ -269,10 +287,17 @@ mod tests {
         JsonMapping::compile(&specs).unwrap()
     }
 
-    fn samples(families: &[Family]) -> Vec<(String, Vec<(String, String)>, f64)> {
+    /// A sample as name, labels and value.
+    type Row = (String, Vec<(String, String)>, f64);
+
+    fn samples(families: &[Family]) -> Vec<Row> {
         families
             .iter()
-            .flat_map(|f| f.samples.iter().map(|s| (s.name.clone(), s.labels.clone(), s.value)))
+            .flat_map(|f| {
+                f.samples
+                    .iter()
+                    .map(|s| (s.name.clone(), s.labels.clone(), s.value))
+            })
             .collect()
     }
 
@@ -289,14 +314,27 @@ mod tests {
             "stats": {"requests": 1200},
         });
         let families = mapping.apply(body.to_string().as_bytes()).unwrap();
-        let l = |pairs: &[(&str, &str)]| pairs.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect::<Vec<_>>();
+        let l = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             samples(&families),
             [
                 ("app_queue_depth".into(), l(&[("queue", "mail")]), 3.0),
                 ("app_queue_depth".into(), l(&[("queue", "sms")]), 4.0),
-                ("app_worker_busy".into(), l(&[("pool", "main"), ("worker", "w1")]), 1.0),
-                ("app_worker_busy".into(), l(&[("pool", "main"), ("worker", "w2")]), 0.0),
+                (
+                    "app_worker_busy".into(),
+                    l(&[("pool", "main"), ("worker", "w1")]),
+                    1.0
+                ),
+                (
+                    "app_worker_busy".into(),
+                    l(&[("pool", "main"), ("worker", "w2")]),
+                    0.0
+                ),
                 ("app_requests_total".into(), vec![], 1200.0),
             ]
         );
@@ -315,8 +353,14 @@ mod tests {
     fn invalid_mappings_are_refused_with_the_metric_named() {
         for (spec, want) in [
             (json!([{"name": "9x", "path": "a"}]), "not a valid"),
-            (json!([{"name": "x", "path": "a.*", "labels": {"k": "$2"}}]), "uses $2"),
-            (json!([{"name": "x", "type": "histogram", "path": "a"}]), "neither gauge"),
+            (
+                json!([{"name": "x", "path": "a.*", "labels": {"k": "$2"}}]),
+                "uses $2",
+            ),
+            (
+                json!([{"name": "x", "type": "histogram", "path": "a"}]),
+                "neither gauge",
+            ),
         ] {
             let specs: Vec<JsonMetricSpec> = serde_json::from_value(spec).unwrap();
             let error = JsonMapping::compile(&specs).unwrap_err().to_string();

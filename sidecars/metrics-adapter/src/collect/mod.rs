@@ -231,7 +231,10 @@ impl Slot {
         let fresh = tokio::time::timeout(budget, finished.wait_for(|count| *count > seen))
             .await
             .is_ok_and(|changed| changed.is_ok());
-        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         SlotView {
             families: state.families.clone(),
             stale: !fresh,
@@ -242,7 +245,10 @@ impl Slot {
 
     /// Errors by category since start, and unparsable lines.
     pub fn errors(&self) -> ([u64; CollectError::CATEGORIES.len()], u64) {
-        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (state.errors, state.invalid_lines)
     }
 }

@@ -105,7 +105,12 @@ impl Relabel {
             let value = || {
                 rule.source_labels
                     .iter()
-                    .map(|name| labels.iter().find(|(l, _)| l == name).map_or("", |(_, v)| v.as_str()))
+                    .map(|name| {
+                        labels
+                            .iter()
+                            .find(|(l, _)| l == name)
+                            .map_or("", |(_, v)| v.as_str())
+                    })
                     .collect::<Vec<_>>()
                     .join(&rule.separator)
             };
@@ -355,7 +360,10 @@ mod tests {
     fn the_text_format_parses_into_families_and_bad_lines_are_counted() {
         let (families, invalid) = parse_text(APP);
         assert_eq!(invalid, 2);
-        let names: Vec<_> = families.iter().map(|f| (f.name.as_str(), f.kind, f.samples.len())).collect();
+        let names: Vec<_> = families
+            .iter()
+            .map(|f| (f.name.as_str(), f.kind, f.samples.len()))
+            .collect();
         assert_eq!(
             names,
             [
@@ -382,11 +390,17 @@ mod tests {
         let names: Vec<_> = out.iter().map(|f| (f.name.as_str(), f.kind)).collect();
         assert_eq!(
             names,
-            [("app_http_requests_total", Kind::Counter), ("latency_seconds", Kind::Histogram)]
+            [
+                ("app_http_requests_total", Kind::Counter),
+                ("latency_seconds", Kind::Histogram)
+            ]
         );
         assert_eq!(
             out[0].samples[1].labels,
-            [("path".to_owned(), "/a".to_owned()), ("class".to_owned(), "5xx".to_owned())]
+            [
+                ("path".to_owned(), "/a".to_owned()),
+                ("class".to_owned(), "5xx".to_owned())
+            ]
         );
     }
 
@@ -394,7 +408,11 @@ mod tests {
     fn a_replace_without_target_and_a_bad_regex_are_refused() {
         let rules: Vec<RelabelSpec> = serde_json::from_value(json!([{"regex": "("}])).unwrap();
         assert!(Relabel::compile(&rules).is_err());
-        let rules: Vec<RelabelSpec> = serde_json::from_value(json!([{"action": "drop", "regex": "("}])).unwrap();
-        assert!(matches!(Relabel::compile(&rules), Err(RelabelError::Regex { .. })));
+        let rules: Vec<RelabelSpec> =
+            serde_json::from_value(json!([{"action": "drop", "regex": "("}])).unwrap();
+        assert!(matches!(
+            Relabel::compile(&rules),
+            Err(RelabelError::Regex { .. })
+        ));
     }
 }

@@ -35,8 +35,16 @@ const GAUGES: &[(&str, &str, f64)] = &[
     ("aof_rewrite_in_progress", "aof_rewrite_in_progress", 1.0),
     ("aof_rewrite_scheduled", "aof_rewrite_scheduled", 1.0),
     ("blocked_clients", "blocked_clients", 1.0),
-    ("client_recent_max_input_buffer", "client_recent_max_input_buffer_bytes", 1.0),
-    ("client_recent_max_output_buffer", "client_recent_max_output_buffer_bytes", 1.0),
+    (
+        "client_recent_max_input_buffer",
+        "client_recent_max_input_buffer_bytes",
+        1.0,
+    ),
+    (
+        "client_recent_max_output_buffer",
+        "client_recent_max_output_buffer_bytes",
+        1.0,
+    ),
     ("clients_in_timeout_table", "clients_in_timeout_table", 1.0),
     ("cluster_connections", "cluster_connections", 1.0),
     ("cluster_enabled", "cluster_enabled", 1.0),
@@ -59,7 +67,11 @@ const GAUGES: &[(&str, &str, f64)] = &[
     ("mem_clients_slaves", "mem_clients_slaves", 1.0),
     ("mem_fragmentation_bytes", "mem_fragmentation_bytes", 1.0),
     ("mem_fragmentation_ratio", "mem_fragmentation_ratio", 1.0),
-    ("mem_not_counted_for_evict", "mem_not_counted_for_eviction_bytes", 1.0),
+    (
+        "mem_not_counted_for_evict",
+        "mem_not_counted_for_eviction_bytes",
+        1.0,
+    ),
     ("module_fork_in_progress", "module_fork_in_progress", 1.0),
     ("module_fork_last_cow_size", "module_fork_last_cow_size", 1.0),
     ("number_of_cached_scripts", "number_of_cached_scripts", 1.0),
@@ -71,7 +83,11 @@ const GAUGES: &[(&str, &str, f64)] = &[
     ("rdb_last_cow_size", "rdb_last_cow_size_bytes", 1.0),
     ("rdb_last_save_time", "rdb_last_save_timestamp_seconds", 1.0),
     ("repl_backlog_active", "repl_backlog_is_active", 1.0),
-    ("repl_backlog_first_byte_offset", "repl_backlog_first_byte_offset", 1.0),
+    (
+        "repl_backlog_first_byte_offset",
+        "repl_backlog_first_byte_offset",
+        1.0,
+    ),
     ("repl_backlog_histlen", "repl_backlog_history_bytes", 1.0),
     ("repl_backlog_size", "replication_backlog_bytes", 1.0),
     ("second_repl_offset", "second_repl_offset", 1.0),
@@ -144,9 +160,18 @@ pub fn families_from_info(info: &str, databases: Option<u32>) -> Vec<Family> {
     let field = |name: &str| fields.iter().find(|(key, _)| *key == name).map(|(_, v)| *v);
     let number = |name: &str| field(name).and_then(|v| v.parse::<f64>().ok());
     let mut families = Vec::with_capacity(GAUGES.len() + COUNTERS.len() + 16);
-    families.push(Family::single("redis_up", "Whether Redis answered", Kind::Gauge, 1.0));
+    families.push(Family::single(
+        "redis_up",
+        "Whether Redis answered",
+        Kind::Gauge,
+        1.0,
+    ));
 
-    let mut info_family = Family::new("redis_instance_info", "Information about the Redis instance", Kind::Gauge);
+    let mut info_family = Family::new(
+        "redis_instance_info",
+        "Information about the Redis instance",
+        Kind::Gauge,
+    );
     let labels = INSTANCE_LABELS
         .iter()
         .filter_map(|&name| field(name).map(|v| (name.to_owned(), v.to_owned())))
@@ -199,7 +224,11 @@ pub fn families_from_info(info: &str, databases: Option<u32>) -> Vec<Family> {
 
 /// `cmdstat_get:calls=2,usec=16,usec_per_call=8.00,rejected_calls=0,failed_calls=0`.
 fn commandstats(fields: &[(&str, &str)]) -> Vec<Family> {
-    let mut calls = Family::new("redis_commands_total", "Total number of calls per command", Kind::Counter);
+    let mut calls = Family::new(
+        "redis_commands_total",
+        "Total number of calls per command",
+        Kind::Counter,
+    );
     let mut duration = Family::new(
         "redis_commands_duration_seconds_total",
         "Total amount of time in seconds spent per command",
@@ -300,7 +329,12 @@ impl RedisCollector {
             Err(error) => {
                 self.connection = None;
                 (
-                    vec![Family::single("redis_up", "Whether Redis answered", Kind::Gauge, 0.0)],
+                    vec![Family::single(
+                        "redis_up",
+                        "Whether Redis answered",
+                        Kind::Gauge,
+                        0.0,
+                    )],
                     Some(error),
                 )
             }
@@ -335,7 +369,10 @@ impl RedisCollector {
                 None if self.buffer.len() > MAX_REPLY_BYTES + 1024 => return Err(CollectError::TooLarge),
                 None => {}
             }
-            let read = stream.read_buf(&mut self.buffer).await.map_err(CollectError::Io)?;
+            let read = stream
+                .read_buf(&mut self.buffer)
+                .await
+                .map_err(CollectError::Io)?;
             if read == 0 {
                 return Err(CollectError::Protocol("Redis closed the connection".into()));
             }
@@ -349,7 +386,9 @@ impl RedisCollector {
         // CONFIG may be renamed or disabled; the databases count is then unknown.
         let databases = match replies.next() {
             Some(Reply::Array(Some(items))) => match items.get(1) {
-                Some(Reply::Bulk(Some(value))) => std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()),
+                Some(Reply::Bulk(Some(value))) => {
+                    std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
+                }
                 _ => None,
             },
             _ => None,
@@ -387,12 +426,21 @@ mod tests {
         assert_eq!(value(&families, "redis_latest_fork_seconds"), [(vec![], 0.00025)]);
         assert_eq!(value(&families, "redis_rdb_last_bgsave_status"), [(vec![], 1.0)]);
         assert_eq!(value(&families, "redis_aof_last_write_status"), [(vec![], 0.0)]);
-        assert_eq!(value(&families, "redis_start_time_seconds"), [(vec![], 999_900.0)]);
+        assert_eq!(
+            value(&families, "redis_start_time_seconds"),
+            [(vec![], 999_900.0)]
+        );
         let cmd = vec![("cmd".to_owned(), "get".to_owned())];
         assert_eq!(value(&families, "redis_commands_total"), [(cmd.clone(), 2.0)]);
-        assert_eq!(value(&families, "redis_commands_failed_calls_total"), [(cmd, 1.0)]);
+        assert_eq!(
+            value(&families, "redis_commands_failed_calls_total"),
+            [(cmd, 1.0)]
+        );
         let db = |n: &str| vec![("db".to_owned(), n.to_owned())];
-        assert_eq!(value(&families, "redis_db_keys"), [(db("db0"), 10.0), (db("db1"), 0.0)]);
+        assert_eq!(
+            value(&families, "redis_db_keys"),
+            [(db("db0"), 10.0), (db("db1"), 0.0)]
+        );
         assert_eq!(value(&families, "redis_db_avg_ttl_seconds"), [(db("db0"), 1.5)]);
         let info = &value(&families, "redis_instance_info")[0].0;
         assert!(info.contains(&("redis_version".to_owned(), "7.0.15".to_owned())));

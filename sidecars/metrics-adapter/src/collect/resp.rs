@@ -82,7 +82,10 @@ fn parse_at(buf: &[u8], start: usize, limit: usize, depth: u8) -> Result<Option<
             if &buf[end..end + 2] != b"\r\n" {
                 return Err(RespError::Malformed("bulk string without its end"));
             }
-            Ok(Some((Reply::Bulk(Some(buf[next..end].to_vec())), end + 2 - start)))
+            Ok(Some((
+                Reply::Bulk(Some(buf[next..end].to_vec())),
+                end + 2 - start,
+            )))
         }
         b'*' => {
             let count = number(text)?;
@@ -134,7 +137,10 @@ mod tests {
                 Reply::Bulk(Some(b"16".to_vec()))
             ]))
         );
-        assert_eq!(parse(&whole[used..], 1024).unwrap(), Some((Reply::Simple("PONG".into()), 7)));
+        assert_eq!(
+            parse(&whole[used..], 1024).unwrap(),
+            Some((Reply::Simple("PONG".into()), 7))
+        );
         assert_eq!(
             parse(b"-ERR unknown command\r\n", 10).unwrap().unwrap().0,
             Reply::Error("ERR unknown command".into())

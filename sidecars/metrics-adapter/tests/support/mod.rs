@@ -19,7 +19,11 @@ use std::{
 
 /// A free loopback port (free when asked; the peer binds it right after).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A child process killed when dropped.
@@ -74,7 +78,16 @@ pub fn redis() -> (Process, u16) {
     require("redis-server");
     let port = free_port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -143,7 +156,11 @@ pub fn get(port: u16, path: &str, accept: Option<&str>) -> Got {
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     let content_type = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
         .unwrap_or_default();
     Got {
         status,
@@ -199,7 +216,10 @@ pub fn server(behaviour: Behaviour) -> Server {
                         );
                     }
                     Behaviour::Hang => thread::sleep(Duration::from_secs(60)),
-                    Behaviour::Huge { bytes, declare_length } => {
+                    Behaviour::Huge {
+                        bytes,
+                        declare_length,
+                    } => {
                         let head = if declare_length {
                             format!("HTTP/1.1 200 OK\r\nContent-Length: {bytes}\r\nConnection: close\r\n\r\n")
                         } else {
