@@ -11,10 +11,11 @@ use outrigger_health_adapter::{
     settings::{Settings, SettingsError},
     state::Health,
 };
-use outrigger_sidecar_common::{
+use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
+    args::LogArgs,
     shutdown,
-    telemetry::{self, LogFormat, TelemetryError},
+    telemetry::TelemetryError,
 };
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
@@ -49,12 +50,8 @@ pub struct Cli {
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz` of the adapter itself).
     #[arg(long, env = "OUTRIGGER_ADMIN_ADDR", default_value = "0.0.0.0:9906")]
     admin_addr: SocketAddr,
-    /// Filter of the adapter's own logs, in RUST_LOG syntax.
-    #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
-    log: String,
-    /// Format of the adapter's own logs: `json` or `text`.
-    #[arg(long, env = "OUTRIGGER_LOG_FORMAT", default_value = "json")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 impl Cli {
@@ -65,9 +62,8 @@ impl Cli {
             probe_addr,
             admin_addr,
             log,
-            log_format,
         } = self;
-        telemetry::init(&log, log_format)?;
+        log.init()?;
         let settings = Settings::from_json(&settings)?;
         if !settings.unknown.is_empty() {
             warn!(keys = ?settings.unknown, "Ignoring settings this health adapter does not know.");

@@ -13,10 +13,11 @@ use outrigger_metrics_adapter::{
     settings::{Settings, SettingsError},
     statsd::{self, Table},
 };
-use outrigger_sidecar_common::{
+use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
+    args::LogArgs,
     shutdown,
-    telemetry::{self, LogFormat, TelemetryError},
+    telemetry::TelemetryError,
 };
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
@@ -48,12 +49,8 @@ pub struct Cli {
     /// Address of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "OUTRIGGER_ADMIN_ADDR", default_value = "0.0.0.0:9905")]
     admin_addr: SocketAddr,
-    /// Filter of the adapter's own logs, in RUST_LOG syntax.
-    #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
-    log: String,
-    /// Format of the adapter's own logs: `json` or `text`.
-    #[arg(long, env = "OUTRIGGER_LOG_FORMAT", default_value = "json")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 impl Cli {
@@ -63,9 +60,8 @@ impl Cli {
             settings,
             admin_addr,
             log,
-            log_format,
         } = self;
-        telemetry::init(&log, log_format)?;
+        log.init()?;
         let settings = Settings::from_json(&settings)?;
         if !settings.unknown.is_empty() {
             warn!(keys = ?settings.unknown, "Ignoring settings this metrics adapter does not know.");

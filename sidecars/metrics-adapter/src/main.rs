@@ -1,7 +1,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
-use outrigger_sidecar_common::wait_ready;
+use outrigger_sidecar_runtime::wait_ready;
 
 mod cli;
 

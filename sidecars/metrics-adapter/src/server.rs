@@ -8,7 +8,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use outrigger_sidecar_common::admin::AdminState;
+use outrigger_sidecar_runtime::admin::AdminState;
 use tokio::net::TcpListener;
 
 use crate::{adapter::Adapter, expose::Format};
