@@ -184,3 +184,29 @@ fn statsd_garbage_and_a_flood_of_unique_names_are_dropped_and_counted() {
         adapter.peak_rss_bytes()
     );
 }
+
+#[test]
+fn a_target_with_more_series_than_the_budget_is_cut_and_the_rest_counted() {
+    let mut text = String::from("# HELP app_items Items.\n# TYPE app_items gauge\n");
+    for i in 0..500 {
+        text.push_str(&format!("app_items{{item=\"{i}\"}} {i}\n"));
+    }
+    let app = server(Behaviour::Body("text/plain; version=0.0.4", text));
+    let (mut adapter, port) = adapter(&json!({
+        "prometheus": json!([{"name": "app", "url": format!("http://127.0.0.1:{}/metrics", app.port)}]).to_string(),
+        "maxSeries": "100",
+    }));
+    for scrape in 1..=2 {
+        let body = get(port, "/metrics", None).body;
+        assert_eq!(body.lines().filter(|l| l.starts_with("app_items{")).count(), 100);
+        assert_eq!(
+            sample(
+                &body,
+                "metrics_adapter_dropped_series_total{collector=\"prometheus/app\"}"
+            ),
+            Some(400.0 * f64::from(scrape)),
+            "summed over scrapes"
+        );
+    }
+    assert!(adapter.alive());
+}
