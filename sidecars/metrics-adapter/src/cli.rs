@@ -2,11 +2,14 @@
 //! HTTP server, signals.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
 use clap::Parser;
+use outrigger_contract::sidecars::{SidecarsConfig, SIDECARS_CONFIG_KEY};
 use outrigger_metrics_adapter::{
     adapter::Adapter,
     server,
@@ -31,6 +34,8 @@ pub enum CliError {
     Settings(#[from] SettingsError),
     #[error(transparent)]
     Admin(#[from] AdminError),
+    #[error("reading {path}: {message}")]
+    SidecarsDocument { path: PathBuf, message: String },
     #[error("binding the StatsD socket to {address}: {source}")]
     Statsd {
         address: SocketAddr,
@@ -46,6 +51,10 @@ pub struct Cli {
     /// Settings from the service's spec, a JSON object of strings (set by injection).
     #[arg(long, env = "OUTRIGGER_SETTINGS", default_value = "", hide_env_values = true)]
     settings: String,
+    /// Directory of the service's mounted configuration; without `--settings`, this sidecar's
+    /// entry of its `sidecars.json` gives the settings.
+    #[arg(long, env = "OUTRIGGER_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
     /// Address of the HTTP server (`/metrics`, `/healthz`, `/readyz`).
     #[arg(long, env = "OUTRIGGER_ADMIN_ADDR", default_value = "0.0.0.0:9905")]
     admin_addr: SocketAddr,
@@ -58,11 +67,15 @@ impl Cli {
     pub async fn run(self) -> Result<(), CliError> {
         let Self {
             settings,
+            config_dir,
             admin_addr,
             log,
         } = self;
         log.init()?;
-        let settings = Settings::from_json(&settings)?;
+        let settings = match settings_from_document(&settings, config_dir.as_deref())? {
+            Some(map) => Settings::from_map(&map)?,
+            None => Settings::from_json(&settings)?,
+        };
         if !settings.unknown.is_empty() {
             warn!(keys = ?settings.unknown, "Ignoring settings this metrics adapter does not know.");
         }
@@ -101,4 +114,25 @@ impl Cli {
         info!("Metrics adapter stopped.");
         Ok(())
     }
+}
+
+/// This sidecar's settings from the mounted `sidecars.json`, when no settings were given and the
+/// document is there.
+fn settings_from_document(
+    settings: &str,
+    config_dir: Option<&Path>,
+) -> Result<Option<BTreeMap<String, String>>, CliError> {
+    let Some(path) = config_dir.map(|dir| dir.join(SIDECARS_CONFIG_KEY)) else {
+        return Ok(None);
+    };
+    if !settings.trim().is_empty() || !path.exists() {
+        return Ok(None);
+    }
+    let failed = |message: String| CliError::SidecarsDocument {
+        path: path.clone(),
+        message,
+    };
+    let text = std::fs::read(&path).map_err(|error| failed(error.to_string()))?;
+    let document = SidecarsConfig::from_json(&text).map_err(|error| failed(error.to_string()))?;
+    Ok(document.sidecars.get("metrics-adapter").cloned())
 }
