@@ -70,10 +70,26 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     response
 }
 
+/// Connections served at once, each for at most [`CONNECTION_LIFETIME`] and with
+/// [`HEADER_TIMEOUT`] to send a request head: idle or slow clients cannot hold them all for long.
+const MAX_CONNECTIONS: usize = 1024;
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves the probe endpoints until `shutdown` completes.
 pub async fn serve(listener: TcpListener, shared: Shared, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
+    // Scrapers and probes are few; a flood of connections waits in the backlog instead of
+    // growing tasks and buffers without bound.
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = &mut shutdown => return,
+        };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(connection) => connection,
@@ -101,8 +117,19 @@ pub async fn serve(listener: TcpListener, shared: Shared, shutdown: impl std::fu
                 );
                 async move { Ok::<_, Infallible>(response) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(error) = builder.serve_connection(TokioIo::new(stream), service).await {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let served = tokio::time::timeout(
+                CONNECTION_LIFETIME,
+                builder.serve_connection(TokioIo::new(stream), service),
+            )
+            .await
+            .unwrap_or(Ok(()));
+            drop(permit);
+            if let Err(error) = served {
                 tracing::debug!(%error, "Probe connection ended with an error.");
             }
         });
