@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 # redis-server, redis-tools and nutcracker: the sharding ambassador's tests run against real Redis
-# shards and check key placement against twemproxy.
-for pkg in curl ca-certificates redis-server redis-tools nutcracker; do
+# shards and check key placement against twemproxy. prometheus (for promtool) and
+# prometheus-redis-exporter: the metrics adapter's tests check its exposition with promtool and its
+# Redis metrics against the exporter's.
+for pkg in curl ca-certificates redis-server redis-tools nutcracker prometheus prometheus-redis-exporter; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if ((${#need[@]})); then

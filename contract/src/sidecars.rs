@@ -11,6 +11,14 @@ use crate::{ApiVersion, SessionAffinity};
 /// Key of the sidecars' document inside the service's ConfigMap.
 pub const SIDECARS_CONFIG_KEY: &str = "sidecars.json";
 
+/// Port of the health adapter's probe endpoints (`/livez`, `/readyz`, `/startupz`), where injection
+/// points the app's probes when the health adapter's settings ask for it (`probeApp: "true"`).
+/// Apart from the adapter's admin port, so that the adapter's own readiness never waits for the app.
+pub const HEALTH_PROBE_PORT: u16 = 9926;
+
+/// The health adapter's setting that asks injection to point the app's probes at it.
+pub const HEALTH_PROBE_APP_SETTING: &str = "probeApp";
+
 /// What the sidecars of a service share: whose pods they run in, how sessions stick, each sidecar's
 /// settings and the traffic share of each track.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use outrigger_api::common::{SidecarKind, SidecarSpec};
+use outrigger_contract::sidecars::{HEALTH_PROBE_APP_SETTING, HEALTH_PROBE_PORT};
 
 use crate::labels;
 
@@ -260,6 +261,13 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Volume::default()
     });
+    // Asked by its settings, the health adapter answers the app's probes: its checks (with
+    // hysteresis, and dependencies kept out of liveness) decide, not a single endpoint of the app.
+    if plan.sidecars.iter().any(probes_through_health_adapter) {
+        for container in &mut spec.containers {
+            point_probes_at_health_adapter(container);
+        }
+    }
     if has_log_adapter {
         for container in &mut spec.containers {
             container
@@ -295,6 +303,35 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
             .join(","),
     );
     Ok(pod)
+}
+
+/// Whether this sidecar is a health adapter whose settings ask for the app's probes.
+fn probes_through_health_adapter(sidecar: &SidecarToInject) -> bool {
+    sidecar.kind == SidecarKind::HealthAdapter
+        && sidecar
+            .settings
+            .get(HEALTH_PROBE_APP_SETTING)
+            .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Replaces an app container's liveness, readiness and startup probes with HTTP probes of the
+/// health adapter's endpoints on [`HEALTH_PROBE_PORT`] (the pod shares one network namespace).
+fn point_probes_at_health_adapter(container: &mut Container) {
+    let probe = |path: &str, failure_threshold: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::Int(i32::from(HEALTH_PROBE_PORT)),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(2),
+        timeout_seconds: Some(1),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    };
+    container.liveness_probe = Some(probe("/livez", 3));
+    container.readiness_probe = Some(probe("/readyz", 1));
+    // Up to five minutes to start; liveness counts only after.
+    container.startup_probe = Some(probe("/startupz", 150));
 }
 
 /// The security context of every container the operator adds: non-root, read-only root filesystem,
@@ -347,12 +384,23 @@ fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
             value_env("OUTRIGGER_CONFIG_DIR", CONFIG_DIR.to_owned()),
             value_env("OUTRIGGER_SETTINGS", settings),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some(format!("{}-admin", short_code(sidecar.kind))),
-            container_port: port,
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(
+            std::iter::once(ContainerPort {
+                name: Some(format!("{}-admin", short_code(sidecar.kind))),
+                container_port: port,
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            })
+            .chain(
+                (sidecar.kind == SidecarKind::HealthAdapter).then(|| ContainerPort {
+                    name: Some("ha-probe".to_owned()),
+                    container_port: i32::from(HEALTH_PROBE_PORT),
+                    protocol: Some("TCP".to_owned()),
+                    ..ContainerPort::default()
+                }),
+            )
+            .collect(),
+        ),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/readyz".to_owned()),
@@ -602,6 +650,72 @@ mod tests {
             container.lifecycle.is_none(),
             "a user image may not have the wait-ready command"
         );
+    }
+
+    #[test]
+    fn a_health_adapter_asked_to_answers_the_apps_probes_and_otherwise_leaves_them() {
+        let app_probe = json!({"spec": {"containers": [{"name": "app", "image": "app:1",
+            "livenessProbe": {"httpGet": {"path": "/own", "port": 8080}}}]}});
+        let plan_with = |settings: Value| {
+            let sidecars: Vec<SidecarSpec> =
+                serde_json::from_value(json!([{"name": "health-adapter", "settings": settings}])).unwrap();
+            plan(
+                &pod(json!({})),
+                Some(OwnerSidecars {
+                    sidecars: &sidecars,
+                    config_map: "c",
+                }),
+                &SidecarDefaults::default(),
+                false,
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let injected = mutate(&pod(app_probe.clone()), &plan_with(json!({"probeApp": "true"}))).unwrap();
+        let spec = injected.spec.unwrap();
+        let app = spec.containers.iter().find(|c| c.name == "app").unwrap();
+        let target = |probe: &Option<Probe>| {
+            let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+            (get.path.clone().unwrap(), get.port.clone())
+        };
+        let port = IntOrString::Int(i32::from(HEALTH_PROBE_PORT));
+        assert_eq!(target(&app.liveness_probe), ("/livez".to_owned(), port.clone()));
+        assert_eq!(target(&app.readiness_probe), ("/readyz".to_owned(), port.clone()));
+        assert_eq!(target(&app.startup_probe), ("/startupz".to_owned(), port));
+        let adapter = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "health-adapter")
+            .unwrap();
+        assert_eq!(
+            target(&adapter.readiness_probe),
+            (
+                "/readyz".to_owned(),
+                IntOrString::Int(admin_port(SidecarKind::HealthAdapter))
+            ),
+            "the adapter's own readiness stays on its admin port"
+        );
+        assert!(adapter
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|p| p.container_port == i32::from(HEALTH_PROBE_PORT)));
+
+        let injected = mutate(&pod(app_probe), &plan_with(json!({}))).unwrap();
+        let app = injected
+            .spec
+            .unwrap()
+            .containers
+            .into_iter()
+            .find(|c| c.name == "app")
+            .unwrap();
+        assert_eq!(
+            target(&app.liveness_probe).0,
+            "/own",
+            "not asked: the app keeps its probes"
+        );
+        assert!(app.startup_probe.is_none());
     }
 
     #[test]
