@@ -30,12 +30,6 @@ pub struct CategoryLabels {
     pub category: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    /// `loaded` or `rejected`.
-    pub result: &'static str,
-}
-
 /// Every metric of the ambassador; cheap to clone (the metrics are shared).
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
@@ -44,7 +38,6 @@ pub struct Metrics {
     pub ejections: Family<ShardLabels, Counter>,
     pub clients: Gauge,
     pub client_errors: Family<CategoryLabels, Counter>,
-    pub shard_map_loads: Family<ResultLabels, Counter>,
     pub shards: Gauge,
 }
 
@@ -73,11 +66,6 @@ impl Metrics {
             "client_errors",
             "Client connections ended by an error, by cause",
             metrics.client_errors.clone(),
-        );
-        r.register(
-            "shard_map_loads",
-            "Shard map documents read, by result",
-            metrics.shard_map_loads.clone(),
         );
         r.register(
             "shard_map_shards",
