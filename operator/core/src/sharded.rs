@@ -9,6 +9,7 @@ use k8s_openapi::{
             ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServicePort, ServiceSpec,
             VolumeMount, VolumeResourceRequirements,
         },
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -177,6 +178,64 @@ pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
         },
         selector: labels::selector_string(&selector),
     })
+}
+
+/// Name of the Role and RoleBinding that let client pods read the shard map.
+pub fn shard_map_reader_name(service: &str) -> String {
+    format!("{service}-shard-map-reader")
+}
+
+/// The ServiceAccounts of client pods (`spec.serviceAccountName`, `default` when unset), sorted and
+/// without repeats, so the binding built from them does not change with pod order.
+pub fn client_service_accounts<'a>(accounts: impl IntoIterator<Item = Option<&'a str>>) -> Vec<String> {
+    let mut accounts: Vec<String> = accounts
+        .into_iter()
+        .map(|account| account.filter(|a| !a.is_empty()).unwrap_or("default").to_owned())
+        .collect();
+    accounts.sort();
+    accounts.dedup();
+    accounts
+}
+
+/// The Role that may get, list and watch exactly the shard-map ConfigMap, and its binding to the
+/// ServiceAccounts of the client pods (their ambassadors watch the map through the API server).
+pub fn shard_map_access(
+    shsvc: &ShardedService,
+    client_accounts: &[String],
+) -> Result<(Role, RoleBinding), BuildError> {
+    let owner = Owner::of(shsvc)?;
+    let name = shard_map_reader_name(&owner.name);
+    let owner_labels = labels::owned_by(labels::SHARDED_SERVICE, &owner.name);
+    let role = Role {
+        metadata: child_meta(&owner, &name, &owner_labels),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".to_owned()]),
+            resource_names: Some(vec![shard_map_name(&owner.name)]),
+            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+            ..PolicyRule::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: child_meta(&owner, &name, &owner_labels),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name,
+        },
+        subjects: Some(
+            client_accounts
+                .iter()
+                .map(|account| Subject {
+                    kind: "ServiceAccount".to_owned(),
+                    name: account.clone(),
+                    namespace: Some(owner.namespace.clone()),
+                    ..Subject::default()
+                })
+                .collect(),
+        ),
+    };
+    Ok((role, binding))
 }
 
 /// Per-shard readiness from the observed StatefulSets, in shard order (missing ones count as empty).
@@ -359,5 +418,32 @@ mod tests {
         ];
         let conditions = super::conditions(2, &ready);
         assert!(conditions[0].status && !conditions[1].status);
+    }
+
+    #[test]
+    fn clients_may_read_exactly_the_shard_map_through_their_service_accounts() {
+        let accounts = client_service_accounts([Some("web"), None, Some("web"), Some("")]);
+        assert_eq!(accounts, ["default", "web"]);
+        let (role, binding) = shard_map_access(&shsvc(3, json!({})), &accounts).unwrap();
+        let rule = &role.rules.as_ref().unwrap()[0];
+        assert_eq!(
+            rule.resource_names.as_deref(),
+            Some(&["cache-shard-map".to_owned()][..])
+        );
+        assert_eq!(rule.verbs, ["get", "list", "watch"]);
+        assert_eq!(binding.role_ref.name, "cache-shard-map-reader");
+        let subjects: Vec<_> = binding
+            .subjects
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.name, s.namespace.unwrap()))
+            .collect();
+        assert_eq!(
+            subjects,
+            [
+                ("default".to_owned(), "shop".to_owned()),
+                ("web".to_owned(), "shop".to_owned())
+            ]
+        );
     }
 }

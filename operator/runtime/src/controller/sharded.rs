@@ -5,23 +5,28 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    core::v1::{ConfigMap, Service},
+    core::v1::{ConfigMap, Pod, Service},
 };
 use kube::{
+    api::ListParams,
     core::DeserializeGuard,
     runtime::{controller::Action, watcher, Controller},
     Resource, ResourceExt,
 };
 use outrigger_api::{ShardedService, ShardedServiceStatus};
-use outrigger_core::{labels, sharded, validate};
+use outrigger_core::{inject, labels, sharded, validate};
 
 use super::{
     apply::{to_apply_value, typed, Applier},
-    error_action, status, Context, Error, RESYNC,
+    error_action, status, Context, Error,
 };
 use crate::metrics::ControllerLabels;
 
 const CONTROLLER: &str = "shardedservice";
+
+/// How often a ShardedService is looked at again: client pods (whose ServiceAccounts may read the
+/// shard map) and shard pods are listed, not watched (the operator may only list pods).
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
@@ -106,7 +111,7 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
                 shard_statuses: shards,
             };
             status::write(ctx, CONTROLLER, shsvc, shsvc.status.as_ref(), &status).await?;
-            Ok(Action::requeue(RESYNC))
+            Ok(Action::requeue(RECHECK))
         }
         Err(error) if error.needs_user_change() => {
             tracing::info!(%error, "Spec cannot be reconciled; waiting for a change.");
@@ -140,6 +145,22 @@ async fn apply_children(shsvc: &ShardedService, ctx: &Context) -> Result<(Vec<St
     // The map goes first: the ambassadors learn the new shards while they start, and a shrink only
     // deletes shards after no map points at them.
     applier.apply(to_apply_value(&children.shard_map)?).await?;
+    let pods: kube::Api<Pod> = kube::Api::namespaced(ctx.client.clone(), &namespace);
+    let clients = pods
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            inject::SHARDED_CLIENT_LABEL,
+            shsvc.name_any()
+        )))
+        .await?;
+    let accounts = sharded::client_service_accounts(clients.items.iter().map(|pod| {
+        pod.spec
+            .as_ref()
+            .and_then(|spec| spec.service_account_name.as_deref())
+    }));
+    let (role, binding) = sharded::shard_map_access(shsvc, &accounts)?;
+    applier.apply(to_apply_value(&role)?).await?;
+    applier.apply(to_apply_value(&binding)?).await?;
     for service in &children.services {
         applier.apply(to_apply_value(service)?).await?;
     }
