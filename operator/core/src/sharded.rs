@@ -54,17 +54,25 @@ pub fn shard_map_name(service: &str) -> String {
 
 const VOLUME_NAME: &str = "data";
 
-/// Builds the desired children, each shard's first replica its primary.
-pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
-    build_with_primaries(shsvc, &[])
+/// What was observed of one shard's pods: which replica is its primary, and the pod IPs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedShard {
+    /// Ordinal of the primary, when one was decided.
+    pub primary: Option<i32>,
+    /// Pod IP by ordinal, for the pods that have one.
+    pub addresses: BTreeMap<i32, String>,
 }
 
-/// Builds the desired children; `primaries[i]`, when known, is the ordinal of shard `i`'s primary,
-/// whose endpoint comes first in the shard map (the others follow in ordinal order).
-pub fn build_with_primaries(
-    shsvc: &ShardedService,
-    primaries: &[Option<i32>],
-) -> Result<Children, BuildError> {
+/// Builds the desired children, each shard's first replica its primary, every endpoint a DNS name.
+pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
+    build_observed(shsvc, &[])
+}
+
+/// Builds the desired children from what was observed of shard `i` in `observed[i]`: the primary's
+/// endpoint comes first in the shard map (the others follow in ordinal order), and a pod with an IP
+/// is reached by it (a cluster need not run DNS; the ring is keyed by shard names, so a new IP
+/// moves no key); a pod without one by its stable DNS name.
+pub fn build_observed(shsvc: &ShardedService, observed: &[ObservedShard]) -> Result<Children, BuildError> {
     let owner = Owner::of(shsvc)?;
     let spec = &shsvc.spec;
     let owner_labels = labels::owned_by(labels::SHARDED_SERVICE, &owner.name);
@@ -154,16 +162,20 @@ pub fn build_with_primaries(
             }),
             status: None,
         });
-        let primary = primaries
-            .get(usize::try_from(index).unwrap_or(usize::MAX))
-            .copied()
-            .flatten()
+        let seen = observed.get(usize::try_from(index).unwrap_or(usize::MAX));
+        let primary = seen
+            .and_then(|seen| seen.primary)
             .filter(|primary| (0..spec.replicas_per_shard).contains(primary))
             .unwrap_or(0);
         shards.push(ShardEndpoints {
             endpoints: std::iter::once(primary)
                 .chain((0..spec.replicas_per_shard).filter(|replica| *replica != primary))
-                .map(|replica| format!("{name}-{replica}.{name}.{}.svc:{}", owner.namespace, spec.port))
+                .map(
+                    |replica| match seen.and_then(|seen| seen.addresses.get(&replica)) {
+                        Some(ip) => format!("{ip}:{}", spec.port),
+                        None => format!("{name}-{replica}.{name}.{}.svc:{}", owner.namespace, spec.port),
+                    },
+                )
                 .collect(),
             name,
         });
@@ -631,12 +643,15 @@ mod tests {
     }
 
     #[test]
-    fn the_primary_comes_first_in_the_shard_map_and_the_read_policy_is_carried() {
-        let children = build_with_primaries(
-            &shsvc(2, json!({"readPolicy": "preferReplica"})),
-            &[None, Some(1)],
-        )
-        .unwrap();
+    fn the_primary_comes_first_in_the_shard_map_by_its_ip_and_the_read_policy_is_carried() {
+        let observed = [
+            ObservedShard::default(),
+            ObservedShard {
+                primary: Some(1),
+                addresses: BTreeMap::from([(1, "10.0.0.7".to_owned())]),
+            },
+        ];
+        let children = build_observed(&shsvc(2, json!({"readPolicy": "preferReplica"})), &observed).unwrap();
         let map = map(&children);
         assert_eq!(
             map.read_policy,
@@ -648,10 +663,8 @@ mod tests {
         );
         assert_eq!(
             map.shards[1].endpoints,
-            [
-                "cache-shard-1-1.cache-shard-1.shop.svc:6379",
-                "cache-shard-1-0.cache-shard-1.shop.svc:6379"
-            ]
+            ["10.0.0.7:6379", "cache-shard-1-0.cache-shard-1.shop.svc:6379"],
+            "a pod with an IP is reached by it"
         );
     }
 }

@@ -145,20 +145,8 @@ async fn apply_children(
 ) -> Result<(Vec<StatefulSet>, String, Primaries), Error> {
     let namespace = shsvc.namespace().unwrap_or_default();
     validate::sharded_service(&shsvc.spec)?;
-    let primaries = if shsvc.spec.replicas_per_shard > 1 {
-        replicate(shsvc, ctx, &namespace).await?
-    } else {
-        Vec::new()
-    };
-    let ordinals: Vec<Option<i32>> = primaries
-        .iter()
-        .map(|primary| {
-            primary
-                .as_ref()
-                .and_then(|(name, _)| name.rsplit_once('-')?.1.parse().ok())
-        })
-        .collect();
-    let children = sharded::build_with_primaries(shsvc, &ordinals)?;
+    let (observed, primaries) = observe_and_replicate(shsvc, ctx, &namespace).await?;
+    let children = sharded::build_observed(shsvc, &observed)?;
 
     let uid = shsvc.uid().unwrap_or_default();
     let applier = Applier {
@@ -208,10 +196,15 @@ async fn apply_children(
     Ok((stateful_sets, children.selector, primaries))
 }
 
-/// Reads the shard pods, decides every shard's primary ([`sharded::replication`], pure) and sends
-/// the replication commands: the primary leads, the other ready replicas follow it. A primary that
-/// cannot be told to lead is not put first in the map; the next look tries again.
-async fn replicate(shsvc: &ShardedService, ctx: &Context, namespace: &str) -> Result<Primaries, Error> {
+/// Reads the shard pods (their IPs go into the map) and, with more than one replica per shard,
+/// decides every shard's primary ([`sharded::replication`], pure) and sends the replication
+/// commands: the primary leads, the other ready replicas follow it. A primary that cannot be told
+/// to lead is not put first in the map; the next look tries again.
+async fn observe_and_replicate(
+    shsvc: &ShardedService,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<(Vec<sharded::ObservedShard>, Primaries), Error> {
     let service = shsvc.name_any();
     let pods: kube::Api<Pod> = kube::Api::namespaced(ctx.client.clone(), namespace);
     let listed = pods
@@ -223,6 +216,7 @@ async fn replicate(shsvc: &ShardedService, ctx: &Context, namespace: &str) -> Re
         .map(|status| status.shard_statuses.as_slice())
         .unwrap_or_default();
     let mut primaries = Vec::new();
+    let mut observed = Vec::new();
     for index in 0..shsvc.spec.shards {
         let shard = sharded::shard_name(&service, index);
         let replicas: Vec<sharded::ReplicaPod> = listed
@@ -230,6 +224,18 @@ async fn replicate(shsvc: &ShardedService, ctx: &Context, namespace: &str) -> Re
             .iter()
             .filter_map(|pod| replica_pod(pod, &shard))
             .collect();
+        let addresses = replicas
+            .iter()
+            .filter_map(|pod| Some((pod.ordinal, pod.ip.clone()?)))
+            .collect();
+        if shsvc.spec.replicas_per_shard <= 1 {
+            observed.push(sharded::ObservedShard {
+                primary: None,
+                addresses,
+            });
+            primaries.push(None);
+            continue;
+        }
         let recorded = previous.iter().find(|status| status.name == shard);
         let decision = sharded::replication(recorded, &replicas, shsvc.spec.port);
         let mut led = true;
@@ -267,9 +273,15 @@ async fn replicate(shsvc: &ShardedService, ctx: &Context, namespace: &str) -> Re
             // Keep what was recorded: the map stays as it was until a primary can lead.
             _ => recorded.and_then(|status| Some((status.primary.clone()?, status.primary_uid.clone()?))),
         };
+        observed.push(sharded::ObservedShard {
+            primary: primary
+                .as_ref()
+                .and_then(|(name, _)| name.rsplit_once('-')?.1.parse().ok()),
+            addresses,
+        });
         primaries.push(primary);
     }
-    Ok(primaries)
+    Ok((observed, primaries))
 }
 
 /// A pod of `shard` (`<shard>-<ordinal>`) as the replication decision sees it.
