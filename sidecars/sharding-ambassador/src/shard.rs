@@ -209,6 +209,11 @@ impl ShardHandle {
         &self.endpoint
     }
 
+    /// Whether the shard is ejected now (its commands would fail at once).
+    pub fn is_ejected(&self) -> bool {
+        self.health.is_ejected()
+    }
+
     /// Queues one command (its wire bytes); the receiver yields its reply. Never waits: a full
     /// queue or an ejected shard answers at once.
     pub fn call(&self, payload: Bytes) -> oneshot::Receiver<ShardReply> {
