@@ -46,6 +46,8 @@ impl WebhookOperator {
             "--overwrite",
         ])
         .unwrap();
+        // Pods that are not a service's own are injected in namespaces that opt in.
+        kubectl_ok(&["label", "namespace", &ns.name, "outrigger.dev/injection=enabled"]).unwrap();
         let args: Vec<String> = [
             "--webhook-addr",
             &format!("127.0.0.1:{port}"),
