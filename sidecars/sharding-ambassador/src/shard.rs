@@ -397,6 +397,13 @@ impl Reader {
                 }
                 last = self.next_reply(&mut read, &mut buf, waiting.deadline).await;
             }
+            let latency = self
+                .settings
+                .request_timeout
+                .saturating_sub(waiting.deadline.saturating_duration_since(Instant::now()));
+            self.settings
+                .metrics
+                .shard_operation(&self.name, last.is_ok().then_some(latency));
             match last {
                 Ok(reply) => {
                     self.health.success();

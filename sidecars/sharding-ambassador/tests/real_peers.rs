@@ -553,6 +553,8 @@ async fn the_binary_follows_its_shard_map_file_and_keeps_the_last_good_map() {
         "outrigger_sharding_config_reloads_total{source=\"file\",result=\"rejected\"} 1",
         "outrigger_sharding_shard_map_shards 3",
         "outrigger_sharding_commands_total{route=\"forward\"}",
+        "outrigger_sharding_shard_operations_total{shard=",
+        "outrigger_sharding_shard_latency_seconds_bucket{le=",
     ] {
         assert!(metrics.contains(line), "{line} missing from {metrics}");
     }
