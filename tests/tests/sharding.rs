@@ -23,8 +23,11 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
 const SCOPE_LABEL: &str = "outrigger.dev/test-scope";
-/// The testapp with its `/redis/...` endpoint.
-const CLIENT_IMAGE: &str = "outrigger/testapp:shard2";
+/// The testapp with its `/redis/...` endpoint (`hack/images.sh testapp`); another tag by
+/// `OUTRIGGER_TEST_CLIENT_IMAGE`.
+fn client_image() -> String {
+    std::env::var("OUTRIGGER_TEST_CLIENT_IMAGE").unwrap_or_else(|_| "outrigger/testapp:dev".to_owned())
+}
 
 /// An operator with its webhook, scoped to one namespace; removes its webhook configuration and
 /// Secret when dropped.
@@ -197,7 +200,7 @@ async fn a_client_pod_writes_through_its_ambassador_onto_the_shards_the_ring_nam
 
     let app: Pod = serde_json::from_value(json!({
         "metadata": {"name": "client", "annotations": {"outrigger.dev/sharded-service": "cache"}},
-        "spec": {"containers": [{"name": "app", "image": CLIENT_IMAGE, "imagePullPolicy": "Never"}]},
+        "spec": {"containers": [{"name": "app", "image": client_image(), "imagePullPolicy": "Never"}]},
     }))
     .unwrap();
     pods.create(&PostParams::default(), &app).await.unwrap();
