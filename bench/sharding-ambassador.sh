@@ -108,7 +108,7 @@ cat >"$work/shard-map.json" <<EOF
 {"protocol":"redis","function":"ketama","hash":"fnv1a64","virtualNodes":160,"hashTag":"{}","shards":[$shards_json]}
 EOF
 "$AMBASSADOR_BIN" --listen "127.0.0.1:$AMBASSADOR_PORT" --admin-addr "127.0.0.1:$AMBASSADOR_ADMIN_PORT" --shard-map "$work/shard-map.json" \
-  --log-level warn --log-format text 2>"$work/ambassador.log" &
+  --log warn --log-format text 2>"$work/ambassador.log" &
 pids+=($!)
 ambassador_pid=$!
 

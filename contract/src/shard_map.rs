@@ -32,6 +32,9 @@ pub struct ShardMap {
     /// With protocol `http`: header carrying the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_header: Option<String>,
+    /// Where reads go: the shard's primary (its first endpoint), or its replicas too.
+    #[serde(default)]
+    pub read_policy: ReadPolicy,
     /// The shards in index order. Ring positions depend on shard names only, so adding a shard
     /// moves only the keys the new shard takes over.
     pub shards: Vec<ShardEndpoints>,
@@ -51,6 +54,20 @@ impl ShardMap {
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string_pretty(self)
     }
+}
+
+/// Where a shard's reads go. Writes always go to its primary; replicas follow it asynchronously, so
+/// a read from a replica may miss the latest writes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ReadPolicy {
+    /// Reads go to the primary: every read sees every acknowledged write.
+    #[default]
+    Primary,
+    /// Reads go to a replica, to the primary when no replica is available.
+    PreferReplica,
+    /// Reads are spread over the primary and the replicas.
+    Any,
 }
 
 /// One shard in a shard map.
@@ -124,6 +141,7 @@ mod tests {
             virtual_nodes: 160,
             hash_tag: Some("{}".to_owned()),
             key_header: None,
+            read_policy: ReadPolicy::Primary,
             shards: vec![ShardEndpoints {
                 name: "cache-shard-0".to_owned(),
                 endpoints: vec!["cache-shard-0-0.cache-shard-0.shop.svc:6379".to_owned()],

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{Condition, SidecarSpec};
 /// Declared with the shard map, which carries them unchanged.
-pub use outrigger_contract::shard_map::{KeyHash, KeyRange, ShardProtocol, ShardingFunction};
+pub use outrigger_contract::shard_map::{KeyHash, KeyRange, ReadPolicy, ShardProtocol, ShardingFunction};
 
 /// A sharded service: `shards` StatefulSets of `replicasPerShard` replicas each, and a shard map
 /// the sharding ambassador of client pods reads to route every key to its shard.
@@ -67,6 +67,12 @@ pub struct ShardedServiceSpec {
     #[serde(default = "default_replicas_per_shard")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas_per_shard: i32,
+    /// With more than one replica per shard, where the ambassadors send reads: `primary` (the
+    /// default), `preferReplica` or `any`. Writes always go to the shard's primary, which the
+    /// replicas follow with Redis replication; the operator promotes a replica when the primary
+    /// is lost.
+    #[serde(default)]
+    pub read_policy: ReadPolicy,
     /// How keys map to shards.
     #[serde(default)]
     pub sharding: ShardingSpec,
@@ -192,4 +198,12 @@ pub struct ShardStatus {
     pub replicas: i32,
     /// Replicas of the shard that are ready.
     pub ready_replicas: i32,
+    /// The pod that is the shard's primary (with more than one replica per shard): the first
+    /// endpoint of the shard map; the other replicas follow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// UID of the primary pod: a pod recreated under the same name comes back empty, so it is not
+    /// the primary any more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_uid: Option<String>,
 }

@@ -22,6 +22,17 @@ pub const CONFIG_VOLUME: &str = "outrigger-config";
 /// Volume shared by the app and the log adapter.
 pub const LOGS_VOLUME: &str = "outrigger-logs";
 pub const CONFIG_DIR: &str = "/etc/outrigger";
+/// Annotation on a client pod (or a pod template): the ShardedService it reaches through a
+/// sharding ambassador on loopback, `<name>` or `<name>:<local port>` (default 6379).
+pub const SHARDED_SERVICE_ANNOTATION: &str = "outrigger.dev/sharded-service";
+/// Label injection puts on a client pod of a ShardedService: its name. The ShardedService
+/// controller finds its clients' ServiceAccounts by it, to let them read the shard map.
+pub const SHARDED_CLIENT_LABEL: &str = "outrigger.dev/sharded-client";
+/// Port the ambassador listens on, on loopback, when the annotation names none.
+pub const DEFAULT_AMBASSADOR_PORT: u16 = 6379;
+/// Sidecar settings of the sharding ambassador: the ShardedService and the loopback port.
+pub const SETTING_SHARDED_SERVICE: &str = "shardedService";
+pub const SETTING_LOCAL_PORT: &str = "localPort";
 pub const LOGS_DIR: &str = "/var/log/outrigger";
 
 /// Why a pod cannot be injected.
@@ -33,6 +44,8 @@ pub enum InjectError {
         annotation: &'static str,
         known: String,
     },
+    #[error("annotation {annotation} must be `<ShardedService name>` or `<name>:<port>`, not {value:?}")]
+    ShardedServiceAnnotation { annotation: &'static str, value: String },
     #[error("the pod already has a {what} named {name:?}, which the {sidecar} sidecar needs; rename it")]
     NameClash {
         what: &'static str,
@@ -190,10 +203,89 @@ pub fn plan(
             None,
         ),
     };
+    let mut sidecars = sidecars;
+    if let Some(client) = sharded_client(pod)? {
+        match sidecars
+            .iter_mut()
+            .find(|s| s.kind == SidecarKind::ShardingAmbassador)
+        {
+            // The owner's own ambassador entry (image, resources) learns which service it serves.
+            Some(ambassador) => client.fill(&mut ambassador.settings),
+            None => {
+                let mut settings = BTreeMap::new();
+                client.fill(&mut settings);
+                sidecars.push(SidecarToInject {
+                    kind: SidecarKind::ShardingAmbassador,
+                    image: defaults.image(SidecarKind::ShardingAmbassador),
+                    resources: defaults.resources.clone(),
+                    settings,
+                });
+            }
+        }
+    }
     Ok((!sidecars.is_empty()).then_some(Plan {
         sidecars,
         config_map,
         native_sidecars,
+    }))
+}
+
+/// The ShardedService a client pod names, and the loopback port its ambassador listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardedClient {
+    pub service: String,
+    pub local_port: u16,
+}
+
+impl ShardedClient {
+    fn fill(&self, settings: &mut BTreeMap<String, String>) {
+        settings.insert(SETTING_SHARDED_SERVICE.to_owned(), self.service.clone());
+        settings
+            .entry(SETTING_LOCAL_PORT.to_owned())
+            .or_insert_with(|| self.local_port.to_string());
+    }
+}
+
+/// The pod's [`SHARDED_SERVICE_ANNOTATION`], if any.
+pub fn sharded_client(pod: &Pod) -> Result<Option<ShardedClient>, InjectError> {
+    let Some(value) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SHARDED_SERVICE_ANNOTATION))
+        .map(|value| value.trim())
+        .filter(|value| !value.is_empty())
+    else {
+        return Ok(None);
+    };
+    let invalid = || InjectError::ShardedServiceAnnotation {
+        annotation: SHARDED_SERVICE_ANNOTATION,
+        value: value.to_owned(),
+    };
+    let (service, local_port) = match value.split_once(':') {
+        Some((service, port)) => (
+            service,
+            port.parse::<u16>()
+                .ok()
+                .filter(|port| *port > 0)
+                .ok_or_else(invalid)?,
+        ),
+        None => (value, DEFAULT_AMBASSADOR_PORT),
+    };
+    // A DNS label: the ConfigMap `<service>-shard-map` must be a valid name.
+    let valid_name = !service.is_empty()
+        && service.len() <= 53
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !service.starts_with('-')
+        && !service.ends_with('-');
+    if !valid_name {
+        return Err(invalid());
+    }
+    Ok(Some(ShardedClient {
+        service: service.to_owned(),
+        local_port,
     }))
 }
 
@@ -294,6 +386,17 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
         let apps = std::mem::take(&mut spec.containers);
         spec.containers = sidecars.into_iter().chain(apps).collect();
     }
+    if let Some(service) = plan
+        .sidecars
+        .iter()
+        .find(|s| s.kind == SidecarKind::ShardingAmbassador)
+        .and_then(|s| s.settings.get(SETTING_SHARDED_SERVICE))
+    {
+        pod.metadata
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(SHARDED_CLIENT_LABEL.to_owned(), service.clone());
+    }
     pod.metadata.annotations.get_or_insert_with(BTreeMap::new).insert(
         INJECTED.to_owned(),
         plan.sidecars
@@ -332,6 +435,29 @@ fn point_probes_at_health_adapter(container: &mut Container) {
     container.readiness_probe = Some(probe("/readyz", 1));
     // Up to five minutes to start; liveness counts only after.
     container.startup_probe = Some(probe("/startupz", 150));
+}
+
+/// What the sharding ambassador of a client pod needs beyond the common variables: where to listen
+/// and which shard map to watch (through the API server: the kubelet's volume lags by a minute).
+fn ambassador_env(sidecar: &SidecarToInject) -> Vec<(&'static str, String)> {
+    if sidecar.kind != SidecarKind::ShardingAmbassador {
+        return Vec::new();
+    }
+    let mut env = Vec::new();
+    let port = sidecar
+        .settings
+        .get(SETTING_LOCAL_PORT)
+        .and_then(|port| port.parse::<u16>().ok())
+        .unwrap_or(DEFAULT_AMBASSADOR_PORT);
+    env.push(("OUTRIGGER_SHARDING_LISTEN", format!("127.0.0.1:{port}")));
+    if let Some(service) = sidecar.settings.get(SETTING_SHARDED_SERVICE) {
+        // `$(POD_NAMESPACE)` is expanded by the kubelet from the variable set before it.
+        env.push((
+            "OUTRIGGER_SHARDING_CONFIGMAP",
+            format!("$(POD_NAMESPACE)/{}", crate::sharded::shard_map_name(service)),
+        ));
+    }
+    env
 }
 
 /// The security context of every container the operator adds: non-root, read-only root filesystem,
@@ -376,14 +502,23 @@ fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
         name: sidecar.kind.to_string(),
         image: Some(sidecar.image.clone()),
         image_pull_policy: Some("IfNotPresent".to_owned()),
-        env: Some(vec![
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            value_env("OUTRIGGER_ADMIN_PORT", port.to_string()),
-            value_env("OUTRIGGER_ADMIN_ADDR", format!("0.0.0.0:{port}")),
-            value_env("OUTRIGGER_CONFIG_DIR", CONFIG_DIR.to_owned()),
-            value_env("OUTRIGGER_SETTINGS", settings),
-        ]),
+        env: Some(
+            [
+                field_env("POD_NAME", "metadata.name"),
+                field_env("POD_NAMESPACE", "metadata.namespace"),
+                value_env("OUTRIGGER_ADMIN_PORT", port.to_string()),
+                value_env("OUTRIGGER_ADMIN_ADDR", format!("0.0.0.0:{port}")),
+                value_env("OUTRIGGER_CONFIG_DIR", CONFIG_DIR.to_owned()),
+                value_env("OUTRIGGER_SETTINGS", settings),
+            ]
+            .into_iter()
+            .chain(
+                ambassador_env(sidecar)
+                    .into_iter()
+                    .map(|(name, value)| value_env(name, value)),
+            )
+            .collect(),
+        ),
         ports: Some(
             std::iter::once(ContainerPort {
                 name: Some(format!("{}-admin", short_code(sidecar.kind))),
@@ -726,5 +861,101 @@ mod tests {
         assert_eq!(owner_of(&owned), Some(("ReplicatedService", "web".to_owned())));
         let forged = pod(json!({"metadata": {"labels": {"outrigger.dev/replicatedservice": "web"}}}));
         assert_eq!(owner_of(&forged), None);
+    }
+
+    fn env_of<'a>(container: &'a Container, name: &str) -> Option<&'a str> {
+        container
+            .env
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?
+            .value
+            .as_deref()
+    }
+
+    #[test]
+    fn a_client_pod_naming_its_sharded_service_gets_an_ambassador_on_loopback_watching_the_shard_map() {
+        let client = pod(json!({"metadata": {"annotations": {"outrigger.dev/sharded-service": "cache"}}}));
+        let defaults = SidecarDefaults {
+            image_tag: "dev".into(),
+            ..Default::default()
+        };
+        let plan = plan(&client, None, &defaults, false).unwrap().unwrap();
+        let injected = mutate(&client, &plan).unwrap();
+        assert_eq!(
+            injected.metadata.labels.as_ref().unwrap()[SHARDED_CLIENT_LABEL],
+            "cache",
+            "the ShardedService finds its clients by this label"
+        );
+        let spec = injected.spec.unwrap();
+        assert_eq!(names(&spec.containers), ["sharding-ambassador", "app"]);
+        let ambassador = &spec.containers[0];
+        assert_eq!(
+            ambassador.image.as_deref(),
+            Some("outrigger/sharding-ambassador:dev")
+        );
+        assert_eq!(
+            env_of(ambassador, "OUTRIGGER_SHARDING_LISTEN"),
+            Some("127.0.0.1:6379")
+        );
+        assert_eq!(
+            env_of(ambassador, "OUTRIGGER_SHARDING_CONFIGMAP"),
+            Some("$(POD_NAMESPACE)/cache-shard-map")
+        );
+        let names: Vec<&str> = ambassador
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        let position = |name: &str| names.iter().position(|n| *n == name).unwrap();
+        assert!(
+            position("POD_NAMESPACE") < position("OUTRIGGER_SHARDING_CONFIGMAP"),
+            "the kubelet expands only variables defined before"
+        );
+    }
+
+    #[test]
+    fn an_owners_ambassador_entry_learns_the_service_and_a_port_from_the_annotation() {
+        let client =
+            pod(json!({"metadata": {"annotations": {"outrigger.dev/sharded-service": "sessions:6380"}}}));
+        let sidecars = specs(&["sharding-ambassador", "log-adapter"]);
+        let owner = OwnerSidecars {
+            sidecars: &sidecars,
+            config_map: "web-outrigger",
+        };
+        let plan = plan(&client, Some(owner), &SidecarDefaults::default(), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.sidecars.len(), 2, "no second ambassador");
+        let init = mutate(&client, &plan)
+            .unwrap()
+            .spec
+            .unwrap()
+            .init_containers
+            .unwrap();
+        assert_eq!(
+            env_of(&init[0], "OUTRIGGER_SHARDING_LISTEN"),
+            Some("127.0.0.1:6380")
+        );
+        assert_eq!(
+            env_of(&init[0], "OUTRIGGER_SHARDING_CONFIGMAP"),
+            Some("$(POD_NAMESPACE)/sessions-shard-map")
+        );
+    }
+
+    #[test]
+    fn a_malformed_sharded_service_annotation_is_refused() {
+        for value in ["cache:0", "cache:http", "Cache", "-cache", "a/b"] {
+            let client = pod(json!({"metadata": {"annotations": {"outrigger.dev/sharded-service": value}}}));
+            assert!(
+                matches!(
+                    plan(&client, None, &SidecarDefaults::default(), false),
+                    Err(InjectError::ShardedServiceAnnotation { .. })
+                ),
+                "{value}"
+            );
+        }
     }
 }

@@ -9,6 +9,7 @@ use k8s_openapi::{
             ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServicePort, ServiceSpec,
             VolumeMount, VolumeResourceRequirements,
         },
+        rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -53,8 +54,25 @@ pub fn shard_map_name(service: &str) -> String {
 
 const VOLUME_NAME: &str = "data";
 
-/// Builds the desired children.
+/// What was observed of one shard's pods: which replica is its primary, and the pod IPs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedShard {
+    /// Ordinal of the primary, when one was decided.
+    pub primary: Option<i32>,
+    /// Pod IP by ordinal, for the pods that have one.
+    pub addresses: BTreeMap<i32, String>,
+}
+
+/// Builds the desired children, each shard's first replica its primary, every endpoint a DNS name.
 pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
+    build_observed(shsvc, &[])
+}
+
+/// Builds the desired children from what was observed of shard `i` in `observed[i]`: the primary's
+/// endpoint comes first in the shard map (the others follow in ordinal order), and a pod with an IP
+/// is reached by it (a cluster need not run DNS; the ring is keyed by shard names, so a new IP
+/// moves no key); a pod without one by its stable DNS name.
+pub fn build_observed(shsvc: &ShardedService, observed: &[ObservedShard]) -> Result<Children, BuildError> {
     let owner = Owner::of(shsvc)?;
     let spec = &shsvc.spec;
     let owner_labels = labels::owned_by(labels::SHARDED_SERVICE, &owner.name);
@@ -144,9 +162,20 @@ pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
             }),
             status: None,
         });
+        let seen = observed.get(usize::try_from(index).unwrap_or(usize::MAX));
+        let primary = seen
+            .and_then(|seen| seen.primary)
+            .filter(|primary| (0..spec.replicas_per_shard).contains(primary))
+            .unwrap_or(0);
         shards.push(ShardEndpoints {
-            endpoints: (0..spec.replicas_per_shard)
-                .map(|replica| format!("{name}-{replica}.{name}.{}.svc:{}", owner.namespace, spec.port))
+            endpoints: std::iter::once(primary)
+                .chain((0..spec.replicas_per_shard).filter(|replica| *replica != primary))
+                .map(
+                    |replica| match seen.and_then(|seen| seen.addresses.get(&replica)) {
+                        Some(ip) => format!("{ip}:{}", spec.port),
+                        None => format!("{name}-{replica}.{name}.{}.svc:{}", owner.namespace, spec.port),
+                    },
+                )
                 .collect(),
             name,
         });
@@ -159,6 +188,7 @@ pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
         virtual_nodes: u32::try_from(spec.sharding.virtual_nodes).unwrap_or(160),
         hash_tag: spec.sharding.hash_tag.clone(),
         key_header: spec.sharding.key_header.clone(),
+        read_policy: spec.read_policy,
         shards,
         key_ranges: spec.sharding.key_ranges.clone(),
     };
@@ -179,6 +209,64 @@ pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
     })
 }
 
+/// Name of the Role and RoleBinding that let client pods read the shard map.
+pub fn shard_map_reader_name(service: &str) -> String {
+    format!("{service}-shard-map-reader")
+}
+
+/// The ServiceAccounts of client pods (`spec.serviceAccountName`, `default` when unset), sorted and
+/// without repeats, so the binding built from them does not change with pod order.
+pub fn client_service_accounts<'a>(accounts: impl IntoIterator<Item = Option<&'a str>>) -> Vec<String> {
+    let mut accounts: Vec<String> = accounts
+        .into_iter()
+        .map(|account| account.filter(|a| !a.is_empty()).unwrap_or("default").to_owned())
+        .collect();
+    accounts.sort();
+    accounts.dedup();
+    accounts
+}
+
+/// The Role that may get, list and watch exactly the shard-map ConfigMap, and its binding to the
+/// ServiceAccounts of the client pods (their ambassadors watch the map through the API server).
+pub fn shard_map_access(
+    shsvc: &ShardedService,
+    client_accounts: &[String],
+) -> Result<(Role, RoleBinding), BuildError> {
+    let owner = Owner::of(shsvc)?;
+    let name = shard_map_reader_name(&owner.name);
+    let owner_labels = labels::owned_by(labels::SHARDED_SERVICE, &owner.name);
+    let role = Role {
+        metadata: child_meta(&owner, &name, &owner_labels),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["configmaps".to_owned()]),
+            resource_names: Some(vec![shard_map_name(&owner.name)]),
+            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+            ..PolicyRule::default()
+        }]),
+    };
+    let binding = RoleBinding {
+        metadata: child_meta(&owner, &name, &owner_labels),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "Role".to_owned(),
+            name,
+        },
+        subjects: Some(
+            client_accounts
+                .iter()
+                .map(|account| Subject {
+                    kind: "ServiceAccount".to_owned(),
+                    name: account.clone(),
+                    namespace: Some(owner.namespace.clone()),
+                    ..Subject::default()
+                })
+                .collect(),
+        ),
+    };
+    Ok((role, binding))
+}
+
 /// Per-shard readiness from the observed StatefulSets, in shard order (missing ones count as empty).
 pub fn shard_statuses(service: &str, shards: i32, observed: &[StatefulSet]) -> Vec<ShardStatus> {
     (0..shards)
@@ -193,9 +281,94 @@ pub fn shard_statuses(service: &str, shards: i32, observed: &[StatefulSet]) -> V
                 name,
                 replicas: status.replicas,
                 ready_replicas: status.ready_replicas.unwrap_or(0),
+                primary: None,
+                primary_uid: None,
             }
         })
         .collect()
+}
+
+/// One observed pod of a shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaPod {
+    /// The StatefulSet ordinal (`<shard>-<ordinal>`).
+    pub ordinal: i32,
+    pub name: String,
+    pub uid: String,
+    pub ip: Option<String>,
+    pub ready: bool,
+}
+
+/// A Redis replication command the operator sends to one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicationCommand {
+    /// `REPLICAOF NO ONE`: the pod is the primary (a no-op when it already is).
+    Lead { pod: String, address: String },
+    /// `REPLICAOF <primary ip> <port>`: the pod follows the primary (a no-op when it already does).
+    Follow {
+        pod: String,
+        address: String,
+        primary_ip: String,
+        port: i32,
+    },
+}
+
+/// What the operator does for one replicated shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardReplication {
+    /// The primary pod `(ordinal, name, uid)`, `None` while no replica can lead.
+    pub primary: Option<(i32, String, String)>,
+    /// Whether the primary changed from a lost one to a replica (a failover).
+    pub promoted: bool,
+    pub commands: Vec<ReplicationCommand>,
+}
+
+/// Decides the primary of one shard and the commands that make every ready replica follow it. The
+/// primary recorded in `previous` stays while that very pod (same UID) is ready; when it is lost
+/// (not ready, gone, or recreated empty under its name), the ready replica of lowest ordinal that
+/// is not the lost primary's name is promoted. Recomputed every time: the commands are idempotent.
+pub fn replication(previous: Option<&ShardStatus>, pods: &[ReplicaPod], port: i32) -> ShardReplication {
+    let mut ready: Vec<&ReplicaPod> = pods.iter().filter(|pod| pod.ready && pod.ip.is_some()).collect();
+    ready.sort_by_key(|pod| pod.ordinal);
+    let recorded =
+        previous.and_then(|status| Some((status.primary.as_deref()?, status.primary_uid.as_deref()?)));
+    let (primary, promoted) = match recorded {
+        Some((name, uid)) => match ready.iter().find(|pod| pod.name == name && pod.uid == uid) {
+            Some(kept) => (Some(*kept), false),
+            None => (ready.iter().find(|pod| pod.name != name).copied(), true),
+        },
+        None => (ready.first().copied(), false),
+    };
+    let Some(primary) = primary else {
+        return ShardReplication {
+            primary: None,
+            promoted: false,
+            commands: Vec::new(),
+        };
+    };
+    let address = |pod: &ReplicaPod| format!("{}:{port}", pod.ip.as_deref().unwrap_or_default());
+    let primary_ip = primary.ip.clone().unwrap_or_default();
+    let commands = std::iter::once(ReplicationCommand::Lead {
+        pod: primary.name.clone(),
+        address: address(primary),
+    })
+    .chain(
+        ready
+            .iter()
+            .filter(|pod| pod.name != primary.name)
+            .map(|pod| ReplicationCommand::Follow {
+                pod: pod.name.clone(),
+                address: address(pod),
+                primary_ip: primary_ip.clone(),
+                port,
+            }),
+    )
+    .collect();
+    ShardReplication {
+        primary: Some((primary.ordinal, primary.name.clone(), primary.uid.clone())),
+        promoted,
+        commands,
+    }
 }
 
 /// The conditions of a valid ShardedService given its shards' readiness.
@@ -350,14 +523,148 @@ mod tests {
                 name: "a".into(),
                 replicas: 2,
                 ready_replicas: 2,
+                ..ShardStatus::default()
             },
             ShardStatus {
                 name: "b".into(),
                 replicas: 2,
                 ready_replicas: 2,
+                ..ShardStatus::default()
             },
         ];
         let conditions = super::conditions(2, &ready);
         assert!(conditions[0].status && !conditions[1].status);
+    }
+
+    #[test]
+    fn clients_may_read_exactly_the_shard_map_through_their_service_accounts() {
+        let accounts = client_service_accounts([Some("web"), None, Some("web"), Some("")]);
+        assert_eq!(accounts, ["default", "web"]);
+        let (role, binding) = shard_map_access(&shsvc(3, json!({})), &accounts).unwrap();
+        let rule = &role.rules.as_ref().unwrap()[0];
+        assert_eq!(
+            rule.resource_names.as_deref(),
+            Some(&["cache-shard-map".to_owned()][..])
+        );
+        assert_eq!(rule.verbs, ["get", "list", "watch"]);
+        assert_eq!(binding.role_ref.name, "cache-shard-map-reader");
+        let subjects: Vec<_> = binding
+            .subjects
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.name, s.namespace.unwrap()))
+            .collect();
+        assert_eq!(
+            subjects,
+            [
+                ("default".to_owned(), "shop".to_owned()),
+                ("web".to_owned(), "shop".to_owned())
+            ]
+        );
+    }
+
+    fn replica(ordinal: i32, uid: &str, ready: bool) -> ReplicaPod {
+        ReplicaPod {
+            ordinal,
+            name: format!("cache-shard-0-{ordinal}"),
+            uid: uid.to_owned(),
+            ip: Some(format!("10.0.0.{ordinal}")),
+            ready,
+        }
+    }
+
+    fn recorded(ordinal: i32, uid: &str) -> ShardStatus {
+        ShardStatus {
+            name: "cache-shard-0".into(),
+            primary: Some(format!("cache-shard-0-{ordinal}")),
+            primary_uid: Some(uid.to_owned()),
+            ..ShardStatus::default()
+        }
+    }
+
+    #[test]
+    fn the_first_ready_replica_leads_and_the_others_follow_it() {
+        let decision = replication(None, &[replica(1, "b", true), replica(0, "a", true)], 6379);
+        assert_eq!(decision.primary, Some((0, "cache-shard-0-0".into(), "a".into())));
+        assert!(!decision.promoted);
+        assert_eq!(
+            decision.commands,
+            [
+                ReplicationCommand::Lead {
+                    pod: "cache-shard-0-0".into(),
+                    address: "10.0.0.0:6379".into()
+                },
+                ReplicationCommand::Follow {
+                    pod: "cache-shard-0-1".into(),
+                    address: "10.0.0.1:6379".into(),
+                    primary_ip: "10.0.0.0".into(),
+                    port: 6379
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lost_primary_is_replaced_by_a_ready_replica_and_not_by_its_empty_successor() {
+        let status = recorded(0, "a");
+        let kept = replication(
+            Some(&status),
+            &[replica(0, "a", true), replica(1, "b", true)],
+            6379,
+        );
+        assert_eq!(kept.primary.unwrap().0, 0);
+        let not_ready = replication(
+            Some(&status),
+            &[replica(0, "a", false), replica(1, "b", true)],
+            6379,
+        );
+        assert_eq!(not_ready.primary.unwrap().0, 1);
+        assert!(not_ready.promoted);
+        assert_eq!(not_ready.commands.len(), 1, "only the new primary is ready");
+        let recreated = replication(
+            Some(&status),
+            &[replica(0, "a2", true), replica(1, "b", true)],
+            6379,
+        );
+        assert_eq!(
+            recreated.primary.unwrap().0,
+            1,
+            "a pod recreated under the primary's name is empty"
+        );
+        assert!(matches!(
+            &recreated.commands[1],
+            ReplicationCommand::Follow { pod, primary_ip, .. } if pod == "cache-shard-0-0" && primary_ip == "10.0.0.1"
+        ));
+        let alone = replication(Some(&status), &[replica(0, "a2", true)], 6379);
+        assert_eq!(
+            alone.primary, None,
+            "an empty pod never leads a shard that had data"
+        );
+    }
+
+    #[test]
+    fn the_primary_comes_first_in_the_shard_map_by_its_ip_and_the_read_policy_is_carried() {
+        let observed = [
+            ObservedShard::default(),
+            ObservedShard {
+                primary: Some(1),
+                addresses: BTreeMap::from([(1, "10.0.0.7".to_owned())]),
+            },
+        ];
+        let children = build_observed(&shsvc(2, json!({"readPolicy": "preferReplica"})), &observed).unwrap();
+        let map = map(&children);
+        assert_eq!(
+            map.read_policy,
+            outrigger_contract::shard_map::ReadPolicy::PreferReplica
+        );
+        assert_eq!(
+            map.shards[0].endpoints[0],
+            "cache-shard-0-0.cache-shard-0.shop.svc:6379"
+        );
+        assert_eq!(
+            map.shards[1].endpoints,
+            ["10.0.0.7:6379", "cache-shard-1-0.cache-shard-1.shop.svc:6379"],
+            "a pod with an IP is reached by it"
+        );
     }
 }

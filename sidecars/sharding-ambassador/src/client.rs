@@ -157,7 +157,16 @@ fn dispatch(
         Plan::Reply(frame) => (Pending::Ready(frame.to_bytes()), false),
         Plan::Quit => (Pending::Last(Frame::ok().to_bytes()), true),
         Plan::Forward { shard } => {
-            let Some(handle) = topology.shard(shard) else {
+            let reads = command
+                .args
+                .first()
+                .is_some_and(|name| routing::is_read_only(name));
+            let handle = if reads {
+                topology.reader(shard)
+            } else {
+                topology.shard(shard)
+            };
+            let Some(handle) = handle else {
                 return (
                     Pending::Ready(Frame::error("ERR shard map changed").to_bytes()),
                     false,

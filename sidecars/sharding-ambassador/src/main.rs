@@ -1,16 +1,20 @@
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
-use clap::Parser;
-use outrigger_sharding_ambassador::{cli::Args, run};
+use outrigger_sharding_ambassador::{cli::Cli, run};
+use outrigger_sidecar_runtime::wait_ready;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    if let Err(error) = outrigger_sidecar_runtime::telemetry::init(&args.log_level, args.log_format) {
+    // `wait-ready` is the postStart hook injection adds: the app starts once the ambassador is ready.
+    if std::env::args().nth(1).as_deref() == Some(wait_ready::COMMAND) {
+        return ExitCode::from(u8::try_from(wait_ready::run(None, Duration::from_secs(120))).unwrap_or(1));
+    }
+    let (log, options) = Cli::from_env().into_options();
+    if let Err(error) = log.init() {
         eprintln!("{error}");
         return ExitCode::FAILURE;
     }
-    match run(args).await {
+    match run(options).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "Sharding ambassador failed.");

@@ -2,9 +2,10 @@
 //! shard names come from the shard map, everything else is a fixed set. Keys, endpoints and error
 //! strings never become labels.
 
+use outrigger_sidecar_runtime::metrics::{histogram_family, Buckets, REQUEST_LATENCY_SECONDS};
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -26,26 +27,45 @@ pub struct ShardErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardResultLabels {
+    pub shard: String,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CategoryLabels {
     pub category: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
-    /// `loaded` or `rejected`.
-    pub result: &'static str,
-}
-
 /// Every metric of the ambassador; cheap to clone (the metrics are shared).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Metrics {
+    /// Exchanges with a shard (a command, or a transaction sent as one), by shard and result.
+    pub shard_operations: Family<ShardResultLabels, Counter>,
+    /// Time from writing a command to a shard to its reply.
+    pub shard_latency: Family<ShardLabels, Histogram, Buckets>,
     pub commands: Family<RouteLabels, Counter>,
     pub shard_errors: Family<ShardErrorLabels, Counter>,
     pub ejections: Family<ShardLabels, Counter>,
     pub clients: Gauge,
     pub client_errors: Family<CategoryLabels, Counter>,
-    pub shard_map_loads: Family<ResultLabels, Counter>,
     pub shards: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            shard_operations: Family::default(),
+            shard_latency: histogram_family(REQUEST_LATENCY_SECONDS),
+            commands: Family::default(),
+            shard_errors: Family::default(),
+            ejections: Family::default(),
+            clients: Gauge::default(),
+            client_errors: Family::default(),
+            shards: Gauge::default(),
+        }
+    }
 }
 
 impl Metrics {
@@ -53,6 +73,16 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let metrics = Metrics::default();
         let r = registry.sub_registry_with_prefix("outrigger_sharding");
+        r.register(
+            "shard_operations",
+            "Exchanges with a shard (a command, or a transaction sent as one), by shard and result",
+            metrics.shard_operations.clone(),
+        );
+        r.register(
+            "shard_latency_seconds",
+            "Time from writing a command to a shard to its reply, by shard",
+            metrics.shard_latency.clone(),
+        );
         r.register(
             "commands",
             "Client commands, by route: forwarded to one shard, split over shards, a transaction, answered locally, or an error reply",
@@ -75,11 +105,6 @@ impl Metrics {
             metrics.client_errors.clone(),
         );
         r.register(
-            "shard_map_loads",
-            "Shard map documents read, by result",
-            metrics.shard_map_loads.clone(),
-        );
-        r.register(
             "shard_map_shards",
             "Shards in the shard map in force",
             metrics.shards.clone(),
@@ -98,6 +123,24 @@ impl Metrics {
                 category,
             })
             .inc();
+    }
+
+    /// One exchange with `shard` ended: its reply after `latency`, or an error (`None`).
+    pub fn shard_operation(&self, shard: &str, latency: Option<std::time::Duration>) {
+        let result = if latency.is_some() { "ok" } else { "error" };
+        self.shard_operations
+            .get_or_create(&ShardResultLabels {
+                shard: shard.to_owned(),
+                result,
+            })
+            .inc();
+        if let Some(latency) = latency {
+            self.shard_latency
+                .get_or_create(&ShardLabels {
+                    shard: shard.to_owned(),
+                })
+                .observe(latency.as_secs_f64());
+        }
     }
 
     pub fn ejected(&self, shard: &str) {

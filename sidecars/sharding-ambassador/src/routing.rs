@@ -356,6 +356,75 @@ impl Transaction {
     }
 }
 
+/// Whether the command only reads, so that a read policy may send it to a replica.
+pub fn is_read_only(name: &[u8]) -> bool {
+    let mut buf = [0; MAX_NAME_LEN];
+    upper_name(name, &mut buf).is_some_and(|name| {
+        matches!(
+            name,
+            "GET"
+                | "MGET"
+                | "EXISTS"
+                | "STRLEN"
+                | "GETRANGE"
+                | "SUBSTR"
+                | "TTL"
+                | "PTTL"
+                | "TYPE"
+                | "EXPIRETIME"
+                | "PEXPIRETIME"
+                | "HGET"
+                | "HMGET"
+                | "HGETALL"
+                | "HKEYS"
+                | "HVALS"
+                | "HLEN"
+                | "HEXISTS"
+                | "HSTRLEN"
+                | "HRANDFIELD"
+                | "LRANGE"
+                | "LLEN"
+                | "LINDEX"
+                | "LPOS"
+                | "SMEMBERS"
+                | "SISMEMBER"
+                | "SMISMEMBER"
+                | "SCARD"
+                | "SRANDMEMBER"
+                | "ZRANGE"
+                | "ZRANGEBYSCORE"
+                | "ZREVRANGE"
+                | "ZREVRANGEBYSCORE"
+                | "ZRANGEBYLEX"
+                | "ZREVRANGEBYLEX"
+                | "ZSCORE"
+                | "ZMSCORE"
+                | "ZCARD"
+                | "ZCOUNT"
+                | "ZLEXCOUNT"
+                | "ZRANK"
+                | "ZREVRANK"
+                | "ZRANDMEMBER"
+                | "GETBIT"
+                | "BITCOUNT"
+                | "BITPOS"
+                | "PFCOUNT"
+                | "XRANGE"
+                | "XREVRANGE"
+                | "XLEN"
+                | "GEOPOS"
+                | "GEODIST"
+                | "GEOHASH"
+                | "DUMP"
+                | "OBJECT"
+                | "MEMORY"
+                | "SINTER"
+                | "SUNION"
+                | "SDIFF"
+        )
+    })
+}
+
 /// Decides what to do with `args` (never empty: the codec drops empty commands).
 pub fn plan(args: &[Bytes], ring: &impl Locate) -> Plan {
     let Some(first) = args.first() else {

@@ -209,6 +209,11 @@ impl ShardHandle {
         &self.endpoint
     }
 
+    /// Whether the shard is ejected now (its commands would fail at once).
+    pub fn is_ejected(&self) -> bool {
+        self.health.is_ejected()
+    }
+
     /// Queues one command (its wire bytes); the receiver yields its reply. Never waits: a full
     /// queue or an ejected shard answers at once.
     pub fn call(&self, payload: Bytes) -> oneshot::Receiver<ShardReply> {
@@ -392,6 +397,13 @@ impl Reader {
                 }
                 last = self.next_reply(&mut read, &mut buf, waiting.deadline).await;
             }
+            let latency = self
+                .settings
+                .request_timeout
+                .saturating_sub(waiting.deadline.saturating_duration_since(Instant::now()));
+            self.settings
+                .metrics
+                .shard_operation(&self.name, last.is_ok().then_some(latency));
             match last {
                 Ok(reply) => {
                     self.health.success();

@@ -1,6 +1,7 @@
 //! The shard map document, read into what the ambassador routes with. The only module that knows
 //! the document's type: when the type moves to its own contract crate, only this module changes.
 
+pub use outrigger_contract::shard_map::ReadPolicy;
 use outrigger_contract::shard_map::{KeyHash, ShardMap, ShardProtocol, ShardingFunction};
 use outrigger_hashring::twemproxy;
 
@@ -14,6 +15,8 @@ pub struct RingSpec {
     pub points_per_server: u32,
     /// `(shard name, primary endpoint)` in index order.
     pub shards: Vec<ShardSpec>,
+    /// Where read-only commands go.
+    pub read_policy: ReadPolicy,
 }
 
 /// One shard: its name keys the ring, its primary takes the traffic.
@@ -21,6 +24,8 @@ pub struct RingSpec {
 pub struct ShardSpec {
     pub name: String,
     pub primary: String,
+    /// The other endpoints: replicas following the primary.
+    pub replicas: Vec<String>,
 }
 
 /// Why a shard map document can't be routed with.
@@ -88,6 +93,7 @@ pub fn validate(map: &ShardMap) -> Result<RingSpec, ShardMapError> {
         shards.push(ShardSpec {
             name: shard.name.clone(),
             primary: primary.clone(),
+            replicas: shard.endpoints[1..].to_vec(),
         });
     }
     let hash = match map.hash {
@@ -100,6 +106,7 @@ pub fn validate(map: &ShardMap) -> Result<RingSpec, ShardMapError> {
         tag,
         points_per_server: map.virtual_nodes,
         shards,
+        read_policy: map.read_policy,
     })
 }
 
@@ -126,11 +133,13 @@ mod tests {
             vec![
                 ShardSpec {
                     name: "cache-shard-0".into(),
-                    primary: "10.0.0.1:6379".into()
+                    primary: "10.0.0.1:6379".into(),
+                    replicas: vec!["10.0.0.2:6379".into()],
                 },
                 ShardSpec {
                     name: "cache-shard-1".into(),
-                    primary: "cache-shard-1-0.cache:6379".into()
+                    primary: "cache-shard-1-0.cache:6379".into(),
+                    replicas: Vec::new(),
                 },
             ]
         );

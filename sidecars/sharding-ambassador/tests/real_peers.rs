@@ -489,8 +489,8 @@ async fn the_binary_follows_its_shard_map_file_and_keeps_the_last_good_map() {
                 &format!("127.0.0.1:{port}"),
                 "--admin-addr",
                 &format!("127.0.0.1:{admin_port}"),
-                "--shard-map-poll-ms",
-                "50",
+                "--config-poll-interval",
+                "50ms",
                 "--log-format",
                 "text",
             ])
@@ -549,10 +549,12 @@ async fn the_binary_follows_its_shard_map_file_and_keeps_the_last_good_map() {
     assert_each_key_is_where_the_ring_says(&shards, &three, KeyHash::Fnv1a64, &renamed).await;
     let metrics = http_get(admin, "/metrics").await;
     for line in [
-        "outrigger_sharding_shard_map_loads_total{result=\"loaded\"} 2",
-        "outrigger_sharding_shard_map_loads_total{result=\"rejected\"} 1",
+        "outrigger_sharding_config_reloads_total{source=\"file\",result=\"applied\"} 2",
+        "outrigger_sharding_config_reloads_total{source=\"file\",result=\"rejected\"} 1",
         "outrigger_sharding_shard_map_shards 3",
         "outrigger_sharding_commands_total{route=\"forward\"}",
+        "outrigger_sharding_shard_operations_total{shard=",
+        "outrigger_sharding_shard_latency_seconds_bucket{le=",
     ] {
         assert!(metrics.contains(line), "{line} missing from {metrics}");
     }

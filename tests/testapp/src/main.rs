@@ -4,6 +4,11 @@
 //! `VERSION` (default `v1`), `ERROR_PERCENT` (default 0), `DRAIN_SECONDS` (default 2: how long it
 //! keeps serving after SIGTERM, while the endpoints that route to it are being removed).
 //!
+//! `GET /redis/<word>/<word>/...` sends one Redis command (each path segment percent-decoded, one
+//! argument) to `REDIS_ADDR` (default `127.0.0.1:6379`, where a sharding ambassador listens) and
+//! answers 200 with the raw RESP reply, or 502 when Redis cannot be reached: images have no shell,
+//! so this is how a test speaks Redis from inside a client pod.
+//!
 //! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
 //! a test can check from inside a pod what the pod's containers reach on localhost.
 
@@ -45,6 +50,104 @@ impl App {
         *response.status_mut() = status;
         response
     }
+}
+
+/// Percent-decodes one path segment.
+fn percent_decode(segment: &str) -> Vec<u8> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = || {
+            std::str::from_utf8(bytes.get(i + 1..i + 3)?)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        };
+        match (bytes[i], hex()) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The length of the first whole RESP reply in `buf`, if it is all there.
+fn reply_len(buf: &[u8]) -> Option<usize> {
+    let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let header = std::str::from_utf8(buf.get(1..line_end)?).ok()?;
+    let after = line_end + 2;
+    match buf.first()? {
+        b'$' => {
+            let len: i64 = header.parse().ok()?;
+            if len < 0 {
+                return Some(after);
+            }
+            let end = after + usize::try_from(len).ok()? + 2;
+            (buf.len() >= end).then_some(end)
+        }
+        b'*' => {
+            let count: i64 = header.parse().ok()?;
+            let mut at = after;
+            for _ in 0..count.max(0) {
+                at += reply_len(buf.get(at..)?)?;
+            }
+            Some(at)
+        }
+        _ => Some(after),
+    }
+}
+
+/// Sends one command to Redis at `address` and returns its raw reply.
+async fn redis(address: &str, words: &[Vec<u8>]) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let mut request = format!("*{}\r\n", words.len()).into_bytes();
+        for word in words {
+            request.extend_from_slice(format!("${}\r\n", word.len()).as_bytes());
+            request.extend_from_slice(word);
+            request.extend_from_slice(b"\r\n");
+        }
+        stream.write_all(&request).await?;
+        let mut reply = Vec::new();
+        loop {
+            if let Some(len) = reply_len(&reply) {
+                reply.truncate(len);
+                return Ok(reply);
+            }
+            let mut chunk = [0u8; 4096];
+            let read = stream.read(&mut chunk).await?;
+            if read == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            reply.extend_from_slice(&chunk[..read]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+async fn redis_response(path: &str) -> Response<Full<Bytes>> {
+    let address = std::env::var("REDIS_ADDR").unwrap_or_else(|_| "127.0.0.1:6379".to_owned());
+    let words: Vec<Vec<u8>> = path
+        .split('/')
+        .filter(|w| !w.is_empty())
+        .map(percent_decode)
+        .collect();
+    let (status, body) = match redis(&address, &words).await {
+        Ok(reply) => (StatusCode::OK, Bytes::from(reply)),
+        Err(error) => (StatusCode::BAD_GATEWAY, Bytes::from(format!("{error}\n"))),
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
 }
 
 /// GET `url` (`http://host:port/path`) and print the response; true on a 2xx.
@@ -111,12 +214,40 @@ async fn main() -> std::io::Result<()> {
         let app = app.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let response = app.respond(request.uri().path());
-                async move { Ok::<_, Infallible>(response) }
+                let app = app.clone();
+                async move {
+                    let path = request.uri().path();
+                    let response = match path.strip_prefix("/redis/") {
+                        Some(command) => redis_response(command).await,
+                        None => app.respond(path),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_is_complete_only_when_every_part_arrived() {
+        assert_eq!(reply_len(b"+OK\r\n"), Some(5));
+        assert_eq!(reply_len(b"$5\r\nhel"), None);
+        assert_eq!(reply_len(b"$5\r\nhello\r\n+extra"), Some(11));
+        assert_eq!(reply_len(b"$-1\r\n"), Some(5));
+        assert_eq!(reply_len(b"*2\r\n$1\r\na\r\n"), None);
+        assert_eq!(reply_len(b"*2\r\n$1\r\na\r\n:7\r\n"), Some(15));
+    }
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(percent_decode("user%3A%7B42%7D"), b"user:{42}");
+        assert_eq!(percent_decode("100%"), b"100%");
     }
 }

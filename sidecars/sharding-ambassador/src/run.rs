@@ -1,0 +1,230 @@
+//! Wires the ambassador over the sidecar runtime: the shard map from the runtime's config source (a
+//! mounted file and/or a watched ConfigMap key, the last good map kept), the admin server with
+//! `/config`, the client listener and the drain on SIGTERM.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use outrigger_contract::shard_map::ShardMap;
+use outrigger_sidecar_runtime::{
+    admin::{self, AdminError, AdminState},
+    apiserver::{resource::ObjectRefError, ApiClient, ApiError, ApiServerOptions, ObjectRef},
+    config::{
+        self,
+        layers::{self, ConfigMapSpec, LayerOptions, StartError},
+        BoxError, ConfigSource, Versioned,
+    },
+    metrics::{ReloadMetrics, WatchMetrics},
+    shutdown::{self, DrainTiming},
+};
+use prometheus_client::registry::Registry;
+use tokio::{
+    net::TcpListener,
+    sync::{watch, Notify},
+};
+use tracing::{info, warn};
+
+use crate::{
+    cli::ShardArgs,
+    metrics::Metrics,
+    server::{self, ServerLimits},
+    shard::ShardSettings,
+    shardmap,
+    topology::Topology,
+};
+
+/// Why the ambassador could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("neither a shard map file nor a ConfigMap was given")]
+    NoSource,
+    #[error("the shard map file is not usable: {0}")]
+    InitialMap(#[source] config::ReloadError),
+    #[error("a ConfigMap is named namespace/name: {0}")]
+    ConfigMapReference(#[source] ObjectRefError),
+    #[error("connecting to the Kubernetes API: {0}")]
+    ApiClient(#[source] Box<ApiError>),
+}
+
+/// Where the shard map comes from and how the process behaves.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// The shard map file, if any.
+    pub file: Option<PathBuf>,
+    /// The shard map's ConfigMap, if any; merged over the file.
+    pub configmap: Option<ConfigMapOptions>,
+    /// How often the file is checked.
+    pub poll_interval: Duration,
+    pub shards: ShardArgs,
+    pub drain: DrainTiming,
+}
+
+/// The ConfigMap to watch and how to reach the API server.
+#[derive(Debug, Clone)]
+pub struct ConfigMapOptions {
+    /// `namespace/name`.
+    pub reference: String,
+    /// Key holding the shard map.
+    pub key: String,
+    pub api: ApiServerOptions,
+}
+
+/// Runs the ambassador until SIGINT or SIGTERM, then drains.
+pub async fn run(options: Options) -> Result<(), RunError> {
+    let Options {
+        listen,
+        admin_addr,
+        file,
+        configmap,
+        poll_interval,
+        shards,
+        drain,
+    } = options;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let own = registry.sub_registry_with_prefix("outrigger_sharding");
+    let documents = Arc::new(ConfigSource::new(ReloadMetrics::register(own), |value| {
+        let map: ShardMap = config::deserialize(value)?;
+        shardmap::validate(&map)?;
+        Ok::<_, BoxError>(map)
+    }));
+    let configmap = configmap
+        .map(|options| configmap_spec(options, own))
+        .transpose()?;
+
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            address: listen,
+            source,
+        })?;
+    let admin_listener = admin::bind(admin_addr).await?;
+    let admin_state = AdminState::new(registry).with_config(Arc::new({
+        let documents = documents.clone();
+        move || documents.status_json()
+    }));
+
+    let (stop, stopped) = watch::channel(false);
+    let reload_now = Arc::new(Notify::new());
+    let layers = LayerOptions {
+        file: file.clone(),
+        configmap,
+        poll_interval,
+    };
+    let started = layers::start(&documents, layers, reload_now.clone(), stopped)
+        .await
+        .map_err(|error| match error {
+            StartError::NoSource => RunError::NoSource,
+            StartError::InitialFile(error) => RunError::InitialMap(error),
+        })?;
+    let hangup = shutdown::reload_on_hangup(reload_now);
+
+    let (topology, receiver) = watch::channel(Arc::new(Topology::empty()));
+    let settings = Arc::new(shards.shard_settings(&metrics));
+    let follower = tokio::spawn(follow_shard_map(
+        documents.subscribe(),
+        settings,
+        topology,
+        admin_state.clone(),
+    ));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        shutdown::signal(),
+    ));
+    info!(%listen, admin = %admin_addr, file = ?file, "Sharding ambassador listening.");
+
+    let draining = {
+        let admin_state = admin_state.clone();
+        async move {
+            shutdown::signal().await;
+            info!("Shutting down: draining clients.");
+            // The map stops changing readiness before the drain fails it.
+            follower.abort();
+            admin_state.set_ready(false);
+            tokio::time::sleep(drain.delay).await;
+        }
+    };
+    let limits = ServerLimits {
+        max_clients: shards.max_clients,
+        drain: drain.timeout,
+    };
+    server::serve(
+        listener,
+        receiver,
+        Arc::new(shards.client_settings(&metrics)),
+        limits,
+        draining,
+    )
+    .await;
+    let _ = stop.send(true);
+    hangup.abort();
+    admin_task.abort();
+    for task in started.tasks {
+        let _ = task.await;
+    }
+    info!("Sharding ambassador stopped.");
+    Ok(())
+}
+
+fn configmap_spec(options: ConfigMapOptions, registry: &mut Registry) -> Result<ConfigMapSpec, RunError> {
+    let ConfigMapOptions { reference, key, api } = options;
+    let reference: ObjectRef = reference.parse().map_err(RunError::ConfigMapReference)?;
+    let client = ApiClient::new(&api)
+        .map_err(|error| RunError::ApiClient(Box::new(error)))?
+        .with_user_agent(concat!(
+            "outrigger-sharding-ambassador/",
+            env!("CARGO_PKG_VERSION")
+        ));
+    Ok(ConfigMapSpec {
+        reference,
+        key,
+        client,
+        metrics: WatchMetrics::register(registry),
+    })
+}
+
+/// Builds a topology from every accepted shard map, keeping the connections of shards whose name
+/// and primary did not change, so a new map never drops the other shards' clients. Ready while a
+/// map with at least one shard is in force.
+async fn follow_shard_map(
+    mut documents: watch::Receiver<Option<Arc<Versioned<ShardMap>>>>,
+    settings: Arc<ShardSettings>,
+    topology: watch::Sender<Arc<Topology>>,
+    admin: AdminState,
+) {
+    loop {
+        let accepted = documents.borrow_and_update().clone();
+        if let Some(accepted) = accepted {
+            // Validated when accepted; validating again only turns the document into a ring.
+            match shardmap::validate(&accepted.document) {
+                Ok(spec) => {
+                    let next = Topology::build(&spec, &topology.borrow(), &settings);
+                    let shards = next.shards().len();
+                    settings
+                        .metrics
+                        .shards
+                        .set(i64::try_from(shards).unwrap_or(i64::MAX));
+                    topology.send_replace(Arc::new(next));
+                    admin.set_ready(shards > 0);
+                    info!(generation = accepted.generation, shards, "Shard map in force.");
+                }
+                Err(error) => {
+                    warn!(%error, category = error.category(), "Shard map accepted but not routable; keeping the last one.");
+                }
+            }
+        }
+        if documents.changed().await.is_err() {
+            return;
+        }
+    }
+}
