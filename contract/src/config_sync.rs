@@ -389,7 +389,7 @@ fn is_dns_subdomain(name: &str) -> bool {
 
 /// What a pod's sidecar last did, as the [`STATUS_ANNOTATION`] holds it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigSyncStatus {
     /// Version of this document's format.
     #[serde(default)]
