@@ -5,19 +5,19 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    core::v1::{ConfigMap, Service},
+    core::v1::{ConfigMap, Pod, Service},
 };
 use kube::{
     core::DeserializeGuard,
-    runtime::{controller::Action, watcher, Controller},
+    runtime::{controller::Action, reflector::ObjectRef, watcher, Controller},
     Resource, ResourceExt,
 };
 use outrigger_api::{ShardedService, ShardedServiceStatus};
-use outrigger_core::{labels, sharded, validate};
+use outrigger_core::{labels, owner::Owner, sharded, validate};
 
 use super::{
     apply::{to_apply_value, typed, Applier},
-    error_action, status, Context, Error, RESYNC,
+    config_sync, error_action, status, Context, Error, RESYNC,
 };
 use crate::metrics::ControllerLabels;
 
@@ -33,7 +33,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     )
     .owns(ctx.api::<StatefulSet>(), owned.clone())
     .owns(ctx.api::<Service>(), owned.clone())
-    .owns(ctx.api::<ConfigMap>(), owned)
+    .owns(ctx.api::<ConfigMap>(), owned.clone())
+    // The config sync sidecars report in their pods' annotations.
+    .watches(ctx.api::<Pod>(), owned, |pod| {
+        let namespace = pod.namespace()?;
+        let name = pod.labels().get(labels::SHARDED_SERVICE)?.clone();
+        Some(ObjectRef::<DeserializeGuard<ShardedService>>::new(&name).within(&namespace))
+    })
     .graceful_shutdown_on(shutdown);
     let store = controller.store();
     let managed = ctx
@@ -85,11 +91,20 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
     match apply_children(shsvc, ctx).await {
         Ok((stateful_sets, selector)) => {
             let shards = sharded::shard_statuses(&shsvc.name_any(), shsvc.spec.shards, &stateful_sets);
+            let config_synced = config_sync::condition(
+                ctx,
+                &shsvc.namespace().unwrap_or_default(),
+                &selector,
+                &shsvc.spec.sidecars,
+            )
+            .await?;
+            let mut desired = sharded::conditions(shsvc.spec.replicas_per_shard, &shards);
+            desired.extend(config_synced.clone());
             let status = ShardedServiceStatus {
                 observed_generation: shsvc.metadata.generation,
                 conditions: status::merged_conditions(
                     current_conditions,
-                    &sharded::conditions(shsvc.spec.replicas_per_shard, &shards),
+                    &desired,
                     shsvc.metadata.generation,
                 ),
                 shards: i32::try_from(shards.iter().filter(|s| s.replicas > 0).count()).unwrap_or(i32::MAX),
@@ -106,6 +121,7 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
                 shard_statuses: shards,
             };
             status::write(ctx, CONTROLLER, shsvc, shsvc.status.as_ref(), &status).await?;
+            config_sync::announce(ctx, shsvc, current_conditions, config_synced.as_ref()).await;
             Ok(Action::requeue(RESYNC))
         }
         Err(error) if error.needs_user_change() => {
@@ -140,6 +156,16 @@ async fn apply_children(shsvc: &ShardedService, ctx: &Context) -> Result<(Vec<St
     // The map goes first: the ambassadors learn the new shards while they start, and a shrink only
     // deletes shards after no map points at them.
     applier.apply(to_apply_value(&children.shard_map)?).await?;
+    let access: Vec<String> = config_sync::apply_access(
+        &applier,
+        &Owner::of(shsvc)?,
+        &labels::owned_by(labels::SHARDED_SERVICE, &shsvc.name_any()),
+        &shsvc.spec.sidecars,
+        &shsvc.spec.template,
+    )
+    .await?
+    .into_iter()
+    .collect();
     for service in &children.services {
         applier.apply(to_apply_value(service)?).await?;
     }
@@ -159,5 +185,16 @@ async fn apply_children(shsvc: &ShardedService, ctx: &Context) -> Result<(Vec<St
     applier
         .prune("v1", "Service", &namespace, &selector, &keep)
         .await?;
+    for kind in ["Role", "RoleBinding"] {
+        applier
+            .prune(
+                "rbac.authorization.k8s.io/v1",
+                kind,
+                &namespace,
+                &selector,
+                &access,
+            )
+            .await?;
+    }
     Ok((stateful_sets, children.selector))
 }
