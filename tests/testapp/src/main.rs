@@ -4,6 +4,12 @@
 //! `VERSION` (default `v1`), `ERROR_PERCENT` (default 0), `DRAIN_SECONDS` (default 2: how long it
 //! keeps serving after SIGTERM, while the endpoints that route to it are being removed).
 //!
+//! With `CONFIG_FILE`, it reads that file at start, on SIGHUP and on `POST /-/reload`: its config
+//! version (the `"version"` of a JSON object, else the trimmed text) and the number of reloads are
+//! added to every answer (`version=v1 config=c2 reloads=1`) and served on `GET /config`; a config
+//! with `"healthy": false` makes `/healthz` answer 503 (a bad config the health gate rolls back). A
+//! file that cannot be read keeps the previous config.
+//!
 //! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
 //! a test can check from inside a pod what the pod's containers reach on localhost.
 
@@ -26,12 +32,83 @@ struct App {
     version: String,
     error_percent: u64,
     served: AtomicU64,
+    config: Option<ConfigFile>,
+}
+
+/// The config file and what was last read from it.
+struct ConfigFile {
+    path: std::path::PathBuf,
+    /// (config version, healthy)
+    current: std::sync::Mutex<(String, bool)>,
+    reloads: AtomicU64,
+}
+
+impl ConfigFile {
+    fn read(&self) {
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            eprintln!(
+                "testapp: cannot read {}; keeping the previous config",
+                self.path.display()
+            );
+            return;
+        };
+        let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+        let field = |key: &str| json.as_ref().and_then(|value| value.get(key));
+        let version = field("version")
+            .and_then(serde_json::Value::as_str)
+            .map_or_else(|| text.trim().to_owned(), str::to_owned);
+        let healthy = field("healthy")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true);
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (version, healthy);
+    }
+
+    fn reload(&self) {
+        self.read();
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn describe(&self) -> String {
+        let (version, _) = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        format!(
+            "config={version} reloads={}",
+            self.reloads.load(Ordering::Relaxed)
+        )
+    }
+
+    fn healthy(&self) -> bool {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+    }
 }
 
 impl App {
-    fn respond(&self, path: &str) -> Response<Full<Bytes>> {
+    fn respond(&self, method: &http::Method, path: &str) -> Response<Full<Bytes>> {
         if path == "/healthz" {
+            if self.config.as_ref().is_some_and(|config| !config.healthy()) {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"unhealthy config\n")));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return response;
+            }
             return Response::new(Full::new(Bytes::from_static(b"ok\n")));
+        }
+        if let Some(config) = &self.config {
+            if path == "/-/reload" && method == http::Method::POST {
+                config.reload();
+                return Response::new(Full::new(Bytes::from(format!("{}\n", config.describe()))));
+            }
+            if path == "/config" {
+                return Response::new(Full::new(Bytes::from(format!("{}\n", config.describe()))));
+            }
         }
         let count = self.served.fetch_add(1, Ordering::Relaxed);
         // Fails requests n where floor((n+1)*p/100) > floor(n*p/100): exactly p% over any 100.
@@ -41,7 +118,15 @@ impl App {
         } else {
             StatusCode::OK
         };
-        let mut response = Response::new(Full::new(Bytes::from(format!("version={}\n", self.version))));
+        let config = self
+            .config
+            .as_ref()
+            .map(|config| format!(" {}", config.describe()))
+            .unwrap_or_default();
+        let mut response = Response::new(Full::new(Bytes::from(format!(
+            "version={}{config}\n",
+            self.version
+        ))));
         *response.status_mut() = status;
         response
     }
@@ -87,7 +172,24 @@ async fn main() -> std::io::Result<()> {
             .unwrap_or(0)
             .min(100),
         served: AtomicU64::new(0),
+        config: std::env::var_os("CONFIG_FILE").map(|path| ConfigFile {
+            path: path.into(),
+            current: std::sync::Mutex::new((String::new(), true)),
+            reloads: AtomicU64::new(0),
+        }),
     });
+    if let Some(config) = &app.config {
+        config.read();
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let app = app.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                if let Some(config) = &app.config {
+                    config.reload();
+                }
+            }
+        });
+    }
     let drain = std::time::Duration::from_secs(
         std::env::var("DRAIN_SECONDS")
             .ok()
@@ -111,7 +213,7 @@ async fn main() -> std::io::Result<()> {
         let app = app.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let response = app.respond(request.uri().path());
+                let response = app.respond(request.method(), request.uri().path());
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
