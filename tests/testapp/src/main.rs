@@ -10,6 +10,10 @@
 //! with `"healthy": false` makes `/healthz` answer 503 (a bad config the health gate rolls back). A
 //! file that cannot be read keeps the previous config.
 //!
+//! `outrigger-testapp watch FILE...` prints each change of the files' first lines with a timestamp,
+//! and `outrigger-testapp procstat NAME` the RSS and CPU time of the processes so named (the config
+//! sync benchmark uses both).
+//!
 //! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
 //! a test can check from inside a pod what the pod's containers reach on localhost.
 
@@ -132,6 +136,64 @@ impl App {
     }
 }
 
+/// Polls `files` every 5 ms and prints `<unix millis> <path> <first line>` whenever one changes
+/// (the benchmark reads these lines to time how fast edits arrive). Runs until killed.
+fn watch_files(files: &[String]) -> ! {
+    let mut last: Vec<Option<String>> = vec![None; files.len()];
+    loop {
+        for (file, seen) in files.iter().zip(last.iter_mut()) {
+            let now = std::fs::read_to_string(file)
+                .ok()
+                .map(|text| text.lines().next().unwrap_or_default().to_owned());
+            if now.is_some() && now != *seen {
+                let millis = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_millis());
+                println!("{millis} {file} {}", now.as_deref().unwrap_or_default());
+                *seen = now;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Prints the resident memory (kB) and CPU time (clock ticks) of every process named `name` (seen
+/// through a shared process namespace).
+fn process_stats(name: &str) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !name.starts_with(comm.trim_end()) || comm.trim_end().is_empty() {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .map(|value| value.trim().trim_end_matches(" kB").to_owned())
+            .unwrap_or_default();
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|t| t.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or_default();
+        println!(
+            "pid={} rss_kb={rss} cpu_ticks={ticks}",
+            entry.file_name().to_string_lossy()
+        );
+    }
+}
+
 /// GET `url` (`http://host:port/path`) and print the response; true on a 2xx.
 fn get(url: &str) -> std::io::Result<bool> {
     use std::io::{Error, Read, Write};
@@ -156,6 +218,13 @@ fn get(url: &str) -> std::io::Result<bool> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("watch") {
+        watch_files(&args[2..]);
+    }
+    if args.get(1).map(String::as_str) == Some("procstat") {
+        process_stats(args.get(2).map(String::as_str).unwrap_or_default());
+        return Ok(());
+    }
     if args.get(1).map(String::as_str) == Some("get") {
         let ok = get(args.get(2).map(String::as_str).unwrap_or_default())?;
         std::process::exit(if ok { 0 } else { 1 });
