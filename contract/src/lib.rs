@@ -11,6 +11,7 @@
 //! Dependencies stay at serde, serde_json and schemars, so any sidecar can read its document without
 //! a Kubernetes client.
 
+pub mod config_sync;
 pub mod duration;
 pub mod json;
 pub mod routing;

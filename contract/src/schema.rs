@@ -3,7 +3,12 @@
 
 use schemars::{generate::SchemaSettings, JsonSchema, Schema};
 
-use crate::{shard_map::ShardMap, sidecars::SidecarsConfig, splitter::SplitterConfig};
+use crate::{
+    config_sync::{ConfigSyncSettings, ConfigSyncStatus},
+    shard_map::ShardMap,
+    sidecars::SidecarsConfig,
+    splitter::SplitterConfig,
+};
 
 /// One document of the contract.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +34,7 @@ impl Document {
 }
 
 /// Every document, in a stable order.
-pub fn documents() -> [Document; 3] {
+pub fn documents() -> [Document; 5] {
     [
         Document {
             name: "splitter-config",
@@ -42,6 +47,14 @@ pub fn documents() -> [Document; 3] {
         Document {
             name: "sidecars-config",
             schema: schema_of::<SidecarsConfig>,
+        },
+        Document {
+            name: "config-sync-settings",
+            schema: schema_of::<ConfigSyncSettings>,
+        },
+        Document {
+            name: "config-sync-status",
+            schema: schema_of::<ConfigSyncStatus>,
         },
     ]
 }

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use outrigger_api::common::{SidecarKind, SidecarSpec};
+use outrigger_contract::config_sync::{ConfigSyncSettings, Reload};
 use outrigger_contract::sidecars::{HEALTH_PROBE_APP_SETTING, HEALTH_PROBE_PORT};
 
 use crate::labels;
@@ -21,6 +22,8 @@ pub const INJECTED: &str = "outrigger.dev/injected";
 pub const CONFIG_VOLUME: &str = "outrigger-config";
 /// Volume shared by the app and the log adapter.
 pub const LOGS_VOLUME: &str = "outrigger-logs";
+/// Volume the config sync sidecar writes into and the app reads from.
+pub const CONFIG_SYNC_VOLUME: &str = "outrigger-config-sync";
 pub const CONFIG_DIR: &str = "/etc/outrigger";
 /// Annotation on a client pod (or a pod template): the ShardedService it reaches through a
 /// sharding ambassador on loopback, `<name>` or `<name>:<local port>` (default 6379).
@@ -46,6 +49,8 @@ pub enum InjectError {
     },
     #[error("annotation {annotation} must be `<ShardedService name>` or `<name>:<port>`, not {value:?}")]
     ShardedServiceAnnotation { annotation: &'static str, value: String },
+    #[error("the {sidecar} sidecar's settings are invalid: {message}")]
+    Settings { sidecar: String, message: String },
     #[error("the pod already has a {what} named {name:?}, which the {sidecar} sidecar needs; rename it")]
     NameClash {
         what: &'static str,
@@ -168,6 +173,21 @@ pub fn annotated_sidecars(pod: &Pod) -> Result<Vec<SidecarKind>, InjectError> {
     Ok(kinds)
 }
 
+/// Annotation on a plain pod holding one sidecar's settings as a JSON object of strings
+/// (`outrigger.dev/config-sync-settings: '{"configMaps":"app"}'`).
+pub fn settings_annotation(kind: SidecarKind) -> String {
+    format!("outrigger.dev/{kind}-settings")
+}
+
+fn annotated_settings(pod: &Pod, kind: SidecarKind) -> BTreeMap<String, String> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|annotations| annotations.get(&settings_annotation(kind)))
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default()
+}
+
 /// Decides what to inject: the owner's `spec.sidecars` when the pod belongs to a service, otherwise
 /// the annotation. `None` when there is nothing to inject.
 pub fn plan(
@@ -197,7 +217,7 @@ pub fn plan(
                     kind,
                     image: defaults.image(kind),
                     resources: defaults.resources.clone(),
-                    settings: BTreeMap::new(),
+                    settings: annotated_settings(pod, kind),
                 })
                 .collect(),
             None,
@@ -327,7 +347,18 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
             });
         }
     }
-    for volume in [CONFIG_VOLUME, LOGS_VOLUME] {
+    let config_sync = plan
+        .sidecars
+        .iter()
+        .find(|s| s.kind == SidecarKind::ConfigSync)
+        .map(|sidecar| {
+            ConfigSyncSettings::from_settings(&sidecar.settings).map_err(|error| InjectError::Settings {
+                sidecar: sidecar.kind.to_string(),
+                message: error.to_string(),
+            })
+        })
+        .transpose()?;
+    for volume in [CONFIG_VOLUME, LOGS_VOLUME, CONFIG_SYNC_VOLUME] {
         if taken_volumes.iter().any(|name| name == volume) {
             return Err(InjectError::NameClash {
                 what: "volume",
@@ -360,6 +391,36 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
             point_probes_at_health_adapter(container);
         }
     }
+    if let Some(settings) = &config_sync {
+        // Secrets are written too, so with any Secret the volume never touches the node's disk.
+        volumes.push(Volume {
+            name: CONFIG_SYNC_VOLUME.to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: settings.has_secrets().then(|| "Memory".to_owned()),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        for container in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            container
+                .volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(VolumeMount {
+                    name: CONFIG_SYNC_VOLUME.to_owned(),
+                    mount_path: settings.mount_path.clone(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                });
+        }
+        if matches!(settings.reload, Reload::Signal { .. }) {
+            // The sidecar finds the app's process by name in /proc and signals it.
+            spec.share_process_namespace = Some(true);
+        }
+    }
     if has_log_adapter {
         for container in &mut spec.containers {
             container
@@ -376,7 +437,13 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
     let sidecars: Vec<Container> = plan
         .sidecars
         .iter()
-        .map(|s| sidecar_container(s, plan.native_sidecars))
+        .map(|s| {
+            let mut container = sidecar_container(s, plan.native_sidecars);
+            if let (SidecarKind::ConfigSync, Some(settings)) = (s.kind, &config_sync) {
+                config_sync_container(&mut container, settings);
+            }
+            container
+        })
         .collect();
     if plan.native_sidecars {
         spec.init_containers.get_or_insert_with(Vec::new).extend(sidecars);
@@ -474,6 +541,33 @@ pub fn restricted_security_context() -> SecurityContext {
             ..Capabilities::default()
         }),
         ..SecurityContext::default()
+    }
+}
+
+/// The config sync sidecar's additions: the shared volume, writable, where the app sees it; the user
+/// (and so the files' owner) the settings name.
+fn config_sync_container(container: &mut Container, settings: &ConfigSyncSettings) {
+    container
+        .volume_mounts
+        .get_or_insert_with(Vec::new)
+        .push(VolumeMount {
+            name: CONFIG_SYNC_VOLUME.to_owned(),
+            mount_path: settings.mount_path.clone(),
+            ..VolumeMount::default()
+        });
+    container.env.get_or_insert_with(Vec::new).push(EnvVar {
+        name: "OUTRIGGER_CONFIG_SYNC_DIR".to_owned(),
+        value: Some(settings.mount_path.clone()),
+        ..EnvVar::default()
+    });
+    if let Some(security) = container.security_context.as_mut() {
+        if let Some(user) = settings.run_as_user {
+            security.run_as_user = Some(user);
+            security.run_as_non_root = Some(user != 0);
+        }
+        if let Some(group) = settings.run_as_group {
+            security.run_as_group = Some(group);
+        }
     }
 }
 
@@ -851,6 +945,69 @@ mod tests {
             "not asked: the app keeps its probes"
         );
         assert!(app.startup_probe.is_none());
+    }
+
+    #[test]
+    fn config_sync_shares_a_volume_with_the_app_in_memory_for_secrets_and_its_process_namespace_for_signals()
+    {
+        let sidecars: Vec<SidecarSpec> = serde_json::from_value(json!([{"name": "config-sync", "settings": {
+            "configMaps": "app", "secrets": "db", "mountPath": "/etc/app", "reloadProcess": "app",
+            "runAsUser": "1000", "runAsGroup": "2000",
+        }}]))
+        .unwrap();
+        let plan = plan(
+            &pod(json!({})),
+            Some(OwnerSidecars {
+                sidecars: &sidecars,
+                config_map: "web-outrigger",
+            }),
+            &SidecarDefaults::default(),
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        let spec = mutate(&pod(json!({})), &plan).unwrap().spec.unwrap();
+        assert_eq!(spec.share_process_namespace, Some(true));
+        let volume = spec
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == CONFIG_SYNC_VOLUME)
+            .unwrap();
+        assert_eq!(volume.empty_dir.unwrap().medium.as_deref(), Some("Memory"));
+        let (sidecar, app) = (&spec.containers[0], &spec.containers[1]);
+        let mount = |c: &Container| {
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.name == CONFIG_SYNC_VOLUME)
+                .map(|m| (m.mount_path.clone(), m.read_only))
+        };
+        assert_eq!(mount(app), Some(("/etc/app".to_owned(), Some(true))));
+        assert_eq!(mount(sidecar), Some(("/etc/app".to_owned(), None)));
+        let security = sidecar.security_context.as_ref().unwrap();
+        assert_eq!(
+            (security.run_as_user, security.run_as_group),
+            (Some(1000), Some(2000))
+        );
+    }
+
+    #[test]
+    fn config_sync_on_a_plain_pod_reads_its_settings_from_an_annotation_and_bad_ones_are_refused() {
+        let annotated = pod(json!({"metadata": {"annotations": {
+            "outrigger.dev/inject": "config-sync",
+            "outrigger.dev/config-sync-settings": "{\"configMaps\": \"app\"}",
+        }}}));
+        let plan = plan(&annotated, None, &SidecarDefaults::default(), false)
+            .unwrap()
+            .unwrap();
+        let spec = mutate(&annotated, &plan).unwrap().spec.unwrap();
+        assert_eq!(spec.share_process_namespace, None);
+        let bare = pod(json!({"metadata": {"annotations": {"outrigger.dev/inject": "config-sync"}}}));
+        let plan = super::plan(&bare, None, &SidecarDefaults::default(), false)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(mutate(&bare, &plan), Err(InjectError::Settings { .. })));
     }
 
     #[test]

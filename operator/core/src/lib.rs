@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod canary;
 pub mod conditions;
+pub mod config_sync;
 pub mod inject;
 pub mod labels;
 pub mod owner;

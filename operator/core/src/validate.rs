@@ -409,6 +409,16 @@ fn sidecars(problems: &mut Problems, sidecars: &[SidecarSpec], template: &PodTem
                 format!("{} is attached twice", sidecar.name),
             );
         }
+        if sidecar.name == outrigger_api::common::SidecarKind::ConfigSync {
+            if let Err(error) =
+                outrigger_contract::config_sync::ConfigSyncSettings::from_settings(&sidecar.settings)
+            {
+                problems.add(
+                    format!("spec.sidecars[{index}].settings.{}", error.key),
+                    error.message,
+                );
+            }
+        }
         if app_containers.contains(sidecar.name.as_str()) {
             problems.add(
                 format!("spec.sidecars[{index}].name"),

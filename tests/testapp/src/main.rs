@@ -9,6 +9,16 @@
 //! answers 200 with the raw RESP reply, or 502 when Redis cannot be reached: images have no shell,
 //! so this is how a test speaks Redis from inside a client pod.
 //!
+//! With `CONFIG_FILE`, it reads that file at start, on SIGHUP and on `POST /-/reload`: its config
+//! version (the `"version"` of a JSON object, else the trimmed text) and the number of reloads are
+//! added to every answer (`version=v1 config=c2 reloads=1`) and served on `GET /config`; a config
+//! with `"healthy": false` makes `/healthz` answer 503 (a bad config the health gate rolls back). A
+//! file that cannot be read keeps the previous config.
+//!
+//! `outrigger-testapp watch FILE...` prints each change of the files' first lines with a timestamp,
+//! and `outrigger-testapp procstat NAME` the RSS and CPU time of the processes so named (the config
+//! sync benchmark uses both).
+//!
 //! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
 //! a test can check from inside a pod what the pod's containers reach on localhost.
 
@@ -31,12 +41,83 @@ struct App {
     version: String,
     error_percent: u64,
     served: AtomicU64,
+    config: Option<ConfigFile>,
+}
+
+/// The config file and what was last read from it.
+struct ConfigFile {
+    path: std::path::PathBuf,
+    /// (config version, healthy)
+    current: std::sync::Mutex<(String, bool)>,
+    reloads: AtomicU64,
+}
+
+impl ConfigFile {
+    fn read(&self) {
+        let Ok(text) = std::fs::read_to_string(&self.path) else {
+            eprintln!(
+                "testapp: cannot read {}; keeping the previous config",
+                self.path.display()
+            );
+            return;
+        };
+        let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+        let field = |key: &str| json.as_ref().and_then(|value| value.get(key));
+        let version = field("version")
+            .and_then(serde_json::Value::as_str)
+            .map_or_else(|| text.trim().to_owned(), str::to_owned);
+        let healthy = field("healthy")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true);
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (version, healthy);
+    }
+
+    fn reload(&self) {
+        self.read();
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn describe(&self) -> String {
+        let (version, _) = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        format!(
+            "config={version} reloads={}",
+            self.reloads.load(Ordering::Relaxed)
+        )
+    }
+
+    fn healthy(&self) -> bool {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+    }
 }
 
 impl App {
-    fn respond(&self, path: &str) -> Response<Full<Bytes>> {
+    fn respond(&self, method: &http::Method, path: &str) -> Response<Full<Bytes>> {
         if path == "/healthz" {
+            if self.config.as_ref().is_some_and(|config| !config.healthy()) {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"unhealthy config\n")));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return response;
+            }
             return Response::new(Full::new(Bytes::from_static(b"ok\n")));
+        }
+        if let Some(config) = &self.config {
+            if path == "/-/reload" && method == http::Method::POST {
+                config.reload();
+                return Response::new(Full::new(Bytes::from(format!("{}\n", config.describe()))));
+            }
+            if path == "/config" {
+                return Response::new(Full::new(Bytes::from(format!("{}\n", config.describe()))));
+            }
         }
         let count = self.served.fetch_add(1, Ordering::Relaxed);
         // Fails requests n where floor((n+1)*p/100) > floor(n*p/100): exactly p% over any 100.
@@ -46,7 +127,15 @@ impl App {
         } else {
             StatusCode::OK
         };
-        let mut response = Response::new(Full::new(Bytes::from(format!("version={}\n", self.version))));
+        let config = self
+            .config
+            .as_ref()
+            .map(|config| format!(" {}", config.describe()))
+            .unwrap_or_default();
+        let mut response = Response::new(Full::new(Bytes::from(format!(
+            "version={}{config}\n",
+            self.version
+        ))));
         *response.status_mut() = status;
         response
     }
@@ -150,6 +239,64 @@ async fn redis_response(path: &str) -> Response<Full<Bytes>> {
     response
 }
 
+/// Polls `files` every 5 ms and prints `<unix millis> <path> <first line>` whenever one changes
+/// (the benchmark reads these lines to time how fast edits arrive). Runs until killed.
+fn watch_files(files: &[String]) -> ! {
+    let mut last: Vec<Option<String>> = vec![None; files.len()];
+    loop {
+        for (file, seen) in files.iter().zip(last.iter_mut()) {
+            let now = std::fs::read_to_string(file)
+                .ok()
+                .map(|text| text.lines().next().unwrap_or_default().to_owned());
+            if now.is_some() && now != *seen {
+                let millis = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_millis());
+                println!("{millis} {file} {}", now.as_deref().unwrap_or_default());
+                *seen = now;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Prints the resident memory (kB) and CPU time (clock ticks) of every process named `name` (seen
+/// through a shared process namespace).
+fn process_stats(name: &str) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !name.starts_with(comm.trim_end()) || comm.trim_end().is_empty() {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .map(|value| value.trim().trim_end_matches(" kB").to_owned())
+            .unwrap_or_default();
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|t| t.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or_default();
+        println!(
+            "pid={} rss_kb={rss} cpu_ticks={ticks}",
+            entry.file_name().to_string_lossy()
+        );
+    }
+}
+
 /// GET `url` (`http://host:port/path`) and print the response; true on a 2xx.
 fn get(url: &str) -> std::io::Result<bool> {
     use std::io::{Error, Read, Write};
@@ -174,6 +321,13 @@ fn get(url: &str) -> std::io::Result<bool> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("watch") {
+        watch_files(&args[2..]);
+    }
+    if args.get(1).map(String::as_str) == Some("procstat") {
+        process_stats(args.get(2).map(String::as_str).unwrap_or_default());
+        return Ok(());
+    }
     if args.get(1).map(String::as_str) == Some("get") {
         let ok = get(args.get(2).map(String::as_str).unwrap_or_default())?;
         std::process::exit(if ok { 0 } else { 1 });
@@ -190,7 +344,24 @@ async fn main() -> std::io::Result<()> {
             .unwrap_or(0)
             .min(100),
         served: AtomicU64::new(0),
+        config: std::env::var_os("CONFIG_FILE").map(|path| ConfigFile {
+            path: path.into(),
+            current: std::sync::Mutex::new((String::new(), true)),
+            reloads: AtomicU64::new(0),
+        }),
     });
+    if let Some(config) = &app.config {
+        config.read();
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let app = app.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                if let Some(config) = &app.config {
+                    config.reload();
+                }
+            }
+        });
+    }
     let drain = std::time::Duration::from_secs(
         std::env::var("DRAIN_SECONDS")
             .ok()
@@ -216,10 +387,11 @@ async fn main() -> std::io::Result<()> {
             let service = service_fn(move |request: Request<Incoming>| {
                 let app = app.clone();
                 async move {
+                    let method = request.method().clone();
                     let path = request.uri().path();
                     let response = match path.strip_prefix("/redis/") {
                         Some(command) => redis_response(command).await,
-                        None => app.respond(path),
+                        None => app.respond(&method, path),
                     };
                     Ok::<_, Infallible>(response)
                 }

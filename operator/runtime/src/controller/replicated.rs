@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, Service},
+    core::v1::{ConfigMap, Pod, Service},
 };
 use kube::{
     api::Api,
@@ -26,7 +26,7 @@ use outrigger_core::{
 
 use super::{
     apply::{to_apply_value, typed, Applier},
-    error_action,
+    config_sync, error_action,
     rollout::{self, Rollout},
     status, Context, Error, RESYNC,
 };
@@ -69,6 +69,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 })
                 .map(|guard| ObjectRef::from_obj(&*guard))
                 .collect::<Vec<_>>()
+        },
+    );
+    // The config sync sidecars report in their pods' annotations; a change there updates the
+    // ConfigSynced condition.
+    let controller = controller.watches(
+        ctx.api::<Pod>(),
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE)),
+        |pod| {
+            let namespace = pod.namespace()?;
+            let name = pod.labels().get(labels::REPLICATED_SERVICE)?.clone();
+            Some(ObjectRef::<DeserializeGuard<ReplicatedService>>::new(&name).within(&namespace))
         },
     );
     let managed = ctx
@@ -123,11 +134,20 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Acti
     match apply_children(rsvc, ctx).await {
         Ok(observed) => {
             let previous_rollout = rsvc.status.as_ref().and_then(|s| s.rollout.as_ref());
+            let config_synced = config_sync::condition(
+                ctx,
+                &rsvc.namespace().unwrap_or_default(),
+                &observed.selector,
+                &rsvc.spec.sidecars,
+            )
+            .await?;
+            let mut desired = replicated::conditions(rsvc.spec.replicas, &observed.replicas);
+            desired.extend(config_synced.clone());
             let status = ReplicatedServiceStatus {
                 observed_generation: rsvc.metadata.generation,
                 conditions: status::merged_conditions(
                     current_conditions(rsvc),
-                    &replicated::conditions(rsvc.spec.replicas, &observed.replicas),
+                    &desired,
                     rsvc.metadata.generation,
                 ),
                 replicas: observed.replicas.replicas,
@@ -137,6 +157,7 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Acti
                 rollout: observed.rollout.as_ref().map(|r| r.decision.status.clone()),
             };
             status::write(ctx, CONTROLLER, rsvc, rsvc.status.as_ref(), &status).await?;
+            config_sync::announce(ctx, rsvc, current_conditions(rsvc), config_synced.as_ref()).await;
             let requeue = match &observed.rollout {
                 Some(rollout) => {
                     rollout::announce(ctx, rsvc, rollout, previous_rollout).await?;
@@ -231,6 +252,16 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
     };
     applier.apply(to_apply_value(&children.config_map)?).await?;
     let mut keep = Kept::default();
+    keep.identity.extend(
+        config_sync::apply_access(
+            &applier,
+            &Owner::of(rsvc)?,
+            &labels::owned_by(labels::REPLICATED_SERVICE, &name),
+            &rsvc.spec.sidecars,
+            &rsvc.spec.template,
+        )
+        .await?,
+    );
     keep.config_maps.push(replicated::config_map_name(&name));
     keep.services.push(name.clone());
     if let (Some(front), Some(rollout)) = (&children.rollout, &rollout) {

@@ -10,15 +10,15 @@ use k8s_openapi::api::{
 use kube::{
     api::ListParams,
     core::DeserializeGuard,
-    runtime::{controller::Action, watcher, Controller},
+    runtime::{controller::Action, reflector::ObjectRef, watcher, Controller},
     Resource, ResourceExt,
 };
 use outrigger_api::{ShardedService, ShardedServiceStatus};
-use outrigger_core::{inject, labels, sharded, validate};
+use outrigger_core::{inject, labels, owner::Owner, sharded, validate};
 
 use super::{
     apply::{to_apply_value, typed, Applier},
-    error_action, status, Context, Error,
+    config_sync, error_action, status, Context, Error,
 };
 use crate::metrics::ControllerLabels;
 
@@ -38,7 +38,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     )
     .owns(ctx.api::<StatefulSet>(), owned.clone())
     .owns(ctx.api::<Service>(), owned.clone())
-    .owns(ctx.api::<ConfigMap>(), owned)
+    .owns(ctx.api::<ConfigMap>(), owned.clone())
+    // The config sync sidecars report in their pods' annotations.
+    .watches(ctx.api::<Pod>(), owned, |pod| {
+        let namespace = pod.namespace()?;
+        let name = pod.labels().get(labels::SHARDED_SERVICE)?.clone();
+        Some(ObjectRef::<DeserializeGuard<ShardedService>>::new(&name).within(&namespace))
+    })
     .graceful_shutdown_on(shutdown);
     let store = controller.store();
     let managed = ctx
@@ -96,11 +102,20 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
                     shard.primary_uid = Some(uid);
                 }
             }
+            let config_synced = config_sync::condition(
+                ctx,
+                &shsvc.namespace().unwrap_or_default(),
+                &selector,
+                &shsvc.spec.sidecars,
+            )
+            .await?;
+            let mut desired = sharded::conditions(shsvc.spec.replicas_per_shard, &shards);
+            desired.extend(config_synced.clone());
             let status = ShardedServiceStatus {
                 observed_generation: shsvc.metadata.generation,
                 conditions: status::merged_conditions(
                     current_conditions,
-                    &sharded::conditions(shsvc.spec.replicas_per_shard, &shards),
+                    &desired,
                     shsvc.metadata.generation,
                 ),
                 shards: i32::try_from(shards.iter().filter(|s| s.replicas > 0).count()).unwrap_or(i32::MAX),
@@ -117,6 +132,7 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
                 shard_statuses: shards,
             };
             status::write(ctx, CONTROLLER, shsvc, shsvc.status.as_ref(), &status).await?;
+            config_sync::announce(ctx, shsvc, current_conditions, config_synced.as_ref()).await;
             Ok(Action::requeue(RECHECK))
         }
         Err(error) if error.needs_user_change() => {
@@ -174,6 +190,19 @@ async fn apply_children(
     let (role, binding) = sharded::shard_map_access(shsvc, &accounts)?;
     applier.apply(to_apply_value(&role)?).await?;
     applier.apply(to_apply_value(&binding)?).await?;
+    // The config-sync Roles, and the shard-map reader's, are the only Roles this service keeps.
+    let mut access: Vec<String> = config_sync::apply_access(
+        &applier,
+        &Owner::of(shsvc)?,
+        &labels::owned_by(labels::SHARDED_SERVICE, &shsvc.name_any()),
+        &shsvc.spec.sidecars,
+        &shsvc.spec.template,
+    )
+    .await?
+    .into_iter()
+    .collect();
+    access.extend(role.metadata.name.clone());
+    access.extend(binding.metadata.name.clone());
     for service in &children.services {
         applier.apply(to_apply_value(service)?).await?;
     }
@@ -193,6 +222,17 @@ async fn apply_children(
     applier
         .prune("v1", "Service", &namespace, &selector, &keep)
         .await?;
+    for kind in ["Role", "RoleBinding"] {
+        applier
+            .prune(
+                "rbac.authorization.k8s.io/v1",
+                kind,
+                &namespace,
+                &selector,
+                &access,
+            )
+            .await?;
+    }
     Ok((stateful_sets, children.selector, primaries))
 }
 

@@ -1,4 +1,5 @@
 //! A small client for the few Kubernetes API calls a sidecar makes: `GET` of one object or a list,
+//! a merge `PATCH` (a sidecar annotating its own pod),
 //! and a streamed watch, over HTTP/1.1 with TLS, authenticated with a bearer token. [`super::Api`]
 //! builds typed calls on it.
 //!
@@ -15,7 +16,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rustls::{
@@ -266,14 +267,49 @@ impl ApiClient {
     /// Sends one `GET` on a new connection and returns the response head. A `401` makes the next
     /// request read the token file again.
     async fn send(&self, path_and_query: &str) -> Result<Response<Incoming>, ApiError> {
+        self.send_with(http::Method::GET, path_and_query, None).await
+    }
+
+    /// `PATCH path` with a JSON merge patch (`application/merge-patch+json`), such as a sidecar
+    /// writing an annotation on its own pod. The answer's body is read and dropped.
+    pub async fn merge_patch(&self, path: &str, patch: &serde_json::Value) -> Result<(), ApiError> {
+        let body = serde_json::to_vec(patch).map_err(ApiError::Decode)?;
+        let response = self
+            .send_with(
+                http::Method::PATCH,
+                path,
+                Some(("application/merge-patch+json", Bytes::from(body))),
+            )
+            .await?;
+        let status = response.status();
+        let body = self.read_body(response.into_body()).await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(status_error(status, &body))
+        }
+    }
+
+    async fn send_with(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<(&'static str, Bytes)>,
+    ) -> Result<Response<Incoming>, ApiError> {
         let inner = &self.inner;
         let token = inner.token.current().await?;
-        let request = Request::get(format!("{}{path_and_query}", inner.prefix))
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{path_and_query}", inner.prefix))
             .header(header::HOST, inner.authority.as_str())
             .header(header::ACCEPT, "application/json")
             .header(header::USER_AGENT, inner.user_agent.clone())
-            .header(header::AUTHORIZATION, token)
-            .body(Empty::<Bytes>::new())
+            .header(header::AUTHORIZATION, token);
+        if let Some((content_type, _)) = &body {
+            builder = builder.header(header::CONTENT_TYPE, *content_type);
+        }
+        let request = builder
+            .body(Full::new(body.map(|(_, bytes)| bytes).unwrap_or_default()))
             .map_err(ApiError::Request)?;
         let mut sender = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
             .await
@@ -288,7 +324,7 @@ impl ApiClient {
         Ok(response)
     }
 
-    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, ApiError> {
+    async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ApiError> {
         let inner = &self.inner;
         let connect_error = |source| ApiError::Connect {
             authority: inner.authority.clone(),
@@ -325,7 +361,7 @@ impl ApiClient {
 /// body is finished or dropped.
 async fn handshake<T>(
     io: TokioIo<T>,
-) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, ApiError>
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ApiError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

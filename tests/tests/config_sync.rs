@@ -1,0 +1,347 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // integration tests fail by panicking
+
+//! The config sync sidecar on the local cluster, injected by the operator's webhook into the pods
+//! of a ReplicatedService: edits reach every pod's app (reloaded by HTTP, or by SIGHUP through the
+//! shared process namespace), an invalid edit is refused with the file and position in the
+//! `ConfigSynced` condition and an Event, an unhealthy config is rolled back, and bad input (a
+//! deleted ConfigMap, a value near the 1 MiB limit, a removed key) never loses the last good files
+//! or restarts anything.
+//!
+//! Images: `OUTRIGGER_IMAGE_PROFILE=image-test hack/images.sh config-sync testapp`.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use outrigger_api::ReplicatedService;
+use outrigger_tests::{
+    admin_client, eventually, free_port, kubectl, kubectl_ok, OperatorProcess, TestNamespace,
+};
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(120);
+const SCOPE_LABEL: &str = "outrigger.dev/test-scope";
+
+/// An operator with its webhook, scoped to one test namespace; its webhook configuration and
+/// Secret are removed when dropped, so no other test's pods are intercepted.
+struct WebhookOperator {
+    _process: OperatorProcess,
+    config_name: String,
+    secret_name: String,
+}
+
+impl WebhookOperator {
+    fn start(ns: &TestNamespace) -> WebhookOperator {
+        let port = free_port().unwrap();
+        kubectl_ok(&[
+            "label",
+            "namespace",
+            &ns.name,
+            &format!("{SCOPE_LABEL}={}", ns.name),
+            "--overwrite",
+        ])
+        .unwrap();
+        let config_name = format!("{}-injector", ns.name);
+        let secret_name = format!("{}-tls", ns.name);
+        let args: Vec<String> = [
+            "--webhook-addr",
+            &format!("127.0.0.1:{port}"),
+            "--webhook-url",
+            &format!("https://127.0.0.1:{port}"),
+            "--webhook-config-name",
+            &config_name,
+            "--webhook-secret",
+            &secret_name,
+            "--webhook-namespace-label",
+            &format!("{SCOPE_LABEL}={}", ns.name),
+            "--sidecar-image",
+            "config-sync=outrigger/config-sync:dev",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let process = OperatorProcess::start_with(
+            &ns.name,
+            &format!("{}-op", ns.name),
+            &format!("{}-leader", ns.name),
+            15,
+            &args,
+        )
+        .unwrap();
+        WebhookOperator {
+            _process: process,
+            config_name,
+            secret_name,
+        }
+    }
+}
+
+impl Drop for WebhookOperator {
+    fn drop(&mut self) {
+        let _ = kubectl()
+            .args([
+                "delete",
+                "mutatingwebhookconfiguration",
+                &self.config_name,
+                "--ignore-not-found",
+            ])
+            .output();
+        let _ = kubectl()
+            .args([
+                "delete",
+                "secret",
+                "-n",
+                "outrigger-system",
+                &self.secret_name,
+                "--ignore-not-found",
+            ])
+            .output();
+    }
+}
+
+fn app_json(version: &str, extra: &str) -> String {
+    format!("{{\"version\": \"{version}\"{extra}}}")
+}
+
+async fn put_config(configmaps: &Api<ConfigMap>, data: Value) {
+    let configmap: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-config"}, "data": data,
+    }))
+    .unwrap();
+    configmaps
+        .patch(
+            "app-config",
+            &PatchParams::apply("config-sync-test").force(),
+            &Patch::Apply(&configmap),
+        )
+        .await
+        .unwrap();
+}
+
+/// A ReplicatedService of two test apps reading `/etc/app/app.json`, with the config sync sidecar.
+fn service(name: &str, reload: Value) -> ReplicatedService {
+    let mut settings = json!({
+        "configMaps": "app-config",
+        "mountPath": "/etc/app",
+        "healthUrl": "http://127.0.0.1:8080/healthz",
+        "healthWindow": "8s",
+        "healthInterval": "1s",
+    });
+    for (key, value) in reload.as_object().unwrap() {
+        settings[key] = value.clone();
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "outrigger.dev/v1alpha1", "kind": "ReplicatedService", "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "template": {"spec": {"containers": [{
+                "name": "app", "image": "outrigger/testapp:dev", "imagePullPolicy": "Never",
+                "env": [{"name": "CONFIG_FILE", "value": "/etc/app/app.json"}],
+            }]}},
+            "sidecars": [{"name": "config-sync", "image": "outrigger/config-sync:dev", "settings": settings}],
+        }
+    }))
+    .unwrap()
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+async fn ready_pods(pods: &Api<Pod>, service: &str) -> Vec<String> {
+    eventually("2 ready pods", WAIT, || async {
+        let list = pods
+            .list(&ListParams::default().labels(&format!("outrigger.dev/replicatedservice={service}")))
+            .await?;
+        let ready: Vec<String> = list
+            .items
+            .iter()
+            .filter(|pod| is_ready(pod) && pod.metadata.deletion_timestamp.is_none())
+            .filter_map(|pod| pod.metadata.name.clone())
+            .collect();
+        Ok((ready.len() == 2).then_some(ready))
+    })
+    .await
+    .unwrap()
+}
+
+/// What the app in `pod` says about its config (`config=c2 reloads=1`).
+fn app_config(namespace: &str, pod: &str) -> String {
+    kubectl_ok(&[
+        "exec",
+        "-n",
+        namespace,
+        pod,
+        "-c",
+        "app",
+        "--",
+        "/outrigger-testapp",
+        "get",
+        "http://127.0.0.1:8080/config",
+    ])
+    .unwrap_or_default()
+}
+
+async fn every_app_says(namespace: &str, pods: &[String], expected: &str) {
+    eventually(&format!("every app on {expected}"), WAIT, || async {
+        Ok(pods
+            .iter()
+            .all(|pod| app_config(namespace, pod).contains(expected))
+            .then_some(()))
+    })
+    .await
+    .unwrap();
+}
+
+async fn condition(services: &Api<ReplicatedService>, name: &str) -> Option<(String, String, String)> {
+    let service = services.get(name).await.ok()?;
+    let condition = service
+        .status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "ConfigSynced")?;
+    Some((condition.status, condition.reason, condition.message))
+}
+
+async fn wait_for_condition(
+    services: &Api<ReplicatedService>,
+    name: &str,
+    status: &str,
+    reason: &str,
+) -> String {
+    eventually(&format!("ConfigSynced={status} ({reason})"), WAIT, || async {
+        Ok(condition(services, name)
+            .await
+            .filter(|(s, r, _)| s == status && r == reason)
+            .map(|(_, _, message)| message))
+    })
+    .await
+    .unwrap()
+}
+
+fn restarts(namespace: &str, pod: &str) -> String {
+    kubectl_ok(&[
+        "get",
+        "pod",
+        "-n",
+        namespace,
+        pod,
+        "-o",
+        "jsonpath={.status.containerStatuses[*].restartCount}",
+    ])
+    .unwrap()
+}
+
+#[tokio::test]
+async fn edits_reach_every_app_by_http_invalid_ones_are_refused_and_unhealthy_ones_rolled_back() {
+    let ns = TestNamespace::create("cfgsync").unwrap();
+    let _operator = WebhookOperator::start(&ns);
+    let client = admin_client().await.unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<ReplicatedService> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    put_config(&configmaps, json!({"app.json": app_json("c1", "")})).await;
+    services
+        .create(
+            &PostParams::default(),
+            &service("web", json!({"reloadUrl": "http://127.0.0.1:8080/-/reload"})),
+        )
+        .await
+        .unwrap();
+    let running = ready_pods(&pods, "web").await;
+    every_app_says(&ns.name, &running, "config=c1 reloads=0").await;
+    let message = wait_for_condition(&services, "web", "True", "Synced").await;
+    assert!(message.starts_with("2 of 2 pods on version "), "{message}");
+
+    // An edit: written, and the app reloaded by HTTP.
+    put_config(&configmaps, json!({"app.json": app_json("c2", "")})).await;
+    every_app_says(&ns.name, &running, "config=c2 reloads=1").await;
+
+    // An invalid edit: refused, the app stays on c2; the condition and an Event name the file.
+    put_config(&configmaps, json!({"app.json": "{\"version\": \"c3\",\n"})).await;
+    let message = wait_for_condition(&services, "web", "False", "InvalidConfig").await;
+    assert!(message.contains("app.json line"), "{message}");
+    let events = kubectl_ok(&["get", "events", "-n", &ns.name, "-o", "json"]).unwrap();
+    assert!(
+        events.contains("InvalidConfig") && events.contains("app.json line"),
+        "{events}"
+    );
+    for pod in &running {
+        assert!(app_config(&ns.name, pod).contains("config=c2 reloads=1"));
+    }
+
+    // Fixing the ConfigMap recovers, without a restart.
+    put_config(&configmaps, json!({"app.json": app_json("c4", "")})).await;
+    every_app_says(&ns.name, &running, "config=c4 reloads=2").await;
+    wait_for_condition(&services, "web", "True", "Synced").await;
+
+    // A config that makes the app unhealthy is rolled back within the health window.
+    put_config(
+        &configmaps,
+        json!({"app.json": app_json("c5", ", \"healthy\": false")}),
+    )
+    .await;
+    let message = wait_for_condition(&services, "web", "False", "RolledBack").await;
+    assert!(message.contains("unhealthy"), "{message}");
+    every_app_says(&ns.name, &running, "config=c4").await;
+
+    // Bad input never takes the sidecar down nor loses the last good files: a deleted ConfigMap…
+    configmaps
+        .delete("app-config", &DeleteParams::default())
+        .await
+        .unwrap();
+    let message = wait_for_condition(&services, "web", "False", "InvalidConfig").await;
+    assert!(message.contains("does not exist"), "{message}");
+    for pod in &running {
+        assert!(app_config(&ns.name, pod).contains("config=c4"));
+    }
+    // …a value near the 1 MiB limit…
+    let big = "x".repeat(1_000_000);
+    put_config(
+        &configmaps,
+        json!({"app.json": app_json("c6", ""), "big.txt": big}),
+    )
+    .await;
+    every_app_says(&ns.name, &running, "config=c6").await;
+    // …and a key removed (the file goes; the rest stays).
+    put_config(&configmaps, json!({"app.json": app_json("c7", "")})).await;
+    every_app_says(&ns.name, &running, "config=c7").await;
+    for pod in &running {
+        assert_eq!(restarts(&ns.name, pod), "0 0", "no container restarted in {pod}");
+    }
+}
+
+#[tokio::test]
+async fn a_signal_reload_reaches_the_app_through_the_shared_process_namespace() {
+    let ns = TestNamespace::create("cfgsig").unwrap();
+    let _operator = WebhookOperator::start(&ns);
+    let client = admin_client().await.unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<ReplicatedService> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    put_config(&configmaps, json!({"app.json": app_json("s1", "")})).await;
+    services
+        .create(
+            &PostParams::default(),
+            &service(
+                "sig",
+                json!({"reloadProcess": "outrigger-testapp", "reloadSignal": "HUP"}),
+            ),
+        )
+        .await
+        .unwrap();
+    let running = ready_pods(&pods, "sig").await;
+    let pod = pods.get(&running[0]).await.unwrap();
+    assert_eq!(pod.spec.unwrap().share_process_namespace, Some(true));
+    every_app_says(&ns.name, &running, "config=s1 reloads=0").await;
+    put_config(&configmaps, json!({"app.json": app_json("s2", "")})).await;
+    every_app_says(&ns.name, &running, "config=s2 reloads=1").await;
+    wait_for_condition(&services, "sig", "True", "Synced").await;
+}
