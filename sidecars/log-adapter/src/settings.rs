@@ -47,11 +47,16 @@ pub enum SettingsError {
 impl Settings {
     /// Reads the JSON map; an empty text is no settings.
     pub fn from_json(text: &str) -> Result<Self, SettingsError> {
+        Self::from_map(Self::map_from_json(text)?)
+    }
+
+    /// The JSON map as it is, to merge with another before reading it; an empty text is an
+    /// empty map.
+    pub fn map_from_json(text: &str) -> Result<BTreeMap<String, String>, SettingsError> {
         if text.trim().is_empty() {
-            return Ok(Settings::default());
+            return Ok(BTreeMap::new());
         }
-        let map: BTreeMap<String, String> = serde_json::from_str(text).map_err(SettingsError::NotAMap)?;
-        Self::from_map(map)
+        serde_json::from_str(text).map_err(SettingsError::NotAMap)
     }
 
     /// Reads a settings map however it arrived (the variable, or this sidecar's entry in the

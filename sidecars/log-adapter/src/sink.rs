@@ -7,7 +7,7 @@
 //! their timestamps from the batch, retries inside `write_batch` within its own bounds, and
 //! reports a failure the caller retries.
 
-use std::io::Write;
+use std::{io::Write, time::Instant};
 
 use crate::{checkpoint::FileId, time::Timestamp};
 
@@ -19,6 +19,8 @@ pub struct Batch {
     ends: Vec<(u32, Timestamp)>,
     /// For each file touched: the offset every record before which is in this batch.
     offsets: Vec<(FileId, u64)>,
+    /// When the oldest record of the batch was read: the sink's lag is measured from it.
+    first_read: Option<Instant>,
 }
 
 impl Batch {
@@ -30,6 +32,12 @@ impl Batch {
     pub fn finish_record(&mut self, timestamp: Timestamp) {
         let end = u32::try_from(self.buf.len()).unwrap_or(u32::MAX);
         self.ends.push((end, timestamp));
+        self.first_read.get_or_insert_with(Instant::now);
+    }
+
+    /// When the oldest record was read, if there is one.
+    pub fn first_read(&self) -> Option<Instant> {
+        self.first_read
     }
 
     /// Everything of `id` before `offset` is in this batch (or needs no record).
@@ -79,6 +87,7 @@ impl Batch {
         self.buf.clear();
         self.ends.clear();
         self.offsets.clear();
+        self.first_read = None;
     }
 }
 

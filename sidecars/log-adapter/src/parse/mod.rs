@@ -56,6 +56,24 @@ pub enum Format {
 }
 
 impl Format {
+    /// Every format, in [`Format::index`] order (metrics count parse failures per format).
+    pub const ALL: [Format; 9] = [
+        Format::Json,
+        Format::Logfmt,
+        Format::Combined,
+        Format::NginxError,
+        Format::Klog,
+        Format::Syslog3164,
+        Format::Syslog5424,
+        Format::Regex,
+        Format::Plain,
+    ];
+
+    /// Position in [`Format::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Format::Json => "json",
