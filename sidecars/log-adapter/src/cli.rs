@@ -24,14 +24,18 @@ use outrigger_log_adapter::{
     enrich::Enrichment,
     metrics::Metrics,
     parse::Choice,
-    settings::{Settings, SettingsError},
-    sink::WriterSink,
+    settings::{parse_label, LabelError, Settings, SettingsError},
+    sink::{
+        http::{Format, HttpError, HttpSink, HttpSinkConfig},
+        Sink, WriterSink,
+    },
     tail::{Config, TailError, Tailer},
     time::UtcOffset,
 };
 use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
     args::{self, AdminArgs, ConfigSourceArgs, DrainArgs, LogArgs},
+    duration::ConfigDuration,
     metrics::registry,
     shutdown::{self, DrainTiming},
     telemetry::TelemetryError,
@@ -68,6 +72,8 @@ pub enum CliError {
     },
     #[error(transparent)]
     Tail(#[from] TailError),
+    #[error("the HTTP sink: {0}")]
+    Sink(#[from] HttpError),
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error("starting the async runtime: {0}")]
@@ -132,6 +138,28 @@ pub struct Cli {
     /// Read the files to their current end once, write, and exit (no admin server).
     #[arg(long)]
     once: bool,
+    /// Send records to this endpoint (`http://host:port/path`) instead of writing them to stdout.
+    #[arg(long, env = "OUTRIGGER_LOG_ADAPTER_SINK_URL")]
+    sink_url: Option<String>,
+    /// Request format of the HTTP sink: json-lines, loki or elasticsearch. Default json-lines.
+    #[arg(long, env = "OUTRIGGER_LOG_ADAPTER_SINK_FORMAT")]
+    sink_format: Option<Format>,
+    /// Loki stream label `name=value`; repeatable or comma-separated. Default
+    /// `job=outrigger-log-adapter`.
+    #[arg(
+        long = "sink-label",
+        env = "OUTRIGGER_LOG_ADAPTER_SINK_LABELS",
+        value_delimiter = ',',
+        value_parser = parse_label_arg
+    )]
+    sink_labels: Vec<(String, String)>,
+    /// Longest wait for the HTTP sink's answer to one request.
+    #[arg(long, env = "OUTRIGGER_LOG_ADAPTER_SINK_TIMEOUT", default_value = "10s")]
+    sink_timeout: ConfigDuration,
+    /// How long the HTTP sink tries one batch again (backoff 100 ms to 5 s) before reporting the
+    /// failure; the batch is then offered again after a pause, and nothing more is read meanwhile.
+    #[arg(long, env = "OUTRIGGER_LOG_ADAPTER_SINK_RETRY_FOR", default_value = "30s")]
+    sink_retry_for: ConfigDuration,
     /// Where the sidecars document is (`--config`, or `sidecars.json` in `--config-dir`).
     #[command(flatten)]
     source: ConfigSourceArgs,
@@ -174,6 +202,11 @@ impl Cli {
             retry_unreadable_ms,
             settings,
             once,
+            sink_url,
+            sink_format,
+            sink_labels,
+            sink_timeout,
+            sink_retry_for,
             source,
             admin,
             drain,
@@ -214,8 +247,30 @@ impl Cli {
             enrichment: Enrichment::from_env(),
             ..defaults
         };
+        let mut registry = registry("outrigger");
+        let metrics = Metrics::register(&mut registry);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sink: Box<dyn Sink + Send> = match sink_url.or(settings.sink_url) {
+            Some(url) => {
+                let defaults = HttpSinkConfig::default();
+                let config = HttpSinkConfig {
+                    url,
+                    format: sink_format.or(settings.sink_format).unwrap_or_default(),
+                    labels: [sink_labels, settings.sink_labels]
+                        .into_iter()
+                        .find(|labels| !labels.is_empty())
+                        .unwrap_or(defaults.labels),
+                    request_timeout: sink_timeout.0,
+                    retry_for: sink_retry_for.0,
+                    ..defaults
+                };
+                info!(url = %config.url, format = config.format.name(), "Sending records over HTTP.");
+                Box::new(HttpSink::new(config, metrics.http_sink())?.with_stop(stop.clone()))
+            }
+            None => Box::new(WriterSink::new(std::io::stdout())),
+        };
         info!(include = ?config.include, parser = ?config.parser, checkpoint = ?config.checkpoint_path, "Starting the log adapter.");
-        let tailer = Tailer::new(config, WriterSink::new(std::io::stdout()))?;
+        let tailer = Tailer::new(config, sink)?;
         if once {
             return run_once(tailer);
         }
@@ -223,11 +278,31 @@ impl Cli {
             .enable_all()
             .build()
             .map_err(CliError::Runtime)?;
-        runtime.block_on(serve(tailer, admin, drain.into()))
+        let wiring = Wiring {
+            registry,
+            metrics,
+            stop,
+            admin,
+            timing: drain.into(),
+        };
+        runtime.block_on(serve(tailer, wiring))
     }
 }
 
-fn run_once<S: outrigger_log_adapter::sink::Sink>(mut tailer: Tailer<S>) -> Result<(), CliError> {
+fn parse_label_arg(text: &str) -> Result<(String, String), LabelError> {
+    parse_label(text)
+}
+
+/// What the running adapter shares between the tailer's thread and the admin server.
+struct Wiring {
+    registry: prometheus_client::registry::Registry,
+    metrics: Metrics,
+    stop: Arc<AtomicBool>,
+    admin: AdminArgs,
+    timing: DrainTiming,
+}
+
+fn run_once<S: Sink>(mut tailer: Tailer<S>) -> Result<(), CliError> {
     tailer.run_once()?;
     let stats = tailer.stats();
     info!(
@@ -241,13 +316,17 @@ fn run_once<S: outrigger_log_adapter::sink::Sink>(mut tailer: Tailer<S>) -> Resu
 
 /// The tailer on its own thread, the admin server beside it; on SIGTERM the drain: readiness
 /// fails, then the tailer writes what it holds, for at most the drain timeout.
-async fn serve<S>(mut tailer: Tailer<S>, admin: AdminArgs, timing: DrainTiming) -> Result<(), CliError>
+async fn serve<S>(mut tailer: Tailer<S>, wiring: Wiring) -> Result<(), CliError>
 where
-    S: outrigger_log_adapter::sink::Sink + Send + 'static,
+    S: Sink + Send + 'static,
 {
-    let AdminArgs { admin_addr } = admin;
-    let mut registry = registry("outrigger");
-    let mut metrics = Metrics::register(&mut registry);
+    let Wiring {
+        registry,
+        mut metrics,
+        stop,
+        admin: AdminArgs { admin_addr },
+        timing,
+    } = wiring;
     let admin = AdminState::new(registry);
     let listener = admin::bind(admin_addr).await?;
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -255,7 +334,6 @@ where
         let _ = admin_stopped.await;
     }));
 
-    let stop = Arc::new(AtomicBool::new(false));
     let (done, finished) = tokio::sync::oneshot::channel();
     let thread_stop = stop.clone();
     let flush_metrics = metrics.clone();

@@ -11,6 +11,7 @@ use prometheus_client::{
 
 use crate::{
     parse::Format,
+    sink::http::HttpSinkMetrics,
     tail::{Flushed, Gauges, Stats},
 };
 
@@ -41,6 +42,7 @@ pub struct Metrics {
     bytes_behind: Gauge,
     sink_write: Family<ResultLabels, Histogram, Buckets>,
     sink_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    http: HttpSinkMetrics,
     last: Stats,
 }
 
@@ -64,6 +66,7 @@ impl Default for Metrics {
             bytes_behind: Gauge::default(),
             sink_write: histogram_family(SINK_WRITE_SECONDS),
             sink_lag: Gauge::default(),
+            http: HttpSinkMetrics::default(),
             last: Stats::default(),
         }
     }
@@ -156,7 +159,13 @@ impl Metrics {
             Unit::Seconds,
             metrics.sink_lag.clone(),
         );
+        metrics.http.register_into(registry);
         metrics
+    }
+
+    /// The HTTP sink's counters, registered with these.
+    pub fn http_sink(&self) -> HttpSinkMetrics {
+        self.http.clone()
     }
 
     /// Adds what changed since the last call and sets the gauges.

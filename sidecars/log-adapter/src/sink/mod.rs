@@ -3,13 +3,15 @@
 //! checkpoint only after success (at-least-once: a failed or interrupted batch is read again).
 //!
 //! A sink blocks until its batch is written: that is the backpressure, since no more is read
-//! meanwhile. An HTTP sink (Loki, Elasticsearch) fits the same trait: it reads the lines and
-//! their timestamps from the batch, retries inside `write_batch` within its own bounds, and
-//! reports a failure the caller retries.
+//! meanwhile. The [`http`] sink (JSON lines, Loki, Elasticsearch) reads the lines and their
+//! timestamps from the batch, retries inside `write_batch` within its own bounds, and reports a
+//! failure the caller retries.
 
 use std::{io::Write, time::Instant};
 
 use crate::{checkpoint::FileId, time::Timestamp};
+
+pub mod http;
 
 /// Records ready to write, and the file offsets they cover.
 #[derive(Debug, Default)]
@@ -96,6 +98,8 @@ impl Batch {
 pub enum SinkError {
     #[error("writing records: {0}")]
     Io(#[from] std::io::Error),
+    #[error("delivering records over HTTP: {0}")]
+    Http(#[from] http::HttpError),
 }
 
 impl SinkError {
@@ -103,6 +107,7 @@ impl SinkError {
     pub fn category(&self) -> &'static str {
         match self {
             SinkError::Io(_) => "io",
+            SinkError::Http(error) => error.category(),
         }
     }
 }
@@ -111,6 +116,13 @@ impl SinkError {
 pub trait Sink {
     /// Writes the whole batch, or fails; on failure the same batch is offered again.
     fn write_batch(&mut self, batch: &Batch) -> Result<(), SinkError>;
+}
+
+/// A sink chosen at start (stdout or HTTP).
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn write_batch(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        (**self).write_batch(batch)
+    }
 }
 
 /// JSON lines to any writer (stdout in the binary): one `write_all` and a flush per batch.
