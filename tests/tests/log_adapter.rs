@@ -9,7 +9,8 @@
 //! kubelet, it loses no line of a counted stream.
 //!
 //! Needs the images `outrigger/log-adapter:dev` and `outrigger/testapp:dev` built from this tree:
-//! `OUTRIGGER_IMAGE_PROFILE=image-test hack/images.sh log-adapter testapp`.
+//! `OUTRIGGER_IMAGE_PROFILE=image-test hack/images.sh log-adapter testapp`. Other tags (when other
+//! trees build `:dev` too): `OUTRIGGER_LOG_ADAPTER_IMAGE`, `OUTRIGGER_TESTAPP_IMAGE`.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -28,6 +29,10 @@ const SCOPE_LABEL: &str = "outrigger.dev/test-scope";
 /// middle of it.
 const COUNTED: u32 = 3000;
 const RATE: u32 = 100;
+
+fn image(variable: &str, default: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| default.to_owned())
+}
 
 /// An operator with its webhook, scoped to this test's namespace; its webhook configuration and
 /// Secret are removed when dropped, so no other test's pods are intercepted.
@@ -56,7 +61,10 @@ impl WebhookOperator {
             "--webhook-namespace-label",
             &scope,
             "--sidecar-image",
-            "log-adapter=outrigger/log-adapter:dev",
+            &format!(
+                "log-adapter={}",
+                image("OUTRIGGER_LOG_ADAPTER_IMAGE", "outrigger/log-adapter:dev")
+            ),
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -198,12 +206,13 @@ async fn app_logs_come_out_as_one_utc_record_per_event_and_survive_bad_input_and
     .await
     .unwrap();
 
+    let testapp = image("OUTRIGGER_TESTAPP_IMAGE", "outrigger/testapp:dev");
     let service: ReplicatedService = serde_json::from_value(json!({
         "apiVersion": "outrigger.dev/v1alpha1", "kind": "ReplicatedService", "metadata": {"name": "web"},
         "spec": {
             "replicas": 1,
             "template": {"spec": {"containers": [{
-                "name": "app", "image": "outrigger/testapp:dev", "imagePullPolicy": "Never",
+                "name": "app", "image": testapp, "imagePullPolicy": "Never",
                 "env": [
                     {"name": "LOG_DIR", "value": "/var/log/outrigger"},
                     {"name": "LOG_BAD", "value": "1"},
