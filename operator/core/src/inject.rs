@@ -434,11 +434,18 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
         }
     }
 
+    let source = LogSource {
+        container: spec.containers.first().map(|c| c.name.clone()),
+        owner: owner_of(&pod)
+            .map(|(kind, name)| format!("{kind}/{name}"))
+            .or_else(|| controller_of(&pod)),
+    };
+    let spec = pod.spec.get_or_insert_with(Default::default);
     let sidecars: Vec<Container> = plan
         .sidecars
         .iter()
         .map(|s| {
-            let mut container = sidecar_container(s, plan.native_sidecars);
+            let mut container = sidecar_container(s, plan.native_sidecars, &source);
             if let (SidecarKind::ConfigSync, Some(settings)) = (s.kind, &config_sync) {
                 config_sync_container(&mut container, settings);
             }
@@ -571,9 +578,46 @@ fn config_sync_container(container: &mut Container, settings: &ConfigSyncSetting
     }
 }
 
-fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
-    let port = admin_port(sidecar.kind);
-    let field_env = |name: &str, path: &str| EnvVar {
+/// Who writes the logs the log adapter reads: its records carry these, with the pod, namespace and
+/// node from the downward API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct LogSource {
+    /// The app container (the pod's first): all of the pod's containers share one log volume.
+    container: Option<String>,
+    /// `Kind/name` of the owning service, else of the pod's controller.
+    owner: Option<String>,
+}
+
+/// `Kind/name` of the pod's controller (a plain pod of a ReplicaSet, a Job...).
+fn controller_of(pod: &Pod) -> Option<String> {
+    pod.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|reference| reference.controller == Some(true))
+        .map(|reference| format!("{}/{}", reference.kind, reference.name))
+}
+
+/// The log adapter's enrichment variables (`outrigger-log-adapter`'s `enrich` module reads them).
+fn log_adapter_env(source: &LogSource) -> Vec<EnvVar> {
+    let mut env = vec![
+        field_env("OUTRIGGER_POD_NAME", "metadata.name"),
+        field_env("OUTRIGGER_POD_NAMESPACE", "metadata.namespace"),
+        field_env("OUTRIGGER_NODE_NAME", "spec.nodeName"),
+    ];
+    for (name, value) in [
+        ("OUTRIGGER_CONTAINER_NAME", &source.container),
+        ("OUTRIGGER_OWNER", &source.owner),
+    ] {
+        if let Some(value) = value {
+            env.push(value_env(name, value.clone()));
+        }
+    }
+    env
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
         name: name.to_owned(),
         value_from: Some(EnvVarSource {
             field_ref: Some(ObjectFieldSelector {
@@ -583,12 +627,29 @@ fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
             ..EnvVarSource::default()
         }),
         ..EnvVar::default()
-    };
-    let value_env = |name: &str, value: String| EnvVar {
+    }
+}
+
+fn value_env(name: &str, value: String) -> EnvVar {
+    EnvVar {
         name: name.to_owned(),
         value: Some(value),
         ..EnvVar::default()
-    };
+    }
+}
+
+fn sidecar_container(sidecar: &SidecarToInject, native: bool, source: &LogSource) -> Container {
+    let port = admin_port(sidecar.kind);
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        value_env("OUTRIGGER_ADMIN_PORT", port.to_string()),
+        value_env("OUTRIGGER_ADMIN_ADDR", format!("0.0.0.0:{port}")),
+        value_env("OUTRIGGER_CONFIG_DIR", CONFIG_DIR.to_owned()),
+    ];
+    if sidecar.kind == SidecarKind::LogAdapter {
+        env.extend(log_adapter_env(source));
+    }
     let settings = serde_json::to_string(&sidecar.settings).unwrap_or_else(|_| "{}".to_owned());
     let binary = format!("/outrigger-{}", sidecar.kind);
     let is_outrigger_image = sidecar.image.starts_with(&format!("outrigger/{}:", sidecar.kind));
@@ -596,23 +657,15 @@ fn sidecar_container(sidecar: &SidecarToInject, native: bool) -> Container {
         name: sidecar.kind.to_string(),
         image: Some(sidecar.image.clone()),
         image_pull_policy: Some("IfNotPresent".to_owned()),
-        env: Some(
-            [
-                field_env("POD_NAME", "metadata.name"),
-                field_env("POD_NAMESPACE", "metadata.namespace"),
-                value_env("OUTRIGGER_ADMIN_PORT", port.to_string()),
-                value_env("OUTRIGGER_ADMIN_ADDR", format!("0.0.0.0:{port}")),
-                value_env("OUTRIGGER_CONFIG_DIR", CONFIG_DIR.to_owned()),
-                value_env("OUTRIGGER_SETTINGS", settings),
-            ]
-            .into_iter()
-            .chain(
+        env: Some({
+            env.extend(
                 ambassador_env(sidecar)
                     .into_iter()
                     .map(|(name, value)| value_env(name, value)),
-            )
-            .collect(),
-        ),
+            );
+            env.push(value_env("OUTRIGGER_SETTINGS", settings));
+            env
+        }),
         ports: Some(
             std::iter::once(ContainerPort {
                 name: Some(format!("{}-admin", short_code(sidecar.kind))),
@@ -777,6 +830,68 @@ mod tests {
             injected.metadata.annotations.unwrap()[INJECTED],
             "request-splitter,log-adapter"
         );
+    }
+
+    #[test]
+    fn the_log_adapter_learns_who_writes_the_logs_and_shares_their_volume() {
+        let plan = owner_plan(&["log-adapter"], false);
+        let service_pod = pod(json!({"metadata": {"labels": {
+            labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
+            labels::REPLICATED_SERVICE: "web",
+        }}}));
+        let spec = mutate(&service_pod, &plan).unwrap().spec.unwrap();
+        let adapter = &spec.containers[0];
+        let env: BTreeMap<&str, String> = adapter
+            .env
+            .iter()
+            .flatten()
+            .map(|var| {
+                let value = var.value.clone().unwrap_or_else(|| {
+                    let field = var.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+                    format!("field:{}", field.field_path)
+                });
+                (var.name.as_str(), value)
+            })
+            .collect();
+        for (name, value) in [
+            ("OUTRIGGER_POD_NAME", "field:metadata.name"),
+            ("OUTRIGGER_POD_NAMESPACE", "field:metadata.namespace"),
+            ("OUTRIGGER_NODE_NAME", "field:spec.nodeName"),
+            ("OUTRIGGER_CONTAINER_NAME", "app"),
+            ("OUTRIGGER_OWNER", "ReplicatedService/web"),
+        ] {
+            assert_eq!(env.get(name).map(String::as_str), Some(value), "{name}");
+        }
+        let mounted = |container: &Container| {
+            container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == LOGS_VOLUME && m.mount_path == LOGS_DIR)
+        };
+        assert!(mounted(adapter) && mounted(&spec.containers[1]));
+
+        // A plain pod names its controller; other sidecars get none of these variables.
+        let plain = pod(json!({"metadata": {"ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9", "uid": "u", "controller": true,
+        }]}}));
+        let spec = mutate(&plain, &owner_plan(&["request-splitter", "log-adapter"], false))
+            .unwrap()
+            .spec
+            .unwrap();
+        let owner = |container: &Container| {
+            container
+                .env
+                .iter()
+                .flatten()
+                .find(|var| var.name == "OUTRIGGER_OWNER")
+                .and_then(|var| var.value.clone())
+        };
+        assert_eq!(
+            owner(&spec.containers[1]).as_deref(),
+            Some("ReplicaSet/web-7d4b9")
+        );
+        assert_eq!(owner(&spec.containers[0]), None);
     }
 
     #[test]

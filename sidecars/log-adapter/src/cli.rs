@@ -1,9 +1,16 @@
-//! Command line of `outrigger-log-adapter`, and the wiring: settings merged under the flags, the
-//! tailer on a thread of its own, the admin server and signals on a small async runtime.
+//! Command line of `outrigger-log-adapter`: the runtime's shared groups (log, admin, config
+//! source, drain), flattened, plus the adapter's own flags; and the wiring: settings merged under
+//! the flags, the tailer on a thread of its own, the admin server, signals and the drain on a
+//! small async runtime.
+//!
+//! The adapter's own environment variables carry its prefix (`OUTRIGGER_LOG_ADAPTER_…`, and
+//! through [`args::with_env_prefix`] `OUTRIGGER_LOG_ADAPTER_DRAIN_TIMEOUT`, …); what injection sets
+//! for every sidecar of a pod keeps one name (`OUTRIGGER_CONFIG_DIR`, `OUTRIGGER_ADMIN_ADDR`,
+//! `OUTRIGGER_LOG`, `OUTRIGGER_LOG_FORMAT`, `OUTRIGGER_SETTINGS`).
 
 use std::{
-    net::SocketAddr,
-    path::PathBuf,
+    collections::BTreeMap,
+    path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -11,33 +18,62 @@ use std::{
     time::Duration,
 };
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use outrigger_contract::sidecars::{SidecarsConfig, SIDECARS_CONFIG_KEY};
 use outrigger_log_adapter::{
     enrich::Enrichment,
     metrics::Metrics,
     parse::Choice,
-    settings::{Settings, SettingsError},
-    sink::WriterSink,
+    settings::{parse_label, LabelError, Settings, SettingsError},
+    sink::{
+        http::{Format, HttpError, HttpSink, HttpSinkConfig},
+        Sink, WriterSink,
+    },
     tail::{Config, TailError, Tailer},
     time::UtcOffset,
 };
 use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
-    shutdown,
-    telemetry::LogFormat,
+    args::{self, AdminArgs, ConfigSourceArgs, DrainArgs, LogArgs},
+    duration::ConfigDuration,
+    metrics::registry,
+    shutdown::{self, DrainTiming},
+    telemetry::TelemetryError,
 };
-use prometheus_client::registry::Registry;
 use tracing::{info, warn};
+
+/// The prefix of the adapter's own environment variables: `OUTRIGGER_LOG_ADAPTER_…`.
+pub const ENV_PREFIX: &str = "LOG_ADAPTER";
+
+/// The adapter's entry in the sidecars document.
+pub const SIDECAR_NAME: &str = "log-adapter";
+
+/// The admin port injection gives the log adapter (`outrigger-core`'s `inject::admin_port`).
+pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9904";
 
 /// Why the command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("invalid log filter {filter:?}: {message}")]
-    LogFilter { filter: String, message: String },
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    #[error("reading the sidecars document {path}: {source}")]
+    Document {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the sidecars document {path} is not valid: {source}")]
+    InvalidDocument {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error(transparent)]
     Tail(#[from] TailError),
+    #[error("the HTTP sink: {0}")]
+    Sink(#[from] HttpError),
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error("starting the async runtime: {0}")]
@@ -94,24 +130,63 @@ pub struct Cli {
     /// Wait before opening a file that could not be read again, in milliseconds.
     #[arg(long, env = "OUTRIGGER_LOG_ADAPTER_RETRY_MS", default_value_t = 10_000)]
     retry_unreadable_ms: u64,
-    /// Settings from the service's spec, a JSON object of strings (set by injection); flags win.
+    /// Settings from the service's spec, a JSON object of strings (set by injection); the
+    /// `log-adapter` entry of the sidecars document, when there is one, wins over them, and flags
+    /// win over both.
     #[arg(long, env = "OUTRIGGER_SETTINGS", default_value = "", hide_env_values = true)]
     settings: String,
     /// Read the files to their current end once, write, and exit (no admin server).
     #[arg(long)]
     once: bool,
-    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
-    #[arg(long, env = "OUTRIGGER_ADMIN_ADDR", default_value = "0.0.0.0:9904")]
-    admin_addr: SocketAddr,
-    /// Filter of the adapter's own logs (to stderr), in RUST_LOG syntax.
-    #[arg(long, env = "OUTRIGGER_LOG", default_value = "info")]
-    log: String,
-    /// Format of the adapter's own logs: `json` or `text`.
-    #[arg(long, env = "OUTRIGGER_LOG_FORMAT", default_value = "json")]
-    log_format: LogFormat,
+    /// Send records to this endpoint (`http://host:port/path`) instead of writing them to stdout.
+    #[arg(long, env = "OUTRIGGER_LOG_ADAPTER_SINK_URL")]
+    sink_url: Option<String>,
+    /// Request format of the HTTP sink: json-lines, loki or elasticsearch. Default json-lines.
+    #[arg(long, env = "OUTRIGGER_LOG_ADAPTER_SINK_FORMAT")]
+    sink_format: Option<Format>,
+    /// Loki stream label `name=value`; repeatable or comma-separated. Default
+    /// `job=outrigger-log-adapter`.
+    #[arg(
+        long = "sink-label",
+        env = "OUTRIGGER_LOG_ADAPTER_SINK_LABELS",
+        value_delimiter = ',',
+        value_parser = parse_label_arg
+    )]
+    sink_labels: Vec<(String, String)>,
+    /// Longest wait for the HTTP sink's answer to one request.
+    #[arg(long, env = "OUTRIGGER_LOG_ADAPTER_SINK_TIMEOUT", default_value = "10s")]
+    sink_timeout: ConfigDuration,
+    /// How long the HTTP sink tries one batch again (backoff 100 ms to 5 s) before reporting the
+    /// failure; the batch is then offered again after a pause, and nothing more is read meanwhile.
+    #[arg(long, env = "OUTRIGGER_LOG_ADAPTER_SINK_RETRY_FOR", default_value = "30s")]
+    sink_retry_for: ConfigDuration,
+    /// Where the sidecars document is (`--config`, or `sidecars.json` in `--config-dir`).
+    #[command(flatten)]
+    source: ConfigSourceArgs,
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(flatten)]
+    drain: DrainArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 impl Cli {
+    /// The command with the adapter's defaults and variable names.
+    pub fn command_with_defaults() -> clap::Command {
+        args::with_env_prefix(Cli::command(), ENV_PREFIX)
+            .mut_arg("admin_addr", |arg| arg.default_value(DEFAULT_ADMIN_ADDR))
+    }
+
+    /// Parses the process's arguments and environment (exits with a message when they are wrong).
+    pub fn from_env() -> Cli {
+        let matches = Self::command_with_defaults().get_matches();
+        match Cli::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(error) => error.exit(),
+        }
+    }
+
     /// Runs until SIGTERM (or, with `--once`, until the files are read).
     pub fn run(self) -> Result<(), CliError> {
         let Self {
@@ -127,12 +202,26 @@ impl Cli {
             retry_unreadable_ms,
             settings,
             once,
-            admin_addr,
+            sink_url,
+            sink_format,
+            sink_labels,
+            sink_timeout,
+            sink_retry_for,
+            source,
+            admin,
+            drain,
             log,
-            log_format,
         } = self;
-        init_logging(&log, log_format)?;
-        let settings = Settings::from_json(&settings)?;
+        log.init_stderr()?;
+        let source = source.resolve(SIDECARS_CONFIG_KEY);
+        if source.configmap.is_some() {
+            warn!("The log adapter reads its settings at start from the mounted sidecars document; the ConfigMap is not watched.");
+        }
+        let mut map = Settings::map_from_json(&settings)?;
+        if let Some(path) = &source.file {
+            map.extend(document_settings(path)?);
+        }
+        let settings = Settings::from_map(map)?;
         if !settings.unknown.is_empty() {
             warn!(keys = ?settings.unknown, "Ignoring settings this log adapter does not know.");
         }
@@ -158,84 +247,173 @@ impl Cli {
             enrichment: Enrichment::from_env(),
             ..defaults
         };
+        let mut registry = registry("outrigger");
+        let metrics = Metrics::register(&mut registry);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sink: Box<dyn Sink + Send> = match sink_url.or(settings.sink_url) {
+            Some(url) => {
+                let defaults = HttpSinkConfig::default();
+                let config = HttpSinkConfig {
+                    url,
+                    format: sink_format.or(settings.sink_format).unwrap_or_default(),
+                    labels: [sink_labels, settings.sink_labels]
+                        .into_iter()
+                        .find(|labels| !labels.is_empty())
+                        .unwrap_or(defaults.labels),
+                    request_timeout: sink_timeout.0,
+                    retry_for: sink_retry_for.0,
+                    ..defaults
+                };
+                info!(url = %config.url, format = config.format.name(), "Sending records over HTTP.");
+                Box::new(HttpSink::new(config, metrics.http_sink())?.with_stop(stop.clone()))
+            }
+            None => Box::new(WriterSink::new(std::io::stdout())),
+        };
         info!(include = ?config.include, parser = ?config.parser, checkpoint = ?config.checkpoint_path, "Starting the log adapter.");
-        let mut tailer = Tailer::new(config, WriterSink::new(std::io::stdout()))?;
+        let tailer = Tailer::new(config, sink)?;
         if once {
-            tailer.run_once()?;
-            let stats = tailer.stats();
-            info!(
-                lines = stats.lines,
-                records = stats.records,
-                parse_errors = stats.parse_errors,
-                "Read every file once."
-            );
-            return Ok(());
+            return run_once(tailer);
         }
-
-        let mut registry = Registry::default();
-        let mut metrics = Metrics::register(&mut registry);
-        let admin = AdminState::new(registry);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(CliError::Runtime)?;
-        runtime.block_on(async move {
-            let listener = admin::bind(admin_addr).await?;
-            let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-            let server = tokio::spawn(admin::serve(listener, admin.clone(), async move {
-                let _ = admin_stopped.await;
-            }));
-
-            let stop = Arc::new(AtomicBool::new(false));
-            let (done, finished) = tokio::sync::oneshot::channel();
-            let thread_stop = stop.clone();
-            std::thread::Builder::new()
-                .name("tailer".to_owned())
-                .spawn(move || {
-                    let result = tailer.run(&thread_stop, |stats, files| metrics.publish(stats, files));
-                    let _ = done.send(result);
-                })
-                .map_err(CliError::Thread)?;
-            admin.set_ready(true);
-
-            tokio::pin!(finished);
-            let result = tokio::select! {
-                () = shutdown::signal() => {
-                    info!("Stopping: writing what is pending.");
-                    admin.set_ready(false);
-                    stop.store(true, Ordering::Relaxed);
-                    finished.await
-                }
-                result = &mut finished => result,
-            };
-            let _ = admin_stop.send(());
-            let _ = server.await;
-            match result {
-                Ok(result) => Ok(result?),
-                Err(_) => Err(CliError::TailerLost),
-            }
-        })
+        let wiring = Wiring {
+            registry,
+            metrics,
+            stop,
+            admin,
+            timing: drain.into(),
+        };
+        runtime.block_on(serve(tailer, wiring))
     }
+}
+
+fn parse_label_arg(text: &str) -> Result<(String, String), LabelError> {
+    parse_label(text)
+}
+
+/// What the running adapter shares between the tailer's thread and the admin server.
+struct Wiring {
+    registry: prometheus_client::registry::Registry,
+    metrics: Metrics,
+    stop: Arc<AtomicBool>,
+    admin: AdminArgs,
+    timing: DrainTiming,
+}
+
+fn run_once<S: Sink>(mut tailer: Tailer<S>) -> Result<(), CliError> {
+    tailer.run_once()?;
+    let stats = tailer.stats();
+    info!(
+        lines = stats.lines,
+        records = stats.records,
+        parse_errors = stats.parse_errors,
+        "Read every file once."
+    );
+    Ok(())
+}
+
+/// The tailer on its own thread, the admin server beside it; on SIGTERM the drain: readiness
+/// fails, then the tailer writes what it holds, for at most the drain timeout.
+async fn serve<S>(mut tailer: Tailer<S>, wiring: Wiring) -> Result<(), CliError>
+where
+    S: Sink + Send + 'static,
+{
+    let Wiring {
+        registry,
+        mut metrics,
+        stop,
+        admin: AdminArgs { admin_addr },
+        timing,
+    } = wiring;
+    let admin = AdminState::new(registry);
+    let listener = admin::bind(admin_addr).await?;
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(admin::serve(listener, admin.clone(), async move {
+        let _ = admin_stopped.await;
+    }));
+
+    let (done, finished) = tokio::sync::oneshot::channel();
+    let thread_stop = stop.clone();
+    let flush_metrics = metrics.clone();
+    tailer.on_flush(move |flushed| flush_metrics.observe_flush(flushed));
+    std::thread::Builder::new()
+        .name("tailer".to_owned())
+        .spawn(move || {
+            let result = tailer.run(&thread_stop, |stats, gauges| metrics.publish(stats, gauges));
+            let _ = done.send(result);
+        })
+        .map_err(CliError::Thread)?;
+    admin.set_ready(true);
+
+    tokio::pin!(finished);
+    let result = tokio::select! {
+        () = shutdown::signal() => {
+            info!("Stopping: writing what is pending.");
+            let mut result = None;
+            let close = async { stop.store(true, Ordering::Relaxed) };
+            let wait = async { result = (&mut finished).await.ok() };
+            if shutdown::drain(&admin, timing, close, wait).await {
+                result.ok_or(CliError::TailerLost)
+            } else {
+                // What was not acknowledged is read again after the restart.
+                Ok(Ok(()))
+            }
+        }
+        result = &mut finished => result.map_err(|_| CliError::TailerLost),
+    };
+    let _ = admin_stop.send(());
+    let _ = server.await;
+    Ok(result??)
+}
+
+/// The adapter's entry of the sidecars document (none when the document has none).
+fn document_settings(path: &Path) -> Result<BTreeMap<String, String>, CliError> {
+    let text = std::fs::read(path).map_err(|source| CliError::Document {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut document = SidecarsConfig::from_json(&text).map_err(|source| CliError::InvalidDocument {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(document.sidecars.remove(SIDECAR_NAME).unwrap_or_default())
 }
 
 fn first_non_empty(a: Vec<String>, b: Vec<String>) -> Option<Vec<String>> {
     [a, b].into_iter().find(|v| !v.is_empty())
 }
 
-/// The adapter's own logs go to stderr: stdout is the record stream.
-fn init_logging(filter: &str, format: LogFormat) -> Result<(), CliError> {
-    let env_filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|error| CliError::LogFilter {
-        filter: filter.to_owned(),
-        message: error.to_string(),
-    })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // A second initialisation (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Injection, the cluster tests, the benchmark and the docs set these names.
+    #[test]
+    fn every_flag_keeps_its_name_and_environment_variable() {
+        Cli::command().debug_assert();
+        let command = Cli::command_with_defaults();
+        for (id, env) in [
+            ("include", "OUTRIGGER_LOG_ADAPTER_INCLUDE"),
+            ("checkpoint_path", "OUTRIGGER_LOG_ADAPTER_CHECKPOINT"),
+            ("settings", "OUTRIGGER_SETTINGS"),
+            ("config_dir", "OUTRIGGER_CONFIG_DIR"),
+            ("config", "OUTRIGGER_LOG_ADAPTER_CONFIG"),
+            ("drain_timeout", "OUTRIGGER_LOG_ADAPTER_DRAIN_TIMEOUT"),
+            ("admin_addr", "OUTRIGGER_ADMIN_ADDR"),
+            ("log", "OUTRIGGER_LOG"),
+            ("log_format", "OUTRIGGER_LOG_FORMAT"),
+        ] {
+            let arg = command.get_arguments().find(|arg| arg.get_id() == id).unwrap();
+            assert_eq!(
+                arg.get_env().map(|e| e.to_string_lossy().into_owned()).as_deref(),
+                Some(env),
+                "{id}"
+            );
+        }
+        let matches = command.try_get_matches_from(["outrigger-log-adapter"]).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        assert_eq!(cli.admin.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
+    }
 }

@@ -2,8 +2,9 @@
 //! logfmt, nginx / Apache, klog, syslog, user patterns), joins stack traces, and writes one JSON
 //! record per line to a sink, advancing its checkpoint only after the sink has the batch.
 //!
-//! Everything here is library code; `main.rs` and `cli.rs` only parse arguments and wire it up,
-//! so that the shared sidecar runtime can take over the CLI and admin server later.
+//! Everything here is library code; `main.rs` and `cli.rs` only parse arguments (the sidecar
+//! runtime's shared groups plus the adapter's own flags) and wire it to the runtime's admin server,
+//! telemetry, signals and drain.
 
 pub mod checkpoint;
 pub mod enrich;

@@ -1,6 +1,5 @@
 use std::time::Duration;
 
-use clap::Parser;
 use outrigger_sidecar_runtime::wait_ready;
 
 mod cli;
@@ -11,6 +10,6 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().nth(1).as_deref() == Some(wait_ready::COMMAND) {
         std::process::exit(wait_ready::run(None, Duration::from_secs(120)));
     }
-    cli::Cli::parse().run()?;
+    cli::Cli::from_env().run()?;
     Ok(())
 }

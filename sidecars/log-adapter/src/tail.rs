@@ -33,7 +33,7 @@ use crate::{
     glob,
     line::{Line, LineSplitter},
     multiline::{Joined, Joiner},
-    parse::{self, Choice, Context, StreamParser},
+    parse::{self, Choice, Context, Format, StreamParser},
     record::{self, escape_into, Fields, Meta},
     sink::{Batch, Sink, SinkError},
     time::{Timestamp, UtcOffset},
@@ -124,17 +124,30 @@ impl TailError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     pub lines: u64,
+    /// Records made (a record may join several lines).
     pub records: u64,
+    /// Records the sink acknowledged.
+    pub records_written: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub batches: u64,
     pub parse_errors: u64,
+    /// Parse failures by the format the line was taken for, in [`Format::ALL`] order.
+    pub parse_errors_by_format: [u64; Format::ALL.len()],
     pub truncated: u64,
     pub rotations: u64,
     pub truncations: u64,
     pub unreadable: u64,
     pub sink_errors: u64,
     pub checkpoint_errors: u64,
+}
+
+/// What the tailer holds now, for gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub open_files: usize,
+    /// See [`Tailer::bytes_behind`].
+    pub bytes_behind: u64,
 }
 
 /// What a look at one stream ended with.
@@ -164,6 +177,8 @@ struct Stream {
     seen: bool,
     gone_since: Option<Instant>,
     last_data: Instant,
+    /// The file's size at the last look, for the bytes not yet delivered.
+    size: u64,
 }
 
 impl Stream {
@@ -207,7 +222,10 @@ impl Emitter<'_> {
         self.batch
             .finish_record(parsed.header.timestamp.unwrap_or(self.ctx.now));
         self.stats.records += 1;
-        self.stats.parse_errors += u64::from(parsed.error.is_some());
+        if parsed.error.is_some() {
+            self.stats.parse_errors += 1;
+            self.stats.parse_errors_by_format[parsed.format.index()] += 1;
+        }
         self.stats.truncated += u64::from(truncated);
     }
 
@@ -282,6 +300,21 @@ pub struct Tailer<S> {
     batch: Batch,
     fields: Fields,
     stats: Stats,
+    on_flush: Option<FlushObserver>,
+}
+
+/// Sees every batch write (see [`Tailer::on_flush`]).
+type FlushObserver = Box<dyn FnMut(&Flushed) + Send>;
+
+/// One batch handed to the sink, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Flushed {
+    /// How long the sink took, retries within it included.
+    pub took: Duration,
+    /// Whether the sink acknowledged the batch.
+    pub ok: bool,
+    /// From the oldest record's read to the acknowledgment (`None` when not acknowledged).
+    pub lag: Option<Duration>,
 }
 
 impl<S: Sink> Tailer<S> {
@@ -320,11 +353,33 @@ impl<S: Sink> Tailer<S> {
             batch: Batch::default(),
             fields: Fields::default(),
             stats: Stats::default(),
+            on_flush: None,
         })
     }
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Calls `observe` after every write of a batch to the sink, failed ones included.
+    pub fn on_flush(&mut self, observe: impl FnMut(&Flushed) + Send + 'static) {
+        self.on_flush = Some(Box::new(observe));
+    }
+
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            open_files: self.streams.len(),
+            bytes_behind: self.bytes_behind(),
+        }
+    }
+
+    /// Bytes of the open files not yet acknowledged by the sink: what a restart would read again
+    /// or for the first time.
+    pub fn bytes_behind(&self) -> u64 {
+        self.streams
+            .iter()
+            .map(|s| s.size.saturating_sub(self.checkpoints.offset(s.id).unwrap_or(0)))
+            .sum()
     }
 
     pub fn sink(&self) -> &S {
@@ -342,15 +397,15 @@ impl<S: Sink> Tailer<S> {
 
     /// Runs until `stop` is set, then writes what is pending and commits. Sink failures are
     /// logged and retried after a pause, holding the batch (nothing more is read meanwhile).
-    /// `observe` sees the counters and the number of open files after each look.
+    /// `observe` sees the counters and the gauges after each look.
     pub fn run(
         &mut self,
         stop: &AtomicBool,
-        mut observe: impl FnMut(&Stats, usize),
+        mut observe: impl FnMut(&Stats, Gauges),
     ) -> Result<(), TailError> {
         while !stop.load(Ordering::Relaxed) {
             let polled = self.poll(Instant::now());
-            observe(&self.stats, self.streams.len());
+            observe(&self.stats, self.gauges());
             match polled {
                 Ok(true) => {}
                 Ok(false) => sleep_unless(stop, self.config.poll_interval),
@@ -363,7 +418,7 @@ impl<S: Sink> Tailer<S> {
             }
         }
         let result = self.shutdown();
-        observe(&self.stats, self.streams.len());
+        observe(&self.stats, self.gauges());
         result
     }
 
@@ -455,7 +510,25 @@ impl<S: Sink> Tailer<S> {
     /// Writes the batch and commits what it covers.
     fn flush(&mut self) -> Result<(), TailError> {
         if self.batch.records() > 0 {
-            self.sink.write_batch(&self.batch)?;
+            let started = Instant::now();
+            let written = self.sink.write_batch(&self.batch);
+            if let Some(observe) = &mut self.on_flush {
+                let now = Instant::now();
+                observe(&Flushed {
+                    took: now.saturating_duration_since(started),
+                    ok: written.is_ok(),
+                    lag: written
+                        .is_ok()
+                        .then(|| {
+                            self.batch
+                                .first_read()
+                                .map(|read| now.saturating_duration_since(read))
+                        })
+                        .flatten(),
+                });
+            }
+            written?;
+            self.stats.records_written += self.batch.records() as u64;
             self.stats.batches += 1;
             self.stats.bytes_written += self.batch.len_bytes() as u64;
         }
@@ -579,6 +652,7 @@ impl<S: Sink> Tailer<S> {
             seen: true,
             gone_since: None,
             last_data: now,
+            size: meta.len(),
         });
     }
 
@@ -611,6 +685,7 @@ impl<S: Sink> Tailer<S> {
                 batch: &mut self.batch,
                 stats: &mut self.stats,
             };
+            stream.size = size;
             if size < stream.read_offset() {
                 info!(path = %stream.path.display(), size, offset = stream.read_offset(), "File truncated in place; reading it from its start.");
                 emitter.stats.truncations += 1;

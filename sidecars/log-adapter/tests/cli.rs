@@ -184,3 +184,33 @@ fn an_unreadable_file_is_logged_once_skipped_and_read_once_permitted() {
         "logged once: {stderr}"
     );
 }
+
+#[test]
+fn the_sidecars_document_entry_wins_over_the_injected_settings() {
+    let dir = TempDir::new("document");
+    std::fs::write(dir.0.join("app.log"), "level=warn msg=one\n").unwrap();
+    let document = serde_json::json!({
+        "service": "web", "namespace": "shop",
+        "sidecars": {"log-adapter": {"parser": "logfmt", "include": format!("{}/*.log", dir.0.display())}},
+    });
+    std::fs::write(dir.0.join("sidecars.json"), document.to_string()).unwrap();
+
+    let output = adapter()
+        .env("OUTRIGGER_SETTINGS", r#"{"parser":"plain"}"#)
+        .env("OUTRIGGER_CONFIG_DIR", &dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let records = records(&output.stdout);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["format"], "logfmt");
+
+    std::fs::write(dir.0.join("sidecars.json"), "{\"service\":").unwrap();
+    let output = adapter().env("OUTRIGGER_CONFIG_DIR", &dir.0).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("sidecars document"));
+}

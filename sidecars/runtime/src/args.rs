@@ -81,6 +81,12 @@ impl LogArgs {
         let Self { log, log_format } = self;
         telemetry::init(&log, log_format)
     }
+
+    /// Installs the global subscriber, writing to stderr (see [`telemetry::init_stderr`]).
+    pub fn init_stderr(self) -> Result<(), TelemetryError> {
+        let Self { log, log_format } = self;
+        telemetry::init_stderr(&log, log_format)
+    }
 }
 
 /// The admin server.

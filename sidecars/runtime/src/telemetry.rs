@@ -49,3 +49,22 @@ pub fn init(filter: &str, format: LogFormat) -> Result<(), TelemetryError> {
     };
     result.map_err(|_| TelemetryError::AlreadyInstalled)
 }
+
+/// [`init`], writing to stderr: for a binary whose stdout is its product (the log adapter's
+/// records).
+pub fn init_stderr(filter: &str, format: LogFormat) -> Result<(), TelemetryError> {
+    let env_filter = EnvFilter::try_new(filter).map_err(|error| TelemetryError::Filter {
+        filter: filter.to_owned(),
+        message: error.to_string(),
+    })?;
+    let builder = fmt()
+        .with_env_filter(env_filter)
+        .with_target(true)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let result = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|_| TelemetryError::AlreadyInstalled)
+}

@@ -21,6 +21,10 @@
 //!
 //! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
 //! a test can check from inside a pod what the pod's containers reach on localhost.
+//!
+//! With `LOG_DIR` set it also writes log files there for the log adapter (see `logs`).
+
+mod logs;
 
 use std::{
     convert::Infallible,
@@ -332,6 +336,7 @@ async fn main() -> std::io::Result<()> {
         let ok = get(args.get(2).map(String::as_str).unwrap_or_default())?;
         std::process::exit(if ok { 0 } else { 1 });
     }
+    logs::start();
     let port: u16 = ["PORT", "OUTRIGGER_ADMIN_PORT"]
         .iter()
         .find_map(|name| std::env::var(name).ok().and_then(|p| p.parse().ok()))

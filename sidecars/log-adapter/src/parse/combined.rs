@@ -30,7 +30,13 @@ pub fn looks_like_access(line: &[u8]) -> bool {
         }
         rest = after;
     }
+    // `[10/Oct/2000:`: logback's `2024-01-02 03:04:05.678 ERROR [main]` also has three tokens
+    // before a bracket.
     rest.first() == Some(&b'[')
+        && rest
+            .get(1..3)
+            .is_some_and(|day| day.iter().all(u8::is_ascii_digit))
+        && rest.get(3) == Some(&b'/')
 }
 
 fn token(input: &[u8]) -> Option<(&[u8], &[u8])> {

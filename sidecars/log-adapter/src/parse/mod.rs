@@ -56,6 +56,24 @@ pub enum Format {
 }
 
 impl Format {
+    /// Every format, in [`Format::index`] order (metrics count parse failures per format).
+    pub const ALL: [Format; 9] = [
+        Format::Json,
+        Format::Logfmt,
+        Format::Combined,
+        Format::NginxError,
+        Format::Klog,
+        Format::Syslog3164,
+        Format::Syslog5424,
+        Format::Regex,
+        Format::Plain,
+    ];
+
+    /// Position in [`Format::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Format::Json => "json",
@@ -401,7 +419,7 @@ mod tests {
 
     #[test]
     fn sniffing_guesses_the_format_from_the_first_bytes() {
-        let cases: [(&[u8], Format); 11] = [
+        let cases: [(&[u8], Format); 12] = [
             (br#"{"msg":"x"}"#, Format::Json),
             (
                 b"<34>1 2003-10-11T22:14:15.003Z host app - - - hi",
@@ -416,6 +434,10 @@ mod tests {
                 Format::Combined,
             ),
             (b"level=info msg=hi", Format::Logfmt),
+            (
+                b"2024-01-02 03:04:05.678 ERROR [main] c.e.Shop - boom",
+                Format::Plain,
+            ),
             (b"Information: all good", Format::Plain),
             (b"2024/01/02 03:04:05 Go's log package", Format::Plain),
             (b"", Format::Plain),

@@ -3,13 +3,15 @@
 //! checkpoint only after success (at-least-once: a failed or interrupted batch is read again).
 //!
 //! A sink blocks until its batch is written: that is the backpressure, since no more is read
-//! meanwhile. An HTTP sink (Loki, Elasticsearch) fits the same trait: it reads the lines and
-//! their timestamps from the batch, retries inside `write_batch` within its own bounds, and
-//! reports a failure the caller retries.
+//! meanwhile. The [`http`] sink (JSON lines, Loki, Elasticsearch) reads the lines and their
+//! timestamps from the batch, retries inside `write_batch` within its own bounds, and reports a
+//! failure the caller retries.
 
-use std::io::Write;
+use std::{io::Write, time::Instant};
 
 use crate::{checkpoint::FileId, time::Timestamp};
+
+pub mod http;
 
 /// Records ready to write, and the file offsets they cover.
 #[derive(Debug, Default)]
@@ -19,6 +21,8 @@ pub struct Batch {
     ends: Vec<(u32, Timestamp)>,
     /// For each file touched: the offset every record before which is in this batch.
     offsets: Vec<(FileId, u64)>,
+    /// When the oldest record of the batch was read: the sink's lag is measured from it.
+    first_read: Option<Instant>,
 }
 
 impl Batch {
@@ -30,6 +34,12 @@ impl Batch {
     pub fn finish_record(&mut self, timestamp: Timestamp) {
         let end = u32::try_from(self.buf.len()).unwrap_or(u32::MAX);
         self.ends.push((end, timestamp));
+        self.first_read.get_or_insert_with(Instant::now);
+    }
+
+    /// When the oldest record was read, if there is one.
+    pub fn first_read(&self) -> Option<Instant> {
+        self.first_read
     }
 
     /// Everything of `id` before `offset` is in this batch (or needs no record).
@@ -79,6 +89,7 @@ impl Batch {
         self.buf.clear();
         self.ends.clear();
         self.offsets.clear();
+        self.first_read = None;
     }
 }
 
@@ -87,6 +98,8 @@ impl Batch {
 pub enum SinkError {
     #[error("writing records: {0}")]
     Io(#[from] std::io::Error),
+    #[error("delivering records over HTTP: {0}")]
+    Http(#[from] http::HttpError),
 }
 
 impl SinkError {
@@ -94,6 +107,7 @@ impl SinkError {
     pub fn category(&self) -> &'static str {
         match self {
             SinkError::Io(_) => "io",
+            SinkError::Http(error) => error.category(),
         }
     }
 }
@@ -102,6 +116,13 @@ impl SinkError {
 pub trait Sink {
     /// Writes the whole batch, or fails; on failure the same batch is offered again.
     fn write_batch(&mut self, batch: &Batch) -> Result<(), SinkError>;
+}
+
+/// A sink chosen at start (stdout or HTTP).
+impl<S: Sink + ?Sized> Sink for Box<S> {
+    fn write_batch(&mut self, batch: &Batch) -> Result<(), SinkError> {
+        (**self).write_batch(batch)
+    }
 }
 
 /// JSON lines to any writer (stdout in the binary): one `write_all` and a flush per batch.
