@@ -168,7 +168,10 @@ pub fn autoscaling_policy(spec: &AutoscalingPolicySpec) -> Result<(), InvalidSpe
     }
     if spec.min_replicas == 0 {
         // Scaling to zero needs requests held while the first replica starts; not offered yet.
-        problems.add("spec.minReplicas", "must be at least 1 (scaling to zero is not supported)");
+        problems.add(
+            "spec.minReplicas",
+            "must be at least 1 (scaling to zero is not supported)",
+        );
     }
     if spec.max_replicas < spec.min_replicas {
         problems.add(
@@ -667,7 +670,11 @@ mod tests {
                 json!({"scaleTargetRef": {"kind": "ShardedService", "dimension": "shards"}}),
                 vec![],
             ),
-            ("scale to zero", json!({"minReplicas": 0}), vec!["spec.minReplicas"]),
+            (
+                "scale to zero",
+                json!({"minReplicas": 0}),
+                vec!["spec.minReplicas"],
+            ),
             (
                 "latency per replica",
                 json!({"metrics": [{"type": "latency", "percentile": 99, "target": {"type": "AverageValue", "averageValue": "100"}}]}),

@@ -65,7 +65,10 @@ pub fn scale_up(spec: Option<&ScalingRules>) -> Rules {
         select: spec.map_or(SelectPolicy::Max, |r| r.select_policy),
         policies: policies(
             spec,
-            &[(ScalingPolicyType::Percent, 100, 15), (ScalingPolicyType::Pods, 4, 15)],
+            &[
+                (ScalingPolicyType::Percent, 100, 15),
+                (ScalingPolicyType::Pods, 4, 15),
+            ],
         ),
     }
 }
@@ -195,7 +198,8 @@ impl History {
 
     /// The replicas at the start of `period`: what the events within it changed, undone.
     fn period_start(&self, now: Duration, current: i32, period: Duration) -> i32 {
-        current - Self::change_in(&self.scale_ups, now, period) + Self::change_in(&self.scale_downs, now, period)
+        current - Self::change_in(&self.scale_ups, now, period)
+            + Self::change_in(&self.scale_downs, now, period)
     }
 
     fn scale_up_limit(&self, now: Duration, current: i32, rules: &Rules) -> (i32, Option<RatePolicy>) {
@@ -309,11 +313,41 @@ mod tests {
         let both = [(Pods, 4, 60), (Percent, 10, 60)];
         let up = scale_up(None);
         let cases = [
-            ("Max at 80 removes 10%", SelectPolicy::Max, 80, 72, "scaleDown policy 10% per 60s"),
-            ("Max at 40: both remove 4", SelectPolicy::Max, 40, 36, "scaleDown policy 4 Pods per 60s"),
-            ("Max at 30 removes 4 pods", SelectPolicy::Max, 30, 26, "scaleDown policy 4 Pods per 60s"),
-            ("Min at 80 removes 4 pods", SelectPolicy::Min, 80, 76, "scaleDown policy 4 Pods per 60s"),
-            ("Min at 30 removes 10%", SelectPolicy::Min, 30, 27, "scaleDown policy 10% per 60s"),
+            (
+                "Max at 80 removes 10%",
+                SelectPolicy::Max,
+                80,
+                72,
+                "scaleDown policy 10% per 60s",
+            ),
+            (
+                "Max at 40: both remove 4",
+                SelectPolicy::Max,
+                40,
+                36,
+                "scaleDown policy 4 Pods per 60s",
+            ),
+            (
+                "Max at 30 removes 4 pods",
+                SelectPolicy::Max,
+                30,
+                26,
+                "scaleDown policy 4 Pods per 60s",
+            ),
+            (
+                "Min at 80 removes 4 pods",
+                SelectPolicy::Min,
+                80,
+                76,
+                "scaleDown policy 4 Pods per 60s",
+            ),
+            (
+                "Min at 30 removes 10%",
+                SelectPolicy::Min,
+                30,
+                27,
+                "scaleDown policy 10% per 60s",
+            ),
         ];
         for (name, select, current, expected, limited_by) in cases {
             let down = rules(0, select, &both);
@@ -341,9 +375,18 @@ mod tests {
         // From 1: +100% is 2, +4 pods is 5: Max picks 5. From 10: +100% is 20.
         assert_eq!(history.limit(at(0), 1, 50, BOUNDS, &up, &down).0, 5);
         assert_eq!(history.limit(at(0), 10, 50, BOUNDS, &up, &down).0, 20);
-        assert_eq!(history.limit(at(0), 10, 15, BOUNDS, &up, &down), (15, Limit::None));
-        assert_eq!(history.limit(at(0), 10, 50, (1, 12), &up, &down), (12, Limit::MaxReplicas));
-        assert_eq!(history.limit(at(0), 10, 1, (3, 12), &up, &down), (3, Limit::MinReplicas));
+        assert_eq!(
+            history.limit(at(0), 10, 15, BOUNDS, &up, &down),
+            (15, Limit::None)
+        );
+        assert_eq!(
+            history.limit(at(0), 10, 50, (1, 12), &up, &down),
+            (12, Limit::MaxReplicas)
+        );
+        assert_eq!(
+            history.limit(at(0), 10, 1, (3, 12), &up, &down),
+            (3, Limit::MinReplicas)
+        );
     }
 
     #[test]
@@ -365,7 +408,14 @@ mod tests {
         // stabilizationWindowSeconds: 300 — a dip shorter than five minutes changes nothing.
         let (up, down) = (scale_up(None), scale_down(None));
         let mut history = History::default();
-        let script = [(0, 10, 10), (60, 4, 10), (200, 6, 10), (299, 5, 10), (301, 5, 6), (501, 5, 5)];
+        let script = [
+            (0, 10, 10),
+            (60, 4, 10),
+            (200, 6, 10),
+            (299, 5, 10),
+            (301, 5, 6),
+            (501, 5, 5),
+        ];
         for (second, desired, expected) in script {
             assert_eq!(
                 history.stabilize(at(second), 10, desired, &up, &down),

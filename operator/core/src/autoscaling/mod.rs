@@ -217,7 +217,8 @@ impl PolicyState {
         let Some(raw) = usable else {
             match (&spec.fallback, &outcome.metrics_error) {
                 (Some(fallback), Some((_, failing_for)))
-                    if *failing_for >= Duration::from_secs(u64::try_from(fallback.after_seconds).unwrap_or(0)) =>
+                    if *failing_for
+                        >= Duration::from_secs(u64::try_from(fallback.after_seconds).unwrap_or(0)) =>
                 {
                     outcome.desired = fallback.replicas.clamp(spec.min_replicas, spec.max_replicas);
                     outcome.reason = Reason::Fallback;
@@ -265,7 +266,8 @@ pub fn summary(spec: &AutoscalingPolicySpec, from: i32, outcome: &Outcome) -> St
         .map(|(metric, value)| format!("{} {}/{}", metric_name(metric), value.value, value.target))
         .next();
     let mut line = format!("{from}→{} {}", outcome.desired, outcome.reason.as_str());
-    if let Some(deciding) = deciding.filter(|_| matches!(outcome.reason, Reason::ScaleUp | Reason::ScaleDown)) {
+    if let Some(deciding) = deciding.filter(|_| matches!(outcome.reason, Reason::ScaleUp | Reason::ScaleDown))
+    {
         line.push_str(&format!(" ({deciding})"));
     }
     if let Some(limit) = outcome.limit.describe() {
@@ -328,8 +330,14 @@ mod tests {
         // 2 replicas at 40 rps each against 10: 8 wanted; the default +100%/+4 pods allows 6.
         let outcome = state.decide(&spec, 2, &[rate(&[40.0, 40.0])], at(0));
         assert_eq!(outcome.reason, Reason::ScaleUp);
-        assert_eq!((outcome.raw, outcome.stabilized, outcome.desired), (Some(8), Some(8), 6));
-        assert_eq!(outcome.limit.describe().as_deref(), Some("scaleUp policy 4 Pods per 15s"));
+        assert_eq!(
+            (outcome.raw, outcome.stabilized, outcome.desired),
+            (Some(8), Some(8), 6)
+        );
+        assert_eq!(
+            outcome.limit.describe().as_deref(),
+            Some("scaleUp policy 4 Pods per 15s")
+        );
         assert_eq!(outcome.metrics[0].value, "40");
         assert_eq!(outcome.metrics[0].replicas, Some(8));
         assert_eq!(
@@ -368,7 +376,11 @@ mod tests {
         let mut current = 2;
         for (second, input, expected, reason) in script {
             let outcome = state.decide(&spec, current, &[input], at(second));
-            assert_eq!((outcome.desired, outcome.reason), (expected, reason), "at {second}s");
+            assert_eq!(
+                (outcome.desired, outcome.reason),
+                (expected, reason),
+                "at {second}s"
+            );
             current = outcome.desired;
         }
     }
@@ -411,7 +423,7 @@ mod tests {
         state.decide(&spec, current, &[rate(&[10.0; 4])], at(0));
         let mut seen = Vec::new();
         for second in 1..=12 {
-            let outcome = state.decide(&spec, current, &[rate(&vec![0.0; 4])], at(second));
+            let outcome = state.decide(&spec, current, &[rate(&[0.0; 4])], at(second));
             if outcome.desired != current {
                 state.scaled(at(second), current, outcome.desired);
                 seen.push((second, outcome.desired, outcome.limit.describe()));

@@ -4,13 +4,14 @@
 //! direction that dampens the change.
 
 /// How a pod counts in a per-pod calculation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum PodState {
     /// Running and ready.
     Ready,
     /// Running but not (yet) ready: its value is set aside, and counted as 0 on a scale-up.
     Unready,
     /// Pending, failed or being deleted: not counted at all.
+    #[default]
     Ignored,
 }
 
@@ -279,10 +280,30 @@ mod tests {
         // "if the current metric value is 200m, and the desired value is 100m, the number of
         // replicas will be doubled [...] If the current value is instead 50m, you'll halve".
         let cases: Vec<(&str, MetricInput, i32, i32)> = vec![
-            ("200m against 100m doubles", average(vec![ready(0.2); 2], 0.1), 2, 4),
-            ("50m against 100m halves", average(vec![ready(0.05); 4], 0.1), 4, 2),
-            ("within the 0.1 tolerance nothing changes", average(vec![ready(0.108); 3], 0.1), 3, 3),
-            ("just beyond the tolerance scales", average(vec![ready(0.12); 3], 0.1), 3, 4),
+            (
+                "200m against 100m doubles",
+                average(vec![ready(0.2); 2], 0.1),
+                2,
+                4,
+            ),
+            (
+                "50m against 100m halves",
+                average(vec![ready(0.05); 4], 0.1),
+                4,
+                2,
+            ),
+            (
+                "within the 0.1 tolerance nothing changes",
+                average(vec![ready(0.108); 3], 0.1),
+                3,
+                3,
+            ),
+            (
+                "just beyond the tolerance scales",
+                average(vec![ready(0.12); 3], 0.1),
+                3,
+                4,
+            ),
             (
                 "an uneven load averages over the ready pods",
                 average(vec![ready(30.0), ready(10.0)], 10.0),
@@ -327,15 +348,40 @@ mod tests {
                 4,
             ),
             // 30,30 → ratio 3; missing at 0: (60/3)/10 = 2 → ceil(2×3) = 6.
-            ("scale-up reduced by a missing pod", vec![ready(30.0), ready(30.0), missing()], 3, 6),
+            (
+                "scale-up reduced by a missing pod",
+                vec![ready(30.0), ready(30.0), missing()],
+                3,
+                6,
+            ),
             // 2,2 → ratio 0.2; missing at target: (14/3)/10 → ceil(0.47×3) = 2.
-            ("scale-down with a missing pod at target", vec![ready(2.0), ready(2.0), missing()], 3, 2),
+            (
+                "scale-down with a missing pod at target",
+                vec![ready(2.0), ready(2.0), missing()],
+                3,
+                2,
+            ),
             // 30 ready → ratio 3; unready at 0: 30/2/10 = 1.5 → 3.
-            ("scale-up with an unready pod at 0", vec![ready(30.0), unready(50.0)], 2, 3),
+            (
+                "scale-up with an unready pod at 0",
+                vec![ready(30.0), unready(50.0)],
+                2,
+                3,
+            ),
             // Scale-down: an unready pod is just left out: ratio 0.2 over 1 pod.
-            ("scale-down ignores unready pods", vec![ready(2.0), unready(50.0)], 2, 1),
+            (
+                "scale-down ignores unready pods",
+                vec![ready(2.0), unready(50.0)],
+                2,
+                1,
+            ),
             // 12 → ratio 1.2, with two missing at 0: 4/10 → direction flips: no change.
-            ("filling in that flips the direction changes nothing", vec![ready(12.0), missing(), missing()], 3, 3),
+            (
+                "filling in that flips the direction changes nothing",
+                vec![ready(12.0), missing(), missing()],
+                3,
+                3,
+            ),
         ];
         for (name, pods, current, expected) in cases {
             assert_eq!(
@@ -371,7 +417,10 @@ mod tests {
             target: 50.0,
             utilization: true,
         };
-        assert_eq!(recommend(&no_request, 1, TOLERANCE), Err(MetricError::MissingRequest));
+        assert_eq!(
+            recommend(&no_request, 1, TOLERANCE),
+            Err(MetricError::MissingRequest)
+        );
     }
 
     #[test]
@@ -389,12 +438,37 @@ mod tests {
             ready_pods: 3,
         };
         let cases: Vec<(&str, MetricInput, i32, Result<i32, MetricError>)> = vec![
-            ("value twice the target over 3 ready pods", value(500.0, 250.0, 3), 3, Ok(6)),
+            (
+                "value twice the target over 3 ready pods",
+                value(500.0, 250.0, 3),
+                3,
+                Ok(6),
+            ),
             ("value within tolerance", value(260.0, 250.0, 3), 3, Ok(3)),
-            ("no ready pods", value(500.0, 250.0, 0), 3, Err(MetricError::NoReadyPods)),
-            ("average value: total over target", per_replica(1000.0, 100.0), 3, Ok(10)),
-            ("average value within tolerance", per_replica(310.0, 100.0), 3, Ok(3)),
-            ("no ready pod has a value", average(vec![missing()], 1.0), 1, Err(MetricError::NoReadyPodMetrics)),
+            (
+                "no ready pods",
+                value(500.0, 250.0, 0),
+                3,
+                Err(MetricError::NoReadyPods),
+            ),
+            (
+                "average value: total over target",
+                per_replica(1000.0, 100.0),
+                3,
+                Ok(10),
+            ),
+            (
+                "average value within tolerance",
+                per_replica(310.0, 100.0),
+                3,
+                Ok(3),
+            ),
+            (
+                "no ready pod has a value",
+                average(vec![missing()], 1.0),
+                1,
+                Err(MetricError::NoReadyPodMetrics),
+            ),
         ];
         for (name, input, current, expected) in cases {
             assert_eq!(

@@ -72,10 +72,13 @@ pub struct Traffic {
     pub buckets: Vec<(f64, f64)>,
 }
 
+/// A sample and when it was taken.
+type Sample<T> = (Duration, T);
+
 /// The samples of one pod within the last `span`.
 #[derive(Debug, Clone, Default)]
 pub struct Window<T> {
-    samples: VecDeque<(Duration, T)>,
+    samples: VecDeque<Sample<T>>,
 }
 
 impl<T> Window<T> {
@@ -99,7 +102,7 @@ impl<T> Window<T> {
         }
     }
 
-    fn ends(&self) -> Option<(&(Duration, T), &(Duration, T))> {
+    fn ends(&self) -> Option<(&Sample<T>, &Sample<T>)> {
         let first = self.samples.front()?;
         let last = self.samples.back()?;
         (last.0 > first.0).then_some((first, last))
@@ -178,14 +181,18 @@ pub struct Usage {
 
 /// The pods' usage in a kubelet summary (`/stats/summary`), by `(namespace, name)`.
 pub fn parse_summary(body: &str) -> Result<BTreeMap<(String, String), Usage>, String> {
-    let summary: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("summary is not JSON: {e}"))?;
+    let summary: serde_json::Value =
+        serde_json::from_str(body).map_err(|e| format!("summary is not JSON: {e}"))?;
     let mut usage = BTreeMap::new();
     for pod in summary["pods"].as_array().into_iter().flatten() {
         let key = (
             pod["podRef"]["namespace"].as_str().unwrap_or_default().to_owned(),
             pod["podRef"]["name"].as_str().unwrap_or_default().to_owned(),
         );
-        let containers = pod["containers"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let containers = pod["containers"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let sum = |path: [&str; 2]| -> Option<f64> {
             containers
                 .iter()
@@ -272,7 +279,10 @@ outrigger_splitter_active_connections 3
         let counters = parse_splitter(SCRAPE);
         assert_eq!(counters.requests, 100.0);
         assert_eq!(counters.latency_sum, 5.5);
-        assert_eq!(counters.buckets, vec![(0.01, 50.0), (0.1, 90.0), (f64::INFINITY, 100.0)]);
+        assert_eq!(
+            counters.buckets,
+            vec![(0.01, 50.0), (0.1, 90.0), (f64::INFINITY, 100.0)]
+        );
     }
 
     fn counters(requests: f64, latency_sum: f64) -> SplitterCounters {
