@@ -190,6 +190,26 @@ async fn killing_the_metrics_source_yields_the_fallback_replicas_with_a_conditio
         "the query is at its target"
     );
 
+    // Twice the target: twice the replicas.
+    prometheus.set(20.0);
+    let status = eventually("a scale-up on the query", WAIT, || async {
+        let status = policy_status(&policies).await?;
+        let recorded = status.decisions.first().is_some_and(|d| d.to_replicas == 2);
+        Ok((recorded && replicas(&services).await? == 2).then_some(status))
+    })
+    .await
+    .unwrap();
+    let up = &status.decisions[0];
+    assert_eq!(
+        (up.reason.as_str(), up.raw_recommendation),
+        ("ScaleUp", Some(2)),
+        "{up:?}"
+    );
+    assert_eq!(
+        (up.metrics[0].value.as_str(), up.metrics[0].target.as_str()),
+        ("20", "10")
+    );
+
     prometheus.stop();
     let status = eventually("the fallback replicas", WAIT, || async {
         let status = policy_status(&policies).await?;
@@ -215,7 +235,7 @@ async fn killing_the_metrics_source_yields_the_fallback_replicas_with_a_conditio
             decision.to_replicas,
             decision.reason.as_str()
         ),
-        (1, 3, "Fallback")
+        (2, 3, "Fallback")
     );
     assert!(decision.metrics[0].error.is_some(), "{decision:?}");
 }
