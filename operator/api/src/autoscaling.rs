@@ -352,7 +352,8 @@ pub struct MetricValue {
     #[serde(rename = "type")]
     pub metric_type: MetricType,
     /// The observed value (per replica for `AverageValue`, percent for `Utilization`), as a
-    /// quantity string; empty when it could not be read.
+    /// quantity string; absent when it could not be read.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
     /// The target the value is compared with.
     #[serde(default, skip_serializing_if = "String::is_empty")]

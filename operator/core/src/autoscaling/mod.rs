@@ -124,21 +124,31 @@ impl PolicyState {
     /// Decides the replicas for this poll. `inputs` holds one entry per metric of the spec, in
     /// order. The history of recommendations is updated; call [`PolicyState::scaled`] once the
     /// replicas are written.
+    ///
+    /// `pods_per_replica` is how many pods one unit of `current` stands for: 1 for a service's
+    /// replicas, the shard count for a ShardedService's replicas per shard, the replicas per shard
+    /// for its shard count. The metrics are per pod; recommendations are in units of `current`.
     pub fn decide(
         &mut self,
         spec: &AutoscalingPolicySpec,
-        current: i32,
+        (current, pods_per_replica): (i32, i32),
         inputs: &[Result<MetricInput, MetricError>],
         now: Duration,
     ) -> Outcome {
         let tolerance = f64::from(spec.behavior.tolerance_percent) / 100.0;
+        let unit = pods_per_replica.max(1);
+        let in_units = |recommendation: replicas::Recommendation| replicas::Recommendation {
+            replicas: recommendation.replicas / unit + i32::from(recommendation.replicas % unit != 0),
+            ..recommendation
+        };
         let mut values = Vec::with_capacity(spec.metrics.len());
         let mut recommendations = Vec::with_capacity(spec.metrics.len());
         for (metric, input) in spec.metrics.iter().zip(inputs) {
             let result = input
                 .as_ref()
                 .map_err(Clone::clone)
-                .and_then(|input| replicas::recommend(input, current, tolerance));
+                .and_then(|input| replicas::recommend(input, current.saturating_mul(unit), tolerance))
+                .map(in_units);
             values.push(MetricValue {
                 metric_type: metric.metric_type,
                 value: result
@@ -328,7 +338,7 @@ mod tests {
         let spec = spec(json!({}));
         let mut state = PolicyState::default();
         // 2 replicas at 40 rps each against 10: 8 wanted; the default +100%/+4 pods allows 6.
-        let outcome = state.decide(&spec, 2, &[rate(&[40.0, 40.0])], at(0));
+        let outcome = state.decide(&spec, (2, 1), &[rate(&[40.0, 40.0])], at(0));
         assert_eq!(outcome.reason, Reason::ScaleUp);
         assert_eq!(
             (outcome.raw, outcome.stabilized, outcome.desired),
@@ -347,6 +357,15 @@ mod tests {
     }
 
     #[test]
+    fn replicas_per_shard_follow_the_pods_of_every_shard() {
+        // 3 shards of 2 replicas at twice the target: 12 pods wanted, 4 per shard.
+        let spec = spec(json!({"scaleTargetRef": {"kind": "ShardedService", "name": "cache"}}));
+        let outcome = PolicyState::default().decide(&spec, (2, 3), &[rate(&[20.0; 6])], at(0));
+        assert_eq!((outcome.raw, outcome.desired), (Some(4), 4));
+        assert_eq!(outcome.metrics[0].replicas, Some(4));
+    }
+
+    #[test]
     fn the_largest_recommendation_of_several_metrics_wins() {
         let spec = spec(json!({"metrics": [
             {"type": "requestRate", "target": {"type": "AverageValue", "averageValue": "10"}},
@@ -358,7 +377,7 @@ mod tests {
             average: false,
             ready_pods: 2,
         });
-        let outcome = PolicyState::default().decide(&spec, 2, &[rate(&[10.0, 10.0]), latency], at(0));
+        let outcome = PolicyState::default().decide(&spec, (2, 1), &[rate(&[10.0, 10.0]), latency], at(0));
         assert_eq!((outcome.raw, outcome.desired), (Some(6), 6));
     }
 
@@ -375,7 +394,7 @@ mod tests {
         ];
         let mut current = 2;
         for (second, input, expected, reason) in script {
-            let outcome = state.decide(&spec, current, &[input], at(second));
+            let outcome = state.decide(&spec, (current, 1), &[input], at(second));
             assert_eq!(
                 (outcome.desired, outcome.reason),
                 (expected, reason),
@@ -393,9 +412,9 @@ mod tests {
             {"type": "prometheus", "prometheus": {"address": "http://p:9090", "query": "q"},
              "target": {"type": "Value", "value": "1"}},
         ]}));
-        let down = PolicyState::default().decide(&spec, 4, &[rate(&[1.0; 4]), failing()], at(0));
+        let down = PolicyState::default().decide(&spec, (4, 1), &[rate(&[1.0; 4]), failing()], at(0));
         assert_eq!((down.desired, down.reason), (4, Reason::MetricsUnavailable));
-        let up = PolicyState::default().decide(&spec, 2, &[rate(&[20.0; 2]), failing()], at(0));
+        let up = PolicyState::default().decide(&spec, (2, 1), &[rate(&[20.0; 2]), failing()], at(0));
         assert_eq!((up.desired, up.reason), (4, Reason::ScaleUp));
     }
 
@@ -403,11 +422,11 @@ mod tests {
     fn a_target_outside_the_bounds_is_brought_inside_at_once() {
         let spec = spec(json!({"minReplicas": 2, "maxReplicas": 5}));
         let mut state = PolicyState::default();
-        let below = state.decide(&spec, 1, &[rate(&[0.0])], at(0));
+        let below = state.decide(&spec, (1, 1), &[rate(&[0.0])], at(0));
         assert_eq!((below.desired, below.reason), (2, Reason::BelowMinReplicas));
-        let above = state.decide(&spec, 9, &[rate(&[100.0; 9])], at(0));
+        let above = state.decide(&spec, (9, 1), &[rate(&[100.0; 9])], at(0));
         assert_eq!((above.desired, above.reason), (5, Reason::AboveMaxReplicas));
-        let zero = state.decide(&spec, 0, &[rate(&[])], at(0));
+        let zero = state.decide(&spec, (0, 1), &[rate(&[])], at(0));
         assert_eq!((zero.desired, zero.reason), (0, Reason::ScaledToZero));
     }
 
@@ -420,10 +439,10 @@ mod tests {
         }}}));
         let mut state = PolicyState::default();
         let mut current = 4;
-        state.decide(&spec, current, &[rate(&[10.0; 4])], at(0));
+        state.decide(&spec, (current, 1), &[rate(&[10.0; 4])], at(0));
         let mut seen = Vec::new();
         for second in 1..=12 {
-            let outcome = state.decide(&spec, current, &[rate(&[0.0; 4])], at(second));
+            let outcome = state.decide(&spec, (current, 1), &[rate(&[0.0; 4])], at(second));
             if outcome.desired != current {
                 state.scaled(at(second), current, outcome.desired);
                 seen.push((second, outcome.desired, outcome.limit.describe()));

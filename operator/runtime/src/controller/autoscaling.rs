@@ -74,23 +74,29 @@ const HPA_CHECK: Duration = Duration::from_secs(5);
 /// After another writer changed the replicas, the policy leaves them alone this long.
 const OTHER_WRITER_HOLD: Duration = Duration::from_secs(120);
 
-/// The running pollers, by `namespace/name`.
+/// The running pollers, by `namespace/name`, with the uid of the policy each polls.
 #[derive(Default)]
-pub struct Pollers(Mutex<HashMap<String, tokio::task::JoinHandle<()>>>);
+pub struct Pollers(Mutex<HashMap<String, (String, tokio::task::JoinHandle<()>)>>);
 
 impl Pollers {
-    fn ensure(&self, key: &str, start: impl FnOnce() -> tokio::task::JoinHandle<()>) {
+    /// Starts a poller for the policy unless one runs for this very object (a policy deleted and
+    /// created again under the same name gets a new one at once).
+    fn ensure(&self, key: &str, uid: &str, start: impl FnOnce() -> tokio::task::JoinHandle<()>) {
         if let Ok(mut pollers) = self.0.lock() {
-            let running = pollers.get(key).is_some_and(|task| !task.is_finished());
+            let running = pollers
+                .get(key)
+                .is_some_and(|(polled, task)| polled == uid && !task.is_finished());
             if !running {
-                pollers.insert(key.to_owned(), start());
+                if let Some((_, old)) = pollers.insert(key.to_owned(), (uid.to_owned(), start())) {
+                    old.abort();
+                }
             }
         }
     }
 
     fn stop(&self, key: &str) {
         if let Ok(mut pollers) = self.0.lock() {
-            if let Some(task) = pollers.remove(key) {
+            if let Some((_, task)) = pollers.remove(key) {
                 task.abort();
             }
         }
@@ -98,7 +104,7 @@ impl Pollers {
 
     fn stop_all(&self) {
         if let Ok(mut pollers) = self.0.lock() {
-            for (_, task) in pollers.drain() {
+            for (_, (_, task)) in pollers.drain() {
                 task.abort();
             }
         }
@@ -166,8 +172,10 @@ async fn reconcile(
         }
         let reference = ObjectRef::from_obj(&*guard);
         let poller_ctx = ctx.clone();
-        ctx.autoscalers
-            .ensure(&key, move || tokio::spawn(poll(poller_ctx, store, reference)));
+        let uid = policy.uid().unwrap_or_default();
+        ctx.autoscalers.ensure(&key, &uid, move || {
+            tokio::spawn(poll(poller_ctx, store, reference))
+        });
         // A poller that stopped (its policy briefly invalid, or gone and re-created) is restarted
         // by the next reconcile at the latest.
         Ok(Action::requeue(RESYNC))
@@ -246,6 +254,8 @@ struct Target {
     name: String,
     metadata: ObjectMeta,
     current: i32,
+    /// Pods one unit of `current` stands for (see `PolicyState::decide`).
+    pods_per_replica: i32,
     pod_label: &'static str,
 }
 
@@ -289,6 +299,7 @@ impl Poller {
                     dimension: reference.dimension,
                     name: reference.name.clone(),
                     current: rsvc.spec.replicas,
+                    pods_per_replica: 1,
                     metadata: rsvc.metadata,
                     pod_label: labels::REPLICATED_SERVICE,
                 }),
@@ -302,6 +313,10 @@ impl Poller {
                     current: match reference.dimension {
                         ScaleDimension::Replicas => shsvc.spec.replicas_per_shard,
                         ScaleDimension::Shards => shsvc.spec.shards,
+                    },
+                    pods_per_replica: match reference.dimension {
+                        ScaleDimension::Replicas => shsvc.spec.shards,
+                        ScaleDimension::Shards => shsvc.spec.replicas_per_shard,
                     },
                     metadata: shsvc.metadata,
                     pod_label: labels::SHARDED_SERVICE,
@@ -382,7 +397,9 @@ impl Poller {
         };
 
         let inputs = self.measure(&namespace, spec, &target, now).await;
-        let outcome = self.state.decide(spec, target.current, &inputs, now);
+        let outcome = self
+            .state
+            .decide(spec, (target.current, target.pods_per_replica), &inputs, now);
         tracing::debug!(
             policy = %policy.name_any(),
             current = target.current,
