@@ -16,11 +16,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use outrigger_api::{
-    autoscaling::ScalingDecision, common::Condition, AutoscalingPolicy, AutoscalingPolicyStatus,
-    ReplicatedService,
+    autoscaling::ScalingDecision,
+    common::{Condition, LocalObjectReference},
+    rollout::RolloutPhase,
+    AutoscalingPolicy, AutoscalingPolicyStatus, ReplicatedService, RolloutStrategy,
 };
 use outrigger_tests::{
     admin_client, dry_run, eventually, free_port, kubectl, kubectl_ok, kubectl_stdin, OperatorProcess,
@@ -569,4 +571,82 @@ async fn a_load_step_scales_up_and_a_drop_scales_down_within_the_window_and_poli
         assert_eq!(decision.raw_recommendation, Some(0), "no traffic: {decision:?}");
         assert!(!decision.summary.is_empty());
     }
+}
+
+#[tokio::test]
+async fn a_rollout_in_progress_scales_both_tracks_and_keeps_the_canary_weight() {
+    let ns = TestNamespace::create("asp-rollout").unwrap();
+    let _operator = OperatorProcess::for_namespace(&ns.name).unwrap();
+    let client = admin_client().await.unwrap();
+    let services: Api<ReplicatedService> = Api::namespaced(client.clone(), &ns.name);
+    let policies: Api<AutoscalingPolicy> = Api::namespaced(client.clone(), &ns.name);
+    let strategies: Api<RolloutStrategy> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<Deployment> = Api::namespaced(client, &ns.name);
+    let prometheus = FakePrometheus::start(10.0);
+    let strategy: RolloutStrategy = serde_json::from_value(json!({
+        "apiVersion": "outrigger.dev/v1alpha1",
+        "kind": "RolloutStrategy",
+        "metadata": {"name": "half"},
+        "spec": {"strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}}},
+    }))
+    .unwrap();
+    strategies
+        .create(&PostParams::default(), &strategy)
+        .await
+        .unwrap();
+    let mut rsvc = service(2, false);
+    rsvc.spec.rollout_strategy_ref = Some(LocalObjectReference {
+        name: "half".to_owned(),
+    });
+    services.create(&PostParams::default(), &rsvc).await.unwrap();
+    let spec = policy(json!({
+        "minReplicas": 1, "maxReplicas": 6,
+        "metrics": [{"type": "prometheus", "target": {"type": "Value", "value": "10"},
+                     "prometheus": {"address": prometheus.address(), "query": "load"}}],
+    }));
+    policies.create(&PostParams::default(), &spec).await.unwrap();
+    wait_scaling(&policies).await;
+
+    // A new version pauses at 50%: one replica per track.
+    let v2 = json!({"spec": {"template": {"spec": {"containers": [{
+        "name": "app", "image": "outrigger/testapp:dev", "imagePullPolicy": "Never",
+        "ports": [{"containerPort": 8080}],
+        "env": [{"name": "VERSION", "value": "v2"}, {"name": "DRAIN_SECONDS", "value": "0"}],
+    }]}}}});
+    services
+        .patch("web", &PatchParams::default(), &Patch::Merge(&v2))
+        .await
+        .unwrap();
+    let track_replicas = || async {
+        let stable = deployments.get("web").await?.spec.and_then(|s| s.replicas);
+        let canary = deployments
+            .get_opt("web-canary")
+            .await?
+            .and_then(|d| d.spec?.replicas);
+        anyhow::Ok((stable, canary))
+    };
+    eventually("the rollout paused at 50%", WAIT, || async {
+        let rollout = services.get("web").await?.status.and_then(|s| s.rollout);
+        let paused = rollout.is_some_and(|r| r.phase == RolloutPhase::Paused && r.canary_weight == 50);
+        Ok((paused && track_replicas().await? == (Some(1), Some(1))).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Twice the load: the policy doubles the service, both tracks grow, the weight stays.
+    prometheus.set(20.0);
+    eventually("both tracks scaled", WAIT, || async {
+        Ok((replicas(&services).await? == 4 && track_replicas().await? == (Some(2), Some(2))).then_some(()))
+    })
+    .await
+    .unwrap();
+    let rollout = services
+        .get("web")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .rollout
+        .unwrap();
+    assert_eq!((rollout.phase, rollout.canary_weight), (RolloutPhase::Paused, 50));
 }
