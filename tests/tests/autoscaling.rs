@@ -280,19 +280,15 @@ async fn an_hpa_on_the_same_target_is_reported_and_neither_controller_flaps() {
 
     let status = eventually("the HPA reported", WAIT, || async {
         let status = policy_status(&policies).await?;
-        Ok(condition(&status, "ScalingActive")
-            .is_some_and(|c| c.status == "False")
-            .then_some(status))
+        let reported = condition(&status, "ScalingActive").is_some_and(|c| c.status == "False");
+        // Once the pods are ready the policy also knows what it would do.
+        Ok((reported && status.desired_replicas == 4).then_some(status))
     })
     .await
     .unwrap();
     let scaling = condition(&status, "ScalingActive").unwrap();
     assert_eq!(scaling.reason, "HorizontalPodAutoscalerPresent");
     assert!(scaling.message.contains("web-hpa"), "{}", scaling.message);
-    assert_eq!(
-        status.desired_replicas, 4,
-        "the policy still says what it would do"
-    );
 
     // Longer than an HPA sync (15 s) and many polls: the replicas stay, the policy writes none.
     for _ in 0..20 {
@@ -328,11 +324,14 @@ impl WebhookOperator {
         let port = free_port().unwrap();
         let config_name = format!("{}-injector", ns.name);
         let secret_name = format!("{}-tls", ns.name);
+        // The scope keeps this webhook to this namespace; opting in lets the readiness check below
+        // use an annotated dry-run pod.
         kubectl_ok(&[
             "label",
             "namespace",
             &ns.name,
             &format!("{SCOPE_LABEL}={}", ns.name),
+            "outrigger.dev/injection=enabled",
             "--overwrite",
         ])
         .unwrap();

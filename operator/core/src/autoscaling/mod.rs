@@ -178,22 +178,21 @@ impl PolicyState {
             .filter_map(|r| r.as_ref().ok())
             .map(|r| r.replicas)
             .max();
-        let failures: Vec<String> = outcome
-            .metrics
+        // No ready pod is no failure of a metric source: the count just holds while pods start.
+        let failures: Vec<String> = recommendations
             .iter()
             .zip(&spec.metrics)
-            .filter_map(|(value, metric)| {
-                value
-                    .error
-                    .as_ref()
-                    .map(|error| format!("{}: {error}", metric_name(metric)))
+            .filter_map(|(result, metric)| match result {
+                Err(MetricError::NoReadyPods) | Ok(_) => None,
+                Err(error) => Some(format!("{}: {error}", metric_name(metric))),
             })
             .collect();
         let usable = match proposal {
             Some(replicas) if failures.is_empty() || replicas >= current => Some(replicas),
             _ => None,
         };
-        if usable.is_some() {
+        let starting = usable.is_none() && failures.is_empty();
+        if usable.is_some() || starting {
             self.failing_since = None;
         } else {
             let since = *self.failing_since.get_or_insert(now);
@@ -225,6 +224,9 @@ impl PolicyState {
             return outcome;
         }
         let Some(raw) = usable else {
+            if starting {
+                return outcome;
+            }
             match (&spec.fallback, &outcome.metrics_error) {
                 (Some(fallback), Some((_, failing_for)))
                     if *failing_for
@@ -401,6 +403,22 @@ mod tests {
                 "at {second}s"
             );
             current = outcome.desired;
+        }
+    }
+
+    #[test]
+    fn pods_that_are_not_ready_yet_hold_the_count_without_starting_the_fallback_clock() {
+        let spec = spec(json!({"fallback": {"replicas": 4, "afterSeconds": 1}}));
+        let starting = Err(MetricError::NoReadyPods);
+        let mut state = PolicyState::default();
+        for second in 0..5 {
+            let outcome = state.decide(&spec, (2, 1), std::slice::from_ref(&starting), at(second));
+            assert_eq!(
+                (outcome.desired, outcome.reason),
+                (2, Reason::Steady),
+                "at {second}s"
+            );
+            assert_eq!(outcome.metrics_error, None);
         }
     }
 

@@ -60,6 +60,7 @@ pub enum MetricError {
     NoReadyPodMetrics,
     #[error("a pod has no request for the resource, so its utilization is unknown")]
     MissingRequest,
+    /// Not a failure of the metric: the target's pods are starting (or all unready).
     #[error("no ready pods")]
     NoReadyPods,
     #[error("the target is not positive")]
@@ -144,6 +145,9 @@ fn per_pod(
         }
     }
     if counted.is_empty() {
+        if !pods.iter().any(|pod| pod.state == PodState::Ready) {
+            return Err(MetricError::NoReadyPods);
+        }
         return Err(MetricError::NoReadyPodMetrics);
     }
     let ready_count = i32::try_from(counted.len()).unwrap_or(i32::MAX);
@@ -231,6 +235,7 @@ fn whole(
         return Ok(unchanged);
     }
     if ready_pods <= 0 {
+        // The value is known, but not how many pods produce it: no change until one is ready.
         return Err(MetricError::NoReadyPods);
     }
     Ok(Recommendation {

@@ -859,6 +859,12 @@ fn inputs(
             };
             let any_traffic = pods.iter().any(|p| p.traffic.is_some());
             match metric.metric_type {
+                // Pods starting: nothing to measure yet, and no failure of the source either.
+                MetricType::Prometheus => {}
+                _ if ready_pods == 0 => return Err(MetricError::NoReadyPods),
+                _ => {}
+            }
+            match metric.metric_type {
                 MetricType::Cpu | MetricType::Memory | MetricType::Network if usage_error.is_some() => Err(
                     MetricError::Unavailable(usage_error.unwrap_or_default().to_owned()),
                 ),
