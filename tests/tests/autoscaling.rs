@@ -46,7 +46,8 @@ fn service(replicas: i32, sidecar: bool) -> ReplicatedService {
     });
     if sidecar {
         // Clients reach the app through each pod's request splitter, which counts every request.
-        spec["sidecars"] = json!([{"name": "request-splitter", "settings": {"listenPort": "15001"}}]);
+        spec["sidecars"] =
+            json!([{"name": "request-splitter", "settings": {"listenPort": "15001", "appPort": "8080"}}]);
         spec["ports"][0]["targetPort"] = json!(15001);
     }
     serde_json::from_value(json!({
@@ -424,6 +425,14 @@ impl Drop for Load {
     }
 }
 
+/// A quantity as the policy writes it: whole (`37`) or in milli-units (`37500m`).
+fn quantity(text: &str) -> f64 {
+    match text.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().unwrap() / 1000.0,
+        None => text.parse().unwrap(),
+    }
+}
+
 fn summary(decisions: &[ScalingDecision]) -> Vec<(i32, i32, String, Option<String>)> {
     decisions
         .iter()
@@ -533,7 +542,7 @@ async fn a_load_step_scales_up_and_a_drop_scales_down_within_the_window_and_poli
     let up = &status.decisions[0];
     assert_eq!((up.to_replicas, up.reason.as_str()), (3, "ScaleUp"), "{up:?}");
     assert!(up.raw_recommendation.unwrap() >= 3, "{up:?}");
-    assert!(up.metrics[0].value.parse::<f64>().unwrap() > 4.0, "{up:?}");
+    assert!(quantity(&up.metrics[0].value) > 4.0, "{up:?}");
     if up.raw_recommendation.unwrap() > 3 {
         assert_eq!(up.limited_by.as_deref(), Some("maxReplicas"), "{up:?}");
     }

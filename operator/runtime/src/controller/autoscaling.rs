@@ -330,7 +330,20 @@ impl Poller {
             return Ok(self.hpa.clone());
         }
         let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(self.ctx.client.clone(), namespace);
-        let found = hpas.list(&ListParams::default()).await?.into_iter().find(|hpa| {
+        let list = match hpas.list(&ListParams::default()).await {
+            Ok(list) => list,
+            // Without the right to look, the policy still scales; the log says what it cannot see.
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                tracing::warn!(
+                    namespace,
+                    "Not allowed to list HorizontalPodAutoscalers; an HPA on the target would go unnoticed."
+                );
+                self.hpa_checked = Some(tokio::time::Instant::now());
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let found = list.into_iter().find(|hpa| {
             hpa.spec.as_ref().is_some_and(|spec| {
                 spec.scale_target_ref.kind == target.kind.as_str()
                     && spec.scale_target_ref.name == target.name
