@@ -7,9 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::Condition;
 
-/// Scales a ReplicatedService, ShardedService or any object with a scale subresource, from cpu,
-/// memory and network use, from request rate, latency and concurrency measured by the sidecars, or
-/// from a Prometheus query, with HPA v2-style behavior.
+/// Scales a ReplicatedService (its replicas) or a ShardedService (replicas per shard, or the shard
+/// count) from cpu, memory and network use, from request rate, latency and concurrency measured by
+/// the request-splitter sidecars, or from a Prometheus query, with HPA v2 semantics. The operator
+/// polls the metrics every second and writes the target's replicas only when they change.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "outrigger.dev",
@@ -49,6 +50,18 @@ use crate::common::Condition;
         json_path = ".status.desiredReplicas",
         description = "Desired replicas"
     ),
+    printcolumn(
+        name = "Last-Scale",
+        type_ = "string",
+        json_path = ".status.decisions[0].summary",
+        description = "The latest scaling decision"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the policy is or is not scaling"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -81,16 +94,45 @@ fn default_min_replicas() -> i32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleTargetRef {
-    /// API version of the target.
+    /// API version of the target: `outrigger.dev/v1alpha1`.
     #[serde(default = "default_target_api_version")]
-    #[schemars(length(min = 1))]
+    #[schemars(pattern(r"^outrigger\.dev/v1alpha1$"))]
     pub api_version: String,
-    /// Kind of the target, e.g. `ReplicatedService`, `ShardedService` or `Deployment`.
-    #[schemars(length(min = 1))]
-    pub kind: String,
+    /// Kind of the target: `ReplicatedService` or `ShardedService`, the kinds the operator scales.
+    pub kind: ScaleTargetKind,
     /// Name of the target, in the policy's namespace.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// What to scale: `replicas` (of a ReplicatedService, or per shard of a ShardedService) or
+    /// `shards` (the shard count of a ShardedService, through its scale subresource).
+    #[serde(default)]
+    pub dimension: ScaleDimension,
+}
+
+/// Kinds an AutoscalingPolicy can scale.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ScaleTargetKind {
+    ReplicatedService,
+    ShardedService,
+}
+
+impl ScaleTargetKind {
+    /// The kind's name as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScaleTargetKind::ReplicatedService => "ReplicatedService",
+            ScaleTargetKind::ShardedService => "ShardedService",
+        }
+    }
+}
+
+/// Which count of the target a policy scales.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ScaleDimension {
+    #[default]
+    Replicas,
+    Shards,
 }
 
 fn default_target_api_version() -> String {
@@ -286,9 +328,20 @@ pub struct AutoscalingPolicyStatus {
     /// When the policy last changed the target's replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
-    /// Last observed value of every metric.
+    /// Last observed value of every metric, with the replicas it asks for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub current_metrics: Vec<MetricValue>,
+    /// The latest scaling decisions, newest first (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<ScalingDecision>,
+}
+
+/// Condition types of an AutoscalingPolicy, besides `Ready` and `Degraded`.
+pub mod condition_type {
+    /// The policy may write the target's replicas (False while another writer owns them).
+    pub const SCALING_ACTIVE: &str = "ScalingActive";
+    /// Every metric could be read at the last poll.
+    pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
 }
 
 /// An observed metric value.
@@ -298,6 +351,46 @@ pub struct MetricValue {
     /// Which metric.
     #[serde(rename = "type")]
     pub metric_type: MetricType,
-    /// The observed value, as a quantity string.
+    /// The observed value (per replica for `AverageValue`, percent for `Utilization`), as a
+    /// quantity string; absent when it could not be read.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
+    /// The target the value is compared with.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub target: String,
+    /// Replicas this metric alone asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Why the metric could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One change of the target's replicas and why it was made.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingDecision {
+    /// When the decision was made.
+    pub at: Time,
+    /// Replicas before.
+    pub from_replicas: i32,
+    /// Replicas written.
+    pub to_replicas: i32,
+    /// `ScaleUp`, `ScaleDown`, `Fallback`, `BelowMinReplicas` or `AboveMaxReplicas`.
+    pub reason: String,
+    /// Every metric's value and the replicas it asked for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricValue>,
+    /// The largest replica count any metric asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_recommendation: Option<i32>,
+    /// The recommendation after the stabilization windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stabilized_recommendation: Option<i32>,
+    /// What limited the change, when something did: a scaling policy (`scaleUp policy 4 Pods per 15s`),
+    /// `minReplicas` or `maxReplicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limited_by: Option<String>,
+    /// One line for `kubectl get asp`, e.g. `2→4 ScaleUp (requestRate 18/5)`.
+    pub summary: String,
 }

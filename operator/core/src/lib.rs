@@ -5,6 +5,7 @@
 //! fixtures.
 
 pub mod analysis;
+pub mod autoscaling;
 pub mod canary;
 pub mod conditions;
 pub mod config_sync;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use outrigger_api::{
-    autoscaling::{AutoscalingPolicySpec, MetricType, TargetType},
+    autoscaling::{AutoscalingPolicySpec, MetricType, ScaleDimension, ScaleTargetKind, TargetType},
     common::{AffinitySource, PortProtocol, ServicePort, SessionAffinity, SidecarSpec},
     replicated::ReplicatedServiceSpec,
     rollout::{AnalysisMetricType, AnalysisSpec, CanaryStep, RolloutStrategySpec, RouteMatch, Strategy},
@@ -158,6 +158,21 @@ pub fn sharded_service(spec: &ShardedServiceSpec) -> Result<(), InvalidSpec> {
 /// Validates an AutoscalingPolicy spec.
 pub fn autoscaling_policy(spec: &AutoscalingPolicySpec) -> Result<(), InvalidSpec> {
     let mut problems = Problems::default();
+    if spec.scale_target_ref.dimension == ScaleDimension::Shards
+        && spec.scale_target_ref.kind != ScaleTargetKind::ShardedService
+    {
+        problems.add(
+            "spec.scaleTargetRef.dimension",
+            "shards applies to a ShardedService only",
+        );
+    }
+    if spec.min_replicas == 0 {
+        // Scaling to zero needs requests held while the first replica starts; not offered yet.
+        problems.add(
+            "spec.minReplicas",
+            "must be at least 1 (scaling to zero is not supported)",
+        );
+    }
     if spec.max_replicas < spec.min_replicas {
         problems.add(
             "spec.maxReplicas",
@@ -195,6 +210,10 @@ pub fn autoscaling_policy(spec: &AutoscalingPolicySpec) -> Result<(), InvalidSpe
                 problems.add(format!("{field}.target.value"), "required for type Value");
             }
             _ => {}
+        }
+        if metric.metric_type == MetricType::Latency && target.target_type != TargetType::Value {
+            // A latency percentile is one number for the whole target, not a sum over replicas.
+            problems.add(format!("{field}.target.type"), "latency takes a Value target");
         }
         if metric.metric_type == MetricType::Latency && metric.percentile.is_none() {
             problems.add(format!("{field}.percentile"), "required for latency, e.g. 99");
@@ -650,6 +669,26 @@ mod tests {
                 "fallback out of range",
                 json!({"fallback": {"replicas": 9}}),
                 vec!["spec.fallback.replicas"],
+            ),
+            (
+                "shard count of a replicated service",
+                json!({"scaleTargetRef": {"dimension": "shards"}}),
+                vec!["spec.scaleTargetRef.dimension"],
+            ),
+            (
+                "shard count of a sharded service",
+                json!({"scaleTargetRef": {"kind": "ShardedService", "dimension": "shards"}}),
+                vec![],
+            ),
+            (
+                "scale to zero",
+                json!({"minReplicas": 0}),
+                vec!["spec.minReplicas"],
+            ),
+            (
+                "latency per replica",
+                json!({"metrics": [{"type": "latency", "percentile": 99, "target": {"type": "AverageValue", "averageValue": "100"}}]}),
+                vec!["spec.metrics[0].target.type"],
             ),
         ];
         for (name, patch, expected) in cases {

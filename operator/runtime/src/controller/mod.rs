@@ -3,6 +3,7 @@
 //! sharded}`) → apply them with server-side apply → write status from what was observed.
 
 mod apply;
+mod autoscaling;
 mod config_sync;
 mod replicated;
 mod rollout;
@@ -104,6 +105,8 @@ pub struct Context {
     pub splitter_image: String,
     /// Analysis baselines of the rollouts in progress.
     baselines: rollout::Baselines,
+    /// The pollers of the AutoscalingPolicies.
+    autoscalers: Arc<autoscaling::Pollers>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -129,6 +132,7 @@ impl Context {
             watch_namespace,
             splitter_image,
             baselines: rollout::Baselines::default(),
+            autoscalers: Arc::default(),
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -259,7 +263,8 @@ pub async fn run_all(
     tokio::join!(
         run_replicated(ctx.clone(), stop(rx.clone())),
         run_sharded(ctx.clone(), stop(rx.clone())),
-        run_validity(ctx.clone(), stop(rx)),
+        run_validity(ctx.clone(), stop(rx.clone())),
+        autoscaling::run(ctx.clone(), stop(rx)),
     );
 }
 

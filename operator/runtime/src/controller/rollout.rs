@@ -50,7 +50,7 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why scraping one splitter failed; the measurement goes on without it.
 #[derive(Debug, thiserror::Error)]
-enum ScrapeError {
+pub(super) enum ScrapeError {
     #[error("connecting: {0}")]
     Connect(#[source] std::io::Error),
     #[error("HTTP: {0}")]
@@ -337,36 +337,7 @@ async fn query_prometheus(analysis: &AnalysisSpec, snapshot: &mut Snapshot) {
         else {
             continue;
         };
-        let answer = async {
-            let rest = prometheus
-                .address
-                .strip_prefix("http://")
-                .ok_or_else(|| "only http:// Prometheus addresses are supported".to_owned())?;
-            let (authority, prefix) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-            let path = format!(
-                "/{}api/v1/query?query={}",
-                if prefix.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}/", prefix.trim_end_matches('/'))
-                },
-                percent_encode(&prometheus.query)
-            );
-            let address = tokio::net::lookup_host(if authority.contains(':') {
-                authority.to_owned()
-            } else {
-                format!("{authority}:80")
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .next()
-            .ok_or_else(|| format!("{authority} has no address"))?;
-            let body = tokio::time::timeout(SCRAPE_TIMEOUT, http_get(address, &path))
-                .await
-                .map_err(|_| ScrapeError::Timeout(SCRAPE_TIMEOUT).to_string())?
-                .map_err(|e| e.to_string())?;
-            analysis::prometheus_value(&body)
-        };
+        let answer = prometheus_query(&prometheus.address, &prometheus.query);
         match answer.await {
             Ok(value) => {
                 snapshot.external.insert(metric.name.clone(), value);
@@ -378,7 +349,40 @@ async fn query_prometheus(analysis: &AnalysisSpec, snapshot: &mut Snapshot) {
     }
 }
 
-async fn http_get(address: SocketAddr, path: &str) -> Result<String, ScrapeError> {
+/// The value of one Prometheus instant query (a scalar or a one-sample vector); shared with the
+/// autoscaler.
+pub(super) async fn prometheus_query(address: &str, query: &str) -> Result<f64, String> {
+    let rest = address
+        .strip_prefix("http://")
+        .ok_or_else(|| "only http:// Prometheus addresses are supported".to_owned())?;
+    let (authority, prefix) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let path = format!(
+        "/{}api/v1/query?query={}",
+        if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", prefix.trim_end_matches('/'))
+        },
+        percent_encode(query)
+    );
+    let address = tokio::net::lookup_host(if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .next()
+    .ok_or_else(|| format!("{authority} has no address"))?;
+    let body = tokio::time::timeout(SCRAPE_TIMEOUT, http_get(address, &path))
+        .await
+        .map_err(|_| ScrapeError::Timeout(SCRAPE_TIMEOUT).to_string())?
+        .map_err(|e| e.to_string())?;
+    analysis::prometheus_value(&body)
+}
+
+/// GETs `path` from `address` over plain HTTP/1.1; also used by the autoscaler.
+pub(super) async fn http_get(address: SocketAddr, path: &str) -> Result<String, ScrapeError> {
     let stream = tokio::net::TcpStream::connect(address)
         .await
         .map_err(ScrapeError::Connect)?;

@@ -1,6 +1,6 @@
-//! Controllers for the kinds whose reconcile is, for now, validation: RolloutStrategy (used by
-//! rollouts of the services that reference it) and AutoscalingPolicy. Both report a `Ready`
-//! condition saying whether the spec is valid, so a mistake shows up on the object itself.
+//! The controller for RolloutStrategy, whose reconcile is validation (the rollouts of the services
+//! that reference it use it): it reports a `Ready` condition saying whether the spec is valid, so a
+//! mistake shows up on the object itself. AutoscalingPolicy has its own controller (`autoscaling`).
 
 use std::sync::Arc;
 
@@ -13,46 +13,27 @@ use kube::{
 };
 use outrigger_api::{
     common::{condition_type, Condition},
-    AutoscalingPolicy, AutoscalingPolicyStatus, RolloutStrategy, RolloutStrategyStatus,
+    RolloutStrategy, RolloutStrategyStatus,
 };
 use outrigger_core::{conditions::DesiredCondition, validate};
 use serde_json::json;
 
 use super::{error_action, status, Context, Error};
 
-/// Runs both controllers until `shutdown` completes.
+/// Runs the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = tx.send(true);
-    });
-    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stopped| *stopped).await;
-    };
-    let strategies = Controller::new(
+    Controller::new(
         ctx.api::<DeserializeGuard<RolloutStrategy>>(),
         watcher::Config::default(),
     )
-    .graceful_shutdown_on(stop(rx.clone()))
+    .graceful_shutdown_on(shutdown)
     .run(
         reconcile_strategy,
         |object, error, ctx| error_action(&ctx, "rolloutstrategy", &object.name_any(), error),
-        ctx.clone(),
-    )
-    .for_each(|_| futures::future::ready(()));
-    let policies = Controller::new(
-        ctx.api::<DeserializeGuard<AutoscalingPolicy>>(),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(stop(rx))
-    .run(
-        reconcile_policy,
-        |object, error, ctx| error_action(&ctx, "autoscalingpolicy", &object.name_any(), error),
         ctx,
     )
-    .for_each(|_| futures::future::ready(()));
-    tokio::join!(strategies, policies);
+    .for_each(|_| futures::future::ready(()))
+    .await;
 }
 
 fn validity_conditions(result: Result<(), validate::InvalidSpec>) -> Vec<DesiredCondition> {
@@ -101,27 +82,6 @@ async fn reconcile_strategy(
         &status,
     )
     .await?;
-    Ok(Action::await_change())
-}
-
-async fn reconcile_policy(
-    guard: Arc<DeserializeGuard<AutoscalingPolicy>>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
-    let policy = match &guard.0 {
-        Ok(policy) => policy,
-        Err(invalid) => {
-            return report_undecodable::<AutoscalingPolicy>(&ctx, "autoscalingpolicy", invalid).await
-        }
-    };
-    let mut status: AutoscalingPolicyStatus = policy.status.clone().unwrap_or_default();
-    status.observed_generation = policy.metadata.generation;
-    status.conditions = status::merged_conditions(
-        &status.conditions,
-        &validity_conditions(validate::autoscaling_policy(&policy.spec)),
-        policy.metadata.generation,
-    );
-    status::write(&ctx, "autoscalingpolicy", policy, policy.status.as_ref(), &status).await?;
     Ok(Action::await_change())
 }
 
