@@ -288,7 +288,9 @@ async fn the_watch_delivers_the_latest_version_after_its_api_server_restarts() {
     ));
     assert_eq!(watching.until("v1").await.unwrap(), "restarted");
     set_value(ns, "v2").unwrap();
-    assert_eq!(watching.until("v2").await.unwrap(), "applied");
+    // Either event delivers the version: under load the other tests' writes can push a resume point
+    // out of the API server's watch cache, and a relist is the right answer to that.
+    assert_delivered(&watching.until("v2").await.unwrap());
 
     server.kill();
     // Changed while the watch's API server is gone: only a watch resumed from v2 sees it.
@@ -299,11 +301,13 @@ async fn the_watch_delivers_the_latest_version_after_its_api_server_restarts() {
         .await
         .expect("the version written while the API server was down");
     set_value(ns, "v4").unwrap();
-    assert_eq!(
-        watching.until("v4").await.unwrap(),
-        "applied",
-        "the watch goes on"
-    );
+    assert_delivered(&watching.until("v4").await.unwrap());
+}
+
+/// The watch went on and delivered a version: as a change (`applied`) or from a relist
+/// (`restarted`).
+fn assert_delivered(how: &str) {
+    assert!(how == "applied" || how == "restarted", "the watch goes on: {how}");
 }
 
 #[tokio::test]
@@ -325,7 +329,7 @@ async fn a_watch_from_an_expired_version_gets_410_relists_and_goes_on() {
         "the object comes from a relist"
     );
     set_value(ns, "after").unwrap();
-    assert_eq!(watching.until("after").await.unwrap(), "applied");
+    assert_delivered(&watching.until("after").await.unwrap());
 }
 
 #[tokio::test]
