@@ -423,8 +423,76 @@ pub fn observe(deployments: &[Deployment]) -> ObservedReplicas {
     observed
 }
 
+/// A child that reports it cannot do its work: the reason becomes the service's `Degraded` reason,
+/// the message names the child and carries what the child's controller said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildFailure {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The failures the Deployments report: a ReplicaSet that cannot create pods (the Deployment
+/// controller copies its `FailedCreate` as the `ReplicaFailure` condition, e.g. a pod forbidden by
+/// a ResourceQuota), and a rollout that passed its progress deadline.
+pub fn failures(deployments: &[Deployment]) -> Vec<ChildFailure> {
+    let mut failures = Vec::new();
+    for deployment in deployments {
+        let name = deployment.metadata.name.as_deref().unwrap_or_default();
+        let conditions = deployment
+            .status
+            .iter()
+            .flat_map(|status| status.conditions.iter().flatten());
+        for condition in conditions {
+            let reason = match (condition.type_.as_str(), condition.status.as_str()) {
+                ("ReplicaFailure", "True") => "ReplicaFailure",
+                ("Progressing", "False")
+                    if condition.reason.as_deref() == Some("ProgressDeadlineExceeded") =>
+                {
+                    "ProgressDeadlineExceeded"
+                }
+                _ => continue,
+            };
+            failures.push(ChildFailure {
+                reason,
+                message: format!(
+                    "Deployment {name}: {}: {}",
+                    condition.reason.as_deref().unwrap_or(reason),
+                    condition.message.as_deref().unwrap_or_default()
+                ),
+            });
+        }
+    }
+    failures
+}
+
+/// `Degraded`: the first failing child's reason, every failure in the message; `False` when none.
+pub fn degraded(failures: &[ChildFailure]) -> DesiredCondition {
+    match failures.first() {
+        Some(first) => DesiredCondition::new(
+            condition_type::DEGRADED,
+            true,
+            first.reason,
+            failures
+                .iter()
+                .map(|f| f.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        None => DesiredCondition::new(
+            condition_type::DEGRADED,
+            false,
+            "Reconciled",
+            "children match the spec",
+        ),
+    }
+}
+
 /// The conditions of a valid ReplicatedService given what its Deployments report.
-pub fn conditions(desired_replicas: i32, observed: &ObservedReplicas) -> Vec<DesiredCondition> {
+pub fn conditions(
+    desired_replicas: i32,
+    observed: &ObservedReplicas,
+    failures: &[ChildFailure],
+) -> Vec<DesiredCondition> {
     let settled = observed.all_observed
         && observed.updated >= desired_replicas
         && observed.replicas == desired_replicas;
@@ -462,12 +530,7 @@ pub fn conditions(desired_replicas: i32, observed: &ObservedReplicas) -> Vec<Des
                 ),
             )
         },
-        DesiredCondition::new(
-            condition_type::DEGRADED,
-            false,
-            "Reconciled",
-            "children match the spec",
-        ),
+        degraded(failures),
     ]
 }
 
@@ -668,10 +731,51 @@ mod tests {
             ),
         ];
         for (name, deployment, desired, (ready, progressing)) in cases {
-            let conditions = conditions(desired, &observe(&[deployment]));
+            let conditions = conditions(desired, &observe(&[deployment]), &[]);
             assert_eq!(conditions[0].status, ready, "{name} ready");
             assert_eq!(conditions[1].status, progressing, "{name} progressing");
         }
+    }
+
+    #[test]
+    fn a_replica_set_that_cannot_create_pods_makes_the_service_degraded_with_its_message() {
+        let mut deployment = observed_deployment(1, 1, 0, 0, 0);
+        deployment.metadata.name = Some("web".to_owned());
+        deployment.status.as_mut().unwrap().conditions = Some(
+            serde_json::from_value(json!([
+                {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                 "message": "pods \"web-1\" is forbidden: failed quota: q: must specify limits.cpu"},
+            ]))
+            .unwrap(),
+        );
+        let failures = failures(&[deployment.clone()]);
+        let conditions = conditions(2, &observe(&[deployment]), &failures);
+        let degraded = &conditions[2];
+        assert!(degraded.status);
+        assert_eq!(degraded.reason, "ReplicaFailure");
+        assert_eq!(
+            degraded.message,
+            "Deployment web: FailedCreate: pods \"web-1\" is forbidden: failed quota: q: must specify limits.cpu"
+        );
+    }
+
+    #[test]
+    fn a_deployment_past_its_progress_deadline_makes_the_service_degraded() {
+        let mut deployment = observed_deployment(1, 1, 1, 0, 1);
+        deployment.metadata.name = Some("web-canary".to_owned());
+        deployment.status.as_mut().unwrap().conditions = Some(
+            serde_json::from_value(json!([
+                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                 "message": "ReplicaSet \"web-canary-1\" has timed out progressing."},
+            ]))
+            .unwrap(),
+        );
+        let failures = failures(&[deployment]);
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].reason, "ProgressDeadlineExceeded");
+        assert!(failures[0].message.starts_with("Deployment web-canary: "));
+        assert!(!degraded(&[]).status, "no failure, not degraded");
     }
 
     fn canary_status(phase: &str, weight: i32) -> outrigger_api::rollout::RolloutStatus {

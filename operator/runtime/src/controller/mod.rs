@@ -39,6 +39,10 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error("the object changed while it was being written: {0}")]
     Conflict(#[source] kube::Error),
+    /// The API server refused a write for a reason a retry cannot fix (the request is invalid, or
+    /// forbidden by RBAC, an admission webhook or a ResourceQuota): shown on the object.
+    #[error("the API server refused it: {}", rejection_message(.0))]
+    Rejected(#[source] kube::Error),
     #[error("kubernetes API request failed: {0}")]
     Api(#[source] kube::Error),
     #[error("encoding an object: {0}")]
@@ -49,6 +53,7 @@ impl From<kube::Error> for Error {
     fn from(error: kube::Error) -> Self {
         match &error {
             kube::Error::Api(status) if status.code == 409 => Error::Conflict(error),
+            kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422) => Error::Rejected(error),
             _ => Error::Api(error),
         }
     }
@@ -63,6 +68,7 @@ impl Error {
             Error::NameClash { .. } => "name_clash",
             Error::Build(_) => "build",
             Error::Conflict(_) => "conflict",
+            Error::Rejected(_) => "rejected",
             Error::Api(_) => "api",
             Error::Encode(_) => "encode",
         }
@@ -77,6 +83,12 @@ impl Error {
         )
     }
 
+    /// Errors a person must see on the object: a spec to change, or an API server refusal (a quota
+    /// or a policy to change). Transient errors only requeue.
+    pub fn shown_on_status(&self) -> bool {
+        self.needs_user_change() || matches!(self, Error::Rejected(_))
+    }
+
     /// Reason for the status condition and Event.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -85,9 +97,23 @@ impl Error {
             Error::NameClash { .. } => "NameClash",
             Error::Build(_) => "BuildFailed",
             Error::Conflict(_) => "Conflict",
+            Error::Rejected(kube::Error::Api(status)) => match status.code {
+                403 => "Forbidden",
+                422 => "Invalid",
+                _ => "BadRequest",
+            },
+            Error::Rejected(_) => "Rejected",
             Error::Api(_) => "ApiError",
             Error::Encode(_) => "EncodeFailed",
         }
+    }
+}
+
+/// The API server's own message for a refused request.
+fn rejection_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -265,6 +291,37 @@ pub async fn run_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            serde_json::from_value(serde_json::json!({
+                "status": "Failure", "code": code, "reason": reason, "message": message,
+            }))
+            .unwrap(),
+        ))
+    }
+
+    #[test]
+    fn refusals_a_retry_cannot_fix_are_shown_with_the_api_servers_message() {
+        let forbidden = Error::from(api_error(
+            403,
+            "Forbidden",
+            "services \"web\" is forbidden: exceeded quota: q",
+        ));
+        assert!(forbidden.shown_on_status() && !forbidden.needs_user_change());
+        assert_eq!(forbidden.reason(), "Forbidden");
+        assert_eq!(
+            forbidden.to_string(),
+            "the API server refused it: services \"web\" is forbidden: exceeded quota: q"
+        );
+        assert_eq!(Error::from(api_error(422, "Invalid", "x")).reason(), "Invalid");
+        for transient in [409, 429, 500, 503] {
+            assert!(
+                !Error::from(api_error(transient, "x", "x")).shown_on_status(),
+                "{transient} is retried quietly"
+            );
+        }
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_and_caps_at_five_minutes() {

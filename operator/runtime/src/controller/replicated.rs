@@ -127,7 +127,7 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Acti
                 observed_generation: rsvc.metadata.generation,
                 conditions: status::merged_conditions(
                     current_conditions(rsvc),
-                    &replicated::conditions(rsvc.spec.replicas, &observed.replicas),
+                    &replicated::conditions(rsvc.spec.replicas, &observed.replicas, &observed.failures),
                     rsvc.metadata.generation,
                 ),
                 replicas: observed.replicas.replicas,
@@ -136,10 +136,12 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Acti
                 selector: Some(observed.selector),
                 rollout: observed.rollout.as_ref().map(|r| r.decision.status.clone()),
             };
-            status::write(ctx, CONTROLLER, rsvc, rsvc.status.as_ref(), &status).await?;
+            let written = status::write(ctx, CONTROLLER, rsvc, rsvc.status.as_ref(), &status).await?;
             let requeue = match &observed.rollout {
                 Some(rollout) => {
-                    rollout::announce(ctx, rsvc, rollout, previous_rollout).await?;
+                    // The status write moved the resourceVersion; clearing the control fences on it.
+                    let version = written.or_else(|| rsvc.metadata.resource_version.clone());
+                    rollout::announce(ctx, rsvc, version, rollout, previous_rollout).await?;
                     rollout
                         .decision
                         .requeue_after
@@ -149,8 +151,7 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Acti
             };
             Ok(Action::requeue(requeue))
         }
-        Err(error) if error.needs_user_change() => {
-            tracing::info!(%error, "Spec cannot be reconciled; waiting for a change.");
+        Err(error) if error.shown_on_status() => {
             let mut status = rsvc.status.clone().unwrap_or_default();
             status.observed_generation = rsvc.metadata.generation;
             status.conditions = status::merged_conditions(
@@ -159,6 +160,11 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Acti
                 rsvc.metadata.generation,
             );
             status::write(ctx, CONTROLLER, rsvc, rsvc.status.as_ref(), &status).await?;
+            if !error.needs_user_change() {
+                // A refusal may end without a change of the object (a quota raised): retried with backoff.
+                return Err(error);
+            }
+            tracing::info!(%error, "Spec cannot be reconciled; waiting for a change.");
             ctx.count_error(CONTROLLER, &error);
             Ok(Action::await_change())
         }
@@ -175,6 +181,8 @@ fn current_conditions(rsvc: &ReplicatedService) -> &[outrigger_api::common::Cond
 
 struct Observed {
     replicas: replicated::ObservedReplicas,
+    /// Children that report they cannot do their work.
+    failures: Vec<replicated::ChildFailure>,
     selector: String,
     rollout: Option<Rollout>,
 }
@@ -203,8 +211,11 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
     let namespace = rsvc.namespace().unwrap_or_default();
     let name = rsvc.name_any();
     // Read what the spec refers to, validate (pure), and decide the rollout's next step.
+    validate::all([
+        validate::replicated_service(&rsvc.spec),
+        validate::replicated_service_name(&name, &rsvc.spec),
+    ])?;
     let strategy = strategy_of(rsvc, ctx).await?;
-    validate::replicated_service(&rsvc.spec)?;
     let rollout = match &strategy {
         Some(strategy) => Some(rollout::decide(rsvc, strategy, ctx).await?),
         None => None,
@@ -233,8 +244,9 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
     let mut keep = Kept::default();
     keep.config_maps.push(replicated::config_map_name(&name));
     keep.services.push(name.clone());
+    let mut splitter = None;
     if let (Some(front), Some(rollout)) = (&children.rollout, &rollout) {
-        apply_splitter(&applier, rsvc, front, rollout, &mut keep).await?;
+        splitter = Some(apply_splitter(&applier, rsvc, front, rollout, &mut keep).await?);
     }
     applier.apply(to_apply_value(&children.service)?).await?;
     let mut deployments = Vec::new();
@@ -265,8 +277,10 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
     if let Some(pdb) = &children.pod_disruption_budget {
         applier.apply(pdb.clone()).await?;
     }
+    let failures = replicated::failures(&deployments.iter().chain(&splitter).cloned().collect::<Vec<_>>());
     Ok(Observed {
         replicas: replicated::observe(&deployments),
+        failures,
         selector: children.selector,
         rollout,
     })
@@ -302,7 +316,7 @@ async fn apply_splitter(
     front: &RolloutChildren,
     rollout: &Rollout,
     keep: &mut Kept,
-) -> Result<(), Error> {
+) -> Result<Deployment, Error> {
     applier.apply(to_apply_value(&front.splitter_account)?).await?;
     applier.apply(to_apply_value(&front.splitter_role)?).await?;
     applier
@@ -322,8 +336,8 @@ async fn apply_splitter(
     let config_map = canary::splitter_config_map(&owner, &config);
     applier.apply(to_apply_value(&config_map)?).await?;
     keep.config_maps.extend(config_map.metadata.name.clone());
-    applier.apply(to_apply_value(&front.splitter)?).await?;
+    let splitter = typed::<Deployment>(applier.apply(to_apply_value(&front.splitter)?).await?)?;
     keep.deployments.extend(front.splitter.metadata.name.clone());
     keep.identity.extend(front.splitter_account.metadata.name.clone());
-    Ok(())
+    Ok(splitter)
 }

@@ -427,10 +427,12 @@ fn event_of(decision: &RolloutDecision) -> (String, EventType) {
 }
 
 /// After the status is written: an Event per new decision, and the manual control cleared (a value
-/// that is not a control is reported and cleared too).
+/// that is not a control is reported and cleared too), fenced by `resource_version`, the version the
+/// reconcile read or its status write produced.
 pub async fn announce(
     ctx: &Context,
     rsvc: &ReplicatedService,
+    resource_version: Option<String>,
     rollout: &Rollout,
     previous: Option<&RolloutStatus>,
 ) -> Result<(), Error> {
@@ -459,7 +461,11 @@ pub async fn announce(
     }
     let api: Api<ReplicatedService> =
         Api::namespaced(ctx.client.clone(), &rsvc.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"annotations": {CONTROL_ANNOTATION: null}}});
+    // Fenced like every other write: a person's newer control is not cleared unseen.
+    let patch = json!({"metadata": {
+        "resourceVersion": resource_version,
+        "annotations": {CONTROL_ANNOTATION: null},
+    }});
     ctx.metrics.count_write("replicatedservice", "annotation");
     api.patch(&rsvc.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await?;

@@ -108,8 +108,7 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
             status::write(ctx, CONTROLLER, shsvc, shsvc.status.as_ref(), &status).await?;
             Ok(Action::requeue(RESYNC))
         }
-        Err(error) if error.needs_user_change() => {
-            tracing::info!(%error, "Spec cannot be reconciled; waiting for a change.");
+        Err(error) if error.shown_on_status() => {
             let mut status = shsvc.status.clone().unwrap_or_default();
             status.observed_generation = shsvc.metadata.generation;
             status.conditions = status::merged_conditions(
@@ -118,6 +117,11 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
                 shsvc.metadata.generation,
             );
             status::write(ctx, CONTROLLER, shsvc, shsvc.status.as_ref(), &status).await?;
+            if !error.needs_user_change() {
+                // A refusal may end without a change of the object (a quota raised): retried with backoff.
+                return Err(error);
+            }
+            tracing::info!(%error, "Spec cannot be reconciled; waiting for a change.");
             ctx.count_error(CONTROLLER, &error);
             Ok(Action::await_change())
         }
@@ -127,7 +131,10 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
 
 async fn apply_children(shsvc: &ShardedService, ctx: &Context) -> Result<(Vec<StatefulSet>, String), Error> {
     let namespace = shsvc.namespace().unwrap_or_default();
-    validate::sharded_service(&shsvc.spec)?;
+    validate::all([
+        validate::sharded_service(&shsvc.spec),
+        validate::sharded_service_name(&shsvc.name_any(), &shsvc.spec),
+    ])?;
     let children = sharded::build(shsvc)?;
 
     let uid = shsvc.uid().unwrap_or_default();

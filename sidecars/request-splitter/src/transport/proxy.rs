@@ -892,7 +892,6 @@ fn local_response(error: &ProxyError, request_id: &RequestId) -> Response<Respon
     response
 }
 
-
 fn is_gateway_error(status: StatusCode) -> bool {
     matches!(
         status,

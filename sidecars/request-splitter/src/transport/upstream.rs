@@ -878,7 +878,6 @@ pub fn is_direct(method: &Method, headers: &HeaderMap) -> bool {
     *method != Method::CONNECT && !headers.contains_key(header::UPGRADE)
 }
 
-
 /// An endpoint's state that outlives configuration generations, by (backend name, address).
 type EndpointStates = HashMap<(String, String), (Arc<EndpointHealth>, Arc<ConnectionPool>)>;
 
