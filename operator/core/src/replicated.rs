@@ -10,7 +10,8 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            ConfigMap, HTTPGetAction, PodTemplateSpec, Probe, Service, ServicePort as CoreServicePort,
+            ConfigMap, HTTPGetAction, PodTemplateSpec, Probe, ResourceRequirements, Service,
+            ServicePort as CoreServicePort,
             ServiceSpec, TCPSocketAction,
         },
     },
@@ -76,6 +77,8 @@ pub struct RolloutInputs<'a> {
     /// Template and revision the live stable Deployment runs, when it exists.
     pub live_stable: Option<(&'a PodTemplateSpec, &'a str)>,
     pub splitter_image: &'a str,
+    /// Requests and limits of the splitter's container (a ResourceQuota may demand them).
+    pub splitter_resources: Option<&'a ResourceRequirements>,
     /// The splitter has ready replicas, so the service's Service may send clients to it.
     pub splitter_ready: bool,
 }
@@ -166,10 +169,9 @@ pub fn build(
             RolloutChildren {
                 stable_service: canary::track_service(&owner, STABLE, port.port, target_port),
                 canary_service: canary::track_service(&owner, CANARY, port.port, target_port),
-                splitter: canary::splitter_deployment(
-                    &owner,
-                    inputs.splitter_image,
-                    splitter_replicas(spec.replicas),
+                splitter: with_resources(
+                    canary::splitter_deployment(&owner, inputs.splitter_image, splitter_replicas(spec.replicas)),
+                    inputs.splitter_resources,
                 ),
                 splitter_account,
                 splitter_role,
@@ -221,6 +223,19 @@ pub fn build(
         selector: labels::selector_string(&pod_selector),
         rollout: rollout_children.map(|(_, _, children)| children),
     })
+}
+
+/// The Deployment with `resources` on its containers.
+fn with_resources(mut deployment: Deployment, resources: Option<&ResourceRequirements>) -> Deployment {
+    let containers = deployment
+        .spec
+        .iter_mut()
+        .filter_map(|spec| spec.template.spec.as_mut())
+        .flat_map(|pod| pod.containers.iter_mut());
+    for container in containers {
+        container.resources = resources.cloned();
+    }
+    deployment
 }
 
 /// Splitter replicas: two, for availability, once the service itself has more than one replica.
@@ -808,6 +823,7 @@ mod tests {
         splitter_ready: bool,
     ) -> Children {
         let (strategy, live) = strategy_and_live_stable();
+        let resources = crate::inject::default_sidecar_resources();
         let decision = Decision {
             status: canary_status(phase, weight),
             promote,
@@ -820,6 +836,7 @@ mod tests {
             preview_replicas,
             live_stable: Some((&live, "rev-1")),
             splitter_image: "outrigger/request-splitter:dev",
+            splitter_resources: Some(&resources),
             splitter_ready,
         };
         build(&rsvc(rollout_spec()), PdbApi::None, Some(&inputs)).unwrap()
@@ -861,7 +878,13 @@ mod tests {
                 "the canary in proportion to 20%"
             );
             let rollout = children.rollout.as_ref().unwrap();
-            assert_eq!(rollout.splitter.spec.as_ref().unwrap().replicas, Some(2));
+            let splitter = rollout.splitter.spec.as_ref().unwrap();
+            assert_eq!(splitter.replicas, Some(2));
+            assert_eq!(
+                splitter.template.spec.as_ref().unwrap().containers[0].resources,
+                Some(crate::inject::default_sidecar_resources()),
+                "the splitter fits a namespace whose quota demands requests and limits"
+            );
             let names = [&rollout.stable_service, &rollout.canary_service].map(|s| s.metadata.name.clone());
             assert_eq!(
                 names,

@@ -190,7 +190,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         &identity,
         config.watch_namespace.clone(),
         config.sidecar_defaults.image(SidecarKind::RequestSplitter),
-    ));
+    )
+    .with_splitter_resources(config.sidecar_defaults.resources(SidecarKind::RequestSplitter)));
     // A follower is ready too: it serves the webhook and its admin endpoints and can take over.
     state.set_ready(true);
 

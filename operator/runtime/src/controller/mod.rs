@@ -127,6 +127,8 @@ pub struct Context {
     pub watch_namespace: Option<String>,
     /// Image of the request splitter that fronts services during rollouts.
     pub splitter_image: String,
+    /// Requests and limits of the splitter's container.
+    pub splitter_resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
     /// Analysis baselines of the rollouts in progress.
     baselines: rollout::Baselines,
     /// Consecutive failures per object, for backoff.
@@ -153,8 +155,21 @@ impl Context {
             pdb_api,
             watch_namespace,
             splitter_image,
+            splitter_resources: None,
             baselines: rollout::Baselines::default(),
             failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same context, giving the splitters of rollouts these requests and limits.
+    #[must_use]
+    pub fn with_splitter_resources(
+        self,
+        resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    ) -> Context {
+        Context {
+            splitter_resources: resources,
+            ..self
         }
     }
 

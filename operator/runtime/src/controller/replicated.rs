@@ -226,6 +226,7 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
         preview_replicas: rollout.preview_replicas,
         live_stable: rollout.live_stable_template(),
         splitter_image: &ctx.splitter_image,
+        splitter_resources: ctx.splitter_resources.as_ref(),
         splitter_ready: rollout.splitter_ready,
     });
     // Build: pure.
