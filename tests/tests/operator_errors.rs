@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, PostParams};
-use outrigger_api::ReplicatedService;
+use outrigger_api::{ReplicatedService, ShardedService};
 use outrigger_tests::{
     admin_client, dry_run, eventually, free_port, kubectl, kubectl_ok, kubectl_stdin, OperatorProcess,
     TestNamespace,
@@ -52,9 +52,12 @@ async fn create(namespace: &str, rsvc: &ReplicatedService) -> Api<ReplicatedServ
 /// The `Degraded=True` condition's reason and message, once the operator has written one.
 async fn degraded(api: &Api<ReplicatedService>, name: &str) -> anyhow::Result<Option<(String, String)>> {
     let rsvc = api.get(name).await?;
-    Ok(rsvc.status.unwrap_or_default().conditions.into_iter().find_map(|c| {
-        (c.type_ == "Degraded" && c.status == "True").then_some((c.reason, c.message))
-    }))
+    Ok(rsvc
+        .status
+        .unwrap_or_default()
+        .conditions
+        .into_iter()
+        .find_map(|c| (c.type_ == "Degraded" && c.status == "True").then_some((c.reason, c.message))))
 }
 
 /// The Warning Event about `name` with `reason`, once published.
@@ -114,9 +117,11 @@ async fn a_name_too_long_for_its_children_is_refused_with_a_condition_naming_the
         ready.iter().any(|c| c.type_ == "Ready" && c.status == "False"),
         "{ready:?}"
     );
-    let event = eventually("a warning Event", WAIT, || warning(&ns.name, &name, "InvalidSpec"))
-        .await
-        .unwrap();
+    let event = eventually("a warning Event", WAIT, || {
+        warning(&ns.name, &name, "InvalidSpec")
+    })
+    .await
+    .unwrap();
     assert!(event.contains("metadata.name"), "{event}");
 }
 
@@ -160,10 +165,45 @@ async fn pods_a_quota_forbids_make_the_service_degraded_with_the_replica_sets_me
     assert_eq!(reason, "ReplicaFailure");
     assert!(message.starts_with("Deployment web: FailedCreate: "), "{message}");
     assert!(message.contains("must specify"), "{message}");
-    let event = eventually("a warning Event", WAIT, || warning(&ns.name, "web", "ReplicaFailure"))
-        .await
-        .unwrap();
+    let event = eventually("a warning Event", WAIT, || {
+        warning(&ns.name, "web", "ReplicaFailure")
+    })
+    .await
+    .unwrap();
     assert!(event.contains("forbidden"), "{event}");
+}
+
+#[tokio::test]
+async fn a_statefulset_that_cannot_create_pods_makes_the_sharded_service_degraded_with_its_message() {
+    let ns = TestNamespace::create("errors-shards").unwrap();
+    demanding_quota(&ns.name);
+    let _operator = OperatorProcess::for_namespace(&ns.name).unwrap();
+    let shsvc: ShardedService = serde_json::from_value(json!({
+        "apiVersion": "outrigger.dev/v1alpha1", "kind": "ShardedService", "metadata": {"name": "cache"},
+        "spec": {
+            "shards": 1, "replicasPerShard": 1, "protocol": "redis", "port": 6379,
+            "template": {"spec": {"containers": [{"name": "store", "image": "outrigger/testapp:dev"}]}},
+        }
+    }))
+    .unwrap();
+    let api: Api<ShardedService> = Api::namespaced(admin_client().await.unwrap(), &ns.name);
+    api.create(&PostParams::default(), &shsvc).await.unwrap();
+
+    let (reason, message) = eventually("the sharded service degraded", WAIT, || async {
+        let status = api.get("cache").await?.status.unwrap_or_default();
+        Ok(status
+            .conditions
+            .into_iter()
+            .find_map(|c| (c.type_ == "Degraded" && c.status == "True").then_some((c.reason, c.message))))
+    })
+    .await
+    .unwrap();
+    assert_eq!(reason, "FailedCreate");
+    assert!(
+        message.starts_with("StatefulSet cache-shard-0: FailedCreate: "),
+        "{message}"
+    );
+    assert!(message.contains("forbidden"), "{message}");
 }
 
 /// An operator with its webhook, scoped to one namespace by a label; removes its webhook
@@ -258,7 +298,8 @@ async fn injected_sidecars_fit_a_quota_that_demands_requests_and_limits() {
     .unwrap();
 
     // The app sets its own requests and limits, as the quota demands; the splitter gets the defaults.
-    let resources = json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "200m", "memory": "64Mi"}});
+    let resources =
+        json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "200m", "memory": "64Mi"}});
     let sidecars = json!([{"name": "request-splitter", "settings": {"listenPort": "8000"}}]);
     let api = create(&ns.name, &service("web", app(resources), sidecars)).await;
 

@@ -666,7 +666,9 @@ mod tests {
             sidecars: &sidecars,
             config_map: "c",
         };
-        let plan = plan(&pod(json!({})), Some(owner), &defaults, false).unwrap().unwrap();
+        let plan = plan(&pod(json!({})), Some(owner), &defaults, false)
+            .unwrap()
+            .unwrap();
         let containers = mutate(&pod(json!({})), &plan).unwrap().spec.unwrap().containers;
         let resources = |index: usize| serde_json::to_value(&containers[index].resources).unwrap();
         assert_eq!(
@@ -693,7 +695,9 @@ mod tests {
             sidecars: &sidecars,
             config_map: "c",
         };
-        let plan = plan(&pod(json!({})), Some(owner), &defaults, false).unwrap().unwrap();
+        let plan = plan(&pod(json!({})), Some(owner), &defaults, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             serde_json::to_value(&plan.sidecars[0].resources).unwrap(),
             json!({"limits": {"cpu": "1"}})

@@ -11,8 +11,7 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
             ConfigMap, HTTPGetAction, PodTemplateSpec, Probe, ResourceRequirements, Service,
-            ServicePort as CoreServicePort,
-            ServiceSpec, TCPSocketAction,
+            ServicePort as CoreServicePort, ServiceSpec, TCPSocketAction,
         },
     },
     apimachinery::pkg::{
@@ -35,7 +34,7 @@ use serde_json::{json, Value};
 use crate::{
     analysis::{CANARY, STABLE},
     canary,
-    conditions::DesiredCondition,
+    conditions::{degraded, ChildFailure, DesiredCondition},
     labels,
     owner::{child_meta, content_hash, BuildError, Owner},
     rollout::{self, Decision},
@@ -50,6 +49,60 @@ pub enum PdbApi {
     PolicyV1,
     PolicyV1beta1,
     None,
+}
+
+impl PdbApi {
+    /// The apiVersion of PodDisruptionBudgets, when the cluster serves them.
+    pub fn api_version(self) -> Option<&'static str> {
+        match self {
+            PdbApi::PolicyV1 => Some("policy/v1"),
+            PdbApi::PolicyV1beta1 => Some("policy/v1beta1"),
+            PdbApi::None => None,
+        }
+    }
+}
+
+/// Every name a child of a ReplicatedService may have, by kind: what pruning looks for (in the
+/// controller's cache, by name, so a reconcile never lists children).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PossibleChildren {
+    pub deployments: Vec<String>,
+    pub services: Vec<String>,
+    pub config_maps: Vec<String>,
+    /// The splitter's ServiceAccount, Role and RoleBinding.
+    pub identity: Vec<String>,
+}
+
+impl PossibleChildren {
+    /// The names of `kind`; none for a kind a ReplicatedService never owns.
+    pub fn of(&self, kind: &str) -> &[String] {
+        match kind {
+            "Deployment" => &self.deployments,
+            "Service" => &self.services,
+            "ConfigMap" => &self.config_maps,
+            "ServiceAccount" | "Role" | "RoleBinding" => &self.identity,
+            _ => &[],
+        }
+    }
+}
+
+/// The names the children of the ReplicatedService `service` may have.
+pub fn possible_children(service: &str) -> PossibleChildren {
+    let splitter = canary::splitter_name(service);
+    PossibleChildren {
+        deployments: vec![
+            service.to_owned(),
+            canary::canary_deployment_name(service),
+            splitter.clone(),
+        ],
+        services: vec![
+            service.to_owned(),
+            canary::track_service_name(service, STABLE),
+            canary::track_service_name(service, CANARY),
+        ],
+        config_maps: vec![config_map_name(service), splitter.clone()],
+        identity: vec![splitter],
+    }
 }
 
 /// Everything a ReplicatedService should own.
@@ -170,7 +223,11 @@ pub fn build(
                 stable_service: canary::track_service(&owner, STABLE, port.port, target_port),
                 canary_service: canary::track_service(&owner, CANARY, port.port, target_port),
                 splitter: with_resources(
-                    canary::splitter_deployment(&owner, inputs.splitter_image, splitter_replicas(spec.replicas)),
+                    canary::splitter_deployment(
+                        &owner,
+                        inputs.splitter_image,
+                        splitter_replicas(spec.replicas),
+                    ),
                     inputs.splitter_resources,
                 ),
                 splitter_account,
@@ -203,18 +260,17 @@ pub fn build(
         data: Some(config_data),
         ..ConfigMap::default()
     };
-    let pod_disruption_budget = match pdb_api {
-        PdbApi::None => None,
-        api => Some(json!({
-            "apiVersion": if api == PdbApi::PolicyV1 { "policy/v1" } else { "policy/v1beta1" },
+    let pod_disruption_budget = pdb_api.api_version().map(|api_version| {
+        json!({
+            "apiVersion": api_version,
             "kind": "PodDisruptionBudget",
             "metadata": child_meta(&owner, &owner.name, &owner_labels),
             "spec": {
                 "maxUnavailable": 1,
                 "selector": {"matchLabels": pod_selector},
             },
-        })),
-    };
+        })
+    });
     Ok(Children {
         deployments,
         service,
@@ -438,14 +494,6 @@ pub fn observe(deployments: &[Deployment]) -> ObservedReplicas {
     observed
 }
 
-/// A child that reports it cannot do its work: the reason becomes the service's `Degraded` reason,
-/// the message names the child and carries what the child's controller said.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChildFailure {
-    pub reason: &'static str,
-    pub message: String,
-}
-
 /// The failures the Deployments report: a ReplicaSet that cannot create pods (the Deployment
 /// controller copies its `FailedCreate` as the `ReplicaFailure` condition, e.g. a pod forbidden by
 /// a ResourceQuota), and a rollout that passed its progress deadline.
@@ -478,28 +526,6 @@ pub fn failures(deployments: &[Deployment]) -> Vec<ChildFailure> {
         }
     }
     failures
-}
-
-/// `Degraded`: the first failing child's reason, every failure in the message; `False` when none.
-pub fn degraded(failures: &[ChildFailure]) -> DesiredCondition {
-    match failures.first() {
-        Some(first) => DesiredCondition::new(
-            condition_type::DEGRADED,
-            true,
-            first.reason,
-            failures
-                .iter()
-                .map(|f| f.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; "),
-        ),
-        None => DesiredCondition::new(
-            condition_type::DEGRADED,
-            false,
-            "Reconciled",
-            "children match the spec",
-        ),
-    }
 }
 
 /// The conditions of a valid ReplicatedService given what its Deployments report.
@@ -621,6 +647,29 @@ mod tests {
             children.pod_disruption_budget.unwrap()["apiVersion"],
             "policy/v1beta1"
         );
+    }
+
+    #[test]
+    fn every_child_a_rollout_builds_is_among_the_possible_children_that_pruning_looks_for() {
+        let children = build_during_rollout("Progressing", 20, false, None, true);
+        let possible = possible_children("web");
+        let rollout = children.rollout.as_ref().unwrap();
+        let name = |meta: &ObjectMeta| meta.name.clone().unwrap();
+        for (kind, meta) in [
+            ("Deployment", &children.deployments[0].metadata),
+            ("Deployment", &children.deployments[1].metadata),
+            ("Deployment", &rollout.splitter.metadata),
+            ("Service", &children.service.metadata),
+            ("Service", &rollout.stable_service.metadata),
+            ("Service", &rollout.canary_service.metadata),
+            ("ConfigMap", &children.config_map.metadata),
+            ("ServiceAccount", &rollout.splitter_account.metadata),
+            ("Role", &rollout.splitter_role.metadata),
+            ("RoleBinding", &rollout.splitter_role_binding.metadata),
+        ] {
+            assert!(possible.of(kind).contains(&name(meta)), "{kind} {}", name(meta));
+        }
+        assert!(possible.of("ConfigMap").contains(&canary::splitter_name("web")));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! sharded}`) → apply them with server-side apply → write status from what was observed.
 
 mod apply;
+mod cache;
 mod replicated;
 mod rollout;
 mod sharded;

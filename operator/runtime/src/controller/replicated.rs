@@ -5,12 +5,17 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, Service},
+    core::v1::{ConfigMap, Service, ServiceAccount},
+    rbac::v1::{Role, RoleBinding},
 };
 use kube::{
     api::Api,
     core::DeserializeGuard,
-    runtime::{controller::Action, reflector::ObjectRef, watcher, Controller},
+    runtime::{
+        controller::Action,
+        reflector::{ObjectRef, Store},
+        watcher, Controller,
+    },
     Resource, ResourceExt,
 };
 use outrigger_api::{
@@ -25,7 +30,8 @@ use outrigger_core::{
 };
 
 use super::{
-    apply::{to_apply_value, typed, Applier},
+    apply::{resource_for, to_apply_value, typed, Applier},
+    cache::{self, Children},
     error_action,
     rollout::{self, Rollout},
     status, Context, Error, RESYNC,
@@ -34,43 +40,83 @@ use crate::metrics::ControllerLabels;
 
 const CONTROLLER: &str = "replicatedservice";
 
+/// The context of this controller's reconciles: the shared one, and the caches of its watches.
+pub struct Replicated {
+    ctx: Arc<Context>,
+    children: Children,
+    strategies: Store<RolloutStrategy>,
+}
+
+impl std::ops::Deref for Replicated {
+    type Target = Context;
+
+    fn deref(&self) -> &Context {
+        &self.ctx
+    }
+}
+
 /// Runs the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let owned =
-        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
-    let controller = Controller::new(
+    // Only the children of ReplicatedServices: the ShardedService controller caches its own.
+    let owned = || {
+        watcher::Config::default().labels(&format!(
+            "{}={},{}",
+            labels::MANAGED_BY,
+            labels::MANAGED_BY_VALUE,
+            labels::REPLICATED_SERVICE
+        ))
+    };
+    let (deployments, deployment_events) = cache::watch(ctx.api::<Deployment>(), owned());
+    let (services, service_events) = cache::watch(ctx.api::<Service>(), owned());
+    let (config_maps, config_map_events) = cache::watch(ctx.api::<ConfigMap>(), owned());
+    let (accounts, account_events) = cache::watch(ctx.api::<ServiceAccount>(), owned());
+    let (roles, role_events) = cache::watch(ctx.api::<Role>(), owned());
+    let (bindings, binding_events) = cache::watch(ctx.api::<RoleBinding>(), owned());
+    let (strategies, strategy_events) =
+        cache::watch(ctx.api::<RolloutStrategy>(), watcher::Config::default());
+    let mut controller = Controller::new(
         ctx.api::<DeserializeGuard<ReplicatedService>>(),
         watcher::Config::default(),
     )
-    .owns(ctx.api::<Deployment>(), owned.clone())
-    .owns(ctx.api::<Service>(), owned.clone())
-    .owns(ctx.api::<ConfigMap>(), owned)
-    .graceful_shutdown_on(shutdown);
+    .owns_stream(deployment_events)
+    .owns_stream(service_events)
+    .owns_stream(config_map_events)
+    .owns_stream(account_events)
+    .owns_stream(role_events)
+    .owns_stream(binding_events);
+    let mut pod_disruption_budgets = None;
+    if let Some(api_version) = ctx.pdb_api.api_version() {
+        let resource = resource_for(api_version, "PodDisruptionBudget");
+        let api = match &ctx.watch_namespace {
+            Some(namespace) => Api::namespaced_with(ctx.client.clone(), namespace, &resource),
+            None => Api::all_with(ctx.client.clone(), &resource),
+        };
+        let (store, events) = cache::watch_dynamic(api, &resource, owned());
+        controller = controller.owns_stream_with(events, resource.clone());
+        pod_disruption_budgets = Some((store, resource));
+    }
+    let controller = controller.graceful_shutdown_on(shutdown);
     let store = controller.store();
     // A service waiting for a missing RolloutStrategy goes on as soon as it appears or changes.
     let referrers = store.clone();
-    let controller = controller.watches(
-        ctx.api::<RolloutStrategy>(),
-        watcher::Config::default(),
-        move |strategy| {
-            let namespace = strategy.namespace();
-            let name = strategy.name_any();
-            referrers
-                .state()
-                .into_iter()
-                .filter(|guard| {
-                    guard.namespace() == namespace
-                        && guard.0.as_ref().is_ok_and(|rsvc| {
-                            rsvc.spec
-                                .rollout_strategy_ref
-                                .as_ref()
-                                .is_some_and(|r| r.name == name)
-                        })
-                })
-                .map(|guard| ObjectRef::from_obj(&*guard))
-                .collect::<Vec<_>>()
-        },
-    );
+    let controller = controller.watches_stream(strategy_events, move |strategy: RolloutStrategy| {
+        let namespace = strategy.namespace();
+        let name = strategy.name_any();
+        referrers
+            .state()
+            .into_iter()
+            .filter(|guard| {
+                guard.namespace() == namespace
+                    && guard.0.as_ref().is_ok_and(|rsvc| {
+                        rsvc.spec
+                            .rollout_strategy_ref
+                            .as_ref()
+                            .is_some_and(|r| r.name == name)
+                    })
+            })
+            .map(|guard| ObjectRef::from_obj(&*guard))
+            .collect::<Vec<_>>()
+    });
     let managed = ctx
         .metrics
         .managed
@@ -78,8 +124,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             controller: CONTROLLER,
         })
         .clone();
+    let context = Arc::new(Replicated {
+        ctx,
+        children: Children {
+            deployments: Some(deployments),
+            services: Some(services),
+            config_maps: Some(config_maps),
+            service_accounts: Some(accounts),
+            roles: Some(roles),
+            role_bindings: Some(bindings),
+            pod_disruption_budgets,
+            ..Children::default()
+        },
+        strategies,
+    });
     controller
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, context)
         .for_each(|_| {
             managed.set(i64::try_from(store.state().len()).unwrap_or(i64::MAX));
             futures::future::ready(())
@@ -94,7 +154,7 @@ fn key(object: &DeserializeGuard<ReplicatedService>) -> String {
 fn error_policy(
     object: Arc<DeserializeGuard<ReplicatedService>>,
     error: &Error,
-    ctx: Arc<Context>,
+    ctx: Arc<Replicated>,
 ) -> Action {
     error_action(&ctx, CONTROLLER, &key(&object), error)
 }
@@ -102,7 +162,7 @@ fn error_policy(
 #[tracing::instrument(skip_all, fields(namespace = %guard.namespace().unwrap_or_default(), name = %guard.name_any()))]
 async fn reconcile(
     guard: Arc<DeserializeGuard<ReplicatedService>>,
-    ctx: Arc<Context>,
+    ctx: Arc<Replicated>,
 ) -> Result<Action, Error> {
     let run = async {
         match &guard.0 {
@@ -115,7 +175,7 @@ async fn reconcile(
     ctx.measured(CONTROLLER, &key(&guard), run).await
 }
 
-async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Action, Error> {
     if rsvc.meta().deletion_timestamp.is_some() {
         // Children are garbage-collected through their owner references.
         return Ok(Action::await_change());
@@ -182,19 +242,19 @@ fn current_conditions(rsvc: &ReplicatedService) -> &[outrigger_api::common::Cond
 struct Observed {
     replicas: replicated::ObservedReplicas,
     /// Children that report they cannot do their work.
-    failures: Vec<replicated::ChildFailure>,
+    failures: Vec<outrigger_core::conditions::ChildFailure>,
     selector: String,
     rollout: Option<Rollout>,
 }
 
-/// Reads the RolloutStrategy a service refers to; a missing or invalid one waits for a change.
-async fn strategy_of(rsvc: &ReplicatedService, ctx: &Context) -> Result<Option<RolloutStrategy>, Error> {
+/// The RolloutStrategy a service refers to, from the cache; a missing or invalid one waits for a
+/// change.
+fn strategy_of(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Option<Arc<RolloutStrategy>>, Error> {
     let Some(LocalObjectReference { name }) = &rsvc.spec.rollout_strategy_ref else {
         return Ok(None);
     };
     let namespace = rsvc.namespace().unwrap_or_default();
-    let strategies: Api<RolloutStrategy> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(strategy) = strategies.get_opt(name).await? else {
+    let Some(strategy) = ctx.strategies.get(&ObjectRef::new(name).within(&namespace)) else {
         return Err(Error::MissingReference(format!(
             "spec.rolloutStrategyRef: RolloutStrategy {name:?} does not exist in namespace {namespace}"
         )));
@@ -207,7 +267,7 @@ async fn strategy_of(rsvc: &ReplicatedService, ctx: &Context) -> Result<Option<R
     Ok(Some(strategy))
 }
 
-async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Observed, Error> {
+async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Observed, Error> {
     let namespace = rsvc.namespace().unwrap_or_default();
     let name = rsvc.name_any();
     // Read what the spec refers to, validate (pure), and decide the rollout's next step.
@@ -215,9 +275,9 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
         validate::replicated_service(&rsvc.spec),
         validate::replicated_service_name(&name, &rsvc.spec),
     ])?;
-    let strategy = strategy_of(rsvc, ctx).await?;
+    let strategy = strategy_of(rsvc, ctx)?;
     let rollout = match &strategy {
-        Some(strategy) => Some(rollout::decide(rsvc, strategy, ctx).await?),
+        Some(strategy) => Some(rollout::decide(rsvc, strategy, ctx, &ctx.children).await?),
         None => None,
     };
     let inputs = rollout.as_ref().map(|rollout| RolloutInputs {
@@ -240,6 +300,7 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
         metrics: &ctx.metrics,
         controller: CONTROLLER,
         owner_uid: &uid,
+        cache: &ctx.children,
     };
     applier.apply(to_apply_value(&children.config_map)?).await?;
     let mut keep = Kept::default();
@@ -262,7 +323,7 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
             .iter()
             .filter_map(|d| d.metadata.name.clone()),
     );
-    let selector = format!("{}={}", labels::REPLICATED_SERVICE, name);
+    let possible = replicated::possible_children(&name);
     for (api_version, kind, names) in [
         ("apps/v1", "Deployment", &keep.deployments),
         ("v1", "Service", &keep.services),
@@ -272,7 +333,7 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
         ("rbac.authorization.k8s.io/v1", "RoleBinding", &keep.identity),
     ] {
         applier
-            .prune(api_version, kind, &namespace, &selector, names)
+            .prune(api_version, kind, &namespace, possible.of(kind), names)
             .await?;
     }
     if let Some(pdb) = &children.pod_disruption_budget {

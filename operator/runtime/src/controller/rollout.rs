@@ -40,7 +40,7 @@ use outrigger_core::{
 };
 use serde_json::json;
 
-use super::{Context, Error};
+use super::{cache::Children, Context, Error};
 
 /// Largest `/metrics` answer read from a splitter.
 const METRICS_LIMIT: usize = 4 << 20;
@@ -165,16 +165,15 @@ pub async fn decide(
     rsvc: &ReplicatedService,
     strategy: &RolloutStrategy,
     ctx: &Context,
+    children: &Children,
 ) -> Result<Rollout, Error> {
     let namespace = rsvc.namespace().unwrap_or_default();
     let name = rsvc.name_any();
     let plan = rollout::canary_plan(&strategy.spec.strategy);
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let live_stable = deployments.get_opt(&name).await?;
-    let live_canary = deployments
-        .get_opt(&canary::canary_deployment_name(&name))
-        .await?;
-    let live_splitter = deployments.get_opt(&canary::splitter_name(&name)).await?;
+    // The tracks as the controller's cache holds them (the watch that triggers this reconcile).
+    let live_stable = children.deployment(&namespace, &name);
+    let live_canary = children.deployment(&namespace, &canary::canary_deployment_name(&name));
+    let live_splitter = children.deployment(&namespace, &canary::splitter_name(&name));
 
     let desired_revision = content_hash(&rsvc.spec.template)?;
     // The canary counts only once it runs the desired template.
