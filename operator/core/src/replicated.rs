@@ -294,6 +294,80 @@ fn with_resources(mut deployment: Deployment, resources: Option<&ResourceRequire
     deployment
 }
 
+/// One write of a ReplicatedService reconcile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Write<'a> {
+    ConfigMap(&'a ConfigMap),
+    ServiceAccount(&'a ServiceAccount),
+    Role(&'a Role),
+    RoleBinding(&'a RoleBinding),
+    /// A track's Service; the splitter reaches the track at its address.
+    TrackService(&'a Service),
+    /// The splitter's ConfigMap, built from the track Services' addresses once they are applied
+    /// (`canary::splitter_config_map`).
+    SplitterConfig,
+    Deployment(&'a Deployment),
+    /// The Service clients use: to the pods, or to the splitter once it is ready.
+    Service(&'a Service),
+    /// Deleting the children no longer desired.
+    Prune,
+    PodDisruptionBudget(&'a Value),
+}
+
+impl Write<'_> {
+    /// `Kind name`, for logs and tests.
+    pub fn describe(&self) -> String {
+        let named =
+            |kind: &str, meta: &ObjectMeta| format!("{kind} {}", meta.name.as_deref().unwrap_or_default());
+        match self {
+            Write::ConfigMap(object) => named("ConfigMap", &object.metadata),
+            Write::ServiceAccount(object) => named("ServiceAccount", &object.metadata),
+            Write::Role(object) => named("Role", &object.metadata),
+            Write::RoleBinding(object) => named("RoleBinding", &object.metadata),
+            Write::TrackService(object) | Write::Service(object) => named("Service", &object.metadata),
+            Write::SplitterConfig => "splitter ConfigMap".to_owned(),
+            Write::Deployment(object) => named("Deployment", &object.metadata),
+            Write::Prune => "prune".to_owned(),
+            Write::PodDisruptionBudget(object) => format!(
+                "PodDisruptionBudget {}",
+                object["metadata"]["name"].as_str().unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// The writes of a reconcile, in the order the API server must see them:
+/// - the sidecars' ConfigMap first, so new pods start with their configuration;
+/// - the splitter's identity, the track Services, the splitter's configuration and the splitter
+///   before the service's Service, which may send clients to the splitter;
+/// - the Service before the Deployments, whose new pods it then reaches at once;
+/// - pruning after everything desired exists, so a track is deleted only once nothing points at it;
+/// - the PodDisruptionBudget last: it selects the pods that the Deployments define.
+pub fn writes(children: &Children) -> Vec<Write<'_>> {
+    let mut writes = vec![Write::ConfigMap(&children.config_map)];
+    if let Some(front) = &children.rollout {
+        writes.extend([
+            Write::ServiceAccount(&front.splitter_account),
+            Write::Role(&front.splitter_role),
+            Write::RoleBinding(&front.splitter_role_binding),
+            Write::TrackService(&front.stable_service),
+            Write::TrackService(&front.canary_service),
+            Write::SplitterConfig,
+            Write::Deployment(&front.splitter),
+        ]);
+    }
+    writes.push(Write::Service(&children.service));
+    writes.extend(children.deployments.iter().map(Write::Deployment));
+    writes.push(Write::Prune);
+    writes.extend(
+        children
+            .pod_disruption_budget
+            .as_ref()
+            .map(Write::PodDisruptionBudget),
+    );
+    writes
+}
+
 /// Splitter replicas: two, for availability, once the service itself has more than one replica.
 fn splitter_replicas(service_replicas: i32) -> i32 {
     if service_replicas > 1 {
@@ -647,6 +721,70 @@ mod tests {
             children.pod_disruption_budget.unwrap()["apiVersion"],
             "policy/v1beta1"
         );
+    }
+
+    fn planned(children: &Children) -> Vec<String> {
+        writes(children).iter().map(Write::describe).collect()
+    }
+
+    fn position(plan: &[String], write: &str) -> usize {
+        plan.iter()
+            .position(|w| w == write)
+            .unwrap_or_else(|| panic!("{write} is not planned: {plan:?}"))
+    }
+
+    #[test]
+    fn a_rollout_configures_and_starts_the_splitter_before_the_service_sends_clients_to_it() {
+        let mut children = build_during_rollout("Progressing", 20, false, None, true);
+        children.pod_disruption_budget = Some(json!({"metadata": {"name": "web"}}));
+        let plan = planned(&children);
+        assert_eq!(
+            plan,
+            [
+                "ConfigMap web-outrigger",
+                "ServiceAccount web-splitter",
+                "Role web-splitter",
+                "RoleBinding web-splitter",
+                "Service web-stable",
+                "Service web-canary",
+                "splitter ConfigMap",
+                "Deployment web-splitter",
+                "Service web",
+                "Deployment web",
+                "Deployment web-canary",
+                "prune",
+                "PodDisruptionBudget web",
+            ]
+        );
+        let service = position(&plan, "Service web");
+        for before in [
+            "Service web-stable",
+            "Service web-canary",
+            "splitter ConfigMap",
+            "Deployment web-splitter",
+        ] {
+            assert!(position(&plan, before) < service, "{before} before the Service");
+        }
+        assert!(position(&plan, "Role web-splitter") < position(&plan, "Deployment web-splitter"));
+    }
+
+    #[test]
+    fn pruning_comes_after_every_desired_child_and_before_the_disruption_budget() {
+        let children = build(&rsvc(base_spec()), PdbApi::PolicyV1, None).unwrap();
+        let plan = planned(&children);
+        assert_eq!(
+            plan,
+            [
+                "ConfigMap web-outrigger",
+                "Service web",
+                "Deployment web",
+                "prune",
+                "PodDisruptionBudget web",
+            ]
+        );
+        let prune = position(&plan, "prune");
+        assert!(plan[..prune].iter().all(|w| w != "PodDisruptionBudget web"));
+        assert_eq!(prune, plan.len() - 2);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The ReplicatedService controller.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -25,7 +25,7 @@ use outrigger_core::{
     canary::{self, Traffic},
     labels,
     owner::Owner,
-    replicated::{self, RolloutChildren, RolloutInputs},
+    replicated::{self, RolloutInputs, Write},
     validate,
 };
 
@@ -202,10 +202,7 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<A
                     // The status write moved the resourceVersion; clearing the control fences on it.
                     let version = written.or_else(|| rsvc.metadata.resource_version.clone());
                     rollout::announce(ctx, rsvc, version, rollout, previous_rollout).await?;
-                    rollout
-                        .decision
-                        .requeue_after
-                        .map_or(RESYNC, |after| after.clamp(Duration::from_millis(500), RESYNC))
+                    rollout::requeue_after(rollout.decision.requeue_after)
                 }
                 None => RESYNC,
             };
@@ -292,8 +289,7 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
     // Build: pure.
     let children = replicated::build(rsvc, ctx.pdb_api, inputs.as_ref())?;
 
-    // Apply. The splitter and its configuration come before the Service that sends clients to it,
-    // and stable's replicas before traffic moves back to it (the decision already waits for that).
+    // Apply, in the order of the plan (`replicated::writes`, which says why).
     let uid = rsvc.uid().unwrap_or_default();
     let applier = Applier {
         client: &ctx.client,
@@ -302,42 +298,75 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
         owner_uid: &uid,
         cache: &ctx.children,
     };
-    applier.apply(to_apply_value(&children.config_map)?).await?;
+    let splitter_name = canary::splitter_name(&name);
     let mut keep = Kept::default();
-    keep.config_maps.push(replicated::config_map_name(&name));
-    keep.services.push(name.clone());
-    let mut splitter = None;
-    if let (Some(front), Some(rollout)) = (&children.rollout, &rollout) {
-        splitter = Some(apply_splitter(&applier, rsvc, front, rollout, &mut keep).await?);
-    }
-    applier.apply(to_apply_value(&children.service)?).await?;
-    let mut deployments = Vec::new();
-    for deployment in &children.deployments {
-        deployments.push(typed::<Deployment>(
-            applier.apply(to_apply_value(deployment)?).await?,
-        )?);
-    }
-    keep.deployments.extend(
-        children
-            .deployments
-            .iter()
-            .filter_map(|d| d.metadata.name.clone()),
-    );
-    let possible = replicated::possible_children(&name);
-    for (api_version, kind, names) in [
-        ("apps/v1", "Deployment", &keep.deployments),
-        ("v1", "Service", &keep.services),
-        ("v1", "ConfigMap", &keep.config_maps),
-        ("v1", "ServiceAccount", &keep.identity),
-        ("rbac.authorization.k8s.io/v1", "Role", &keep.identity),
-        ("rbac.authorization.k8s.io/v1", "RoleBinding", &keep.identity),
-    ] {
-        applier
-            .prune(api_version, kind, &namespace, possible.of(kind), names)
-            .await?;
-    }
-    if let Some(pdb) = &children.pod_disruption_budget {
-        applier.apply(pdb.clone()).await?;
+    let mut endpoints = Vec::new();
+    let (mut deployments, mut splitter) = (Vec::new(), None);
+    for write in replicated::writes(&children) {
+        match write {
+            Write::ConfigMap(config_map) => {
+                applier.apply(to_apply_value(config_map)?).await?;
+                keep.config_maps.extend(config_map.metadata.name.clone());
+            }
+            Write::ServiceAccount(account) => {
+                applier.apply(to_apply_value(account)?).await?;
+                keep.identity.extend(account.metadata.name.clone());
+            }
+            Write::Role(role) => drop(applier.apply(to_apply_value(role)?).await?),
+            Write::RoleBinding(binding) => drop(applier.apply(to_apply_value(binding)?).await?),
+            Write::TrackService(service) => {
+                let live = applier.apply(to_apply_value(service)?).await?;
+                let ip = live.data["spec"]["clusterIP"].as_str().unwrap_or_default();
+                let port = live.data["spec"]["ports"][0]["port"].as_i64().unwrap_or_default();
+                endpoints.push(format!("{ip}:{port}"));
+                keep.services.extend(service.metadata.name.clone());
+            }
+            Write::SplitterConfig => {
+                let (Some(rollout), [stable, canary_endpoint, ..]) = (&rollout, endpoints.as_slice()) else {
+                    continue;
+                };
+                let config = canary::splitter_config(&Traffic {
+                    stable_endpoint: stable.clone(),
+                    canary_endpoint: rollout.canary_serves().then(|| canary_endpoint.clone()),
+                    canary_weight: rollout.decision.status.canary_weight,
+                    mirror_percent: rollout.decision.status.mirror_percent,
+                    strategy: &rollout.plan,
+                    affinity: rsvc.spec.session_affinity.as_ref(),
+                });
+                let config_map = canary::splitter_config_map(&Owner::of(rsvc)?, &config);
+                applier.apply(to_apply_value(&config_map)?).await?;
+                keep.config_maps.extend(config_map.metadata.name.clone());
+            }
+            Write::Deployment(deployment) => {
+                let live = typed::<Deployment>(applier.apply(to_apply_value(deployment)?).await?)?;
+                keep.deployments.extend(deployment.metadata.name.clone());
+                if deployment.metadata.name.as_deref() == Some(splitter_name.as_str()) {
+                    splitter = Some(live);
+                } else {
+                    deployments.push(live);
+                }
+            }
+            Write::Service(service) => {
+                applier.apply(to_apply_value(service)?).await?;
+                keep.services.extend(service.metadata.name.clone());
+            }
+            Write::Prune => {
+                let possible = replicated::possible_children(&name);
+                for (api_version, kind, names) in [
+                    ("apps/v1", "Deployment", &keep.deployments),
+                    ("v1", "Service", &keep.services),
+                    ("v1", "ConfigMap", &keep.config_maps),
+                    ("v1", "ServiceAccount", &keep.identity),
+                    ("rbac.authorization.k8s.io/v1", "Role", &keep.identity),
+                    ("rbac.authorization.k8s.io/v1", "RoleBinding", &keep.identity),
+                ] {
+                    applier
+                        .prune(api_version, kind, &namespace, possible.of(kind), names)
+                        .await?;
+                }
+            }
+            Write::PodDisruptionBudget(pdb) => drop(applier.apply(pdb.clone()).await?),
+        }
     }
     let failures = replicated::failures(&deployments.iter().chain(&splitter).cloned().collect::<Vec<_>>());
     Ok(Observed {
@@ -348,58 +377,11 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
     })
 }
 
-/// Names of the children to keep, by kind; the rest with the service's label are pruned.
+/// Names of the children to keep, by kind; the other possible children are pruned.
 #[derive(Default)]
 struct Kept {
     deployments: Vec<String>,
     services: Vec<String>,
     config_maps: Vec<String>,
     identity: Vec<String>,
-}
-
-/// Applies one track's Service and returns the address the splitter reaches the track at.
-async fn apply_track_service(
-    applier: &Applier<'_>,
-    service: &Service,
-    keep: &mut Kept,
-) -> Result<String, Error> {
-    let live = applier.apply(to_apply_value(service)?).await?;
-    let ip = live.data["spec"]["clusterIP"].as_str().unwrap_or_default();
-    let port = live.data["spec"]["ports"][0]["port"].as_i64().unwrap_or_default();
-    keep.services.extend(service.metadata.name.clone());
-    Ok(format!("{ip}:{port}"))
-}
-
-/// Applies the splitter's identity, the track Services, the splitter configuration (which needs
-/// the tracks' addresses) and the splitter Deployment.
-async fn apply_splitter(
-    applier: &Applier<'_>,
-    rsvc: &ReplicatedService,
-    front: &RolloutChildren,
-    rollout: &Rollout,
-    keep: &mut Kept,
-) -> Result<Deployment, Error> {
-    applier.apply(to_apply_value(&front.splitter_account)?).await?;
-    applier.apply(to_apply_value(&front.splitter_role)?).await?;
-    applier
-        .apply(to_apply_value(&front.splitter_role_binding)?)
-        .await?;
-    let stable_endpoint = apply_track_service(applier, &front.stable_service, keep).await?;
-    let canary_endpoint = apply_track_service(applier, &front.canary_service, keep).await?;
-    let config = canary::splitter_config(&Traffic {
-        stable_endpoint,
-        canary_endpoint: rollout.canary_serves().then_some(canary_endpoint),
-        canary_weight: rollout.decision.status.canary_weight,
-        mirror_percent: rollout.decision.status.mirror_percent,
-        strategy: &rollout.plan,
-        affinity: rsvc.spec.session_affinity.as_ref(),
-    });
-    let owner = Owner::of(rsvc)?;
-    let config_map = canary::splitter_config_map(&owner, &config);
-    applier.apply(to_apply_value(&config_map)?).await?;
-    keep.config_maps.extend(config_map.metadata.name.clone());
-    let splitter = typed::<Deployment>(applier.apply(to_apply_value(&front.splitter)?).await?)?;
-    keep.deployments.extend(front.splitter.metadata.name.clone());
-    keep.identity.extend(front.splitter_account.metadata.name.clone());
-    Ok(splitter)
 }

@@ -160,6 +160,31 @@ fn analysis_step<'a>(plan: &'a CanaryStrategy, status: &RolloutStatus) -> Option
     }
 }
 
+/// Shortest and longest time until the next reconcile of a rollout: a decision that asks to look
+/// again at once still waits half a second (the API server is not polled in a loop), and one that
+/// asks nothing comes back at the resync.
+const REQUEUE_MIN: Duration = Duration::from_millis(500);
+
+/// When to reconcile a rolling service again, from what its decision asked for.
+pub fn requeue_after(decided: Option<Duration>) -> Duration {
+    decided.map_or(super::RESYNC, |after| after.clamp(REQUEUE_MIN, super::RESYNC))
+}
+
+/// How much longer to wait before the next analysis measurement, `None` when it is due: once 90%
+/// of the interval has passed since the baseline (a reconcile a little early, woken by a watch
+/// event, measures rather than waiting a whole further interval).
+fn measurement_wait(since_baseline: Duration, interval: Duration) -> Option<Duration> {
+    (since_baseline < interval.mul_f64(0.9)).then(|| interval.saturating_sub(since_baseline))
+}
+
+/// The sooner of the decision's requeue and the next measurement.
+fn sooner(decided: Option<Duration>, measurement: Option<Duration>) -> Option<Duration> {
+    match (decided, measurement) {
+        (Some(decided), Some(measurement)) => Some(decided.min(measurement)),
+        (decided, measurement) => decided.or(measurement),
+    }
+}
+
 /// Reads, measures and decides.
 pub async fn decide(
     rsvc: &ReplicatedService,
@@ -212,10 +237,13 @@ pub async fn decide(
                 .baselines
                 .take(&key)
                 .filter(|b| b.revision == desired_revision && b.step == step);
+            let wait = baseline
+                .as_ref()
+                .and_then(|baseline| measurement_wait(baseline.taken.elapsed(), interval));
             match baseline {
                 // Not a whole interval yet: keep waiting.
-                Some(baseline) if baseline.taken.elapsed() < interval.mul_f64(0.9) => {
-                    next_measurement_in = Some(interval.saturating_sub(baseline.taken.elapsed()));
+                Some(baseline) if wait.is_some() => {
+                    next_measurement_in = wait;
                     ctx.baselines.put(key.clone(), baseline);
                 }
                 baseline => {
@@ -264,12 +292,11 @@ pub async fn decide(
     let mut decision = rollout::next(&plan, previous, &observation);
     // Still measuring at the same step: come back when the interval is over, not a whole interval
     // after this (possibly early) reconcile.
-    if let (Some(due), Some(status)) = (next_measurement_in, decision.status.current_step) {
-        if previous.and_then(|p| p.current_step) == Some(status)
-            && decision.status.phase == RolloutPhase::Progressing
-        {
-            decision.requeue_after = Some(decision.requeue_after.map_or(due, |after| after.min(due)));
-        }
+    let same_step = decision.status.current_step.is_some()
+        && previous.and_then(|p| p.current_step) == decision.status.current_step
+        && decision.status.phase == RolloutPhase::Progressing;
+    if same_step {
+        decision.requeue_after = sooner(decision.requeue_after, next_measurement_in);
     }
     Ok(Rollout {
         plan,
@@ -514,6 +541,49 @@ mod tests {
         for (name, deployment, expected) in cases {
             assert_eq!(settled(&deployment), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_rollout_is_looked_at_again_no_sooner_than_half_a_second_and_no_later_than_the_resync() {
+        let ms = Duration::from_millis;
+        assert_eq!(requeue_after(Some(ms(0))), ms(500));
+        assert_eq!(requeue_after(Some(ms(1500))), ms(1500));
+        assert_eq!(
+            requeue_after(Some(Duration::from_secs(3600))),
+            super::super::RESYNC
+        );
+        assert_eq!(requeue_after(None), super::super::RESYNC);
+    }
+
+    #[test]
+    fn a_measurement_is_due_after_ninety_percent_of_its_interval() {
+        let s = Duration::from_secs;
+        assert_eq!(measurement_wait(s(0), s(10)), Some(s(10)));
+        assert_eq!(measurement_wait(s(4), s(10)), Some(s(6)));
+        assert_eq!(
+            measurement_wait(Duration::from_millis(8999), s(10)),
+            Some(Duration::from_millis(1001))
+        );
+        assert_eq!(
+            measurement_wait(s(9), s(10)),
+            None,
+            "early by a tenth: measured now"
+        );
+        assert_eq!(measurement_wait(s(30), s(10)), None);
+    }
+
+    #[test]
+    fn the_next_measurement_brings_a_later_requeue_forward_but_never_delays_one() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            sooner(Some(s(30)), Some(s(6))),
+            Some(s(6)),
+            "a pause of 30 s still measures at 6 s"
+        );
+        assert_eq!(sooner(Some(s(2)), Some(s(6))), Some(s(2)));
+        assert_eq!(sooner(None, Some(s(6))), Some(s(6)));
+        assert_eq!(sooner(Some(s(2)), None), Some(s(2)));
+        assert_eq!(sooner(None, None), None);
     }
 
     #[test]
