@@ -71,7 +71,10 @@ impl Applier<'_> {
         // "someone else's object of the same name".
         let live = match self.cache.get(&kind, &namespace, &name) {
             Some(cached) => Some(cached),
-            None => api.get_opt(&name).await?.map(serde_json::to_value).transpose()?,
+            None => {
+                self.metrics.count_read(self.controller, "get");
+                api.get_opt(&name).await?.map(serde_json::to_value).transpose()?
+            }
         };
         if let Some(live) = live {
             if !controlled_by(&live, self.owner_uid) {
