@@ -142,14 +142,7 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Sharded) -> Result<Action
                     &sharded::conditions(
                         shsvc.spec.replicas_per_shard,
                         &shards,
-                        &sharded::failures(
-                            &stateful_sets,
-                            &ctx.failed_creates
-                                .state()
-                                .iter()
-                                .map(|event| (**event).clone())
-                                .collect::<Vec<_>>(),
-                        ),
+                        &sharded::failures(&stateful_sets, &failed_creates(ctx, shsvc)),
                     ),
                     shsvc.metadata.generation,
                 ),
@@ -188,6 +181,25 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Sharded) -> Result<Action
         }
         Err(error) => Err(error),
     }
+}
+
+/// The cached `FailedCreate` Events about the shards of `shsvc`.
+fn failed_creates(ctx: &Sharded, shsvc: &ShardedService) -> Vec<Event> {
+    let (namespace, name) = (shsvc.namespace(), shsvc.name_any());
+    ctx.failed_creates
+        .state()
+        .iter()
+        .filter(|event| {
+            event.involved_object.namespace == namespace
+                && event
+                    .involved_object
+                    .name
+                    .as_deref()
+                    .and_then(sharded::service_of_shard)
+                    == Some(name.as_str())
+        })
+        .map(|event| (**event).clone())
+        .collect()
 }
 
 async fn apply_children(shsvc: &ShardedService, ctx: &Sharded) -> Result<(Vec<StatefulSet>, String), Error> {
