@@ -117,3 +117,45 @@ impl Children {
             .map(|deployment| (*deployment).clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn service(namespace: &str, name: &str) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": "7"},
+            "spec": {"clusterIP": "10.0.0.9"},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_cached_child_is_found_by_kind_namespace_and_name_with_its_api_version_and_kind() {
+        let (store, mut writer) = reflector::store::<Service>();
+        writer.apply_watcher_event(&watcher::Event::Apply(service("shop", "web")));
+        let children = Children {
+            services: Some(store),
+            ..Children::default()
+        };
+        let cached = children.get("Service", "shop", "web").unwrap();
+        assert_eq!(
+            (
+                &cached["apiVersion"],
+                &cached["kind"],
+                &cached["metadata"]["resourceVersion"]
+            ),
+            (&json!("v1"), &json!("Service"), &json!("7")),
+            "compared with the desired object, and fenced on its resourceVersion"
+        );
+        assert_eq!(cached["spec"]["clusterIP"], "10.0.0.9");
+        assert_eq!(children.get("Service", "other", "web"), None);
+        assert_eq!(
+            children.get("Deployment", "shop", "web"),
+            None,
+            "a kind not cached"
+        );
+    }
+}
