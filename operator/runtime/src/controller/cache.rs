@@ -23,6 +23,11 @@ use kube::{
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
+use super::Error;
+
+/// How long a reconcile waits for the caches to be filled after a start.
+pub const FILL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Watches `api`, keeping every object (without its managed fields, which the operator never reads
 /// and which are most of an object's size) in the returned store; the stream triggers the owners.
 pub fn watch<K>(
@@ -107,6 +112,37 @@ impl Children {
             }
             _ => None,
         }
+    }
+
+    /// Waits until every store has had its first complete list, so a reconcile right after a start
+    /// finds the children that exist instead of reading each one (the controller drives the
+    /// watches while its reconciles wait here). A store still empty after [`FILL_TIMEOUT`] (its
+    /// watch failing, e.g. for want of RBAC) fails the reconcile, to be retried: deciding from a
+    /// cache that is not filled would take existing children for missing ones.
+    pub async fn ready(&self) -> Result<(), Error> {
+        async fn filled<K>(store: Option<&Store<K>>, kind: &'static str) -> Result<(), Error>
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: Eq + std::hash::Hash + Clone,
+        {
+            let Some(store) = store else {
+                return Ok(());
+            };
+            match tokio::time::timeout(FILL_TIMEOUT, store.wait_until_ready()).await {
+                // A dropped writer: the controller is stopping.
+                Ok(_) => Ok(()),
+                Err(_) => Err(Error::CacheNotFilled(kind)),
+            }
+        }
+        filled(self.deployments.as_ref(), "Deployments").await?;
+        filled(self.stateful_sets.as_ref(), "StatefulSets").await?;
+        filled(self.services.as_ref(), "Services").await?;
+        filled(self.config_maps.as_ref(), "ConfigMaps").await?;
+        filled(self.service_accounts.as_ref(), "ServiceAccounts").await?;
+        filled(self.roles.as_ref(), "Roles").await?;
+        filled(self.role_bindings.as_ref(), "RoleBindings").await?;
+        let pdbs = self.pod_disruption_budgets.as_ref().map(|(store, _)| store);
+        filled(pdbs, "PodDisruptionBudgets").await
     }
 
     /// The cached Deployment `namespace/name`.

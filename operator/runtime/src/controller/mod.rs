@@ -48,6 +48,8 @@ pub enum Error {
     Api(#[source] kube::Error),
     #[error("encoding an object: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("the watch of {0} has not listed them yet")]
+    CacheNotFilled(&'static str),
 }
 
 impl From<kube::Error> for Error {
@@ -72,6 +74,7 @@ impl Error {
             Error::Rejected(_) => "rejected",
             Error::Api(_) => "api",
             Error::Encode(_) => "encode",
+            Error::CacheNotFilled(_) => "cache",
         }
     }
 
@@ -106,6 +109,7 @@ impl Error {
             Error::Rejected(_) => "Rejected",
             Error::Api(_) => "ApiError",
             Error::Encode(_) => "EncodeFailed",
+            Error::CacheNotFilled(_) => "CacheNotFilled",
         }
     }
 }

@@ -265,6 +265,13 @@ fn strategy_of(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Option<Arc<
 }
 
 async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Observed, Error> {
+    ctx.children.ready().await?;
+    if tokio::time::timeout(cache::FILL_TIMEOUT, ctx.strategies.wait_until_ready())
+        .await
+        .is_err()
+    {
+        return Err(Error::CacheNotFilled("RolloutStrategies"));
+    }
     let namespace = rsvc.namespace().unwrap_or_default();
     let name = rsvc.name_any();
     // Read what the spec refers to, validate (pure), and decide the rollout's next step.

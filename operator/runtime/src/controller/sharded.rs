@@ -203,6 +203,7 @@ fn failed_creates(ctx: &Sharded, shsvc: &ShardedService) -> Vec<Event> {
 }
 
 async fn apply_children(shsvc: &ShardedService, ctx: &Sharded) -> Result<(Vec<StatefulSet>, String), Error> {
+    ctx.children.ready().await?;
     let namespace = shsvc.namespace().unwrap_or_default();
     let name = shsvc.name_any();
     validate::all([
