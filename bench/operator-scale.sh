@@ -75,8 +75,10 @@ ready_count() {
   fi
 }
 
+# YAML documents (each one JSON): a stream that starts with `---` is read as YAML by kubectl.
 objects() {
   for i in $(seq 1 "$COUNT"); do
+    echo ---
     if [[ $KIND == replicated ]]; then
       printf '{"apiVersion":"outrigger.dev/v1alpha1","kind":"ReplicatedService","metadata":{"name":"s%d"},"spec":{"replicas":0,"template":{"spec":{"containers":[{"name":"app","image":"outrigger/testapp:dev"}]}},"ports":[{"name":"http","port":80,"targetPort":8080}]}}\n' "$i"
     else
@@ -118,9 +120,9 @@ TARGET=s$((COUNT / 2))
 if [[ $KIND == replicated ]]; then CHILD_NAME=$TARGET; else CHILD_NAME=$TARGET-shard-0; fi
 EDITED=$(date +%s.%N)
 kubectl patch "$RESOURCE" "$TARGET" -n "$NS" --type merge \
-  -p '{"spec":{"template":{"metadata":{"annotations":{"bench/edit":"1"}}}}}' >/dev/null
+  -p '{"spec":{"template":{"metadata":{"annotations":{"benchedit":"1"}}}}}' >/dev/null
 until [[ $(kubectl get "$CHILD" "$CHILD_NAME" -n "$NS" \
-  -o jsonpath='{.spec.template.metadata.annotations.bench/edit}') == 1 ]]; do :; done
+  -o jsonpath='{.spec.template.metadata.annotations.benchedit}') == 1 ]]; do :; done
 REACTED=$(date +%s.%N)
 
 seconds() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", b - a}'; }
