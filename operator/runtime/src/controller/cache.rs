@@ -108,7 +108,11 @@ impl Children {
             "PodDisruptionBudget" => {
                 let (store, resource) = self.pod_disruption_budgets.as_ref()?;
                 let object = store.get(&ObjectRef::new_with(name, resource.clone()).within(namespace))?;
-                serde_json::to_value(&*object).ok()
+                let mut value = serde_json::to_value(&*object).ok()?;
+                // Objects of a list come without apiVersion and kind; the desired object has them.
+                value["apiVersion"] = Value::from(resource.api_version.clone());
+                value["kind"] = Value::from(resource.kind.clone());
+                Some(value)
             }
             _ => None,
         }
