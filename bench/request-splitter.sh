@@ -105,11 +105,14 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# The binary that ships: statically linked, built as hack/images.sh builds it.
-echo "[bench] building the release binary (static, as in the image)" >&2
-RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$TARGET_DIR \
-  cargo build -q --release --target x86_64-unknown-linux-gnu -p outrigger-request-splitter
-SPLITTER_BIN=$TARGET_DIR/x86_64-unknown-linux-gnu/release/outrigger-request-splitter
+# The binary that ships: statically linked, built as hack/images.sh builds it (SPLITTER_BIN names
+# one already built instead).
+if [ -z "${SPLITTER_BIN:-}" ]; then
+  echo "[bench] building the release binary (static, as in the image)" >&2
+  RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$TARGET_DIR \
+    cargo build -q --release --target x86_64-unknown-linux-gnu -p outrigger-request-splitter
+  SPLITTER_BIN=$TARGET_DIR/x86_64-unknown-linux-gnu/release/outrigger-request-splitter
+fi
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d /tmp/splitter-bench.XXXXXX)
