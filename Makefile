@@ -29,7 +29,7 @@ test-unit:
 
 test-cluster:
 	$(CARGO) build -p outrigger-operator -p outrigger-request-splitter
-	OUTRIGGER_IMAGE_PROFILE=image-test hack/images.sh testapp operator request-splitter redis
+	OUTRIGGER_IMAGE_PROFILE=image-test hack/images.sh
 	$(CARGO) test -p outrigger-tests -- --test-threads=4
 
 ## Build every container image under images/ (static binaries, FROM scratch).
