@@ -30,7 +30,7 @@ test-unit:
 test-cluster:
 	$(CARGO) build -p outrigger-operator -p outrigger-request-splitter
 	OUTRIGGER_IMAGE_PROFILE=image-test hack/images.sh
-	$(CARGO) test -p outrigger-tests -- --test-threads=4
+	$(CARGO) test -p outrigger-tests --no-fail-fast -- --test-threads=4
 
 ## Build every container image under images/ (static binaries, FROM scratch).
 images:
