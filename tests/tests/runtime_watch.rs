@@ -290,7 +290,7 @@ async fn the_watch_delivers_the_latest_version_after_its_api_server_restarts() {
     set_value(ns, "v2").unwrap();
     // Either event delivers the version: under load the other tests' writes can push a resume point
     // out of the API server's watch cache, and a relist is the right answer to that.
-    assert_delivered(&watching.until("v2").await.unwrap());
+    assert_delivered(watching.until("v2").await.unwrap());
 
     server.kill();
     // Changed while the watch's API server is gone: only a watch resumed from v2 sees it.
@@ -301,7 +301,7 @@ async fn the_watch_delivers_the_latest_version_after_its_api_server_restarts() {
         .await
         .expect("the version written while the API server was down");
     set_value(ns, "v4").unwrap();
-    assert_delivered(&watching.until("v4").await.unwrap());
+    assert_delivered(watching.until("v4").await.unwrap());
 }
 
 /// The watch went on and delivered a version: as a change (`applied`) or from a relist
@@ -329,7 +329,7 @@ async fn a_watch_from_an_expired_version_gets_410_relists_and_goes_on() {
         "the object comes from a relist"
     );
     set_value(ns, "after").unwrap();
-    assert_delivered(&watching.until("after").await.unwrap());
+    assert_delivered(watching.until("after").await.unwrap());
 }
 
 #[tokio::test]
