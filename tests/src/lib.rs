@@ -529,3 +529,84 @@ pub fn yaml_documents(text: &str) -> anyhow::Result<Vec<Value>> {
     }
     Ok(documents)
 }
+
+/// Label that scopes a test's own injection webhook to its namespace.
+pub const SCOPE_LABEL: &str = "outrigger.dev/test-scope";
+
+/// An operator with its injection webhook, scoped to one test namespace; its webhook configuration
+/// and Secret are removed when dropped, so no other test's pods are intercepted.
+pub struct WebhookOperator {
+    pub process: OperatorProcess,
+    config_name: String,
+    secret_name: String,
+}
+
+impl WebhookOperator {
+    /// Starts it for `ns`. With `opt_in`, the namespace is also labelled
+    /// `outrigger.dev/injection=enabled`: pods that are not a service's own (annotated plain pods,
+    /// dry-run probes) are injected only there. `extra` are more operator flags, such as
+    /// `--sidecar-image`.
+    pub fn start(ns: &TestNamespace, opt_in: bool, extra: &[&str]) -> anyhow::Result<WebhookOperator> {
+        let port = free_port()?;
+        let config_name = format!("{}-injector", ns.name);
+        let secret_name = format!("{}-tls", ns.name);
+        let scope = format!("{SCOPE_LABEL}={}", ns.name);
+        let mut labels = vec!["label", "namespace", &ns.name, &scope, "--overwrite"];
+        if opt_in {
+            labels.push("outrigger.dev/injection=enabled");
+        }
+        kubectl_ok(&labels)?;
+        let (addr, url) = (format!("127.0.0.1:{port}"), format!("https://127.0.0.1:{port}"));
+        let mut args: Vec<String> = [
+            "--webhook-addr",
+            &addr,
+            "--webhook-url",
+            &url,
+            "--webhook-config-name",
+            &config_name,
+            "--webhook-secret",
+            &secret_name,
+            "--webhook-namespace-label",
+            &scope,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let process = OperatorProcess::start_with(
+            &ns.name,
+            &format!("{}-op", ns.name),
+            &format!("{}-leader", ns.name),
+            15,
+            &args,
+        )?;
+        Ok(WebhookOperator {
+            process,
+            config_name,
+            secret_name,
+        })
+    }
+}
+
+impl Drop for WebhookOperator {
+    fn drop(&mut self) {
+        let _ = kubectl()
+            .args([
+                "delete",
+                "mutatingwebhookconfiguration",
+                &self.config_name,
+                "--ignore-not-found",
+            ])
+            .output();
+        let _ = kubectl()
+            .args([
+                "delete",
+                "secret",
+                "-n",
+                "outrigger-system",
+                &self.secret_name,
+                "--ignore-not-found",
+            ])
+            .output();
+    }
+}

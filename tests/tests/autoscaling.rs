@@ -25,13 +25,12 @@ use outrigger_api::{
     AutoscalingPolicy, AutoscalingPolicyStatus, ReplicatedService, RolloutStrategy,
 };
 use outrigger_tests::{
-    admin_client, dry_run, eventually, free_port, kubectl, kubectl_ok, kubectl_stdin, OperatorProcess,
-    TestNamespace,
+    admin_client, dry_run, eventually, kubectl_ok, kubectl_stdin, OperatorProcess, TestNamespace,
+    WebhookOperator,
 };
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(180);
-const SCOPE_LABEL: &str = "outrigger.dev/test-scope";
 
 fn service(replicas: i32, sidecar: bool) -> ReplicatedService {
     let mut spec = json!({
@@ -312,86 +311,6 @@ async fn an_hpa_on_the_same_target_is_reported_and_neither_controller_flaps() {
     assert_eq!(status.decisions[0].to_replicas, 4);
 }
 
-/// An operator with its injection webhook for one namespace (so the service's pods get their
-/// request splitter); removes its webhook configuration and Secret when dropped.
-struct WebhookOperator {
-    _process: OperatorProcess,
-    config_name: String,
-    secret_name: String,
-}
-
-impl WebhookOperator {
-    fn start(ns: &TestNamespace) -> WebhookOperator {
-        let port = free_port().unwrap();
-        let config_name = format!("{}-injector", ns.name);
-        let secret_name = format!("{}-tls", ns.name);
-        // The scope keeps this webhook to this namespace; opting in lets the readiness check below
-        // use an annotated dry-run pod.
-        kubectl_ok(&[
-            "label",
-            "namespace",
-            &ns.name,
-            &format!("{SCOPE_LABEL}={}", ns.name),
-            "outrigger.dev/injection=enabled",
-            "--overwrite",
-        ])
-        .unwrap();
-        let args: Vec<String> = [
-            "--webhook-addr",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-url",
-            &format!("https://127.0.0.1:{port}"),
-            "--webhook-config-name",
-            &config_name,
-            "--webhook-secret",
-            &secret_name,
-            "--webhook-namespace-label",
-            &format!("{SCOPE_LABEL}={}", ns.name),
-            "--sidecar-image",
-            "metrics-adapter=outrigger/testapp:dev",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let process = OperatorProcess::start_with(
-            &ns.name,
-            &format!("{}-op", ns.name),
-            &format!("{}-leader", ns.name),
-            15,
-            &args,
-        )
-        .unwrap();
-        WebhookOperator {
-            _process: process,
-            config_name,
-            secret_name,
-        }
-    }
-}
-
-impl Drop for WebhookOperator {
-    fn drop(&mut self) {
-        let _ = kubectl()
-            .args([
-                "delete",
-                "mutatingwebhookconfiguration",
-                &self.config_name,
-                "--ignore-not-found",
-            ])
-            .output();
-        let _ = kubectl()
-            .args([
-                "delete",
-                "secret",
-                "-n",
-                "outrigger-system",
-                &self.secret_name,
-                "--ignore-not-found",
-            ])
-            .output();
-    }
-}
-
 /// Requests to an address from a few threads, each pausing between requests, until dropped.
 struct Load {
     stop: Arc<AtomicBool>,
@@ -450,7 +369,12 @@ fn summary(decisions: &[ScalingDecision]) -> Vec<(i32, i32, String, Option<Strin
 #[tokio::test]
 async fn a_load_step_scales_up_and_a_drop_scales_down_within_the_window_and_policies() {
     let ns = TestNamespace::create("asp-load").unwrap();
-    let _operator = WebhookOperator::start(&ns);
+    let _operator = WebhookOperator::start(
+        &ns,
+        true,
+        &["--sidecar-image", "metrics-adapter=outrigger/testapp:dev"],
+    )
+    .unwrap();
     let client = admin_client().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     // The webhook answers before the service's pods are created, so they get their splitter.

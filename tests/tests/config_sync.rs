@@ -14,90 +14,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use outrigger_api::ReplicatedService;
-use outrigger_tests::{
-    admin_client, eventually, free_port, kubectl, kubectl_ok, OperatorProcess, TestNamespace,
-};
+use outrigger_tests::{admin_client, eventually, kubectl_ok, TestNamespace, WebhookOperator};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
-const SCOPE_LABEL: &str = "outrigger.dev/test-scope";
-
-/// An operator with its webhook, scoped to one test namespace; its webhook configuration and
-/// Secret are removed when dropped, so no other test's pods are intercepted.
-struct WebhookOperator {
-    _process: OperatorProcess,
-    config_name: String,
-    secret_name: String,
-}
-
-impl WebhookOperator {
-    fn start(ns: &TestNamespace) -> WebhookOperator {
-        let port = free_port().unwrap();
-        kubectl_ok(&[
-            "label",
-            "namespace",
-            &ns.name,
-            &format!("{SCOPE_LABEL}={}", ns.name),
-            "--overwrite",
-        ])
-        .unwrap();
-        let config_name = format!("{}-injector", ns.name);
-        let secret_name = format!("{}-tls", ns.name);
-        let args: Vec<String> = [
-            "--webhook-addr",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-url",
-            &format!("https://127.0.0.1:{port}"),
-            "--webhook-config-name",
-            &config_name,
-            "--webhook-secret",
-            &secret_name,
-            "--webhook-namespace-label",
-            &format!("{SCOPE_LABEL}={}", ns.name),
-            "--sidecar-image",
-            "config-sync=outrigger/config-sync:dev",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let process = OperatorProcess::start_with(
-            &ns.name,
-            &format!("{}-op", ns.name),
-            &format!("{}-leader", ns.name),
-            15,
-            &args,
-        )
-        .unwrap();
-        WebhookOperator {
-            _process: process,
-            config_name,
-            secret_name,
-        }
-    }
-}
-
-impl Drop for WebhookOperator {
-    fn drop(&mut self) {
-        let _ = kubectl()
-            .args([
-                "delete",
-                "mutatingwebhookconfiguration",
-                &self.config_name,
-                "--ignore-not-found",
-            ])
-            .output();
-        let _ = kubectl()
-            .args([
-                "delete",
-                "secret",
-                "-n",
-                "outrigger-system",
-                &self.secret_name,
-                "--ignore-not-found",
-            ])
-            .output();
-    }
-}
 
 fn app_json(version: &str, extra: &str) -> String {
     format!("{{\"version\": \"{version}\"{extra}}}")
@@ -242,7 +162,12 @@ fn restarts(namespace: &str, pod: &str) -> String {
 #[tokio::test]
 async fn edits_reach_every_app_by_http_invalid_ones_are_refused_and_unhealthy_ones_rolled_back() {
     let ns = TestNamespace::create("cfgsync").unwrap();
-    let _operator = WebhookOperator::start(&ns);
+    let _operator = WebhookOperator::start(
+        &ns,
+        false,
+        &["--sidecar-image", "config-sync=outrigger/config-sync:dev"],
+    )
+    .unwrap();
     let client = admin_client().await.unwrap();
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let services: Api<ReplicatedService> = Api::namespaced(client.clone(), &ns.name);
@@ -321,7 +246,12 @@ async fn edits_reach_every_app_by_http_invalid_ones_are_refused_and_unhealthy_on
 #[tokio::test]
 async fn a_signal_reload_reaches_the_app_through_the_shared_process_namespace() {
     let ns = TestNamespace::create("cfgsig").unwrap();
-    let _operator = WebhookOperator::start(&ns);
+    let _operator = WebhookOperator::start(
+        &ns,
+        false,
+        &["--sidecar-image", "config-sync=outrigger/config-sync:dev"],
+    )
+    .unwrap();
     let client = admin_client().await.unwrap();
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let services: Api<ReplicatedService> = Api::namespaced(client.clone(), &ns.name);

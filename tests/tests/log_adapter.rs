@@ -18,13 +18,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
 use outrigger_api::ReplicatedService;
 use outrigger_tests::{
-    admin_client, docker_ok, dry_run, eventually, free_port, kubectl, kubectl_ok, OperatorProcess,
-    TestNamespace,
+    admin_client, docker_ok, dry_run, eventually, kubectl_ok, TestNamespace, WebhookOperator,
 };
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
-const SCOPE_LABEL: &str = "outrigger.dev/test-scope";
 /// Lines of the counted stream, written at `RATE` a second: long enough to kill the adapter in the
 /// middle of it.
 const COUNTED: u32 = 3000;
@@ -32,80 +30,6 @@ const RATE: u32 = 100;
 
 fn image(variable: &str, default: &str) -> String {
     std::env::var(variable).unwrap_or_else(|_| default.to_owned())
-}
-
-/// An operator with its webhook, scoped to this test's namespace; its webhook configuration and
-/// Secret are removed when dropped, so no other test's pods are intercepted.
-struct WebhookOperator {
-    _process: OperatorProcess,
-    config_name: String,
-    secret_name: String,
-}
-
-impl WebhookOperator {
-    fn start(ns: &TestNamespace) -> WebhookOperator {
-        let port = free_port().unwrap();
-        let config_name = format!("{}-injector", ns.name);
-        let secret_name = format!("{}-tls", ns.name);
-        let scope = format!("{SCOPE_LABEL}={}", ns.name);
-        kubectl_ok(&["label", "namespace", &ns.name, &scope, "--overwrite"]).unwrap();
-        let args: Vec<String> = [
-            "--webhook-addr",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-url",
-            &format!("https://127.0.0.1:{port}"),
-            "--webhook-config-name",
-            &config_name,
-            "--webhook-secret",
-            &secret_name,
-            "--webhook-namespace-label",
-            &scope,
-            "--sidecar-image",
-            &format!(
-                "log-adapter={}",
-                image("OUTRIGGER_LOG_ADAPTER_IMAGE", "outrigger/log-adapter:dev")
-            ),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let process = OperatorProcess::start_with(
-            &ns.name,
-            &format!("{}-op", ns.name),
-            &format!("{}-leader", ns.name),
-            15,
-            &args,
-        )
-        .unwrap();
-        WebhookOperator {
-            _process: process,
-            config_name,
-            secret_name,
-        }
-    }
-}
-
-impl Drop for WebhookOperator {
-    fn drop(&mut self) {
-        let _ = kubectl()
-            .args([
-                "delete",
-                "mutatingwebhookconfiguration",
-                &self.config_name,
-                "--ignore-not-found",
-            ])
-            .output();
-        let _ = kubectl()
-            .args([
-                "delete",
-                "secret",
-                "-n",
-                "outrigger-system",
-                &self.secret_name,
-                "--ignore-not-found",
-            ])
-            .output();
-    }
 }
 
 /// The adapter's records (its own logs, on stderr, are JSON too but carry no `source`); lines that
@@ -189,7 +113,18 @@ fn adapter_status(pod: &Pod) -> (i32, Option<String>) {
 #[tokio::test]
 async fn app_logs_come_out_as_one_utc_record_per_event_and_survive_bad_input_and_a_kill() {
     let ns = TestNamespace::create("log-adapter").unwrap();
-    let _operator = WebhookOperator::start(&ns);
+    let _operator = WebhookOperator::start(
+        &ns,
+        false,
+        &[
+            "--sidecar-image",
+            &format!(
+                "log-adapter={}",
+                image("OUTRIGGER_LOG_ADAPTER_IMAGE", "outrigger/log-adapter:dev")
+            ),
+        ],
+    )
+    .unwrap();
     let client = admin_client().await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     // The webhook answers once the API server has its configuration and certificate.

@@ -16,93 +16,15 @@ use outrigger_api::ShardedService;
 use outrigger_contract::shard_map::{ShardMap, SHARD_MAP_KEY};
 use outrigger_hashring::twemproxy::{KetamaRing, KeyHash};
 use outrigger_tests::{
-    admin_client, ensure_crds, eventually, example, free_port, http_get_from, kubectl, kubectl_ok,
-    OperatorProcess, TestNamespace,
+    admin_client, ensure_crds, eventually, example, http_get_from, kubectl_ok, TestNamespace, WebhookOperator,
 };
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
-const SCOPE_LABEL: &str = "outrigger.dev/test-scope";
 /// The testapp with its `/redis/...` endpoint (`hack/images.sh testapp`); another tag by
 /// `OUTRIGGER_TEST_CLIENT_IMAGE`.
 fn client_image() -> String {
     std::env::var("OUTRIGGER_TEST_CLIENT_IMAGE").unwrap_or_else(|_| "outrigger/testapp:dev".to_owned())
-}
-
-/// An operator with its webhook, scoped to one namespace; removes its webhook configuration and
-/// Secret when dropped.
-struct WebhookOperator {
-    _process: OperatorProcess,
-    config_name: String,
-    secret_name: String,
-}
-
-impl WebhookOperator {
-    fn start(ns: &TestNamespace) -> WebhookOperator {
-        let port = free_port().unwrap();
-        let (config_name, secret_name) = (format!("{}-injector", ns.name), format!("{}-tls", ns.name));
-        kubectl_ok(&[
-            "label",
-            "namespace",
-            &ns.name,
-            &format!("{SCOPE_LABEL}={}", ns.name),
-            "--overwrite",
-        ])
-        .unwrap();
-        // Pods that are not a service's own are injected in namespaces that opt in.
-        kubectl_ok(&["label", "namespace", &ns.name, "outrigger.dev/injection=enabled"]).unwrap();
-        let args: Vec<String> = [
-            "--webhook-addr",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-url",
-            &format!("https://127.0.0.1:{port}"),
-            "--webhook-config-name",
-            &config_name,
-            "--webhook-secret",
-            &secret_name,
-            "--webhook-namespace-label",
-            &format!("{SCOPE_LABEL}={}", ns.name),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let process = OperatorProcess::start_with(
-            &ns.name,
-            &format!("{}-op", ns.name),
-            &format!("{}-leader", ns.name),
-            15,
-            &args,
-        )
-        .unwrap();
-        WebhookOperator {
-            _process: process,
-            config_name,
-            secret_name,
-        }
-    }
-}
-
-impl Drop for WebhookOperator {
-    fn drop(&mut self) {
-        let _ = kubectl()
-            .args([
-                "delete",
-                "mutatingwebhookconfiguration",
-                &self.config_name,
-                "--ignore-not-found",
-            ])
-            .output();
-        let _ = kubectl()
-            .args([
-                "delete",
-                "secret",
-                "-n",
-                "outrigger-system",
-                &self.secret_name,
-                "--ignore-not-found",
-            ])
-            .output();
-    }
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -183,7 +105,7 @@ async fn primaries(
 async fn a_client_pod_writes_through_its_ambassador_onto_the_shards_the_ring_names_and_survives_a_failover() {
     ensure_crds().unwrap();
     let namespace = TestNamespace::create("sharding").unwrap();
-    let _operator = WebhookOperator::start(&namespace);
+    let _operator = WebhookOperator::start(&namespace, true, &[]).unwrap();
     let client = admin_client().await.unwrap();
     let services: Api<ShardedService> = Api::namespaced(client.clone(), &namespace.name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace.name);
