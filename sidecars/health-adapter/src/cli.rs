@@ -8,7 +8,6 @@ use std::{
 };
 
 use clap::Parser;
-use outrigger_contract::sidecars::{SidecarsConfig, SIDECARS_CONFIG_KEY};
 use outrigger_health_adapter::{
     metrics::Metrics,
     run::{self, Shared},
@@ -19,7 +18,7 @@ use outrigger_health_adapter::{
 use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
     args::LogArgs,
-    shutdown,
+    settings, shutdown,
     telemetry::TelemetryError,
 };
 use prometheus_client::registry::Registry;
@@ -114,17 +113,11 @@ fn settings_from_document(
     settings: &str,
     config_dir: Option<&Path>,
 ) -> Result<Option<BTreeMap<String, String>>, CliError> {
-    let Some(path) = config_dir.map(|dir| dir.join(SIDECARS_CONFIG_KEY)) else {
+    let Some(dir) = config_dir.filter(|_| settings.trim().is_empty()) else {
         return Ok(None);
     };
-    if !settings.trim().is_empty() || !path.exists() {
-        return Ok(None);
-    }
-    let failed = |message: String| CliError::SidecarsDocument {
-        path: path.clone(),
-        message,
-    };
-    let text = std::fs::read(&path).map_err(|error| failed(error.to_string()))?;
-    let document = SidecarsConfig::from_json(&text).map_err(|error| failed(error.to_string()))?;
-    Ok(document.sidecars.get("health-adapter").cloned())
+    settings::from_sidecars_document(dir, "health-adapter").map_err(|error| CliError::SidecarsDocument {
+        path: error.path,
+        message: error.message,
+    })
 }

@@ -53,6 +53,7 @@ pub mod config;
 pub use outrigger_contract::duration;
 pub mod encode;
 pub mod metrics;
+pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 pub mod wait_ready;
