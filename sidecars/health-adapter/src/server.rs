@@ -1,13 +1,11 @@
 //! The probe endpoints: `/livez`, `/readyz`, `/startupz`, 200 or 503, with the per-check JSON
 //! detail when asked (`?verbose` or `?detail`, or `Accept: application/json`).
 
-use std::convert::Infallible;
-
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::Incoming;
+use outrigger_sidecar_runtime::http_server;
 use tokio::net::TcpListener;
 
 use crate::{run::Shared, settings::Probe, state::Health};
@@ -70,70 +68,31 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     response
 }
 
-/// Connections served at once, each for at most [`CONNECTION_LIFETIME`] and with
-/// [`HEADER_TIMEOUT`] to send a request head: idle or slow clients cannot hold them all for long.
-const MAX_CONNECTIONS: usize = 1024;
-const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
-const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Connections served at once, each for a bounded lifetime and with a bounded time to send a
+/// request head, so idle or slow clients cannot hold them all for long. Probes are few.
+const LIMITS: http_server::Limits = http_server::Limits {
+    max_connections: 1024,
+    header_read_timeout: std::time::Duration::from_secs(10),
+    connection_lifetime: std::time::Duration::from_secs(60),
+};
 
 /// Serves the probe endpoints until `shutdown` completes.
 pub async fn serve(listener: TcpListener, shared: Shared, shutdown: impl std::future::Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    // Scrapers and probes are few; a flood of connections waits in the backlog instead of
-    // growing tasks and buffers without bound.
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            () = &mut shutdown => return,
-        };
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(connection) => connection,
-                Err(error) => {
-                    tracing::warn!(%error, "Failed to accept a probe connection.");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let accept = request
-                    .headers()
-                    .get(header::ACCEPT)
-                    .and_then(|v| v.to_str().ok());
-                let response = respond(
-                    &shared.lock(),
-                    request.method(),
-                    request.uri().path(),
-                    request.uri().query(),
-                    accept,
-                );
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let served = tokio::time::timeout(
-                CONNECTION_LIFETIME,
-                builder.serve_connection(TokioIo::new(stream), service),
-            )
-            .await
-            .unwrap_or(Ok(()));
-            drop(permit);
-            if let Err(error) = served {
-                tracing::debug!(%error, "Probe connection ended with an error.");
-            }
-        });
-    }
+    let answer = move |request: Request<Incoming>| {
+        let accept = request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let response = respond(
+            &shared.lock(),
+            request.method(),
+            request.uri().path(),
+            request.uri().query(),
+            accept,
+        );
+        std::future::ready(response)
+    };
+    http_server::serve(listener, LIMITS, answer, shutdown).await;
 }
 
 #[cfg(test)]

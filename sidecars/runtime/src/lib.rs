@@ -52,6 +52,7 @@ pub mod config;
 /// Durations as documents and flags write them (`250ms`, `1m30s`), one parser for both.
 pub use outrigger_contract::duration;
 pub mod encode;
+pub mod http_server;
 pub mod metrics;
 pub mod settings;
 pub mod shutdown;
