@@ -645,13 +645,16 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
     }
 
+    /// A case name, the environment, and the subject expected (api version, kind, name, uid).
+    type SubjectCase = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        Option<(&'static str, &'static str, &'static str, Option<&'static str>)>,
+    );
+
     #[test]
     fn the_subject_is_the_owning_service_or_else_the_pod() {
-        let cases: [(
-            &str,
-            &'static [(&'static str, &'static str)],
-            Option<(&str, &str, &str, Option<&str>)>,
-        ); 5] = [
+        let cases: [SubjectCase; 5] = [
             (
                 "a service's pod",
                 &[
