@@ -23,8 +23,12 @@
 //! a test can check from inside a pod what the pod's containers reach on localhost.
 //!
 //! With `LOG_DIR` set it also writes log files there for the log adapter (see `logs`).
+//!
+//! `outrigger-testapp sink` is a log sink that prints what it is sent and can be taken down for a
+//! while (see `sink`).
 
 mod logs;
+mod sink;
 
 use std::{
     convert::Infallible,
@@ -331,6 +335,9 @@ async fn main() -> std::io::Result<()> {
     if args.get(1).map(String::as_str) == Some("procstat") {
         process_stats(args.get(2).map(String::as_str).unwrap_or_default());
         return Ok(());
+    }
+    if args.get(1).map(String::as_str) == Some("sink") {
+        return sink::run().await;
     }
     if args.get(1).map(String::as_str) == Some("get") {
         let ok = get(args.get(2).map(String::as_str).unwrap_or_default())?;
