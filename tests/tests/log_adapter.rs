@@ -170,6 +170,8 @@ async fn app_logs_come_out_as_one_utc_record_per_event_and_survive_bad_input_and
                     "env": [
                         {"name": "LOG_DIR", "value": "/var/log/outrigger"},
                         {"name": "LOG_BAD", "value": "1"},
+                        // nginx has 8080.
+                        {"name": "PORT", "value": "8081"},
                         {"name": "LOG_LINES", "value": COUNTED.to_string()},
                         {"name": "LOG_RATE", "value": RATE.to_string()},
                     ],
