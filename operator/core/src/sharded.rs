@@ -252,7 +252,9 @@ pub fn shard_map_access(
             kind: "Role".to_owned(),
             name,
         },
-        subjects: Some(
+        // None rather than empty: the API server stores no empty list, and the cached binding
+        // would never match the desired one.
+        subjects: (!client_accounts.is_empty()).then(|| {
             client_accounts
                 .iter()
                 .map(|account| Subject {
@@ -261,8 +263,8 @@ pub fn shard_map_access(
                     namespace: Some(owner.namespace.clone()),
                     ..Subject::default()
                 })
-                .collect(),
-        ),
+                .collect()
+        }),
     };
     Ok((role, binding))
 }
