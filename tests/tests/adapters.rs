@@ -159,6 +159,7 @@ async fn redis_with_metrics_and_health_adapters_turns_unready_while_stalled_and_
         ],
         config_map: None,
         native_sidecars: false,
+        owner_uid: None,
     };
     ensure_crds().unwrap();
     let service: ReplicatedService = serde_json::from_value(json!({
