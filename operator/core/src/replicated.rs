@@ -101,7 +101,11 @@ pub fn possible_children(service: &str) -> PossibleChildren {
             canary::track_service_name(service, CANARY),
         ],
         config_maps: vec![config_map_name(service), splitter.clone()],
-        identity: vec![splitter, crate::config_sync::access_name(service)],
+        identity: vec![
+            splitter,
+            crate::config_sync::access_name(service),
+            crate::config_sync::former_access_name(service),
+        ],
     }
 }
 

@@ -335,6 +335,7 @@ async fn apply_children(
     applier.prune("v1", "Service", &namespace, &beyond, &[]).await?;
     let possible_access = [
         outrigger_core::config_sync::access_name(&name),
+        outrigger_core::config_sync::former_access_name(&name),
         sharded::shard_map_reader_name(&name),
     ];
     for kind in ["Role", "RoleBinding"] {
