@@ -6,10 +6,10 @@
 //! and ready again while liveness never fails. The health adapter reports both transitions as
 //! Events on the pod's owning ReplicatedService, where `kubectl describe` shows them.
 //!
-//! The pod is made here rather than by an operator, so the test gives it what the operator's
-//! injection and RBAC give a service's pods: the owner (`OUTRIGGER_OWNER`, `OUTRIGGER_OWNER_UID`)
-//! of a ReplicatedService created without an operator, and a Role that lets the pod's
-//! ServiceAccount create and patch Events.
+//! The pod is made here rather than by an operator: it carries the labels of a ReplicatedService
+//! created without an operator, and injection's plan its UID, so injection names the owner as it
+//! does for a service's pods; the test grants the Role the operator gives a service's pods (Events
+//! created and patched by their ServiceAccount).
 //!
 //! Needs the images `outrigger/metrics-adapter:dev` and `outrigger/health-adapter:dev`
 //! (`OUTRIGGER_IMAGE_PROFILE=image-test hack/images.sh metrics-adapter health-adapter`) and
@@ -24,12 +24,15 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::{EnvVar, Event, Pod},
+    api::core::v1::{Event, Pod},
     jiff::Timestamp,
 };
 use kube::api::{Api, ListParams, PostParams};
 use outrigger_api::{common::SidecarKind, ReplicatedService};
-use outrigger_core::inject::{mutate, Plan, SidecarToInject};
+use outrigger_core::{
+    inject::{mutate, Plan, SidecarToInject},
+    labels,
+};
 use outrigger_tests::{
     admin_client, ensure_crds, eventually, http_get_from, kubectl_ok, kubectl_stdin, TestNamespace,
 };
@@ -173,26 +176,19 @@ async fn redis_with_metrics_and_health_adapters_turns_unready_while_stalled_and_
         .unwrap();
     let uid = service.metadata.uid.clone().unwrap();
     allow_events(&namespace.name);
-    let mut pod = mutate(&redis_pod(), &plan).unwrap();
-    let health = pod
-        .spec
-        .as_mut()
-        .unwrap()
-        .containers
-        .iter_mut()
-        .find(|c| c.name == "health-adapter")
-        .unwrap();
-    health.env.get_or_insert_with(Vec::new).extend(
+    let plan = Plan {
+        owner_uid: Some(uid.clone()),
+        ..plan
+    };
+    let mut owned = redis_pod();
+    owned.metadata.labels.get_or_insert_with(Default::default).extend(
         [
-            ("OUTRIGGER_OWNER", "ReplicatedService/redis"),
-            ("OUTRIGGER_OWNER_UID", &uid),
+            (labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+            (labels::REPLICATED_SERVICE, "redis"),
         ]
-        .map(|(name, value)| EnvVar {
-            name: name.to_owned(),
-            value: Some(value.to_owned()),
-            ..EnvVar::default()
-        }),
+        .map(|(key, value)| (key.to_owned(), value.to_owned())),
     );
+    let pod = mutate(&owned, &plan).unwrap();
     let events: Api<Event> = Api::namespaced(client.clone(), &namespace.name);
     let pods: Api<Pod> = Api::namespaced(client, &namespace.name);
     pods.create(&PostParams::default(), &pod).await.unwrap();

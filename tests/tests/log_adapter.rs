@@ -12,8 +12,8 @@
 //! A second test ships a counted stream to an HTTP sink in a pod of its own (the test app's `sink`
 //! mode, reached by pod IP), takes the sink down for 30 seconds and counts every line after it
 //! comes back, while the adapter's memory stays bounded; the adapter reports the outage and the
-//! recovery as Events on the owning ReplicatedService (the test grants the Role a service's pods
-//! get from the operator).
+//! recovery as Events on the owning ReplicatedService (allowed by the Role the operator gives the
+//! service's pods), where `kubectl describe` shows them.
 //!
 //! Needs the images `outrigger/log-adapter:dev`, `outrigger/testapp:dev` and `outrigger/nginx:dev`
 //! built from this tree: `OUTRIGGER_IMAGE_PROFILE=image-test hack/images.sh log-adapter testapp
@@ -29,8 +29,7 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use outrigger_api::ReplicatedService;
 use outrigger_tests::{
-    admin_client, docker_ok, dry_run, eventually, http_get_from, kubectl_ok, kubectl_stdin, TestNamespace,
-    WebhookOperator,
+    admin_client, docker_ok, dry_run, eventually, http_get_from, kubectl_ok, TestNamespace, WebhookOperator,
 };
 use serde_json::{json, Value};
 
@@ -363,21 +362,6 @@ async fn app_logs_come_out_as_one_utc_record_per_event_and_survive_bad_input_and
 const SHIPPED: u32 = 6000;
 const OUTAGE: Duration = Duration::from_secs(30);
 
-/// What the operator grants a service's pods: Events written by their sidecars.
-fn allow_events(namespace: &str) {
-    let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": {"name": "sidecar-events", "namespace": namespace},
-         "rules": [{"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": "sidecar-events", "namespace": namespace},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sidecar-events"},
-         "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}]},
-    ]});
-    let output = kubectl_stdin(&["apply", "-f", "-"], &rbac.to_string()).unwrap();
-    assert!(output.status.success(), "{output:?}");
-}
-
 /// `POST path` with an empty body; the status.
 fn http_post(address: &str, path: &str) -> anyhow::Result<u16> {
     use std::io::{Read, Write};
@@ -454,7 +438,6 @@ async fn an_http_sink_down_for_thirty_seconds_loses_no_line_while_memory_stays_b
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
     let _operator = injecting_operator(&ns, &pods).await;
-    allow_events(&ns.name);
 
     let testapp = image("OUTRIGGER_TESTAPP_IMAGE", "outrigger/testapp:dev");
     let sink: Pod = serde_json::from_value(json!({
@@ -567,4 +550,9 @@ async fn an_http_sink_down_for_thirty_seconds_loses_no_line_while_memory_stays_b
     })
     .await;
     assert!(reported.is_ok(), "{:?}", sink_events(&events).await);
+    let described = kubectl_ok(&["describe", "replicatedservice", "shipper", "-n", &ns.name]).unwrap();
+    assert!(
+        described.contains("LogSinkFailing") && described.contains("LogSinkRecovered"),
+        "the Events carry the service's UID: {described}"
+    );
 }
