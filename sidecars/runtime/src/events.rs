@@ -877,6 +877,102 @@ mod tests {
         }
     }
 
+    /// An API server answering each request with the next status of `script`; returns the
+    /// requests seen (method, path, body).
+    async fn scripted_api(
+        script: Vec<u16>,
+    ) -> (String, tokio::task::JoinHandle<Vec<(String, String, Value)>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for status in script {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                let (head_end, length) = loop {
+                    let mut chunk = [0u8; 4096];
+                    let read = stream.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..read]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                        break (end + 4, length);
+                    }
+                };
+                while buf.len() < head_end + length {
+                    let mut chunk = [0u8; 4096];
+                    let read = stream.read(&mut chunk).await.unwrap();
+                    buf.extend_from_slice(&chunk[..read]);
+                }
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let mut words = head.split_whitespace();
+                let (method, path) = (words.next().unwrap().to_owned(), words.next().unwrap().to_owned());
+                seen.push((method, path, serde_json::from_slice(&buf[head_end..]).unwrap()));
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                );
+                stream.write_all(answer.as_bytes()).await.unwrap();
+            }
+            seen
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn the_poster_creates_patches_repeats_recreates_expired_events_and_counts_refusals() {
+        let (url, server) = scripted_api(vec![201, 200, 404, 201, 403, 403]).await;
+        let token = std::env::temp_dir().join(format!("events-poster-{}", std::process::id()));
+        std::fs::write(&token, "t").unwrap();
+        let client = ApiClient::new(&ApiServerOptions {
+            server: Some(url),
+            token_file: Some(token.clone()),
+            ca_file: None,
+        })
+        .unwrap();
+        let metrics = EventMetrics::default();
+        let (recorder, poster) = Recorder::new(client, origin(), metrics.clone());
+        for message in ["redis down", "redis down", "redis down", "other", "third"] {
+            recorder.warning("ReadinessFailing", message);
+        }
+        drop(recorder);
+        tokio::time::timeout(Duration::from_secs(10), poster.run())
+            .await
+            .unwrap();
+        std::fs::remove_file(&token).unwrap();
+        let seen = server.await.unwrap();
+        let calls: Vec<(&str, &str)> = seen.iter().map(|(m, p, _)| (m.as_str(), p.as_str())).collect();
+        let first = seen[0].2["metadata"]["name"].as_str().unwrap();
+        let named = format!("/api/v1/namespaces/shop/events/{first}");
+        assert_eq!(
+            calls,
+            [
+                ("POST", "/api/v1/namespaces/shop/events"),
+                ("PATCH", named.as_str()),
+                ("PATCH", named.as_str()),
+                ("POST", "/api/v1/namespaces/shop/events"),
+                ("POST", "/api/v1/namespaces/shop/events"),
+                ("POST", "/api/v1/namespaces/shop/events"),
+            ]
+        );
+        assert_eq!(seen[1].2["count"], 2);
+        assert_eq!(seen[3].2["count"], 1, "an expired Event starts over");
+        assert_ne!(seen[3].2["metadata"]["name"].as_str(), Some(first));
+        let written = |result| metrics.written.get_or_create(&ResultLabels { result }).get();
+        assert_eq!(
+            (
+                written("created"),
+                written("patched"),
+                written("forbidden"),
+                written("error")
+            ),
+            (2, 1, 2, 0)
+        );
+    }
+
     #[tokio::test]
     async fn a_full_queue_drops_and_counts_without_blocking() {
         let origin = origin();
