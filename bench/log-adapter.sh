@@ -13,7 +13,8 @@
 # each, with the parser a user would pick: json-parser(), apache-accesslog-parser() with
 # date-parser() for the stamp, kv-parser(), a regexp-parser() with named captures for klog, and
 # multi-line mode with a prefix regex for the Java traces; it writes one JSON object per message
-# with format-json. It does not normalise levels or time zones, and the adapter auto-detects the
+# with format-json, with flow control (a full destination queue holds the sources back instead of
+# dropping messages, so that it writes every record). It does not normalise levels or time zones, and the adapter auto-detects the
 # format of each line instead of being told, so the adapter does somewhat more work per line.
 #
 # A third row, `json`, is the adapter on json.log alone: JSON passthrough (each line parsed,
@@ -127,11 +128,11 @@ parser p_logfmt { kv-parser(prefix(".kv.")); };
 parser p_klog   { regexp-parser(prefix(".klog.") patterns('^(?<level>[IWEF])(?<date>[0-9]{4}) (?<time>[0-9:.]+) +(?<thread>[0-9]+) (?<caller>[^\]]+)\] (?<msg>.*)$')); };
 parser p_java   { regexp-parser(prefix(".java.") patterns('^(?<stamp>[0-9-]+ [0-9:.]+) (?<level>[A-Z]+) +\[(?<thread>[^]]+)\] (?<logger>\S+) - (?<msg>.*)')); };
 destination d_out { file("$out" template("\$(format-json --scope dot-nv-pairs --key ISODATE --key MESSAGE --key FILE_NAME)\n")); };
-log { source(s_json);   parser(p_json);   destination(d_out); };
-log { source(s_nginx);  parser(p_nginx);  destination(d_out); };
-log { source(s_logfmt); parser(p_logfmt); destination(d_out); };
-log { source(s_klog);   parser(p_klog);   destination(d_out); };
-log { source(s_java);   parser(p_java);   destination(d_out); };
+log { source(s_json);   parser(p_json);   destination(d_out); flags(flow-control); };
+log { source(s_nginx);  parser(p_nginx);  destination(d_out); flags(flow-control); };
+log { source(s_logfmt); parser(p_logfmt); destination(d_out); flags(flow-control); };
+log { source(s_klog);   parser(p_klog);   destination(d_out); flags(flow-control); };
+log { source(s_java);   parser(p_java);   destination(d_out); flags(flow-control); };
 EOF
 }
 
