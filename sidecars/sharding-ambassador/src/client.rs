@@ -14,8 +14,8 @@ use tracing::debug;
 use crate::{
     metrics::Metrics,
     resp::{self, Frame, Limits, ProtocolError},
-    routing::{self, Merge, Plan, Session},
-    shard::{ShardError, ShardReply},
+    routing::{self, Locate, Merge, Plan, Session},
+    shard::{ShardError, ShardHandle, ShardReply},
     topology::Topology,
 };
 
@@ -114,15 +114,28 @@ async fn read_commands<R: AsyncRead + Unpin>(
 ) -> Result<(), ClientError> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut session = Session::default();
+    let hot_keys = &settings.metrics.hot_keys;
+    let mut until_sample = hot_keys.every();
     loop {
         while let Some(command) = resp::decode_command(&mut buf, &settings.limits)? {
             let current = topology.borrow().clone();
+            until_sample -= 1;
+            if until_sample == 0 {
+                until_sample = hot_keys.every();
+                if let Some(key) = routing::first_key(&command.args) {
+                    let shard = current
+                        .shard_of(key)
+                        .and_then(|index| current.shard(index))
+                        .map(ShardHandle::shared_name);
+                    hot_keys.record(key, shard);
+                }
+            }
             let (reply, last) = dispatch(command, &mut session, &current, &settings.metrics);
             if pending.send(reply).await.is_err() || last {
                 return Ok(());
             }
         }
-        buf.reserve(16 * 1024);
+        resp::reserve_for_read(&mut buf);
         let count = if buf.is_empty() {
             read.read_buf(&mut buf).await?
         } else {
@@ -278,7 +291,11 @@ async fn resolve(pending: Pending, settings: &ClientSettings) -> Bytes {
     }
 }
 
-async fn wait(reply: oneshot::Receiver<ShardReply>, reply_timeout: Duration) -> ShardReply {
+async fn wait(mut reply: oneshot::Receiver<ShardReply>, reply_timeout: Duration) -> ShardReply {
+    // Pipelined replies are mostly in by the time the writer gets to them: no timer for those.
+    if let Ok(ready) = reply.try_recv() {
+        return ready;
+    }
     match timeout(reply_timeout, reply).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(_)) => Err(ShardError::ConnectionLost("connection reset".to_owned())),

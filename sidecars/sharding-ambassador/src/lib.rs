@@ -6,11 +6,12 @@
 //! - [`shard`], [`client`], [`server`]: how bytes move;
 //! - [`shardmap`]: the shard map document, read from the runtime's config source by [`run`];
 //! - [`topology`]: the ring and shard connections in force, handed to clients through a `watch`;
-//! - [`metrics`]: Prometheus metrics, served with `/healthz`, `/readyz` and `/config` by the
+//! - [`metrics`] and [`hotkeys`]: Prometheus metrics (per shard, skew, a bounded top-k of hot keys), served with `/healthz`, `/readyz` and `/config` by the
 //!   runtime's admin server; [`cli`]: the runtime's flag groups and the ambassador's own.
 
 pub mod cli;
 pub mod client;
+pub mod hotkeys;
 pub mod metrics;
 pub mod resp;
 pub mod routing;

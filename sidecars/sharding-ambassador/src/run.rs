@@ -214,6 +214,9 @@ async fn follow_shard_map(
                         .metrics
                         .shards
                         .set(i64::try_from(shards).unwrap_or(i64::MAX));
+                    settings
+                        .metrics
+                        .set_shards_in_force(spec.shards.iter().map(|shard| shard.name.clone()));
                     topology.send_replace(Arc::new(next));
                     admin.set_ready(shards > 0);
                     info!(generation = accepted.generation, shards, "Shard map in force.");

@@ -28,8 +28,8 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    metrics::Metrics,
-    resp::{self, Limits, ProtocolError},
+    metrics::{Metrics, ShardMetrics},
+    resp::{self, reserve_for_read, Limits, ProtocolError},
 };
 
 /// How shard connections behave.
@@ -355,6 +355,7 @@ impl Connection {
         let reader = Reader {
             name: self.name.clone(),
             health: self.health.clone(),
+            metrics: self.settings.metrics.for_shard(&self.name),
             settings: self.settings.clone(),
         };
         debug!(shard = %self.name, endpoint = %self.endpoint, "Connected to shard.");
@@ -383,6 +384,7 @@ fn fail_all(batch: &mut Vec<Request>, error: &ShardError) {
 struct Reader {
     name: Arc<str>,
     health: Arc<Health>,
+    metrics: ShardMetrics,
     settings: Arc<ShardSettings>,
 }
 
@@ -401,9 +403,7 @@ impl Reader {
                 .settings
                 .request_timeout
                 .saturating_sub(waiting.deadline.saturating_duration_since(Instant::now()));
-            self.settings
-                .metrics
-                .shard_operation(&self.name, last.is_ok().then_some(latency));
+            self.metrics.operation(last.is_ok().then_some(latency));
             match last {
                 Ok(reply) => {
                     self.health.success();
@@ -437,7 +437,7 @@ impl Reader {
             if let Some(reply) = resp::decode_raw(buf, &self.settings.limits)? {
                 return Ok(reply);
             }
-            buf.reserve(16 * 1024);
+            reserve_for_read(buf);
             match timeout_at(deadline, read.read_buf(buf)).await {
                 Err(_) => return Err(ShardError::Timeout),
                 Ok(Err(error)) => return Err(ShardError::ConnectionLost(error.to_string())),
