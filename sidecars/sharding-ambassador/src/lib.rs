@@ -3,11 +3,13 @@
 //!
 //! - [`resp`]: the RESP2 codec (sans-IO);
 //! - [`routing`]: what to do with a command (pure);
-//! - [`shard`], [`client`], [`server`]: how bytes move;
+//! - [`shard`], [`client`], [`server`], [`workers`]: how bytes move, on one single-threaded
+//!   runtime per core;
 //! - [`shardmap`]: the shard map document, read from the runtime's config source by [`run`];
 //! - [`topology`]: the ring and shard connections in force, handed to clients through a `watch`;
-//! - [`metrics`] and [`hotkeys`]: Prometheus metrics (per shard, skew, a bounded top-k of hot keys), served with `/healthz`, `/readyz` and `/config` by the
-//!   runtime's admin server; [`cli`]: the runtime's flag groups and the ambassador's own.
+//! - [`metrics`] and [`hotkeys`]: Prometheus metrics (per shard, skew, a bounded top-k of hot
+//!   keys), served with `/healthz`, `/readyz` and `/config` by the runtime's admin server;
+//! - [`cli`]: the runtime's flag groups and the ambassador's own.
 
 pub mod cli;
 pub mod client;
@@ -20,5 +22,6 @@ pub mod server;
 pub mod shard;
 pub mod shardmap;
 pub mod topology;
+pub mod workers;
 
 pub use run::{run, RunError};

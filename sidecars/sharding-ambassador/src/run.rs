@@ -30,6 +30,7 @@ use crate::{
     shard::ShardSettings,
     shardmap,
     topology::Topology,
+    workers::{Follower, WorkerError, Workers},
 };
 
 /// Why the ambassador could not start.
@@ -50,6 +51,8 @@ pub enum RunError {
     ConfigMapReference(#[source] ObjectRefError),
     #[error("connecting to the Kubernetes API: {0}")]
     ApiClient(#[source] Box<ApiError>),
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
 }
 
 /// Where the shard map comes from and how the process behaves.
@@ -128,28 +131,34 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         })?;
     let hangup = shutdown::reload_on_hangup(reload_now);
 
-    let (topology, receiver) = watch::channel(Arc::new(Topology::empty()));
     let settings = Arc::new(shards.shard_settings(&metrics));
-    let follower = tokio::spawn(follow_shard_map(
-        documents.subscribe(),
-        settings,
-        topology,
-        admin_state.clone(),
-    ));
+    // Every worker follows the shard map and builds its own topology, with its own connections.
+    let follower: Follower = {
+        let (documents, admin_state) = (documents.clone(), admin_state.clone());
+        Arc::new(move |topology| {
+            Box::pin(follow_shard_map(
+                documents.subscribe(),
+                settings.clone(),
+                topology,
+                admin_state.clone(),
+            ))
+        })
+    };
+    let workers = Workers::start(shards.worker_count(), &follower)?;
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         admin_state.clone(),
         shutdown::signal(),
     ));
-    info!(%listen, admin = %admin_addr, file = ?file, "Sharding ambassador listening.");
+    info!(%listen, admin = %admin_addr, file = ?file, workers = workers.len(), "Sharding ambassador listening.");
 
     let draining = {
-        let admin_state = admin_state.clone();
+        let (admin_state, workers) = (admin_state.clone(), &workers);
         async move {
             shutdown::signal().await;
             info!("Shutting down: draining clients.");
             // The map stops changing readiness before the drain fails it.
-            follower.abort();
+            workers.stop_following();
             admin_state.set_ready(false);
             tokio::time::sleep(drain.delay).await;
         }
@@ -158,9 +167,9 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         max_clients: shards.max_clients,
         drain: drain.timeout,
     };
-    server::serve(
+    server::serve_on_workers(
         listener,
-        receiver,
+        &workers,
         Arc::new(shards.client_settings(&metrics)),
         limits,
         draining,
