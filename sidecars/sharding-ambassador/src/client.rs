@@ -7,11 +7,12 @@ use bytes::{Bytes, BytesMut};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::{mpsc, oneshot, watch},
-    time::timeout,
+    time::Instant,
 };
 use tracing::debug;
 
 use crate::{
+    deadline::{self, Watchdog},
     metrics::Metrics,
     resp::{self, Frame, Limits, ProtocolError},
     routing::{self, Locate, Merge, Plan, Session},
@@ -92,7 +93,11 @@ where
 {
     let (read, write) = tokio::io::split(stream);
     let (pending, queue) = mpsc::channel(settings.max_pipeline.max(1));
-    let writer = tokio::spawn(write_replies(write, queue, settings.clone()));
+    let writer = tokio::spawn(deadline::with_watchdog(write_replies(
+        write,
+        queue,
+        settings.clone(),
+    )));
     let result = read_commands(read, &pending, topology, &settings).await;
     if let Err(ClientError::Protocol(error)) = &result {
         // Redis answers a protocol error and closes; so does the ambassador.
@@ -116,6 +121,7 @@ async fn read_commands<R: AsyncRead + Unpin>(
     let mut session = Session::default();
     let hot_keys = &settings.metrics.hot_keys;
     let mut until_sample = hot_keys.every();
+    let mut watchdog = Watchdog::new();
     loop {
         while let Some(command) = resp::decode_command(&mut buf, &settings.limits)? {
             let current = topology.borrow().clone();
@@ -140,9 +146,11 @@ async fn read_commands<R: AsyncRead + Unpin>(
             read.read_buf(&mut buf).await?
         } else {
             // A half-sent frame holds buffer space: it must be finished in time.
-            timeout(settings.partial_frame_timeout, read.read_buf(&mut buf))
+            let deadline = Instant::now() + settings.partial_frame_timeout;
+            watchdog
+                .wait(deadline, read.read_buf(&mut buf))
                 .await
-                .map_err(|_| ClientError::Stalled)??
+                .ok_or(ClientError::Stalled)??
         };
         if count == 0 {
             resp::finish(&buf)?;
@@ -296,10 +304,10 @@ async fn wait(mut reply: oneshot::Receiver<ShardReply>, reply_timeout: Duration)
     if let Ok(ready) = reply.try_recv() {
         return ready;
     }
-    match timeout(reply_timeout, reply).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(_)) => Err(ShardError::ConnectionLost("connection reset".to_owned())),
-        Err(_) => Err(ShardError::Timeout),
+    match deadline::within(reply_timeout, reply).await {
+        Some(Ok(reply)) => reply,
+        Some(Err(_)) => Err(ShardError::ConnectionLost("connection reset".to_owned())),
+        None => Err(ShardError::Timeout),
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod deadline;
 pub mod hotkeys;
 pub mod metrics;
 pub mod resp;
