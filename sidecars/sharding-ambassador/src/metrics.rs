@@ -186,6 +186,7 @@ impl Metrics {
             operations: metrics.shard_operations.clone(),
         }));
         r.register_collector(Box::new(HotKeysCollector(metrics.hot_keys.clone())));
+        registry.register_collector(Box::new(ProcessCollector));
         metrics
     }
 
@@ -331,6 +332,35 @@ impl Collector for SkewCollector {
     }
 }
 
+/// `process_resident_memory_bytes`, the Prometheus convention, from `/proc/self/status`: how the
+/// ambassador's memory stays bounded under bad input is read from its own metrics.
+#[derive(Debug)]
+struct ProcessCollector;
+
+/// VmRSS of this process, in bytes (Linux only).
+pub fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(bytes) = resident_memory_bytes() else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX));
+        let metric = encoder.encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HotKeyLabels {
     /// 1 for the hottest key.
@@ -419,6 +449,7 @@ mod tests {
             "outrigger_sharding_key_skew_ratio 1.5",
             r#"outrigger_sharding_hot_key_share{rank="1",key="user:1",shard="s-0"} 1.0"#,
             r#"outrigger_sharding_commands_total{route="forward"} 1"#,
+            "process_resident_memory_bytes ",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
