@@ -206,15 +206,23 @@ async fn bad_clients_get_an_error_or_a_closed_connection_while_others_are_served
     // A client that sends half a frame and stalls holds its connection for the partial frame
     // timeout (10 s), then is disconnected. It is left stalling while the others are tried.
     let mut stalled = forward.connect();
-    stalled.write_all(b"*3\r\n$3\r\nSET\r\n$5\r\nstall\r\n$10\r\nhal").unwrap();
+    stalled
+        .write_all(b"*3\r\n$3\r\nSET\r\n$5\r\nstall\r\n$10\r\nhal")
+        .unwrap();
     let stalled_at = Instant::now();
 
     // Malformed RESP: an error reply, then the connection is closed, as Redis does.
     for (what, bytes) in [
         ("an integer inside a command", &b"*2\r\n$3\r\nGET\r\n:1\r\n"[..]),
-        ("a length that is not a number", &b"*2\r\n$3\r\nGET\r\n$abc\r\n"[..]),
+        (
+            "a length that is not a number",
+            &b"*2\r\n$3\r\nGET\r\n$abc\r\n"[..],
+        ),
         ("a type byte RESP does not have", &b"*1\r\n!oops\r\n"[..]),
-        ("a bulk string longer than its length", &b"*1\r\n$3\r\nGETXY\r\n"[..]),
+        (
+            "a bulk string longer than its length",
+            &b"*1\r\n$3\r\nGETXY\r\n"[..],
+        ),
     ] {
         let mut bad = forward.connect();
         bad.write_all(bytes).unwrap();
@@ -226,7 +234,8 @@ async fn bad_clients_get_an_error_or_a_closed_connection_while_others_are_served
     // A bulk length claiming 512 MB is refused as soon as its header arrives: nothing is allocated
     // for it, and the megabytes it announces are not waited for.
     let mut huge = forward.connect();
-    huge.write_all(b"*3\r\n$3\r\nSET\r\n$4\r\nhuge\r\n$536870912\r\n").unwrap();
+    huge.write_all(b"*3\r\n$3\r\nSET\r\n$4\r\nhuge\r\n$536870912\r\n")
+        .unwrap();
     let (reply, closed) = read_until_closed(&mut huge);
     assert!(
         reply.starts_with("-ERR Protocol error: bulk length 536870912 over the limit"),

@@ -15,6 +15,7 @@ use outrigger_sidecar_runtime::{
 
 use crate::{
     client::ClientSettings,
+    http::HttpSettings,
     metrics::Metrics,
     run::{ConfigMapOptions, Options},
     shard::ShardSettings,
@@ -146,6 +147,16 @@ impl ShardArgs {
             failure_limit: self.failure_limit.max(1),
             retry_interval: self.retry_interval.0,
             ..ShardSettings::default()
+        }
+    }
+
+    /// The settings of HTTP forwarding, when the shard map's protocol is `http`.
+    pub fn http_settings(&self, metrics: &Arc<Metrics>) -> HttpSettings {
+        HttpSettings {
+            metrics: metrics.clone(),
+            connect_timeout: self.connect_timeout.0,
+            request_timeout: self.request_timeout.0,
+            ..HttpSettings::default()
         }
     }
 

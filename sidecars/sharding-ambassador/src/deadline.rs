@@ -16,6 +16,12 @@ pub struct Watchdog {
     sleep: Pin<Box<Sleep>>,
 }
 
+impl Default for Watchdog {
+    fn default() -> Self {
+        Watchdog::new()
+    }
+}
+
 /// Far enough that an unused watchdog never fires.
 const IDLE: Duration = Duration::from_secs(24 * 60 * 60);
 

@@ -30,6 +30,8 @@ pub struct HotKeys {
     every: u32,
     table: Mutex<SpaceSaving>,
     sampled: AtomicU64,
+    /// Calls of [`HotKeys::record_sampled`].
+    calls: AtomicU64,
 }
 
 impl Default for HotKeys {
@@ -55,12 +57,25 @@ impl HotKeys {
             every: every.max(1),
             table: Mutex::new(SpaceSaving::new(TRACKED)),
             sampled: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
         }
     }
 
     /// One keyed command in this many is sampled.
     pub fn every(&self) -> u32 {
         self.every
+    }
+
+    /// Samples one call in [`HotKeys::every`], for callers without a sampling counter of their
+    /// own (HTTP requests).
+    pub fn record_sampled(&self, key: &[u8], shard: Option<Arc<str>>) {
+        if self
+            .calls
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(u64::from(self.every))
+        {
+            self.record(key, shard);
+        }
     }
 
     /// Counts a sampled command on `key`. A table busy with another client's sample skips this

@@ -3,6 +3,7 @@
 //!
 //! - [`resp`]: the RESP2 codec (sans-IO);
 //! - [`routing`]: what to do with a command (pure);
+//! - [`http`]: HTTP sharding, when the shard map's protocol is `http` (key extraction pure);
 //! - [`shard`], [`client`], [`server`], [`workers`]: how bytes move, on one single-threaded
 //!   runtime per core;
 //! - [`shardmap`]: the shard map document, read from the runtime's config source by [`run`];
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod client;
 pub mod deadline;
 pub mod hotkeys;
+pub mod http;
 pub mod metrics;
 pub mod resp;
 pub mod routing;

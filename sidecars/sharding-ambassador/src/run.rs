@@ -167,10 +167,15 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         max_clients: shards.max_clients,
         drain: drain.timeout,
     };
+    let http = server::HttpMode {
+        documents: documents.subscribe(),
+        settings: Arc::new(shards.http_settings(&metrics)),
+    };
     server::serve_on_workers(
         listener,
         &workers,
         Arc::new(shards.client_settings(&metrics)),
+        http,
         limits,
         draining,
     )

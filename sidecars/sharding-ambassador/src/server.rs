@@ -9,8 +9,11 @@ use tokio::{
 };
 use tracing::{debug, info, warn};
 
+use outrigger_contract::shard_map::ShardProtocol;
+
 use crate::{
     client::{self, ClientSettings},
+    http::{self, HttpSettings},
     metrics::CategoryLabels,
     topology::Topology,
     workers::Workers,
@@ -39,22 +42,65 @@ pub async fn serve(
 }
 
 /// As [`serve`], with every client handed to one of the `workers` in turn and served there, on
-/// the worker's own topology.
+/// the worker's own topology: as Redis, or as HTTP when the shard map in force when it connects
+/// says `protocol: http`.
 pub async fn serve_on_workers(
     listener: TcpListener,
     workers: &Workers,
     settings: Arc<ClientSettings>,
+    http: HttpMode,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     accept(listener, limits, shutdown, |stream, peer, permit| {
         let settings = settings.clone();
+        let protocol = http.documents.borrow().as_ref().map(|map| map.document.protocol);
+        if protocol == Some(ShardProtocol::Http) {
+            let (documents, http) = (http.documents.clone(), http.settings.clone());
+            workers.dispatch(
+                stream,
+                Box::new(move |stream, topology| {
+                    Box::pin(http_task(stream, peer, topology, documents, http, permit))
+                }),
+            );
+            return;
+        }
         workers.dispatch(
             stream,
             Box::new(move |stream, topology| Box::pin(client_task(stream, peer, topology, settings, permit))),
         );
     })
     .await;
+}
+
+/// What HTTP clients need: the shard map documents (for the protocol and the key source) and the
+/// forwarding settings.
+#[derive(Debug, Clone)]
+pub struct HttpMode {
+    pub documents: http::Documents,
+    pub settings: Arc<HttpSettings>,
+}
+
+/// Serves one HTTP client, counts it, and frees its place when it leaves.
+async fn http_task(
+    stream: TcpStream,
+    peer: SocketAddr,
+    topology: watch::Receiver<Arc<Topology>>,
+    documents: http::Documents,
+    settings: Arc<HttpSettings>,
+    permit: OwnedSemaphorePermit,
+) {
+    let metrics = settings.metrics.clone();
+    metrics.clients.inc();
+    if let Err(error) = http::serve(stream, topology, documents, settings).await {
+        metrics
+            .client_errors
+            .get_or_create(&CategoryLabels { category: "http" })
+            .inc();
+        debug!(%peer, %error, "HTTP client dropped.");
+    }
+    metrics.clients.dec();
+    drop(permit);
 }
 
 async fn accept(
