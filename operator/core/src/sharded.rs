@@ -188,7 +188,7 @@ pub fn build_observed(shsvc: &ShardedService, observed: &[ObservedShard]) -> Res
         virtual_nodes: u32::try_from(spec.sharding.virtual_nodes).unwrap_or(160),
         hash_tag: spec.sharding.hash_tag.clone(),
         key_header: spec.sharding.key_header.clone(),
-        http_key: None,
+        http_key: spec.sharding.http_key.clone(),
         read_policy: spec.read_policy,
         shards,
         key_ranges: spec.sharding.key_ranges.clone(),
