@@ -16,9 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, DeleteParams, PostParams};
 use outrigger_api::ShardedService;
+use outrigger_contract::shard_map::{ShardMap, SHARD_MAP_KEY};
 use outrigger_tests::{
     admin_client, ensure_crds, eventually, example, http_get_from, kubectl, TestNamespace, WebhookOperator,
 };
@@ -149,6 +150,34 @@ fn metric_sum(client_ip: &str, family: &str) -> f64 {
         .sum()
 }
 
+/// Creates the client pod once the injection webhook is in effect: the API server picks up a new
+/// webhook configuration a moment after it is written, so a pod created too early is admitted
+/// without the ambassador; it is then deleted and created again.
+async fn create_injected(pods: &Api<Pod>, pod: &Pod) -> Pod {
+    let name = pod.metadata.name.clone().unwrap();
+    eventually(
+        "the client pod created with its ambassador injected",
+        WAIT,
+        || async {
+            if let Some(existing) = pods.get_opt(&name).await? {
+                if existing.metadata.deletion_timestamp.is_none() {
+                    pods.delete(&name, &DeleteParams::default().grace_period(0))
+                        .await?;
+                }
+                return Ok(None);
+            }
+            let created = pods.create(&PostParams::default(), pod).await?;
+            let injected = created
+                .spec
+                .as_ref()
+                .is_some_and(|spec| spec.containers.iter().any(|c| c.name == "sharding-ambassador"));
+            Ok(injected.then_some(created))
+        },
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn bad_clients_get_an_error_or_a_closed_connection_while_others_are_served_in_bounded_memory() {
     ensure_crds().unwrap();
@@ -164,13 +193,26 @@ async fn bad_clients_get_an_error_or_a_closed_connection_while_others_are_served
     cache["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("Never");
     let cache: ShardedService = serde_json::from_value(cache).unwrap();
     services.create(&PostParams::default(), &cache).await.unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace.name);
+    eventually("a shard map with an endpoint for every shard", WAIT, || {
+        let configmaps = configmaps.clone();
+        async move {
+            let Some(data) = configmaps.get_opt("cache-shard-map").await?.and_then(|c| c.data) else {
+                return Ok(None);
+            };
+            let map = ShardMap::from_json(data[SHARD_MAP_KEY].as_bytes())?;
+            Ok((map.shards.len() == 3 && map.shards.iter().all(|s| !s.endpoints.is_empty())).then_some(()))
+        }
+    })
+    .await
+    .unwrap();
 
     let app: Pod = serde_json::from_value(json!({
         "metadata": {"name": "client", "annotations": {"outrigger.dev/sharded-service": "cache"}},
         "spec": {"containers": [{"name": "app", "image": client_image(), "imagePullPolicy": "Never"}]},
     }))
     .unwrap();
-    pods.create(&PostParams::default(), &app).await.unwrap();
+    create_injected(&pods, &app).await;
     let client_ip = eventually("the client pod and its ambassador ready", WAIT, || {
         let pods = pods.clone();
         async move {
