@@ -6,13 +6,12 @@
 //! (the app, through its `/redis/...` endpoint) keeps being served, and the ambassador's resident
 //! memory, read from its own `/metrics`, stays bounded.
 //!
-//! The ambassador listens on the pod's loopback only, so the bad client reaches it the way a
-//! debugging user would: `kubectl port-forward`, which connects to `127.0.0.1:6379` inside the pod.
+//! The ambassador listens on the pod's loopback only, so the bad clients reach it through a relay
+//! container in the same pod (the test app relaying the pod IP to `127.0.0.1:6379`, byte for byte).
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -21,7 +20,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use outrigger_api::ShardedService;
 use outrigger_contract::shard_map::{ShardMap, SHARD_MAP_KEY};
 use outrigger_tests::{
-    admin_client, ensure_crds, eventually, example, http_get_from, kubectl, TestNamespace, WebhookOperator,
+    admin_client, ensure_crds, eventually, example, http_get_from, TestNamespace, WebhookOperator,
 };
 use serde_json::json;
 
@@ -35,7 +34,7 @@ fn ambassador_image() -> String {
 }
 
 /// The testapp with its `/redis/...` endpoint; another tag by `OUTRIGGER_TEST_CLIENT_IMAGE`.
-fn client_image() -> String {
+fn app_image() -> String {
     std::env::var("OUTRIGGER_TEST_CLIENT_IMAGE").unwrap_or_else(|_| "outrigger/testapp:dev".to_owned())
 }
 
@@ -50,52 +49,18 @@ fn is_ready(pod: &Pod) -> bool {
         })
 }
 
-/// `kubectl port-forward` to the pod's loopback port, killed on drop.
-struct PortForward {
-    child: Child,
-    port: u16,
-}
+/// The relay container every client pod here gets: the test app relaying `pod IP:7000` to the
+/// ambassador on the pod's loopback, byte for byte (`kubectl port-forward` would need socat on the
+/// node).
+const RELAY_PORT: u16 = 7000;
 
-impl PortForward {
-    fn start(namespace: &str, pod: &str, remote: u16) -> PortForward {
-        let mut child = kubectl()
-            .args([
-                "port-forward",
-                "-n",
-                namespace,
-                &format!("pod/{pod}"),
-                &format!(":{remote}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // "Forwarding from 127.0.0.1:PORT -> 6379"
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .split("127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
-        PortForward { child, port }
-    }
-
-    fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        stream
-    }
-}
-
-impl Drop for PortForward {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn relay_container(target: &str) -> serde_json::Value {
+    json!({
+        "name": "relay",
+        "image": app_image(),
+        "imagePullPolicy": "Never",
+        "args": ["relay", format!("0.0.0.0:{RELAY_PORT}"), target],
+    })
 }
 
 /// Everything the server sends until it closes the connection (or the read timeout).
@@ -209,7 +174,10 @@ async fn bad_clients_get_an_error_or_a_closed_connection_while_others_are_served
 
     let app: Pod = serde_json::from_value(json!({
         "metadata": {"name": "client", "annotations": {"outrigger.dev/sharded-service": "cache"}},
-        "spec": {"containers": [{"name": "app", "image": client_image(), "imagePullPolicy": "Never"}]},
+        "spec": {"containers": [
+            {"name": "app", "image": app_image(), "imagePullPolicy": "Never"},
+            relay_container("127.0.0.1:6379"),
+        ]},
     }))
     .unwrap();
     create_injected(&pods, &app).await;
@@ -230,15 +198,19 @@ async fn bad_clients_get_an_error_or_a_closed_connection_while_others_are_served
     .await
     .unwrap();
     let rss_before = ambassador_rss(&client_ip);
-    let forward = PortForward::start(&namespace.name, "client", 6379);
+    let connect = || {
+        let stream = TcpStream::connect((client_ip.as_str(), RELAY_PORT)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+    };
 
     // A good client through the port-forward first: the path itself works.
-    let mut good = forward.connect();
+    let mut good = connect();
     good.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
     assert_eq!(read_line(&mut good), "+PONG\r\n");
 
     // An unknown command is an error reply; the connection stays usable.
-    let mut unknown = forward.connect();
+    let mut unknown = connect();
     unknown
         .write_all(b"*2\r\n$9\r\nFROBULATE\r\n$1\r\nx\r\n*1\r\n$4\r\nPING\r\n")
         .unwrap();
@@ -247,7 +219,7 @@ async fn bad_clients_get_an_error_or_a_closed_connection_while_others_are_served
 
     // A client that sends half a frame and stalls holds its connection for the partial frame
     // timeout (10 s), then is disconnected. It is left stalling while the others are tried.
-    let mut stalled = forward.connect();
+    let mut stalled = connect();
     stalled
         .write_all(b"*3\r\n$3\r\nSET\r\n$5\r\nstall\r\n$10\r\nhal")
         .unwrap();
@@ -266,7 +238,7 @@ async fn bad_clients_get_an_error_or_a_closed_connection_while_others_are_served
             &b"*1\r\n$3\r\nGETXY\r\n"[..],
         ),
     ] {
-        let mut bad = forward.connect();
+        let mut bad = connect();
         bad.write_all(bytes).unwrap();
         let (reply, closed) = read_until_closed(&mut bad);
         assert!(reply.starts_with("-ERR Protocol error"), "{what}: {reply:?}");
@@ -275,7 +247,7 @@ async fn bad_clients_get_an_error_or_a_closed_connection_while_others_are_served
 
     // A bulk length claiming 512 MB is refused as soon as its header arrives: nothing is allocated
     // for it, and the megabytes it announces are not waited for.
-    let mut huge = forward.connect();
+    let mut huge = connect();
     huge.write_all(b"*3\r\n$3\r\nSET\r\n$4\r\nhuge\r\n$536870912\r\n")
         .unwrap();
     let (reply, closed) = read_until_closed(&mut huge);

@@ -3,15 +3,14 @@
 //! HTTP sharding on the cluster: a ShardedService of three HTTP shards (the test app, answering with
 //! its pod's name) with `protocol: http` and `keyHeader: x-tenant`, and a client pod naming it, into
 //! which the webhook injects the sharding ambassador on 127.0.0.1:8081. Requests through that
-//! ambassador (reached with `kubectl port-forward`, which connects to the pod's loopback) land on
-//! the pod of the shard the ring names for their key, over one keep-alive client connection; a
-//! request without a key gets a 400 with the reason.
+//! ambassador (reached through a relay container of the client pod, the test app relaying the pod
+//! IP to the ambassador's loopback port) land on the pod of the shard the ring names for their key,
+//! over one keep-alive client connection; a request without a key gets a 400 with the reason.
 
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    process::{Child, Stdio},
     time::Duration,
 };
 
@@ -20,7 +19,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use outrigger_api::ShardedService;
 use outrigger_contract::shard_map::{ShardMap, ShardProtocol, SHARD_MAP_KEY};
 use outrigger_hashring::twemproxy::{KetamaRing, KeyHash};
-use outrigger_tests::{admin_client, ensure_crds, eventually, kubectl, TestNamespace, WebhookOperator};
+use outrigger_tests::{admin_client, ensure_crds, eventually, TestNamespace, WebhookOperator};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -47,45 +46,18 @@ fn is_ready(pod: &Pod) -> bool {
         })
 }
 
-/// `kubectl port-forward` to a port on the pod's loopback, killed on drop.
-struct PortForward {
-    child: Child,
-    port: u16,
-}
+/// The relay container every client pod here gets: the test app relaying `pod IP:7000` to the
+/// ambassador on the pod's loopback, byte for byte (`kubectl port-forward` would need socat on the
+/// node).
+const RELAY_PORT: u16 = 7000;
 
-impl PortForward {
-    fn start(namespace: &str, pod: &str, remote: u16) -> PortForward {
-        let mut child = kubectl()
-            .args([
-                "port-forward",
-                "-n",
-                namespace,
-                &format!("pod/{pod}"),
-                &format!(":{remote}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .split("127.0.0.1:")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {line:?}"));
-        PortForward { child, port }
-    }
-}
-
-impl Drop for PortForward {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn relay_container(target: &str) -> serde_json::Value {
+    json!({
+        "name": "relay",
+        "image": app_image(),
+        "imagePullPolicy": "Never",
+        "args": ["relay", format!("0.0.0.0:{RELAY_PORT}"), target],
+    })
 }
 
 /// A keep-alive HTTP/1.1 client on one connection.
@@ -100,8 +72,8 @@ struct Answer {
 }
 
 impl Http {
-    fn connect(port: u16) -> Http {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    fn connect(ip: &str) -> Http {
+        let stream = TcpStream::connect((ip, RELAY_PORT)).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         Http {
             reader: BufReader::new(stream),
@@ -222,13 +194,21 @@ async fn each_http_request_lands_on_the_pod_of_the_shard_the_ring_names_for_its_
 
     let app: Pod = serde_json::from_value(json!({
         "metadata": {"name": "client", "annotations": {"outrigger.dev/sharded-service": "web:8081"}},
-        "spec": {"containers": [{"name": "app", "image": app_image(), "imagePullPolicy": "Never"}]},
+        "spec": {"containers": [
+            {"name": "app", "image": app_image(), "imagePullPolicy": "Never"},
+            relay_container("127.0.0.1:8081"),
+        ]},
     }))
     .unwrap();
     create_injected(&pods, &app).await;
-    eventually("the client pod and its ambassador ready", WAIT, || {
+    let client_ip = eventually("the client pod and its ambassador ready", WAIT, || {
         let pods = pods.clone();
-        async move { Ok(is_ready(&pods.get("client").await?).then_some(())) }
+        async move {
+            let pod = pods.get("client").await?;
+            Ok(is_ready(&pod)
+                .then(|| pod.status.and_then(|s| s.pod_ip))
+                .flatten())
+        }
     })
     .await
     .unwrap();
@@ -242,10 +222,9 @@ async fn each_http_request_lands_on_the_pod_of_the_shard_the_ring_names_for_its_
         .clone()
     };
 
-    let forward = PortForward::start(&namespace.name, "client", 8081);
     // Shard pods may still be starting when the map first lists them: wait for every shard to answer.
     eventually("every shard answers through the ambassador", WAIT, || async {
-        let mut http = Http::connect(forward.port);
+        let mut http = Http::connect(&client_ip);
         let answered: BTreeSet<String> = (0..30)
             .map(|i| http.get("/orders", Some(&format!("warm-{i}"))))
             .filter(|answer| answer.status == 200)
@@ -256,7 +235,7 @@ async fn each_http_request_lands_on_the_pod_of_the_shard_the_ring_names_for_its_
     .await
     .unwrap();
 
-    let mut http = Http::connect(forward.port);
+    let mut http = Http::connect(&client_ip);
     let mut seen = BTreeSet::new();
     for i in 0..60 {
         let key = if i % 6 == 0 {
