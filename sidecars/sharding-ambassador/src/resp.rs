@@ -740,6 +740,36 @@ mod tests {
     }
 
     #[test]
+    fn a_null_a_nested_array_or_a_null_array_is_not_a_command() {
+        for input in [
+            &b"*2\r\n$3\r\nGET\r\n$-1\r\n"[..],
+            b"*2\r\n$3\r\nGET\r\n*1\r\n$1\r\nk\r\n",
+            b"*2\r\n$3\r\nGET\r\n+k\r\n",
+            b"*-1\r\n",
+        ] {
+            assert_eq!(
+                decode_command(&mut buf(input), &Limits::default()),
+                Err(ProtocolError::InvalidCommand),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_read_buffer_is_reused_while_it_has_room() {
+        let mut input = BytesMut::with_capacity(16 * 1024);
+        input.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        let before = input.as_ptr();
+        let command = decode_command(&mut input, &Limits::default()).unwrap().unwrap();
+        reserve_for_read(&mut input);
+        assert_eq!(input.as_ptr(), before.wrapping_add(14), "no new allocation");
+        drop(command);
+        let mut full = BytesMut::with_capacity(64);
+        reserve_for_read(&mut full);
+        assert!(full.capacity() >= 4 * 1024);
+    }
+
+    #[test]
     fn a_command_keeps_its_wire_bytes_for_forwarding() {
         let wire = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n";
         let mut input = buf(wire);
