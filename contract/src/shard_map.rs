@@ -238,7 +238,10 @@ mod tests {
         );
         let written: serde_json::Value = serde_json::from_str(&read.to_json().unwrap()).unwrap();
         assert_eq!(written["migration"]["copyOnRead"], false);
-        assert!(map().to_json().unwrap().find("migration").is_none(), "absent when none runs");
+        assert!(
+            map().to_json().unwrap().find("migration").is_none(),
+            "absent when none runs"
+        );
     }
 
     #[test]

@@ -13,9 +13,10 @@ use tracing::debug;
 
 use crate::{
     metrics::Metrics,
+    migration::{self, Step},
     resp::{self, Frame, Limits, ProtocolError},
-    routing::{self, Merge, Plan, Session},
-    shard::{ShardError, ShardReply},
+    routing::{self, Locate, Merge, Plan, Session},
+    shard::{ShardError, ShardHandle, ShardReply},
     topology::Topology,
 };
 
@@ -78,6 +79,22 @@ enum Pending {
     Many {
         replies: Vec<(Arc<str>, oneshot::Receiver<ShardReply>)>,
         merge: Merge,
+    },
+    /// A read of a moved key during a reshard: on a miss, the command goes to the key's previous
+    /// owner, and a hit there may be copied to the new owner.
+    Fallback {
+        shard: Arc<str>,
+        reply: oneshot::Receiver<ShardReply>,
+        previous: ShardHandle,
+        payload: Bytes,
+        /// The new owner's primary and the key, when hits are copied.
+        copy: Option<(ShardHandle, Bytes)>,
+    },
+    /// A write during a reshard, and the `DEL`s of its moved keys on their previous owners. The
+    /// client gets the write's reply; the deletes are awaited so they are sent and counted.
+    Clearing {
+        first: Box<Pending>,
+        clears: Vec<oneshot::Receiver<ShardReply>>,
     },
 }
 
@@ -153,6 +170,61 @@ fn dispatch(
         Plan::Split { .. } => "split",
         Plan::Exec { .. } => "transaction",
     });
+    let step = if topology.is_migrating() {
+        migration::step(&command.args, &plan, topology)
+    } else {
+        Step::None
+    };
+    let fallback_payload = matches!(step, Step::Fallback { .. })
+        .then(|| command.raw.clone().unwrap_or_else(|| encoded(&command.args)));
+    let (pending, last) = route(command, plan, topology);
+    match step {
+        Step::None => (pending, last),
+        Step::Fallback { previous, key } => {
+            match (pending, topology.previous_shard(previous), fallback_payload) {
+                (Pending::One { shard, reply }, Some(previous), Some(fallback_payload)) => (
+                    Pending::Fallback {
+                        shard,
+                        reply,
+                        previous: previous.clone(),
+                        payload: fallback_payload,
+                        copy: topology
+                            .copies_on_read()
+                            .then(|| Some((topology.shard(topology.shard_of(&key)?)?.clone(), key)))
+                            .flatten(),
+                    },
+                    last,
+                ),
+                (pending, _, _) => (pending, last),
+            }
+        }
+        Step::Clear(parts) => {
+            let clears = parts
+                .into_iter()
+                .filter_map(|part| {
+                    let handle = topology.previous_shard(part.shard)?;
+                    Some(handle.call(encoded(&part.args)))
+                })
+                .collect();
+            (
+                Pending::Clearing {
+                    first: Box::new(pending),
+                    clears,
+                },
+                last,
+            )
+        }
+    }
+}
+
+fn encoded<B: AsRef<[u8]>>(args: &[B]) -> Bytes {
+    let mut out = BytesMut::new();
+    resp::encode_command(args, &mut out);
+    out.freeze()
+}
+
+/// Sends a command where its plan says, without the steps of a reshard.
+fn route(command: resp::Command, plan: Plan, topology: &Topology) -> (Pending, bool) {
     match plan {
         Plan::Reply(frame) => (Pending::Ready(frame.to_bytes()), false),
         Plan::Quit => (Pending::Last(Frame::ok().to_bytes()), true),
@@ -275,7 +347,95 @@ async fn resolve(pending: Pending, settings: &ClientSettings) -> Bytes {
             }
             routing::merge(&merge, frames).to_bytes()
         }
+        Pending::Fallback {
+            shard,
+            reply,
+            previous,
+            payload,
+            copy,
+        } => {
+            let first = match wait(reply, reply_timeout).await {
+                Ok(bytes) => bytes,
+                Err(error) => return shard_error(&shard, &error, metrics).to_bytes(),
+            };
+            if !migration::is_miss(&first) {
+                return first;
+            }
+            fall_back(first, previous, payload, copy, settings).await
+        }
+        Pending::Clearing { first, clears } => {
+            let reply = Box::pin(resolve(*first, settings)).await;
+            for clear in clears {
+                let cleared = wait(clear, reply_timeout).await;
+                metrics.clear(match cleared {
+                    Ok(bytes) if !bytes.starts_with(b"-") => "ok",
+                    _ => "error",
+                });
+            }
+            reply
+        }
     }
+}
+
+/// Asks a moved key's previous owner after its new owner missed. Whatever the previous owner has
+/// was never overwritten on the new one (writes delete it there), so a hit is served; a miss, an
+/// error or no answer leaves the new owner's miss as the reply.
+async fn fall_back(
+    miss: Bytes,
+    previous: ShardHandle,
+    payload: Bytes,
+    copy: Option<(ShardHandle, Bytes)>,
+    settings: &ClientSettings,
+) -> Bytes {
+    let (reply_timeout, metrics) = (settings.reply_timeout, &settings.metrics);
+    let found = previous.call(payload);
+    // Sent right behind the read, so they see the value it read (or its deletion, never older).
+    let dumped = copy.as_ref().map(|(_, key)| {
+        let [dump, pttl] = migration::dump_commands(key);
+        (previous.call(encoded(&dump)), previous.call(encoded(&pttl)))
+    });
+    match wait(found, reply_timeout).await {
+        Ok(found) if !migration::is_miss(&found) && !found.starts_with(b"-") => {
+            metrics.fallback("hit");
+            if let (Some((owner, key)), Some((dump, pttl))) = (copy, dumped) {
+                tokio::spawn(copy_over(owner, key, dump, pttl, reply_timeout, metrics.clone()));
+            }
+            found
+        }
+        Ok(_) => {
+            metrics.fallback("miss");
+            miss
+        }
+        Err(error) => {
+            debug!(shard = previous.name(), %error, "Fallback read failed on the previous owner.");
+            metrics.fallback("error");
+            miss
+        }
+    }
+}
+
+/// Copies a key found on its previous owner to its new owner, unless a write got there first.
+async fn copy_over(
+    owner: ShardHandle,
+    key: Bytes,
+    dump: oneshot::Receiver<ShardReply>,
+    pttl: oneshot::Receiver<ShardReply>,
+    reply_timeout: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let frame = |reply: ShardReply| {
+        reply
+            .ok()
+            .and_then(|bytes| resp::parse_frame(&bytes).ok())
+            .unwrap_or(Frame::Null)
+    };
+    let dump = frame(wait(dump, reply_timeout).await);
+    let pttl = frame(wait(pttl, reply_timeout).await);
+    let Some(restore) = migration::restore_command(&key, &dump, &pttl) else {
+        return;
+    };
+    let restored = frame(wait(owner.call(encoded(&restore)), reply_timeout).await);
+    metrics.copy(migration::copy_result(&restored));
 }
 
 async fn wait(reply: oneshot::Receiver<ShardReply>, reply_timeout: Duration) -> ShardReply {

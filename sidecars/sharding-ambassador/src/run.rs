@@ -209,14 +209,18 @@ async fn follow_shard_map(
             match shardmap::validate(&accepted.document) {
                 Ok(spec) => {
                     let next = Topology::build(&spec, &topology.borrow(), &settings);
-                    let shards = next.shards().len();
-                    settings
-                        .metrics
-                        .shards
-                        .set(i64::try_from(shards).unwrap_or(i64::MAX));
+                    let (shards, previous_shards) = (next.shards().len(), next.previous_shards());
+                    let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
+                    settings.metrics.shards.set(gauge(shards));
+                    settings.metrics.previous_shards.set(gauge(previous_shards));
+                    // Clients pick the new topology up at their next command; commands already
+                    // sent keep the handles they were given, so a swap drops nothing in flight.
                     topology.send_replace(Arc::new(next));
                     admin.set_ready(shards > 0);
-                    info!(generation = accepted.generation, shards, "Shard map in force.");
+                    info!(
+                        generation = accepted.generation,
+                        shards, previous_shards, "Shard map in force."
+                    );
                 }
                 Err(error) => {
                     warn!(%error, category = error.category(), "Shard map accepted but not routable; keeping the last one.");

@@ -248,13 +248,38 @@ impl ShardHandle {
 struct Open {
     write: OwnedWriteHalf,
     in_flight: mpsc::Sender<InFlight>,
-    reader: JoinHandle<()>,
+    reader: AbortOnDrop,
 }
 
-impl Drop for Open {
+/// The reader of a connection, stopped when the connection is dropped: replies still owed are
+/// failed by the dropped senders of the aborted reader.
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        // Replies still owed are failed by the dropped senders of the aborted reader.
-        self.reader.abort();
+        if let Some(reader) = self.0.take() {
+            reader.abort();
+        }
+    }
+}
+
+impl Open {
+    /// Lets the connection go without failing what is in flight: nothing more is written, the
+    /// reader hands over the replies still owed (each within its deadline), then the socket
+    /// closes. A shard leaving the map, or a new password, costs no command its reply.
+    fn retire(self) {
+        let Open {
+            write,
+            in_flight,
+            mut reader,
+        } = self;
+        drop(in_flight);
+        if let Some(reader) = reader.0.take() {
+            tokio::spawn(async move {
+                let _ = reader.await;
+                drop(write);
+            });
+        }
     }
 }
 
@@ -277,7 +302,10 @@ impl Connection {
             self.send(&mut batch, &mut out).await;
             batch.clear();
         }
-        debug!(shard = %self.name, "Shard removed from the map; connection closed.");
+        if let Some(open) = self.current.take() {
+            open.retire();
+        }
+        debug!(shard = %self.name, "Shard removed from the map; connection closed once its replies are in.");
     }
 
     async fn send(&mut self, batch: &mut Vec<Request>, out: &mut BytesMut) {
@@ -361,7 +389,7 @@ impl Connection {
         Ok(Open {
             write,
             in_flight,
-            reader: tokio::spawn(reader.run(read, answered)),
+            reader: AbortOnDrop(Some(tokio::spawn(reader.run(read, answered)))),
         })
     }
 
