@@ -66,6 +66,10 @@ pub struct Metrics {
     pub migration_clears: Family<ResultLabels, Counter>,
     /// Shards of the previous ring while a reshard runs, else 0.
     pub previous_shards: Gauge,
+    /// 1 while a password from the shard map's Secret is in force.
+    pub password_loaded: Gauge,
+    /// Reads of the password Secret that gave no password, by cause.
+    pub auth_errors: Family<CategoryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +87,8 @@ impl Default for Metrics {
             migration_copies: Family::default(),
             migration_clears: Family::default(),
             previous_shards: Gauge::default(),
+            password_loaded: Gauge::default(),
+            auth_errors: Family::default(),
         }
     }
 }
@@ -148,7 +154,21 @@ impl Metrics {
             "Shards of the previous ring while a reshard runs, else 0",
             metrics.previous_shards.clone(),
         );
+        r.register(
+            "auth_password_loaded",
+            "1 while a password from the shard map's Secret is in force",
+            metrics.password_loaded.clone(),
+        );
+        r.register(
+            "auth_secret_errors",
+            "Reads of the shards' password Secret that gave no password, by cause",
+            metrics.auth_errors.clone(),
+        );
         metrics
+    }
+
+    pub fn auth_error(&self, category: &'static str) {
+        self.auth_errors.get_or_create(&CategoryLabels { category }).inc();
     }
 
     pub fn fallback(&self, result: &'static str) {

@@ -24,6 +24,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    auth::SecretFollower,
     cli::ShardArgs,
     metrics::Metrics,
     server::{self, ServerLimits},
@@ -100,6 +101,10 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let configmap = configmap
         .map(|options| configmap_spec(options, own))
         .transpose()?;
+    // The password Secret the map names is read like the map: same client, same namespace.
+    let secret_api = configmap
+        .as_ref()
+        .map(|spec| (spec.client.clone(), spec.reference.namespace.clone()));
 
     let listener = TcpListener::bind(listen)
         .await
@@ -129,11 +134,17 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let hangup = shutdown::reload_on_hangup(reload_now);
 
     let (topology, receiver) = watch::channel(Arc::new(Topology::empty()));
-    let settings = Arc::new(shards.shard_settings(&metrics));
+    let (password, passwords) = watch::channel(None);
+    let settings = Arc::new(ShardSettings {
+        password: passwords,
+        ..shards.shard_settings(&metrics)
+    });
+    let secrets = SecretFollower::new(secret_api, password, metrics.clone());
     let follower = tokio::spawn(follow_shard_map(
         documents.subscribe(),
         settings,
         topology,
+        secrets,
         admin_state.clone(),
     ));
     let admin_task = tokio::spawn(admin::serve(
@@ -200,6 +211,7 @@ async fn follow_shard_map(
     mut documents: watch::Receiver<Option<Arc<Versioned<ShardMap>>>>,
     settings: Arc<ShardSettings>,
     topology: watch::Sender<Arc<Topology>>,
+    mut secrets: SecretFollower,
     admin: AdminState,
 ) {
     loop {
@@ -208,6 +220,7 @@ async fn follow_shard_map(
             // Validated when accepted; validating again only turns the document into a ring.
             match shardmap::validate(&accepted.document) {
                 Ok(spec) => {
+                    secrets.follow(spec.auth.as_ref());
                     let next = Topology::build(&spec, &topology.borrow(), &settings);
                     let (shards, previous_shards) = (next.shards().len(), next.previous_shards());
                     let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);

@@ -28,8 +28,9 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
+    auth::PasswordWatch,
     metrics::Metrics,
-    resp::{self, Limits, ProtocolError},
+    resp::{self, Frame, Limits, ProtocolError},
 };
 
 /// How shard connections behave.
@@ -48,6 +49,9 @@ pub struct ShardSettings {
     pub max_in_flight: usize,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// The password connections authenticate with (`AUTH`) when they open; a new one replaces
+    /// the open connections once their replies are in.
+    pub password: PasswordWatch,
 }
 
 impl Default for ShardSettings {
@@ -61,6 +65,7 @@ impl Default for ShardSettings {
             max_in_flight: 4096,
             limits: Limits::default(),
             metrics: Arc::default(),
+            password: tokio::sync::watch::channel(None).1,
         }
     }
 }
@@ -82,6 +87,8 @@ pub enum ShardError {
     Protocol(#[from] ProtocolError),
     #[error("too many commands queued")]
     QueueFull,
+    #[error("authentication refused: {0}")]
+    Auth(String),
 }
 
 impl ShardError {
@@ -94,6 +101,7 @@ impl ShardError {
             ShardError::ConnectionLost(_) => "connection_lost",
             ShardError::Protocol(_) => "protocol",
             ShardError::QueueFull => "queue_full",
+            ShardError::Auth(_) => "auth",
         }
     }
 }
@@ -184,6 +192,7 @@ impl ShardHandle {
             name: handle.name.clone(),
             endpoint: handle.endpoint.clone(),
             health: handle.health.clone(),
+            password: settings.password.clone(),
             settings,
             current: None,
         };
@@ -288,6 +297,7 @@ struct Connection {
     endpoint: Arc<str>,
     health: Arc<Health>,
     settings: Arc<ShardSettings>,
+    password: PasswordWatch,
     current: Option<Open>,
 }
 
@@ -319,6 +329,13 @@ impl Connection {
             .is_some_and(|open| open.in_flight.is_closed())
         {
             self.current = None;
+        }
+        if self.password.has_changed().unwrap_or(false) {
+            // Authenticated with the old password: new commands go to a connection that
+            // authenticates with the new one; the old hands over its replies, then closes.
+            if let Some(open) = self.current.take() {
+                open.retire();
+            }
         }
         if self.current.is_none() {
             match self.connect().await {
@@ -370,12 +387,21 @@ impl Connection {
         }
     }
 
-    async fn connect(&self) -> Result<Open, ShardError> {
-        let stream = timeout(self.settings.connect_timeout, TcpStream::connect(&*self.endpoint))
+    async fn connect(&mut self) -> Result<Open, ShardError> {
+        let password = self.password.borrow_and_update().clone();
+        let mut stream = timeout(self.settings.connect_timeout, TcpStream::connect(&*self.endpoint))
             .await
             .map_err(|_| ShardError::ConnectTimeout)?
             .map_err(|error| ShardError::Connect(error.to_string()))?;
         let _ = stream.set_nodelay(true);
+        if let Some(password) = password {
+            timeout(
+                self.settings.connect_timeout,
+                authenticate(&mut stream, &password, &self.settings.limits),
+            )
+            .await
+            .map_err(|_| ShardError::ConnectTimeout)??;
+        }
         let (read, write) = stream.into_split();
         // At least a batch: commands of a batch are registered before any of its bytes is written,
         // so a smaller queue could wait for replies to commands not yet sent.
@@ -399,6 +425,34 @@ impl Connection {
             self.settings.metrics.ejected(&self.name);
         }
         warn!(shard = %self.name, endpoint = %self.endpoint, %error, category = error.category(), ejected, "Shard failed.");
+    }
+}
+
+/// Sends `AUTH <password>` on a new connection and reads its reply before any command goes out.
+async fn authenticate(
+    stream: &mut TcpStream,
+    password: &crate::auth::Password,
+    limits: &Limits,
+) -> Result<(), ShardError> {
+    let lost = |error: std::io::Error| ShardError::ConnectionLost(error.to_string());
+    let mut out = BytesMut::new();
+    resp::encode_command(&[&b"AUTH"[..], password.as_bytes()], &mut out);
+    stream.write_all(&out).await.map_err(lost)?;
+    let mut buf = BytesMut::with_capacity(512);
+    loop {
+        if let Some(reply) = resp::decode_frame(&mut buf, limits)? {
+            return match reply {
+                Frame::Simple(_) => Ok(()),
+                // The shard's own words (`WRONGPASS ...`, `ERR AUTH ... no password is set`).
+                Frame::Error(message) => {
+                    Err(ShardError::Auth(String::from_utf8_lossy(&message).into_owned()))
+                }
+                other => Err(ShardError::Auth(format!("unexpected reply {other:?}"))),
+            };
+        }
+        if stream.read_buf(&mut buf).await.map_err(lost)? == 0 {
+            return Err(ShardError::ConnectionLost("closed during AUTH".to_owned()));
+        }
     }
 }
 
