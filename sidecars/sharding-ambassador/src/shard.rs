@@ -193,6 +193,7 @@ impl ShardHandle {
             endpoint: handle.endpoint.clone(),
             health: handle.health.clone(),
             password: settings.password.clone(),
+            accepted: None,
             settings,
             current: None,
         };
@@ -298,6 +299,8 @@ struct Connection {
     health: Arc<Health>,
     settings: Arc<ShardSettings>,
     password: PasswordWatch,
+    /// The password this shard accepted last.
+    accepted: Option<crate::auth::Password>,
     current: Option<Open>,
 }
 
@@ -395,12 +398,27 @@ impl Connection {
             .map_err(|error| ShardError::Connect(error.to_string()))?;
         let _ = stream.set_nodelay(true);
         if let Some(password) = password {
-            timeout(
-                self.settings.connect_timeout,
-                authenticate(&mut stream, &password, &self.settings.limits),
-            )
-            .await
-            .map_err(|_| ShardError::ConnectTimeout)??;
+            let (limit, limits) = (self.settings.connect_timeout, &self.settings.limits);
+            let refused = match timeout(limit, authenticate(&mut stream, &password, limits)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(ShardError::Auth(refused))) => Some(refused),
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Err(ShardError::ConnectTimeout),
+            };
+            match (refused, self.accepted.clone()) {
+                (None, _) => self.accepted = Some(password),
+                // A password just changed in the Secret may not have reached this shard yet (its
+                // pods take it up as they restart): the one it accepted last still opens it.
+                (Some(refused), Some(old)) if old != password => {
+                    match timeout(limit, authenticate(&mut stream, &old, limits)).await {
+                        Ok(Ok(())) => {
+                            debug!(shard = %self.name, "Shard refused the new password; the previous one opened it.");
+                        }
+                        _ => return Err(ShardError::Auth(refused)),
+                    }
+                }
+                (Some(refused), _) => return Err(ShardError::Auth(refused)),
+            }
         }
         let (read, write) = stream.into_split();
         // At least a batch: commands of a batch are registered before any of its bytes is written,

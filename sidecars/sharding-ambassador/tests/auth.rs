@@ -102,6 +102,31 @@ async fn connections_authenticate_with_the_password_and_follow_a_new_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_has_not_taken_up_a_new_password_yet_is_opened_with_the_previous_one() {
+    let (shard, _process) = guarded_redis("cache-shard-0", "old-secret").await;
+    let (password, passwords) = watch::channel(Some(Password::new(b"old-secret")));
+    let ambassador = Ambassador::start_with(
+        &[Redis::standing_in("cache-shard-0", shard.port)],
+        "fnv1a64",
+        None,
+        ShardSettings {
+            password: passwords,
+            ..ShardSettings::default()
+        },
+        ClientSettings::default(),
+    )
+    .await;
+    let mut client = Client::connect(ambassador.addr).await.unwrap();
+    assert_eq!(client.call(&["SET", "k", "v"]).await, Frame::ok());
+    password.send_replace(Some(Password::new(b"new-secret")));
+    assert_eq!(
+        client.call(&["GET", "k"]).await,
+        bulk("v"),
+        "the shard still requires the old password"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_fails_the_shards_commands_with_the_shards_own_words() {
     let (shard, _process) = guarded_redis("cache-shard-0", "right").await;
     let (_password, passwords) = watch::channel(Some(Password::new(b"wrong")));

@@ -226,18 +226,29 @@ async fn cache_aside(
     }
 }
 
-/// What a reshard run measured: the hit rate in the window after the swap, and errors.
+/// What a reshard run measured: the hit rate in the window after the swap (and in each of its
+/// slices), and errors.
 #[derive(Debug)]
 struct Measured {
     hit_rate_before: f64,
     hit_rate_after: f64,
+    hit_rate_by_slice: Vec<f64>,
+    /// In the first slice after the previous ring is dropped (the operator's cut-over).
+    hit_rate_after_cut_over: f64,
     gets_after: u64,
     errors: u64,
 }
 
 /// Fills `keyspace` keys on 3 shards, runs `clients` cache-aside clients, swaps to 4 shards (with
-/// the previous ring when `migrate`) and measures the hit rate for `window` after the swap.
-async fn reshard_under_load(migrate: bool, keyspace: u64, clients: u64, window: Duration) -> Measured {
+/// the previous ring when `migrate` is set, copying on read when it is `Some(true)`) and measures
+/// the hit rate for `window` after the swap.
+async fn reshard_under_load(
+    migrate: Option<bool>,
+    keyspace: u64,
+    clients: u64,
+    window: Duration,
+    slices: u32,
+) -> Measured {
     let shards = start_shards(4).await;
     let ambassador = Ambassador::start(&shards[..3], "fnv1a64", None).await;
     let mut filler = Client::connect(ambassador.addr).await.unwrap();
@@ -263,12 +274,28 @@ async fn reshard_under_load(migrate: bool, keyspace: u64, clients: u64, window: 
     tokio::time::sleep(window / 2).await;
     let (hits, misses, errors_before) = tally.take();
     let hit_rate_before = rate(hits, misses);
-    let previous = migrate.then_some(&shards[..3]);
-    swap(&ambassador, &map_json(&shards, previous, false));
+    let previous = migrate.map(|_| &shards[..3]);
+    swap(
+        &ambassador,
+        &map_json(&shards, previous, migrate.unwrap_or_default()),
+    );
     let started = Instant::now();
-    tokio::time::sleep(window).await;
-    let (hits, misses, errors_after) = tally.take();
+    let (mut hits, mut misses, mut errors_after) = (0, 0, 0);
+    let mut hit_rate_by_slice = Vec::new();
+    for _ in 0..slices.max(1) {
+        tokio::time::sleep(window / slices.max(1)).await;
+        let (slice_hits, slice_misses, slice_errors) = tally.take();
+        hit_rate_by_slice.push(rate(slice_hits, slice_misses));
+        (hits, misses, errors_after) = (
+            hits + slice_hits,
+            misses + slice_misses,
+            errors_after + slice_errors,
+        );
+    }
     let elapsed = started.elapsed();
+    swap(&ambassador, &map_json(&shards, None, false));
+    tokio::time::sleep(window / slices.max(1)).await;
+    let (cut_hits, cut_misses, cut_errors) = tally.take();
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
@@ -277,8 +304,10 @@ async fn reshard_under_load(migrate: bool, keyspace: u64, clients: u64, window: 
     Measured {
         hit_rate_before,
         hit_rate_after: rate(hits, misses),
+        hit_rate_by_slice,
+        hit_rate_after_cut_over: rate(cut_hits, cut_misses),
         gets_after: hits + misses,
-        errors: errors_before + errors_after,
+        errors: errors_before + errors_after + cut_errors,
     }
 }
 
@@ -291,8 +320,8 @@ fn rate(hits: u64, misses: u64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reshard_under_load_keeps_the_hit_rate_where_a_plain_ring_swap_loses_the_moved_keys() {
     let window = Duration::from_millis(600);
-    let plain = reshard_under_load(false, 4_000, 4, window).await;
-    let migrated = reshard_under_load(true, 4_000, 4, window).await;
+    let plain = reshard_under_load(None, 4_000, 4, window, 1).await;
+    let migrated = reshard_under_load(Some(false), 4_000, 4, window, 1).await;
     assert_eq!(
         (plain.errors, migrated.errors),
         (0, 0),
@@ -320,11 +349,26 @@ async fn a_reshard_under_load_keeps_the_hit_rate_where_a_plain_ring_swap_loses_t
 #[ignore = "a measurement: run under the bench lock"]
 async fn measure_the_hit_rate_through_a_reshard_from_three_to_four_shards() {
     let window = Duration::from_secs(5);
-    for (label, migrate) in [("plain ring swap", false), ("previous ring kept", true)] {
-        let measured = reshard_under_load(migrate, 100_000, 16, window).await;
+    let runs = [
+        ("plain ring swap", None),
+        ("previous ring kept", Some(false)),
+        ("previous ring kept, copyOnRead", Some(true)),
+    ];
+    for (label, migrate) in runs {
+        let measured = reshard_under_load(migrate, 100_000, 16, window, 5).await;
+        let slices: Vec<String> = measured
+            .hit_rate_by_slice
+            .iter()
+            .map(|rate| format!("{rate:.4}"))
+            .collect();
         println!(
-            "{label}: hit rate before {:.4}, in the {window:?} after the swap {:.4} over {} GETs, {} errors",
-            measured.hit_rate_before, measured.hit_rate_after, measured.gets_after, measured.errors
+            "{label}: hit rate before {:.4}, in the {window:?} after the swap {:.4} (by second: {}), in the second after the cut-over {:.4}; {} GETs after the swap, {} errors",
+            measured.hit_rate_before,
+            measured.hit_rate_after,
+            slices.join(" "),
+            measured.hit_rate_after_cut_over,
+            measured.gets_after,
+            measured.errors
         );
         assert_eq!(measured.errors, 0);
     }
