@@ -90,6 +90,14 @@ enum Pending {
         /// The new owner's primary and the key, when hits are copied.
         copy: Option<(ShardHandle, Bytes)>,
     },
+    /// An `MGET` with moved keys during a reshard: the nils of moved keys are read from their
+    /// previous owners.
+    FallbackValues {
+        first: Box<Pending>,
+        /// Position in the reply, previous owner, key, and the new owner's primary when hits are
+        /// copied.
+        moved: Vec<(usize, ShardHandle, Bytes, Option<ShardHandle>)>,
+    },
     /// A write during a reshard, and the `DEL`s of its moved keys on their previous owners. The
     /// client gets the write's reply; the deletes are awaited so they are sent and counted.
     Clearing {
@@ -197,6 +205,26 @@ fn dispatch(
                 ),
                 (pending, _, _) => (pending, last),
             }
+        }
+        Step::FallbackValues(moved) => {
+            let moved = moved
+                .into_iter()
+                .filter_map(|moved| {
+                    let previous = topology.previous_shard(moved.previous)?.clone();
+                    let copy = topology
+                        .copies_on_read()
+                        .then(|| topology.shard(topology.shard_of(&moved.key)?).cloned())
+                        .flatten();
+                    Some((moved.position, previous, moved.key, copy))
+                })
+                .collect();
+            (
+                Pending::FallbackValues {
+                    first: Box::new(pending),
+                    moved,
+                },
+                last,
+            )
         }
         Step::Clear(parts) => {
             let clears = parts
@@ -361,7 +389,32 @@ async fn resolve(pending: Pending, settings: &ClientSettings) -> Bytes {
             if !migration::is_miss(&first) {
                 return first;
             }
-            fall_back(first, previous, payload, copy, settings).await
+            let started = start_fallback(&previous, payload, copy);
+            finish_fallback(first, &previous, started, settings).await
+        }
+        Pending::FallbackValues { first, moved } => {
+            let reply = Box::pin(resolve(*first, settings)).await;
+            let Ok(Frame::Array(mut values)) = resp::parse_frame(&reply) else {
+                return reply;
+            };
+            // Every fallback is sent before any is awaited: one round trip for all of them.
+            let started: Vec<_> = moved
+                .into_iter()
+                .filter(|(position, ..)| values.get(*position) == Some(&Frame::Null))
+                .map(|(position, previous, key, copy)| {
+                    let get = encoded(&[&b"GET"[..], &key]);
+                    let copy = copy.map(|owner| (owner, key));
+                    let started = start_fallback(&previous, get, copy);
+                    (position, previous, started)
+                })
+                .collect();
+            for (position, previous, started) in started {
+                let found = finish_fallback(Frame::Null.to_bytes(), &previous, started, settings).await;
+                if let (Ok(found), Some(slot)) = (resp::parse_frame(&found), values.get_mut(position)) {
+                    *slot = found;
+                }
+            }
+            Frame::Array(values).to_bytes()
         }
         Pending::Clearing { first, clears } => {
             let reply = Box::pin(resolve(*first, settings)).await;
@@ -377,27 +430,43 @@ async fn resolve(pending: Pending, settings: &ClientSettings) -> Bytes {
     }
 }
 
-/// Asks a moved key's previous owner after its new owner missed. Whatever the previous owner has
-/// was never overwritten on the new one (writes delete it there), so a hit is served; a miss, an
-/// error or no answer leaves the new owner's miss as the reply.
-async fn fall_back(
+/// A read sent to a moved key's previous owner, and when hits are copied, the `DUMP` and `PTTL`
+/// sent right behind it (so they see the value it read, or its deletion, never an older one).
+struct Fallback {
+    found: oneshot::Receiver<ShardReply>,
+    copy: Option<(
+        ShardHandle,
+        Bytes,
+        oneshot::Receiver<ShardReply>,
+        oneshot::Receiver<ShardReply>,
+    )>,
+}
+
+/// Asks a moved key's previous owner after its new owner missed.
+fn start_fallback(previous: &ShardHandle, payload: Bytes, copy: Option<(ShardHandle, Bytes)>) -> Fallback {
+    let found = previous.call(payload);
+    let copy = copy.map(|(owner, key)| {
+        let [dump, pttl] = migration::dump_commands(&key);
+        let (dump, pttl) = (previous.call(encoded(&dump)), previous.call(encoded(&pttl)));
+        (owner, key, dump, pttl)
+    });
+    Fallback { found, copy }
+}
+
+/// The reply of a fallback. Whatever the previous owner has was never overwritten on the new one
+/// (writes delete it there), so a hit is served; a miss, an error or no answer leaves the new
+/// owner's `miss` as the reply.
+async fn finish_fallback(
     miss: Bytes,
-    previous: ShardHandle,
-    payload: Bytes,
-    copy: Option<(ShardHandle, Bytes)>,
+    previous: &ShardHandle,
+    fallback: Fallback,
     settings: &ClientSettings,
 ) -> Bytes {
     let (reply_timeout, metrics) = (settings.reply_timeout, &settings.metrics);
-    let found = previous.call(payload);
-    // Sent right behind the read, so they see the value it read (or its deletion, never older).
-    let dumped = copy.as_ref().map(|(_, key)| {
-        let [dump, pttl] = migration::dump_commands(key);
-        (previous.call(encoded(&dump)), previous.call(encoded(&pttl)))
-    });
-    match wait(found, reply_timeout).await {
+    match wait(fallback.found, reply_timeout).await {
         Ok(found) if !migration::is_miss(&found) && !found.starts_with(b"-") => {
             metrics.fallback("hit");
-            if let (Some((owner, key)), Some((dump, pttl))) = (copy, dumped) {
+            if let Some((owner, key, dump, pttl)) = fallback.copy {
                 tokio::spawn(copy_over(owner, key, dump, pttl, reply_timeout, metrics.clone()));
             }
             found

@@ -27,9 +27,22 @@ pub enum Step {
     None,
     /// A read of one moved key: when the new owner misses, the previous owner `previous` is asked.
     Fallback { previous: usize, key: Bytes },
+    /// An `MGET` with moved keys: each of them the new owners answer nil for is read from its
+    /// previous owner.
+    FallbackValues(Vec<MovedKey>),
     /// A write: the moved keys are deleted on their previous owners (one `DEL` per shard of the
     /// previous ring), so no later fallback finds a value older than this write.
     Clear(Vec<Part>),
+}
+
+/// A moved key of a multi-key read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedKey {
+    /// Its place in the reply.
+    pub position: usize,
+    /// Its previous owner's index on the previous ring.
+    pub previous: usize,
+    pub key: Bytes,
 }
 
 /// Decides the extra work for `args`, which routing planned as `plan`.
@@ -40,10 +53,30 @@ pub fn step(args: &[Bytes], plan: &Plan, previous: &impl LocatePrevious) -> Step
         // A transaction's writes clear like the same commands sent one by one.
         Plan::Exec { commands, .. } => commands.iter().map(Vec::as_slice).collect(),
     };
-    if let [command] = commands.as_slice() {
+    // A transaction is answered by `EXEC`: its reads can't fall back, its writes clear.
+    let transaction = matches!(plan, Plan::Exec { .. });
+    if let ([command], false) = (commands.as_slice(), transaction) {
+        if is_mget(command) {
+            let moved: Vec<MovedKey> = command[1..]
+                .iter()
+                .enumerate()
+                .filter_map(|(position, key)| {
+                    Some(MovedKey {
+                        position,
+                        previous: previous.moved_from(key)?,
+                        key: key.clone(),
+                    })
+                })
+                .collect();
+            return if moved.is_empty() {
+                Step::None
+            } else {
+                Step::FallbackValues(moved)
+            };
+        }
         if is_read(command) {
-            // Only a read of one key falls back: a multi-key read would need its reply taken
-            // apart key by key, and reads the new ring only.
+            // Other multi-key reads (`EXISTS a b`, `SINTER`, ...) read the new ring only: their
+            // replies can't be taken apart key by key.
             let mut positions = routing::key_positions(command);
             return match (positions.next(), positions.next()) {
                 (Some(position), None) => command
@@ -78,6 +111,12 @@ pub fn step(args: &[Bytes], plan: &Plan, previous: &impl LocatePrevious) -> Step
     } else {
         Step::Clear(parts)
     }
+}
+
+fn is_mget(command: &[Bytes]) -> bool {
+    command
+        .first()
+        .is_some_and(|name| name.eq_ignore_ascii_case(b"MGET"))
 }
 
 fn is_read(command: &[Bytes]) -> bool {
@@ -195,7 +234,23 @@ mod tests {
             ),
             // A read of a key that stayed, a multi-key read, a local command: nothing.
             ("GET k11", Step::None),
-            ("MGET k10 k20", Step::None),
+            (
+                "mget k10 k22 k31",
+                Step::FallbackValues(vec![
+                    MovedKey {
+                        position: 0,
+                        previous: 0,
+                        key: Bytes::from_static(b"k10"),
+                    },
+                    MovedKey {
+                        position: 2,
+                        previous: 1,
+                        key: Bytes::from_static(b"k31"),
+                    },
+                ]),
+            ),
+            ("MGET k11 k22", Step::None),
+            ("EXISTS k10 k20", Step::None),
             ("PING", Step::None),
             ("GET", Step::None),
             // A write clears the moved keys on their previous owners.
@@ -224,6 +279,17 @@ mod tests {
         let decision = session.plan(&exec, &Moved);
         assert!(matches!(decision, Plan::Exec { .. }));
         assert_eq!(step(&exec, &decision, &Moved), Step::Clear(vec![del(2, "k12")]));
+    }
+
+    #[test]
+    fn a_read_in_a_transaction_never_falls_back() {
+        let mut session = Session::default();
+        for words in ["MULTI", "GET k10"] {
+            session.plan(&cmd(words), &Moved);
+        }
+        let exec = cmd("EXEC");
+        let decision = session.plan(&exec, &Moved);
+        assert_eq!(step(&exec, &decision, &Moved), Step::None);
     }
 
     #[test]
