@@ -461,6 +461,9 @@ async fn authenticate(
         if let Some(reply) = resp::decode_frame(&mut buf, limits)? {
             return match reply {
                 Frame::Simple(_) => Ok(()),
+                // A shard started before its password was set (the operator sets it on every new
+                // pod within seconds); the connection stays authenticated once it is.
+                Frame::Error(message) if no_password_set(&message) => Ok(()),
                 // The shard's own words (`WRONGPASS ...`, `ERR AUTH ... no password is set`).
                 Frame::Error(message) => {
                     Err(ShardError::Auth(String::from_utf8_lossy(&message).into_owned()))
@@ -472,6 +475,12 @@ async fn authenticate(
             return Err(ShardError::ConnectionLost("closed during AUTH".to_owned()));
         }
     }
+}
+
+/// Whether an `AUTH` error says the shard requires no password (Redis 6 and later, then Redis 5).
+fn no_password_set(message: &[u8]) -> bool {
+    let message = String::from_utf8_lossy(message);
+    message.contains("without any password configured") || message.contains("no password is set")
 }
 
 fn fail_all(batch: &mut Vec<Request>, error: &ShardError) {

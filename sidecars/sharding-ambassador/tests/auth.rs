@@ -127,6 +127,25 @@ async fn a_shard_that_has_not_taken_up_a_new_password_yet_is_opened_with_the_pre
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_password_is_not_set_yet_is_served() {
+    let shards = start_shards(1).await;
+    let (_password, passwords) = watch::channel(Some(Password::new(b"s3cret")));
+    let ambassador = Ambassador::start_with(
+        &shards,
+        "fnv1a64",
+        None,
+        ShardSettings {
+            password: passwords,
+            ..ShardSettings::default()
+        },
+        ClientSettings::default(),
+    )
+    .await;
+    let mut client = Client::connect(ambassador.addr).await.unwrap();
+    assert_eq!(client.call(&["SET", "k", "v"]).await, Frame::ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_fails_the_shards_commands_with_the_shards_own_words() {
     let (shard, _process) = guarded_redis("cache-shard-0", "right").await;
     let (_password, passwords) = watch::channel(Some(Password::new(b"wrong")));
