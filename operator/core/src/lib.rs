@@ -13,6 +13,7 @@ pub mod inject;
 pub mod labels;
 pub mod owner;
 pub mod replicated;
+pub mod reshard;
 pub mod rollout;
 pub mod sharded;
 pub mod subset;
