@@ -335,8 +335,8 @@ async fn apply_children(
         owner_uid: &uid,
         cache: &ctx.children,
     };
-    // The map goes first: the ambassadors learn the new shards while they start, and a shrink only
-    // deletes shards after no map points at them.
+    // The map goes first: it names only shards that are ready (a new shard joins the ring once
+    // ready, `reshard::plan`), and a shrink deletes shards only after no map points at them.
     applier.apply(to_apply_value(&children.shard_map)?).await?;
     let clients = pods_labelled(&ctx.client_pods, &namespace, inject::SHARDED_CLIENT_LABEL, &name);
     let accounts = sharded::client_service_accounts(clients.iter().map(|pod| {
