@@ -6,7 +6,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetSpec},
         core::v1::{
-            ConfigMap, Event, PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServicePort,
+            ConfigMap, Event, PersistentVolumeClaim, PersistentVolumeClaimSpec, Secret, Service, ServicePort,
             ServiceSpec, VolumeMount, VolumeResourceRequirements,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
@@ -18,7 +18,7 @@ use k8s_openapi::{
 };
 use outrigger_api::{
     common::condition_type,
-    sharded::{ShardProtocol, ShardStatus},
+    sharded::{ShardAuth, ShardProtocol, ShardStatus},
     ShardedService,
 };
 use outrigger_contract::{
@@ -330,6 +330,43 @@ pub fn shard_map_access(
 pub fn password_settings(password: &str) -> [Vec<String>; 2] {
     ["masterauth", "requirepass"]
         .map(|setting| ["CONFIG", "SET", setting, password].map(str::to_owned).to_vec())
+}
+
+/// Why the Secret of `spec.auth` gives no password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordError {
+    #[error("Secret {0:?} (spec.auth.secretName) does not exist")]
+    NoSecret(String),
+    #[error("Secret {secret:?} has no key {key:?} (spec.auth.key)")]
+    NoKey { secret: String, key: String },
+    #[error("the value of {key:?} in Secret {secret:?} is not UTF-8 text")]
+    NotText { secret: String, key: String },
+    #[error("the value of {key:?} in Secret {secret:?} is empty")]
+    Empty { secret: String, key: String },
+}
+
+/// The password `auth` names in `secret` (`None`: it does not exist). A trailing newline (what
+/// `--from-file` of an edited file leaves) is dropped, as the ambassador drops it.
+pub fn password(secret: Option<&Secret>, auth: &ShardAuth) -> Result<String, PasswordError> {
+    let (name, key) = (auth.secret_name.clone(), auth.key.clone());
+    let secret = secret.ok_or_else(|| PasswordError::NoSecret(name.clone()))?;
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(&auth.key))
+        .ok_or_else(|| PasswordError::NoKey {
+            secret: name.clone(),
+            key: key.clone(),
+        })?;
+    let text = std::str::from_utf8(&value.0).map_err(|_| PasswordError::NotText {
+        secret: name.clone(),
+        key: key.clone(),
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    if text.is_empty() {
+        return Err(PasswordError::Empty { secret: name, key });
+    }
+    Ok(text.to_owned())
 }
 
 /// Whether an `AUTH` error says the pod requires no password yet (a new pod): Redis 6 and later,
@@ -766,6 +803,33 @@ mod tests {
         assert_eq!(rules[1].verbs, ["get", "list", "watch"]);
         let (role, _) = shard_map_access(&shsvc(2, json!({})), &[]).unwrap();
         assert_eq!(role.rules.unwrap().len(), 1, "no Secret without auth");
+    }
+
+    #[test]
+    fn the_password_is_the_named_value_and_every_way_it_can_be_missing_says_so() {
+        use k8s_openapi::ByteString;
+        let auth = ShardAuth {
+            secret_name: "cache-auth".into(),
+            key: "password".into(),
+        };
+        let secret = |value: &[u8]| Secret {
+            data: Some(BTreeMap::from([(
+                "password".to_owned(),
+                ByteString(value.to_vec()),
+            )])),
+            ..Secret::default()
+        };
+        assert_eq!(password(Some(&secret(b"s3cret\n")), &auth).unwrap(), "s3cret");
+        let cases = [
+            (None, "does not exist"),
+            (Some(Secret::default()), "has no key \"password\""),
+            (Some(secret(b"\xff")), "not UTF-8"),
+            (Some(secret(b"\n")), "is empty"),
+        ];
+        for (secret, message) in cases {
+            let error = password(secret.as_ref(), &auth).unwrap_err().to_string();
+            assert!(error.contains(message) && error.contains("cache-auth"), "{error}");
+        }
     }
 
     #[test]

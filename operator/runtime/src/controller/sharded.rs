@@ -48,20 +48,29 @@ pub struct Sharded {
     shard_pods: Store<Pod>,
     /// The pods using a ShardedService, whose ServiceAccounts may read its shard map.
     client_pods: Store<Pod>,
-    /// The password of each ShardedService (`namespace/name`) and the one before it: a pod that
-    /// still requires the previous one is opened with it and given the new one.
-    passwords: Mutex<HashMap<String, (String, Option<String>)>>,
+    /// The shards' passwords seen, for pods that still require the previous one.
+    passwords: Passwords,
 }
 
 impl Sharded {
     /// The password before `current` for a service, remembering `current`.
     fn previous_password(&self, namespace: &str, name: &str, current: &str) -> Option<String> {
-        let mut passwords = self
-            .passwords
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.passwords.previous(&format!("{namespace}/{name}"), current)
+    }
+}
+
+/// The password of each ShardedService (`namespace/name`) and the one before it: a pod that still
+/// requires the previous one is opened with it and given the new one. In memory only: after a
+/// restart of the operator in the middle of a change, such a pod needs a restart.
+#[derive(Default)]
+struct Passwords(Mutex<HashMap<String, (String, Option<String>)>>);
+
+impl Passwords {
+    /// The password before `current` for `service`, remembering `current`.
+    fn previous(&self, service: &str, current: &str) -> Option<String> {
+        let mut passwords = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = passwords
-            .entry(format!("{namespace}/{name}"))
+            .entry(service.to_owned())
             .or_insert_with(|| (current.to_owned(), None));
         if entry.0 != current {
             let before = std::mem::replace(&mut entry.0, current.to_owned());
@@ -150,7 +159,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         failed_creates,
         shard_pods,
         client_pods,
-        passwords: Mutex::default(),
+        passwords: Passwords::default(),
     });
     controller
         .run(reconcile, error_policy, context)
@@ -548,37 +557,10 @@ async fn read_password(
         return Ok(None);
     };
     let secrets: kube::Api<Secret> = kube::Api::namespaced(ctx.client.clone(), namespace);
-    let secret = secrets.get_opt(&auth.secret_name).await?.ok_or_else(|| {
-        Error::SecretUnusable(format!(
-            "Secret {:?} (spec.auth.secretName) does not exist",
-            auth.secret_name
-        ))
-    })?;
-    let value = secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(&auth.key))
-        .ok_or_else(|| {
-            Error::SecretUnusable(format!(
-                "Secret {:?} has no key {:?} (spec.auth.key)",
-                auth.secret_name, auth.key
-            ))
-        })?;
-    let password = String::from_utf8(value.0.clone()).map_err(|_| {
-        Error::SecretUnusable(format!(
-            "the value of {:?} in Secret {:?} is not UTF-8 text",
-            auth.key, auth.secret_name
-        ))
-    })?;
-    // As the ambassador reads it: a trailing newline (`--from-file` of an edited file) is dropped.
-    let password = password.strip_suffix('\n').unwrap_or(&password).to_owned();
-    if password.is_empty() {
-        return Err(Error::SecretUnusable(format!(
-            "the value of {:?} in Secret {:?} is empty",
-            auth.key, auth.secret_name
-        )));
-    }
-    Ok(Some(password))
+    let secret = secrets.get_opt(&auth.secret_name).await?;
+    sharded::password(secret.as_ref(), auth)
+        .map(Some)
+        .map_err(|error| Error::SecretUnusable(error.to_string()))
 }
 
 /// The cached pods of `namespace` whose label `key` is `value`.
@@ -726,5 +708,25 @@ mod resp {
             }
             buf.extend_from_slice(&chunk[..read]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_password_is_remembered_until_the_next_change() {
+        let passwords = Passwords::default();
+        assert_eq!(passwords.previous("shop/cache", "one"), None);
+        assert_eq!(passwords.previous("shop/cache", "one"), None);
+        assert_eq!(passwords.previous("shop/cache", "two").as_deref(), Some("one"));
+        assert_eq!(
+            passwords.previous("shop/cache", "two").as_deref(),
+            Some("one"),
+            "kept for pods not yet given the new one"
+        );
+        assert_eq!(passwords.previous("shop/cache", "three").as_deref(), Some("two"));
+        assert_eq!(passwords.previous("shop/other", "x"), None, "per service");
     }
 }
