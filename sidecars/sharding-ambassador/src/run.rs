@@ -139,12 +139,16 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         password: passwords,
         ..shards.shard_settings(&metrics)
     });
-    let secrets = SecretFollower::new(secret_api, password, metrics.clone());
+    // One watch of the password Secret, apart from the topology: every shard connection reads
+    // the password from `settings`.
+    let password_follower = tokio::spawn(follow_password(
+        documents.subscribe(),
+        SecretFollower::new(secret_api, password, metrics.clone()),
+    ));
     let follower = tokio::spawn(follow_shard_map(
         documents.subscribe(),
         settings,
         topology,
-        secrets,
         admin_state.clone(),
     ));
     let admin_task = tokio::spawn(admin::serve(
@@ -179,6 +183,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     .await;
     let _ = stop.send(true);
     hangup.abort();
+    password_follower.abort();
     admin_task.abort();
     for task in started.tasks {
         let _ = task.await;
@@ -211,7 +216,6 @@ async fn follow_shard_map(
     mut documents: watch::Receiver<Option<Arc<Versioned<ShardMap>>>>,
     settings: Arc<ShardSettings>,
     topology: watch::Sender<Arc<Topology>>,
-    mut secrets: SecretFollower,
     admin: AdminState,
 ) {
     loop {
@@ -220,7 +224,6 @@ async fn follow_shard_map(
             // Validated when accepted; validating again only turns the document into a ring.
             match shardmap::validate(&accepted.document) {
                 Ok(spec) => {
-                    secrets.follow(spec.auth.as_ref());
                     let next = Topology::build(&spec, &topology.borrow(), &settings);
                     let (shards, previous_shards) = (next.shards().len(), next.previous_shards());
                     let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
@@ -239,6 +242,23 @@ async fn follow_shard_map(
                     warn!(%error, category = error.category(), "Shard map accepted but not routable; keeping the last one.");
                 }
             }
+        }
+        if documents.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Follows the password Secret each accepted shard map names (the watch restarts when the map
+/// names another one, and stops when it names none).
+async fn follow_password(
+    mut documents: watch::Receiver<Option<Arc<Versioned<ShardMap>>>>,
+    mut secrets: SecretFollower,
+) {
+    loop {
+        let accepted = documents.borrow_and_update().clone();
+        if let Some(accepted) = accepted {
+            secrets.follow(accepted.document.auth.as_ref());
         }
         if documents.changed().await.is_err() {
             return;
