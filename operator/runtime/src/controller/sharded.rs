@@ -200,7 +200,11 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Sharded) -> Result<Action
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let rings = reshard::plan(&reshard_observed(shsvc, &ready_shards(shsvc), Timestamp::now()));
+    let rings = reshard::plan(&reshard_observed(
+        shsvc,
+        &ready_shards(shsvc, ctx),
+        Timestamp::now(),
+    ));
     match apply_children(shsvc, ctx, &rings).await {
         Ok((stateful_sets, selector, primaries)) => {
             let mut shards = sharded::shard_statuses(&shsvc.name_any(), rings.keep_shards, &stateful_sets);
@@ -511,21 +515,17 @@ async fn observe_and_replicate(
     Ok((observed, primaries))
 }
 
-/// Whether each shard had every replica ready at the last look (the recorded status): a reshard
-/// migrates once its new shards are ready.
-fn ready_shards(shsvc: &ShardedService) -> Vec<bool> {
-    let recorded = shsvc
-        .status
-        .as_ref()
-        .map(|status| status.shard_statuses.as_slice())
-        .unwrap_or_default();
+/// Whether each shard has every replica ready, from the cached StatefulSets (whose status changes
+/// bring a reconcile): a growth migrates as soon as its new shards are ready.
+fn ready_shards(shsvc: &ShardedService, ctx: &Sharded) -> Vec<bool> {
+    let namespace = shsvc.namespace().unwrap_or_default();
     (0..shsvc.spec.shards.max(0))
         .map(|index| {
             let name = sharded::shard_name(&shsvc.name_any(), index);
-            recorded
-                .iter()
-                .find(|shard| shard.name == name)
-                .is_some_and(|shard| shard.ready_replicas >= shsvc.spec.replicas_per_shard)
+            ctx.children
+                .get("StatefulSet", &namespace, &name)
+                .and_then(|sts| sts.pointer("/status/readyReplicas")?.as_i64())
+                .is_some_and(|ready| ready >= i64::from(shsvc.spec.replicas_per_shard))
         })
         .collect()
 }
