@@ -53,7 +53,7 @@ pub struct Observed<'a> {
     pub ring_shards: i32,
     /// `status.resharding`.
     pub resharding: Option<&'a ReshardingStatus>,
-    /// Whether each shard, by index, has every replica ready (from the last status); shards
+    /// Whether each shard, by index, has every replica ready (as observed); shards
     /// beyond count as not ready.
     pub ready: &'a [bool],
     pub now: Timestamp,
