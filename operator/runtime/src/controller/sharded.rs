@@ -425,11 +425,11 @@ async fn observe_and_replicate(
     shards: i32,
     password: Option<&str>,
 ) -> Result<(Vec<sharded::ObservedShard>, Primaries), Error> {
-    let previous =
+    let previous_password =
         password.and_then(|password| ctx.previous_password(namespace, &shsvc.name_any(), password));
     let credentials = password.map(|password| resp::Credentials {
         password,
-        previous: previous.as_deref(),
+        previous: previous_password.as_deref(),
     });
     let service = shsvc.name_any();
     let listed = pods_labelled(&ctx.shard_pods, namespace, labels::SHARDED_SERVICE, &service);
