@@ -669,4 +669,68 @@ mod tests {
         assert_eq!(fixture.recorded.last().state, SyncState::Rejected);
         assert_eq!(fixture.recorded.last().file.as_deref(), Some("ConfigMap/app"));
     }
+
+    #[tokio::test]
+    async fn a_restarted_sidecar_that_may_not_read_a_secret_serves_its_files_and_recovers_once_granted() {
+        let mut fixture = fixture("forbidden").await;
+        let settings = {
+            let mut settings = (*fixture.engine.settings).clone();
+            settings.secrets = vec!["db".to_owned()];
+            Arc::new(settings)
+        };
+        let secret = |seen: Seen| Update {
+            kind: Kind::Secret,
+            name: "db".to_owned(),
+            seen,
+        };
+        let mut engine = Engine::new(
+            settings.clone(),
+            AtomicWriter::new(&fixture.dir, 0o644),
+            fixture.admin.clone(),
+            Metrics::register(&mut Registry::default()),
+            fixture.recorded.clone(),
+        );
+        let now = Instant::now();
+        engine.on_update(update(r#"{"v":1}"#), now);
+        engine.on_update(
+            secret(Seen::Present([("password".to_owned(), b"s1".to_vec())].into())),
+            now,
+        );
+        engine.tick(now + Duration::from_secs(1)).await;
+        let version = engine.applied_version().map(str::to_owned);
+
+        // Restarted, and the Secret's access is gone meanwhile.
+        let admin = AdminState::new(Registry::default());
+        let mut restarted = Engine::new(
+            settings,
+            AtomicWriter::new(&fixture.dir, 0o644),
+            admin.clone(),
+            Metrics::register(&mut Registry::default()),
+            fixture.recorded.clone(),
+        );
+        let now = Instant::now();
+        restarted.on_update(update(r#"{"v":1}"#), now);
+        restarted.on_update(secret(Seen::Unreadable("403 Forbidden: no".to_owned())), now);
+        restarted.tick(now + Duration::from_secs(1)).await;
+        assert!(admin.is_ready(), "the files on disk are served");
+        assert_eq!(fixture.on_disk(), r#"{"v":1}"#);
+        let status = fixture.recorded.last();
+        assert_eq!(status.state, SyncState::Rejected);
+        assert_eq!(status.file.as_deref(), Some("Secret/db"));
+        assert!(status.message.unwrap().contains("403 Forbidden"));
+        assert_eq!(status.applied_version, version);
+
+        let now = Instant::now();
+        restarted.on_update(
+            secret(Seen::Present([("password".to_owned(), b"s1".to_vec())].into())),
+            now,
+        );
+        restarted.tick(now + Duration::from_secs(1)).await;
+        assert_eq!(fixture.recorded.last().state, SyncState::Synced);
+        assert_eq!(
+            fixture.reloads.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the same version again: nothing to reload"
+        );
+    }
 }

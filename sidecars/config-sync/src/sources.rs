@@ -26,6 +26,8 @@ pub enum Seen {
     Present(FileSet),
     /// Deleted, or never created.
     Absent,
+    /// The API server refused to let the sidecar read it (`403`, or `401`), with its answer.
+    Unreadable(String),
 }
 
 /// One change reported by a watch.
@@ -108,6 +110,15 @@ impl Sources {
                         format!("{object} does not exist or cannot be read; keeping the last good files"),
                     ))
                 }
+                Some(Seen::Unreadable(why)) => {
+                    return Err(Invalid {
+                        category: "forbidden",
+                        ..refuse(
+                            object.clone(),
+                            format!("the sidecar may not read it ({why}); keeping the last good files"),
+                        )
+                    })
+                }
                 None => {
                     return Err(refuse(object.clone(), format!("{object} has not been read yet")));
                 }
@@ -170,5 +181,30 @@ mod tests {
             error.to_string(),
             "a: both ConfigMap/app and ConfigMap/flags hold this key"
         );
+    }
+
+    #[test]
+    fn a_secret_the_sidecar_may_not_read_is_refused_naming_it_and_the_answer() {
+        let mut sources = Sources::new(&["app".to_owned()], &["db".to_owned()]);
+        sources.update(update(Kind::ConfigMap, "app", present(&[("a", "1")])));
+        let denied = Seen::Unreadable("403 Forbidden: secrets \"db\" is forbidden".to_owned());
+        assert!(sources.update(update(Kind::Secret, "db", denied.clone())));
+        assert!(
+            sources.all_known(),
+            "a refusal is an answer: the sidecar goes on with it"
+        );
+        let error = sources.desired().unwrap_err();
+        assert_eq!((error.file.as_str(), error.category), ("Secret/db", "forbidden"));
+        assert_eq!(
+            error.to_string(),
+            "Secret/db: the sidecar may not read it (403 Forbidden: secrets \"db\" is forbidden); \
+             keeping the last good files"
+        );
+        assert!(
+            !sources.update(update(Kind::Secret, "db", denied)),
+            "the same refusal again is no change"
+        );
+        sources.update(update(Kind::Secret, "db", present(&[("password", "x")])));
+        assert!(sources.desired().is_ok(), "granted access recovers");
     }
 }

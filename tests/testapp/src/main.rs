@@ -22,6 +22,11 @@
 //! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
 //! a test can check from inside a pod what the pod's containers reach on localhost.
 //!
+//! `outrigger-testapp files DIR` prints `name size` for each file of DIR (links followed, the
+//! kubelet's `..` entries skipped), and `outrigger-testapp stop NAME` sends SIGTERM to the processes
+//! so named (through a shared process namespace): the config sync tests check the synced files and
+//! restart the sidecar with them.
+//!
 //! With `LOG_DIR` set it also writes log files there for the log adapter (see `logs`).
 
 mod logs;
@@ -301,6 +306,52 @@ fn process_stats(name: &str) {
     }
 }
 
+/// The processes whose `comm` (cut to 15 bytes by the kernel) begins `name`.
+fn processes_named(name: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            let comm = comm.trim_end();
+            (!comm.is_empty() && name.starts_with(comm)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Sends SIGTERM to every process named `name`; true when there was one.
+fn stop(name: &str) -> bool {
+    let pids = processes_named(name);
+    for pid in &pids {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+        #[allow(unsafe_code)]
+        let result = unsafe { libc::kill(*pid, libc::SIGTERM) };
+        println!("pid={pid} signalled={}", result == 0);
+    }
+    !pids.is_empty()
+}
+
+/// Prints `name size` for every file of `dir`, sorted, without the `..`-prefixed entries.
+fn list_files(dir: &str) -> std::io::Result<()> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("..") {
+            continue;
+        }
+        let size = std::fs::metadata(entry.path()).map_or(0, |metadata| metadata.len());
+        files.push(format!("{name} {size}"));
+    }
+    files.sort();
+    for file in files {
+        println!("{file}");
+    }
+    Ok(())
+}
+
 /// GET `url` (`http://host:port/path`) and print the response; true on a 2xx.
 fn get(url: &str) -> std::io::Result<bool> {
     use std::io::{Error, Read, Write};
@@ -331,6 +382,13 @@ async fn main() -> std::io::Result<()> {
     if args.get(1).map(String::as_str) == Some("procstat") {
         process_stats(args.get(2).map(String::as_str).unwrap_or_default());
         return Ok(());
+    }
+    if args.get(1).map(String::as_str) == Some("stop") {
+        let found = stop(args.get(2).map(String::as_str).unwrap_or_default());
+        std::process::exit(if found { 0 } else { 1 });
+    }
+    if args.get(1).map(String::as_str) == Some("files") {
+        return list_files(args.get(2).map(String::as_str).unwrap_or("."));
     }
     if args.get(1).map(String::as_str) == Some("get") {
         let ok = get(args.get(2).map(String::as_str).unwrap_or_default())?;
