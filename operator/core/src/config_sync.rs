@@ -207,6 +207,7 @@ mod tests {
                 file: None,
                 message: message.map(str::to_owned),
                 refused_version: None,
+                config_revision: None,
             }),
         }
     }

@@ -132,9 +132,24 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         )));
     }
 
+    if let Some(name) = &settings.rollout_config_map {
+        let watcher = Watcher::new(
+            Api::configmaps(client.clone(), &namespace),
+            Selector::Named(name.clone()),
+        )
+        .with_metrics(watch_metrics.clone());
+        let (events, refusals) = (mailbox.clone(), mailbox.clone());
+        let (name, refused) = (name.clone(), name.clone());
+        tasks.push(tokio::spawn(watcher.run_with_failures(
+            move |event| events.post(update(Kind::Rollout, &name, event, configmap_files)),
+            move |error| post_refusal(&refusals, Kind::Rollout, &refused, error),
+            stopped.clone(),
+        )));
+    }
+
     let reporter = PodAnnotation {
         client,
-        pod_path: pod_name.map(|pod| {
+        pod_path: pod_name.as_ref().map(|pod| {
             format!(
                 "/api/v1/namespaces/{}/pods/{}",
                 percent_encode(&namespace),
@@ -145,6 +160,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     };
     let engine = Engine::new(
         settings.clone(),
+        pod_name.clone(),
         AtomicWriter::new(dir, settings.file_mode),
         admin_state.clone(),
         metrics,
@@ -153,6 +169,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     tracing::info!(
         config_maps = ?settings.config_maps,
         secrets = ?settings.secrets,
+        rollout = ?settings.rollout_config_map,
         "Watching the sources."
     );
     let engine_task = tokio::spawn(engine.run(mailbox, stopped));
