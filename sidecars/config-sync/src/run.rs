@@ -153,7 +153,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
             format!(
                 "/api/v1/namespaces/{}/pods/{}",
                 percent_encode(&namespace),
-                percent_encode(&pod)
+                percent_encode(pod)
             )
         }),
         last_status,
