@@ -445,5 +445,9 @@ async fn a_secret_the_sidecar_may_not_read_keeps_the_last_good_files_and_grantin
     })
     .await
     .unwrap();
-    assert_eq!(restarts_by_container(&ns.name, pod), restarted);
+    assert_eq!(
+        restarts_by_container(&ns.name, pod),
+        restarted,
+        "no restart after access was granted"
+    );
 }
