@@ -196,6 +196,30 @@ async fn a_client_pod_writes_through_its_ambassador_onto_the_shards_the_ring_nam
     );
     assert_eq!(count, ":4\r\n", "all four tagged keys on one primary");
 
+    // Replication is asynchronous (and Redis waits a few seconds before a first sync): the replica
+    // holds the tagged keys before its primary is killed, as in any failover worth testing.
+    let replica_address = {
+        let listed = pods.list(&ListParams::default()).await.unwrap();
+        let replica = listed
+            .items
+            .iter()
+            .find(|pod| {
+                let name = pod.metadata.name.as_deref().unwrap_or_default();
+                name.starts_with(&format!("{tag_home}-")) && name != before[&tag_home].0
+            })
+            .expect("the shard's replica pod");
+        format!("{}:6379", pod_ip(replica).expect("the replica's IP"))
+    };
+    eventually("the replica holds the tagged keys", WAIT, || async {
+        let count = direct(
+            &replica_address,
+            &["EXISTS", &tagged[0], &tagged[1], &tagged[2], &tagged[3]],
+        );
+        Ok((count == ":4\r\n").then_some(()))
+    })
+    .await
+    .unwrap();
+
     // Kill the primary of the shard with the tagged keys.
     let (victim, _) = before[&tag_home].clone();
     kubectl_ok(&[

@@ -23,6 +23,36 @@ impl DesiredCondition {
     }
 }
 
+/// A child that reports it cannot do its work: the reason becomes the owner's `Degraded` reason,
+/// the message names the child and carries what the child's controller said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildFailure {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// `Degraded`: the first failing child's reason, every failure in the message; `False` when none.
+pub fn degraded(failures: &[ChildFailure]) -> DesiredCondition {
+    match failures.first() {
+        Some(first) => DesiredCondition::new(
+            outrigger_api::common::condition_type::DEGRADED,
+            true,
+            first.reason,
+            failures
+                .iter()
+                .map(|f| f.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        None => DesiredCondition::new(
+            outrigger_api::common::condition_type::DEGRADED,
+            false,
+            "Reconciled",
+            "children match the spec",
+        ),
+    }
+}
+
 /// Merges `desired` into `current`: a condition whose status is unchanged keeps its
 /// `lastTransitionTime`; a changed or new one gets `now`. Conditions not desired are dropped.
 /// The result is ordered like `desired`.

@@ -10,8 +10,8 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec},
         core::v1::{
-            ConfigMap, HTTPGetAction, PodTemplateSpec, Probe, Service, ServicePort as CoreServicePort,
-            ServiceSpec, TCPSocketAction,
+            ConfigMap, HTTPGetAction, PodTemplateSpec, Probe, ResourceRequirements, Service,
+            ServicePort as CoreServicePort, ServiceSpec, TCPSocketAction,
         },
     },
     apimachinery::pkg::{
@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use crate::{
     analysis::{CANARY, STABLE},
     canary,
-    conditions::DesiredCondition,
+    conditions::{degraded, ChildFailure, DesiredCondition},
     labels,
     owner::{child_meta, content_hash, BuildError, Owner},
     rollout::{self, Decision},
@@ -49,6 +49,60 @@ pub enum PdbApi {
     PolicyV1,
     PolicyV1beta1,
     None,
+}
+
+impl PdbApi {
+    /// The apiVersion of PodDisruptionBudgets, when the cluster serves them.
+    pub fn api_version(self) -> Option<&'static str> {
+        match self {
+            PdbApi::PolicyV1 => Some("policy/v1"),
+            PdbApi::PolicyV1beta1 => Some("policy/v1beta1"),
+            PdbApi::None => None,
+        }
+    }
+}
+
+/// Every name a child of a ReplicatedService may have, by kind: what pruning looks for (in the
+/// controller's cache, by name, so a reconcile never lists children).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PossibleChildren {
+    pub deployments: Vec<String>,
+    pub services: Vec<String>,
+    pub config_maps: Vec<String>,
+    /// The splitter's ServiceAccount, Role and RoleBinding.
+    pub identity: Vec<String>,
+}
+
+impl PossibleChildren {
+    /// The names of `kind`; none for a kind a ReplicatedService never owns.
+    pub fn of(&self, kind: &str) -> &[String] {
+        match kind {
+            "Deployment" => &self.deployments,
+            "Service" => &self.services,
+            "ConfigMap" => &self.config_maps,
+            "ServiceAccount" | "Role" | "RoleBinding" => &self.identity,
+            _ => &[],
+        }
+    }
+}
+
+/// The names the children of the ReplicatedService `service` may have.
+pub fn possible_children(service: &str) -> PossibleChildren {
+    let splitter = canary::splitter_name(service);
+    PossibleChildren {
+        deployments: vec![
+            service.to_owned(),
+            canary::canary_deployment_name(service),
+            splitter.clone(),
+        ],
+        services: vec![
+            service.to_owned(),
+            canary::track_service_name(service, STABLE),
+            canary::track_service_name(service, CANARY),
+        ],
+        config_maps: vec![config_map_name(service), splitter.clone()],
+        identity: vec![splitter, crate::config_sync::access_name(service)],
+    }
 }
 
 /// Everything a ReplicatedService should own.
@@ -76,6 +130,8 @@ pub struct RolloutInputs<'a> {
     /// Template and revision the live stable Deployment runs, when it exists.
     pub live_stable: Option<(&'a PodTemplateSpec, &'a str)>,
     pub splitter_image: &'a str,
+    /// Requests and limits of the splitter's container (a ResourceQuota may demand them).
+    pub splitter_resources: Option<&'a ResourceRequirements>,
     /// The splitter has ready replicas, so the service's Service may send clients to it.
     pub splitter_ready: bool,
 }
@@ -166,10 +222,13 @@ pub fn build(
             RolloutChildren {
                 stable_service: canary::track_service(&owner, STABLE, port.port, target_port),
                 canary_service: canary::track_service(&owner, CANARY, port.port, target_port),
-                splitter: canary::splitter_deployment(
-                    &owner,
-                    inputs.splitter_image,
-                    splitter_replicas(spec.replicas),
+                splitter: with_resources(
+                    canary::splitter_deployment(
+                        &owner,
+                        inputs.splitter_image,
+                        splitter_replicas(spec.replicas),
+                    ),
+                    inputs.splitter_resources,
                 ),
                 splitter_account,
                 splitter_role,
@@ -201,18 +260,17 @@ pub fn build(
         data: Some(config_data),
         ..ConfigMap::default()
     };
-    let pod_disruption_budget = match pdb_api {
-        PdbApi::None => None,
-        api => Some(json!({
-            "apiVersion": if api == PdbApi::PolicyV1 { "policy/v1" } else { "policy/v1beta1" },
+    let pod_disruption_budget = pdb_api.api_version().map(|api_version| {
+        json!({
+            "apiVersion": api_version,
             "kind": "PodDisruptionBudget",
             "metadata": child_meta(&owner, &owner.name, &owner_labels),
             "spec": {
                 "maxUnavailable": 1,
                 "selector": {"matchLabels": pod_selector},
             },
-        })),
-    };
+        })
+    });
     Ok(Children {
         deployments,
         service,
@@ -221,6 +279,93 @@ pub fn build(
         selector: labels::selector_string(&pod_selector),
         rollout: rollout_children.map(|(_, _, children)| children),
     })
+}
+
+/// The Deployment with `resources` on its containers.
+fn with_resources(mut deployment: Deployment, resources: Option<&ResourceRequirements>) -> Deployment {
+    let containers = deployment
+        .spec
+        .iter_mut()
+        .filter_map(|spec| spec.template.spec.as_mut())
+        .flat_map(|pod| pod.containers.iter_mut());
+    for container in containers {
+        container.resources = resources.cloned();
+    }
+    deployment
+}
+
+/// One write of a ReplicatedService reconcile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Write<'a> {
+    ConfigMap(&'a ConfigMap),
+    ServiceAccount(&'a ServiceAccount),
+    Role(&'a Role),
+    RoleBinding(&'a RoleBinding),
+    /// A track's Service; the splitter reaches the track at its address.
+    TrackService(&'a Service),
+    /// The splitter's ConfigMap, built from the track Services' addresses once they are applied
+    /// (`canary::splitter_config_map`).
+    SplitterConfig,
+    Deployment(&'a Deployment),
+    /// The Service clients use: to the pods, or to the splitter once it is ready.
+    Service(&'a Service),
+    /// Deleting the children no longer desired.
+    Prune,
+    PodDisruptionBudget(&'a Value),
+}
+
+impl Write<'_> {
+    /// `Kind name`, for logs and tests.
+    pub fn describe(&self) -> String {
+        let named =
+            |kind: &str, meta: &ObjectMeta| format!("{kind} {}", meta.name.as_deref().unwrap_or_default());
+        match self {
+            Write::ConfigMap(object) => named("ConfigMap", &object.metadata),
+            Write::ServiceAccount(object) => named("ServiceAccount", &object.metadata),
+            Write::Role(object) => named("Role", &object.metadata),
+            Write::RoleBinding(object) => named("RoleBinding", &object.metadata),
+            Write::TrackService(object) | Write::Service(object) => named("Service", &object.metadata),
+            Write::SplitterConfig => "splitter ConfigMap".to_owned(),
+            Write::Deployment(object) => named("Deployment", &object.metadata),
+            Write::Prune => "prune".to_owned(),
+            Write::PodDisruptionBudget(object) => format!(
+                "PodDisruptionBudget {}",
+                object["metadata"]["name"].as_str().unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// The writes of a reconcile, in the order the API server must see them:
+/// - the sidecars' ConfigMap first, so new pods start with their configuration;
+/// - the splitter's identity, the track Services, the splitter's configuration and the splitter
+///   before the service's Service, which may send clients to the splitter;
+/// - the Service before the Deployments, whose new pods it then reaches at once;
+/// - pruning after everything desired exists, so a track is deleted only once nothing points at it;
+/// - the PodDisruptionBudget last: it selects the pods that the Deployments define.
+pub fn writes(children: &Children) -> Vec<Write<'_>> {
+    let mut writes = vec![Write::ConfigMap(&children.config_map)];
+    if let Some(front) = &children.rollout {
+        writes.extend([
+            Write::ServiceAccount(&front.splitter_account),
+            Write::Role(&front.splitter_role),
+            Write::RoleBinding(&front.splitter_role_binding),
+            Write::TrackService(&front.stable_service),
+            Write::TrackService(&front.canary_service),
+            Write::SplitterConfig,
+            Write::Deployment(&front.splitter),
+        ]);
+    }
+    writes.push(Write::Service(&children.service));
+    writes.extend(children.deployments.iter().map(Write::Deployment));
+    writes.push(Write::Prune);
+    writes.extend(
+        children
+            .pod_disruption_budget
+            .as_ref()
+            .map(Write::PodDisruptionBudget),
+    );
+    writes
 }
 
 /// Splitter replicas: two, for availability, once the service itself has more than one replica.
@@ -423,8 +568,46 @@ pub fn observe(deployments: &[Deployment]) -> ObservedReplicas {
     observed
 }
 
+/// The failures the Deployments report: a ReplicaSet that cannot create pods (the Deployment
+/// controller copies its `FailedCreate` as the `ReplicaFailure` condition, e.g. a pod forbidden by
+/// a ResourceQuota), and a rollout that passed its progress deadline.
+pub fn failures(deployments: &[Deployment]) -> Vec<ChildFailure> {
+    let mut failures = Vec::new();
+    for deployment in deployments {
+        let name = deployment.metadata.name.as_deref().unwrap_or_default();
+        let conditions = deployment
+            .status
+            .iter()
+            .flat_map(|status| status.conditions.iter().flatten());
+        for condition in conditions {
+            let reason = match (condition.type_.as_str(), condition.status.as_str()) {
+                ("ReplicaFailure", "True") => "ReplicaFailure",
+                ("Progressing", "False")
+                    if condition.reason.as_deref() == Some("ProgressDeadlineExceeded") =>
+                {
+                    "ProgressDeadlineExceeded"
+                }
+                _ => continue,
+            };
+            failures.push(ChildFailure {
+                reason,
+                message: format!(
+                    "Deployment {name}: {}: {}",
+                    condition.reason.as_deref().unwrap_or(reason),
+                    condition.message.as_deref().unwrap_or_default()
+                ),
+            });
+        }
+    }
+    failures
+}
+
 /// The conditions of a valid ReplicatedService given what its Deployments report.
-pub fn conditions(desired_replicas: i32, observed: &ObservedReplicas) -> Vec<DesiredCondition> {
+pub fn conditions(
+    desired_replicas: i32,
+    observed: &ObservedReplicas,
+    failures: &[ChildFailure],
+) -> Vec<DesiredCondition> {
     let settled = observed.all_observed
         && observed.updated >= desired_replicas
         && observed.replicas == desired_replicas;
@@ -462,12 +645,7 @@ pub fn conditions(desired_replicas: i32, observed: &ObservedReplicas) -> Vec<Des
                 ),
             )
         },
-        DesiredCondition::new(
-            condition_type::DEGRADED,
-            false,
-            "Reconciled",
-            "children match the spec",
-        ),
+        degraded(failures),
     ]
 }
 
@@ -543,6 +721,93 @@ mod tests {
             children.pod_disruption_budget.unwrap()["apiVersion"],
             "policy/v1beta1"
         );
+    }
+
+    fn planned(children: &Children) -> Vec<String> {
+        writes(children).iter().map(Write::describe).collect()
+    }
+
+    fn position(plan: &[String], write: &str) -> usize {
+        plan.iter()
+            .position(|w| w == write)
+            .unwrap_or_else(|| panic!("{write} is not planned: {plan:?}"))
+    }
+
+    #[test]
+    fn a_rollout_configures_and_starts_the_splitter_before_the_service_sends_clients_to_it() {
+        let mut children = build_during_rollout("Progressing", 20, false, None, true);
+        children.pod_disruption_budget = Some(json!({"metadata": {"name": "web"}}));
+        let plan = planned(&children);
+        assert_eq!(
+            plan,
+            [
+                "ConfigMap web-outrigger",
+                "ServiceAccount web-splitter",
+                "Role web-splitter",
+                "RoleBinding web-splitter",
+                "Service web-stable",
+                "Service web-canary",
+                "splitter ConfigMap",
+                "Deployment web-splitter",
+                "Service web",
+                "Deployment web",
+                "Deployment web-canary",
+                "prune",
+                "PodDisruptionBudget web",
+            ]
+        );
+        let service = position(&plan, "Service web");
+        for before in [
+            "Service web-stable",
+            "Service web-canary",
+            "splitter ConfigMap",
+            "Deployment web-splitter",
+        ] {
+            assert!(position(&plan, before) < service, "{before} before the Service");
+        }
+        assert!(position(&plan, "Role web-splitter") < position(&plan, "Deployment web-splitter"));
+    }
+
+    #[test]
+    fn pruning_comes_after_every_desired_child_and_before_the_disruption_budget() {
+        let children = build(&rsvc(base_spec()), PdbApi::PolicyV1, None).unwrap();
+        let plan = planned(&children);
+        assert_eq!(
+            plan,
+            [
+                "ConfigMap web-outrigger",
+                "Service web",
+                "Deployment web",
+                "prune",
+                "PodDisruptionBudget web",
+            ]
+        );
+        let prune = position(&plan, "prune");
+        assert!(plan[..prune].iter().all(|w| w != "PodDisruptionBudget web"));
+        assert_eq!(prune, plan.len() - 2);
+    }
+
+    #[test]
+    fn every_child_a_rollout_builds_is_among_the_possible_children_that_pruning_looks_for() {
+        let children = build_during_rollout("Progressing", 20, false, None, true);
+        let possible = possible_children("web");
+        let rollout = children.rollout.as_ref().unwrap();
+        let name = |meta: &ObjectMeta| meta.name.clone().unwrap();
+        for (kind, meta) in [
+            ("Deployment", &children.deployments[0].metadata),
+            ("Deployment", &children.deployments[1].metadata),
+            ("Deployment", &rollout.splitter.metadata),
+            ("Service", &children.service.metadata),
+            ("Service", &rollout.stable_service.metadata),
+            ("Service", &rollout.canary_service.metadata),
+            ("ConfigMap", &children.config_map.metadata),
+            ("ServiceAccount", &rollout.splitter_account.metadata),
+            ("Role", &rollout.splitter_role.metadata),
+            ("RoleBinding", &rollout.splitter_role_binding.metadata),
+        ] {
+            assert!(possible.of(kind).contains(&name(meta)), "{kind} {}", name(meta));
+        }
+        assert!(possible.of("ConfigMap").contains(&canary::splitter_name("web")));
     }
 
     #[test]
@@ -668,10 +933,51 @@ mod tests {
             ),
         ];
         for (name, deployment, desired, (ready, progressing)) in cases {
-            let conditions = conditions(desired, &observe(&[deployment]));
+            let conditions = conditions(desired, &observe(&[deployment]), &[]);
             assert_eq!(conditions[0].status, ready, "{name} ready");
             assert_eq!(conditions[1].status, progressing, "{name} progressing");
         }
+    }
+
+    #[test]
+    fn a_replica_set_that_cannot_create_pods_makes_the_service_degraded_with_its_message() {
+        let mut deployment = observed_deployment(1, 1, 0, 0, 0);
+        deployment.metadata.name = Some("web".to_owned());
+        deployment.status.as_mut().unwrap().conditions = Some(
+            serde_json::from_value(json!([
+                {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                 "message": "pods \"web-1\" is forbidden: failed quota: q: must specify limits.cpu"},
+            ]))
+            .unwrap(),
+        );
+        let failures = failures(&[deployment.clone()]);
+        let conditions = conditions(2, &observe(&[deployment]), &failures);
+        let degraded = &conditions[2];
+        assert!(degraded.status);
+        assert_eq!(degraded.reason, "ReplicaFailure");
+        assert_eq!(
+            degraded.message,
+            "Deployment web: FailedCreate: pods \"web-1\" is forbidden: failed quota: q: must specify limits.cpu"
+        );
+    }
+
+    #[test]
+    fn a_deployment_past_its_progress_deadline_makes_the_service_degraded() {
+        let mut deployment = observed_deployment(1, 1, 1, 0, 1);
+        deployment.metadata.name = Some("web-canary".to_owned());
+        deployment.status.as_mut().unwrap().conditions = Some(
+            serde_json::from_value(json!([
+                {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                 "message": "ReplicaSet \"web-canary-1\" has timed out progressing."},
+            ]))
+            .unwrap(),
+        );
+        let failures = failures(&[deployment]);
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].reason, "ProgressDeadlineExceeded");
+        assert!(failures[0].message.starts_with("Deployment web-canary: "));
+        assert!(!degraded(&[]).status, "no failure, not degraded");
     }
 
     fn canary_status(phase: &str, weight: i32) -> outrigger_api::rollout::RolloutStatus {
@@ -704,6 +1010,7 @@ mod tests {
         splitter_ready: bool,
     ) -> Children {
         let (strategy, live) = strategy_and_live_stable();
+        let resources = crate::inject::default_sidecar_resources();
         let decision = Decision {
             status: canary_status(phase, weight),
             promote,
@@ -716,6 +1023,7 @@ mod tests {
             preview_replicas,
             live_stable: Some((&live, "rev-1")),
             splitter_image: "outrigger/request-splitter:dev",
+            splitter_resources: Some(&resources),
             splitter_ready,
         };
         build(&rsvc(rollout_spec()), PdbApi::None, Some(&inputs)).unwrap()
@@ -757,7 +1065,13 @@ mod tests {
                 "the canary in proportion to 20%"
             );
             let rollout = children.rollout.as_ref().unwrap();
-            assert_eq!(rollout.splitter.spec.as_ref().unwrap().replicas, Some(2));
+            let splitter = rollout.splitter.spec.as_ref().unwrap();
+            assert_eq!(splitter.replicas, Some(2));
+            assert_eq!(
+                splitter.template.spec.as_ref().unwrap().containers[0].resources,
+                Some(crate::inject::default_sidecar_resources()),
+                "the splitter fits a namespace whose quota demands requests and limits"
+            );
             let names = [&rollout.stable_service, &rollout.canary_service].map(|s| s.metadata.name.clone());
             assert_eq!(
                 names,

@@ -6,8 +6,8 @@ use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetSpec},
         core::v1::{
-            ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServicePort, ServiceSpec,
-            VolumeMount, VolumeResourceRequirements,
+            ConfigMap, Event, PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServicePort,
+            ServiceSpec, VolumeMount, VolumeResourceRequirements,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
@@ -27,7 +27,7 @@ use outrigger_contract::{
 };
 
 use crate::{
-    conditions::DesiredCondition,
+    conditions::{degraded, ChildFailure, DesiredCondition},
     labels,
     owner::{child_meta, BuildError, Owner},
 };
@@ -252,7 +252,9 @@ pub fn shard_map_access(
             kind: "Role".to_owned(),
             name,
         },
-        subjects: Some(
+        // None rather than empty: the API server stores no empty list, and the cached binding
+        // would never match the desired one.
+        subjects: (!client_accounts.is_empty()).then(|| {
             client_accounts
                 .iter()
                 .map(|account| Subject {
@@ -261,8 +263,8 @@ pub fn shard_map_access(
                     namespace: Some(owner.namespace.clone()),
                     ..Subject::default()
                 })
-                .collect(),
-        ),
+                .collect()
+        }),
     };
     Ok((role, binding))
 }
@@ -371,8 +373,50 @@ pub fn replication(previous: Option<&ShardStatus>, pods: &[ReplicaPod], port: i3
     }
 }
 
+/// The failures of shards whose StatefulSet cannot create all its pods (e.g. pods a ResourceQuota
+/// forbids). The StatefulSet controller of Kubernetes 1.20 records those only as `FailedCreate`
+/// Events about the StatefulSet, so `events` are those Events; the latest one about a StatefulSet
+/// still short of pods is its failure.
+pub fn failures(stateful_sets: &[StatefulSet], events: &[Event]) -> Vec<ChildFailure> {
+    stateful_sets
+        .iter()
+        .filter(|sts| {
+            let wanted = sts.spec.as_ref().and_then(|spec| spec.replicas).unwrap_or(1);
+            sts.status.as_ref().map_or(0, |status| status.replicas) < wanted
+        })
+        .filter_map(|sts| {
+            let latest = events
+                .iter()
+                .filter(|event| {
+                    event.reason.as_deref() == Some("FailedCreate")
+                        && event.involved_object.name == sts.metadata.name
+                        && event.involved_object.uid == sts.metadata.uid
+                })
+                .max_by_key(|event| event.last_timestamp.as_ref().map(|time| time.0))?;
+            Some(ChildFailure {
+                reason: "FailedCreate",
+                message: format!(
+                    "StatefulSet {}: FailedCreate: {}",
+                    sts.metadata.name.as_deref().unwrap_or_default(),
+                    latest.message.as_deref().unwrap_or_default()
+                ),
+            })
+        })
+        .collect()
+}
+
+/// The name of the ShardedService whose shard is `child` (`<service>-shard-<index>`).
+pub fn service_of_shard(child: &str) -> Option<&str> {
+    let (service, index) = child.rsplit_once("-shard-")?;
+    (!index.is_empty() && index.bytes().all(|b| b.is_ascii_digit())).then_some(service)
+}
+
 /// The conditions of a valid ShardedService given its shards' readiness.
-pub fn conditions(replicas_per_shard: i32, shards: &[ShardStatus]) -> Vec<DesiredCondition> {
+pub fn conditions(
+    replicas_per_shard: i32,
+    shards: &[ShardStatus],
+    failures: &[ChildFailure],
+) -> Vec<DesiredCondition> {
     let ready_shards = shards
         .iter()
         .filter(|s| s.ready_replicas >= replicas_per_shard)
@@ -392,12 +436,7 @@ pub fn conditions(replicas_per_shard: i32, shards: &[ShardStatus]) -> Vec<Desire
         } else {
             DesiredCondition::new(condition_type::PROGRESSING, true, "Scaling", message)
         },
-        DesiredCondition::new(
-            condition_type::DEGRADED,
-            false,
-            "Reconciled",
-            "children match the spec",
-        ),
+        degraded(failures),
     ]
 }
 
@@ -512,11 +551,62 @@ mod tests {
     }
 
     #[test]
+    fn a_statefulset_short_of_pods_is_degraded_with_its_latest_failed_create_event() {
+        let sts: StatefulSet = serde_json::from_value(json!({
+            "metadata": {"name": "cache-shard-1", "uid": "s-1"},
+            "spec": {"replicas": 2, "selector": {}, "serviceName": "cache-shard-1", "template": {}},
+            "status": {"replicas": 0},
+        }))
+        .unwrap();
+        let event = |uid: &str, at: &str, message: &str| -> Event {
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("e-{at}")},
+                "involvedObject": {"kind": "StatefulSet", "name": "cache-shard-1", "uid": uid},
+                "reason": "FailedCreate", "message": message,
+                "lastTimestamp": format!("2026-12-06T00:00:{at}Z"),
+            }))
+            .unwrap()
+        };
+        let events = [
+            event("s-1", "01", "older"),
+            event(
+                "s-1",
+                "09",
+                "pods \"cache-shard-1-0\" is forbidden: must specify limits",
+            ),
+            event("s-0", "10", "about a deleted StatefulSet of the same name"),
+        ];
+        let failures = failures(std::slice::from_ref(&sts), &events);
+        assert_eq!(
+            failures,
+            [ChildFailure {
+                reason: "FailedCreate",
+                message: "StatefulSet cache-shard-1: FailedCreate: pods \"cache-shard-1-0\" is forbidden: must specify limits"
+                    .to_owned(),
+            }]
+        );
+        let mut complete = sts;
+        complete.status.as_mut().unwrap().replicas = 2;
+        assert_eq!(
+            super::failures(&[complete], &events),
+            [],
+            "all pods created: past events are history"
+        );
+    }
+
+    #[test]
+    fn a_shard_name_leads_to_its_service() {
+        assert_eq!(service_of_shard("cache-shard-12"), Some("cache"));
+        assert_eq!(service_of_shard("my-shard-x"), None);
+        assert_eq!(service_of_shard("cache-shard-"), None);
+    }
+
+    #[test]
     fn shard_status_and_conditions() {
         let statuses = shard_statuses("cache", 2, &[]);
         assert_eq!(statuses[0].name, "cache-shard-0");
         assert_eq!(statuses[0].ready_replicas, 0);
-        let conditions = conditions(2, &statuses);
+        let conditions = conditions(2, &statuses, &[]);
         assert!(!conditions[0].status);
         let ready = vec![
             ShardStatus {
@@ -532,7 +622,7 @@ mod tests {
                 ..ShardStatus::default()
             },
         ];
-        let conditions = super::conditions(2, &ready);
+        let conditions = super::conditions(2, &ready, &[]);
         assert!(conditions[0].status && !conditions[1].status);
     }
 

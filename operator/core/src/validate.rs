@@ -155,6 +155,130 @@ pub fn sharded_service(spec: &ShardedServiceSpec) -> Result<(), InvalidSpec> {
     problems.finish()
 }
 
+/// The kind of name a child gets, with the limit Kubernetes puts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameRule {
+    /// Service names: a DNS-1035 label (a lowercase letter first, then letters, digits and `-`, at
+    /// most 63 characters).
+    Dns1035Label,
+    /// StatefulSet names: the StatefulSet controller labels every pod with
+    /// `controller-revision-hash=<name>-<10 characters>`, a label value of at most 63 characters.
+    StatefulSet,
+    /// Label values: at most 63 characters.
+    LabelValue,
+    /// Other names (Deployments, ConfigMaps, ServiceAccounts, Roles): a DNS-1123 subdomain, at
+    /// most 253 characters.
+    Dns1123Subdomain,
+}
+
+impl NameRule {
+    fn limit(self) -> usize {
+        match self {
+            NameRule::Dns1035Label | NameRule::LabelValue => 63,
+            NameRule::StatefulSet => 52,
+            NameRule::Dns1123Subdomain => 253,
+        }
+    }
+
+    /// What is wrong with `name` under this rule, if anything.
+    fn check(self, name: &str) -> Option<String> {
+        if name.len() > self.limit() {
+            return Some(format!("is {} characters, {} at most", name.len(), self.limit()));
+        }
+        if self == NameRule::Dns1035Label {
+            let bytes = name.as_bytes();
+            let starts_with_letter = bytes.first().is_some_and(u8::is_ascii_lowercase);
+            let ends_alphanumeric = bytes
+                .last()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            let charset = bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+            if !(starts_with_letter && ends_alphanumeric && charset) {
+                return Some(
+                    "is not a DNS-1035 label (a lowercase letter first, then lowercase letters, digits and '-')"
+                        .to_owned(),
+                );
+            }
+        }
+        None
+    }
+}
+
+/// Checks the names of the children a service named `name` would get, so a name Kubernetes would
+/// refuse on every write is refused once, up front, with the child and the limit it breaks.
+fn child_names(problems: &mut Problems, name: &str, children: &[(&str, String, NameRule)]) {
+    for (what, child, rule) in children {
+        if let Some(problem) = rule.check(child) {
+            let limit = rule.limit();
+            let room = limit.saturating_sub(child.len().saturating_sub(name.len()));
+            let hint = if child.len() > limit {
+                format!("; shorten the name to at most {room} characters")
+            } else {
+                String::new()
+            };
+            problems.add("metadata.name", format!("{what} {child:?} {problem}{hint}"));
+        }
+    }
+}
+
+/// Validates the names of the children of a ReplicatedService named `name`: its Service (and the
+/// track Services of a rollout) must be DNS-1035 labels, and the name is a label value on every
+/// child and pod.
+pub fn replicated_service_name(name: &str, spec: &ReplicatedServiceSpec) -> Result<(), InvalidSpec> {
+    let mut problems = Problems::default();
+    let mut children = vec![
+        ("the label value", name.to_owned(), NameRule::LabelValue),
+        ("the Service", name.to_owned(), NameRule::Dns1035Label),
+    ];
+    if spec.rollout_strategy_ref.is_some() {
+        for track in [crate::analysis::STABLE, crate::analysis::CANARY] {
+            children.push((
+                "the track Service",
+                crate::canary::track_service_name(name, track),
+                NameRule::Dns1035Label,
+            ));
+        }
+        for (what, child) in [
+            (
+                "the canary Deployment",
+                crate::canary::canary_deployment_name(name),
+            ),
+            ("the splitter Deployment", crate::canary::splitter_name(name)),
+        ] {
+            children.push((what, child, NameRule::Dns1123Subdomain));
+        }
+    }
+    child_names(&mut problems, name, &children);
+    problems.finish()
+}
+
+/// Validates the names of the children of a ShardedService named `name`: the headless Service of
+/// every shard must be a DNS-1035 label, every shard's StatefulSet name short enough for its pods'
+/// revision label, and the name is a label value on every child and pod.
+pub fn sharded_service_name(name: &str, spec: &ShardedServiceSpec) -> Result<(), InvalidSpec> {
+    let mut problems = Problems::default();
+    // The last shard has the longest name.
+    let last = crate::sharded::shard_name(name, spec.shards.saturating_sub(1).max(0));
+    let children = [
+        ("the label value", name.to_owned(), NameRule::LabelValue),
+        ("the shard Service", last.clone(), NameRule::Dns1035Label),
+        ("the shard StatefulSet", last, NameRule::StatefulSet),
+    ];
+    child_names(&mut problems, name, &children);
+    problems.finish()
+}
+
+/// The problems of every result together.
+pub fn all(results: impl IntoIterator<Item = Result<(), InvalidSpec>>) -> Result<(), InvalidSpec> {
+    let problems: Vec<FieldError> = results
+        .into_iter()
+        .filter_map(Result::err)
+        .flat_map(|InvalidSpec(errors)| errors)
+        .collect();
+    Problems(problems).finish()
+}
+
 /// Validates an AutoscalingPolicy spec.
 pub fn autoscaling_policy(spec: &AutoscalingPolicySpec) -> Result<(), InvalidSpec> {
     let mut problems = Problems::default();
@@ -764,6 +888,56 @@ mod tests {
         for (name, steps, extra, expected) in cases {
             assert_eq!(fields(rollout_strategy(&rost(steps, extra))), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_replicated_service_name_too_long_for_its_children_is_refused_naming_each_child() {
+        let name = "a".repeat(70);
+        let error = replicated_service_name(&name, &rsvc(json!({}))).unwrap_err();
+        assert!(error.0.iter().all(|e| e.field == "metadata.name"));
+        let message = error.to_string();
+        assert!(message.contains("the Service"), "{message}");
+        assert!(message.contains("is 70 characters, 63 at most"), "{message}");
+        assert_eq!(replicated_service_name(&"a".repeat(63), &rsvc(json!({}))), Ok(()));
+    }
+
+    #[test]
+    fn a_rollout_needs_room_for_the_track_service_suffix() {
+        let name = "a".repeat(60);
+        let spec = rsvc(json!({"rolloutStrategyRef": {"name": "canary"}}));
+        let message = replicated_service_name(&name, &spec).unwrap_err().to_string();
+        assert!(
+            message.contains(&format!("the track Service \"{name}-canary\" is 67 characters, 63 at most; shorten the name to at most 56 characters")),
+            "{message}"
+        );
+        assert_eq!(replicated_service_name(&"a".repeat(56), &spec), Ok(()));
+    }
+
+    #[test]
+    fn a_service_name_with_a_dot_or_a_leading_digit_is_not_a_dns_1035_label() {
+        for name in ["web.v2", "2web"] {
+            let error = replicated_service_name(name, &rsvc(json!({}))).unwrap_err();
+            assert!(error.to_string().contains("DNS-1035"), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_sharded_service_name_leaves_room_for_the_last_shard_and_its_revision_label() {
+        // 3 shards: the last StatefulSet is "<name>-shard-2", 8 characters longer than the name.
+        assert_eq!(sharded_service_name(&"s".repeat(44), &shsvc(json!({}))), Ok(()));
+        let message = sharded_service_name(&"s".repeat(45), &shsvc(json!({})))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("the shard StatefulSet") && message.contains("53 characters, 52 at most"),
+            "{message}"
+        );
+        // Shard 10 is one character longer than shard 9.
+        assert_eq!(
+            sharded_service_name(&"s".repeat(44), &shsvc(json!({"shards": 10}))),
+            Ok(())
+        );
+        assert!(sharded_service_name(&"s".repeat(44), &shsvc(json!({"shards": 11}))).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use outrigger_sidecar_runtime::telemetry::{self, LogFormat};
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use outrigger_api::common::SidecarKind;
 use outrigger_core::{
     inject::SidecarDefaults,
@@ -132,6 +133,24 @@ struct WebhookArgs {
     /// Tag of the default sidecar images `outrigger/<name>:<tag>`.
     #[arg(long, env = "OUTRIGGER_SIDECAR_IMAGE_TAG", default_value = "dev")]
     sidecar_image_tag: String,
+    /// Requests and limits of every injected sidecar and rollout splitter, as a Kubernetes
+    /// `resources` object in JSON (`{}` for none). The default fits namespaces whose
+    /// ResourceQuota demands requests and limits.
+    #[arg(
+        long,
+        env = "OUTRIGGER_SIDECAR_RESOURCES",
+        default_value = r#"{"requests":{"cpu":"10m","memory":"32Mi"},"limits":{"cpu":"500m","memory":"128Mi"}}"#,
+        value_parser = parse_resources
+    )]
+    sidecar_resources: ResourceRequirements,
+    /// Requests and limits of one sidecar, `name=<JSON>` (repeatable), replacing those of
+    /// --sidecar-resources resource by resource, e.g. `request-splitter={"limits":{"memory":"256Mi"}}`.
+    #[arg(long = "sidecar-resources-for", env = "OUTRIGGER_SIDECAR_RESOURCES_FOR", value_delimiter = ';', value_parser = parse_key_value)]
+    sidecar_resources_for: Vec<(String, String)>,
+}
+
+fn parse_resources(text: &str) -> Result<ResourceRequirements, String> {
+    serde_json::from_str(text).map_err(|error| format!("{text:?} is not a resources object in JSON: {error}"))
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -160,6 +179,8 @@ impl WebhookArgs {
             cert_check_seconds,
             sidecar_images,
             sidecar_image_tag,
+            sidecar_resources,
+            sidecar_resources_for,
         } = self;
         let mut images = BTreeMap::new();
         for (name, image) in sidecar_images {
@@ -171,10 +192,26 @@ impl WebhookArgs {
             })?;
             images.insert(kind, image);
         }
+        let mut resources_for = BTreeMap::new();
+        for (name, resources) in sidecar_resources_for {
+            let kind = SidecarKind::parse(&name).with_context(|| {
+                format!(
+                    "--sidecar-resources-for: unknown sidecar {name:?}; known: {}",
+                    SidecarKind::ALL.map(SidecarKind::as_str).join(", ")
+                )
+            })?;
+            let resources = parse_resources(&resources)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--sidecar-resources-for {name}"))?;
+            resources_for.insert(kind, resources);
+        }
+        let empty = sidecar_resources.requests.as_ref().is_none_or(BTreeMap::is_empty)
+            && sidecar_resources.limits.as_ref().is_none_or(BTreeMap::is_empty);
         let defaults = SidecarDefaults {
             images,
             image_tag: sidecar_image_tag,
-            resources: None,
+            resources: (!empty).then_some(sidecar_resources),
+            resources_for,
         };
         if no_webhook {
             return Ok((defaults, None));
@@ -282,4 +319,48 @@ fn print_crds(dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sidecar_defaults(args: &[&str]) -> anyhow::Result<SidecarDefaults> {
+        let cli = Cli::try_parse_from(["outrigger-operator", "run", "--no-webhook"].iter().chain(args))?;
+        let Command::Run(run) = cli.command else {
+            anyhow::bail!("not the run command");
+        };
+        Ok(run.webhook.into_config("outrigger-system")?.0)
+    }
+
+    fn json(resources: Option<ResourceRequirements>) -> serde_json::Value {
+        serde_json::to_value(resources).unwrap()
+    }
+
+    #[test]
+    fn sidecars_get_requests_and_limits_unless_told_otherwise() {
+        let defaults = sidecar_defaults(&[]).unwrap();
+        assert_eq!(
+            json(defaults.resources(SidecarKind::LogAdapter)),
+            serde_json::json!({"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}})
+        );
+        let none = sidecar_defaults(&["--sidecar-resources", "{}"]).unwrap();
+        assert_eq!(none.resources(SidecarKind::LogAdapter), None);
+    }
+
+    #[test]
+    fn one_sidecars_resources_are_overridden_resource_by_resource() {
+        let defaults = sidecar_defaults(&[
+            "--sidecar-resources-for",
+            r#"request-splitter={"limits":{"memory":"256Mi"}}"#,
+        ])
+        .unwrap();
+        assert_eq!(
+            json(defaults.resources(SidecarKind::RequestSplitter))["limits"],
+            serde_json::json!({"cpu": "500m", "memory": "256Mi"})
+        );
+        let unknown = sidecar_defaults(&["--sidecar-resources-for", "teleporter={}"]).unwrap_err();
+        assert!(unknown.to_string().contains("unknown sidecar"), "{unknown}");
+        assert!(sidecar_defaults(&["--sidecar-resources", "lots"]).is_err());
+    }
 }

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub duration: Family<ControllerLabels, Histogram, Buckets>,
     pub managed: Family<ControllerLabels, Gauge>,
     pub writes: Family<WriteLabels, Counter>,
+    /// Reads a reconcile sends itself (children and references come from the watches' caches; a
+    /// child the cache lacks is read once, to tell "not created yet" from "someone else's").
+    pub reads: Family<WriteLabels, Counter>,
     pub leader: Gauge,
 }
 
@@ -45,6 +48,7 @@ impl Metrics {
             duration: histogram_family(CONTROL_LOOP_SECONDS),
             managed: Family::default(),
             writes: Family::default(),
+            reads: Family::default(),
             leader: Gauge::default(),
         };
         let registry = registry.sub_registry_with_prefix("outrigger");
@@ -71,6 +75,11 @@ impl Metrics {
             metrics.writes.clone(),
         );
         registry.register(
+            "api_reads",
+            "Read requests a reconcile sent to the API server (watches not counted)",
+            metrics.reads.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the leader lease",
             metrics.leader.clone(),
@@ -80,5 +89,9 @@ impl Metrics {
 
     pub fn count_write(&self, controller: &'static str, verb: &'static str) {
         self.writes.get_or_create(&WriteLabels { controller, verb }).inc();
+    }
+
+    pub fn count_read(&self, controller: &'static str, verb: &'static str) {
+        self.reads.get_or_create(&WriteLabels { controller, verb }).inc();
     }
 }

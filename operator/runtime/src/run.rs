@@ -183,14 +183,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         .election
         .as_ref()
         .map_or_else(|| "standalone".to_owned(), |e| e.identity.clone());
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        pdb_api,
-        &identity,
-        config.watch_namespace.clone(),
-        config.sidecar_defaults.image(SidecarKind::RequestSplitter),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            metrics.clone(),
+            pdb_api,
+            &identity,
+            config.watch_namespace.clone(),
+            config.sidecar_defaults.image(SidecarKind::RequestSplitter),
+        )
+        .with_splitter_resources(config.sidecar_defaults.resources(SidecarKind::RequestSplitter)),
+    );
     // A follower is ready too: it serves the webhook and its admin endpoints and can take over.
     state.set_ready(true);
 

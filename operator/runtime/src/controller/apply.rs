@@ -1,16 +1,16 @@
-//! Writing children: server-side apply only when the live object differs, pruning of children no
-//! longer desired, and status writes only when the status changed. Every write carries the
+//! Writing children: server-side apply only when the live object (as cached) differs, pruning of
+//! children no longer desired (found in the cache), and status writes only when the status changed. Every write carries the
 //! resourceVersion it was based on, so a stale writer (a deposed leader) is rejected with 409.
 
 use kube::{
-    api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions},
+    api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions},
     core::{ApiResource, GroupVersionKind},
     Client,
 };
 use outrigger_core::{labels::FIELD_MANAGER, subset::is_subset};
 use serde_json::Value;
 
-use super::Error;
+use super::{cache::Children, Error};
 use crate::metrics::Metrics;
 
 /// The API resource of a child kind the operator manages.
@@ -37,43 +37,54 @@ pub struct Applier<'a> {
     pub controller: &'static str,
     /// UID of the owner: a live object controlled by anything else is never taken over.
     pub owner_uid: &'a str,
+    /// The controller's caches of its children, read instead of the API server.
+    pub cache: &'a Children,
+}
+
+fn controlled_by(object: &Value, uid: &str) -> bool {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|owner| owner["controller"] == Value::Bool(true) && owner["uid"] == uid)
 }
 
 impl Applier<'_> {
+    fn api(&self, api_version: &str, kind: &str, namespace: &str) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), namespace, &resource_for(api_version, kind))
+    }
+
     /// Makes the live object hold `desired` (which has apiVersion, kind, metadata.name and
     /// metadata.namespace), writing only when it does not already. Returns the live object.
     pub async fn apply(&self, mut desired: Value) -> Result<DynamicObject, Error> {
-        let api_version = desired["apiVersion"].as_str().unwrap_or_default().to_owned();
-        let kind = desired["kind"].as_str().unwrap_or_default().to_owned();
-        let name = desired["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let namespace = desired["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &namespace,
-            &resource_for(&api_version, &kind),
-        );
-        let live = api.get_opt(&name).await?;
-        if let Some(live) = &live {
-            let controlled_by_us = live
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|owner| owner.controller == Some(true) && owner.uid == self.owner_uid);
-            if !controlled_by_us {
+        let field = |path: &str| {
+            desired
+                .pointer(path)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let (api_version, kind) = (field("/apiVersion"), field("/kind"));
+        let (name, namespace) = (field("/metadata/name"), field("/metadata/namespace"));
+        let api = self.api(&api_version, &kind, &namespace);
+        // From the cache; only a child it does not hold is read, to tell "not created yet" from
+        // "someone else's object of the same name".
+        let live = match self.cache.get(&kind, &namespace, &name) {
+            Some(cached) => Some(cached),
+            None => {
+                self.metrics.count_read(self.controller, "get");
+                api.get_opt(&name).await?.map(serde_json::to_value).transpose()?
+            }
+        };
+        if let Some(live) = live {
+            if !controlled_by(&live, self.owner_uid) {
                 return Err(Error::NameClash { kind, name });
             }
-            if is_subset(&desired, &serde_json::to_value(live)?) {
-                return Ok(live.clone());
+            if is_subset(&desired, &live) {
+                return Ok(serde_json::from_value(live)?);
             }
             // Fencing: apply only onto the version we just compared against.
-            desired["metadata"]["resourceVersion"] = Value::from(live.metadata.resource_version.clone());
+            desired["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"].clone();
         }
         self.metrics.count_write(self.controller, "apply");
         tracing::debug!(kind = %kind, child = %name, "Applying child.");
@@ -87,41 +98,36 @@ impl Applier<'_> {
         Ok(applied)
     }
 
-    /// Deletes the children of `kind` in `namespace` matching `selector` whose names are not in
-    /// `keep` and that this owner controls.
+    /// Deletes the children of `kind` among `candidates` (every name a child of this kind may
+    /// have) that are not in `keep` and that this owner controls, as the cache holds them.
     pub async fn prune(
         &self,
         api_version: &str,
         kind: &str,
         namespace: &str,
-        selector: &str,
+        candidates: &[String],
         keep: &[String],
     ) -> Result<(), Error> {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), namespace, &resource_for(api_version, kind));
-        let children = api.list(&ListParams::default().labels(selector)).await?;
-        for child in children {
-            let name = child.metadata.name.clone().unwrap_or_default();
-            let ours = child
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .any(|owner| owner.controller == Some(true) && owner.uid == self.owner_uid);
-            if keep.contains(&name) || !ours || child.metadata.deletion_timestamp.is_some() {
+        for name in candidates.iter().filter(|name| !keep.contains(name)) {
+            let Some(child) = self.cache.get(kind, namespace, name) else {
+                continue;
+            };
+            let deleting = !child["metadata"]["deletionTimestamp"].is_null();
+            if !controlled_by(&child, self.owner_uid) || deleting {
                 continue;
             }
             self.metrics.count_write(self.controller, "delete");
             tracing::info!(kind, child = %name, "Deleting child no longer desired.");
+            let text = |key: &str| child["metadata"][key].as_str().map(str::to_owned);
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
-                    uid: child.metadata.uid.clone(),
-                    resource_version: child.metadata.resource_version.clone(),
+                    uid: text("uid"),
+                    resource_version: text("resourceVersion"),
                 }),
                 propagation_policy: Some(kube::api::PropagationPolicy::Background),
                 ..DeleteParams::default()
             };
-            match api.delete(&name, &params).await {
+            match self.api(api_version, kind, namespace).delete(name, &params).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
                 Err(error) => return Err(error.into()),

@@ -4,6 +4,7 @@
 
 mod apply;
 mod autoscaling;
+mod cache;
 mod config_sync;
 mod replicated;
 mod rollout;
@@ -41,16 +42,23 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error("the object changed while it was being written: {0}")]
     Conflict(#[source] kube::Error),
+    /// The API server refused a write for a reason a retry cannot fix (the request is invalid, or
+    /// forbidden by RBAC, an admission webhook or a ResourceQuota): shown on the object.
+    #[error("the API server refused it: {}", rejection_message(.0))]
+    Rejected(#[source] kube::Error),
     #[error("kubernetes API request failed: {0}")]
     Api(#[source] kube::Error),
     #[error("encoding an object: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("the watch of {0} has not listed them yet")]
+    CacheNotFilled(&'static str),
 }
 
 impl From<kube::Error> for Error {
     fn from(error: kube::Error) -> Self {
         match &error {
             kube::Error::Api(status) if status.code == 409 => Error::Conflict(error),
+            kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422) => Error::Rejected(error),
             _ => Error::Api(error),
         }
     }
@@ -65,8 +73,10 @@ impl Error {
             Error::NameClash { .. } => "name_clash",
             Error::Build(_) => "build",
             Error::Conflict(_) => "conflict",
+            Error::Rejected(_) => "rejected",
             Error::Api(_) => "api",
             Error::Encode(_) => "encode",
+            Error::CacheNotFilled(_) => "cache",
         }
     }
 
@@ -79,6 +89,12 @@ impl Error {
         )
     }
 
+    /// Errors a person must see on the object: a spec to change, or an API server refusal (a quota
+    /// or a policy to change). Transient errors only requeue.
+    pub fn shown_on_status(&self) -> bool {
+        self.needs_user_change() || matches!(self, Error::Rejected(_))
+    }
+
     /// Reason for the status condition and Event.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -87,9 +103,24 @@ impl Error {
             Error::NameClash { .. } => "NameClash",
             Error::Build(_) => "BuildFailed",
             Error::Conflict(_) => "Conflict",
+            Error::Rejected(kube::Error::Api(status)) => match status.code {
+                403 => "Forbidden",
+                422 => "Invalid",
+                _ => "BadRequest",
+            },
+            Error::Rejected(_) => "Rejected",
             Error::Api(_) => "ApiError",
             Error::Encode(_) => "EncodeFailed",
+            Error::CacheNotFilled(_) => "CacheNotFilled",
         }
+    }
+}
+
+/// The API server's own message for a refused request.
+fn rejection_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -103,6 +134,8 @@ pub struct Context {
     pub watch_namespace: Option<String>,
     /// Image of the request splitter that fronts services during rollouts.
     pub splitter_image: String,
+    /// Requests and limits of the splitter's container.
+    pub splitter_resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
     /// Analysis baselines of the rollouts in progress.
     baselines: rollout::Baselines,
     /// The pollers of the AutoscalingPolicies.
@@ -131,9 +164,22 @@ impl Context {
             pdb_api,
             watch_namespace,
             splitter_image,
+            splitter_resources: None,
             baselines: rollout::Baselines::default(),
             autoscalers: Arc::default(),
             failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same context, giving the splitters of rollouts these requests and limits.
+    #[must_use]
+    pub fn with_splitter_resources(
+        self,
+        resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    ) -> Context {
+        Context {
+            splitter_resources: resources,
+            ..self
         }
     }
 
@@ -271,6 +317,37 @@ pub async fn run_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn api_error(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(
+            serde_json::from_value(serde_json::json!({
+                "status": "Failure", "code": code, "reason": reason, "message": message,
+            }))
+            .unwrap(),
+        ))
+    }
+
+    #[test]
+    fn refusals_a_retry_cannot_fix_are_shown_with_the_api_servers_message() {
+        let forbidden = Error::from(api_error(
+            403,
+            "Forbidden",
+            "services \"web\" is forbidden: exceeded quota: q",
+        ));
+        assert!(forbidden.shown_on_status() && !forbidden.needs_user_change());
+        assert_eq!(forbidden.reason(), "Forbidden");
+        assert_eq!(
+            forbidden.to_string(),
+            "the API server refused it: services \"web\" is forbidden: exceeded quota: q"
+        );
+        assert_eq!(Error::from(api_error(422, "Invalid", "x")).reason(), "Invalid");
+        for transient in [409, 429, 500, 503] {
+            assert!(
+                !Error::from(api_error(transient, "x", "x")).shown_on_status(),
+                "{transient} is retried quietly"
+            );
+        }
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_and_caps_at_five_minutes() {

@@ -1,16 +1,21 @@
 //! The ReplicatedService controller.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, Pod, Service},
+    core::v1::{ConfigMap, Pod, Service, ServiceAccount},
+    rbac::v1::{Role, RoleBinding},
 };
 use kube::{
     api::Api,
     core::DeserializeGuard,
-    runtime::{controller::Action, reflector::ObjectRef, watcher, Controller},
+    runtime::{
+        controller::Action,
+        reflector::{ObjectRef, Store},
+        watcher, Controller,
+    },
     Resource, ResourceExt,
 };
 use outrigger_api::{
@@ -20,12 +25,13 @@ use outrigger_core::{
     canary::{self, Traffic},
     labels,
     owner::Owner,
-    replicated::{self, RolloutChildren, RolloutInputs},
+    replicated::{self, RolloutInputs, Write},
     validate,
 };
 
 use super::{
-    apply::{to_apply_value, typed, Applier},
+    apply::{resource_for, to_apply_value, typed, Applier},
+    cache::{self, Children},
     config_sync, error_action,
     rollout::{self, Rollout},
     status, Context, Error, RESYNC,
@@ -34,43 +40,83 @@ use crate::metrics::ControllerLabels;
 
 const CONTROLLER: &str = "replicatedservice";
 
+/// The context of this controller's reconciles: the shared one, and the caches of its watches.
+pub struct Replicated {
+    ctx: Arc<Context>,
+    children: Children,
+    strategies: Store<RolloutStrategy>,
+}
+
+impl std::ops::Deref for Replicated {
+    type Target = Context;
+
+    fn deref(&self) -> &Context {
+        &self.ctx
+    }
+}
+
 /// Runs the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let owned =
-        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
-    let controller = Controller::new(
+    // Only the children of ReplicatedServices: the ShardedService controller caches its own.
+    let owned = || {
+        watcher::Config::default().labels(&format!(
+            "{}={},{}",
+            labels::MANAGED_BY,
+            labels::MANAGED_BY_VALUE,
+            labels::REPLICATED_SERVICE
+        ))
+    };
+    let (deployments, deployment_events) = cache::watch(ctx.api::<Deployment>(), owned());
+    let (services, service_events) = cache::watch(ctx.api::<Service>(), owned());
+    let (config_maps, config_map_events) = cache::watch(ctx.api::<ConfigMap>(), owned());
+    let (accounts, account_events) = cache::watch(ctx.api::<ServiceAccount>(), owned());
+    let (roles, role_events) = cache::watch(ctx.api::<Role>(), owned());
+    let (bindings, binding_events) = cache::watch(ctx.api::<RoleBinding>(), owned());
+    let (strategies, strategy_events) =
+        cache::watch(ctx.api::<RolloutStrategy>(), watcher::Config::default());
+    let mut controller = Controller::new(
         ctx.api::<DeserializeGuard<ReplicatedService>>(),
         watcher::Config::default(),
     )
-    .owns(ctx.api::<Deployment>(), owned.clone())
-    .owns(ctx.api::<Service>(), owned.clone())
-    .owns(ctx.api::<ConfigMap>(), owned)
-    .graceful_shutdown_on(shutdown);
+    .owns_stream(deployment_events)
+    .owns_stream(service_events)
+    .owns_stream(config_map_events)
+    .owns_stream(account_events)
+    .owns_stream(role_events)
+    .owns_stream(binding_events);
+    let mut pod_disruption_budgets = None;
+    if let Some(api_version) = ctx.pdb_api.api_version() {
+        let resource = resource_for(api_version, "PodDisruptionBudget");
+        let api = match &ctx.watch_namespace {
+            Some(namespace) => Api::namespaced_with(ctx.client.clone(), namespace, &resource),
+            None => Api::all_with(ctx.client.clone(), &resource),
+        };
+        let (store, events) = cache::watch_dynamic(api, &resource, owned());
+        controller = controller.owns_stream_with(events, resource.clone());
+        pod_disruption_budgets = Some((store, resource));
+    }
+    let controller = controller.graceful_shutdown_on(shutdown);
     let store = controller.store();
     // A service waiting for a missing RolloutStrategy goes on as soon as it appears or changes.
     let referrers = store.clone();
-    let controller = controller.watches(
-        ctx.api::<RolloutStrategy>(),
-        watcher::Config::default(),
-        move |strategy| {
-            let namespace = strategy.namespace();
-            let name = strategy.name_any();
-            referrers
-                .state()
-                .into_iter()
-                .filter(|guard| {
-                    guard.namespace() == namespace
-                        && guard.0.as_ref().is_ok_and(|rsvc| {
-                            rsvc.spec
-                                .rollout_strategy_ref
-                                .as_ref()
-                                .is_some_and(|r| r.name == name)
-                        })
-                })
-                .map(|guard| ObjectRef::from_obj(&*guard))
-                .collect::<Vec<_>>()
-        },
-    );
+    let controller = controller.watches_stream(strategy_events, move |strategy: RolloutStrategy| {
+        let namespace = strategy.namespace();
+        let name = strategy.name_any();
+        referrers
+            .state()
+            .into_iter()
+            .filter(|guard| {
+                guard.namespace() == namespace
+                    && guard.0.as_ref().is_ok_and(|rsvc| {
+                        rsvc.spec
+                            .rollout_strategy_ref
+                            .as_ref()
+                            .is_some_and(|r| r.name == name)
+                    })
+            })
+            .map(|guard| ObjectRef::from_obj(&*guard))
+            .collect::<Vec<_>>()
+    });
     // The config sync sidecars report in their pods' annotations; a change there updates the
     // ConfigSynced condition.
     let controller = controller.watches(
@@ -89,8 +135,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             controller: CONTROLLER,
         })
         .clone();
+    let context = Arc::new(Replicated {
+        ctx,
+        children: Children {
+            deployments: Some(deployments),
+            services: Some(services),
+            config_maps: Some(config_maps),
+            service_accounts: Some(accounts),
+            roles: Some(roles),
+            role_bindings: Some(bindings),
+            pod_disruption_budgets,
+            ..Children::default()
+        },
+        strategies,
+    });
     controller
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, context)
         .for_each(|_| {
             managed.set(i64::try_from(store.state().len()).unwrap_or(i64::MAX));
             futures::future::ready(())
@@ -105,7 +165,7 @@ fn key(object: &DeserializeGuard<ReplicatedService>) -> String {
 fn error_policy(
     object: Arc<DeserializeGuard<ReplicatedService>>,
     error: &Error,
-    ctx: Arc<Context>,
+    ctx: Arc<Replicated>,
 ) -> Action {
     error_action(&ctx, CONTROLLER, &key(&object), error)
 }
@@ -113,7 +173,7 @@ fn error_policy(
 #[tracing::instrument(skip_all, fields(namespace = %guard.namespace().unwrap_or_default(), name = %guard.name_any()))]
 async fn reconcile(
     guard: Arc<DeserializeGuard<ReplicatedService>>,
-    ctx: Arc<Context>,
+    ctx: Arc<Replicated>,
 ) -> Result<Action, Error> {
     let run = async {
         match &guard.0 {
@@ -126,7 +186,7 @@ async fn reconcile(
     ctx.measured(CONTROLLER, &key(&guard), run).await
 }
 
-async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Action, Error> {
     if rsvc.meta().deletion_timestamp.is_some() {
         // Children are garbage-collected through their owner references.
         return Ok(Action::await_change());
@@ -141,7 +201,8 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Acti
                 &rsvc.spec.sidecars,
             )
             .await?;
-            let mut desired = replicated::conditions(rsvc.spec.replicas, &observed.replicas);
+            let mut desired =
+                replicated::conditions(rsvc.spec.replicas, &observed.replicas, &observed.failures);
             desired.extend(config_synced.clone());
             let status = ReplicatedServiceStatus {
                 observed_generation: rsvc.metadata.generation,
@@ -156,22 +217,20 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Acti
                 selector: Some(observed.selector),
                 rollout: observed.rollout.as_ref().map(|r| r.decision.status.clone()),
             };
-            status::write(ctx, CONTROLLER, rsvc, rsvc.status.as_ref(), &status).await?;
+            let written = status::write(ctx, CONTROLLER, rsvc, rsvc.status.as_ref(), &status).await?;
             config_sync::announce(ctx, rsvc, current_conditions(rsvc), config_synced.as_ref()).await;
             let requeue = match &observed.rollout {
                 Some(rollout) => {
-                    rollout::announce(ctx, rsvc, rollout, previous_rollout).await?;
-                    rollout
-                        .decision
-                        .requeue_after
-                        .map_or(RESYNC, |after| after.clamp(Duration::from_millis(500), RESYNC))
+                    // The status write moved the resourceVersion; clearing the control fences on it.
+                    let version = written.or_else(|| rsvc.metadata.resource_version.clone());
+                    rollout::announce(ctx, rsvc, version, rollout, previous_rollout).await?;
+                    rollout::requeue_after(rollout.decision.requeue_after)
                 }
                 None => RESYNC,
             };
             Ok(Action::requeue(requeue))
         }
-        Err(error) if error.needs_user_change() => {
-            tracing::info!(%error, "Spec cannot be reconciled; waiting for a change.");
+        Err(error) if error.shown_on_status() => {
             let mut status = rsvc.status.clone().unwrap_or_default();
             status.observed_generation = rsvc.metadata.generation;
             status.conditions = status::merged_conditions(
@@ -180,6 +239,11 @@ async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Context) -> Result<Acti
                 rsvc.metadata.generation,
             );
             status::write(ctx, CONTROLLER, rsvc, rsvc.status.as_ref(), &status).await?;
+            if !error.needs_user_change() {
+                // A refusal may end without a change of the object (a quota raised): retried with backoff.
+                return Err(error);
+            }
+            tracing::info!(%error, "Spec cannot be reconciled; waiting for a change.");
             ctx.count_error(CONTROLLER, &error);
             Ok(Action::await_change())
         }
@@ -196,18 +260,20 @@ fn current_conditions(rsvc: &ReplicatedService) -> &[outrigger_api::common::Cond
 
 struct Observed {
     replicas: replicated::ObservedReplicas,
+    /// Children that report they cannot do their work.
+    failures: Vec<outrigger_core::conditions::ChildFailure>,
     selector: String,
     rollout: Option<Rollout>,
 }
 
-/// Reads the RolloutStrategy a service refers to; a missing or invalid one waits for a change.
-async fn strategy_of(rsvc: &ReplicatedService, ctx: &Context) -> Result<Option<RolloutStrategy>, Error> {
+/// The RolloutStrategy a service refers to, from the cache; a missing or invalid one waits for a
+/// change.
+fn strategy_of(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Option<Arc<RolloutStrategy>>, Error> {
     let Some(LocalObjectReference { name }) = &rsvc.spec.rollout_strategy_ref else {
         return Ok(None);
     };
     let namespace = rsvc.namespace().unwrap_or_default();
-    let strategies: Api<RolloutStrategy> = Api::namespaced(ctx.client.clone(), &namespace);
-    let Some(strategy) = strategies.get_opt(name).await? else {
+    let Some(strategy) = ctx.strategies.get(&ObjectRef::new(name).within(&namespace)) else {
         return Err(Error::MissingReference(format!(
             "spec.rolloutStrategyRef: RolloutStrategy {name:?} does not exist in namespace {namespace}"
         )));
@@ -220,14 +286,24 @@ async fn strategy_of(rsvc: &ReplicatedService, ctx: &Context) -> Result<Option<R
     Ok(Some(strategy))
 }
 
-async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Observed, Error> {
+async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Observed, Error> {
+    ctx.children.ready().await?;
+    if tokio::time::timeout(cache::FILL_TIMEOUT, ctx.strategies.wait_until_ready())
+        .await
+        .is_err()
+    {
+        return Err(Error::CacheNotFilled("RolloutStrategies"));
+    }
     let namespace = rsvc.namespace().unwrap_or_default();
     let name = rsvc.name_any();
     // Read what the spec refers to, validate (pure), and decide the rollout's next step.
-    let strategy = strategy_of(rsvc, ctx).await?;
-    validate::replicated_service(&rsvc.spec)?;
+    validate::all([
+        validate::replicated_service(&rsvc.spec),
+        validate::replicated_service_name(&name, &rsvc.spec),
+    ])?;
+    let strategy = strategy_of(rsvc, ctx)?;
     let rollout = match &strategy {
-        Some(strategy) => Some(rollout::decide(rsvc, strategy, ctx).await?),
+        Some(strategy) => Some(rollout::decide(rsvc, strategy, ctx, &ctx.children).await?),
         None => None,
     };
     let inputs = rollout.as_ref().map(|rollout| RolloutInputs {
@@ -236,21 +312,22 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
         preview_replicas: rollout.preview_replicas,
         live_stable: rollout.live_stable_template(),
         splitter_image: &ctx.splitter_image,
+        splitter_resources: ctx.splitter_resources.as_ref(),
         splitter_ready: rollout.splitter_ready,
     });
     // Build: pure.
     let children = replicated::build(rsvc, ctx.pdb_api, inputs.as_ref())?;
 
-    // Apply. The splitter and its configuration come before the Service that sends clients to it,
-    // and stable's replicas before traffic moves back to it (the decision already waits for that).
+    // Apply, in the order of the plan (`replicated::writes`, which says why).
     let uid = rsvc.uid().unwrap_or_default();
     let applier = Applier {
         client: &ctx.client,
         metrics: &ctx.metrics,
         controller: CONTROLLER,
         owner_uid: &uid,
+        cache: &ctx.children,
     };
-    applier.apply(to_apply_value(&children.config_map)?).await?;
+    let splitter_name = canary::splitter_name(&name);
     let mut keep = Kept::default();
     keep.identity.extend(
         config_sync::apply_access(
@@ -262,99 +339,88 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Context) -> Result<Obser
         )
         .await?,
     );
-    keep.config_maps.push(replicated::config_map_name(&name));
-    keep.services.push(name.clone());
-    if let (Some(front), Some(rollout)) = (&children.rollout, &rollout) {
-        apply_splitter(&applier, rsvc, front, rollout, &mut keep).await?;
+    let mut endpoints = Vec::new();
+    let (mut deployments, mut splitter) = (Vec::new(), None);
+    for write in replicated::writes(&children) {
+        match write {
+            Write::ConfigMap(config_map) => {
+                applier.apply(to_apply_value(config_map)?).await?;
+                keep.config_maps.extend(config_map.metadata.name.clone());
+            }
+            Write::ServiceAccount(account) => {
+                applier.apply(to_apply_value(account)?).await?;
+                keep.identity.extend(account.metadata.name.clone());
+            }
+            Write::Role(role) => drop(applier.apply(to_apply_value(role)?).await?),
+            Write::RoleBinding(binding) => drop(applier.apply(to_apply_value(binding)?).await?),
+            Write::TrackService(service) => {
+                let live = applier.apply(to_apply_value(service)?).await?;
+                let ip = live.data["spec"]["clusterIP"].as_str().unwrap_or_default();
+                let port = live.data["spec"]["ports"][0]["port"].as_i64().unwrap_or_default();
+                endpoints.push(format!("{ip}:{port}"));
+                keep.services.extend(service.metadata.name.clone());
+            }
+            Write::SplitterConfig => {
+                let (Some(rollout), [stable, canary_endpoint, ..]) = (&rollout, endpoints.as_slice()) else {
+                    continue;
+                };
+                let config = canary::splitter_config(&Traffic {
+                    stable_endpoint: stable.clone(),
+                    canary_endpoint: rollout.canary_serves().then(|| canary_endpoint.clone()),
+                    canary_weight: rollout.decision.status.canary_weight,
+                    mirror_percent: rollout.decision.status.mirror_percent,
+                    strategy: &rollout.plan,
+                    affinity: rsvc.spec.session_affinity.as_ref(),
+                });
+                let config_map = canary::splitter_config_map(&Owner::of(rsvc)?, &config);
+                applier.apply(to_apply_value(&config_map)?).await?;
+                keep.config_maps.extend(config_map.metadata.name.clone());
+            }
+            Write::Deployment(deployment) => {
+                let live = typed::<Deployment>(applier.apply(to_apply_value(deployment)?).await?)?;
+                keep.deployments.extend(deployment.metadata.name.clone());
+                if deployment.metadata.name.as_deref() == Some(splitter_name.as_str()) {
+                    splitter = Some(live);
+                } else {
+                    deployments.push(live);
+                }
+            }
+            Write::Service(service) => {
+                applier.apply(to_apply_value(service)?).await?;
+                keep.services.extend(service.metadata.name.clone());
+            }
+            Write::Prune => {
+                let possible = replicated::possible_children(&name);
+                for (api_version, kind, names) in [
+                    ("apps/v1", "Deployment", &keep.deployments),
+                    ("v1", "Service", &keep.services),
+                    ("v1", "ConfigMap", &keep.config_maps),
+                    ("v1", "ServiceAccount", &keep.identity),
+                    ("rbac.authorization.k8s.io/v1", "Role", &keep.identity),
+                    ("rbac.authorization.k8s.io/v1", "RoleBinding", &keep.identity),
+                ] {
+                    applier
+                        .prune(api_version, kind, &namespace, possible.of(kind), names)
+                        .await?;
+                }
+            }
+            Write::PodDisruptionBudget(pdb) => drop(applier.apply(pdb.clone()).await?),
+        }
     }
-    applier.apply(to_apply_value(&children.service)?).await?;
-    let mut deployments = Vec::new();
-    for deployment in &children.deployments {
-        deployments.push(typed::<Deployment>(
-            applier.apply(to_apply_value(deployment)?).await?,
-        )?);
-    }
-    keep.deployments.extend(
-        children
-            .deployments
-            .iter()
-            .filter_map(|d| d.metadata.name.clone()),
-    );
-    let selector = format!("{}={}", labels::REPLICATED_SERVICE, name);
-    for (api_version, kind, names) in [
-        ("apps/v1", "Deployment", &keep.deployments),
-        ("v1", "Service", &keep.services),
-        ("v1", "ConfigMap", &keep.config_maps),
-        ("v1", "ServiceAccount", &keep.identity),
-        ("rbac.authorization.k8s.io/v1", "Role", &keep.identity),
-        ("rbac.authorization.k8s.io/v1", "RoleBinding", &keep.identity),
-    ] {
-        applier
-            .prune(api_version, kind, &namespace, &selector, names)
-            .await?;
-    }
-    if let Some(pdb) = &children.pod_disruption_budget {
-        applier.apply(pdb.clone()).await?;
-    }
+    let failures = replicated::failures(&deployments.iter().chain(&splitter).cloned().collect::<Vec<_>>());
     Ok(Observed {
         replicas: replicated::observe(&deployments),
+        failures,
         selector: children.selector,
         rollout,
     })
 }
 
-/// Names of the children to keep, by kind; the rest with the service's label are pruned.
+/// Names of the children to keep, by kind; the other possible children are pruned.
 #[derive(Default)]
 struct Kept {
     deployments: Vec<String>,
     services: Vec<String>,
     config_maps: Vec<String>,
     identity: Vec<String>,
-}
-
-/// Applies one track's Service and returns the address the splitter reaches the track at.
-async fn apply_track_service(
-    applier: &Applier<'_>,
-    service: &Service,
-    keep: &mut Kept,
-) -> Result<String, Error> {
-    let live = applier.apply(to_apply_value(service)?).await?;
-    let ip = live.data["spec"]["clusterIP"].as_str().unwrap_or_default();
-    let port = live.data["spec"]["ports"][0]["port"].as_i64().unwrap_or_default();
-    keep.services.extend(service.metadata.name.clone());
-    Ok(format!("{ip}:{port}"))
-}
-
-/// Applies the splitter's identity, the track Services, the splitter configuration (which needs
-/// the tracks' addresses) and the splitter Deployment.
-async fn apply_splitter(
-    applier: &Applier<'_>,
-    rsvc: &ReplicatedService,
-    front: &RolloutChildren,
-    rollout: &Rollout,
-    keep: &mut Kept,
-) -> Result<(), Error> {
-    applier.apply(to_apply_value(&front.splitter_account)?).await?;
-    applier.apply(to_apply_value(&front.splitter_role)?).await?;
-    applier
-        .apply(to_apply_value(&front.splitter_role_binding)?)
-        .await?;
-    let stable_endpoint = apply_track_service(applier, &front.stable_service, keep).await?;
-    let canary_endpoint = apply_track_service(applier, &front.canary_service, keep).await?;
-    let config = canary::splitter_config(&Traffic {
-        stable_endpoint,
-        canary_endpoint: rollout.canary_serves().then_some(canary_endpoint),
-        canary_weight: rollout.decision.status.canary_weight,
-        mirror_percent: rollout.decision.status.mirror_percent,
-        strategy: &rollout.plan,
-        affinity: rsvc.spec.session_affinity.as_ref(),
-    });
-    let owner = Owner::of(rsvc)?;
-    let config_map = canary::splitter_config_map(&owner, &config);
-    applier.apply(to_apply_value(&config_map)?).await?;
-    keep.config_maps.extend(config_map.metadata.name.clone());
-    applier.apply(to_apply_value(&front.splitter)?).await?;
-    keep.deployments.extend(front.splitter.metadata.name.clone());
-    keep.identity.extend(front.splitter_account.metadata.name.clone());
-    Ok(())
 }

@@ -41,7 +41,7 @@ use outrigger_core::{
 use outrigger_sidecar_runtime::encode::percent_encode;
 use serde_json::json;
 
-use super::{Context, Error};
+use super::{cache::Children, Context, Error};
 
 /// Largest `/metrics` answer read from a splitter.
 const METRICS_LIMIT: usize = 4 << 20;
@@ -161,21 +161,45 @@ fn analysis_step<'a>(plan: &'a CanaryStrategy, status: &RolloutStatus) -> Option
     }
 }
 
+/// Shortest and longest time until the next reconcile of a rollout: a decision that asks to look
+/// again at once still waits half a second (the API server is not polled in a loop), and one that
+/// asks nothing comes back at the resync.
+const REQUEUE_MIN: Duration = Duration::from_millis(500);
+
+/// When to reconcile a rolling service again, from what its decision asked for.
+pub fn requeue_after(decided: Option<Duration>) -> Duration {
+    decided.map_or(super::RESYNC, |after| after.clamp(REQUEUE_MIN, super::RESYNC))
+}
+
+/// How much longer to wait before the next analysis measurement, `None` when it is due: once 90%
+/// of the interval has passed since the baseline (a reconcile a little early, woken by a watch
+/// event, measures rather than waiting a whole further interval).
+fn measurement_wait(since_baseline: Duration, interval: Duration) -> Option<Duration> {
+    (since_baseline < interval.mul_f64(0.9)).then(|| interval.saturating_sub(since_baseline))
+}
+
+/// The sooner of the decision's requeue and the next measurement.
+fn sooner(decided: Option<Duration>, measurement: Option<Duration>) -> Option<Duration> {
+    match (decided, measurement) {
+        (Some(decided), Some(measurement)) => Some(decided.min(measurement)),
+        (decided, measurement) => decided.or(measurement),
+    }
+}
+
 /// Reads, measures and decides.
 pub async fn decide(
     rsvc: &ReplicatedService,
     strategy: &RolloutStrategy,
     ctx: &Context,
+    children: &Children,
 ) -> Result<Rollout, Error> {
     let namespace = rsvc.namespace().unwrap_or_default();
     let name = rsvc.name_any();
     let plan = rollout::canary_plan(&strategy.spec.strategy);
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let live_stable = deployments.get_opt(&name).await?;
-    let live_canary = deployments
-        .get_opt(&canary::canary_deployment_name(&name))
-        .await?;
-    let live_splitter = deployments.get_opt(&canary::splitter_name(&name)).await?;
+    // The tracks as the controller's cache holds them (the watch that triggers this reconcile).
+    let live_stable = children.deployment(&namespace, &name);
+    let live_canary = children.deployment(&namespace, &canary::canary_deployment_name(&name));
+    let live_splitter = children.deployment(&namespace, &canary::splitter_name(&name));
 
     let desired_revision = content_hash(&rsvc.spec.template)?;
     // The canary counts only once it runs the desired template.
@@ -214,10 +238,13 @@ pub async fn decide(
                 .baselines
                 .take(&key)
                 .filter(|b| b.revision == desired_revision && b.step == step);
+            let wait = baseline
+                .as_ref()
+                .and_then(|baseline| measurement_wait(baseline.taken.elapsed(), interval));
             match baseline {
                 // Not a whole interval yet: keep waiting.
-                Some(baseline) if baseline.taken.elapsed() < interval.mul_f64(0.9) => {
-                    next_measurement_in = Some(interval.saturating_sub(baseline.taken.elapsed()));
+                Some(baseline) if wait.is_some() => {
+                    next_measurement_in = wait;
                     ctx.baselines.put(key.clone(), baseline);
                 }
                 baseline => {
@@ -266,12 +293,11 @@ pub async fn decide(
     let mut decision = rollout::next(&plan, previous, &observation);
     // Still measuring at the same step: come back when the interval is over, not a whole interval
     // after this (possibly early) reconcile.
-    if let (Some(due), Some(status)) = (next_measurement_in, decision.status.current_step) {
-        if previous.and_then(|p| p.current_step) == Some(status)
-            && decision.status.phase == RolloutPhase::Progressing
-        {
-            decision.requeue_after = Some(decision.requeue_after.map_or(due, |after| after.min(due)));
-        }
+    let same_step = decision.status.current_step.is_some()
+        && previous.and_then(|p| p.current_step) == decision.status.current_step
+        && decision.status.phase == RolloutPhase::Progressing;
+    if same_step {
+        decision.requeue_after = sooner(decision.requeue_after, next_measurement_in);
     }
     Ok(Rollout {
         plan,
@@ -419,10 +445,12 @@ fn event_of(decision: &RolloutDecision) -> (String, EventType) {
 }
 
 /// After the status is written: an Event per new decision, and the manual control cleared (a value
-/// that is not a control is reported and cleared too).
+/// that is not a control is reported and cleared too), fenced by `resource_version`, the version the
+/// reconcile read or its status write produced.
 pub async fn announce(
     ctx: &Context,
     rsvc: &ReplicatedService,
+    resource_version: Option<String>,
     rollout: &Rollout,
     previous: Option<&RolloutStatus>,
 ) -> Result<(), Error> {
@@ -451,7 +479,11 @@ pub async fn announce(
     }
     let api: Api<ReplicatedService> =
         Api::namespaced(ctx.client.clone(), &rsvc.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"annotations": {CONTROL_ANNOTATION: null}}});
+    // Fenced like every other write: a person's newer control is not cleared unseen.
+    let patch = json!({"metadata": {
+        "resourceVersion": resource_version,
+        "annotations": {CONTROL_ANNOTATION: null},
+    }});
     ctx.metrics.count_write("replicatedservice", "annotation");
     api.patch(&rsvc.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
@@ -501,6 +533,49 @@ mod tests {
         for (name, deployment, expected) in cases {
             assert_eq!(settled(&deployment), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn a_rollout_is_looked_at_again_no_sooner_than_half_a_second_and_no_later_than_the_resync() {
+        let ms = Duration::from_millis;
+        assert_eq!(requeue_after(Some(ms(0))), ms(500));
+        assert_eq!(requeue_after(Some(ms(1500))), ms(1500));
+        assert_eq!(
+            requeue_after(Some(Duration::from_secs(3600))),
+            super::super::RESYNC
+        );
+        assert_eq!(requeue_after(None), super::super::RESYNC);
+    }
+
+    #[test]
+    fn a_measurement_is_due_after_ninety_percent_of_its_interval() {
+        let s = Duration::from_secs;
+        assert_eq!(measurement_wait(s(0), s(10)), Some(s(10)));
+        assert_eq!(measurement_wait(s(4), s(10)), Some(s(6)));
+        assert_eq!(
+            measurement_wait(Duration::from_millis(8999), s(10)),
+            Some(Duration::from_millis(1001))
+        );
+        assert_eq!(
+            measurement_wait(s(9), s(10)),
+            None,
+            "early by a tenth: measured now"
+        );
+        assert_eq!(measurement_wait(s(30), s(10)), None);
+    }
+
+    #[test]
+    fn the_next_measurement_brings_a_later_requeue_forward_but_never_delays_one() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            sooner(Some(s(30)), Some(s(6))),
+            Some(s(6)),
+            "a pause of 30 s still measures at 6 s"
+        );
+        assert_eq!(sooner(Some(s(2)), Some(s(6))), Some(s(2)));
+        assert_eq!(sooner(None, Some(s(6))), Some(s(6)));
+        assert_eq!(sooner(Some(s(2)), None), Some(s(2)));
+        assert_eq!(sooner(None, None), None);
     }
 
     #[test]

@@ -5,12 +5,16 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    core::v1::{ConfigMap, Pod, Service},
+    core::v1::{ConfigMap, Event, Pod, Service},
+    rbac::v1::{Role, RoleBinding},
 };
 use kube::{
-    api::ListParams,
     core::DeserializeGuard,
-    runtime::{controller::Action, reflector::ObjectRef, watcher, Controller},
+    runtime::{
+        controller::Action,
+        reflector::{ObjectRef, Store},
+        watcher, Controller,
+    },
     Resource, ResourceExt,
 };
 use outrigger_api::{ShardedService, ShardedServiceStatus};
@@ -18,31 +22,85 @@ use outrigger_core::{inject, labels, owner::Owner, sharded, validate};
 
 use super::{
     apply::{to_apply_value, typed, Applier},
-    config_sync, error_action, status, Context, Error,
+    cache::{self, Children},
+    config_sync, error_action, status, Context, Error, RESYNC,
 };
 use crate::metrics::ControllerLabels;
 
 const CONTROLLER: &str = "shardedservice";
 
-/// How often a ShardedService is looked at again: client pods (whose ServiceAccounts may read the
-/// shard map) and shard pods are listed, not watched (the operator may only list pods).
+/// How often a ShardedService with replicas in its shards is looked at again even without a change:
+/// a replication command that failed is sent again.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The context of this controller's reconciles: the shared one, and the caches of its watches.
+pub struct Sharded {
+    ctx: Arc<Context>,
+    children: Children,
+    /// `FailedCreate` Events about StatefulSets: how a shard that cannot create pods says why.
+    failed_creates: Store<Event>,
+    /// The shards' pods: their IPs go into the map, their readiness decides the primaries, and
+    /// their config sync sidecars report in their annotations.
+    shard_pods: Store<Pod>,
+    /// The pods using a ShardedService, whose ServiceAccounts may read its shard map.
+    client_pods: Store<Pod>,
+}
+
+impl std::ops::Deref for Sharded {
+    type Target = Context;
+
+    fn deref(&self) -> &Context {
+        &self.ctx
+    }
+}
 
 /// Runs the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    let owned =
-        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE));
+    // Only the children of ShardedServices: the ReplicatedService controller caches its own.
+    let owned = || {
+        watcher::Config::default().labels(&format!(
+            "{}={},{}",
+            labels::MANAGED_BY,
+            labels::MANAGED_BY_VALUE,
+            labels::SHARDED_SERVICE
+        ))
+    };
+    let (stateful_sets, stateful_set_events) = cache::watch(ctx.api::<StatefulSet>(), owned());
+    let (services, service_events) = cache::watch(ctx.api::<Service>(), owned());
+    let (config_maps, config_map_events) = cache::watch(ctx.api::<ConfigMap>(), owned());
+    let (roles, role_events) = cache::watch(ctx.api::<Role>(), owned());
+    let (bindings, binding_events) = cache::watch(ctx.api::<RoleBinding>(), owned());
+    let (shard_pods, shard_pod_events) = cache::watch(ctx.api::<Pod>(), owned());
+    let (client_pods, client_pod_events) = cache::watch(
+        ctx.api::<Pod>(),
+        watcher::Config::default().labels(inject::SHARDED_CLIENT_LABEL),
+    );
+    let (failed_creates, failed_create_events) = cache::watch(
+        ctx.api::<Event>(),
+        watcher::Config::default().fields("involvedObject.kind=StatefulSet,reason=FailedCreate"),
+    );
     let controller = Controller::new(
         ctx.api::<DeserializeGuard<ShardedService>>(),
         watcher::Config::default(),
     )
-    .owns(ctx.api::<StatefulSet>(), owned.clone())
-    .owns(ctx.api::<Service>(), owned.clone())
-    .owns(ctx.api::<ConfigMap>(), owned.clone())
-    // The config sync sidecars report in their pods' annotations.
-    .watches(ctx.api::<Pod>(), owned, |pod| {
+    .owns_stream(stateful_set_events)
+    .owns_stream(service_events)
+    .owns_stream(config_map_events)
+    .owns_stream(role_events)
+    .owns_stream(binding_events)
+    .watches_stream(failed_create_events, |event: Event| {
+        let namespace = event.involved_object.namespace.unwrap_or_default();
+        let shard = event.involved_object.name.unwrap_or_default();
+        sharded::service_of_shard(&shard).map(|service| ObjectRef::new(service).within(&namespace))
+    })
+    .watches_stream(shard_pod_events, |pod: Pod| {
         let namespace = pod.namespace()?;
         let name = pod.labels().get(labels::SHARDED_SERVICE)?.clone();
+        Some(ObjectRef::<DeserializeGuard<ShardedService>>::new(&name).within(&namespace))
+    })
+    .watches_stream(client_pod_events, |pod: Pod| {
+        let namespace = pod.namespace()?;
+        let name = pod.labels().get(inject::SHARDED_CLIENT_LABEL)?.clone();
         Some(ObjectRef::<DeserializeGuard<ShardedService>>::new(&name).within(&namespace))
     })
     .graceful_shutdown_on(shutdown);
@@ -54,8 +112,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             controller: CONTROLLER,
         })
         .clone();
+    let context = Arc::new(Sharded {
+        ctx,
+        children: Children {
+            stateful_sets: Some(stateful_sets),
+            services: Some(services),
+            config_maps: Some(config_maps),
+            roles: Some(roles),
+            role_bindings: Some(bindings),
+            ..Children::default()
+        },
+        failed_creates,
+        shard_pods,
+        client_pods,
+    });
     controller
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, context)
         .for_each(|_| {
             managed.set(i64::try_from(store.state().len()).unwrap_or(i64::MAX));
             futures::future::ready(())
@@ -67,12 +139,12 @@ fn key(object: &DeserializeGuard<ShardedService>) -> String {
     format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any())
 }
 
-fn error_policy(object: Arc<DeserializeGuard<ShardedService>>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(object: Arc<DeserializeGuard<ShardedService>>, error: &Error, ctx: Arc<Sharded>) -> Action {
     error_action(&ctx, CONTROLLER, &key(&object), error)
 }
 
 #[tracing::instrument(skip_all, fields(namespace = %guard.namespace().unwrap_or_default(), name = %guard.name_any()))]
-async fn reconcile(guard: Arc<DeserializeGuard<ShardedService>>, ctx: Arc<Context>) -> Result<Action, Error> {
+async fn reconcile(guard: Arc<DeserializeGuard<ShardedService>>, ctx: Arc<Sharded>) -> Result<Action, Error> {
     let run = async {
         match &guard.0 {
             Ok(shsvc) => reconcile_valid(shsvc, &ctx).await,
@@ -84,7 +156,7 @@ async fn reconcile(guard: Arc<DeserializeGuard<ShardedService>>, ctx: Arc<Contex
     ctx.measured(CONTROLLER, &key(&guard), run).await
 }
 
-async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_valid(shsvc: &ShardedService, ctx: &Sharded) -> Result<Action, Error> {
     if shsvc.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
@@ -109,7 +181,8 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
                 &shsvc.spec.sidecars,
             )
             .await?;
-            let mut desired = sharded::conditions(shsvc.spec.replicas_per_shard, &shards);
+            let failures = sharded::failures(&stateful_sets, &failed_creates(ctx, shsvc));
+            let mut desired = sharded::conditions(shsvc.spec.replicas_per_shard, &shards, &failures);
             desired.extend(config_synced.clone());
             let status = ShardedServiceStatus {
                 observed_generation: shsvc.metadata.generation,
@@ -133,10 +206,13 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
             };
             status::write(ctx, CONTROLLER, shsvc, shsvc.status.as_ref(), &status).await?;
             config_sync::announce(ctx, shsvc, current_conditions, config_synced.as_ref()).await;
-            Ok(Action::requeue(RECHECK))
+            Ok(Action::requeue(if shsvc.spec.replicas_per_shard > 1 {
+                RECHECK
+            } else {
+                RESYNC
+            }))
         }
-        Err(error) if error.needs_user_change() => {
-            tracing::info!(%error, "Spec cannot be reconciled; waiting for a change.");
+        Err(error) if error.shown_on_status() => {
             let mut status = shsvc.status.clone().unwrap_or_default();
             status.observed_generation = shsvc.metadata.generation;
             status.conditions = status::merged_conditions(
@@ -145,6 +221,11 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
                 shsvc.metadata.generation,
             );
             status::write(ctx, CONTROLLER, shsvc, shsvc.status.as_ref(), &status).await?;
+            if !error.needs_user_change() {
+                // A refusal may end without a change of the object (a quota raised): retried with backoff.
+                return Err(error);
+            }
+            tracing::info!(%error, "Spec cannot be reconciled; waiting for a change.");
             ctx.count_error(CONTROLLER, &error);
             Ok(Action::await_change())
         }
@@ -152,15 +233,47 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Context) -> Result<Action
     }
 }
 
+/// The cached `FailedCreate` Events about the shards of `shsvc`.
+fn failed_creates(ctx: &Sharded, shsvc: &ShardedService) -> Vec<Event> {
+    let (namespace, name) = (shsvc.namespace(), shsvc.name_any());
+    ctx.failed_creates
+        .state()
+        .iter()
+        .filter(|event| {
+            event.involved_object.namespace == namespace
+                && event
+                    .involved_object
+                    .name
+                    .as_deref()
+                    .and_then(sharded::service_of_shard)
+                    == Some(name.as_str())
+        })
+        .map(|event| (**event).clone())
+        .collect()
+}
+
 /// The primary `(pod name, uid)` of each shard, when it has one.
 type Primaries = Vec<Option<(String, String)>>;
 
 async fn apply_children(
     shsvc: &ShardedService,
-    ctx: &Context,
+    ctx: &Sharded,
 ) -> Result<(Vec<StatefulSet>, String, Primaries), Error> {
+    ctx.children.ready().await?;
+    for (store, kind) in [(&ctx.shard_pods, "shard Pods"), (&ctx.client_pods, "client Pods")] {
+        if tokio::time::timeout(cache::FILL_TIMEOUT, store.wait_until_ready())
+            .await
+            .is_err()
+        {
+            return Err(Error::CacheNotFilled(kind));
+        }
+    }
     let namespace = shsvc.namespace().unwrap_or_default();
-    validate::sharded_service(&shsvc.spec)?;
+    let name = shsvc.name_any();
+    validate::all([
+        validate::sharded_service(&shsvc.spec),
+        validate::sharded_service_name(&name, &shsvc.spec),
+    ])?;
     let (observed, primaries) = observe_and_replicate(shsvc, ctx, &namespace).await?;
     let children = sharded::build_observed(shsvc, &observed)?;
 
@@ -170,19 +283,13 @@ async fn apply_children(
         metrics: &ctx.metrics,
         controller: CONTROLLER,
         owner_uid: &uid,
+        cache: &ctx.children,
     };
     // The map goes first: the ambassadors learn the new shards while they start, and a shrink only
     // deletes shards after no map points at them.
     applier.apply(to_apply_value(&children.shard_map)?).await?;
-    let pods: kube::Api<Pod> = kube::Api::namespaced(ctx.client.clone(), &namespace);
-    let clients = pods
-        .list(&ListParams::default().labels(&format!(
-            "{}={}",
-            inject::SHARDED_CLIENT_LABEL,
-            shsvc.name_any()
-        )))
-        .await?;
-    let accounts = sharded::client_service_accounts(clients.items.iter().map(|pod| {
+    let clients = pods_labelled(&ctx.client_pods, &namespace, inject::SHARDED_CLIENT_LABEL, &name);
+    let accounts = sharded::client_service_accounts(clients.iter().map(|pod| {
         pod.spec
             .as_ref()
             .and_then(|spec| spec.service_account_name.as_deref())
@@ -210,25 +317,33 @@ async fn apply_children(
     for sts in &children.stateful_sets {
         stateful_sets.push(typed::<StatefulSet>(applier.apply(to_apply_value(sts)?).await?)?);
     }
-    let selector = format!("{}={}", labels::SHARDED_SERVICE, shsvc.name_any());
-    let keep: Vec<String> = children
-        .stateful_sets
-        .iter()
-        .filter_map(|s| s.metadata.name.clone())
-        .collect();
+    // Shards beyond the spec: from the first one not desired, up to the last the cache holds.
+    let mut beyond = Vec::new();
+    for index in shsvc.spec.shards.max(0).. {
+        let shard = sharded::shard_name(&name, index);
+        let cached = ["StatefulSet", "Service"]
+            .iter()
+            .any(|kind| ctx.children.get(kind, &namespace, &shard).is_some());
+        if !cached {
+            break;
+        }
+        beyond.push(shard);
+    }
     applier
-        .prune("apps/v1", "StatefulSet", &namespace, &selector, &keep)
+        .prune("apps/v1", "StatefulSet", &namespace, &beyond, &[])
         .await?;
-    applier
-        .prune("v1", "Service", &namespace, &selector, &keep)
-        .await?;
+    applier.prune("v1", "Service", &namespace, &beyond, &[]).await?;
+    let possible_access = [
+        outrigger_core::config_sync::access_name(&name),
+        sharded::shard_map_reader_name(&name),
+    ];
     for kind in ["Role", "RoleBinding"] {
         applier
             .prune(
                 "rbac.authorization.k8s.io/v1",
                 kind,
                 &namespace,
-                &selector,
+                &possible_access,
                 &access,
             )
             .await?;
@@ -242,14 +357,11 @@ async fn apply_children(
 /// to lead is not put first in the map; the next look tries again.
 async fn observe_and_replicate(
     shsvc: &ShardedService,
-    ctx: &Context,
+    ctx: &Sharded,
     namespace: &str,
 ) -> Result<(Vec<sharded::ObservedShard>, Primaries), Error> {
     let service = shsvc.name_any();
-    let pods: kube::Api<Pod> = kube::Api::namespaced(ctx.client.clone(), namespace);
-    let listed = pods
-        .list(&ListParams::default().labels(&format!("{}={service}", labels::SHARDED_SERVICE)))
-        .await?;
+    let listed = pods_labelled(&ctx.shard_pods, namespace, labels::SHARDED_SERVICE, &service);
     let previous = shsvc
         .status
         .as_ref()
@@ -259,11 +371,8 @@ async fn observe_and_replicate(
     let mut observed = Vec::new();
     for index in 0..shsvc.spec.shards {
         let shard = sharded::shard_name(&service, index);
-        let replicas: Vec<sharded::ReplicaPod> = listed
-            .items
-            .iter()
-            .filter_map(|pod| replica_pod(pod, &shard))
-            .collect();
+        let replicas: Vec<sharded::ReplicaPod> =
+            listed.iter().filter_map(|pod| replica_pod(pod, &shard)).collect();
         let addresses = replicas
             .iter()
             .filter_map(|pod| Some((pod.ordinal, pod.ip.clone()?)))
@@ -322,6 +431,18 @@ async fn observe_and_replicate(
         primaries.push(primary);
     }
     Ok((observed, primaries))
+}
+
+/// The cached pods of `namespace` whose label `key` is `value`.
+fn pods_labelled(store: &Store<Pod>, namespace: &str, key: &str, value: &str) -> Vec<Arc<Pod>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|pod| {
+            pod.metadata.namespace.as_deref() == Some(namespace)
+                && pod.labels().get(key).map(String::as_str) == Some(value)
+        })
+        .collect()
 }
 
 /// A pod of `shard` (`<shard>-<ordinal>`) as the replication decision sees it.

@@ -39,14 +39,15 @@ pub fn merged_conditions(
 }
 
 /// Writes `status` when it differs from the object's current status; publishes an Event when the
-/// Ready condition's status or the Degraded reason changes. Returns whether anything was written.
+/// Ready condition's status or the Degraded reason changes. Returns the object's new
+/// resourceVersion when it wrote, so a later write of the same reconcile can fence on it.
 pub async fn write<K>(
     ctx: &Context,
     controller: &'static str,
     object: &K,
     current_status: Option<&impl Serialize>,
     new_status: &impl Serialize,
-) -> Result<bool, Error>
+) -> Result<Option<String>, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -57,7 +58,7 @@ where
     let current = serde_json::to_value(current_status)?;
     let new = serde_json::to_value(new_status)?;
     if current == new {
-        return Ok(false);
+        return Ok(None);
     }
     let namespace = object.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -66,8 +67,10 @@ where
     ctx.metrics.count_write(controller, "status");
     // `object` carries the resourceVersion we reconciled: a newer object makes this a 409.
     let updated: K = serde_json::from_value(body)?;
-    api.replace_status(&object.name_any(), &PostParams::default(), &updated)
-        .await?;
+    let written = api
+        .replace_status(&object.name_any(), &PostParams::default(), &updated)
+        .await?
+        .resource_version();
 
     let condition = |status: &Value, type_: &str| -> Option<(String, String, String)> {
         status["conditions"]
@@ -93,7 +96,7 @@ where
         {
             ctx.event(object, EventType::Warning, reason, message.clone())
                 .await;
-            return Ok(true);
+            return Ok(written);
         }
     }
     if let Some((status, reason, message)) = &new_ready {
@@ -106,5 +109,5 @@ where
             ctx.event(object, type_, reason, message.clone()).await;
         }
     }
-    Ok(true)
+    Ok(written)
 }
