@@ -15,8 +15,9 @@ use outrigger_api::{
     common::{SidecarKind, SidecarSpec},
     rollout::RolloutPhase,
 };
-use outrigger_contract::config_sync::{
-    config_revision, rollout_config_map_name, ConfigMapData, ConfigRollout, ROLLOUT_KEY,
+use outrigger_contract::config_sync::{config_revision, ROLLOUT_KEY};
+pub use outrigger_contract::config_sync::{
+    rollout_config_map_name, ConfigMapData, ConfigRollout, ConfigSyncStatus, STATUS_ANNOTATION,
 };
 
 use crate::{
