@@ -10,15 +10,24 @@
 //! Images: `OUTRIGGER_IMAGE_PROFILE=image-test hack/images.sh config-sync testapp`; other tags
 //! through `OUTRIGGER_CONFIG_SYNC_IMAGE` and `OUTRIGGER_TESTAPP_IMAGE`.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
 
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Pod, Secret},
+    core::v1::{ConfigMap, Pod, Secret, Service},
     rbac::v1::Role,
 };
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use outrigger_api::ReplicatedService;
-use outrigger_tests::{admin_client, eventually, kubectl_ok, TestNamespace, WebhookOperator};
+use outrigger_api::{
+    rollout::{RolloutPhase, RolloutStatus},
+    ReplicatedService, RolloutStrategy,
+};
+use outrigger_tests::{admin_client, eventually, http_get_from, kubectl_ok, TestNamespace, WebhookOperator};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -450,4 +459,300 @@ async fn a_secret_the_sidecar_may_not_read_keeps_the_last_good_files_and_grantin
         restarted,
         "no restart after access was granted"
     );
+}
+
+/// A ReplicatedService of three test apps behind the request splitter, rolling out through the
+/// strategy `canary`, with the config sync sidecar reloading the app by HTTP.
+fn canary_service() -> ReplicatedService {
+    serde_json::from_value(json!({
+        "apiVersion": "outrigger.dev/v1alpha1", "kind": "ReplicatedService", "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 3,
+            "template": {"spec": {"containers": [{
+                "name": "app", "image": testapp_image(), "imagePullPolicy": "Never",
+                "ports": [{"containerPort": 8080}],
+                "env": [{"name": "CONFIG_FILE", "value": "/etc/app/app.json"}],
+            }]}},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+            "readiness": {"httpPath": "/healthz", "port": 8080, "periodSeconds": 1},
+            "rolloutStrategyRef": {"name": "canary"},
+            "sidecars": [{"name": "config-sync", "image": sidecar_image(), "settings": {
+                "configMaps": "app-config",
+                "mountPath": "/etc/app",
+                "reloadUrl": "http://127.0.0.1:8080/-/reload",
+            }}],
+        }
+    }))
+    .unwrap()
+}
+
+/// Clients sending requests through the service's Service from two threads, recording the config
+/// version of each answer (`c2`), or `error <status>`.
+struct ConfigLoad {
+    answers: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ConfigLoad {
+    fn start(address: &str) -> ConfigLoad {
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..2)
+            .map(|_| {
+                let (answers, stop, address) = (answers.clone(), stop.clone(), address.to_owned());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let answer = match http_get_from(&address, "/work") {
+                            Ok((200, body)) => body
+                                .split_whitespace()
+                                .find_map(|word| word.strip_prefix("config="))
+                                .unwrap_or("none")
+                                .to_owned(),
+                            Ok((status, _)) => format!("error {status}"),
+                            Err(error) => format!("error {error}"),
+                        };
+                        answers.lock().unwrap().push(answer);
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                })
+            })
+            .collect();
+        ConfigLoad {
+            answers,
+            stop,
+            threads,
+        }
+    }
+
+    /// The answers so far, and forgets them.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.answers.lock().unwrap())
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            thread.join().unwrap();
+        }
+    }
+}
+
+fn count(answers: &[String], what: &str) -> usize {
+    answers.iter().filter(|answer| *answer == what).count()
+}
+
+async fn rollout_of(services: &Api<ReplicatedService>) -> Option<RolloutStatus> {
+    services.get("web").await.ok()?.status?.rollout
+}
+
+async fn wait_for_rollout(
+    services: &Api<ReplicatedService>,
+    what: &str,
+    done: impl Fn(&RolloutStatus) -> bool,
+) -> RolloutStatus {
+    eventually(what, WAIT, || async {
+        Ok(rollout_of(services).await.filter(|status| done(status)))
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{error}; last status: {:?}", last_rollout(services)))
+}
+
+fn last_rollout(services: &Api<ReplicatedService>) -> String {
+    let namespace = services.namespace().unwrap_or_default().to_owned();
+    kubectl_ok(&[
+        "get",
+        "rsvc",
+        "web",
+        "-n",
+        &namespace,
+        "-o",
+        "jsonpath={.status.rollout}",
+    ])
+    .unwrap_or_default()
+}
+
+/// The config version each pod's app runs, by pod.
+fn configs_by_pod(namespace: &str, pods: &[String]) -> Vec<(String, String)> {
+    pods.iter()
+        .map(|pod| {
+            let config = app_config(namespace, pod);
+            let version = config
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("config="))
+                .unwrap_or("none")
+                .to_owned();
+            (pod.clone(), version)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_config_change_is_rolled_out_like_code_to_a_canary_share_then_promoted_or_rolled_back() {
+    let ns = TestNamespace::create("cfgcanary").unwrap();
+    let _operator = operator(&ns);
+    let client = admin_client().await.unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let services: Api<ReplicatedService> = Api::namespaced(client.clone(), &ns.name);
+    let strategies: Api<RolloutStrategy> = Api::namespaced(client.clone(), &ns.name);
+    let kube_services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let strategy: RolloutStrategy = serde_json::from_value(json!({
+        "apiVersion": "outrigger.dev/v1alpha1", "kind": "RolloutStrategy", "metadata": {"name": "canary"},
+        "spec": {"strategy": {"canary": {
+            "steps": [
+                {"setWeight": 33},
+                {"analysis": {"interval": "5s", "count": 2, "minRequestCount": 10,
+                    "metrics": [{"name": "success-rate", "type": "successRate", "min": 95}]}},
+                {"pause": {}},
+            ],
+            "scaleDownDelaySeconds": 3,
+        }}},
+    }))
+    .unwrap();
+    strategies
+        .create(&PostParams::default(), &strategy)
+        .await
+        .unwrap();
+    put_config(&configmaps, json!({"app.json": app_json("c1", "")})).await;
+    services
+        .create(&PostParams::default(), &canary_service())
+        .await
+        .unwrap();
+
+    let running = eventually("3 ready pods", WAIT, || async {
+        let list = pods
+            .list(&ListParams::default().labels("outrigger.dev/replicatedservice=web"))
+            .await?;
+        let ready: Vec<String> = list
+            .items
+            .iter()
+            .filter(|pod| is_ready(pod) && pod.metadata.deletion_timestamp.is_none())
+            .filter_map(|pod| pod.metadata.name.clone())
+            .collect();
+        Ok((ready.len() == 3).then_some(ready))
+    })
+    .await
+    .unwrap();
+    every_app_says(&ns.name, &running, "config=c1 reloads=0").await;
+    let address = eventually("the service behind its splitter", WAIT, || async {
+        let healthy = rollout_of(&services)
+            .await
+            .is_some_and(|status| status.phase == RolloutPhase::Healthy);
+        let Some(address) = outrigger_tests::splitter_fronted_address(&kube_services, "web").await? else {
+            return Ok(None);
+        };
+        let answers = healthy && http_get_from(&address, "/work").is_ok_and(|(status, _)| status == 200);
+        Ok(answers.then_some(address))
+    })
+    .await
+    .unwrap();
+    let load = ConfigLoad::start(&address);
+
+    // An edit: one pod in three (weight 33) applies it, judged by the analysis, then held for a
+    // person; the others keep c1.
+    put_config(&configmaps, json!({"app.json": app_json("c2", "")})).await;
+    let held = wait_for_rollout(&services, "the config canary held at the pause", |status| {
+        status.current_step == Some(2) && status.phase == RolloutPhase::Paused
+    })
+    .await;
+    assert!(
+        held.canary_revision
+            .as_deref()
+            .is_some_and(|r| r.starts_with("config-")),
+        "{held:?}"
+    );
+    assert_eq!(held.canary_weight, 33);
+    let configs = configs_by_pod(&ns.name, &running);
+    let canaries: Vec<&String> = configs
+        .iter()
+        .filter(|(_, config)| config == "c2")
+        .map(|(pod, _)| pod)
+        .collect();
+    assert_eq!(canaries.len(), 1, "one canary pod: {configs:?}");
+    assert_eq!(
+        configs.iter().filter(|(_, config)| config == "c1").count(),
+        2,
+        "the others stay: {configs:?}"
+    );
+    let track = kubectl_ok(&[
+        "get",
+        "pod",
+        "-n",
+        &ns.name,
+        canaries[0],
+        "-o",
+        "jsonpath={.metadata.labels.outrigger\\.dev/config-track}",
+    ])
+    .unwrap();
+    assert_eq!(track, "canary");
+    let answers = load.take();
+    assert!(
+        count(&answers, "c1") > 0 && count(&answers, "c2") > 0,
+        "clients see both versions while the canary runs"
+    );
+    assert!(
+        answers.iter().all(|answer| !answer.starts_with("error")),
+        "{:?}",
+        answers
+            .iter()
+            .filter(|a| a.starts_with("error"))
+            .collect::<Vec<_>>()
+    );
+
+    // Promotion moves every pod, without a restart.
+    kubectl_ok(&[
+        "annotate",
+        "rsvc",
+        "web",
+        "-n",
+        &ns.name,
+        "outrigger.dev/rollout=resume",
+        "--overwrite",
+    ])
+    .unwrap();
+    let promoted = wait_for_rollout(&services, "the config promoted", |status| {
+        status.phase == RolloutPhase::Promoted && status.canary_revision.is_none()
+    })
+    .await;
+    let decisions: Vec<&str> = promoted.history.iter().map(|h| h.decision.as_str()).collect();
+    assert!(
+        decisions.contains(&"AnalysisPassed") && decisions.contains(&"Promote"),
+        "{decisions:?}"
+    );
+    every_app_says(&ns.name, &running, "config=c2 reloads=1").await;
+    load.take();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let answers = load.take();
+    assert_eq!(count(&answers, "c2"), answers.len(), "only c2 after promotion");
+
+    // An edit that makes the app fail half its requests: the analysis fails, and the canary pod
+    // swaps the stable files back in place.
+    put_config(
+        &configmaps,
+        json!({"app.json": app_json("c3", ", \"errorPercent\": 50")}),
+    )
+    .await;
+    let aborted = wait_for_rollout(&services, "the bad config rolled back", |status| {
+        status.phase == RolloutPhase::Aborted
+    })
+    .await;
+    let rollback = aborted
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.decision == "Rollback")
+        .unwrap_or_else(|| panic!("no Rollback in {:?}", aborted.history));
+    assert!(rollback.reason.contains("success-rate"), "{}", rollback.reason);
+    every_app_says(&ns.name, &running, "config=c2").await;
+    let reloads: Vec<String> = running.iter().map(|pod| app_config(&ns.name, pod)).collect();
+    assert_eq!(
+        reloads.iter().filter(|r| r.contains("reloads=3")).count(),
+        1,
+        "the canary applied c3 and then c2 again: {reloads:?}"
+    );
+    load.finish();
+    for pod in &running {
+        assert_eq!(restarts(&ns.name, pod), "0 0", "no container restarted in {pod}");
+    }
 }

@@ -12,8 +12,9 @@
 //! With `CONFIG_FILE`, it reads that file at start, on SIGHUP and on `POST /-/reload`: its config
 //! version (the `"version"` of a JSON object, else the trimmed text) and the number of reloads are
 //! added to every answer (`version=v1 config=c2 reloads=1`) and served on `GET /config`; a config
-//! with `"healthy": false` makes `/healthz` answer 503 (a bad config the health gate rolls back). A
-//! file that cannot be read keeps the previous config.
+//! with `"healthy": false` makes `/healthz` answer 503 (a bad config the health gate rolls back),
+//! and `"errorPercent": N` replaces `ERROR_PERCENT` (a bad config a rollout's analysis rolls back).
+//! A file that cannot be read keeps the previous config.
 //!
 //! `outrigger-testapp watch FILE...` prints each change of the files' first lines with a timestamp,
 //! and `outrigger-testapp procstat NAME` the RSS and CPU time of the processes so named (the config
@@ -56,8 +57,7 @@ struct App {
 /// The config file and what was last read from it.
 struct ConfigFile {
     path: std::path::PathBuf,
-    /// (config version, healthy)
-    current: std::sync::Mutex<(String, bool)>,
+    current: std::sync::Mutex<Config>,
     reloads: AtomicU64,
 }
 
@@ -78,10 +78,15 @@ impl ConfigFile {
         let healthy = field("healthy")
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(true);
+        let error_percent = field("errorPercent").and_then(serde_json::Value::as_u64);
         *self
             .current
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = (version, healthy);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Config {
+            version,
+            healthy,
+            error_percent,
+        };
     }
 
     fn reload(&self) {
@@ -89,12 +94,15 @@ impl ConfigFile {
         self.reloads.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn describe(&self) -> String {
-        let (version, _) = self
-            .current
+    fn get(&self) -> Config {
+        self.current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+            .clone()
+    }
+
+    fn describe(&self) -> String {
+        let version = self.get().version;
         format!(
             "config={version} reloads={}",
             self.reloads.load(Ordering::Relaxed)
@@ -102,11 +110,16 @@ impl ConfigFile {
     }
 
     fn healthy(&self) -> bool {
-        self.current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .1
+        self.get().healthy
     }
+}
+
+/// What the config file last said.
+#[derive(Debug, Clone, Default)]
+struct Config {
+    version: String,
+    healthy: bool,
+    error_percent: Option<u64>,
 }
 
 impl App {
@@ -129,8 +142,13 @@ impl App {
             }
         }
         let count = self.served.fetch_add(1, Ordering::Relaxed);
+        let error_percent = self
+            .config
+            .as_ref()
+            .and_then(|config| config.get().error_percent)
+            .map_or(self.error_percent, |percent| percent.min(100));
         // Fails requests n where floor((n+1)*p/100) > floor(n*p/100): exactly p% over any 100.
-        let fails = (count + 1) * self.error_percent / 100 > count * self.error_percent / 100;
+        let fails = (count + 1) * error_percent / 100 > count * error_percent / 100;
         let status = if fails {
             StatusCode::INTERNAL_SERVER_ERROR
         } else {
@@ -409,7 +427,10 @@ async fn main() -> std::io::Result<()> {
         served: AtomicU64::new(0),
         config: std::env::var_os("CONFIG_FILE").map(|path| ConfigFile {
             path: path.into(),
-            current: std::sync::Mutex::new((String::new(), true)),
+            current: std::sync::Mutex::new(Config {
+                healthy: true,
+                ..Config::default()
+            }),
             reloads: AtomicU64::new(0),
         }),
     });
