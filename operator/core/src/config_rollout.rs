@@ -26,9 +26,11 @@ use crate::{
     rollout::Decision,
 };
 
-/// Pod label: `stable` or `canary`, the config track a pod is on. The track Services select on it
-/// while a config rollout runs (the ReplicaSets select on other labels, so relabelling a pod never
-/// re-creates it).
+/// Pod label: `stable` or `canary`, the track a pod serves on. The track Services of a service with
+/// config rollouts always select on it: during a config rollout it names the canary pods, otherwise
+/// it repeats the pod's Deployment track. (The ReplicaSets select on other labels, so relabelling
+/// a pod never re-creates it; and the Services never change their selector, which would leave them
+/// without endpoints for a moment.)
 pub const CONFIG_TRACK: &str = "outrigger.dev/config-track";
 
 /// Prefix of config revisions in `status.rollout`, to tell them from template revisions.
@@ -87,6 +89,8 @@ pub struct PodView {
     pub ready: bool,
     /// The ConfigMap revision its sidecar reports having applied.
     pub config_revision: Option<String>,
+    /// The track of the Deployment it belongs to (`outrigger.dev/track`).
+    pub deployment_track: Option<String>,
 }
 
 /// What a config rollout observes, besides what the template's rollout already knows.
@@ -144,13 +148,14 @@ pub fn choose_canaries(pods: &[PodView], count: usize, previous: &BTreeSet<Strin
 pub struct ConfigPlan {
     pub document: ConfigRollout,
     /// Every pod's [`CONFIG_TRACK`] label value.
-    pub tracks: BTreeMap<String, &'static str>,
+    pub tracks: BTreeMap<String, String>,
 }
 
 /// The document and the pods' tracks.
 ///
-/// - no rollout in flight (`decision` is `None`: the template's rollout has the service, or the
-///   ConfigMaps are missing): the stable version stays and no pod is a canary;
+/// - no config rollout (`decision` is `None`: the template's rollout has the service, or the
+///   ConfigMaps are missing): the stable version stays, no pod is a config canary, and each pod's
+///   track is its Deployment's;
 /// - promotion: the live data become stable and no pod is a canary, so every pod moves;
 /// - a canary the decision wants: `canary_pods` pods apply the live data, the rest stay;
 /// - rolling back or aborted: no canary, so the canary pods swap the stable files back.
@@ -187,12 +192,12 @@ pub fn plan(
     let tracks = pods
         .iter()
         .map(|pod| {
-            let track = if document.canary_pods.contains(&pod.name) {
-                "canary"
-            } else {
-                "stable"
+            let track = match (decision, pod.deployment_track.as_deref()) {
+                _ if document.canary_pods.contains(&pod.name) => "canary",
+                (None, Some(track)) => track,
+                _ => "stable",
             };
-            (pod.name.clone(), track)
+            (pod.name.clone(), track.to_owned())
         })
         .collect();
     ConfigPlan { document, tracks }
@@ -233,6 +238,7 @@ mod tests {
             name: name.to_owned(),
             ready,
             config_revision: revision.map(config_revision),
+            deployment_track: Some("stable".to_owned()),
         }
     }
 
@@ -426,5 +432,18 @@ mod tests {
         assert!(is_config_revision(Some(&rollout_revision("abc"))));
         assert!(!is_config_revision(Some("abc")));
         assert!(!is_config_revision(None));
+    }
+
+    #[test]
+    fn outside_a_config_rollout_each_pod_serves_on_its_deployments_track() {
+        let v1 = data("v1");
+        let mut all = pods(&["web-a", "web-canary-b"]);
+        all[1].deployment_track = Some("canary".to_owned());
+        let plan = plan(Some(&ConfigRollout::stable(v1.clone())), Some(&v1), None, 0, &all);
+        assert_eq!(plan.tracks["web-a"], "stable");
+        assert_eq!(
+            plan.tracks["web-canary-b"], "canary",
+            "a template canary stays a canary"
+        );
     }
 }

@@ -138,9 +138,12 @@ pub struct RolloutInputs<'a> {
     pub splitter_resources: Option<&'a ResourceRequirements>,
     /// The splitter has ready replicas, so the service's Service may send clients to it.
     pub splitter_ready: bool,
-    /// The rollout is of the synced ConfigMaps (`config_rollout`): stable keeps every replica, no
-    /// canary Deployment runs, and the track Services select pods by their config track.
+    /// The rollout is of the synced ConfigMaps (`config_rollout`): stable keeps every replica and
+    /// no canary Deployment runs.
     pub config_mode: bool,
+    /// The service rolls out config changes too: its track Services select pods by the track label
+    /// the operator keeps on each pod (`config_rollout::CONFIG_TRACK`).
+    pub config_tracks: bool,
 }
 
 /// The request splitter in front of the tracks, and the Services it reaches them through. Its
@@ -233,14 +236,14 @@ pub fn build(
                     STABLE,
                     port.port,
                     target_port,
-                    inputs.config_mode,
+                    inputs.config_tracks,
                 ),
                 canary_service: canary::track_service(
                     &owner,
                     CANARY,
                     port.port,
                     target_port,
-                    inputs.config_mode,
+                    inputs.config_tracks,
                 ),
                 splitter: with_resources(
                     canary::splitter_deployment(
@@ -1046,6 +1049,7 @@ mod tests {
             splitter_resources: Some(&resources),
             splitter_ready,
             config_mode: false,
+            config_tracks: false,
         };
         build(&rsvc(rollout_spec()), PdbApi::None, Some(&inputs)).unwrap()
     }

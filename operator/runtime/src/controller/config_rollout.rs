@@ -78,6 +78,7 @@ pub async fn read(rsvc: &ReplicatedService, ctx: &Context) -> Result<Option<Conf
                 name: pod.name_any(),
                 ready,
                 config_revision: status.and_then(|status| status.config_revision),
+                deployment_track: pod.labels().get(labels::TRACK).cloned(),
             };
             (view, pod.labels().get(CONFIG_TRACK).cloned())
         })
@@ -102,7 +103,7 @@ pub async fn label_pods(
         let Some(track) = plan.tracks.get(&view.name) else {
             continue;
         };
-        if current.as_deref() == Some(*track) {
+        if current.as_deref() == Some(track.as_str()) {
             continue;
         }
         let patch = json!({"metadata": {"labels": {CONFIG_TRACK: track}}});
@@ -110,7 +111,7 @@ pub async fn label_pods(
             .patch(&view.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => tracing::info!(pod = %view.name, track, "Moved a pod to a config track."),
+            Ok(_) => tracing::info!(pod = %view.name, %track, "Moved a pod to a track."),
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => return Err(error.into()),
         }

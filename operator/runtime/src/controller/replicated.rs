@@ -351,6 +351,7 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
         splitter_resources: ctx.splitter_resources.as_ref(),
         splitter_ready: rollout.splitter_ready,
         config_mode: rollout.config_mode,
+        config_tracks: config_read.is_some(),
     });
     // Build: pure.
     let children = replicated::build(rsvc, ctx.pdb_api, inputs.as_ref())?;
