@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::ConfigMap;
 use outrigger_api::{
     common::{SidecarKind, SidecarSpec},
-    rollout::RolloutPhase,
+    rollout::{CanaryStrategy, RolloutPhase},
 };
 use outrigger_contract::config_sync::{config_revision, ROLLOUT_KEY};
 pub use outrigger_contract::config_sync::{
@@ -23,7 +23,7 @@ pub use outrigger_contract::config_sync::{
 use crate::{
     labels,
     owner::{child_meta, BuildError, Owner},
-    rollout::Decision,
+    rollout::{self, Decision},
 };
 
 /// Pod label: `stable` or `canary`, the track a pod serves on. The track Services of a service with
@@ -143,6 +143,19 @@ pub fn choose_canaries(pods: &[PodView], count: usize, previous: &BTreeSet<Strin
     names.into_iter().take(count).map(str::to_owned).collect()
 }
 
+/// How many pods the canary has at the decision's step: as many as a canary Deployment would have
+/// replicas (growing to an upcoming weight first), at least one while there is a canary — but,
+/// unlike a canary Deployment, taken from stable's pods, so one stays stable while stable gets
+/// traffic (a service of one replica has no config canary below a weight of 100).
+pub fn canary_count(strategy: &CanaryStrategy, decision: &Decision, replicas: i32) -> usize {
+    let status = &decision.status;
+    let upcoming = rollout::upcoming_weight(strategy, status);
+    let (_, canary) = rollout::replica_split(replicas, Some(status), decision.canary, None, upcoming);
+    let all_traffic = upcoming.unwrap_or(status.canary_weight).max(status.canary_weight) >= 100;
+    let most = if all_traffic { replicas } else { replicas - 1 };
+    usize::try_from(canary.min(most)).unwrap_or(0)
+}
+
 /// What the controller should make true for a config rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigPlan {
@@ -186,7 +199,7 @@ pub fn plan(
         } else if canary_wanted && config_revision(live) != document.stable_revision {
             let previous_canaries = previous.map(|p| p.canary_pods.clone()).unwrap_or_default();
             document.canary_revision = Some(config_revision(live));
-            document.canary_pods = choose_canaries(pods, canary_pods.max(1), &previous_canaries);
+            document.canary_pods = choose_canaries(pods, canary_pods, &previous_canaries);
         }
     }
     let tracks = pods
@@ -445,5 +458,43 @@ mod tests {
             plan.tracks["web-canary-b"], "canary",
             "a template canary stays a canary"
         );
+    }
+
+    #[test]
+    fn the_canary_grows_with_the_weight_and_is_empty_without_one() {
+        let strategy: CanaryStrategy = serde_json::from_value(serde_json::json!({
+            "steps": [{"setWeight": 33}, {"setWeight": 67}, {"setWeight": 100}],
+        }))
+        .unwrap();
+        let at = |step: i32, weight: i32, canary: bool| Decision {
+            status: RolloutStatus {
+                phase: RolloutPhase::Progressing,
+                current_step: Some(step),
+                canary_weight: weight,
+                ..RolloutStatus::default()
+            },
+            promote: false,
+            canary,
+            requeue_after: None,
+        };
+        // (decision, replicas, canary pods)
+        for (decision, replicas, expected) in [
+            (at(0, 0, true), 3, 1),
+            (at(0, 33, true), 3, 1),
+            // 67% of three would be three pods: one stays stable.
+            (at(1, 33, true), 3, 2),
+            (at(1, 67, true), 3, 2),
+            (at(2, 67, true), 3, 3),
+            (at(0, 0, true), 10, 4),
+            (at(0, 0, true), 1, 0),
+            (at(2, 67, true), 1, 1),
+            (at(0, 0, false), 3, 0),
+        ] {
+            assert_eq!(
+                canary_count(&strategy, &decision, replicas),
+                expected,
+                "{decision:?} of {replicas}"
+            );
+        }
     }
 }

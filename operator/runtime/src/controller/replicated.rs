@@ -378,31 +378,16 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
         .await?,
     );
     // Config rollouts: the document every sidecar of the service watches, then the pods' tracks
-    // (the track Services select on them while a config rollout runs).
+    // (the track Services select on them).
     if let Some(read) = &config_read {
-        let decision = rollout
-            .as_ref()
-            .filter(|rollout| rollout.config_mode)
-            .map(|rollout| &rollout.decision);
-        let canary_pods = rollout
-            .as_ref()
-            .filter(|rollout| rollout.config_mode)
-            .map_or(0, |rollout| {
-                let status = &rollout.decision.status;
-                outrigger_core::rollout::replica_split(
-                    rsvc.spec.replicas,
-                    Some(status),
-                    rollout.decision.canary,
-                    None,
-                    outrigger_core::rollout::upcoming_weight(&rollout.plan, status),
-                )
-                .1
-            });
+        let config_rollout = rollout.as_ref().filter(|rollout| rollout.config_mode);
         let plan = core_config_rollout::plan(
             read.document.as_ref(),
             read.live.as_ref(),
-            decision,
-            usize::try_from(canary_pods).unwrap_or(0),
+            config_rollout.map(|rollout| &rollout.decision),
+            config_rollout.map_or(0, |rollout| {
+                core_config_rollout::canary_count(&rollout.plan, &rollout.decision, rsvc.spec.replicas)
+            }),
             &read.views(),
         );
         let document = core_config_rollout::document_config_map(&Owner::of(rsvc)?, &plan.document)?;
