@@ -21,7 +21,8 @@ pub struct Invalid {
     pub column: Option<usize>,
     pub message: String,
     /// `json`, `yaml`, `toml`, `ini`, `schema`, `encoding`, `missing`, `source` (a named object is
-    /// missing or clashes), `forbidden` (it may not be read): a metric label.
+    /// missing or clashes), `forbidden` (it may not be read), `rollout` (the rollout document is
+    /// broken): a metric label.
     pub category: &'static str,
 }
 
