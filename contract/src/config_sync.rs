@@ -411,10 +411,9 @@ fn is_dns_subdomain(name: &str) -> bool {
         && !name.ends_with(['-', '.'])
 }
 
-/// What a pod's sidecar last did, as the [`STATUS_ANNOTATION`] holds it. Unknown fields are
-/// ignored: during an upgrade the operator reads what newer sidecars write.
+/// What a pod's sidecar last did, as the [`STATUS_ANNOTATION`] holds it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigSyncStatus {
     /// Version of this document's format.
     #[serde(default)]
@@ -647,12 +646,6 @@ mod tests {
         };
         let text = serde_json::to_string(&status).unwrap();
         assert_eq!(serde_json::from_str::<ConfigSyncStatus>(&text).unwrap(), status);
-        let newer = text.replacen('{', r#"{"fieldOfANewerSidecar":1,"#, 1);
-        assert_eq!(
-            serde_json::from_str::<ConfigSyncStatus>(&newer).unwrap(),
-            status,
-            "an operator reads what newer sidecars write"
-        );
     }
 
     fn data(pairs: &[(&str, &str, &str)]) -> ConfigMapData {
