@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod autoscaling;
 pub mod canary;
 pub mod conditions;
+pub mod config_rollout;
 pub mod config_sync;
 pub mod inject;
 pub mod labels;

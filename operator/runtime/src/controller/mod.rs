@@ -5,6 +5,7 @@
 mod apply;
 mod autoscaling;
 mod cache;
+mod config_rollout;
 mod config_sync;
 mod replicated;
 mod rollout;
