@@ -47,6 +47,11 @@ pub struct ShardResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CategoryLabels {
     pub category: &'static str,
 }
@@ -72,6 +77,20 @@ pub struct Metrics {
     pub hot_keys: Arc<HotKeys>,
     /// The shards of the map in force, for the skew gauge.
     shards_in_force: Arc<Mutex<Vec<String>>>,
+    /// Reads that missed on a moved key's new owner and asked its previous owner: `hit`, `miss`
+    /// or `error`.
+    pub migration_fallbacks: Family<ResultLabels, Counter>,
+    /// Keys copied to their new owner after a fallback hit: `copied`, `newer` (a write got there
+    /// first) or `error`.
+    pub migration_copies: Family<ResultLabels, Counter>,
+    /// Writes that deleted moved keys on their previous owners: `ok` or `error`.
+    pub migration_clears: Family<ResultLabels, Counter>,
+    /// Shards of the previous ring while a reshard runs, else 0.
+    pub previous_shards: Gauge,
+    /// 1 while a password from the shard map's Secret is in force.
+    pub password_loaded: Gauge,
+    /// Reads of the password Secret that gave no password, by cause.
+    pub auth_errors: Family<CategoryLabels, Counter>,
     routes: RouteCounters,
 }
 
@@ -136,6 +155,12 @@ impl Default for Metrics {
             shards: Gauge::default(),
             hot_keys: Arc::new(HotKeys::default()),
             shards_in_force: Arc::default(),
+            migration_fallbacks: Family::default(),
+            migration_copies: Family::default(),
+            migration_clears: Family::default(),
+            previous_shards: Gauge::default(),
+            password_loaded: Gauge::default(),
+            auth_errors: Family::default(),
         }
     }
 }
@@ -181,6 +206,36 @@ impl Metrics {
             "Shards in the shard map in force",
             metrics.shards.clone(),
         );
+        r.register(
+            "migration_fallbacks",
+            "Reads that missed on a moved key's new owner and asked its previous owner, by result (hit, miss, error)",
+            metrics.migration_fallbacks.clone(),
+        );
+        r.register(
+            "migration_copies",
+            "Keys copied to their new owner after a fallback hit, by result (copied, newer, error)",
+            metrics.migration_copies.clone(),
+        );
+        r.register(
+            "migration_clears",
+            "Writes that deleted moved keys on their previous owners, by result (ok, error)",
+            metrics.migration_clears.clone(),
+        );
+        r.register(
+            "shard_map_previous_shards",
+            "Shards of the previous ring while a reshard runs, else 0",
+            metrics.previous_shards.clone(),
+        );
+        r.register(
+            "auth_password_loaded",
+            "1 while a password from the shard map's Secret is in force",
+            metrics.password_loaded.clone(),
+        );
+        r.register(
+            "auth_secret_errors",
+            "Reads of the shards' password Secret that gave no password, by cause",
+            metrics.auth_errors.clone(),
+        );
         r.register_collector(Box::new(SkewCollector {
             shards: metrics.shards_in_force.clone(),
             operations: metrics.shard_operations.clone(),
@@ -188,6 +243,28 @@ impl Metrics {
         r.register_collector(Box::new(HotKeysCollector(metrics.hot_keys.clone())));
         registry.register_collector(Box::new(ProcessCollector));
         metrics
+    }
+
+    pub fn auth_error(&self, category: &'static str) {
+        self.auth_errors.get_or_create(&CategoryLabels { category }).inc();
+    }
+
+    pub fn fallback(&self, result: &'static str) {
+        self.migration_fallbacks
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn copy(&self, result: &'static str) {
+        self.migration_copies
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn clear(&self, result: &'static str) {
+        self.migration_clears
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts a client command by its route.

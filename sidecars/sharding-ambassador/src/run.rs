@@ -24,6 +24,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    auth::SecretFollower,
     cli::ShardArgs,
     metrics::Metrics,
     server::{self, ServerLimits},
@@ -103,6 +104,10 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let configmap = configmap
         .map(|options| configmap_spec(options, own))
         .transpose()?;
+    // The password Secret the map names is read like the map: same client, same namespace.
+    let secret_api = configmap
+        .as_ref()
+        .map(|spec| (spec.client.clone(), spec.reference.namespace.clone()));
 
     let listener = TcpListener::bind(listen)
         .await
@@ -131,8 +136,19 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         })?;
     let hangup = shutdown::reload_on_hangup(reload_now);
 
-    let settings = Arc::new(shards.shard_settings(&metrics));
-    // Every worker follows the shard map and builds its own topology, with its own connections.
+    let (password, passwords) = watch::channel(None);
+    let settings = Arc::new(ShardSettings {
+        password: passwords,
+        ..shards.shard_settings(&metrics)
+    });
+    // One watch of the password Secret for the whole process, apart from the topologies: every
+    // worker's shard connections read the password from the shared `settings`.
+    let password_follower = tokio::spawn(follow_password(
+        documents.subscribe(),
+        SecretFollower::new(secret_api, password, metrics.clone()),
+    ));
+    // Every worker follows the shard map and builds its own topology (the previous ring of a
+    // reshard included), with its own connections.
     let follower: Follower = {
         let (documents, admin_state) = (documents.clone(), admin_state.clone());
         Arc::new(move |topology| {
@@ -182,6 +198,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     .await;
     let _ = stop.send(true);
     hangup.abort();
+    password_follower.abort();
     admin_task.abort();
     for task in started.tasks {
         let _ = task.await;
@@ -223,22 +240,43 @@ async fn follow_shard_map(
             match shardmap::validate(&accepted.document) {
                 Ok(spec) => {
                     let next = Topology::build(&spec, &topology.borrow(), &settings);
-                    let shards = next.shards().len();
-                    settings
-                        .metrics
-                        .shards
-                        .set(i64::try_from(shards).unwrap_or(i64::MAX));
+                    let (shards, previous_shards) = (next.shards().len(), next.previous_shards());
+                    let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
+                    settings.metrics.shards.set(gauge(shards));
+                    settings.metrics.previous_shards.set(gauge(previous_shards));
                     settings
                         .metrics
                         .set_shards_in_force(spec.shards.iter().map(|shard| shard.name.clone()));
+                    // Clients pick the new topology up at their next command; commands already
+                    // sent keep the handles they were given, so a swap drops nothing in flight.
                     topology.send_replace(Arc::new(next));
                     admin.set_ready(shards > 0);
-                    info!(generation = accepted.generation, shards, "Shard map in force.");
+                    info!(
+                        generation = accepted.generation,
+                        shards, previous_shards, "Shard map in force."
+                    );
                 }
                 Err(error) => {
                     warn!(%error, category = error.category(), "Shard map accepted but not routable; keeping the last one.");
                 }
             }
+        }
+        if documents.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Follows the password Secret each accepted shard map names (the watch restarts when the map
+/// names another one, and stops when it names none).
+async fn follow_password(
+    mut documents: watch::Receiver<Option<Arc<Versioned<ShardMap>>>>,
+    mut secrets: SecretFollower,
+) {
+    loop {
+        let accepted = documents.borrow_and_update().clone();
+        if let Some(accepted) = accepted {
+            secrets.follow(accepted.document.auth.as_ref());
         }
         if documents.changed().await.is_err() {
             return;

@@ -155,6 +155,8 @@ mod tests {
             read_policy: ReadPolicy::Primary,
             shards: Vec::new(),
             key_ranges: Vec::new(),
+            migration: None,
+            auth: None,
         }
     }
 
