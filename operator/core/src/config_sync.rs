@@ -99,8 +99,15 @@ pub fn access(
     let read = ["get", "list", "watch"];
     let mut rules = Vec::new();
     if let Some(settings) = &needs.config_sync {
-        if !settings.config_maps.is_empty() {
-            rules.push(rule("configmaps", Some(&settings.config_maps), &read));
+        // The rollout document is read like a source.
+        let config_maps: Vec<String> = settings
+            .config_maps
+            .iter()
+            .chain(&settings.rollout_config_map)
+            .cloned()
+            .collect();
+        if !config_maps.is_empty() {
+            rules.push(rule("configmaps", Some(&config_maps), &read));
         }
         if !settings.secrets.is_empty() {
             rules.push(rule("secrets", Some(&settings.secrets), &read));
@@ -241,6 +248,7 @@ mod tests {
                 file: None,
                 message: message.map(str::to_owned),
                 refused_version: None,
+                config_revision: None,
             }),
         }
     }
@@ -373,5 +381,25 @@ mod tests {
                 assert_eq!(events.resource_names, None);
             }
         }
+    }
+
+    #[test]
+    fn the_role_also_names_the_rollout_document() {
+        let settings = ConfigSyncSettings::from_settings(
+            &[("configMaps", "app"), ("rolloutConfigMap", "web-config-rollout")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+        .unwrap();
+        let needs = SidecarAccess {
+            config_sync: Some(settings),
+            events: false,
+        };
+        let (role, _) = access(&owner(), &BTreeMap::new(), &needs, "default");
+        assert_eq!(
+            role.rules.unwrap()[0].resource_names.as_deref().unwrap(),
+            ["app", "web-config-rollout"]
+        );
     }
 }

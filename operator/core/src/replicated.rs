@@ -100,7 +100,11 @@ pub fn possible_children(service: &str) -> PossibleChildren {
             canary::track_service_name(service, STABLE),
             canary::track_service_name(service, CANARY),
         ],
-        config_maps: vec![config_map_name(service), splitter.clone()],
+        config_maps: vec![
+            config_map_name(service),
+            splitter.clone(),
+            outrigger_contract::config_sync::rollout_config_map_name(service),
+        ],
         identity: vec![
             splitter,
             crate::config_sync::access_name(service),
@@ -138,6 +142,12 @@ pub struct RolloutInputs<'a> {
     pub splitter_resources: Option<&'a ResourceRequirements>,
     /// The splitter has ready replicas, so the service's Service may send clients to it.
     pub splitter_ready: bool,
+    /// The rollout is of the synced ConfigMaps (`config_rollout`): stable keeps every replica and
+    /// no canary Deployment runs.
+    pub config_mode: bool,
+    /// The service rolls out config changes too: its track Services select pods by the track label
+    /// the operator keeps on each pod (`config_rollout::CONFIG_TRACK`).
+    pub config_tracks: bool,
 }
 
 /// The request splitter in front of the tracks, and the Services it reaches them through. Its
@@ -172,6 +182,7 @@ pub fn build(
     let pod_selector = BTreeMap::from([(labels::REPLICATED_SERVICE.to_owned(), owner.name.clone())]);
 
     let (stable_replicas, canary_replicas) = match rollout {
+        Some(inputs) if inputs.config_mode => (spec.replicas, 0),
         Some(inputs) => rollout::replica_split(
             spec.replicas,
             Some(&inputs.decision.status),
@@ -201,7 +212,7 @@ pub fn build(
         stable_template,
         spec.readiness.as_ref(),
     )?];
-    if rollout.is_some_and(|inputs| inputs.decision.canary) {
+    if rollout.is_some_and(|inputs| inputs.decision.canary && !inputs.config_mode) {
         deployments.push(deployment(
             &owner,
             &owner_labels,
@@ -224,8 +235,20 @@ pub fn build(
             inputs,
             port.port,
             RolloutChildren {
-                stable_service: canary::track_service(&owner, STABLE, port.port, target_port),
-                canary_service: canary::track_service(&owner, CANARY, port.port, target_port),
+                stable_service: canary::track_service(
+                    &owner,
+                    STABLE,
+                    port.port,
+                    target_port,
+                    inputs.config_tracks,
+                ),
+                canary_service: canary::track_service(
+                    &owner,
+                    CANARY,
+                    port.port,
+                    target_port,
+                    inputs.config_tracks,
+                ),
                 splitter: with_resources(
                     canary::splitter_deployment(
                         &owner,
@@ -1029,6 +1052,8 @@ mod tests {
             splitter_image: "outrigger/request-splitter:dev",
             splitter_resources: Some(&resources),
             splitter_ready,
+            config_mode: false,
+            config_tracks: false,
         };
         build(&rsvc(rollout_spec()), PdbApi::None, Some(&inputs)).unwrap()
     }

@@ -27,6 +27,7 @@ use kube::{
 };
 use outrigger_api::{ReplicatedService, ShardedService};
 use outrigger_core::{
+    config_rollout,
     inject::{self, OwnerSidecars, SidecarDefaults},
     replicated, sharded,
 };
@@ -133,7 +134,12 @@ impl OwnerLookup for CachedOwners {
             "ReplicatedService" => {
                 let key = reflector::ObjectRef::new(name).within(namespace);
                 self.replicated.get(&key).map(|s| OwnerEntry {
-                    sidecars: s.spec.sidecars.clone(),
+                    // With a strategy, config sync learns where the rollout document is.
+                    sidecars: config_rollout::sidecars_for(
+                        name,
+                        s.spec.rollout_strategy_ref.is_some(),
+                        &s.spec.sidecars,
+                    ),
                     config_map: replicated::config_map_name(name),
                     uid: s.metadata.uid.clone(),
                 })
