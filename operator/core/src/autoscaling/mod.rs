@@ -541,15 +541,16 @@ mod tests {
         let no_pods = || Err(MetricError::NoReadyPods);
         let mut state = PolicyState::default();
         // (second, current, input, front, desired, reason, summary of a change)
-        let script: Vec<(
+        type Step = (
             u64,
             i32,
             Result<MetricInput, MetricError>,
             Front,
             i32,
             Reason,
-            Option<&str>,
-        )> = vec![
+            Option<&'static str>,
+        );
+        let script: Vec<Step> = vec![
             (0, 0, no_pods(), front(0.0, 500), 0, Reason::ScaledToZero, None),
             (
                 1,

@@ -12,6 +12,9 @@
 
 use std::time::Duration;
 
+use kube::ResourceExt;
+use outrigger_api::{autoscaling::ScaleTargetKind, AutoscalingPolicy};
+
 /// What the front request splitters reported at one poll, summed over their pods.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FrontReading {
@@ -104,9 +107,75 @@ pub fn zero_move(
     }
 }
 
+/// Whether `policy` may scale the ReplicatedService `namespace/service` to zero, so that the
+/// request splitter must front it. An invalid policy scales nothing, so it asks for nothing.
+pub fn may_scale_to_zero(policy: &AutoscalingPolicy, namespace: &str, service: &str) -> bool {
+    let target = &policy.spec.scale_target_ref;
+    policy.spec.min_replicas == 0
+        && target.kind == ScaleTargetKind::ReplicatedService
+        && target.name == service
+        && policy.namespace().as_deref() == Some(namespace)
+        && policy.metadata.deletion_timestamp.is_none()
+        && crate::validate::autoscaling_policy(&policy.spec).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn only_a_valid_policy_with_a_minimum_of_zero_on_the_service_asks_for_the_splitter() {
+        let policy = |namespace: &str, patch: serde_json::Value| -> AutoscalingPolicy {
+            let mut spec = json!({
+                "scaleTargetRef": {"kind": "ReplicatedService", "name": "web"},
+                "minReplicas": 0, "maxReplicas": 3,
+                "metrics": [{"type": "requestRate", "target": {"type": "AverageValue", "averageValue": "10"}}],
+            });
+            if let (Some(spec), Some(patch)) = (spec.as_object_mut(), patch.as_object()) {
+                spec.extend(patch.clone());
+            }
+            serde_json::from_value(json!({
+                "apiVersion": "outrigger.dev/v1alpha1", "kind": "AutoscalingPolicy",
+                "metadata": {"name": "web", "namespace": namespace},
+                "spec": spec,
+            }))
+            .unwrap()
+        };
+        let cases = [
+            (
+                "a minimum of zero on the service",
+                policy("shop", json!({})),
+                true,
+            ),
+            ("another namespace", policy("other", json!({})), false),
+            (
+                "another service",
+                policy(
+                    "shop",
+                    json!({"scaleTargetRef": {"kind": "ReplicatedService", "name": "api"}}),
+                ),
+                false,
+            ),
+            (
+                "a minimum of one",
+                policy("shop", json!({"minReplicas": 1})),
+                false,
+            ),
+            (
+                "an invalid policy",
+                policy(
+                    "shop",
+                    json!({"scaleTargetRef": {"kind": "ReplicatedService", "name": "web", "dimension": "shards"}}),
+                ),
+                false,
+            ),
+        ];
+        for (name, policy, expected) in cases {
+            assert_eq!(may_scale_to_zero(&policy, "shop", "web"), expected, "{name}");
+        }
+    }
 
     fn secs(seconds: u64) -> Duration {
         Duration::from_secs(seconds)
@@ -122,7 +191,9 @@ mod tests {
     #[test]
     fn moves_to_and_from_zero() {
         let window = secs(300);
-        let cases: Vec<(&str, i32, i32, Option<Front>, Option<ZeroMove>)> = vec![
+        // (case, current, minReplicas, front, move)
+        type Case = (&'static str, i32, i32, Option<Front>, Option<ZeroMove>);
+        let cases: Vec<Case> = vec![
             (
                 "a held request at zero scales to one at once",
                 0,
