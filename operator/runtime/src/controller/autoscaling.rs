@@ -32,7 +32,7 @@ use kube::{
         reflector::{ObjectRef, Store},
         watcher, Controller,
     },
-    ResourceExt,
+    Resource, ResourceExt,
 };
 use outrigger_api::{
     autoscaling::{
@@ -196,6 +196,29 @@ pub fn scaled_service(
     let target = &policy.spec.scale_target_ref;
     (target.kind == ScaleTargetKind::ReplicatedService)
         .then(|| ObjectRef::new(&target.name).within(&policy.namespace().unwrap_or_default()))
+}
+
+/// A filter of the policy watch for the ReplicatedService controller: passes a policy's event
+/// when its spec changed (a new generation) or it is gone, not when only its status did, which the
+/// pollers write every few seconds.
+pub fn spec_changes(
+    store: Store<DeserializeGuard<AutoscalingPolicy>>,
+) -> impl FnMut(&Result<DeserializeGuard<AutoscalingPolicy>, watcher::Error>) -> futures::future::Ready<bool>
+{
+    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+    move |event| {
+        let Ok(guard) = event else {
+            return futures::future::ready(true);
+        };
+        let uid = guard.uid().unwrap_or_default();
+        // The reflector updates the store before the event passes: a policy missing is deleted.
+        if store.get(&ObjectRef::from_obj(guard)).is_none() {
+            seen.remove(&uid);
+            return futures::future::ready(true);
+        }
+        let generation = guard.meta().generation;
+        futures::future::ready(seen.insert(uid, generation) != Some(generation))
+    }
 }
 
 /// How the splitter in front of `namespace/service` holds requests, when a policy may scale the

@@ -125,7 +125,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             .map(|guard| ObjectRef::from_obj(&*guard))
             .collect::<Vec<_>>()
     });
-    let controller = controller.watches_stream(policy_events, autoscaling::scaled_service);
+    let controller = controller.watches_stream(
+        policy_events.filter(autoscaling::spec_changes(policies.clone())),
+        autoscaling::scaled_service,
+    );
     // The config sync sidecars report in their pods' annotations; a change there updates the
     // ConfigSynced condition.
     let controller = controller.watches(
