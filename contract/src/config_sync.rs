@@ -7,8 +7,15 @@
 //! the two cannot disagree on a key. The status annotation ([`STATUS_ANNOTATION`]) is the other
 //! direction: the sidecar writes a [`ConfigSyncStatus`], the operator reads it into the owner's
 //! `ConfigSynced` condition, its Events and its status.
+//!
+//! A service whose config changes are rolled out like code adds a third document, the
+//! [`ConfigRollout`]: the operator writes it into one ConfigMap per service and every sidecar of the
+//! service watches it, to learn which version of the ConfigMaps its own pod applies.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -58,6 +65,11 @@ pub struct ConfigSyncSettings {
     /// The app's health, watched after each reload; a failure rolls the files back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// The ConfigMap holding the service's [`ConfigRollout`] (`rolloutConfigMap`): when set, the
+    /// ConfigMaps are applied in the version it gives this pod. The operator sets it for a
+    /// ReplicatedService with a `rolloutStrategyRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_config_map: Option<String>,
 }
 
 /// The syntax a file is checked for before it is written.
@@ -167,6 +179,7 @@ pub const SETTINGS_KEYS: &[&str] = &[
     "healthWindow",
     "healthInterval",
     "healthFailures",
+    "rolloutConfigMap",
 ];
 
 impl ConfigSyncSettings {
@@ -237,6 +250,16 @@ impl ConfigSyncSettings {
             if !is_dns_subdomain(name) {
                 return Err(error("configMaps", format!("{name:?} is not an object name")));
             }
+        }
+        let rollout_config_map = get("rolloutConfigMap").map(str::to_owned);
+        if let Some(name) = rollout_config_map
+            .as_deref()
+            .filter(|name| !is_dns_subdomain(name))
+        {
+            return Err(error(
+                "rolloutConfigMap",
+                format!("{name:?} is not an object name"),
+            ));
         }
         let mount_path = get("mountPath").unwrap_or(DEFAULT_MOUNT_PATH).to_owned();
         if !mount_path.starts_with('/') {
@@ -339,6 +362,7 @@ impl ConfigSyncSettings {
             reload,
             debounce: duration("debounce", Duration::from_millis(100))?,
             health,
+            rollout_config_map,
         };
         Ok(settings)
     }
@@ -408,6 +432,10 @@ pub struct ConfigSyncStatus {
     /// The version that was refused or rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_version: Option<String>,
+    /// The [`config_revision`] of the ConfigMap data the applied version was made of: what the
+    /// operator compares with a [`ConfigRollout`]'s stable and canary revisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_revision: Option<String>,
 }
 
 /// What the last change came to.
@@ -431,6 +459,96 @@ impl SyncState {
             SyncState::ReloadFailed => "ReloadFailed",
             SyncState::RolledBack => "RolledBack",
         }
+    }
+}
+
+/// The data of some ConfigMaps: ConfigMap name, then key, then value.
+pub type ConfigMapData = BTreeMap<String, BTreeMap<String, String>>;
+
+/// Key of the [`ConfigRollout`] in its ConfigMap.
+pub const ROLLOUT_KEY: &str = "config-rollout.json";
+
+/// Name of a service's rollout ConfigMap.
+pub fn rollout_config_map_name(service: &str) -> String {
+    format!("{service}-config-rollout")
+}
+
+/// A digest of ConfigMap data (every name, key and value, in order): the same data gives the same
+/// revision in the operator, which reads the ConfigMaps, and in the sidecar, which applied them.
+pub fn config_revision(data: &ConfigMapData) -> String {
+    // FNV-1a, 64 bits, over each part with its length, so no two different sets feed the same bytes.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for byte in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for (name, entries) in data {
+        feed(name.as_bytes());
+        feed(&(entries.len() as u64).to_le_bytes());
+        for (key, value) in entries {
+            feed(key.as_bytes());
+            feed(value.as_bytes());
+        }
+    }
+    format!("{hash:016x}")
+}
+
+/// Which version of its ConfigMaps each pod of a service applies while a change of them is rolled
+/// out like a new version of code. The operator writes it (ConfigMap
+/// [`rollout_config_map_name`], key [`ROLLOUT_KEY`]); every sidecar of the service watches it.
+///
+/// Pods named in `canaryPods` apply the ConfigMaps as they are now; every other pod applies
+/// `stable`, whatever the ConfigMaps hold. So an edit reaches no pod until the operator chooses
+/// canary pods for it; a promotion makes the new data `stable` (every pod moves); a rollback empties
+/// `canaryPods` (the canary pods swap the stable files back in place). Secrets are not part of it:
+/// they are always applied as they are.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigRollout {
+    /// Version of this document's format.
+    #[serde(default)]
+    pub api_version: ApiVersion,
+    /// [`config_revision`] of `stable`.
+    pub stable_revision: String,
+    /// Each source ConfigMap's data in the stable version.
+    pub stable: ConfigMapData,
+    /// [`config_revision`] of the ConfigMaps the canary pods apply; absent between rollouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_revision: Option<String>,
+    /// The pods that apply the ConfigMaps as they are now.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub canary_pods: BTreeSet<String>,
+}
+
+impl ConfigRollout {
+    /// The stable version and no canary.
+    pub fn stable(stable: ConfigMapData) -> ConfigRollout {
+        ConfigRollout {
+            api_version: ApiVersion::default(),
+            stable_revision: config_revision(&stable),
+            stable,
+            canary_revision: None,
+            canary_pods: BTreeSet::new(),
+        }
+    }
+
+    /// The data pod `pod` applies for ConfigMap `name`: the stable data, unless the pod is a
+    /// canary or the stable version does not know that ConfigMap (`None`: the ConfigMap as it is).
+    pub fn pinned<'a>(&'a self, pod: Option<&str>, name: &str) -> Option<&'a BTreeMap<String, String>> {
+        if pod.is_some_and(|pod| self.canary_pods.contains(pod)) {
+            return None;
+        }
+        self.stable.get(name)
+    }
+
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
+    }
+
+    pub fn from_json(text: &str) -> serde_json::Result<ConfigRollout> {
+        serde_json::from_str(text)
     }
 }
 
@@ -524,8 +642,76 @@ mod tests {
             file: Some("app.json".to_owned()),
             message: Some("line 1, column 2: expected value".to_owned()),
             refused_version: Some("def".to_owned()),
+            config_revision: Some("0123456789abcdef".to_owned()),
         };
         let text = serde_json::to_string(&status).unwrap();
         assert_eq!(serde_json::from_str::<ConfigSyncStatus>(&text).unwrap(), status);
+    }
+
+    fn data(pairs: &[(&str, &str, &str)]) -> ConfigMapData {
+        let mut data = ConfigMapData::new();
+        for (name, key, value) in pairs {
+            data.entry((*name).to_owned())
+                .or_default()
+                .insert((*key).to_owned(), (*value).to_owned());
+        }
+        data
+    }
+
+    #[test]
+    fn a_revision_changes_with_any_name_key_or_value_and_only_then() {
+        let base = data(&[("app", "app.json", "{}"), ("flags", "a", "1")]);
+        let revision = config_revision(&base);
+        assert_eq!(revision, config_revision(&base.clone()));
+        assert_eq!(revision.len(), 16);
+        for changed in [
+            data(&[("app", "app.json", "{ }"), ("flags", "a", "1")]),
+            data(&[("app", "app.yaml", "{}"), ("flags", "a", "1")]),
+            data(&[("app", "app.json", "{}"), ("other", "a", "1")]),
+            data(&[("app", "app.json", "{}")]),
+            // The same bytes split differently between key and value.
+            data(&[("app", "app.json{", "}"), ("flags", "a", "1")]),
+        ] {
+            assert_ne!(config_revision(&changed), revision, "{changed:?}");
+        }
+    }
+
+    #[test]
+    fn a_pod_applies_the_stable_data_unless_it_is_a_canary_or_stable_lacks_the_configmap() {
+        let mut rollout = ConfigRollout::stable(data(&[("app", "app.json", "{\"v\":1}")]));
+        rollout.canary_pods.insert("web-b".to_owned());
+        let stable = Some(&rollout.stable["app"]);
+        for (pod, name, expected) in [
+            (Some("web-a"), "app", stable),
+            (Some("web-b"), "app", None),
+            (None, "app", stable),
+            (Some("web-a"), "flags", None),
+        ] {
+            assert_eq!(rollout.pinned(pod, name), expected, "{pod:?} {name}");
+        }
+    }
+
+    #[test]
+    fn the_rollout_document_round_trips_and_refuses_unknown_fields() {
+        let mut rollout = ConfigRollout::stable(data(&[("app", "k", "v")]));
+        rollout.canary_revision = Some("abc".to_owned());
+        rollout.canary_pods.insert("web-a".to_owned());
+        let text = rollout.to_json().unwrap();
+        assert_eq!(ConfigRollout::from_json(&text).unwrap(), rollout);
+        assert!(ConfigRollout::from_json(r#"{"stableRevision":"x","stable":{},"colour":1}"#).is_err());
+    }
+
+    #[test]
+    fn the_rollout_configmap_setting_is_an_object_name() {
+        let settings = ConfigSyncSettings::from_settings(&map(&[
+            ("configMaps", "app"),
+            ("rolloutConfigMap", "web-config-rollout"),
+        ]))
+        .unwrap();
+        assert_eq!(settings.rollout_config_map.as_deref(), Some("web-config-rollout"));
+        let error =
+            ConfigSyncSettings::from_settings(&map(&[("configMaps", "app"), ("rolloutConfigMap", "Web!")]))
+                .unwrap_err();
+        assert_eq!(error.key, "rolloutConfigMap");
     }
 }

@@ -4,7 +4,7 @@
 use schemars::{generate::SchemaSettings, JsonSchema, Schema};
 
 use crate::{
-    config_sync::{ConfigSyncSettings, ConfigSyncStatus},
+    config_sync::{ConfigRollout, ConfigSyncSettings, ConfigSyncStatus},
     shard_map::ShardMap,
     sidecars::SidecarsConfig,
     splitter::SplitterConfig,
@@ -34,7 +34,7 @@ impl Document {
 }
 
 /// Every document, in a stable order.
-pub fn documents() -> [Document; 5] {
+pub fn documents() -> [Document; 6] {
     [
         Document {
             name: "splitter-config",
@@ -55,6 +55,10 @@ pub fn documents() -> [Document; 5] {
         Document {
             name: "config-sync-status",
             schema: schema_of::<ConfigSyncStatus>,
+        },
+        Document {
+            name: "config-rollout",
+            schema: schema_of::<ConfigRollout>,
         },
     ]
 }

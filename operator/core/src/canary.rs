@@ -67,8 +67,21 @@ fn meta(owner: &Owner, name: &str, extra: &[(&str, &str)]) -> ObjectMeta {
     child_meta(owner, name, &labels)
 }
 
-/// A Service selecting one track's pods on the service's first port.
-pub fn track_service(owner: &Owner, track: &str, port: i32, target_port: i32) -> Service {
+/// A Service selecting one track's pods on the service's first port: by their Deployment's track,
+/// or, while the synced ConfigMaps roll out (`by_config_track`), by the config track the operator
+/// labels each pod with.
+pub fn track_service(
+    owner: &Owner,
+    track: &str,
+    port: i32,
+    target_port: i32,
+    by_config_track: bool,
+) -> Service {
+    let track_label = if by_config_track {
+        crate::config_rollout::CONFIG_TRACK
+    } else {
+        labels::TRACK
+    };
     Service {
         metadata: meta(
             owner,
@@ -78,7 +91,7 @@ pub fn track_service(owner: &Owner, track: &str, port: i32, target_port: i32) ->
         spec: Some(ServiceSpec {
             selector: Some(BTreeMap::from([
                 (labels::REPLICATED_SERVICE.to_owned(), owner.name.clone()),
-                (labels::TRACK.to_owned(), track.to_owned()),
+                (track_label.to_owned(), track.to_owned()),
             ])),
             ports: Some(vec![CoreServicePort {
                 name: Some("http".to_owned()),

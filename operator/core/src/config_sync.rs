@@ -64,8 +64,15 @@ pub fn access(
         ..PolicyRule::default()
     };
     let mut rules = Vec::new();
-    if !settings.config_maps.is_empty() {
-        rules.push(read("configmaps", &settings.config_maps));
+    // The rollout document is read like a source.
+    let config_maps: Vec<String> = settings
+        .config_maps
+        .iter()
+        .chain(&settings.rollout_config_map)
+        .cloned()
+        .collect();
+    if !config_maps.is_empty() {
+        rules.push(read("configmaps", &config_maps));
     }
     if !settings.secrets.is_empty() {
         rules.push(read("secrets", &settings.secrets));
@@ -207,6 +214,7 @@ mod tests {
                 file: None,
                 message: message.map(str::to_owned),
                 refused_version: None,
+                config_revision: None,
             }),
         }
     }
@@ -294,5 +302,21 @@ mod tests {
         assert_eq!(role.metadata.name.as_deref(), Some("web-config-sync"));
         assert_eq!(binding.subjects.unwrap()[0].name, "web-sa");
         assert_eq!(service_account(&PodTemplateSpec::default()), "default");
+    }
+
+    #[test]
+    fn the_role_also_names_the_rollout_document() {
+        let settings = ConfigSyncSettings::from_settings(
+            &[("configMaps", "app"), ("rolloutConfigMap", "web-config-rollout")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+        .unwrap();
+        let (role, _) = access(&owner(), &BTreeMap::new(), &settings, "default");
+        assert_eq!(
+            role.rules.unwrap()[0].resource_names.as_deref().unwrap(),
+            ["app", "web-config-rollout"]
+        );
     }
 }

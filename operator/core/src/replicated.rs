@@ -102,7 +102,11 @@ pub fn possible_children(service: &str) -> PossibleChildren {
             canary::track_service_name(service, STABLE),
             canary::track_service_name(service, CANARY),
         ],
-        config_maps: vec![config_map_name(service), splitter.clone()],
+        config_maps: vec![
+            config_map_name(service),
+            splitter.clone(),
+            outrigger_contract::config_sync::rollout_config_map_name(service),
+        ],
         identity: vec![splitter, crate::config_sync::access_name(service)],
     }
 }
@@ -136,6 +140,12 @@ pub struct RolloutInputs<'a> {
     pub splitter_resources: Option<&'a ResourceRequirements>,
     /// The splitter has ready replicas, so the service's Service may send clients to it.
     pub splitter_ready: bool,
+    /// The rollout is of the synced ConfigMaps (`config_rollout`): stable keeps every replica and
+    /// no canary Deployment runs.
+    pub config_mode: bool,
+    /// The service rolls out config changes too: its track Services select pods by the track label
+    /// the operator keeps on each pod (`config_rollout::CONFIG_TRACK`).
+    pub config_tracks: bool,
 }
 
 /// What scaling to zero adds to the build: the request splitter fronts the service, with or
@@ -156,6 +166,8 @@ struct FrontInputs<'a> {
     image: &'a str,
     resources: Option<&'a ResourceRequirements>,
     ready: bool,
+    /// The track Services select on the config track label (see [`RolloutInputs::config_tracks`]).
+    config_tracks: bool,
 }
 
 /// The request splitter in front of the tracks, and the Services it reaches them through. Its
@@ -201,6 +213,7 @@ pub fn build_fronted(
     let pod_selector = BTreeMap::from([(labels::REPLICATED_SERVICE.to_owned(), owner.name.clone())]);
 
     let (stable_replicas, canary_replicas) = match rollout {
+        Some(inputs) if inputs.config_mode => (spec.replicas, 0),
         Some(inputs) => rollout::replica_split(
             spec.replicas,
             Some(&inputs.decision.status),
@@ -230,7 +243,7 @@ pub fn build_fronted(
         stable_template,
         spec.readiness.as_ref(),
     )?];
-    if rollout.is_some_and(|inputs| inputs.decision.canary) {
+    if rollout.is_some_and(|inputs| inputs.decision.canary && !inputs.config_mode) {
         deployments.push(deployment(
             &owner,
             &owner_labels,
@@ -250,11 +263,13 @@ pub fn build_fronted(
             image: inputs.splitter_image,
             resources: inputs.splitter_resources,
             ready: inputs.splitter_ready,
+            config_tracks: inputs.config_tracks,
         }),
         (None, Some(inputs)) => Some(FrontInputs {
             image: inputs.splitter_image,
             resources: inputs.splitter_resources,
             ready: inputs.splitter_ready,
+            config_tracks: false,
         }),
         (None, None) => None,
     };
@@ -266,8 +281,20 @@ pub fn build_fronted(
             inputs,
             port.port,
             RolloutChildren {
-                stable_service: canary::track_service(&owner, STABLE, port.port, target_port),
-                canary_service: canary::track_service(&owner, CANARY, port.port, target_port),
+                stable_service: canary::track_service(
+                    &owner,
+                    STABLE,
+                    port.port,
+                    target_port,
+                    inputs.config_tracks,
+                ),
+                canary_service: canary::track_service(
+                    &owner,
+                    CANARY,
+                    port.port,
+                    target_port,
+                    inputs.config_tracks,
+                ),
                 splitter: with_resources(
                     canary::splitter_deployment(&owner, inputs.image, splitter_replicas(spec.replicas)),
                     inputs.resources,
@@ -1114,6 +1141,8 @@ mod tests {
             splitter_image: "outrigger/request-splitter:dev",
             splitter_resources: Some(&resources),
             splitter_ready,
+            config_mode: false,
+            config_tracks: false,
         };
         build(&rsvc(rollout_spec()), PdbApi::None, Some(&inputs)).unwrap()
     }

@@ -19,7 +19,7 @@ use crate::{
     health::{can_roll_back, HealthGate, Verdict},
     metrics::Metrics,
     reload,
-    sources::{Sources, Update},
+    sources::{Desired, Sources, Update},
     validate::{self, Invalid},
     writer::{version_of, AtomicWriter, FileSet},
 };
@@ -64,6 +64,8 @@ pub trait Reporter: Send {
 struct Version {
     id: String,
     files: FileSet,
+    /// The revision of the ConfigMap data in it; unknown for a version found on disk.
+    config_revision: Option<String>,
 }
 
 /// A reload still to be made, retried with backoff.
@@ -101,6 +103,7 @@ impl<R: Reporter> Engine<R> {
     /// there and neither rewrites it nor reloads the app for it.
     pub fn new(
         settings: Arc<ConfigSyncSettings>,
+        pod: Option<String>,
         writer: AtomicWriter,
         admin: AdminState,
         metrics: Metrics,
@@ -110,7 +113,11 @@ impl<R: Reporter> Engine<R> {
             Ok(Some(files)) => {
                 let id = version_of(&files);
                 tracing::info!(version = %id, dir = %writer.dir().display(), "Resuming from the files on disk.");
-                Some(Version { id, files })
+                Some(Version {
+                    id,
+                    files,
+                    config_revision: None,
+                })
             }
             Ok(None) => None,
             Err(error) => {
@@ -119,7 +126,7 @@ impl<R: Reporter> Engine<R> {
             }
         };
         Engine {
-            sources: Sources::new(&settings.config_maps, &settings.secrets),
+            sources: Sources::new(&settings, pod),
             debounce: Debounce::new(settings.debounce.0),
             settings,
             writer,
@@ -190,13 +197,18 @@ impl<R: Reporter> Engine<R> {
         let desired = self
             .sources
             .desired()
-            .and_then(|files| validate::validate(&files, &self.settings).map(|()| files));
-        let files = match desired {
-            Ok(files) => files,
+            .and_then(|desired| validate::validate(&desired.files, &self.settings).map(|()| desired));
+        let Desired {
+            files,
+            config_revision,
+        } = match desired {
+            Ok(desired) => desired,
             Err(invalid) => return self.refuse(&invalid).await,
         };
         let id = version_of(&files);
-        if self.applied.as_ref().is_some_and(|applied| applied.id == id) {
+        if let Some(applied) = self.applied.as_mut().filter(|applied| applied.id == id) {
+            // A version resumed from disk learns its revision here.
+            applied.config_revision = Some(config_revision);
             self.metrics.syncs("unchanged");
             self.ready();
             if self.gate.is_none() && self.reload.is_none() {
@@ -218,6 +230,7 @@ impl<R: Reporter> Engine<R> {
         self.previous = self.applied.replace(Version {
             id: id.clone(),
             files,
+            config_revision: Some(config_revision),
         });
         self.rolled_back = None;
         self.gate = None;
@@ -388,6 +401,10 @@ impl<R: Reporter> Engine<R> {
             file,
             message,
             refused_version,
+            config_revision: self
+                .applied
+                .as_ref()
+                .and_then(|version| version.config_revision.clone()),
         };
         if self.last_status.as_ref() == Some(&status) {
             return;
@@ -516,6 +533,7 @@ mod tests {
         let admin = AdminState::new(Registry::default());
         let engine = Engine::new(
             settings(&base),
+            None,
             AtomicWriter::new(&dir, 0o644),
             admin.clone(),
             Metrics::register(&mut Registry::default()),
@@ -634,6 +652,7 @@ mod tests {
         let admin = AdminState::new(Registry::default());
         let mut restarted = Engine::new(
             settings,
+            None,
             AtomicWriter::new(&fixture.dir, 0o644),
             admin.clone(),
             Metrics::register(&mut Registry::default()),
@@ -668,5 +687,139 @@ mod tests {
         assert_eq!(fixture.on_disk(), r#"{"v":1}"#);
         assert_eq!(fixture.recorded.last().state, SyncState::Rejected);
         assert_eq!(fixture.recorded.last().file.as_deref(), Some("ConfigMap/app"));
+    }
+
+    #[tokio::test]
+    async fn a_restarted_sidecar_that_may_not_read_a_secret_serves_its_files_and_recovers_once_granted() {
+        let fixture = fixture("forbidden").await;
+        let settings = {
+            let mut settings = (*fixture.engine.settings).clone();
+            settings.secrets = vec!["db".to_owned()];
+            Arc::new(settings)
+        };
+        let secret = |seen: Seen| Update {
+            kind: Kind::Secret,
+            name: "db".to_owned(),
+            seen,
+        };
+        let mut engine = Engine::new(
+            settings.clone(),
+            None,
+            AtomicWriter::new(&fixture.dir, 0o644),
+            fixture.admin.clone(),
+            Metrics::register(&mut Registry::default()),
+            fixture.recorded.clone(),
+        );
+        let now = Instant::now();
+        engine.on_update(update(r#"{"v":1}"#), now);
+        engine.on_update(
+            secret(Seen::Present([("password".to_owned(), b"s1".to_vec())].into())),
+            now,
+        );
+        engine.tick(now + Duration::from_secs(1)).await;
+        let version = engine.applied_version().map(str::to_owned);
+
+        // Restarted, and the Secret's access is gone meanwhile.
+        let admin = AdminState::new(Registry::default());
+        let mut restarted = Engine::new(
+            settings,
+            None,
+            AtomicWriter::new(&fixture.dir, 0o644),
+            admin.clone(),
+            Metrics::register(&mut Registry::default()),
+            fixture.recorded.clone(),
+        );
+        let now = Instant::now();
+        restarted.on_update(update(r#"{"v":1}"#), now);
+        restarted.on_update(secret(Seen::Unreadable("403 Forbidden: no".to_owned())), now);
+        restarted.tick(now + Duration::from_secs(1)).await;
+        assert!(admin.is_ready(), "the files on disk are served");
+        assert_eq!(fixture.on_disk(), r#"{"v":1}"#);
+        let status = fixture.recorded.last();
+        assert_eq!(status.state, SyncState::Rejected);
+        assert_eq!(status.file.as_deref(), Some("Secret/db"));
+        assert!(status.message.unwrap().contains("403 Forbidden"));
+        assert_eq!(status.applied_version, version);
+
+        let now = Instant::now();
+        restarted.on_update(
+            secret(Seen::Present([("password".to_owned(), b"s1".to_vec())].into())),
+            now,
+        );
+        restarted.tick(now + Duration::from_secs(1)).await;
+        assert_eq!(fixture.recorded.last().state, SyncState::Synced);
+        assert_eq!(
+            fixture.reloads.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the same version again: nothing to reload"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_canary_pod_applies_the_edit_and_swaps_the_stable_files_back_when_it_stops_being_one() {
+        use outrigger_contract::config_sync::{config_revision, ConfigMapData, ConfigRollout, ROLLOUT_KEY};
+
+        let fixture = fixture("canary").await;
+        let settings = {
+            let mut settings = (*fixture.engine.settings).clone();
+            settings.rollout_config_map = Some("web-config-rollout".to_owned());
+            settings.health = None;
+            Arc::new(settings)
+        };
+        let mut engine = Engine::new(
+            settings,
+            Some("web-a".to_owned()),
+            AtomicWriter::new(&fixture.dir, 0o644),
+            fixture.admin.clone(),
+            Metrics::register(&mut Registry::default()),
+            fixture.recorded.clone(),
+        );
+        let stable = ConfigMapData::from([(
+            "app".to_owned(),
+            [("app.json".to_owned(), r#"{"v":1}"#.to_owned())].into(),
+        )]);
+        let document = |canary_pods: &[&str]| {
+            let mut rollout = ConfigRollout::stable(stable.clone());
+            rollout.canary_pods = canary_pods.iter().map(|pod| (*pod).to_owned()).collect();
+            Update {
+                kind: Kind::Rollout,
+                name: "web-config-rollout".to_owned(),
+                seen: Seen::Present(
+                    [(ROLLOUT_KEY.to_owned(), rollout.to_json().unwrap().into_bytes())].into(),
+                ),
+            }
+        };
+        let step = |engine: &mut Engine<Recorded>, updates: Vec<Update>| {
+            let now = Instant::now();
+            for update in updates {
+                engine.on_update(update, now);
+            }
+            now + Duration::from_secs(1)
+        };
+        let reloads = || fixture.reloads.load(std::sync::atomic::Ordering::SeqCst);
+
+        // The ConfigMap already holds an edit, but the document pins this pod to stable.
+        let at = step(&mut engine, vec![update(r#"{"v":2}"#), document(&[])]);
+        engine.tick(at).await;
+        assert_eq!(fixture.on_disk(), r#"{"v":1}"#);
+        assert_eq!(
+            fixture.recorded.last().config_revision,
+            Some(config_revision(&stable))
+        );
+        // Chosen as a canary: the edit is applied and the app reloaded.
+        let at = step(&mut engine, vec![document(&["web-a"])]);
+        engine.tick(at).await;
+        assert_eq!(fixture.on_disk(), r#"{"v":2}"#);
+        assert_eq!(reloads(), 1);
+        assert_ne!(
+            fixture.recorded.last().config_revision,
+            Some(config_revision(&stable))
+        );
+        // Rolled back: the stable files are swapped back in place and the app reloaded again.
+        let at = step(&mut engine, vec![document(&[])]);
+        engine.tick(at).await;
+        assert_eq!(fixture.on_disk(), r#"{"v":1}"#);
+        assert_eq!(reloads(), 2);
+        assert_eq!(fixture.recorded.last().state, SyncState::Synced);
     }
 }

@@ -37,7 +37,7 @@ impl Metrics {
         );
         registry.register(
             "rejections",
-            "Versions refused before writing, by category: json, yaml, toml, ini, schema, encoding, missing, source",
+            "Versions refused before writing, by category: json, yaml, toml, ini, schema, encoding, missing, source, forbidden, rollout",
             metrics.rejections.clone(),
         );
         registry.register(

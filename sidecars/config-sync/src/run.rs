@@ -14,7 +14,8 @@ use outrigger_contract::config_sync::{
 use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
     apiserver::{
-        watcher::Event, Api, ApiClient, ApiError, ApiServerOptions, ConfigMap, Secret, Selector, Watcher,
+        watcher::Event, Api, ApiClient, ApiError, ApiServerOptions, ConfigMap, Secret, Selector, WatchError,
+        Watcher,
     },
     encode::percent_encode,
     metrics::{self, WatchMetrics},
@@ -108,10 +109,11 @@ pub async fn run(options: Options) -> Result<(), RunError> {
             Selector::Named(name.clone()),
         )
         .with_metrics(watch_metrics.clone());
-        let mailbox = mailbox.clone();
-        let name = name.clone();
-        tasks.push(tokio::spawn(watcher.run(
-            move |event| mailbox.post(update(Kind::ConfigMap, &name, event, configmap_files)),
+        let (events, refusals) = (mailbox.clone(), mailbox.clone());
+        let (name, refused) = (name.clone(), name.clone());
+        tasks.push(tokio::spawn(watcher.run_with_failures(
+            move |event| events.post(update(Kind::ConfigMap, &name, event, configmap_files)),
+            move |error| post_refusal(&refusals, Kind::ConfigMap, &refused, error),
             stopped.clone(),
         )));
     }
@@ -121,27 +123,44 @@ pub async fn run(options: Options) -> Result<(), RunError> {
             Selector::Named(name.clone()),
         )
         .with_metrics(watch_metrics.clone());
-        let mailbox = mailbox.clone();
-        let name = name.clone();
-        tasks.push(tokio::spawn(watcher.run(
-            move |event| mailbox.post(update(Kind::Secret, &name, event, secret_files)),
+        let (events, refusals) = (mailbox.clone(), mailbox.clone());
+        let (name, refused) = (name.clone(), name.clone());
+        tasks.push(tokio::spawn(watcher.run_with_failures(
+            move |event| events.post(update(Kind::Secret, &name, event, secret_files)),
+            move |error| post_refusal(&refusals, Kind::Secret, &refused, error),
+            stopped.clone(),
+        )));
+    }
+
+    if let Some(name) = &settings.rollout_config_map {
+        let watcher = Watcher::new(
+            Api::configmaps(client.clone(), &namespace),
+            Selector::Named(name.clone()),
+        )
+        .with_metrics(watch_metrics.clone());
+        let (events, refusals) = (mailbox.clone(), mailbox.clone());
+        let (name, refused) = (name.clone(), name.clone());
+        tasks.push(tokio::spawn(watcher.run_with_failures(
+            move |event| events.post(update(Kind::Rollout, &name, event, configmap_files)),
+            move |error| post_refusal(&refusals, Kind::Rollout, &refused, error),
             stopped.clone(),
         )));
     }
 
     let reporter = PodAnnotation {
         client,
-        pod_path: pod_name.map(|pod| {
+        pod_path: pod_name.as_ref().map(|pod| {
             format!(
                 "/api/v1/namespaces/{}/pods/{}",
                 percent_encode(&namespace),
-                percent_encode(&pod)
+                percent_encode(pod)
             )
         }),
         last_status,
     };
     let engine = Engine::new(
         settings.clone(),
+        pod_name.clone(),
         AtomicWriter::new(dir, settings.file_mode),
         admin_state.clone(),
         metrics,
@@ -150,6 +169,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     tracing::info!(
         config_maps = ?settings.config_maps,
         secrets = ?settings.secrets,
+        rollout = ?settings.rollout_config_map,
         "Watching the sources."
     );
     let engine_task = tokio::spawn(engine.run(mailbox, stopped));
@@ -180,6 +200,28 @@ fn update<K>(kind: Kind, name: &str, event: Event<K>, files: fn(&K) -> FileSet) 
         name: name.to_owned(),
         seen,
     }
+}
+
+/// A refused read or watch is news for the engine (the object cannot be read, and why); other
+/// failures are only retried. The watcher reads again after a refusal, so access granted later
+/// arrives as a fresh read.
+fn post_refusal(mailbox: &Mailbox, kind: Kind, name: &str, error: &WatchError) {
+    if !error.is_denied() {
+        return;
+    }
+    let why = match error {
+        WatchError::Api {
+            source: ApiError::Status { details, .. },
+            ..
+        }
+        | WatchError::Status { status: details, .. } => details.to_string(),
+        other => other.to_string(),
+    };
+    mailbox.post(Update {
+        kind,
+        name: name.to_owned(),
+        seen: Seen::Unreadable(why),
+    });
 }
 
 fn configmap_files(configmap: &ConfigMap) -> FileSet {

@@ -50,6 +50,8 @@ struct ApiState {
     requests: Vec<String>,
     /// Open watch streams.
     watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+    /// Answer every request with `403 Forbidden` (the identity lost its access).
+    forbidden: bool,
 }
 
 #[derive(Clone)]
@@ -140,6 +142,9 @@ fn answer(state: &Mutex<ApiState>, request: &Request<Incoming>) -> Response<Line
         .is_some_and(|value| value.as_bytes() == format!("Bearer {}", state.token).as_bytes());
     if !authorized {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
+    if state.forbidden {
+        return status(StatusCode::FORBIDDEN, "Forbidden");
     }
     if path.starts_with("/api/v1/namespaces/shop/configmaps?") && path.contains("watch=1") {
         let version = path
@@ -419,6 +424,84 @@ async fn a_refused_token_is_read_again_from_its_file() {
         ["granted"]
     );
     watching.stop().await;
+}
+
+#[tokio::test]
+async fn a_refusal_is_handed_over_and_access_granted_later_arrives_as_a_fresh_read() {
+    let api = FakeApi::start(Some(configmap("cm", "1", "readable")), "secret").await;
+    api.state.lock().unwrap().forbidden = true;
+    let (sender, mut refusals) = mpsc::unbounded_channel();
+    let (events, mut received) = mpsc::unbounded_channel();
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(named(&api, "secret").run_with_failures(
+        move |event| {
+            let _ = events.send(event);
+        },
+        move |error| {
+            let _ = sender.send((error.is_denied(), error.to_string()));
+        },
+        stopped,
+    ));
+    let (denied, message) = tokio::time::timeout(STEP, refusals.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(denied, "{message}");
+    assert!(message.contains("403 Forbidden"), "{message}");
+    api.state.lock().unwrap().forbidden = false;
+    let event = tokio::time::timeout(STEP, received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(event, Event::Restarted(_)), "{event:?}");
+    assert_eq!(value(&event), ["readable"]);
+    let _ = stop.send(true);
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_watch_refused_after_access_was_lost_reads_again_once_it_is_back() {
+    let api = FakeApi::start(Some(configmap("cm", "1", "first")), "secret").await;
+    let (sender, mut refusals) = mpsc::unbounded_channel();
+    let (events, mut received) = mpsc::unbounded_channel();
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(named(&api, "secret").run_with_failures(
+        move |event| {
+            let _ = events.send(event);
+        },
+        move |error| {
+            let _ = sender.send(error.is_denied());
+        },
+        stopped,
+    ));
+    let first = tokio::time::timeout(STEP, received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(value(&first), ["first"]);
+    until("the watch", || api.open_watches() == 1).await;
+    {
+        let mut state = api.state.lock().unwrap();
+        state.forbidden = true;
+        state.object = Some(configmap("cm", "2", "second"));
+    }
+    api.end_watches();
+    assert!(tokio::time::timeout(STEP, refusals.recv())
+        .await
+        .unwrap()
+        .unwrap());
+    api.state.lock().unwrap().forbidden = false;
+    let event = tokio::time::timeout(STEP, received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(event, Event::Restarted(_)),
+        "a fresh read, not a resumed watch: {event:?}"
+    );
+    assert_eq!(value(&event), ["second"]);
+    let _ = stop.send(true);
+    task.await.unwrap();
 }
 
 #[tokio::test]

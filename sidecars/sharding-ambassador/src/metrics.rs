@@ -34,6 +34,11 @@ pub struct ShardResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CategoryLabels {
     pub category: &'static str,
 }
@@ -51,6 +56,20 @@ pub struct Metrics {
     pub clients: Gauge,
     pub client_errors: Family<CategoryLabels, Counter>,
     pub shards: Gauge,
+    /// Reads that missed on a moved key's new owner and asked its previous owner: `hit`, `miss`
+    /// or `error`.
+    pub migration_fallbacks: Family<ResultLabels, Counter>,
+    /// Keys copied to their new owner after a fallback hit: `copied`, `newer` (a write got there
+    /// first) or `error`.
+    pub migration_copies: Family<ResultLabels, Counter>,
+    /// Writes that deleted moved keys on their previous owners: `ok` or `error`.
+    pub migration_clears: Family<ResultLabels, Counter>,
+    /// Shards of the previous ring while a reshard runs, else 0.
+    pub previous_shards: Gauge,
+    /// 1 while a password from the shard map's Secret is in force.
+    pub password_loaded: Gauge,
+    /// Reads of the password Secret that gave no password, by cause.
+    pub auth_errors: Family<CategoryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -64,6 +83,12 @@ impl Default for Metrics {
             clients: Gauge::default(),
             client_errors: Family::default(),
             shards: Gauge::default(),
+            migration_fallbacks: Family::default(),
+            migration_copies: Family::default(),
+            migration_clears: Family::default(),
+            previous_shards: Gauge::default(),
+            password_loaded: Gauge::default(),
+            auth_errors: Family::default(),
         }
     }
 }
@@ -109,7 +134,59 @@ impl Metrics {
             "Shards in the shard map in force",
             metrics.shards.clone(),
         );
+        r.register(
+            "migration_fallbacks",
+            "Reads that missed on a moved key's new owner and asked its previous owner, by result (hit, miss, error)",
+            metrics.migration_fallbacks.clone(),
+        );
+        r.register(
+            "migration_copies",
+            "Keys copied to their new owner after a fallback hit, by result (copied, newer, error)",
+            metrics.migration_copies.clone(),
+        );
+        r.register(
+            "migration_clears",
+            "Writes that deleted moved keys on their previous owners, by result (ok, error)",
+            metrics.migration_clears.clone(),
+        );
+        r.register(
+            "shard_map_previous_shards",
+            "Shards of the previous ring while a reshard runs, else 0",
+            metrics.previous_shards.clone(),
+        );
+        r.register(
+            "auth_password_loaded",
+            "1 while a password from the shard map's Secret is in force",
+            metrics.password_loaded.clone(),
+        );
+        r.register(
+            "auth_secret_errors",
+            "Reads of the shards' password Secret that gave no password, by cause",
+            metrics.auth_errors.clone(),
+        );
         metrics
+    }
+
+    pub fn auth_error(&self, category: &'static str) {
+        self.auth_errors.get_or_create(&CategoryLabels { category }).inc();
+    }
+
+    pub fn fallback(&self, result: &'static str) {
+        self.migration_fallbacks
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn copy(&self, result: &'static str) {
+        self.migration_copies
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn clear(&self, result: &'static str) {
+        self.migration_clears
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     pub fn command(&self, route: &'static str) {

@@ -24,6 +24,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    auth::SecretFollower,
     cli::ShardArgs,
     metrics::Metrics,
     server::{self, ServerLimits},
@@ -100,6 +101,10 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let configmap = configmap
         .map(|options| configmap_spec(options, own))
         .transpose()?;
+    // The password Secret the map names is read like the map: same client, same namespace.
+    let secret_api = configmap
+        .as_ref()
+        .map(|spec| (spec.client.clone(), spec.reference.namespace.clone()));
 
     let listener = TcpListener::bind(listen)
         .await
@@ -129,7 +134,17 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let hangup = shutdown::reload_on_hangup(reload_now);
 
     let (topology, receiver) = watch::channel(Arc::new(Topology::empty()));
-    let settings = Arc::new(shards.shard_settings(&metrics));
+    let (password, passwords) = watch::channel(None);
+    let settings = Arc::new(ShardSettings {
+        password: passwords,
+        ..shards.shard_settings(&metrics)
+    });
+    // One watch of the password Secret, apart from the topology: every shard connection reads
+    // the password from `settings`.
+    let password_follower = tokio::spawn(follow_password(
+        documents.subscribe(),
+        SecretFollower::new(secret_api, password, metrics.clone()),
+    ));
     let follower = tokio::spawn(follow_shard_map(
         documents.subscribe(),
         settings,
@@ -168,6 +183,7 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     .await;
     let _ = stop.send(true);
     hangup.abort();
+    password_follower.abort();
     admin_task.abort();
     for task in started.tasks {
         let _ = task.await;
@@ -209,19 +225,40 @@ async fn follow_shard_map(
             match shardmap::validate(&accepted.document) {
                 Ok(spec) => {
                     let next = Topology::build(&spec, &topology.borrow(), &settings);
-                    let shards = next.shards().len();
-                    settings
-                        .metrics
-                        .shards
-                        .set(i64::try_from(shards).unwrap_or(i64::MAX));
+                    let (shards, previous_shards) = (next.shards().len(), next.previous_shards());
+                    let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
+                    settings.metrics.shards.set(gauge(shards));
+                    settings.metrics.previous_shards.set(gauge(previous_shards));
+                    // Clients pick the new topology up at their next command; commands already
+                    // sent keep the handles they were given, so a swap drops nothing in flight.
                     topology.send_replace(Arc::new(next));
                     admin.set_ready(shards > 0);
-                    info!(generation = accepted.generation, shards, "Shard map in force.");
+                    info!(
+                        generation = accepted.generation,
+                        shards, previous_shards, "Shard map in force."
+                    );
                 }
                 Err(error) => {
                     warn!(%error, category = error.category(), "Shard map accepted but not routable; keeping the last one.");
                 }
             }
+        }
+        if documents.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Follows the password Secret each accepted shard map names (the watch restarts when the map
+/// names another one, and stops when it names none).
+async fn follow_password(
+    mut documents: watch::Receiver<Option<Arc<Versioned<ShardMap>>>>,
+    mut secrets: SecretFollower,
+) {
+    loop {
+        let accepted = documents.borrow_and_update().clone();
+        if let Some(accepted) = accepted {
+            secrets.follow(accepted.document.auth.as_ref());
         }
         if documents.changed().await.is_err() {
             return;

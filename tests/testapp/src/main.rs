@@ -12,8 +12,9 @@
 //! With `CONFIG_FILE`, it reads that file at start, on SIGHUP and on `POST /-/reload`: its config
 //! version (the `"version"` of a JSON object, else the trimmed text) and the number of reloads are
 //! added to every answer (`version=v1 config=c2 reloads=1`) and served on `GET /config`; a config
-//! with `"healthy": false` makes `/healthz` answer 503 (a bad config the health gate rolls back). A
-//! file that cannot be read keeps the previous config.
+//! with `"healthy": false` makes `/healthz` answer 503 (a bad config the health gate rolls back),
+//! and `"errorPercent": N` replaces `ERROR_PERCENT` (a bad config a rollout's analysis rolls back).
+//! A file that cannot be read keeps the previous config.
 //!
 //! `outrigger-testapp watch FILE...` prints each change of the files' first lines with a timestamp,
 //! and `outrigger-testapp procstat NAME` the RSS and CPU time of the processes so named (the config
@@ -21,6 +22,11 @@
 //!
 //! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
 //! a test can check from inside a pod what the pod's containers reach on localhost.
+//!
+//! `outrigger-testapp files DIR` prints `name size` for each file of DIR (links followed, the
+//! kubelet's `..` entries skipped), and `outrigger-testapp stop NAME` sends SIGTERM to the processes
+//! so named (through a shared process namespace): the config sync tests check the synced files and
+//! restart the sidecar with them.
 //!
 //! With `LOG_DIR` set it also writes log files there for the log adapter (see `logs`).
 //!
@@ -54,8 +60,7 @@ struct App {
 /// The config file and what was last read from it.
 struct ConfigFile {
     path: std::path::PathBuf,
-    /// (config version, healthy)
-    current: std::sync::Mutex<(String, bool)>,
+    current: std::sync::Mutex<Config>,
     reloads: AtomicU64,
 }
 
@@ -76,10 +81,15 @@ impl ConfigFile {
         let healthy = field("healthy")
             .and_then(serde_json::Value::as_bool)
             .unwrap_or(true);
+        let error_percent = field("errorPercent").and_then(serde_json::Value::as_u64);
         *self
             .current
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = (version, healthy);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Config {
+            version,
+            healthy,
+            error_percent,
+        };
     }
 
     fn reload(&self) {
@@ -87,12 +97,15 @@ impl ConfigFile {
         self.reloads.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn describe(&self) -> String {
-        let (version, _) = self
-            .current
+    fn get(&self) -> Config {
+        self.current
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+            .clone()
+    }
+
+    fn describe(&self) -> String {
+        let version = self.get().version;
         format!(
             "config={version} reloads={}",
             self.reloads.load(Ordering::Relaxed)
@@ -100,11 +113,16 @@ impl ConfigFile {
     }
 
     fn healthy(&self) -> bool {
-        self.current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .1
+        self.get().healthy
     }
+}
+
+/// What the config file last said.
+#[derive(Debug, Clone, Default)]
+struct Config {
+    version: String,
+    healthy: bool,
+    error_percent: Option<u64>,
 }
 
 impl App {
@@ -127,8 +145,13 @@ impl App {
             }
         }
         let count = self.served.fetch_add(1, Ordering::Relaxed);
+        let error_percent = self
+            .config
+            .as_ref()
+            .and_then(|config| config.get().error_percent)
+            .map_or(self.error_percent, |percent| percent.min(100));
         // Fails requests n where floor((n+1)*p/100) > floor(n*p/100): exactly p% over any 100.
-        let fails = (count + 1) * self.error_percent / 100 > count * self.error_percent / 100;
+        let fails = (count + 1) * error_percent / 100 > count * error_percent / 100;
         let status = if fails {
             StatusCode::INTERNAL_SERVER_ERROR
         } else {
@@ -304,6 +327,52 @@ fn process_stats(name: &str) {
     }
 }
 
+/// The processes whose `comm` (cut to 15 bytes by the kernel) begins `name`.
+fn processes_named(name: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            let comm = comm.trim_end();
+            (!comm.is_empty() && name.starts_with(comm)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Sends SIGTERM to every process named `name`; true when there was one.
+fn stop(name: &str) -> bool {
+    let pids = processes_named(name);
+    for pid in &pids {
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+        #[allow(unsafe_code)]
+        let result = unsafe { libc::kill(*pid, libc::SIGTERM) };
+        println!("pid={pid} signalled={}", result == 0);
+    }
+    !pids.is_empty()
+}
+
+/// Prints `name size` for every file of `dir`, sorted, without the `..`-prefixed entries.
+fn list_files(dir: &str) -> std::io::Result<()> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("..") {
+            continue;
+        }
+        let size = std::fs::metadata(entry.path()).map_or(0, |metadata| metadata.len());
+        files.push(format!("{name} {size}"));
+    }
+    files.sort();
+    for file in files {
+        println!("{file}");
+    }
+    Ok(())
+}
+
 /// GET `url` (`http://host:port/path`) and print the response; true on a 2xx.
 fn get(url: &str) -> std::io::Result<bool> {
     use std::io::{Error, Read, Write};
@@ -335,6 +404,13 @@ async fn main() -> std::io::Result<()> {
         process_stats(args.get(2).map(String::as_str).unwrap_or_default());
         return Ok(());
     }
+    if args.get(1).map(String::as_str) == Some("stop") {
+        let found = stop(args.get(2).map(String::as_str).unwrap_or_default());
+        std::process::exit(if found { 0 } else { 1 });
+    }
+    if args.get(1).map(String::as_str) == Some("files") {
+        return list_files(args.get(2).map(String::as_str).unwrap_or("."));
+    }
     if args.get(1).map(String::as_str) == Some("get") {
         let ok = get(args.get(2).map(String::as_str).unwrap_or_default())?;
         std::process::exit(if ok { 0 } else { 1 });
@@ -362,7 +438,10 @@ async fn main() -> std::io::Result<()> {
         served: AtomicU64::new(0),
         config: std::env::var_os("CONFIG_FILE").map(|path| ConfigFile {
             path: path.into(),
-            current: std::sync::Mutex::new((String::new(), true)),
+            current: std::sync::Mutex::new(Config {
+                healthy: true,
+                ..Config::default()
+            }),
             reloads: AtomicU64::new(0),
         }),
     });

@@ -5,6 +5,7 @@
 mod apply;
 mod autoscaling;
 mod cache;
+mod config_rollout;
 mod config_sync;
 mod replicated;
 mod rollout;
@@ -52,6 +53,10 @@ pub enum Error {
     Encode(#[from] serde_json::Error),
     #[error("the watch of {0} has not listed them yet")]
     CacheNotFilled(&'static str),
+    /// The password Secret a ShardedService names is missing or unusable: shown on the object,
+    /// and retried with backoff (Secrets are not watched; creating it is noticed at the retry).
+    #[error("the shards' password: {0}")]
+    SecretUnusable(String),
 }
 
 impl From<kube::Error> for Error {
@@ -77,6 +82,7 @@ impl Error {
             Error::Api(_) => "api",
             Error::Encode(_) => "encode",
             Error::CacheNotFilled(_) => "cache",
+            Error::SecretUnusable(_) => "secret",
         }
     }
 
@@ -92,7 +98,7 @@ impl Error {
     /// Errors a person must see on the object: a spec to change, or an API server refusal (a quota
     /// or a policy to change). Transient errors only requeue.
     pub fn shown_on_status(&self) -> bool {
-        self.needs_user_change() || matches!(self, Error::Rejected(_))
+        self.needs_user_change() || matches!(self, Error::Rejected(_) | Error::SecretUnusable(_))
     }
 
     /// Reason for the status condition and Event.
@@ -112,6 +118,7 @@ impl Error {
             Error::Api(_) => "ApiError",
             Error::Encode(_) => "EncodeFailed",
             Error::CacheNotFilled(_) => "CacheNotFilled",
+            Error::SecretUnusable(_) => "AuthSecretUnusable",
         }
     }
 }

@@ -11,10 +11,11 @@ use k8s_openapi::api::{
 use kube::{
     api::Api,
     core::DeserializeGuard,
+    core::PartialObjectMeta,
     runtime::{
         controller::Action,
         reflector::{ObjectRef, Store},
-        watcher, Controller,
+        watcher, Controller, WatchStreamExt,
     },
     Resource, ResourceExt,
 };
@@ -24,7 +25,7 @@ use outrigger_api::{
 };
 use outrigger_core::{
     canary::{self, Traffic},
-    labels,
+    config_rollout as core_config_rollout, labels,
     owner::Owner,
     replicated::{self, RolloutInputs, Write, ZeroInputs},
     validate,
@@ -34,7 +35,7 @@ use super::{
     apply::{resource_for, to_apply_value, typed, Applier},
     autoscaling,
     cache::{self, Children},
-    config_sync, error_action,
+    config_rollout, config_sync, error_action,
     rollout::{self, Rollout},
     status, Context, Error, RESYNC,
 };
@@ -125,6 +126,35 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             .map(|guard| ObjectRef::from_obj(&*guard))
             .collect::<Vec<_>>()
     });
+    // An edit of a ConfigMap the config sync sidecars of a service with a strategy sync is a config
+    // rollout to start (the ConfigMaps are the user's, not children; their metadata is enough).
+    let syncing = store.clone();
+    let controller = controller.watches_stream(
+        watcher(
+            ctx.api::<PartialObjectMeta<ConfigMap>>(),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .touched_objects(),
+        move |config_map: PartialObjectMeta<ConfigMap>| {
+            let namespace = config_map.namespace();
+            let name = config_map.name_any();
+            syncing
+                .state()
+                .into_iter()
+                .filter(|guard| {
+                    guard.namespace() == namespace
+                        && guard.0.as_ref().is_ok_and(|rsvc| {
+                            rsvc.spec.rollout_strategy_ref.is_some()
+                                && outrigger_core::config_sync::settings(&rsvc.spec.sidecars)
+                                    .and_then(Result::ok)
+                                    .is_some_and(|settings| settings.config_maps.contains(&name))
+                        })
+                })
+                .map(|guard| ObjectRef::from_obj(&*guard))
+                .collect::<Vec<_>>()
+        },
+    );
     let controller = controller.watches_stream(
         policy_events.filter(autoscaling::spec_changes(policies.clone())),
         autoscaling::scaled_service,
@@ -315,8 +345,14 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
         validate::replicated_service_name(&name, &rsvc.spec),
     ])?;
     let strategy = strategy_of(rsvc, ctx)?;
+    let config_read = match &strategy {
+        Some(_) => config_rollout::read(rsvc, ctx).await?,
+        None => None,
+    };
     let rollout = match &strategy {
-        Some(strategy) => Some(rollout::decide(rsvc, strategy, ctx, &ctx.children).await?),
+        Some(strategy) => {
+            Some(rollout::decide(rsvc, strategy, ctx, &ctx.children, config_read.as_ref()).await?)
+        }
         None => None,
     };
     let hold = autoscaling::hold_for(&ctx.policies, &namespace, &name);
@@ -334,6 +370,8 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
         splitter_image: &ctx.splitter_image,
         splitter_resources: ctx.splitter_resources.as_ref(),
         splitter_ready: rollout.splitter_ready,
+        config_mode: rollout.config_mode,
+        config_tracks: config_read.is_some(),
     });
     // Build: pure.
     let children = replicated::build_fronted(rsvc, ctx.pdb_api, inputs.as_ref(), zero.as_ref())?;
@@ -354,11 +392,29 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
             &applier,
             &Owner::of(rsvc)?,
             &labels::owned_by(labels::REPLICATED_SERVICE, &name),
-            &rsvc.spec.sidecars,
+            &core_config_rollout::sidecars_for(&name, strategy.is_some(), &rsvc.spec.sidecars),
             &rsvc.spec.template,
         )
         .await?,
     );
+    // Config rollouts: the document every sidecar of the service watches, then the pods' tracks
+    // (the track Services select on them).
+    if let Some(read) = &config_read {
+        let config_rollout = rollout.as_ref().filter(|rollout| rollout.config_mode);
+        let plan = core_config_rollout::plan(
+            read.document.as_ref(),
+            read.live.as_ref(),
+            config_rollout.map(|rollout| &rollout.decision),
+            config_rollout.map_or(0, |rollout| {
+                core_config_rollout::canary_count(&rollout.plan, &rollout.decision, rsvc.spec.replicas)
+            }),
+            &read.views(),
+        );
+        let document = core_config_rollout::document_config_map(&Owner::of(rsvc)?, &plan.document)?;
+        applier.apply(to_apply_value(&document)?).await?;
+        keep.config_maps.extend(document.metadata.name.clone());
+        config_rollout::label_pods(ctx, &namespace, read, &plan).await?;
+    }
     let mut endpoints = Vec::new();
     let (mut deployments, mut splitter) = (Vec::new(), None);
     for write in replicated::writes(&children) {

@@ -34,14 +34,14 @@ use outrigger_api::{
 };
 use outrigger_core::{
     analysis::{self, Snapshot},
-    canary, labels,
+    canary, config_rollout, labels,
     owner::content_hash,
     rollout::{self, Control, Decision, Observation, CONTROL_ANNOTATION},
 };
 use outrigger_sidecar_runtime::encode::percent_encode;
 use serde_json::json;
 
-use super::{cache::Children, Context, Error};
+use super::{cache::Children, config_rollout::ConfigRead, Context, Error};
 
 /// Largest `/metrics` answer read from a splitter.
 const METRICS_LIMIT: usize = 4 << 20;
@@ -107,6 +107,9 @@ pub struct Rollout {
     pub control: Control,
     /// The raw control annotation, when present (to clear it, and to report a value not understood).
     pub control_annotation: Option<String>,
+    /// The decision is about the synced ConfigMaps, not the template: the canary track is a set of
+    /// the stable Deployment's pods (`outrigger_core::config_rollout`).
+    pub config_mode: bool,
 }
 
 impl Rollout {
@@ -207,6 +210,7 @@ pub async fn decide(
     strategy: &RolloutStrategy,
     ctx: &Context,
     children: &Children,
+    config: Option<&ConfigRead>,
 ) -> Result<Rollout, Error> {
     let namespace = rsvc.namespace().unwrap_or_default();
     let name = rsvc.name_any();
@@ -216,13 +220,36 @@ pub async fn decide(
     let live_canary = children.deployment(&namespace, &canary::canary_deployment_name(&name));
     let live_splitter = children.deployment(&namespace, &canary::splitter_name(&name));
 
-    let desired_revision = content_hash(&rsvc.spec.template)?;
+    let mut desired_revision = content_hash(&rsvc.spec.template)?;
     // The canary counts only once it runs the desired template.
     let current_canary = live_canary
         .as_ref()
         .filter(|canary| revision_of(canary).as_deref() == Some(desired_revision.as_str()));
-    let canary_serving = current_canary.is_some_and(serving);
-    let canary_ready_replicas = current_canary.and_then(settled).unwrap_or(0);
+    let mut canary_serving = current_canary.is_some_and(serving);
+    let mut canary_ready_replicas = current_canary.and_then(settled).unwrap_or(0);
+    let mut stable_revision = live_stable.as_ref().and_then(revision_of);
+    // Once the template has settled (no canary Deployment left), the rollout is the ConfigMaps':
+    // the same state machine, over config revisions, with canary pods instead of a canary
+    // Deployment. A template change ends it, and a config edit waits for a template rollout.
+    let template_settled =
+        stable_revision.as_deref() == Some(desired_revision.as_str()) && live_canary.is_none();
+    let config_mode = match config.filter(|_| template_settled) {
+        Some(
+            read @ ConfigRead {
+                live: Some(live),
+                document,
+                ..
+            },
+        ) => {
+            let observed = config_rollout::observe(document.as_ref(), live, &read.views());
+            desired_revision = config_rollout::rollout_revision(&observed.live_revision);
+            stable_revision = Some(config_rollout::rollout_revision(&observed.stable_revision));
+            canary_serving = observed.canary_serving;
+            canary_ready_replicas = observed.canary_ready;
+            true
+        }
+        _ => false,
+    };
     let stable_ready = live_stable
         .as_ref()
         .and_then(settled)
@@ -294,7 +321,7 @@ pub async fn decide(
 
     let observation = Observation {
         now: Timestamp::now(),
-        stable_revision: live_stable.as_ref().and_then(revision_of),
+        stable_revision,
         desired_revision,
         canary_ready_replicas,
         service_replicas: rsvc.spec.replicas,
@@ -320,6 +347,7 @@ pub async fn decide(
         splitter_ready,
         control,
         control_annotation,
+        config_mode,
     })
 }
 

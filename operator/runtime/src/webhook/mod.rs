@@ -27,6 +27,7 @@ use kube::{
 };
 use outrigger_api::{ReplicatedService, ShardedService};
 use outrigger_core::{
+    config_rollout,
     inject::{self, OwnerSidecars, SidecarDefaults},
     replicated, sharded,
 };
@@ -134,9 +135,15 @@ impl OwnerLookup for CachedOwners {
         match kind {
             "ReplicatedService" => {
                 let key = reflector::ObjectRef::new(name).within(namespace);
-                self.replicated
-                    .get(&key)
-                    .map(|s| (s.spec.sidecars.clone(), replicated::config_map_name(name)))
+                self.replicated.get(&key).map(|s| {
+                    // With a strategy, config sync learns where the rollout document is.
+                    let sidecars = config_rollout::sidecars_for(
+                        name,
+                        s.spec.rollout_strategy_ref.is_some(),
+                        &s.spec.sidecars,
+                    );
+                    (sidecars, replicated::config_map_name(name))
+                })
             }
             "ShardedService" => {
                 let key = reflector::ObjectRef::new(name).within(namespace);

@@ -20,7 +20,9 @@ pub struct Invalid {
     pub line: Option<usize>,
     pub column: Option<usize>,
     pub message: String,
-    /// `json`, `yaml`, `toml`, `ini`, `schema`, `encoding`, `missing`: a metric label.
+    /// `json`, `yaml`, `toml`, `ini`, `schema`, `encoding`, `missing`, `source` (a named object is
+    /// missing or clashes), `forbidden` (it may not be read), `rollout` (the rollout document is
+    /// broken): a metric label.
     pub category: &'static str,
 }
 

@@ -96,6 +96,17 @@ impl ApiError {
             _ => false,
         }
     }
+
+    /// The answer was `401 Unauthorized` or `403 Forbidden`: this identity may not do it. Unlike
+    /// other failures, waiting does not help; someone has to grant access.
+    pub fn is_denied(&self) -> bool {
+        match self {
+            ApiError::Status { status, details } => {
+                matches!(*status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) || details.is_denied()
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Where the API server is and how to authenticate; every field has an in-cluster default.
@@ -590,6 +601,8 @@ mod tests {
             br#"{"kind":"Status","code":403,"reason":"Forbidden","message":"configmaps \"x\" is forbidden"}"#,
         );
         assert!(!forbidden.is_gone());
+        assert!(forbidden.is_denied());
+        assert!(!gone.is_denied());
         assert_eq!(
             forbidden.to_string(),
             "the API server answered 403 Forbidden: 403 Forbidden: configmaps \"x\" is forbidden"

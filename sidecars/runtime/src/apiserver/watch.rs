@@ -54,6 +54,12 @@ impl Status {
             || self.reason.as_deref() == Some("Expired")
             || self.reason.as_deref() == Some("Gone")
     }
+
+    /// `401 Unauthorized` or `403 Forbidden`.
+    pub fn is_denied(&self) -> bool {
+        matches!(self.code, Some(401 | 403))
+            || matches!(self.reason.as_deref(), Some("Unauthorized" | "Forbidden"))
+    }
 }
 
 impl std::fmt::Display for Status {

@@ -68,6 +68,16 @@ impl WatchError {
             WatchError::Gone { .. } => "gone",
         }
     }
+
+    /// The server refused this identity (`401`, `403`): retrying alone will not help, so a user of
+    /// the watch may want to say so (the config sync sidecar reports which object and why).
+    pub fn is_denied(&self) -> bool {
+        match self {
+            WatchError::Api { source, .. } => source.is_denied(),
+            WatchError::Status { status, .. } => status.is_denied(),
+            _ => false,
+        }
+    }
 }
 
 /// A watch on what a [`Selector`] covers in one collection.
@@ -126,14 +136,30 @@ impl<K: Resource> Watcher<K> {
     }
 
     /// Watches until `shutdown` turns true, handing every event to `sink`.
-    pub async fn run(self, mut sink: impl FnMut(Event<K>) + Send, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, sink: impl FnMut(Event<K>) + Send, shutdown: watch::Receiver<bool>) {
+        self.run_with_failures(sink, |_| {}, shutdown).await;
+    }
+
+    /// [`Watcher::run`], also handing every failure to `failed` (before the backoff). After a
+    /// refusal ([`WatchError::is_denied`]) the watcher reads again rather than resuming, so the
+    /// first success after access is granted arrives as [`Event::Restarted`].
+    pub async fn run_with_failures(
+        self,
+        mut sink: impl FnMut(Event<K>) + Send,
+        mut failed: impl FnMut(&WatchError) + Send,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         tokio::select! {
-            () = self.run_forever(&mut sink) => {}
+            () = self.run_forever(&mut sink, &mut failed) => {}
             _ = shutdown.wait_for(|stop| *stop) => {}
         }
     }
 
-    async fn run_forever(&self, sink: &mut (impl FnMut(Event<K>) + Send)) {
+    async fn run_forever(
+        &self,
+        sink: &mut (impl FnMut(Event<K>) + Send),
+        failed: &mut (impl FnMut(&WatchError) + Send),
+    ) {
         let mut backoff = Backoff::default();
         let mut resume = self.resume_from.clone();
         loop {
@@ -144,6 +170,7 @@ impl<K: Resource> Watcher<K> {
                     Err(error) => {
                         self.count(&error);
                         tracing::warn!(%error, category = error.category(), "Reading for a watch failed; retrying.");
+                        failed(&error);
                         backoff.wait().await;
                         continue;
                     }
@@ -170,9 +197,17 @@ impl<K: Resource> Watcher<K> {
                         backoff.wait().await;
                         break;
                     }
+                    Err(error) if error.is_denied() => {
+                        self.count(&error);
+                        tracing::warn!(%error, category = error.category(), "The watch was refused; reading again.");
+                        failed(&error);
+                        backoff.wait().await;
+                        break;
+                    }
                     Err(error) => {
                         self.count(&error);
                         tracing::warn!(%error, category = error.category(), "The watch failed; retrying.");
+                        failed(&error);
                         backoff.wait().await;
                     }
                 }
