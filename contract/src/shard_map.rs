@@ -32,6 +32,10 @@ pub struct ShardMap {
     /// With protocol `http`: header carrying the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_header: Option<String>,
+    /// With protocol `http`: where a request's key is read (a header, a path segment or a query
+    /// parameter). Takes precedence over `keyHeader`; without either, the request path is the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_key: Option<HttpKey>,
     /// Where reads go: the shard's primary (its first endpoint), or its replicas too.
     #[serde(default)]
     pub read_policy: ReadPolicy,
@@ -63,6 +67,19 @@ impl ShardMap {
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string_pretty(self)
     }
+}
+
+/// Where an HTTP request's key is read. The key then goes through the same ring (and hash tag) as
+/// a Redis key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum HttpKey {
+    /// A request header, e.g. `x-tenant`.
+    Header(String),
+    /// A path segment by position from 0 (`/users/42/cart` has `42` at 1), percent-decoded.
+    PathSegment(u32),
+    /// A query parameter, e.g. `id`, percent-decoded (`+` is a space).
+    QueryParameter(String),
 }
 
 /// A resharding in progress: the previous ring beside the current one. The previous ring uses the
@@ -185,6 +202,7 @@ mod tests {
             virtual_nodes: 160,
             hash_tag: Some("{}".to_owned()),
             key_header: None,
+            http_key: None,
             read_policy: ReadPolicy::Primary,
             shards: vec![ShardEndpoints {
                 name: "cache-shard-0".to_owned(),
@@ -213,6 +231,27 @@ mod tests {
         })
         .to_string();
         assert_eq!(ShardMap::from_json(text.as_bytes()).unwrap(), map());
+    }
+
+    #[test]
+    fn an_http_key_names_a_header_a_path_segment_or_a_query_parameter() {
+        for (value, key) in [
+            (
+                json!({"header": "x-tenant"}),
+                HttpKey::Header("x-tenant".to_owned()),
+            ),
+            (json!({"pathSegment": 1}), HttpKey::PathSegment(1)),
+            (
+                json!({"queryParameter": "id"}),
+                HttpKey::QueryParameter("id".to_owned()),
+            ),
+        ] {
+            let mut document = serde_json::to_value(map()).unwrap();
+            document["protocol"] = json!("http");
+            document["httpKey"] = value;
+            let parsed = ShardMap::from_json(document.to_string().as_bytes()).unwrap();
+            assert_eq!(parsed.http_key, Some(key));
+        }
     }
 
     #[test]

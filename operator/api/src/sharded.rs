@@ -11,7 +11,7 @@ use outrigger_contract::duration::ConfigDuration;
 use crate::common::{Condition, SidecarSpec};
 /// Declared with the shard map, which carries them unchanged.
 pub use outrigger_contract::shard_map::{
-    KeyHash, KeyRange, ReadPolicy, ShardAuth, ShardProtocol, ShardingFunction,
+    HttpKey, KeyHash, KeyRange, ReadPolicy, ShardAuth, ShardProtocol, ShardingFunction,
 };
 
 /// A sharded service: `shards` StatefulSets of `replicasPerShard` replicas each, and a shard map
@@ -168,10 +168,16 @@ pub struct ShardingSpec {
     /// With `keyRange`: which shard owns which keys, by lexicographic range.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_ranges: Vec<KeyRange>,
-    /// With protocol `http`: header carrying the key; without it the request path is the key.
+    /// With protocol `http`: header carrying the key; without it (and without `httpKey`) the
+    /// request path is the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub key_header: Option<String>,
+    /// With protocol `http`: where the ambassador reads a request's key, exactly one of `header`
+    /// (a header name), `pathSegment` (a path segment by position from 0) or `queryParameter` (a
+    /// query parameter name). Takes precedence over `keyHeader`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_key: Option<HttpKey>,
 }
 
 impl Default for ShardingSpec {
@@ -183,6 +189,7 @@ impl Default for ShardingSpec {
             hash_tag: None,
             key_ranges: Vec::new(),
             key_header: None,
+            http_key: None,
         }
     }
 }

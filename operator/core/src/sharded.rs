@@ -219,6 +219,7 @@ pub fn build_observed(
         virtual_nodes: u32::try_from(spec.sharding.virtual_nodes).unwrap_or(160),
         hash_tag: spec.sharding.hash_tag.clone(),
         key_header: spec.sharding.key_header.clone(),
+        http_key: spec.sharding.http_key.clone(),
         read_policy: spec.read_policy,
         migration: rings.previous.map(|previous| Migration {
             previous_shards: shards

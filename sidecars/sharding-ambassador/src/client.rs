@@ -7,11 +7,12 @@ use bytes::{Bytes, BytesMut};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::{mpsc, oneshot, watch},
-    time::timeout,
+    time::Instant,
 };
 use tracing::debug;
 
 use crate::{
+    deadline::{self, Watchdog},
     metrics::Metrics,
     migration::{self, Step},
     resp::{self, Frame, Limits, ProtocolError},
@@ -117,7 +118,11 @@ where
 {
     let (read, write) = tokio::io::split(stream);
     let (pending, queue) = mpsc::channel(settings.max_pipeline.max(1));
-    let writer = tokio::spawn(write_replies(write, queue, settings.clone()));
+    let writer = tokio::spawn(deadline::with_watchdog(write_replies(
+        write,
+        queue,
+        settings.clone(),
+    )));
     let result = read_commands(read, &pending, topology, &settings).await;
     if let Err(ClientError::Protocol(error)) = &result {
         // Redis answers a protocol error and closes; so does the ambassador.
@@ -139,22 +144,38 @@ async fn read_commands<R: AsyncRead + Unpin>(
 ) -> Result<(), ClientError> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut session = Session::default();
+    let hot_keys = &settings.metrics.hot_keys;
+    let mut until_sample = hot_keys.every();
+    let mut watchdog = Watchdog::new();
     loop {
         while let Some(command) = resp::decode_command(&mut buf, &settings.limits)? {
             let current = topology.borrow().clone();
+            until_sample -= 1;
+            if until_sample == 0 {
+                until_sample = hot_keys.every();
+                if let Some(key) = routing::first_key(&command.args) {
+                    let shard = current
+                        .shard_of(key)
+                        .and_then(|index| current.shard(index))
+                        .map(ShardHandle::shared_name);
+                    hot_keys.record(key, shard);
+                }
+            }
             let (reply, last) = dispatch(command, &mut session, &current, &settings.metrics);
             if pending.send(reply).await.is_err() || last {
                 return Ok(());
             }
         }
-        buf.reserve(16 * 1024);
+        resp::reserve_for_read(&mut buf);
         let count = if buf.is_empty() {
             read.read_buf(&mut buf).await?
         } else {
             // A half-sent frame holds buffer space: it must be finished in time.
-            timeout(settings.partial_frame_timeout, read.read_buf(&mut buf))
+            let deadline = Instant::now() + settings.partial_frame_timeout;
+            watchdog
+                .wait(deadline, read.read_buf(&mut buf))
                 .await
-                .map_err(|_| ClientError::Stalled)??
+                .ok_or(ClientError::Stalled)??
         };
         if count == 0 {
             resp::finish(&buf)?;
@@ -507,11 +528,15 @@ async fn copy_over(
     metrics.copy(migration::copy_result(&restored));
 }
 
-async fn wait(reply: oneshot::Receiver<ShardReply>, reply_timeout: Duration) -> ShardReply {
-    match timeout(reply_timeout, reply).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(_)) => Err(ShardError::ConnectionLost("connection reset".to_owned())),
-        Err(_) => Err(ShardError::Timeout),
+async fn wait(mut reply: oneshot::Receiver<ShardReply>, reply_timeout: Duration) -> ShardReply {
+    // Pipelined replies are mostly in by the time the writer gets to them: no timer for those.
+    if let Ok(ready) = reply.try_recv() {
+        return ready;
+    }
+    match deadline::within(reply_timeout, reply).await {
+        Some(Ok(reply)) => reply,
+        Some(Err(_)) => Err(ShardError::ConnectionLost("connection reset".to_owned())),
+        None => Err(ShardError::Timeout),
     }
 }
 

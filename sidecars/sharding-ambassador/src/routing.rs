@@ -425,6 +425,14 @@ pub fn is_read_only(name: &[u8]) -> bool {
     })
 }
 
+/// The first key of a keyed command (`None` for commands without keys or unknown ones).
+pub fn first_key(args: &[Bytes]) -> Option<&Bytes> {
+    let mut buf = [0; MAX_NAME_LEN];
+    let name = upper_name(args.first()?, &mut buf)?;
+    keys_of(name)?;
+    args.get(1)
+}
+
 /// Decides what to do with `args` (never empty: the codec drops empty commands).
 pub fn plan(args: &[Bytes], ring: &impl Locate) -> Plan {
     let Some(first) = args.first() else {

@@ -31,6 +31,7 @@ use crate::{
     shard::ShardSettings,
     shardmap,
     topology::Topology,
+    workers::{Follower, WorkerError, Workers},
 };
 
 /// Why the ambassador could not start.
@@ -51,6 +52,8 @@ pub enum RunError {
     ConfigMapReference(#[source] ObjectRefError),
     #[error("connecting to the Kubernetes API: {0}")]
     ApiClient(#[source] Box<ApiError>),
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
 }
 
 /// Where the shard map comes from and how the process behaves.
@@ -133,38 +136,45 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         })?;
     let hangup = shutdown::reload_on_hangup(reload_now);
 
-    let (topology, receiver) = watch::channel(Arc::new(Topology::empty()));
     let (password, passwords) = watch::channel(None);
     let settings = Arc::new(ShardSettings {
         password: passwords,
         ..shards.shard_settings(&metrics)
     });
-    // One watch of the password Secret, apart from the topology: every shard connection reads
-    // the password from `settings`.
+    // One watch of the password Secret for the whole process, apart from the topologies: every
+    // worker's shard connections read the password from the shared `settings`.
     let password_follower = tokio::spawn(follow_password(
         documents.subscribe(),
         SecretFollower::new(secret_api, password, metrics.clone()),
     ));
-    let follower = tokio::spawn(follow_shard_map(
-        documents.subscribe(),
-        settings,
-        topology,
-        admin_state.clone(),
-    ));
+    // Every worker follows the shard map and builds its own topology (the previous ring of a
+    // reshard included), with its own connections.
+    let follower: Follower = {
+        let (documents, admin_state) = (documents.clone(), admin_state.clone());
+        Arc::new(move |topology| {
+            Box::pin(follow_shard_map(
+                documents.subscribe(),
+                settings.clone(),
+                topology,
+                admin_state.clone(),
+            ))
+        })
+    };
+    let workers = Workers::start(shards.worker_count(), &follower)?;
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         admin_state.clone(),
         shutdown::signal(),
     ));
-    info!(%listen, admin = %admin_addr, file = ?file, "Sharding ambassador listening.");
+    info!(%listen, admin = %admin_addr, file = ?file, workers = workers.len(), "Sharding ambassador listening.");
 
     let draining = {
-        let admin_state = admin_state.clone();
+        let (admin_state, workers) = (admin_state.clone(), &workers);
         async move {
             shutdown::signal().await;
             info!("Shutting down: draining clients.");
             // The map stops changing readiness before the drain fails it.
-            follower.abort();
+            workers.stop_following();
             admin_state.set_ready(false);
             tokio::time::sleep(drain.delay).await;
         }
@@ -173,10 +183,15 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         max_clients: shards.max_clients,
         drain: drain.timeout,
     };
-    server::serve(
+    let http = server::HttpMode {
+        documents: documents.subscribe(),
+        settings: Arc::new(shards.http_settings(&metrics)),
+    };
+    server::serve_on_workers(
         listener,
-        receiver,
+        &workers,
         Arc::new(shards.client_settings(&metrics)),
+        http,
         limits,
         draining,
     )
@@ -229,6 +244,9 @@ async fn follow_shard_map(
                     let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
                     settings.metrics.shards.set(gauge(shards));
                     settings.metrics.previous_shards.set(gauge(previous_shards));
+                    settings
+                        .metrics
+                        .set_shards_in_force(spec.shards.iter().map(|shard| shard.name.clone()));
                     // Clients pick the new topology up at their next command; commands already
                     // sent keep the handles they were given, so a swap drops nothing in flight.
                     topology.send_replace(Arc::new(next));

@@ -23,14 +23,15 @@ use tokio::{
     },
     sync::{mpsc, oneshot},
     task::JoinHandle,
-    time::{timeout, timeout_at, Instant},
+    time::{timeout, Instant},
 };
 use tracing::{debug, warn};
 
 use crate::{
     auth::PasswordWatch,
-    metrics::Metrics,
-    resp::{self, Frame, Limits, ProtocolError},
+    deadline::Watchdog,
+    metrics::{Metrics, ShardMetrics},
+    resp::{self, reserve_for_read, Frame, Limits, ProtocolError},
 };
 
 /// How shard connections behave.
@@ -196,6 +197,7 @@ impl ShardHandle {
             accepted: None,
             settings,
             current: None,
+            watchdog: Watchdog::new(),
         };
         tokio::spawn(task.run(receiver));
         handle
@@ -302,6 +304,8 @@ struct Connection {
     /// The password this shard accepted last.
     accepted: Option<crate::auth::Password>,
     current: Option<Open>,
+    /// Bounds each write to the shard, without a new timer per write.
+    watchdog: Watchdog,
 }
 
 /// Commands written with one `write` call at most.
@@ -376,14 +380,15 @@ impl Connection {
             }
             out.extend_from_slice(&request.payload);
         }
-        match timeout(self.settings.request_timeout, open.write.write_all(out)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
+        let deadline = Instant::now() + self.settings.request_timeout;
+        match self.watchdog.wait(deadline, open.write.write_all(out)).await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
                 let error = ShardError::ConnectionLost(error.to_string());
                 self.failed(&error);
                 self.current = None;
             }
-            Err(_) => {
+            None => {
                 self.failed(&ShardError::Timeout);
                 self.current = None;
             }
@@ -427,6 +432,7 @@ impl Connection {
         let reader = Reader {
             name: self.name.clone(),
             health: self.health.clone(),
+            metrics: self.settings.metrics.for_shard(&self.name),
             settings: self.settings.clone(),
         };
         debug!(shard = %self.name, endpoint = %self.endpoint, "Connected to shard.");
@@ -492,27 +498,31 @@ fn fail_all(batch: &mut Vec<Request>, error: &ShardError) {
 struct Reader {
     name: Arc<str>,
     health: Arc<Health>,
+    metrics: ShardMetrics,
     settings: Arc<ShardSettings>,
 }
 
 impl Reader {
     async fn run(self, mut read: OwnedReadHalf, mut answered: mpsc::Receiver<InFlight>) {
         let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut watchdog = Watchdog::new();
         while let Some(waiting) = answered.recv().await {
-            let mut last = self.next_reply(&mut read, &mut buf, waiting.deadline).await;
+            let mut last = self
+                .next_reply(&mut read, &mut buf, waiting.deadline, &mut watchdog)
+                .await;
             for _ in 1..waiting.replies {
                 if last.is_err() {
                     break;
                 }
-                last = self.next_reply(&mut read, &mut buf, waiting.deadline).await;
+                last = self
+                    .next_reply(&mut read, &mut buf, waiting.deadline, &mut watchdog)
+                    .await;
             }
             let latency = self
                 .settings
                 .request_timeout
                 .saturating_sub(waiting.deadline.saturating_duration_since(Instant::now()));
-            self.settings
-                .metrics
-                .shard_operation(&self.name, last.is_ok().then_some(latency));
+            self.metrics.operation(last.is_ok().then_some(latency));
             match last {
                 Ok(reply) => {
                     self.health.success();
@@ -541,23 +551,24 @@ impl Reader {
         read: &mut OwnedReadHalf,
         buf: &mut BytesMut,
         deadline: Instant,
+        watchdog: &mut Watchdog,
     ) -> Result<Bytes, ShardError> {
         loop {
             if let Some(reply) = resp::decode_raw(buf, &self.settings.limits)? {
                 return Ok(reply);
             }
-            buf.reserve(16 * 1024);
-            match timeout_at(deadline, read.read_buf(buf)).await {
-                Err(_) => return Err(ShardError::Timeout),
-                Ok(Err(error)) => return Err(ShardError::ConnectionLost(error.to_string())),
-                Ok(Ok(0)) => {
+            reserve_for_read(buf);
+            match watchdog.wait(deadline, read.read_buf(buf)).await {
+                None => return Err(ShardError::Timeout),
+                Some(Err(error)) => return Err(ShardError::ConnectionLost(error.to_string())),
+                Some(Ok(0)) => {
                     let why = match resp::finish(buf) {
                         Ok(()) => "closed by the shard".to_owned(),
                         Err(error) => error.to_string(),
                     };
                     return Err(ShardError::ConnectionLost(why));
                 }
-                Ok(Ok(_)) => {}
+                Some(Ok(_)) => {}
             }
         }
     }

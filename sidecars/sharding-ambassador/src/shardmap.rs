@@ -45,7 +45,7 @@ pub struct ShardSpec {
 pub enum ShardMapError {
     #[error("not a shard map document: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("protocol {0:?} is not served by this ambassador (only redis)")]
+    #[error("protocol {0:?} is not served by this ambassador")]
     Protocol(ShardProtocol),
     #[error("sharding function {0:?} is not supported yet (only ketama)")]
     Function(ShardingFunction),
@@ -77,9 +77,6 @@ pub fn parse(document: &[u8]) -> Result<RingSpec, ShardMapError> {
 
 /// Checks that `map` can be routed with.
 pub fn validate(map: &ShardMap) -> Result<RingSpec, ShardMapError> {
-    if map.protocol != ShardProtocol::Redis {
-        return Err(ShardMapError::Protocol(map.protocol));
-    }
     if map.function != ShardingFunction::Ketama {
         return Err(ShardMapError::Function(map.function));
     }
@@ -172,12 +169,12 @@ mod tests {
     }
 
     #[test]
-    fn http_maps_and_other_functions_are_refused() {
+    fn other_functions_are_refused_and_http_maps_route_with_the_same_ring() {
         let http = document("").replace(r#""protocol":"redis""#, r#""protocol":"http""#);
-        assert!(matches!(
-            parse(http.as_bytes()),
-            Err(ShardMapError::Protocol(ShardProtocol::Http))
-        ));
+        assert_eq!(
+            parse(http.as_bytes()).unwrap(),
+            parse(document("").as_bytes()).unwrap()
+        );
         let jump = document("").replace("ketama", "jump");
         assert!(matches!(
             parse(jump.as_bytes()),

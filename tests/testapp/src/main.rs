@@ -22,6 +22,8 @@
 //!
 //! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
 //! a test can check from inside a pod what the pod's containers reach on localhost.
+//! `outrigger-testapp relay LISTEN TARGET` relays TCP connections from `LISTEN` to `TARGET` (a second
+//! container relaying the pod IP to a loopback port, for tests that speak raw bytes to it).
 //!
 //! `outrigger-testapp files DIR` prints `name size` for each file of DIR (links followed, the
 //! kubelet's `..` entries skipped), and `outrigger-testapp stop NAME` sends SIGTERM to the processes
@@ -327,6 +329,22 @@ fn process_stats(name: &str) {
     }
 }
 
+/// Relays every TCP connection accepted on `listen` to `target`, byte for byte, both ways; when one
+/// side closes its half, the other side's is closed too. A second container of a pod runs it so a
+/// test reaches what listens on that pod's loopback (kubectl port-forward needs socat on the node).
+async fn relay(listen: &str, target: &str) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    loop {
+        let (mut inbound, _) = listener.accept().await?;
+        let target = target.to_owned();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
 /// The processes whose `comm` (cut to 15 bytes by the kernel) begins `name`.
 fn processes_named(name: &str) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -403,6 +421,11 @@ async fn main() -> std::io::Result<()> {
     if args.get(1).map(String::as_str) == Some("procstat") {
         process_stats(args.get(2).map(String::as_str).unwrap_or_default());
         return Ok(());
+    }
+    if args.get(1).map(String::as_str) == Some("relay") {
+        let listen = args.get(2).map(String::as_str).unwrap_or("0.0.0.0:7000");
+        let target = args.get(3).map(String::as_str).unwrap_or("127.0.0.1:6379");
+        return relay(listen, target).await;
     }
     if args.get(1).map(String::as_str) == Some("stop") {
         let found = stop(args.get(2).map(String::as_str).unwrap_or_default());
