@@ -168,6 +168,14 @@ fn every_traffic_state_the_operator_writes_is_read_back_unchanged_by_the_splitte
     }
 }
 
+#[test]
+fn the_splitter_in_front_of_a_service_scaled_to_zero_reads_its_hold_settings_back_unchanged() {
+    let mut built = canary::stable_splitter_config("10.96.0.5:80", None);
+    built.hold = Some(outrigger_core::replicated::HoldConfig::default());
+    let config_map = canary::splitter_config_map(&owner(), &built);
+    assert_eq!(read_by_the_splitter(&config_map), built);
+}
+
 fn replicated_service(spec: Value) -> ReplicatedService {
     let mut full = json!({
         "replicas": 2,

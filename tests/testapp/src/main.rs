@@ -34,6 +34,9 @@
 //!
 //! `outrigger-testapp sink` is a log sink that prints what it is sent and can be taken down for a
 //! while (see `sink`).
+//!
+//! With `BURN_CPU=1` one thread spins for as long as the process runs, so the pod uses all the CPU
+//! its limit allows (the autoscaling tests read it from the kubelet's summary).
 
 mod logs;
 mod sink;
@@ -443,6 +446,14 @@ async fn main() -> std::io::Result<()> {
         std::process::exit(if ok { 0 } else { 1 });
     }
     logs::start();
+    if std::env::var("BURN_CPU").is_ok_and(|value| value == "1") {
+        std::thread::spawn(|| {
+            let mut x: u64 = 1;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+        });
+    }
     let port: u16 = ["PORT", "OUTRIGGER_ADMIN_PORT"]
         .iter()
         .find_map(|name| std::env::var(name).ok().and_then(|p| p.parse().ok()))
