@@ -9,6 +9,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::duration::{ConfigDuration, DURATION_PATTERN};
+pub use crate::rate_limit::{
+    EndpointDiscoveryConfig, RateLimitKey, RateLimitsConfig, RouteRateLimitConfig, TokenBucketConfig,
+};
 pub use crate::routing::{AffinitySource, RouteMatch, ValueMatch};
 use crate::ApiVersion;
 
@@ -58,6 +61,10 @@ pub struct SplitterConfig {
     /// zero), instead of answering 502 or 503 at once. Without it nothing is held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<HoldConfig>,
+    /// Token-bucket rate limits per client key, tier and path prefix. Without it nothing is
+    /// limited. Buckets keep their state across reloads that keep their limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimitsConfig>,
 }
 
 impl SplitterConfig {
@@ -77,6 +84,7 @@ impl SplitterConfig {
             tls: None,
             access_log: yes(),
             hold: None,
+            rate_limits: None,
         }
     }
 
@@ -129,6 +137,10 @@ pub struct BackendConfig {
     /// Protocol spoken to the endpoints.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// Take the endpoints from the ready pods behind a Kubernetes Service instead, one per pod, so
+    /// a sticky key stays on one pod; `endpoints` serve while no ready pod is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<EndpointDiscoveryConfig>,
 }
 
 impl BackendConfig {
@@ -141,6 +153,7 @@ impl BackendConfig {
             connect_timeout: default_connect_timeout(),
             max_retries: default_max_retries(),
             protocol: UpstreamProtocol::default(),
+            discovery: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     common::{Condition, LocalObjectReference, ServicePort, SessionAffinity, SidecarSpec},
+    rate_limits::RateLimits,
     rollout::RolloutStatus,
 };
 
@@ -88,6 +89,10 @@ pub struct ReplicatedServiceSpec {
     /// change replaces replicas with a plain rolling update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_strategy_ref: Option<LocalObjectReference>,
+    /// Rate limits per client, enforced by the request splitter in front of the service; the
+    /// limits are service-wide and divided among the splitter replicas (see `RateLimits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimits>,
 }
 
 fn default_replicas() -> i32 {

@@ -63,6 +63,9 @@ pub fn replicated_service(spec: &ReplicatedServiceSpec) -> Result<(), InvalidSpe
     if let Some(affinity) = &spec.session_affinity {
         session_affinity(&mut problems, affinity);
     }
+    if let Some(limits) = &spec.rate_limits {
+        rate_limits(&mut problems, limits, spec.ports.first());
+    }
     if let Some(Err(error)) = crate::canary::injected_splitter(spec) {
         let index = spec
             .sidecars
@@ -587,6 +590,80 @@ fn session_affinity(problems: &mut Problems, affinity: &SessionAffinity) {
     }
 }
 
+fn rate_limits(
+    problems: &mut Problems,
+    limits: &outrigger_api::rate_limits::RateLimits,
+    first_port: Option<&ServicePort>,
+) {
+    const FIELD: &str = "spec.rateLimits";
+    match first_port {
+        None => problems.add(
+            "spec.ports",
+            "rate limits need a port: the request splitter in front of the service serves the first one",
+        ),
+        Some(port) if port.protocol != PortProtocol::Tcp => problems.add(
+            "spec.ports[0].protocol",
+            "rate limits are counted on HTTP requests on the first port, which must be TCP",
+        ),
+        Some(_) => {}
+    }
+    if let Some(key) = &limits.key {
+        match (key.source, key.name.as_deref()) {
+            (AffinitySource::Header | AffinitySource::Cookie, None) => {
+                problems.add(
+                    format!("{FIELD}.key.name"),
+                    "required when source is header or cookie",
+                );
+            }
+            (AffinitySource::SourceIp, Some(_)) => {
+                problems.add(format!("{FIELD}.key.name"), "not allowed when source is sourceIP");
+            }
+            _ => {}
+        }
+    }
+    let identified = limits.identified.is_some() || limits.routes.iter().any(|r| r.identified.is_some());
+    if identified && limits.identity_header.is_none() {
+        problems.add(
+            format!("{FIELD}.identityHeader"),
+            "required with identified limits: it is what tells an identified request",
+        );
+    }
+    let bucket =
+        |problems: &mut Problems, path: String, limit: Option<&outrigger_api::rate_limits::RateLimit>| {
+            let Some(limit) = limit else { return };
+            if limit.requests_per_second < 1 {
+                problems.add(format!("{path}.requestsPerSecond"), "must be at least 1");
+            }
+            if limit.burst.is_some_and(|burst| burst < 1) {
+                problems.add(format!("{path}.burst"), "must be at least 1");
+            }
+        };
+    bucket(problems, format!("{FIELD}.anonymous"), limits.anonymous.as_ref());
+    bucket(
+        problems,
+        format!("{FIELD}.identified"),
+        limits.identified.as_ref(),
+    );
+    let mut seen = BTreeSet::new();
+    for (index, route) in limits.routes.iter().enumerate() {
+        let path = format!("{FIELD}.routes[{index}]");
+        bucket(problems, format!("{path}.anonymous"), route.anonymous.as_ref());
+        bucket(problems, format!("{path}.identified"), route.identified.as_ref());
+        if !route.path_prefix.starts_with('/') {
+            problems.add(format!("{path}.pathPrefix"), "must start with /");
+        }
+        if !seen.insert(route.path_prefix.as_str()) {
+            problems.add(
+                format!("{path}.pathPrefix"),
+                format!("{:?} is given by an earlier route", route.path_prefix),
+            );
+        }
+        if route.anonymous.is_none() && route.identified.is_none() {
+            problems.add(path, "a route needs an anonymous or an identified limit");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use outrigger_contract::json::merge_patch;
@@ -694,6 +771,43 @@ mod tests {
                 "rollout on a UDP port",
                 json!({"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}], "rolloutStrategyRef": {"name": "canary"}}),
                 vec!["spec.ports[0].protocol"],
+            ),
+            (
+                "rate limits",
+                json!({"ports": [{"name": "http", "port": 80}], "rateLimits": {
+                    "key": {"source": "header", "name": "x-client"},
+                    "identityHeader": "x-api-key",
+                    "anonymous": {"requestsPerSecond": 5, "burst": 10},
+                    "identified": {"requestsPerSecond": 50},
+                    "routes": [{"pathPrefix": "/search", "anonymous": {"requestsPerSecond": 1}}],
+                }}),
+                vec![],
+            ),
+            (
+                "rate limits without a port",
+                json!({"rateLimits": {"anonymous": {"requestsPerSecond": 5}}}),
+                vec!["spec.ports"],
+            ),
+            (
+                "bad rate limits",
+                json!({"ports": [{"name": "http", "port": 80}], "rateLimits": {
+                    "key": {"source": "cookie"},
+                    "anonymous": {"requestsPerSecond": 0, "burst": 0},
+                    "routes": [
+                        {"pathPrefix": "search", "identified": {"requestsPerSecond": 2}},
+                        {"pathPrefix": "search"},
+                    ],
+                }}),
+                vec![
+                    "spec.rateLimits.key.name",
+                    "spec.rateLimits.identityHeader",
+                    "spec.rateLimits.anonymous.requestsPerSecond",
+                    "spec.rateLimits.anonymous.burst",
+                    "spec.rateLimits.routes[0].pathPrefix",
+                    "spec.rateLimits.routes[1].pathPrefix",
+                    "spec.rateLimits.routes[1].pathPrefix",
+                    "spec.rateLimits.routes[1]",
+                ],
             ),
             (
                 "sidecar twice",

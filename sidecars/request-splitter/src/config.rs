@@ -258,6 +258,19 @@ fn check_backend(backend: &BackendConfig, path: &str, problems: &mut Problems) {
     if backend.max_retries > 10 {
         problems.push(format!("{path}.maxRetries"), "must be at most 10");
     }
+    if let Some(discovery) = &backend.discovery {
+        for (field, value) in [
+            ("namespace", &discovery.namespace),
+            ("service", &discovery.service),
+        ] {
+            if !is_dns_label(value) {
+                problems.push(
+                    format!("{path}.discovery.{field}"),
+                    format!("{value:?} is not a Kubernetes name (a DNS label)"),
+                );
+            }
+        }
+    }
 }
 
 fn check_stickiness(stickiness: &StickinessConfig, problems: &mut Problems) {

@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod metrics;
 pub mod rng;
 pub mod routing;

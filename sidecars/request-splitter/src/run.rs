@@ -27,6 +27,7 @@ use tokio::{
 
 use crate::{
     config::SplitterConfig,
+    discovery,
     metrics::Metrics,
     routing::{health::RetryBudget, hold::HoldQueue},
     store::ConfigStore,
@@ -131,11 +132,23 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
     let store = Arc::new(ConfigStore::with_workers(metrics.clone(), workers));
     let (shutdown_sender, shutdown_receiver) = watch::channel(false);
     let reload_now = Arc::new(Notify::new());
+    let configmap = configmap
+        .map(|configmap| configmap_spec(configmap, &mut registry))
+        .transpose()?;
+    // Backends that discover their pods read EndpointSlices with the ConfigMap's client.
+    let discovery = discovery::start(
+        configmap.as_ref().map(|spec| spec.client.clone()),
+        store.discovered(),
+        store.discovered_services(),
+        {
+            let store = store.clone();
+            Arc::new(move || store.refresh_endpoints())
+        },
+        shutdown_receiver.clone(),
+    );
     let layers = LayerOptions {
         file: config_file,
-        configmap: configmap
-            .map(|configmap| configmap_spec(configmap, &mut registry))
-            .transpose()?,
+        configmap,
         poll_interval,
     };
     let Started {
@@ -148,10 +161,14 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         shutdown_receiver.clone(),
     )
     .await
-    .map_err(|error| match error {
-        StartError::NoSource => RunError::NoSource,
-        StartError::InitialFile(error) => RunError::InitialConfig(error),
+    .map_err(|error| {
+        discovery.abort();
+        match error {
+            StartError::NoSource => RunError::NoSource,
+            StartError::InitialFile(error) => RunError::InitialConfig(error),
+        }
     })?;
+    background.push(discovery);
 
     let admin_listener = admin::bind(admin_addr).await?;
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);

@@ -373,8 +373,13 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
         config_mode: rollout.config_mode,
         config_tracks: config_read.is_some(),
     });
+    let edge = replicated::EdgeInputs {
+        splitter_image: &ctx.splitter_image,
+        splitter_resources: ctx.splitter_resources.as_ref(),
+        splitter_ready: rollout::splitter_ready(&ctx.children, &namespace, &name),
+    };
     // Build: pure.
-    let children = replicated::build_fronted(rsvc, ctx.pdb_api, inputs.as_ref(), zero.as_ref())?;
+    let children = replicated::build_edged(rsvc, ctx.pdb_api, inputs.as_ref(), zero.as_ref(), Some(&edge))?;
 
     // Apply, in the order of the plan (`replicated::writes`, which says why).
     let uid = rsvc.uid().unwrap_or_default();
@@ -452,6 +457,13 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
                     None => canary::stable_splitter_config(stable, rsvc.spec.session_affinity.as_ref()),
                 };
                 config.hold = hold.clone();
+                outrigger_core::edge::apply_to_splitter_config(
+                    &mut config,
+                    &namespace,
+                    &name,
+                    &rsvc.spec,
+                    replicated::splitter_replicas(rsvc.spec.replicas),
+                );
                 let config_map = canary::splitter_config_map(&Owner::of(rsvc)?, &config);
                 applier.apply(to_apply_value(&config_map)?).await?;
                 keep.config_maps.extend(config_map.metadata.name.clone());
