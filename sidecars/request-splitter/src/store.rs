@@ -24,7 +24,10 @@ use crate::{
     config::{ConfigError, EndpointDiscoveryConfig, SplitterConfig, SplitterConfigExt},
     discovery::Discovered,
     metrics::{Metrics, RouteLabels},
-    routing::Router,
+    routing::{
+        rate_limit::{Limiter, Policy},
+        Router,
+    },
     transport::upstream::{Backend, Resources},
 };
 
@@ -36,12 +39,16 @@ pub struct Active {
     pub router: Router,
     pub backends: Vec<Backend>,
     pub route_matches: Vec<Counter>,
+    /// The rate limits, compiled; their buckets are the store's [`Limiter`].
+    pub rate_limits: Option<Policy>,
 }
 
 /// The configuration source and the generation compiled from it.
 pub struct ConfigStore {
     source: Arc<ConfigSource<SplitterConfig>>,
     compiled: Arc<Compiled>,
+    /// Rate-limit buckets, kept across generations.
+    limiter: Limiter,
 }
 
 struct Compiled {
@@ -70,6 +77,7 @@ impl ConfigStore {
             last_reload_successful: metrics.config_last_reload_ok.clone(),
             generation: metrics.config_generation.clone(),
         };
+        let limiter = Limiter::new(&metrics);
         let compiled = Arc::new(Compiled {
             current: ArcSwapOption::empty(),
             resources: Resources::new(workers),
@@ -84,6 +92,7 @@ impl ConfigStore {
         ConfigStore {
             source: Arc::new(source),
             compiled,
+            limiter,
         }
     }
 
@@ -101,6 +110,11 @@ impl ConfigStore {
     pub async fn wait_for_first(&self) -> Option<Arc<Active>> {
         self.source.wait_for_first().await?;
         self.current()
+    }
+
+    /// The rate-limit buckets.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
     }
 
     /// The ready pods discovered for backends that discover them.
@@ -188,6 +202,7 @@ impl Compiled {
             router: Router::new(&config),
             backends,
             route_matches,
+            rate_limits: config.rate_limits.as_ref().map(Policy::new),
             config,
         })));
     }

@@ -30,6 +30,9 @@
 //! so named (through a shared process namespace): the config sync tests check the synced files and
 //! restart the sidecar with them.
 //!
+//! `POST /-/unready` makes `/healthz` answer 503 until `POST /-/ready` (a pod a test takes out of
+//! its Service's endpoints and puts back, under the same name).
+//!
 //! With `LOG_DIR` set it also writes log files there for the log adapter (see `logs`).
 //!
 //! `outrigger-testapp sink` is a log sink that prints what it is sent and can be taken down for a
@@ -58,6 +61,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 struct App {
     version: String,
+    /// Set by `POST /-/unready`: `/healthz` fails.
+    unready: std::sync::atomic::AtomicBool,
     error_percent: u64,
     served: AtomicU64,
     config: Option<ConfigFile>,
@@ -133,7 +138,16 @@ struct Config {
 
 impl App {
     fn respond(&self, method: &http::Method, path: &str) -> Response<Full<Bytes>> {
+        if method == http::Method::POST && (path == "/-/unready" || path == "/-/ready") {
+            self.unready.store(path == "/-/unready", Ordering::Relaxed);
+            return Response::new(Full::new(Bytes::from_static(b"ok\n")));
+        }
         if path == "/healthz" {
+            if self.unready.load(Ordering::Relaxed) {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"unready\n")));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return response;
+            }
             if self.config.as_ref().is_some_and(|config| !config.healthy()) {
                 let mut response = Response::new(Full::new(Bytes::from_static(b"unhealthy config\n")));
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -460,6 +474,7 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or(8080);
     let app = Arc::new(App {
         version: std::env::var("VERSION").unwrap_or_else(|_| "v1".to_owned()),
+        unready: std::sync::atomic::AtomicBool::new(false),
         error_percent: std::env::var("ERROR_PERCENT")
             .ok()
             .and_then(|p| p.parse().ok())

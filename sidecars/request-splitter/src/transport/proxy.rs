@@ -37,6 +37,7 @@ use crate::{
     metrics::{class_index, Metrics, ReasonLabels},
     routing::health::{now_millis, RetryBudget},
     routing::hold::HoldQueue,
+    routing::rate_limit::{self, Tier, Verdict},
     routing::{Choice, Decision},
     store::{Active, ConfigStore},
     transport::added::{AddedHeaders, FORWARDED_FOR, FORWARDED_PROTO},
@@ -79,6 +80,11 @@ pub enum ProxyError {
     HoldQueueFull { held: i64 },
     #[error("the backend had no endpoint for the {waited:?} the request was held")]
     HoldTimeout { waited: Duration },
+    #[error("over the {tier} rate limit; retry after {retry_after:?}")]
+    RateLimited {
+        tier: &'static str,
+        retry_after: Duration,
+    },
 }
 
 impl ProxyError {
@@ -107,6 +113,7 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -137,6 +144,7 @@ impl ProxyError {
             ProxyError::TooManyHeaders { .. } => "too-many-headers",
             ProxyError::HoldQueueFull { .. } => "hold-queue-full",
             ProxyError::HoldTimeout { .. } => "hold-timeout",
+            ProxyError::RateLimited { .. } => "rate-limited",
         }
     }
 
@@ -154,6 +162,7 @@ impl ProxyError {
             ProxyError::TooManyHeaders { .. } => "too-many-headers\n",
             ProxyError::HoldQueueFull { .. } => "hold-queue-full\n",
             ProxyError::HoldTimeout { .. } => "hold-timeout\n",
+            ProxyError::RateLimited { .. } => "rate-limited\n",
         }
     }
 
@@ -307,6 +316,18 @@ where
     if let Some(error) = refusal {
         return Box::new(refuse(&shared, &error, &request_id, version));
     }
+    if let Some(policy) = &active.rate_limits {
+        let verdict = shared.store.limiter().check(
+            policy,
+            uri.path(),
+            &headers,
+            connection.remote.ip(),
+            rate_limit::now_nanos(),
+        );
+        if let Verdict::Limited { tier, retry_after } = verdict {
+            return Box::new(rate_limited(&shared, tier, retry_after, &request_id));
+        }
+    }
     let trace = if carried.traceparent {
         correlation::trace(&mut headers)
     } else {
@@ -349,6 +370,32 @@ where
         Some(on_upgrade) => exchange.tunnel(on_upgrade, connection.clone()).await,
         None => exchange.forward(body).await,
     }
+}
+
+/// 429 with `Retry-After` (whole seconds, at least 1) for a request over its rate limit.
+fn rate_limited(
+    shared: &Shared,
+    tier: Tier,
+    retry_after: Duration,
+    request_id: &RequestId,
+) -> Response<ResponseBody> {
+    let error = ProxyError::RateLimited {
+        tier: tier.as_str(),
+        retry_after,
+    };
+    shared
+        .metrics
+        .local_responses
+        .get_or_create(&ReasonLabels {
+            reason: error.reason(),
+        })
+        .inc();
+    let mut response = local_response(&error, request_id);
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
 }
 
 /// The splitter's answer to a request it refuses outright, counted as the client's error.
