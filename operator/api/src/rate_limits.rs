@@ -10,7 +10,7 @@ pub use outrigger_contract::rate_limit::RateLimitKey;
 /// (the service gets one even without a rollout). Requests carrying `identityHeader` are in the
 /// `identified` tier and counted by its value; the others are `anonymous`, counted by `key`. A
 /// request over its limit is answered 429 with `Retry-After`. The limits are service-wide: the
-/// operator divides every `requestsPerSecond` and `burst` evenly among the splitter replicas (one,
+/// operator divides every rate and `burst` evenly among the splitter replicas (one,
 /// or two once the service has more than one replica), each of which counts on its own, so a
 /// client whose connections the Service spreads over the replicas gets about the service-wide
 /// limit, and one that keeps a single connection to one replica gets that replica's share.
@@ -44,18 +44,25 @@ pub struct RateLimits {
     pub max_keys: Option<i32>,
 }
 
-/// A token bucket: `requestsPerSecond` on average, up to `burst` at once after a pause.
+/// A token bucket: `requests` every `period` on average, up to `burst` at once after a pause.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
-    /// Requests per second each client may send, service-wide.
+    /// Requests each client may send every `period`, service-wide.
     #[schemars(range(min = 1, max = 1000000))]
-    pub requests_per_second: i32,
-    /// Requests a client may send at once after a pause, service-wide; `requestsPerSecond` when
-    /// absent.
+    pub requests: i32,
+    /// The period `requests` are counted over (`1s`, `1m`, `1h`; 1s to 24h).
+    #[serde(default = "default_period")]
+    #[schemars(pattern(r"^([0-9]+(ms|s|m|h))+$"))]
+    pub period: String,
+    /// Requests a client may send at once after a pause, service-wide; `requests` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub burst: Option<i32>,
+}
+
+fn default_period() -> String {
+    "1s".to_owned()
 }
 
 /// The limits of the requests whose path starts with `pathPrefix`.

@@ -4,6 +4,7 @@
 
 use outrigger_api::{
     rate_limits::{RateLimit, RateLimits},
+    schema::parse_duration,
     ReplicatedServiceSpec,
 };
 use outrigger_contract::splitter::{
@@ -44,14 +45,19 @@ pub fn apply_to_splitter_config(
         .map(|limits| per_replica(limits, splitter_replicas));
 }
 
-/// The splitter's rate limits: each service-wide rate and burst divided by the number of splitter
-/// replicas (a burst rounded up, at least 1).
+/// The splitter's rate limits: each service-wide rate (`requests` per `period`, in requests per
+/// second) and burst divided by the number of splitter replicas (a burst rounded up, at least 1).
 pub fn per_replica(limits: &RateLimits, splitter_replicas: i32) -> RateLimitsConfig {
     let replicas = splitter_replicas.max(1);
     let bucket = |limit: &RateLimit| {
-        let burst = limit.burst.unwrap_or(limit.requests_per_second).max(1);
+        let burst = limit.burst.unwrap_or(limit.requests).max(1);
+        // Validation admits periods of 1s to 24h; anything else counts per second.
+        let period = parse_duration(&limit.period)
+            .ok()
+            .filter(|period| !period.is_zero())
+            .map_or(1.0, |period| period.as_secs_f64());
         TokenBucketConfig {
-            requests_per_second: f64::from(limit.requests_per_second) / f64::from(replicas),
+            requests_per_second: f64::from(limit.requests) / period / f64::from(replicas),
             burst: u32::try_from((burst + replicas - 1) / replicas)
                 .unwrap_or(1)
                 .max(1),
@@ -114,7 +120,7 @@ mod tests {
             json!({"sessionAffinity": {"source": "header", "name": "x-user"}})
         )));
         assert!(front_tier_wanted(&spec(
-            json!({"rateLimits": {"anonymous": {"requestsPerSecond": 5}}})
+            json!({"rateLimits": {"anonymous": {"requests": 5}}})
         )));
     }
 
@@ -146,9 +152,9 @@ mod tests {
     fn service_wide_limits_are_divided_among_the_splitter_replicas() {
         let spec = spec(json!({"rateLimits": {
             "identityHeader": "x-api-key",
-            "anonymous": {"requestsPerSecond": 10, "burst": 5},
-            "identified": {"requestsPerSecond": 100},
-            "routes": [{"pathPrefix": "/search", "anonymous": {"requestsPerSecond": 1}}],
+            "anonymous": {"requests": 10, "burst": 5},
+            "identified": {"requests": 100},
+            "routes": [{"pathPrefix": "/search", "anonymous": {"requests": 60, "period": "1m"}}],
             "maxKeys": 5000,
         }}));
         let mut config = two_tracks();
@@ -162,7 +168,7 @@ mod tests {
         };
         assert_eq!(limits.anonymous, bucket(5.0, 3));
         assert_eq!(limits.identified, bucket(50.0, 50));
-        assert_eq!(limits.routes[0].anonymous, bucket(0.5, 1));
+        assert_eq!(limits.routes[0].anonymous, bucket(0.5, 30));
         assert_eq!(limits.routes[0].identified, None);
         assert_eq!(limits.identity_header.as_deref(), Some("x-api-key"));
         assert_eq!(limits.key, RateLimitKey::default());

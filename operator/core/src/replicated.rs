@@ -923,9 +923,7 @@ mod tests {
         assert!(fronted(
             json!({"sessionAffinity": {"source": "header", "name": "x-user"}})
         ));
-        assert!(fronted(
-            json!({"rateLimits": {"anonymous": {"requestsPerSecond": 5}}})
-        ));
+        assert!(fronted(json!({"rateLimits": {"anonymous": {"requests": 5}}})));
         assert!(!fronted(json!({})), "a plain service keeps kube-proxy alone");
         let children = build_edged(
             &rsvc(merged_spec(json!({"sessionAffinity": {"source": "sourceIP"}}))),

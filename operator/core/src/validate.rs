@@ -4,7 +4,7 @@
 //! Every check reports the field path and what is wrong, the way the API server does, and all
 //! problems are reported at once so a user fixes them in one round.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use outrigger_api::{
@@ -631,8 +631,13 @@ fn rate_limits(
     let bucket =
         |problems: &mut Problems, path: String, limit: Option<&outrigger_api::rate_limits::RateLimit>| {
             let Some(limit) = limit else { return };
-            if limit.requests_per_second < 1 {
-                problems.add(format!("{path}.requestsPerSecond"), "must be at least 1");
+            if limit.requests < 1 {
+                problems.add(format!("{path}.requests"), "must be at least 1");
+            }
+            match parse_duration(&limit.period) {
+                Ok(period) if (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&period) => {}
+                Ok(_) => problems.add(format!("{path}.period"), "must be between 1s and 24h"),
+                Err(error) => problems.add(format!("{path}.period"), error.to_string()),
             }
             if limit.burst.is_some_and(|burst| burst < 1) {
                 problems.add(format!("{path}.burst"), "must be at least 1");
@@ -777,32 +782,33 @@ mod tests {
                 json!({"ports": [{"name": "http", "port": 80}], "rateLimits": {
                     "key": {"source": "header", "name": "x-client"},
                     "identityHeader": "x-api-key",
-                    "anonymous": {"requestsPerSecond": 5, "burst": 10},
-                    "identified": {"requestsPerSecond": 50},
-                    "routes": [{"pathPrefix": "/search", "anonymous": {"requestsPerSecond": 1}}],
+                    "anonymous": {"requests": 5, "burst": 10},
+                    "identified": {"requests": 50, "period": "1m"},
+                    "routes": [{"pathPrefix": "/search", "anonymous": {"requests": 1}}],
                 }}),
                 vec![],
             ),
             (
                 "rate limits without a port",
-                json!({"rateLimits": {"anonymous": {"requestsPerSecond": 5}}}),
+                json!({"rateLimits": {"anonymous": {"requests": 5}}}),
                 vec!["spec.ports"],
             ),
             (
                 "bad rate limits",
                 json!({"ports": [{"name": "http", "port": 80}], "rateLimits": {
                     "key": {"source": "cookie"},
-                    "anonymous": {"requestsPerSecond": 0, "burst": 0},
+                    "anonymous": {"requests": 0, "burst": 0, "period": "2h"},
                     "routes": [
-                        {"pathPrefix": "search", "identified": {"requestsPerSecond": 2}},
+                        {"pathPrefix": "search", "identified": {"requests": 2, "period": "500ms"}},
                         {"pathPrefix": "search"},
                     ],
                 }}),
                 vec![
                     "spec.rateLimits.key.name",
                     "spec.rateLimits.identityHeader",
-                    "spec.rateLimits.anonymous.requestsPerSecond",
+                    "spec.rateLimits.anonymous.requests",
                     "spec.rateLimits.anonymous.burst",
+                    "spec.rateLimits.routes[0].identified.period",
                     "spec.rateLimits.routes[0].pathPrefix",
                     "spec.rateLimits.routes[1].pathPrefix",
                     "spec.rateLimits.routes[1].pathPrefix",
