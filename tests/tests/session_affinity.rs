@@ -285,3 +285,258 @@ async fn the_keys_of_an_unready_pod_move_away_and_come_back_when_it_is_ready_aga
         "every key is where it was before the pod turned unready"
     );
 }
+
+/// Bench `bench/session-remap.sh`: 10,000 session keys, then 4→5 replicas; prints the share of keys
+/// that moved to another pod through the splitter, through nginx's `hash $http_x_user consistent`
+/// (on loopback, over the same pod IPs) and through kube-proxy's `ClientIP` affinity (which keys
+/// on the source address only: measured with `SOURCES` addresses added to docker0 for the run).
+#[tokio::test]
+#[ignore = "a benchmark: run by bench/session-remap.sh"]
+async fn session_remapping_benchmark() {
+    const BENCH_KEYS: usize = 10_000;
+    const SOURCES: u8 = 200;
+    let service = fronted("affinity-bench", 4).await;
+    let kube_services: Api<Service> = Api::namespaced(admin_client().await.unwrap(), &service._ns.name);
+    kube_services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "web-clientip"},
+                "spec": {
+                    "selector": {"outrigger.dev/replicatedservice": "web"},
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                    "sessionAffinity": "ClientIP",
+                },
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let clientip = kube_services.get("web-clientip").await.unwrap();
+    let clientip = format!("{}:80", clientip.spec.unwrap().cluster_ip.unwrap());
+    let sources = bench::SourceAddresses::add(SOURCES);
+
+    let keys: Vec<String> = (0..BENCH_KEYS).map(|key| format!("session-{key}")).collect();
+    let measure = |pods: BTreeMap<String, String>| {
+        let address = service.address.clone();
+        let keys = keys.clone();
+        let clientip = clientip.clone();
+        let sources = sources.addresses();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let splitter = bench::placement(&address, &keys).unwrap();
+                let nginx = bench::Nginx::start(pods.values()).unwrap();
+                let through_nginx = bench::placement(&nginx.address(), &keys).unwrap();
+                let by_source = bench::placement_by_source(&clientip, &sources).unwrap();
+                (splitter, through_nginx, by_source)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let before = measure(ready_pods(&service.pods).await.unwrap()).await;
+    service
+        .services
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 5}})),
+        )
+        .await
+        .unwrap();
+    placement_once("the fifth pod serving keys", &service.address, |placement| {
+        pods_of(placement).len() == 5
+    })
+    .await;
+    let pods = eventually("five ready pods", WAIT, || async {
+        let pods = ready_pods(&service.pods).await?;
+        Ok((pods.len() == 5).then_some(pods))
+    })
+    .await
+    .unwrap();
+    let after = measure(pods).await;
+    let moved = |a: &[String], b: &[String]| a.iter().zip(b).filter(|(x, y)| x != y).count();
+    let newcomer_share = |before: &[String], after: &[String]| {
+        let old: std::collections::BTreeSet<&String> = before.iter().collect();
+        after.iter().filter(|pod| !old.contains(pod)).count() as f64 / after.len() as f64
+    };
+    println!("| method | clients | moved to another pod | share moved | share on the new pod |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (method, a, b) in [
+        ("request splitter (ring by pod name)", &before.0, &after.0),
+        ("nginx `hash $http_x_user consistent`", &before.1, &after.1),
+        ("kube-proxy `sessionAffinity: ClientIP`", &before.2, &after.2),
+    ] {
+        println!(
+            "| {method} | {} | {} | {:.3} | {:.3} |",
+            a.len(),
+            moved(a, b),
+            moved(a, b) as f64 / a.len() as f64,
+            newcomer_share(a, b)
+        );
+    }
+    println!("session-remap: 4→5 replicas, ideal share moved 0.200");
+    drop(sources);
+}
+
+/// What the remapping benchmark needs besides the tests' helpers.
+mod bench {
+    use std::{
+        io::{BufRead, BufReader, Read, Write},
+        net::{SocketAddr, TcpStream},
+        process::{Child, Command},
+        time::Duration,
+    };
+
+    /// The pod each key reaches, over one keep-alive connection.
+    pub fn placement(address: &str, keys: &[String]) -> anyhow::Result<Vec<String>> {
+        let mut stream = BufReader::new(TcpStream::connect(address)?);
+        stream.get_ref().set_read_timeout(Some(Duration::from_secs(10)))?;
+        keys.iter()
+            .map(|key| {
+                write!(
+                    stream.get_mut(),
+                    "GET / HTTP/1.1\r\nHost: web\r\nx-user: {key}\r\n\r\n"
+                )?;
+                read_pod(&mut stream)
+            })
+            .collect()
+    }
+
+    fn read_pod(stream: &mut BufReader<TcpStream>) -> anyhow::Result<String> {
+        let mut length = 0;
+        let mut status = String::new();
+        stream.read_line(&mut status)?;
+        anyhow::ensure!(status.contains(" 200 "), "{status:?}");
+        loop {
+            let mut line = String::new();
+            stream.read_line(&mut line)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse()?;
+                }
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body)?;
+        let body = String::from_utf8(body)?;
+        body.split_whitespace()
+            .find_map(|word| word.strip_prefix("version="))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no pod name in {body:?}"))
+    }
+
+    /// The pod each source address reaches (one new connection each).
+    pub fn placement_by_source(address: &str, sources: &[String]) -> anyhow::Result<Vec<String>> {
+        let target: SocketAddr = address.parse()?;
+        sources
+            .iter()
+            .map(|source| {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(format!("{source}:0").parse()?)?;
+                let std_socket = socket2_connect(socket, target)?;
+                let mut stream = BufReader::new(std_socket);
+                write!(stream.get_mut(), "GET / HTTP/1.1\r\nHost: web\r\n\r\n")?;
+                read_pod(&mut stream)
+            })
+            .collect()
+    }
+
+    /// Connects a bound socket, then hands it over as a blocking stream.
+    fn socket2_connect(socket: tokio::net::TcpSocket, target: SocketAddr) -> anyhow::Result<TcpStream> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let stream = runtime.block_on(socket.connect(target))?.into_std()?;
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(stream)
+    }
+
+    /// Addresses 172.17.254.1… added to docker0 for the run, removed when dropped.
+    pub struct SourceAddresses(Vec<String>);
+
+    impl SourceAddresses {
+        pub fn add(count: u8) -> SourceAddresses {
+            let mut added = Vec::new();
+            for host in 1..=count {
+                let address = format!("172.17.254.{host}");
+                let ok = Command::new("ip")
+                    .args(["addr", "add", &format!("{address}/32"), "dev", "docker0"])
+                    .status()
+                    .is_ok_and(|status| status.success());
+                assert!(ok, "adding {address} to docker0");
+                added.push(address);
+            }
+            SourceAddresses(added)
+        }
+
+        pub fn addresses(&self) -> Vec<String> {
+            self.0.clone()
+        }
+    }
+
+    impl Drop for SourceAddresses {
+        fn drop(&mut self) {
+            for address in &self.0 {
+                let _ = Command::new("ip")
+                    .args(["addr", "del", &format!("{address}/32"), "dev", "docker0"])
+                    .status();
+            }
+        }
+    }
+
+    /// nginx on loopback balancing over `servers` with `hash $http_x_user consistent`.
+    pub struct Nginx {
+        child: Child,
+        port: u16,
+        dir: std::path::PathBuf,
+    }
+
+    impl Nginx {
+        pub fn start<'a>(servers: impl Iterator<Item = &'a String>) -> anyhow::Result<Nginx> {
+            let port = outrigger_tests::free_port()?;
+            let dir = std::env::temp_dir().join(format!("remap-nginx-{port}"));
+            std::fs::create_dir_all(&dir)?;
+            let upstreams: String = servers.map(|ip| format!("    server {ip}:8080;\n")).collect();
+            let config = format!(
+                "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+                 events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir};\n\
+                   proxy_temp_path {dir};\n  fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n\
+                   scgi_temp_path {dir};\n  upstream pods {{\n    hash $http_x_user consistent;\n{upstreams}    keepalive 8;\n  }}\n\
+                   server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://pods;\n\
+                       proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+                dir = dir.display()
+            );
+            std::fs::write(dir.join("nginx.conf"), config)?;
+            let child = Command::new("nginx")
+                .args(["-c"])
+                .arg(dir.join("nginx.conf"))
+                .args(["-g", "daemon off;"])
+                .spawn()?;
+            let nginx = Nginx { child, port, dir };
+            for _ in 0..100 {
+                if TcpStream::connect(nginx.address()).is_ok() {
+                    return Ok(nginx);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            anyhow::bail!("nginx did not listen")
+        }
+
+        pub fn address(&self) -> String {
+            format!("127.0.0.1:{}", self.port)
+        }
+    }
+
+    impl Drop for Nginx {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

@@ -8,8 +8,7 @@ use outrigger_api::{
     ReplicatedServiceSpec,
 };
 use outrigger_contract::splitter::{
-    EndpointDiscoveryConfig, RateLimitKey, RateLimitsConfig, RouteRateLimitConfig, SplitterConfig,
-    TokenBucketConfig,
+    EndpointDiscoveryConfig, RateLimitsConfig, RouteRateLimitConfig, SplitterConfig, TokenBucketConfig,
 };
 
 use crate::canary;
@@ -67,7 +66,7 @@ pub fn per_replica(limits: &RateLimits, splitter_replicas: i32) -> RateLimitsCon
         limits.anonymous.as_ref().map(bucket),
         limits.identified.as_ref().map(bucket),
     );
-    config.key = limits.key.clone().unwrap_or_else(RateLimitKey::default);
+    config.key = limits.key.clone().unwrap_or_default();
     config.identity_header = limits.identity_header.clone();
     config.routes = limits
         .routes
@@ -88,7 +87,7 @@ pub fn per_replica(limits: &RateLimits, splitter_replicas: i32) -> RateLimitsCon
 mod tests {
     use std::{collections::BTreeMap, net::SocketAddr};
 
-    use outrigger_contract::splitter::BackendConfig;
+    use outrigger_contract::splitter::{BackendConfig, RateLimitKey};
     use serde_json::{json, Value};
 
     use super::*;

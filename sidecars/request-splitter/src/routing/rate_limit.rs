@@ -140,7 +140,7 @@ impl Policy {
                 limits: tiers(route.anonymous.as_ref(), route.identified.as_ref()),
             })
             .collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         Policy {
             key,
             identity: config.identity_header.as_deref().and_then(header),
