@@ -119,17 +119,22 @@ async fn placement_now(address: &str) -> anyhow::Result<Vec<String>> {
     tokio::task::spawn_blocking(move || placement(&address)).await?
 }
 
-/// The placement once `settled` holds of it, read once more whole after that: a change of the
-/// splitter's ring in the middle of a round would mix two placements.
+/// The placement once `settled` holds of it and two rounds in a row agree: a change of the
+/// splitters' rings in the middle of a round (or one splitter replica behind the other) would mix
+/// two placements. Before the splitter knows the pods, the Service's address spreads keys at random,
+/// so two rounds agree only once keys are hashed to pods.
 async fn placement_once(what: &str, address: &str, settled: impl Fn(&[String]) -> bool) -> Vec<String> {
     let settled = &settled;
     eventually(what, WAIT, || async move {
-        let placement = placement_now(address).await?;
-        Ok(settled(&placement).then_some(()))
+        let first = placement_now(address).await?;
+        if !settled(&first) {
+            return Ok(None);
+        }
+        let second = placement_now(address).await?;
+        Ok((first == second).then_some(second))
     })
     .await
-    .unwrap();
-    placement_now(address).await.unwrap()
+    .unwrap()
 }
 
 fn pods_of(placement: &[String]) -> BTreeMap<&str, usize> {
