@@ -145,7 +145,7 @@ W
   fi
   if ! docker info >/dev/null 2>&1; then
     mkdir -p "$RUN"
-    (setsid /usr/sbin/dockerd >"$RUN/dockerd.log" 2>&1 &)
+    (close_inherited; setsid /usr/sbin/dockerd >"$RUN/dockerd.log" 2>&1 &)
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
     docker info >/dev/null 2>&1 || { tail -20 "$RUN/dockerd.log" >&2; die "dockerd did not start"; }
   fi
@@ -206,10 +206,21 @@ write_kubeconfig() {
   kubectl config --kubeconfig="$file" use-context local >/dev/null
 }
 
+# Closes every descriptor above 2 in the current (sub)shell. A daemon must not inherit what its
+# caller holds: started under `flock /tmp/outrigger-cluster.lock hack/cluster.sh up`, it would keep
+# the lock held for as long as the cluster runs.
+close_inherited() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    if ((fd > 2)); then eval "exec $fd>&-"; fi
+  done
+}
+
 start() {
   local name=$1
   shift
-  (setsid "$@" >"$RUN/$name.log" 2>&1 & echo $! >"$RUN/$name.pid")
+  (close_inherited; setsid "$@" >"$RUN/$name.log" 2>&1 & echo $! >"$RUN/$name.pid")
 }
 
 # Pods may reach each other and this host (the API server, on docker0's address), nothing else: a
