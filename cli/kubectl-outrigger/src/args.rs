@@ -55,7 +55,7 @@ pub enum Get {
         name: String,
         #[command(flatten)]
         watch: Watch,
-        /// With --watch: stop once the rollout is promoted, aborted or back to healthy.
+        /// With --watch: stop once a running rollout is promoted, aborted or back to healthy.
         #[arg(long)]
         until_finished: bool,
     },

@@ -57,8 +57,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 },
         } => {
             let cluster = Cluster::connect(namespace).await?;
-            let seen_canary = Cell::new(false);
-            let (cluster, name, seen_canary) = (&cluster, &name, &seen_canary);
+            let seen_running = Cell::new(false);
+            let (cluster, name, seen_running) = (&cluster, &name, &seen_running);
             repeat(watch, || async move {
                 let (service, strategy) = cluster.rollout(name).await?;
                 let text = rollout::render(&rollout::RolloutView {
@@ -69,9 +69,17 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 });
                 let status = service.status.as_ref().and_then(|s| s.rollout.as_ref());
                 let phase = status.map_or(RolloutPhase::Healthy, |r| r.phase);
-                seen_canary.set(seen_canary.get() || status.is_some_and(|r| r.canary_revision.is_some()));
+                // Finished means ended after running: a watch started just after a template change
+                // first sees the previous rollout's end.
+                seen_running.set(
+                    seen_running.get()
+                        || matches!(
+                            phase,
+                            RolloutPhase::Progressing | RolloutPhase::Paused | RolloutPhase::RollingBack
+                        ),
+                );
                 let finished = until_finished
-                    && seen_canary.get()
+                    && seen_running.get()
                     && matches!(
                         phase,
                         RolloutPhase::Promoted | RolloutPhase::Aborted | RolloutPhase::Healthy
