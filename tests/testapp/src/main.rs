@@ -444,7 +444,6 @@ fn load(url: &str, rate: u32) -> ! {
     }
 }
 
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
