@@ -69,6 +69,8 @@ adopt() {
 operator() {
   hack/operator.sh stop
   kubectl create namespace "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  # The operator's own pods are never sent to its webhook (docs/packaging.md).
+  kubectl label namespace "$NAMESPACE" outrigger.dev/injection=disabled --overwrite >/dev/null
   adopt
   # The chart installs the CRDs only when they are missing; they may have changed.
   kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
