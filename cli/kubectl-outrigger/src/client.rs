@@ -177,3 +177,45 @@ fn ambassador_port(pod: &Pod) -> u16 {
 fn short(error: &str) -> String {
     error.lines().next().unwrap_or(error).chars().take(80).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(annotation: Option<&str>, phase: &str, admin_port: Option<&str>) -> Pod {
+        let mut value = json!({
+            "metadata": {"name": "client"},
+            "spec": {"containers": [{"name": "app"}, {"name": "sharding-ambassador", "env": []}]},
+            "status": {"phase": phase},
+        });
+        if let Some(annotation) = annotation {
+            value["metadata"]["annotations"] = json!({SHARDED_SERVICE_ANNOTATION: annotation});
+        }
+        if let Some(port) = admin_port {
+            value["spec"]["containers"][1]["env"] = json!([{"name": "OUTRIGGER_ADMIN_PORT", "value": port}]);
+        }
+        serde_json::from_value(value).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_running_pod_naming_the_service_with_or_without_a_port_is_its_client() {
+        assert!(names_service(&pod(Some("cache"), "Running", None), "cache"));
+        assert!(names_service(&pod(Some("cache:6380"), "Running", None), "cache"));
+        assert!(!names_service(&pod(Some("cache-2"), "Running", None), "cache"));
+        assert!(!names_service(&pod(Some("cache"), "Pending", None), "cache"));
+        assert!(!names_service(&pod(None, "Running", None), "cache"));
+    }
+
+    #[test]
+    fn the_ambassador_is_scraped_on_its_own_admin_port() {
+        assert_eq!(ambassador_port(&pod(Some("cache"), "Running", None)), 9902);
+        assert_eq!(
+            ambassador_port(&pod(Some("cache"), "Running", Some("9999"))),
+            9999
+        );
+        assert_eq!(
+            ambassador_port(&pod(Some("cache"), "Running", Some("nope"))),
+            9902
+        );
+    }
+}
