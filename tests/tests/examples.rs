@@ -117,6 +117,7 @@ async fn rollout_phase(services: &Api<ReplicatedService>, want: &[RolloutPhase])
 }
 
 #[tokio::test]
+#[ignore = "not yet shown passing on the cluster: run with `cargo test -p outrigger-tests --test examples -- --ignored`, then drop this"]
 async fn every_example_becomes_ready_and_serves_and_the_plugin_drives_a_rollout() {
     ensure_crds().unwrap();
     let system = TestNamespace::create("ex-system").unwrap();
