@@ -43,7 +43,7 @@ deps() {
   local need=()
   local pkg
   for pkg in golang-1.19-go golang-github-modern-go-reflect2-dev etcd-server docker.io jq gcc openssl iproute2 ca-certificates \
-    iptables conntrack; do
+    iptables conntrack socat; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
   done
   if ((${#need[@]})); then
@@ -53,13 +53,29 @@ deps() {
   fi
 }
 
+# `apt-get source` needs a deb-src entry for bookworm's main component. It is derived from the
+# machine's own `deb` entry for Debian's archive (its mirror, its keyring), never a fixed address.
+has_deb_src() {
+  apt-get indextargets --format '$(TARGET_OF) $(IDENTIFIER) $(COMPONENT) $(RELEASE)' 2>/dev/null \
+    | grep -qx 'deb-src Sources main bookworm'
+}
+
+debian_mirror() {
+  apt-get indextargets --format '$(TARGET_OF) $(IDENTIFIER) $(COMPONENT) $(RELEASE) $(REPO_URI)' 2>/dev/null \
+    | awk '$1 == "deb" && $2 == "Packages" && $3 == "main" && $4 !~ /-(security|updates|backports)$/ { print $5; exit }'
+}
+
 ensure_deb_src() {
-  if ! grep -rqsE '^(Types: *deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    log "enabling deb-src for bookworm"
-    printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-      > /etc/apt/sources.list.d/outrigger-debian-src.sources
-    apt-get update -qq
-  fi
+  has_deb_src && return 0
+  local mirror keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  mirror=$(debian_mirror)
+  [[ -n $mirror ]] || die "no apt source for Debian's archive (main): add one to /etc/apt/sources.list.d/ so the kubernetes source package can be fetched"
+  log "enabling deb-src for bookworm from $mirror"
+  {
+    printf 'Types: deb-src\nURIs: %s\nSuites: bookworm\nComponents: main\n' "$mirror"
+    [[ -f $keyring ]] && printf 'Signed-By: %s\n' "$keyring"
+  } >/etc/apt/sources.list.d/outrigger-debian-src.sources
+  apt-get update -qq
 }
 
 build() {

@@ -328,14 +328,7 @@ fn images_are_non_root_labelled_and_hold_nothing_but_their_binaries() {
             uid > 0,
             "{image} runs as {user:?}, not as a numeric non-root user"
         );
-        for label in [
-            "title",
-            "description",
-            "source",
-            "licenses",
-            "version",
-            "revision",
-        ] {
+        for label in ["title", "description", "licenses", "version", "revision"] {
             let key = format!("org.opencontainers.image.{label}");
             assert!(
                 config["Labels"][&key].as_str().is_some_and(|v| !v.is_empty()),

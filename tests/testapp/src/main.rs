@@ -21,7 +21,9 @@
 //! sync benchmark uses both).
 //!
 //! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
-//! a test can check from inside a pod what the pod's containers reach on localhost.
+//! a test can check from inside a pod what the pod's containers reach on localhost;
+//! `outrigger-testapp load URL RATE` sends `RATE` GETs a second for ever (load from inside the
+//! cluster, for `make demo`).
 //! `outrigger-testapp relay LISTEN TARGET` relays TCP connections from `LISTEN` to `TARGET` (a second
 //! container relaying the pod IP to a loopback port, for tests that speak raw bytes to it).
 //!
@@ -409,8 +411,8 @@ fn list_files(dir: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// GET `url` (`http://host:port/path`) and print the response; true on a 2xx.
-fn get(url: &str) -> std::io::Result<bool> {
+/// GET `url` (`http://host:port/path`): whether the answer is a 2xx, and the answer.
+fn fetch(url: &str) -> std::io::Result<(bool, String)> {
     use std::io::{Error, Read, Write};
     let rest = url
         .strip_prefix("http://")
@@ -423,11 +425,37 @@ fn get(url: &str) -> std::io::Result<bool> {
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    print!("{response}");
-    Ok(response
+    let ok = response
         .split_whitespace()
         .nth(1)
-        .is_some_and(|status| status.starts_with('2')))
+        .is_some_and(|status| status.starts_with('2'));
+    Ok((ok, response))
+}
+
+fn get(url: &str) -> std::io::Result<bool> {
+    let (ok, response) = fetch(url)?;
+    print!("{response}");
+    Ok(ok)
+}
+
+/// `outrigger-testapp load URL RATE`: GETs `URL` about `RATE` times a second, for ever, and prints
+/// every 5 s how many answers were 2xx and how many were not (in-cluster load for a demo).
+fn load(url: &str, rate: u32) -> ! {
+    use std::time::{Duration, Instant};
+    let pause = Duration::from_secs(1) / rate.max(1);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut since = Instant::now();
+    loop {
+        match fetch(url) {
+            Ok((true, _)) => ok += 1,
+            _ => failed += 1,
+        }
+        if since.elapsed() >= Duration::from_secs(5) {
+            println!("load: {ok} ok, {failed} failed in the last 5s");
+            (ok, failed, since) = (0, 0, Instant::now());
+        }
+        std::thread::sleep(pause);
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -454,6 +482,10 @@ async fn main() -> std::io::Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("files") {
         return list_files(args.get(2).map(String::as_str).unwrap_or("."));
+    }
+    if args.get(1).map(String::as_str) == Some("load") {
+        let rate = args.get(3).and_then(|r| r.parse().ok()).unwrap_or(20);
+        load(args.get(2).map(String::as_str).unwrap_or_default(), rate);
     }
     if args.get(1).map(String::as_str) == Some("get") {
         let ok = get(args.get(2).map(String::as_str).unwrap_or_default())?;
