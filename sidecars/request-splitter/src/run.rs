@@ -26,6 +26,7 @@ use tokio::{
 };
 
 use crate::{
+    cache::{Cache, CacheMetrics},
     config::SplitterConfig,
     metrics::Metrics,
     routing::{health::RetryBudget, hold::HoldQueue},
@@ -128,6 +129,7 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
     let workers = workers.max(1);
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let cache = Cache::new(CacheMetrics::register(&mut registry));
     let store = Arc::new(ConfigStore::with_workers(metrics.clone(), workers));
     let (shutdown_sender, shutdown_receiver) = watch::channel(false);
     let reload_now = Arc::new(Notify::new());
@@ -156,7 +158,9 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
     let admin_listener = admin::bind(admin_addr).await?;
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
     let source = store.source().clone();
-    let admin = AdminState::new(registry).with_config(Arc::new(move || source.status_json()));
+    let admin = AdminState::new(registry)
+        .with_config(Arc::new(move || source.status_json()))
+        .with_actions(purge_action(cache.clone()));
     background.push(tokio::spawn(admin::serve(admin_listener, admin.clone(), {
         let mut stop = shutdown_receiver.clone();
         async move {
@@ -195,6 +199,7 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         metrics,
         budget: RetryBudget::default(),
         mirror,
+        cache,
     });
     let server = tokio::spawn(server::serve(
         listener,
@@ -248,6 +253,20 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         background,
         drain_timeout,
         drain_delay,
+    })
+}
+
+/// `POST /cache/purge` removes every cached response, `POST /cache/purge/<path prefix>` those whose
+/// path starts with `/<path prefix>`.
+fn purge_action(cache: Arc<Cache>) -> admin::ExtraRoutes {
+    Arc::new(move |path: &str| {
+        let prefix = path.strip_prefix("/cache/purge")?;
+        if !(prefix.is_empty() || prefix.starts_with('/')) {
+            return None;
+        }
+        let purged = cache.purge(prefix);
+        tracing::info!(prefix, purged, "Purged the cache.");
+        Some(("application/json", format!("{{\"purged\":{purged}}}\n")))
     })
 }
 

@@ -32,6 +32,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::{
+    cache::{self, Cache},
     config::HoldConfig,
     config::UpstreamProtocol,
     metrics::{class_index, Metrics, ReasonLabels},
@@ -175,6 +176,8 @@ pub struct Shared {
     pub mirror: MirrorQueue,
     /// Requests waiting for a backend without endpoints (`hold` in the configuration).
     pub hold: HoldQueue,
+    /// The shared HTTP cache (`cache` in the configuration).
+    pub cache: Arc<Cache>,
 }
 
 /// Facts about the client connection a request came on.
@@ -347,7 +350,55 @@ where
     };
     match on_upgrade {
         Some(on_upgrade) => exchange.tunnel(on_upgrade, connection.clone()).await,
-        None => exchange.forward(body).await,
+        None => match exchange.active.clone().config.cache.as_ref() {
+            Some(config) => {
+                let host = exchange
+                    .headers
+                    .get(header::HOST)
+                    .map(HeaderValue::as_bytes)
+                    .or_else(|| uri.authority().map(|authority| authority.as_str().as_bytes()));
+                let key = cache::policy::primary_key(host, exchange.path.as_str());
+                let method = exchange.method.clone();
+                let cache = exchange.shared.cache.clone();
+                cache
+                    .serve(config, &method, key, ThroughCache { exchange, body })
+                    .await
+            }
+            None => exchange.forward(body).await,
+        },
+    }
+}
+
+/// A request on its way to the backend through the cache.
+struct ThroughCache<B> {
+    exchange: Exchange,
+    body: B,
+}
+
+impl<B> cache::Upstream for ThroughCache<B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn request_headers(&self) -> &HeaderMap {
+        &self.exchange.headers
+    }
+
+    fn request_id(&self) -> HeaderValue {
+        self.exchange.request_id.to_value()
+    }
+
+    fn send(self, conditional: Option<HeaderMap>) -> impl Future<Output = BoxedResponse> + Send {
+        let ThroughCache { mut exchange, body } = self;
+        if let Some(conditional) = conditional {
+            for name in &cache::policy::CLIENT_CONDITIONALS {
+                exchange.headers.remove(name);
+            }
+            for (name, value) in &conditional {
+                exchange.headers.insert(name.clone(), value.clone());
+            }
+        }
+        exchange.forward(body)
     }
 }
 
@@ -1214,6 +1265,7 @@ mod tests {
             budget: RetryBudget::default(),
             mirror: MirrorQueue::start(4, 1, metrics.clone()),
             hold: HoldQueue::new(&metrics),
+            cache: Cache::new(cache::CacheMetrics::default()),
             metrics,
         })
     }
@@ -1253,6 +1305,7 @@ mod tests {
             budget: RetryBudget::default(),
             mirror: MirrorQueue::start(4, 1, metrics.clone()),
             hold: HoldQueue::new(&metrics),
+            cache: Cache::new(cache::CacheMetrics::default()),
             metrics,
         });
         let request = Request::new(Full::new(Bytes::new()));

@@ -27,25 +27,30 @@ pub enum TlsError {
     },
     #[error("building the TLS configuration: {source}")]
     Config { source: rustls::Error },
+    #[error("tls names no certificate file and key file")]
+    NoFiles,
 }
 
 /// Builds the acceptor.
 pub fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+    let (Some(cert_file), Some(key_file)) = (&config.cert_file, &config.key_file) else {
+        return Err(TlsError::NoFiles);
+    };
     let certificate_error = |source| TlsError::Certificate {
-        path: config.cert_file.clone(),
+        path: cert_file.clone(),
         source,
     };
-    let chain = CertificateDer::pem_file_iter(&config.cert_file)
+    let chain = CertificateDer::pem_file_iter(cert_file)
         .map_err(certificate_error)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(certificate_error)?;
     if chain.is_empty() {
         return Err(TlsError::NoCertificate {
-            path: config.cert_file.clone(),
+            path: cert_file.clone(),
         });
     }
-    let key = PrivateKeyDer::from_pem_file(&config.key_file).map_err(|source| TlsError::Key {
-        path: config.key_file.clone(),
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|source| TlsError::Key {
+        path: key_file.clone(),
         source,
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
