@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+#[cfg(feature = "configmap")]
+use outrigger_sidecar_runtime::metrics::WatchMetrics;
 use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
     apiserver::{resource::ObjectRefError, ApiError, ApiServerOptions},
@@ -13,10 +15,9 @@ use outrigger_sidecar_runtime::{
     },
     shutdown::{self, DrainTiming},
 };
-#[cfg(feature = "configmap")]
 use outrigger_sidecar_runtime::{
     apiserver::{ApiClient, ObjectRef},
-    metrics::WatchMetrics,
+    events::{EventMetrics, Recorder},
 };
 use prometheus_client::registry::Registry;
 use tokio::{
@@ -27,6 +28,7 @@ use tokio::{
 
 use crate::{
     cache::{Cache, CacheMetrics},
+    certificates::{self, TlsMetrics},
     config::SplitterConfig,
     metrics::Metrics,
     routing::{health::RetryBudget, hold::HoldQueue},
@@ -34,7 +36,7 @@ use crate::{
     transport::mirror::MirrorQueue,
     transport::proxy::Shared,
     transport::server::{self, Connections, Readiness},
-    transport::tls::{self, TlsError},
+    transport::tls::{self, Certificates, TlsError},
     transport::upstream,
 };
 
@@ -65,6 +67,10 @@ pub enum RunError {
     ApiClient(#[source] Box<ApiError>),
     #[error("this build has no ConfigMap support (feature `configmap`)")]
     ConfigMapUnsupported,
+    #[error("tls.secret is not namespace/name: {0}")]
+    TlsSecretReference(#[source] ObjectRefError),
+    #[error("tls.secret needs the Kubernetes API: run with --configmap")]
+    TlsSecretWithoutApi,
 }
 
 /// Where the configuration comes from and how the process behaves.
@@ -130,6 +136,9 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let cache = Cache::new(CacheMetrics::register(&mut registry));
+    let tls_metrics = TlsMetrics::register(&mut registry);
+    let event_metrics = EventMetrics::register(registry.sub_registry_with_prefix("outrigger_splitter"));
+    let api_options = configmap.as_ref().map(|configmap| configmap.api.clone());
     let store = Arc::new(ConfigStore::with_workers(metrics.clone(), workers));
     let (shutdown_sender, shutdown_receiver) = watch::channel(false);
     let reload_now = Arc::new(Notify::new());
@@ -183,7 +192,34 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         .ok_or_else(|| bind_error(std::io::ErrorKind::AddrNotAvailable.into()))?;
     let addr = first.local_addr().unwrap_or(requested);
     let listener = first.listen(LISTEN_BACKLOG).map_err(bind_error)?;
-    let acceptor = active.config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let acceptor = match &active.config.tls {
+        Some(config) => {
+            let certificates = Certificates::new();
+            match &config.secret {
+                None => certificates.set(tls::from_files(config)?),
+                Some(reference) => {
+                    let reference: ObjectRef = reference.parse().map_err(RunError::TlsSecretReference)?;
+                    let api = api_options.as_ref().ok_or(RunError::TlsSecretWithoutApi)?;
+                    let client = ApiClient::new(api)
+                        .map_err(|error| RunError::ApiClient(Box::new(error)))?
+                        .with_user_agent(concat!("outrigger-request-splitter/", env!("CARGO_PKG_VERSION")));
+                    let (events, poster) =
+                        Recorder::from_env("outrigger-request-splitter", api, event_metrics.clone());
+                    background.extend(poster.map(|poster| tokio::spawn(poster.run())));
+                    background.push(certificates::watch_secret(
+                        client,
+                        reference,
+                        certificates.clone(),
+                        tls_metrics.clone(),
+                        events,
+                        shutdown_receiver.clone(),
+                    ));
+                }
+            }
+            Some(tls::acceptor(certificates)?)
+        }
+        None => None,
+    };
     let limits = &active.config.limits;
     let mirror = MirrorQueue::start(
         limits.mirror_queue as usize,

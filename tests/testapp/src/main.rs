@@ -30,6 +30,10 @@
 //! so named (through a shared process namespace): the config sync tests check the synced files and
 //! restart the sidecar with them.
 //!
+//! `GET /cache/...` answers with caching headers chosen by its query (`cc`, `vary`, `etag`, `size`,
+//! `delay`; see `cache`), and `GET /-/cache-count` says how many of those it answered: the front
+//! tier's cache tests count what reached the backend.
+//!
 //! With `LOG_DIR` set it also writes log files there for the log adapter (see `logs`).
 //!
 //! `outrigger-testapp sink` is a log sink that prints what it is sent and can be taken down for a
@@ -38,6 +42,7 @@
 //! With `BURN_CPU=1` one thread spins for as long as the process runs, so the pod uses all the CPU
 //! its limit allows (the autoscaling tests read it from the kubelet's summary).
 
+mod cache;
 mod logs;
 mod sink;
 
@@ -516,6 +521,10 @@ async fn main() -> std::io::Result<()> {
                     let path = request.uri().path();
                     let response = match path.strip_prefix("/redis/") {
                         Some(command) => redis_response(command).await,
+                        None if path.starts_with("/cache/") => {
+                            cache::respond(request.uri().query().unwrap_or(""), request.headers()).await
+                        }
+                        None if path == "/-/cache-count" => cache::count(),
                         None => app.respond(&method, path),
                     };
                     Ok::<_, Infallible>(response)
