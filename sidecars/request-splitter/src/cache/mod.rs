@@ -32,7 +32,7 @@ use crate::{
     config::CacheConfig,
     transport::{
         body::{self, ResponseBody},
-        correlation::REQUEST_ID,
+        correlation::{RequestId, REQUEST_ID},
         proxy::BoxedResponse,
     },
 };
@@ -225,6 +225,29 @@ impl Cache {
             key: key.to_owned(),
             _done: done,
         })
+    }
+
+    /// The stored response for a request, when it may be answered from the cache without asking
+    /// the backend: a GET or HEAD without `no-cache`, and a fresh response of its variant.
+    pub fn fresh(
+        &self,
+        config: &CacheConfig,
+        method: &Method,
+        key: &str,
+        request: &HeaderMap,
+        request_id: &RequestId,
+    ) -> Option<BoxedResponse> {
+        let directives = RequestDirectives::of(request);
+        if policy::request_policy(method, &directives) != (RequestPolicy::Lookup { revalidate: false }) {
+            return None;
+        }
+        let entry = self.lookup(config, key, request)?;
+        let now = SystemTime::now();
+        if !entry.is_fresh(now, &directives) {
+            return None;
+        }
+        self.metrics.count("hit");
+        Some(answer(&entry, request, request_id.to_value(), now, "HIT"))
     }
 
     /// Answers a GET or HEAD from the cache or through `upstream`, storing what may be stored.

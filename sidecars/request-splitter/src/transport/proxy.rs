@@ -310,6 +310,20 @@ where
     if let Some(error) = refusal {
         return Box::new(refuse(&shared, &error, &request_id, version));
     }
+    // A fresh response in the cache answers before any routing or header work.
+    let cache_key = active.config.cache.as_ref().map(|_| {
+        let host = headers
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| uri.authority().map(|authority| authority.as_str().as_bytes()));
+        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        cache::policy::primary_key(host, path)
+    });
+    if let (Some(config), Some(key), false) = (&active.config.cache, &cache_key, upgrade) {
+        if let Some(response) = shared.cache.fresh(config, &method, key, &headers, &request_id) {
+            return response;
+        }
+    }
     let trace = if carried.traceparent {
         correlation::trace(&mut headers)
     } else {
@@ -350,21 +364,15 @@ where
     };
     match on_upgrade {
         Some(on_upgrade) => exchange.tunnel(on_upgrade, connection.clone()).await,
-        None => match exchange.active.clone().config.cache.as_ref() {
-            Some(config) => {
-                let host = exchange
-                    .headers
-                    .get(header::HOST)
-                    .map(HeaderValue::as_bytes)
-                    .or_else(|| uri.authority().map(|authority| authority.as_str().as_bytes()));
-                let key = cache::policy::primary_key(host, exchange.path.as_str());
+        None => match (exchange.active.clone().config.cache.as_ref(), cache_key) {
+            (Some(config), Some(key)) => {
                 let method = exchange.method.clone();
                 let cache = exchange.shared.cache.clone();
                 cache
                     .serve(config, &method, key, ThroughCache { exchange, body })
                     .await
             }
-            None => exchange.forward(body).await,
+            _ => exchange.forward(body).await,
         },
     }
 }
