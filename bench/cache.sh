@@ -139,7 +139,9 @@ coalesce_run() {
   local port=$1 round=$2 before after url
   url="http://127.0.0.1:$port/cache/cold-$round-$port?cc=max-age=60&delay=$COLD_DELAY_MS"
   before=$(backend_count)
-  curl -s --parallel --parallel-immediate --parallel-max 100 $(for _ in $(seq 1 100); do echo "-o /dev/null $url"; done)
+  # shellcheck disable=SC2046
+  curl -s --no-progress-meter --parallel --parallel-immediate --parallel-max 100 \
+    $(for _ in $(seq 1 100); do echo "-o /dev/null $url"; done) 2>/dev/null
   after=$(backend_count)
   echo $((after - before))
 }
