@@ -1,23 +1,34 @@
 //! The front tier of a ReplicatedService as its spec asks for it, apart from rollouts and scaling
 //! to zero: whether the request splitter must stand in front of the service, and what the spec adds
-//! to the splitter's document (per-pod endpoints for session affinity, rate limits). Pure.
+//! to the splitter's document, its Role and its Deployment — per-pod endpoints for session
+//! affinity, rate limits, the shared HTTP cache (`spec.cache`) and TLS termination with the
+//! certificate of a Secret (`spec.tls`). Pure.
 
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector},
+    rbac::v1::{PolicyRule, Role},
+};
 use outrigger_api::{
     rate_limits::{RateLimit, RateLimits},
     schema::parse_duration,
     ReplicatedServiceSpec,
 };
 use outrigger_contract::splitter::{
-    EndpointDiscoveryConfig, RateLimitsConfig, RouteRateLimitConfig, SplitterConfig, TokenBucketConfig,
+    CacheConfig, EndpointDiscoveryConfig, RateLimitsConfig, RouteRateLimitConfig, SplitterConfig, TlsConfig,
+    TokenBucketConfig,
 };
 
-use crate::canary;
+use crate::{canary, conditions::ChildFailure, owner::Owner};
 
 /// Whether the spec needs the request splitter in front of the service even without a rollout or
-/// scaling to zero: session affinity (kept per pod by the splitter, which kube-proxy cannot do)
-/// and rate limits (counted by the splitter).
-pub fn front_tier_wanted(spec: &ReplicatedServiceSpec) -> bool {
-    spec.session_affinity.is_some() || spec.rate_limits.is_some()
+/// scaling to zero: session affinity (kept per pod by the splitter, which kube-proxy cannot do),
+/// rate limits (counted by the splitter), the shared cache and TLS termination.
+pub fn needs_front_tier(spec: &ReplicatedServiceSpec) -> bool {
+    spec.session_affinity.is_some()
+        || spec.rate_limits.is_some()
+        || spec.cache.is_some()
+        || spec.tls.is_some()
 }
 
 /// Adds to the splitter's document of service `service` in `namespace` what the spec asks for:
@@ -83,8 +94,119 @@ pub fn per_replica(limits: &RateLimits, splitter_replicas: i32) -> RateLimitsCon
     config
 }
 
+/// The keys of a `kubernetes.io/tls` Secret.
+pub const TLS_KEYS: [&str; 2] = ["tls.crt", "tls.key"];
+
+/// What is wrong with the TLS Secret `spec.tls` names, given the keys it holds (`None`: it does not
+/// exist). The front splitter keeps serving with the last good certificate it had; this makes the
+/// service `Degraded` meanwhile.
+pub fn tls_secret_failure<'a>(
+    spec: &ReplicatedServiceSpec,
+    keys: Option<impl IntoIterator<Item = &'a str>>,
+) -> Option<ChildFailure> {
+    let tls = spec.tls.as_ref()?;
+    let Some(keys) = keys else {
+        return Some(ChildFailure {
+            reason: "TlsSecretMissing",
+            message: format!("spec.tls.secretName: Secret {:?} does not exist", tls.secret_name),
+        });
+    };
+    let keys: Vec<&str> = keys.into_iter().collect();
+    let missing: Vec<&str> = TLS_KEYS.into_iter().filter(|key| !keys.contains(key)).collect();
+    (!missing.is_empty()).then(|| ChildFailure {
+        reason: "TlsSecretInvalid",
+        message: format!(
+            "spec.tls.secretName: Secret {:?} has no {}",
+            tls.secret_name,
+            missing.join(" or ")
+        ),
+    })
+}
+
+/// Adds the cache and TLS settings of `spec` to the front splitter's document.
+pub fn configure(namespace: &str, spec: &ReplicatedServiceSpec, config: &mut SplitterConfig) {
+    config.cache = spec.cache.as_ref().map(|cache| {
+        let mut config = CacheConfig::new(u64::try_from(cache.max_bytes).unwrap_or(0));
+        if let Some(max_object_bytes) = cache.max_object_bytes {
+            config.max_object_bytes = u64::try_from(max_object_bytes).unwrap_or(0);
+        }
+        config
+    });
+    config.tls = spec
+        .tls
+        .as_ref()
+        .map(|tls| TlsConfig::secret(format!("{namespace}/{}", tls.secret_name)));
+}
+
+/// The front splitter's Role with what the edge features need: `get`, `list` and `watch` on exactly
+/// the TLS Secret (the splitter watches it by a field selector on its name, which `resourceNames`
+/// admits), and `create` and `patch` on Events, which report a certificate the splitter rejected.
+pub fn with_access(mut role: Role, spec: &ReplicatedServiceSpec) -> Role {
+    let Some(tls) = &spec.tls else {
+        return role;
+    };
+    let rule = |resource: &str, names: Option<Vec<String>>, verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec![resource.to_owned()]),
+        resource_names: names,
+        verbs: verbs.iter().map(|verb| (*verb).to_owned()).collect(),
+        ..PolicyRule::default()
+    };
+    let rules = role.rules.get_or_insert_with(Vec::new);
+    rules.push(rule(
+        "secrets",
+        Some(vec![tls.secret_name.clone()]),
+        &["get", "list", "watch"],
+    ));
+    rules.push(rule("events", None, &["create", "patch"]));
+    role
+}
+
+/// The front splitter's Deployment with what its Events need: the pod's name and namespace, and the
+/// service the Events are about.
+pub fn with_event_origin(
+    mut deployment: Deployment,
+    owner: &Owner,
+    spec: &ReplicatedServiceSpec,
+) -> Deployment {
+    if spec.tls.is_none() {
+        return deployment;
+    }
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let value = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
+    let containers = deployment
+        .spec
+        .as_mut()
+        .and_then(|spec| spec.template.spec.as_mut())
+        .map(|pod| pod.containers.iter_mut());
+    for container in containers.into_iter().flatten() {
+        let env = container.env.get_or_insert_with(Vec::new);
+        env.extend([
+            field("OUTRIGGER_POD_NAME", "metadata.name"),
+            field("OUTRIGGER_POD_NAMESPACE", "metadata.namespace"),
+            value("OUTRIGGER_OWNER", format!("ReplicatedService/{}", owner.name)),
+            value("OUTRIGGER_OWNER_UID", owner.reference.uid.clone()),
+        ]);
+    }
+    deployment
+}
+
 #[cfg(test)]
-mod tests {
+mod affinity_and_rate_limit_tests {
     use std::{collections::BTreeMap, net::SocketAddr};
 
     use outrigger_contract::splitter::{BackendConfig, RateLimitKey};
@@ -114,11 +236,11 @@ mod tests {
 
     #[test]
     fn affinity_and_rate_limits_each_want_the_front_tier_and_a_plain_service_does_not() {
-        assert!(!front_tier_wanted(&spec(json!({}))));
-        assert!(front_tier_wanted(&spec(
+        assert!(!needs_front_tier(&spec(json!({}))));
+        assert!(needs_front_tier(&spec(
             json!({"sessionAffinity": {"source": "header", "name": "x-user"}})
         )));
-        assert!(front_tier_wanted(&spec(
+        assert!(needs_front_tier(&spec(
             json!({"rateLimits": {"anonymous": {"requests": 5}}})
         )));
     }
@@ -174,5 +296,88 @@ mod tests {
         assert_eq!(limits.max_keys, 5000);
         let one = per_replica(spec.rate_limits.as_ref().unwrap(), 1);
         assert_eq!(one.anonymous, bucket(10.0, 5));
+    }
+}
+
+#[cfg(test)]
+mod cache_and_tls_tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn spec(extra: Value) -> ReplicatedServiceSpec {
+        let mut spec = json!({
+            "template": {"spec": {"containers": [{"name": "app", "image": "app:1"}]}},
+            "ports": [{"name": "http", "port": 80}],
+        });
+        for (key, value) in extra.as_object().unwrap() {
+            spec[key] = value.clone();
+        }
+        serde_json::from_value(spec).unwrap()
+    }
+
+    #[test]
+    fn a_cache_or_tls_puts_the_splitter_in_front() {
+        assert!(!needs_front_tier(&spec(json!({}))));
+        assert!(needs_front_tier(&spec(json!({"cache": {"maxBytes": 1_048_576}}))));
+        assert!(needs_front_tier(&spec(json!({"tls": {"secretName": "web-tls"}}))));
+    }
+
+    #[test]
+    fn the_splitter_document_gets_the_cache_and_the_secret() {
+        let spec = spec(json!({
+            "cache": {"maxBytes": 67_108_864, "maxObjectBytes": 65_536},
+            "tls": {"secretName": "web-tls"},
+        }));
+        let mut config = SplitterConfig::new(([0, 0, 0, 0], 8080).into(), Vec::new());
+        configure("shop", &spec, &mut config);
+        assert_eq!(
+            config.cache,
+            Some(CacheConfig {
+                max_bytes: 67_108_864,
+                max_object_bytes: 65_536
+            })
+        );
+        assert_eq!(config.tls, Some(TlsConfig::secret("shop/web-tls")));
+        let mut config = SplitterConfig::new(([0, 0, 0, 0], 8080).into(), Vec::new());
+        configure("shop", &spec_without_edge(), &mut config);
+        assert_eq!((config.cache, config.tls), (None, None));
+    }
+
+    fn spec_without_edge() -> ReplicatedServiceSpec {
+        spec(json!({}))
+    }
+
+    #[test]
+    fn a_missing_or_incomplete_tls_secret_is_a_failure_naming_the_field() {
+        let with_tls = spec(json!({"tls": {"secretName": "web-tls"}}));
+        let missing = tls_secret_failure(&with_tls, None::<Vec<&str>>).unwrap();
+        assert_eq!(missing.reason, "TlsSecretMissing");
+        assert!(
+            missing.message.starts_with("spec.tls.secretName"),
+            "{}",
+            missing.message
+        );
+        let partial = tls_secret_failure(&with_tls, Some(["tls.crt"])).unwrap();
+        assert_eq!(partial.reason, "TlsSecretInvalid");
+        assert!(partial.message.ends_with("has no tls.key"), "{}", partial.message);
+        assert_eq!(tls_secret_failure(&with_tls, Some(["tls.crt", "tls.key"])), None);
+        assert_eq!(tls_secret_failure(&spec(json!({})), None::<Vec<&str>>), None);
+    }
+
+    #[test]
+    fn the_role_reads_exactly_the_tls_secret_and_writes_events() {
+        let role = with_access(Role::default(), &spec(json!({"tls": {"secretName": "web-tls"}})));
+        let rules = role.rules.unwrap();
+        assert_eq!(rules[0].resources.as_deref(), Some(&["secrets".to_owned()][..]));
+        assert_eq!(
+            rules[0].resource_names.as_deref(),
+            Some(&["web-tls".to_owned()][..])
+        );
+        assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
+        assert_eq!(rules[1].resources.as_deref(), Some(&["events".to_owned()][..]));
+        assert_eq!(rules[1].verbs, ["create", "patch"]);
+        let untouched = with_access(Role::default(), &spec(json!({"cache": {"maxBytes": 1_048_576}})));
+        assert_eq!(untouched.rules, None);
     }
 }

@@ -164,7 +164,7 @@ pub struct ZeroInputs<'a> {
     pub hold: &'a HoldConfig,
 }
 
-/// The splitter in front of a service whose spec asks for one ([`edge::front_tier_wanted`]: session
+/// The splitter in front of a service whose spec asks for one ([`edge::needs_front_tier`]: session
 /// affinity, rate limits) when neither a rollout nor scaling to zero puts it there.
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeInputs<'a> {
@@ -225,7 +225,7 @@ pub fn build_fronted(
 }
 
 /// As [`build_fronted`], with the splitter also in front of a service whose spec asks for it
-/// ([`edge::front_tier_wanted`]) when `edge` says how to run it.
+/// ([`edge::needs_front_tier`]) when `edge` says how to run it.
 pub fn build_edged(
     rsvc: &ReplicatedService,
     pdb_api: PdbApi,
@@ -298,7 +298,7 @@ pub fn build_edged(
             config_tracks: false,
         }),
         (None, None) => edge
-            .filter(|_| edge::front_tier_wanted(spec))
+            .filter(|_| edge::needs_front_tier(spec))
             .map(|inputs| FrontInputs {
                 image: inputs.splitter_image,
                 resources: inputs.splitter_resources,
@@ -328,12 +328,16 @@ pub fn build_edged(
                     target_port,
                     inputs.config_tracks,
                 ),
-                splitter: with_resources(
-                    canary::splitter_deployment(&owner, inputs.image, splitter_replicas(spec.replicas)),
-                    inputs.resources,
+                splitter: crate::edge::with_event_origin(
+                    with_resources(
+                        canary::splitter_deployment(&owner, inputs.image, splitter_replicas(spec.replicas)),
+                        inputs.resources,
+                    ),
+                    &owner,
+                    spec,
                 ),
                 splitter_account,
-                splitter_role,
+                splitter_role: crate::edge::with_access(splitter_role, spec),
                 splitter_role_binding,
             },
         ))
@@ -868,6 +872,30 @@ mod tests {
             assert!(position(&plan, before) < service, "{before} before the Service");
         }
         assert!(position(&plan, "Role web-splitter") < position(&plan, "Deployment web-splitter"));
+    }
+
+    #[test]
+    fn the_front_splitter_of_a_tls_service_reads_its_secret_and_names_its_service_in_events() {
+        let mut spec = base_spec();
+        spec["tls"] = json!({"secretName": "web-tls"});
+        let hold = HoldConfig::default();
+        let front = ZeroInputs {
+            splitter_image: "splitter:edge",
+            splitter_resources: None,
+            splitter_ready: true,
+            hold: &hold,
+        };
+        let children = build_fronted(&rsvc(spec), PdbApi::None, None, Some(&front)).unwrap();
+        let front = children.rollout.expect("the splitter in front");
+        let rules = front.splitter_role.rules.unwrap();
+        assert!(rules.iter().any(|rule| {
+            rule.resources.as_deref() == Some(&["secrets".to_owned()][..])
+                && rule.resource_names.as_deref() == Some(&["web-tls".to_owned()][..])
+        }));
+        let pod = front.splitter.spec.unwrap().template.spec.unwrap();
+        let env = pod.containers[0].env.clone().unwrap();
+        let owner = env.iter().find(|var| var.name == "OUTRIGGER_OWNER").unwrap();
+        assert_eq!(owner.value.as_deref(), Some("ReplicatedService/web"));
     }
 
     #[test]

@@ -77,6 +77,27 @@ pub fn replicated_service(spec: &ReplicatedServiceSpec) -> Result<(), InvalidSpe
             error.message,
         );
     }
+    if let Some(cache) = &spec.cache {
+        if cache
+            .max_object_bytes
+            .is_some_and(|largest| largest > cache.max_bytes)
+        {
+            problems.add("spec.cache.maxObjectBytes", "must be at most spec.cache.maxBytes");
+        }
+    }
+    if spec.cache.is_some() || spec.tls.is_some() {
+        match spec.ports.first() {
+            None => problems.add(
+                "spec.ports",
+                "a service with a cache or tls needs a port: the front tier serves the first one",
+            ),
+            Some(port) if port.protocol != PortProtocol::Tcp => problems.add(
+                "spec.ports[0].protocol",
+                "a service with a cache or tls serves HTTP on its first port, which must be TCP",
+            ),
+            Some(_) => {}
+        }
+    }
     if spec.rollout_strategy_ref.is_some() {
         match spec.ports.first() {
             None => problems.add(
@@ -722,6 +743,26 @@ mod tests {
     fn replicated_service_cases() {
         let cases: Vec<(&str, Value, Vec<&str>)> = vec![
             ("valid", json!({}), vec![]),
+            (
+                "a cache with a port",
+                json!({"ports": [{"name": "http", "port": 80}], "cache": {"maxBytes": 1_048_576, "maxObjectBytes": 1024}}),
+                vec![],
+            ),
+            (
+                "objects larger than the cache",
+                json!({"ports": [{"name": "http", "port": 80}], "cache": {"maxBytes": 1_048_576, "maxObjectBytes": 2_097_152}}),
+                vec!["spec.cache.maxObjectBytes"],
+            ),
+            (
+                "tls without a port",
+                json!({"tls": {"secretName": "web-tls"}}),
+                vec!["spec.ports"],
+            ),
+            (
+                "a cache on a UDP port",
+                json!({"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}], "cache": {"maxBytes": 1_048_576}}),
+                vec!["spec.ports[0].protocol"],
+            ),
             (
                 "no containers",
                 json!({"template": {"spec": {"containers": []}}}),

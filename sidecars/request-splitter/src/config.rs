@@ -179,7 +179,49 @@ fn problems(config: &SplitterConfig) -> Vec<Problem> {
     if let Some(limits) = &config.rate_limits {
         check_rate_limits(limits, &mut problems);
     }
+    if let Some(cache) = &config.cache {
+        check_cache(cache, &mut problems);
+    }
+    if let Some(tls) = &config.tls {
+        check_tls(tls, &mut problems);
+    }
     problems.0
+}
+
+fn check_cache(cache: &CacheConfig, problems: &mut Problems) {
+    if !(CACHE_MIN_BYTES..=CACHE_MAX_BYTES).contains(&cache.max_bytes) {
+        problems.push("cache.maxBytes", "must be between 1 MiB (1048576) and 64 GiB");
+    }
+    if cache.max_object_bytes < CACHE_MIN_OBJECT_BYTES || cache.max_object_bytes > cache.max_bytes {
+        problems.push(
+            "cache.maxObjectBytes",
+            "must be between 1 KiB (1024) and maxBytes",
+        );
+    }
+}
+
+fn check_tls(tls: &TlsConfig, problems: &mut Problems) {
+    let files = tls.cert_file.is_some() || tls.key_file.is_some();
+    match (&tls.secret, files) {
+        (Some(_), true) => problems.push("tls", "give either certFile and keyFile, or secret"),
+        (None, false) => problems.push("tls", "needs certFile and keyFile, or secret"),
+        (None, true) => {
+            if tls.cert_file.is_none() {
+                problems.push("tls.certFile", "is required with keyFile");
+            }
+            if tls.key_file.is_none() {
+                problems.push("tls.keyFile", "is required with certFile");
+            }
+        }
+        (Some(secret), false) => {
+            let valid = secret.split_once('/').is_some_and(|(namespace, name)| {
+                !namespace.is_empty() && !name.is_empty() && !name.contains('/')
+            });
+            if !valid {
+                problems.push("tls.secret", "must be namespace/name");
+            }
+        }
+    }
 }
 
 fn check_hold(hold: &HoldConfig, problems: &mut Problems) {

@@ -34,6 +34,9 @@
 //!
 //! `POST /-/unready` makes `/healthz` answer 503 until `POST /-/ready` (a pod a test takes out of
 //! its Service's endpoints and puts back, under the same name).
+//! `GET /cache/...` answers with caching headers chosen by its query (`cc`, `vary`, `etag`, `size`,
+//! `delay`; see `cache`), and `GET /-/cache-count` says how many of those it answered: the front
+//! tier's cache tests count what reached the backend.
 //!
 //! With `LOG_DIR` set it also writes log files there for the log adapter (see `logs`).
 //!
@@ -43,6 +46,7 @@
 //! With `BURN_CPU=1` one thread spins for as long as the process runs, so the pod uses all the CPU
 //! its limit allows (the autoscaling tests read it from the kubelet's summary).
 
+mod cache;
 mod logs;
 mod sink;
 
@@ -563,6 +567,10 @@ async fn main() -> std::io::Result<()> {
                     let path = request.uri().path();
                     let response = match path.strip_prefix("/redis/") {
                         Some(command) => redis_response(command).await,
+                        None if path.starts_with("/cache/") => {
+                            cache::respond(request.uri().query().unwrap_or(""), request.headers()).await
+                        }
+                        None if path == "/-/cache-count" => cache::count(),
                         None => app.respond(&method, path),
                     };
                     Ok::<_, Infallible>(response)

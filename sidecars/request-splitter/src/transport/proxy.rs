@@ -32,6 +32,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::{
+    cache::{self, Cache},
     config::HoldConfig,
     config::UpstreamProtocol,
     metrics::{class_index, Metrics, ReasonLabels},
@@ -184,6 +185,8 @@ pub struct Shared {
     pub mirror: MirrorQueue,
     /// Requests waiting for a backend without endpoints (`hold` in the configuration).
     pub hold: HoldQueue,
+    /// The shared HTTP cache (`cache` in the configuration).
+    pub cache: Arc<Cache>,
 }
 
 /// Facts about the client connection a request came on.
@@ -328,6 +331,20 @@ where
             return Box::new(rate_limited(&shared, tier, retry_after, &request_id));
         }
     }
+    // A fresh response in the cache answers before any routing or header work.
+    let cache_key = active.config.cache.as_ref().map(|_| {
+        let host = headers
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| uri.authority().map(|authority| authority.as_str().as_bytes()));
+        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        cache::policy::primary_key(host, path)
+    });
+    if let (Some(config), Some(key), false) = (&active.config.cache, &cache_key, upgrade) {
+        if let Some(response) = shared.cache.fresh(config, &method, key, &headers, &request_id) {
+            return response;
+        }
+    }
     let trace = if carried.traceparent {
         correlation::trace(&mut headers)
     } else {
@@ -368,7 +385,49 @@ where
     };
     match on_upgrade {
         Some(on_upgrade) => exchange.tunnel(on_upgrade, connection.clone()).await,
-        None => exchange.forward(body).await,
+        None => match (exchange.active.clone().config.cache.as_ref(), cache_key) {
+            (Some(config), Some(key)) => {
+                let method = exchange.method.clone();
+                let cache = exchange.shared.cache.clone();
+                cache
+                    .serve(config, &method, key, ThroughCache { exchange, body })
+                    .await
+            }
+            _ => exchange.forward(body).await,
+        },
+    }
+}
+
+/// A request on its way to the backend through the cache.
+struct ThroughCache<B> {
+    exchange: Exchange,
+    body: B,
+}
+
+impl<B> cache::Upstream for ThroughCache<B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn request_headers(&self) -> &HeaderMap {
+        &self.exchange.headers
+    }
+
+    fn request_id(&self) -> HeaderValue {
+        self.exchange.request_id.to_value()
+    }
+
+    fn send(self, conditional: Option<HeaderMap>) -> impl Future<Output = BoxedResponse> + Send {
+        let ThroughCache { mut exchange, body } = self;
+        if let Some(conditional) = conditional {
+            for name in &cache::policy::CLIENT_CONDITIONALS {
+                exchange.headers.remove(name);
+            }
+            for (name, value) in &conditional {
+                exchange.headers.insert(name.clone(), value.clone());
+            }
+        }
+        exchange.forward(body)
     }
 }
 
@@ -1261,6 +1320,7 @@ mod tests {
             budget: RetryBudget::default(),
             mirror: MirrorQueue::start(4, 1, metrics.clone()),
             hold: HoldQueue::new(&metrics),
+            cache: Cache::new(cache::CacheMetrics::default()),
             metrics,
         })
     }
@@ -1300,6 +1360,7 @@ mod tests {
             budget: RetryBudget::default(),
             mirror: MirrorQueue::start(4, 1, metrics.clone()),
             hold: HoldQueue::new(&metrics),
+            cache: Cache::new(cache::CacheMetrics::default()),
             metrics,
         });
         let request = Request::new(Full::new(Bytes::new()));
