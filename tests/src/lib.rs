@@ -610,3 +610,16 @@ impl Drop for WebhookOperator {
             .output();
     }
 }
+
+/// The test app image the sharding tests run as shards and clients (`hack/images.sh testapp`);
+/// another tag by `OUTRIGGER_TEST_CLIENT_IMAGE`.
+pub fn client_image() -> String {
+    std::env::var("OUTRIGGER_TEST_CLIENT_IMAGE").unwrap_or_else(|_| "outrigger/testapp:dev".to_owned())
+}
+
+/// The sharding ambassador image under test (`hack/images.sh sharding-ambassador`); another tag by
+/// `OUTRIGGER_TEST_AMBASSADOR_IMAGE`.
+pub fn ambassador_image() -> String {
+    std::env::var("OUTRIGGER_TEST_AMBASSADOR_IMAGE")
+        .unwrap_or_else(|_| "outrigger/sharding-ambassador:dev".to_owned())
+}

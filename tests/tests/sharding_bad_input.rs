@@ -20,23 +20,12 @@ use kube::api::{Api, DeleteParams, PostParams};
 use outrigger_api::ShardedService;
 use outrigger_contract::shard_map::{ShardMap, SHARD_MAP_KEY};
 use outrigger_tests::{
-    admin_client, ensure_crds, eventually, example, http_get_from, TestNamespace, WebhookOperator,
+    admin_client, ambassador_image, client_image, ensure_crds, eventually, example, http_get_from,
+    TestNamespace, WebhookOperator,
 };
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
-
-/// The ambassador image under test (`hack/images.sh sharding-ambassador`); another tag by
-/// `OUTRIGGER_TEST_AMBASSADOR_IMAGE`.
-fn ambassador_image() -> String {
-    std::env::var("OUTRIGGER_TEST_AMBASSADOR_IMAGE")
-        .unwrap_or_else(|_| "outrigger/sharding-ambassador:dev".to_owned())
-}
-
-/// The testapp with its `/redis/...` endpoint; another tag by `OUTRIGGER_TEST_CLIENT_IMAGE`.
-fn app_image() -> String {
-    std::env::var("OUTRIGGER_TEST_CLIENT_IMAGE").unwrap_or_else(|_| "outrigger/testapp:dev".to_owned())
-}
 
 fn is_ready(pod: &Pod) -> bool {
     pod.status
@@ -57,7 +46,7 @@ const RELAY_PORT: u16 = 7000;
 fn relay_container(target: &str) -> serde_json::Value {
     json!({
         "name": "relay",
-        "image": app_image(),
+        "image": client_image(),
         "imagePullPolicy": "Never",
         "args": ["relay", format!("0.0.0.0:{RELAY_PORT}"), target],
     })
@@ -175,7 +164,7 @@ async fn bad_clients_get_an_error_or_a_closed_connection_while_others_are_served
     let app: Pod = serde_json::from_value(json!({
         "metadata": {"name": "client", "annotations": {"outrigger.dev/sharded-service": "cache"}},
         "spec": {"containers": [
-            {"name": "app", "image": app_image(), "imagePullPolicy": "Never"},
+            {"name": "app", "image": client_image(), "imagePullPolicy": "Never"},
             relay_container("127.0.0.1:6379"),
         ]},
     }))

@@ -19,21 +19,12 @@ use kube::api::{Api, DeleteParams, PostParams};
 use outrigger_api::ShardedService;
 use outrigger_contract::shard_map::{ShardMap, ShardProtocol, SHARD_MAP_KEY};
 use outrigger_hashring::twemproxy::{KetamaRing, KeyHash};
-use outrigger_tests::{admin_client, ensure_crds, eventually, TestNamespace, WebhookOperator};
+use outrigger_tests::{
+    admin_client, ambassador_image, client_image, ensure_crds, eventually, TestNamespace, WebhookOperator,
+};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
-
-/// The ambassador image under test; another tag by `OUTRIGGER_TEST_AMBASSADOR_IMAGE`.
-fn ambassador_image() -> String {
-    std::env::var("OUTRIGGER_TEST_AMBASSADOR_IMAGE")
-        .unwrap_or_else(|_| "outrigger/sharding-ambassador:dev".to_owned())
-}
-
-/// The testapp, for the shards and the client; another tag by `OUTRIGGER_TEST_CLIENT_IMAGE`.
-fn app_image() -> String {
-    std::env::var("OUTRIGGER_TEST_CLIENT_IMAGE").unwrap_or_else(|_| "outrigger/testapp:dev".to_owned())
-}
 
 fn is_ready(pod: &Pod) -> bool {
     pod.status
@@ -54,7 +45,7 @@ const RELAY_PORT: u16 = 7000;
 fn relay_container(target: &str) -> serde_json::Value {
     json!({
         "name": "relay",
-        "image": app_image(),
+        "image": client_image(),
         "imagePullPolicy": "Never",
         "args": ["relay", format!("0.0.0.0:{RELAY_PORT}"), target],
     })
@@ -167,7 +158,7 @@ async fn each_http_request_lands_on_the_pod_of_the_shard_the_ring_names_for_its_
             "sharding": {"function": "ketama", "hash": "fnv1a64", "hashTag": "{}", "keyHeader": "x-tenant"},
             "template": {"spec": {"containers": [{
                 "name": "app",
-                "image": app_image(),
+                "image": client_image(),
                 "imagePullPolicy": "Never",
                 "ports": [{"name": "http", "containerPort": 8080}],
                 "env": [{"name": "VERSION", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
@@ -195,7 +186,7 @@ async fn each_http_request_lands_on_the_pod_of_the_shard_the_ring_names_for_its_
     let app: Pod = serde_json::from_value(json!({
         "metadata": {"name": "client", "annotations": {"outrigger.dev/sharded-service": "web:8081"}},
         "spec": {"containers": [
-            {"name": "app", "image": app_image(), "imagePullPolicy": "Never"},
+            {"name": "app", "image": client_image(), "imagePullPolicy": "Never"},
             relay_container("127.0.0.1:8081"),
         ]},
     }))
