@@ -623,3 +623,15 @@ pub fn ambassador_image() -> String {
     std::env::var("OUTRIGGER_TEST_AMBASSADOR_IMAGE")
         .unwrap_or_else(|_| "outrigger/sharding-ambassador:dev".to_owned())
 }
+
+/// Whether the pod's `Ready` condition is true.
+pub fn is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}

@@ -25,23 +25,12 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use outrigger_api::{sharded::ReshardPhase, ShardedService};
 use outrigger_contract::shard_map::{ShardMap, SHARD_MAP_KEY};
 use outrigger_tests::{
-    admin_client, ambassador_image, client_image, ensure_crds, eventually, example, http_get_from,
+    admin_client, ambassador_image, client_image, ensure_crds, eventually, example, http_get_from, is_ready,
     TestNamespace, WebhookOperator,
 };
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-}
 
 /// One Redis command through the client pod's ambassador: the raw RESP reply, or why none came.
 fn through_ambassador(client: &str, words: &[&str]) -> Result<String, String> {

@@ -16,23 +16,12 @@ use outrigger_api::ShardedService;
 use outrigger_contract::shard_map::{ShardMap, SHARD_MAP_KEY};
 use outrigger_hashring::twemproxy::{KetamaRing, KeyHash};
 use outrigger_tests::{
-    admin_client, ambassador_image, client_image, ensure_crds, eventually, example, http_get_from,
+    admin_client, ambassador_image, client_image, ensure_crds, eventually, example, http_get_from, is_ready,
     kubectl_ok, TestNamespace, WebhookOperator,
 };
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-}
-
 fn pod_ip(pod: &Pod) -> Option<String> {
     pod.status.as_ref()?.pod_ip.clone()
 }

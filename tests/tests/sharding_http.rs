@@ -20,22 +20,12 @@ use outrigger_api::ShardedService;
 use outrigger_contract::shard_map::{ShardMap, ShardProtocol, SHARD_MAP_KEY};
 use outrigger_hashring::twemproxy::{KetamaRing, KeyHash};
 use outrigger_tests::{
-    admin_client, ambassador_image, client_image, ensure_crds, eventually, TestNamespace, WebhookOperator,
+    admin_client, ambassador_image, client_image, ensure_crds, eventually, is_ready, TestNamespace,
+    WebhookOperator,
 };
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-}
 
 /// The relay container every client pod here gets: the test app relaying `pod IP:7000` to the
 /// ambassador on the pod's loopback, byte for byte (`kubectl port-forward` would need socat on the
