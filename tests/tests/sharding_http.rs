@@ -15,13 +15,13 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use outrigger_api::ShardedService;
 use outrigger_contract::shard_map::{ShardMap, ShardProtocol, SHARD_MAP_KEY};
 use outrigger_hashring::twemproxy::{KetamaRing, KeyHash};
 use outrigger_tests::{
-    admin_client, ambassador_image, client_image, ensure_crds, eventually, is_ready, TestNamespace,
-    WebhookOperator,
+    admin_client, ambassador_image, client_image, create_injected, ensure_crds, eventually, is_ready,
+    TestNamespace, WebhookOperator,
 };
 use serde_json::json;
 
@@ -97,34 +97,6 @@ impl Http {
     }
 }
 
-/// Creates the client pod once the injection webhook is in effect: the API server picks up a new
-/// webhook configuration a moment after it is written, so a pod created too early is admitted
-/// without the ambassador; it is then deleted and created again.
-async fn create_injected(pods: &Api<Pod>, pod: &Pod) -> Pod {
-    let name = pod.metadata.name.clone().unwrap();
-    eventually(
-        "the client pod created with its ambassador injected",
-        WAIT,
-        || async {
-            if let Some(existing) = pods.get_opt(&name).await? {
-                if existing.metadata.deletion_timestamp.is_none() {
-                    pods.delete(&name, &DeleteParams::default().grace_period(0))
-                        .await?;
-                }
-                return Ok(None);
-            }
-            let created = pods.create(&PostParams::default(), pod).await?;
-            let injected = created
-                .spec
-                .as_ref()
-                .is_some_and(|spec| spec.containers.iter().any(|c| c.name == "sharding-ambassador"));
-            Ok(injected.then_some(created))
-        },
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn each_http_request_lands_on_the_pod_of_the_shard_the_ring_names_for_its_key() {
     ensure_crds().unwrap();
@@ -181,7 +153,9 @@ async fn each_http_request_lands_on_the_pod_of_the_shard_the_ring_names_for_its_
         ]},
     }))
     .unwrap();
-    create_injected(&pods, &app).await;
+    create_injected(&pods, &app, "sharding-ambassador", WAIT)
+        .await
+        .unwrap();
     let client_ip = eventually("the client pod and its ambassador ready", WAIT, || {
         let pods = pods.clone();
         async move {
