@@ -610,3 +610,60 @@ impl Drop for WebhookOperator {
             .output();
     }
 }
+
+/// The test app image the sharding tests run as shards and clients (`hack/images.sh testapp`);
+/// another tag by `OUTRIGGER_TEST_CLIENT_IMAGE`.
+pub fn client_image() -> String {
+    std::env::var("OUTRIGGER_TEST_CLIENT_IMAGE").unwrap_or_else(|_| "outrigger/testapp:dev".to_owned())
+}
+
+/// The sharding ambassador image under test (`hack/images.sh sharding-ambassador`); another tag by
+/// `OUTRIGGER_TEST_AMBASSADOR_IMAGE`.
+pub fn ambassador_image() -> String {
+    std::env::var("OUTRIGGER_TEST_AMBASSADOR_IMAGE")
+        .unwrap_or_else(|_| "outrigger/sharding-ambassador:dev".to_owned())
+}
+
+/// Whether the pod's `Ready` condition is true.
+pub fn is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+/// Creates `pod` once the injection webhook is in effect, recognised by the injected `container`:
+/// the API server picks up a new webhook configuration a moment after it is written, so a pod
+/// created too early is admitted without the sidecar; it is then deleted and created again.
+pub async fn create_injected(
+    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    container: &str,
+    wait: Duration,
+) -> anyhow::Result<k8s_openapi::api::core::v1::Pod> {
+    let name = pod
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the pod has no name"))?;
+    eventually("the pod created with its sidecar injected", wait, || async {
+        if let Some(existing) = pods.get_opt(&name).await? {
+            if existing.metadata.deletion_timestamp.is_none() {
+                pods.delete(&name, &kube::api::DeleteParams::default().grace_period(0))
+                    .await?;
+            }
+            return Ok(None);
+        }
+        let created = pods.create(&kube::api::PostParams::default(), pod).await?;
+        let injected = created
+            .spec
+            .as_ref()
+            .is_some_and(|spec| spec.containers.iter().any(|c| c.name == container));
+        Ok(injected.then_some(created))
+    })
+    .await
+}

@@ -27,7 +27,9 @@ use outrigger_api::{
     rollout::{RolloutPhase, RolloutStatus},
     ReplicatedService, RolloutStrategy,
 };
-use outrigger_tests::{admin_client, eventually, http_get_from, kubectl_ok, TestNamespace, WebhookOperator};
+use outrigger_tests::{
+    admin_client, eventually, http_get_from, is_ready, kubectl_ok, TestNamespace, WebhookOperator,
+};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -99,17 +101,6 @@ fn service(name: &str, reload: Value) -> ReplicatedService {
         }
     }))
     .unwrap()
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
 }
 
 async fn ready_pods(pods: &Api<Pod>, service: &str) -> Vec<String> {
