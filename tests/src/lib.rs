@@ -611,17 +611,25 @@ impl Drop for WebhookOperator {
     }
 }
 
+/// An image under test: the tag in the environment variable, else `default` (what
+/// `hack/images.sh` builds).
+pub fn image(variable: &str, default: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| default.to_owned())
+}
+
 /// The test app image the sharding tests run as shards and clients (`hack/images.sh testapp`);
 /// another tag by `OUTRIGGER_TEST_CLIENT_IMAGE`.
 pub fn client_image() -> String {
-    std::env::var("OUTRIGGER_TEST_CLIENT_IMAGE").unwrap_or_else(|_| "outrigger/testapp:dev".to_owned())
+    image("OUTRIGGER_TEST_CLIENT_IMAGE", "outrigger/testapp:dev")
 }
 
 /// The sharding ambassador image under test (`hack/images.sh sharding-ambassador`); another tag by
 /// `OUTRIGGER_TEST_AMBASSADOR_IMAGE`.
 pub fn ambassador_image() -> String {
-    std::env::var("OUTRIGGER_TEST_AMBASSADOR_IMAGE")
-        .unwrap_or_else(|_| "outrigger/sharding-ambassador:dev".to_owned())
+    image(
+        "OUTRIGGER_TEST_AMBASSADOR_IMAGE",
+        "outrigger/sharding-ambassador:dev",
+    )
 }
 
 /// Whether the pod's `Ready` condition is true.

@@ -28,15 +28,11 @@ use outrigger_api::{
     ReplicatedService, RolloutStrategy,
 };
 use outrigger_tests::{
-    admin_client, eventually, http_get_from, is_ready, kubectl_ok, TestNamespace, WebhookOperator,
+    admin_client, eventually, http_get_from, image, is_ready, kubectl_ok, TestNamespace, WebhookOperator,
 };
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn image(variable: &str, default: &str) -> String {
-    std::env::var(variable).unwrap_or_else(|_| default.to_owned())
-}
 
 fn sidecar_image() -> String {
     image("OUTRIGGER_CONFIG_SYNC_IMAGE", "outrigger/config-sync:dev")

@@ -19,17 +19,15 @@ use std::{
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
 use outrigger_api::ReplicatedService;
-use outrigger_tests::{admin_client, eventually, splitter_fronted_address, OperatorProcess, TestNamespace};
+use outrigger_tests::{
+    admin_client, eventually, image, splitter_fronted_address, OperatorProcess, TestNamespace,
+};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(180);
 /// The splitter's admin port (`canary::splitter_admin_port`).
 const SPLITTER_ADMIN: u16 = 9903;
 const MAX_BYTES: u64 = 1 << 20;
-
-fn image(variable: &str, default: &str) -> String {
-    std::env::var(variable).unwrap_or_else(|_| default.to_owned())
-}
 
 fn operator(namespace: &str) -> OperatorProcess {
     OperatorProcess::start_with(

@@ -21,14 +21,12 @@ use k8s_openapi::api::{
 };
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use outrigger_api::ReplicatedService;
-use outrigger_tests::{admin_client, eventually, splitter_fronted_address, OperatorProcess, TestNamespace};
+use outrigger_tests::{
+    admin_client, eventually, image, splitter_fronted_address, OperatorProcess, TestNamespace,
+};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(180);
-
-fn image(variable: &str, default: &str) -> String {
-    std::env::var(variable).unwrap_or_else(|_| default.to_owned())
-}
 
 fn operator(namespace: &str) -> OperatorProcess {
     OperatorProcess::start_with(

@@ -21,16 +21,14 @@ use k8s_openapi::api::{
 };
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use outrigger_api::ReplicatedService;
-use outrigger_tests::{admin_client, eventually, splitter_fronted_address, OperatorProcess, TestNamespace};
+use outrigger_tests::{
+    admin_client, eventually, image, splitter_fronted_address, OperatorProcess, TestNamespace,
+};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
 /// Session keys sent; enough that each of five pods gets some, few enough for a quick round.
 const KEYS: usize = 300;
-
-fn image(variable: &str, default: &str) -> String {
-    std::env::var(variable).unwrap_or_else(|_| default.to_owned())
-}
 
 fn operator(namespace: &str) -> OperatorProcess {
     OperatorProcess::start_with(
