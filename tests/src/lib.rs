@@ -154,6 +154,10 @@ pub fn ensure_crds() -> anyhow::Result<()> {
                         &crds,
                     ])
                 })
+                // kubectl keeps the API's resource list on disk for minutes, and a list read
+                // before the CRDs existed lacks their short names (`rsvc`): reading it afresh
+                // rewrites that copy.
+                .and_then(|_| kubectl_ok(&["api-resources", "-o", "name"]))
                 .map(drop)
                 .map_err(|error| format!("{error:#}\n{}", cluster_missing_message()))
         })
@@ -247,9 +251,10 @@ pub fn ensure_operator_rbac() -> anyhow::Result<()> {
     APPLIED
         .get_or_init(|| {
             let rbac = repo_root().join("manifests/operator-rbac.yaml");
-            kubectl_ok(&["apply", "-f", &rbac.to_string_lossy()])
-                .map(drop)
-                .map_err(|e| format!("{e:#}"))
+            let apply = || kubectl_ok(&["apply", "-f", &rbac.to_string_lossy()]).map(drop);
+            // Two test binaries run at once may both create an object: the loser's `apply` sees
+            // AlreadyExists, and applying again then updates it.
+            apply().or_else(|_| apply()).map_err(|e| format!("{e:#}"))
         })
         .clone()
         .map_err(anyhow::Error::msg)

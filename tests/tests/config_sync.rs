@@ -498,7 +498,8 @@ impl ConfigLoad {
                                 .find_map(|word| word.strip_prefix("config="))
                                 .unwrap_or("none")
                                 .to_owned(),
-                            Ok((status, _)) => format!("error {status}"),
+                            // The splitter's reason is the body of its own error answers.
+                            Ok((status, body)) => format!("error {status} {}", body.trim()),
                             Err(error) => format!("error {error}"),
                         };
                         answers.lock().unwrap().push(answer);
