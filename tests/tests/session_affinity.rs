@@ -5,6 +5,9 @@
 //! hashes each key to one of the ready pods it reads from the EndpointSlices. The test app answers
 //! with its pod's name (`VERSION` from the downward API), so each answer says which pod served it.
 //!
+//! During a rollout the key picks a track by the weights, then a pod within the track by the same
+//! hashing: a client stays on one pod, and a stable-track key on the pod it had before.
+//!
 //! Images: `OUTRIGGER_SPLITTER_IMAGE` (default `outrigger/request-splitter:dev`) and
 //! `OUTRIGGER_TESTAPP_IMAGE` (default `outrigger/testapp:dev`, with `/-/unready`).
 
@@ -20,7 +23,7 @@ use k8s_openapi::api::{
     core::v1::{Pod, Service},
 };
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use outrigger_api::ReplicatedService;
+use outrigger_api::{rollout::RolloutPhase, ReplicatedService, RolloutStrategy};
 use outrigger_tests::{
     admin_client, eventually, image, splitter_fronted_address, OperatorProcess, TestNamespace,
 };
@@ -287,4 +290,114 @@ async fn the_keys_of_an_unready_pod_move_away_and_come_back_when_it_is_ready_aga
         before, back,
         "every key is where it was before the pod turned unready"
     );
+}
+
+#[tokio::test]
+async fn during_a_rollout_each_key_stays_on_one_pod_and_stable_keys_keep_their_pod() {
+    let ns = TestNamespace::create("affinity-rollout").unwrap();
+    let _operator = operator(&ns.name);
+    let client = admin_client().await.unwrap();
+    let services: Api<ReplicatedService> = Api::namespaced(client.clone(), &ns.name);
+    let strategies: Api<RolloutStrategy> = Api::namespaced(client.clone(), &ns.name);
+    let kube_services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client, &ns.name);
+    let strategy: RolloutStrategy = serde_json::from_value(json!({
+        "apiVersion": "outrigger.dev/v1alpha1", "kind": "RolloutStrategy", "metadata": {"name": "canary"},
+        "spec": {"strategy": {"canary": {"steps": [{"setWeight": 40}, {"pause": {}}]}}},
+    }))
+    .unwrap();
+    strategies
+        .create(&PostParams::default(), &strategy)
+        .await
+        .unwrap();
+    let mut sticky = serde_json::to_value(service(3)).unwrap();
+    sticky["spec"]["rolloutStrategyRef"] = json!({"name": "canary"});
+    services
+        .create(&PostParams::default(), &serde_json::from_value(sticky).unwrap())
+        .await
+        .unwrap();
+    let address = eventually("the Service leading to the splitter", WAIT, || async {
+        splitter_fronted_address(&kube_services, "web").await
+    })
+    .await
+    .unwrap();
+    let before = placement_once("every pod serving some keys", &address, |placement| {
+        pods_of(placement).len() == 3
+    })
+    .await;
+
+    // A new template: canary pods beside the stable ones, 40% of keys on the canary track.
+    let mut template = serde_json::to_value(service(3)).unwrap()["spec"]["template"].clone();
+    template["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "REVISION", "value": "2"}));
+    services
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": template}})),
+        )
+        .await
+        .unwrap();
+    eventually("the rollout paused at 40%", WAIT, || async {
+        let rollout = services.get("web").await?.status.and_then(|s| s.rollout);
+        Ok(rollout
+            .filter(|r| r.phase == RolloutPhase::Paused && r.canary_weight == 40)
+            .map(drop))
+    })
+    .await
+    .unwrap();
+    let tracks = eventually("canary pods ready", WAIT, || async {
+        let list = pods
+            .list(&ListParams::default().labels("outrigger.dev/replicatedservice=web"))
+            .await?;
+        let ready = ready_pods(&pods).await?;
+        let tracks: BTreeMap<String, String> = list
+            .items
+            .into_iter()
+            .filter(|pod| {
+                pod.metadata
+                    .name
+                    .as_ref()
+                    .is_some_and(|name| ready.contains_key(name))
+            })
+            .filter_map(|pod| {
+                let track = pod.metadata.labels?.get("outrigger.dev/track")?.clone();
+                Some((pod.metadata.name?, track))
+            })
+            .collect();
+        let canaries = tracks.values().filter(|track| *track == "canary").count();
+        Ok((canaries > 0 && tracks.len() > 3).then_some(tracks))
+    })
+    .await
+    .unwrap();
+    let during = placement_once("keys on both tracks", &address, |placement| {
+        placement
+            .iter()
+            .any(|pod| tracks.get(pod).is_some_and(|track| track == "canary"))
+    })
+    .await;
+    // Each key on one pod, round after round.
+    for _ in 0..2 {
+        assert_eq!(
+            placement_now(&address).await.unwrap(),
+            during,
+            "a key changed pods mid-rollout"
+        );
+    }
+    let on_canary = during
+        .iter()
+        .filter(|pod| tracks.get(*pod).is_some_and(|track| track == "canary"))
+        .count();
+    let share = on_canary as f64 / KEYS as f64;
+    println!("rollout at 40%: {on_canary} of {KEYS} keys on the canary track ({share:.2})");
+    assert!((0.2..=0.6).contains(&share), "{share}");
+    // The stable pods and their ring did not change: a key left on the stable track is on the pod
+    // it had before the rollout.
+    for key in 0..KEYS {
+        if tracks.get(&during[key]).is_some_and(|track| track == "stable") {
+            assert_eq!(before[key], during[key], "stable key {key} changed pods");
+        }
+    }
 }
