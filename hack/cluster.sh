@@ -271,6 +271,9 @@ up() {
     echo "$(cat operator.token),system:serviceaccount:$OPERATOR_NAMESPACE:$OPERATOR_SA,operator,\"system:serviceaccounts,system:serviceaccounts:$OPERATOR_NAMESPACE,system:authenticated\""
   } >tokens.csv
   rm -rf "$RUN/etcd"
+  # A fresh cluster, a fresh audit log: the tests read it whole, and the last cluster's entries
+  # would only make it rotate sooner.
+  rm -f "$RUN"/audit.log "$RUN"/audit-*.log
   start etcd etcd --data-dir "$RUN/etcd" --listen-client-urls http://127.0.0.1:23790 \
     --advertise-client-urls http://127.0.0.1:23790 --listen-peer-urls http://127.0.0.1:23800
   start apiserver kube-apiserver --etcd-servers=http://127.0.0.1:23790 --secure-port="$PORT" --bind-address=0.0.0.0 \

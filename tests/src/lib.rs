@@ -443,11 +443,31 @@ impl Drop for OperatorProcess {
 
 /// Write requests (create, update, patch, delete) the operator's identity made in `namespace`, from
 /// the API server's audit log.
+///
+/// The API server rotates its log (`audit-<time>.log` beside `audit.log`), so every file is read,
+/// oldest first.
 pub fn operator_writes_in(namespace: &str) -> anyhow::Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(cluster_run_dir().join("audit.log")).context("reading the audit log")?;
+    let dir = cluster_run_dir();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("audit-") && name.ends_with(".log"))
+        })
+        .collect();
+    files.sort();
+    files.push(dir.join("audit.log"));
+    let mut text = String::new();
+    for file in &files {
+        text.push_str(&std::fs::read_to_string(file).context("reading the audit log")?);
+    }
+    // The namespace's name is in each of its entries: a cheap filter before parsing.
+    let quoted = format!("\"{namespace}\"");
     Ok(text
         .lines()
+        .filter(|line| line.contains(&quoted))
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|entry| {
             entry["stage"] == "ResponseComplete"
