@@ -112,7 +112,7 @@ for _ in $(seq 180); do
 done
 [[ -n $ip ]] || die "shop did not become ready; kubectl -n $NS describe rsvc shop"
 
-log "starting in-cluster load: 40 requests/s to http://$ip/"
+log "starting in-cluster load: 40 requests/s to http://$ip:80/"
 kubectl -n "$NS" apply -f - >/dev/null <<EOF
 apiVersion: apps/v1
 kind: Deployment
@@ -130,7 +130,7 @@ spec:
         - name: load
           image: outrigger/testapp:dev
           imagePullPolicy: IfNotPresent
-          args: ["load", "http://$ip/", "40"]
+          args: ["load", "http://$ip:80/", "40"]
 EOF
 kubectl -n "$NS" rollout status deployment/load --timeout=120s >/dev/null
 sleep 5
