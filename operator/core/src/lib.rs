@@ -12,6 +12,7 @@ pub mod config_rollout;
 pub mod config_sync;
 pub mod inject;
 pub mod labels;
+pub mod owned;
 pub mod owner;
 pub mod replicated;
 pub mod rollout;

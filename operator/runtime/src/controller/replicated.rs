@@ -9,7 +9,7 @@ use k8s_openapi::api::{
     rbac::v1::{Role, RoleBinding},
 };
 use kube::{
-    api::Api,
+    api::{Api, DynamicObject},
     core::DeserializeGuard,
     core::PartialObjectMeta,
     runtime::{
@@ -67,34 +67,44 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             labels::REPLICATED_SERVICE
         ))
     };
-    let (deployments, deployment_events) = cache::watch(ctx.api::<Deployment>(), owned());
-    let (services, service_events) = cache::watch(ctx.api::<Service>(), owned());
-    let (config_maps, config_map_events) = cache::watch(ctx.api::<ConfigMap>(), owned());
-    let (accounts, account_events) = cache::watch(ctx.api::<ServiceAccount>(), owned());
-    let (roles, role_events) = cache::watch(ctx.api::<Role>(), owned());
-    let (bindings, binding_events) = cache::watch(ctx.api::<RoleBinding>(), owned());
+    let (deployments, deployment_events) =
+        cache::watch_children(ctx.api::<Deployment>(), &cache::resource_of::<Deployment>(), owned());
+    let (services, service_events) =
+        cache::watch_children(ctx.api::<Service>(), &cache::resource_of::<Service>(), owned());
+    let (config_maps, config_map_events) =
+        cache::watch_children(ctx.api::<ConfigMap>(), &cache::resource_of::<ConfigMap>(), owned());
+    let (accounts, account_events) = cache::watch_children(
+        ctx.api::<ServiceAccount>(),
+        &cache::resource_of::<ServiceAccount>(),
+        owned(),
+    );
+    let (roles, role_events) =
+        cache::watch_children(ctx.api::<Role>(), &cache::resource_of::<Role>(), owned());
+    let (bindings, binding_events) =
+        cache::watch_children(ctx.api::<RoleBinding>(), &cache::resource_of::<RoleBinding>(), owned());
     let (strategies, strategy_events) =
         cache::watch(ctx.api::<RolloutStrategy>(), watcher::Config::default());
-    let mut controller = Controller::new(
+    let (services_store, service_triggers) = cache::watch_owners(
         ctx.api::<DeserializeGuard<ReplicatedService>>(),
         watcher::Config::default(),
-    )
-    .owns_stream(deployment_events)
-    .owns_stream(service_events)
-    .owns_stream(config_map_events)
-    .owns_stream(account_events)
-    .owns_stream(role_events)
-    .owns_stream(binding_events);
+    );
+    let mut controller = Controller::for_stream(service_triggers, services_store)
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
+        .owns_stream(config_map_events)
+        .owns_stream(account_events)
+        .owns_stream(role_events)
+        .owns_stream(binding_events);
     let mut pod_disruption_budgets = None;
     if let Some(api_version) = ctx.pdb_api.api_version() {
         let resource = resource_for(api_version, "PodDisruptionBudget");
-        let api = match &ctx.watch_namespace {
+        let api: Api<DynamicObject> = match &ctx.watch_namespace {
             Some(namespace) => Api::namespaced_with(ctx.client.clone(), namespace, &resource),
             None => Api::all_with(ctx.client.clone(), &resource),
         };
-        let (store, events) = cache::watch_dynamic(api, &resource, owned());
-        controller = controller.owns_stream_with(events, resource.clone());
-        pod_disruption_budgets = Some((store, resource));
+        let (store, events) = cache::watch_children(api, &resource, owned());
+        controller = controller.owns_stream_with(events, resource);
+        pod_disruption_budgets = Some(store);
     }
     let controller = controller.graceful_shutdown_on(shutdown);
     let store = controller.store();
@@ -182,7 +192,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     controller
         .run(reconcile, error_policy, context)
         .for_each(|_| {
-            managed.set(i64::try_from(store.state().len()).unwrap_or(i64::MAX));
+            managed.set(i64::try_from(store.len()).unwrap_or(i64::MAX));
             futures::future::ready(())
         })
         .await;

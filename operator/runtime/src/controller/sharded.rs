@@ -65,11 +65,19 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             labels::SHARDED_SERVICE
         ))
     };
-    let (stateful_sets, stateful_set_events) = cache::watch(ctx.api::<StatefulSet>(), owned());
-    let (services, service_events) = cache::watch(ctx.api::<Service>(), owned());
-    let (config_maps, config_map_events) = cache::watch(ctx.api::<ConfigMap>(), owned());
-    let (roles, role_events) = cache::watch(ctx.api::<Role>(), owned());
-    let (bindings, binding_events) = cache::watch(ctx.api::<RoleBinding>(), owned());
+    let (stateful_sets, stateful_set_events) = cache::watch_children(
+        ctx.api::<StatefulSet>(),
+        &cache::resource_of::<StatefulSet>(),
+        owned(),
+    );
+    let (services, service_events) =
+        cache::watch_children(ctx.api::<Service>(), &cache::resource_of::<Service>(), owned());
+    let (config_maps, config_map_events) =
+        cache::watch_children(ctx.api::<ConfigMap>(), &cache::resource_of::<ConfigMap>(), owned());
+    let (roles, role_events) =
+        cache::watch_children(ctx.api::<Role>(), &cache::resource_of::<Role>(), owned());
+    let (bindings, binding_events) =
+        cache::watch_children(ctx.api::<RoleBinding>(), &cache::resource_of::<RoleBinding>(), owned());
     let (shard_pods, shard_pod_events) = cache::watch(ctx.api::<Pod>(), owned());
     let (client_pods, client_pod_events) = cache::watch(
         ctx.api::<Pod>(),
@@ -79,10 +87,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         ctx.api::<Event>(),
         watcher::Config::default().fields("involvedObject.kind=StatefulSet,reason=FailedCreate"),
     );
-    let controller = Controller::new(
+    let (services_store, service_triggers) = cache::watch_owners(
         ctx.api::<DeserializeGuard<ShardedService>>(),
         watcher::Config::default(),
-    )
+    );
+    let controller = Controller::for_stream(service_triggers, services_store)
     .owns_stream(stateful_set_events)
     .owns_stream(service_events)
     .owns_stream(config_map_events)
@@ -129,7 +138,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     controller
         .run(reconcile, error_policy, context)
         .for_each(|_| {
-            managed.set(i64::try_from(store.state().len()).unwrap_or(i64::MAX));
+            managed.set(i64::try_from(store.len()).unwrap_or(i64::MAX));
             futures::future::ready(())
         })
         .await;
