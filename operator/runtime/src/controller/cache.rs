@@ -9,16 +9,19 @@
 //! observers read, and a tenth of a whole typed object: 10,000 services fit in one operator.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     fmt::Debug,
+    marker::PhantomData,
     sync::{Arc, RwLock},
 };
 
 use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     api::Api,
-    core::ApiResource,
+    core::{error_boundary::InvalidObject, ApiResource, DeserializeGuard},
     runtime::{
         reflector::{self, Store},
         watcher, WatchStreamExt,
@@ -26,7 +29,7 @@ use kube::{
     Resource, ResourceExt,
 };
 use outrigger_core::{labels::FIELD_MANAGER, owned};
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Error;
@@ -54,22 +57,128 @@ fn forget_unread(meta: &mut kube::api::ObjectMeta) {
     }
 }
 
-/// The watch of a controller's own kind: its store keeps every object without what it never reads
-/// ([`forget_unread`]); the stream triggers the reconciles (`Controller::for_stream`).
-pub fn watch_owners<K>(
-    api: Api<K>,
+/// An object of a controller's own kind as its store keeps it: its name, what the watch mappers
+/// look up (the names it refers to), and the rest as JSON text, decoded for each reconcile. A typed
+/// ReplicatedService, with its pod template, is several times the size of its text.
+#[derive(Clone, Debug)]
+pub struct Stored<K> {
+    metadata: ObjectMeta,
+    body: Result<Box<str>, InvalidObject>,
+    references: References,
+    kind: PhantomData<fn() -> K>,
+}
+
+/// What an object refers to, as the watch mappers of its controller look it up.
+#[derive(Clone, Debug, Default)]
+pub struct References {
+    /// The RolloutStrategy named by a ReplicatedService.
+    pub strategy: Option<String>,
+    /// The ConfigMaps its config sync sidecars sync.
+    pub config_maps: Vec<String>,
+}
+
+/// A kind a controller reconciles, kept as [`Stored`].
+pub trait Reconciled:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static
+{
+    /// What the object refers to, for the watch mappers.
+    fn references(&self) -> References {
+        References::default()
+    }
+}
+
+impl<K: Reconciled> Stored<K> {
+    fn new(DeserializeGuard(object): DeserializeGuard<K>) -> Self {
+        let (metadata, references, body) = match object {
+            Ok(mut object) => {
+                forget_unread(object.meta_mut());
+                let metadata = object.meta();
+                let metadata = ObjectMeta {
+                    name: metadata.name.clone(),
+                    namespace: metadata.namespace.clone(),
+                    ..ObjectMeta::default()
+                };
+                let body = serde_json::to_string(&object).map(String::into_boxed_str);
+                let body = body.map_err(|error| InvalidObject {
+                    error: error.to_string(),
+                    metadata: metadata.clone(),
+                });
+                (metadata, object.references(), body)
+            }
+            Err(invalid) => (invalid.metadata.clone(), References::default(), Err(invalid)),
+        };
+        Stored {
+            metadata,
+            body,
+            references,
+            kind: PhantomData,
+        }
+    }
+
+    /// The object, decoded; an object that could not be decoded stays what the API server sent.
+    pub fn decode(&self) -> DeserializeGuard<K> {
+        DeserializeGuard(match &self.body {
+            Ok(text) => serde_json::from_str(text).map_err(|error| InvalidObject {
+                error: error.to_string(),
+                metadata: self.metadata.clone(),
+            }),
+            Err(invalid) => Err(invalid.clone()),
+        })
+    }
+
+    /// What the object refers to (nothing when it could not be decoded).
+    pub fn references(&self) -> &References {
+        &self.references
+    }
+}
+
+impl<K: Reconciled> Resource for Stored<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl<'de, K: Reconciled> Deserialize<'de> for Stored<K> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        DeserializeGuard::<K>::deserialize(deserializer).map(Stored::new)
+    }
+}
+
+/// The watch of a controller's own kind: its store keeps every object as [`Stored`]; the stream
+/// triggers the reconciles (`Controller::for_stream`).
+pub fn watch_reconciled<K: Reconciled>(
+    api: Api<Stored<K>>,
     config: watcher::Config,
 ) -> (
-    Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
+    Store<Stored<K>>,
+    impl Stream<Item = Result<Stored<K>, watcher::Error>> + Send + 'static,
+) {
     let (store, writer) = reflector::store();
     let stream = watcher(api, config.page_size(PAGE_SIZE))
         .default_backoff()
-        .modify(|object: &mut K| forget_unread(object.meta_mut()))
         .reflect(writer)
         .applied_objects();
     (store, stream)
@@ -369,7 +478,10 @@ mod tests {
         assert!(children.ready().await.is_ok());
         writer.apply(&watcher::Event::<Service>::Init);
         writer.apply(&watcher::Event::InitApply(service("shop", "b")));
-        assert!(children.get("Service", "shop", "a").is_some(), "kept until the re-list is complete");
+        assert!(
+            children.get("Service", "shop", "a").is_some(),
+            "kept until the re-list is complete"
+        );
         writer.apply(&watcher::Event::<Service>::InitDone);
         assert_eq!(
             (
@@ -380,5 +492,86 @@ mod tests {
         );
         writer.apply(&watcher::Event::Delete(service("shop", "b")));
         assert_eq!(children.get("Service", "shop", "b"), None);
+    }
+
+    fn replicated_service(spec: Value) -> Value {
+        json!({
+            "apiVersion": "outrigger.dev/v1alpha1",
+            "kind": "ReplicatedService",
+            "metadata": {
+                "name": "web",
+                "namespace": "shop",
+                "resourceVersion": "9",
+                "annotations": {LAST_APPLIED: "{\"a whole copy\": true}", "team": "a"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {}}}],
+            },
+            "spec": spec,
+        })
+    }
+
+    fn spec() -> Value {
+        json!({
+            "replicas": 0,
+            "template": {"spec": {"containers": [{"name": "app", "image": "app:1"}]}},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+            "rolloutStrategyRef": {"name": "canary"},
+            "sidecars": [{"name": "config-sync", "settings": {"configMaps": "app,flags"}}],
+        })
+    }
+
+    #[test]
+    fn a_stored_service_decodes_to_itself_without_what_is_never_read() {
+        use outrigger_api::ReplicatedService;
+        let stored: Stored<ReplicatedService> = serde_json::from_value(replicated_service(spec())).unwrap();
+        assert_eq!(
+            (stored.name_any(), stored.namespace()),
+            ("web".to_owned(), Some("shop".to_owned()))
+        );
+        let DeserializeGuard(Ok(rsvc)) = stored.decode() else {
+            panic!("decodes")
+        };
+        assert_eq!(rsvc.spec.replicas, 0);
+        assert_eq!(
+            rsvc.metadata.resource_version.as_deref(),
+            Some("9"),
+            "status writes fence on it"
+        );
+        assert_eq!(rsvc.metadata.managed_fields, None);
+        assert_eq!(
+            rsvc.metadata
+                .annotations
+                .unwrap_or_default()
+                .into_keys()
+                .collect::<Vec<_>>(),
+            ["team"]
+        );
+    }
+
+    #[test]
+    fn a_stored_service_names_its_strategy_and_synced_config_maps_without_being_decoded() {
+        use outrigger_api::ReplicatedService;
+        let stored: Stored<ReplicatedService> = serde_json::from_value(replicated_service(spec())).unwrap();
+        assert_eq!(stored.references().strategy.as_deref(), Some("canary"));
+        assert_eq!(stored.references().config_maps, ["app", "flags"]);
+        let mut without_strategy = spec();
+        without_strategy["rolloutStrategyRef"] = Value::Null;
+        let stored: Stored<ReplicatedService> =
+            serde_json::from_value(replicated_service(without_strategy)).unwrap();
+        assert!(
+            stored.references().config_maps.is_empty(),
+            "without a strategy a config edit is no rollout"
+        );
+    }
+
+    #[test]
+    fn an_undecodable_service_is_stored_as_invalid_with_its_name() {
+        use outrigger_api::ReplicatedService;
+        let stored: Stored<ReplicatedService> =
+            serde_json::from_value(replicated_service(json!({"replicas": "three"}))).unwrap();
+        assert_eq!(stored.name_any(), "web");
+        let DeserializeGuard(Err(invalid)) = stored.decode() else {
+            panic!("invalid")
+        };
+        assert_eq!(invalid.metadata.name.as_deref(), Some("web"));
     }
 }
