@@ -19,10 +19,15 @@ use std::{
     time::Duration,
 };
 
+use k8s_openapi::{
+    api::{core::v1::ObjectReference, events},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
 use kube::{
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{EventType, Reporter},
     },
     Client, Resource,
 };
@@ -129,7 +134,8 @@ fn rejection_message(error: &kube::Error) -> String {
 pub struct Context {
     pub client: Client,
     pub metrics: Metrics,
-    pub recorder: Recorder,
+    /// Who publishes the Events: this controller, this instance.
+    reporter: Reporter,
     pub pdb_api: PdbApi,
     /// Only this namespace is watched, when set.
     pub watch_namespace: Option<String>,
@@ -154,12 +160,11 @@ impl Context {
         watch_namespace: Option<String>,
         splitter_image: String,
     ) -> Context {
-        let reporter = Reporter {
-            controller: "outrigger-operator".to_owned(),
-            instance: Some(identity.to_owned()),
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter: Reporter {
+                controller: "outrigger-operator".to_owned(),
+                instance: Some(identity.to_owned()),
+            },
             client,
             metrics,
             pdb_api,
@@ -250,7 +255,10 @@ impl Context {
         result
     }
 
-    /// Publishes an Event about `object`; failures to publish are logged, never fatal.
+    /// Publishes an Event about `object`; failures to publish are logged, never fatal. Events are
+    /// created directly rather than through kube's `Recorder`, which keeps every Event it published
+    /// for six minutes to count repeats into a series: 10,000 services becoming Ready kept 10,000
+    /// Events in memory. The operator publishes on transitions only, so repeats are rare.
     async fn event<K: Resource<DynamicType = ()>>(
         &self,
         object: &K,
@@ -258,16 +266,54 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        let event = new_event(&self.reporter, &object.object_ref(&()), type_, reason, note);
+        let namespace = event.metadata.namespace.clone().unwrap_or_default();
+        let api: kube::Api<events::v1::Event> = kube::Api::namespaced(self.client.clone(), &namespace);
+        if let Err(error) = api.create(&kube::api::PostParams::default(), &event).await {
             tracing::warn!(%error, reason, "Publishing an event failed.");
         }
+    }
+}
+
+/// An Event about `regarding`, as kube's `Recorder` would first publish it.
+fn new_event(
+    reporter: &Reporter,
+    regarding: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) -> events::v1::Event {
+    let now = Timestamp::now();
+    events::v1::Event {
+        metadata: ObjectMeta {
+            namespace: regarding.namespace.clone(),
+            name: Some(format!(
+                "{}.{:x}",
+                regarding.name.as_deref().unwrap_or(&reporter.controller),
+                now.as_nanosecond()
+            )),
+            ..ObjectMeta::default()
+        },
+        action: Some("Reconcile".to_owned()),
+        reason: Some(reason.to_owned()),
+        note: Some(note),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(regarding.clone()),
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(
+            reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| reporter.controller.clone()),
+        ),
+        type_: Some(
+            match type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .to_owned(),
+        ),
+        ..events::v1::Event::default()
     }
 }
 
@@ -278,6 +324,17 @@ pub fn backoff_delay(attempt: u32) -> Duration {
             .unwrap_or(u64::MAX)
             .min(300),
     )
+}
+
+/// How many reconciles of one controller run at once. Each one in flight holds its decoded object
+/// and its future; unbounded, a start ran every object's at once (all waiting for the caches to
+/// fill), which with 10,000 objects was most of the operator's memory. A reconcile that writes
+/// nothing takes well under a millisecond, and one that writes waits on the API server, so a few
+/// dozen keep up with any pace the API server takes writes at.
+const CONCURRENCY: u16 = 32;
+
+fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(CONCURRENCY)
 }
 
 /// How long after a successful reconcile to check again anyway (drift from outside).
@@ -348,6 +405,39 @@ mod tests {
                 "{transient} is retried quietly"
             );
         }
+    }
+
+    #[test]
+    fn an_event_is_about_its_object_in_its_namespace_and_names_the_reporting_instance() {
+        let reporter = Reporter {
+            controller: "outrigger-operator".to_owned(),
+            instance: Some("op-0".to_owned()),
+        };
+        let regarding = ObjectReference {
+            kind: Some("ReplicatedService".to_owned()),
+            namespace: Some("shop".to_owned()),
+            name: Some("web".to_owned()),
+            ..ObjectReference::default()
+        };
+        let event = new_event(
+            &reporter,
+            &regarding,
+            EventType::Warning,
+            "Forbidden",
+            "no".to_owned(),
+        );
+        assert_eq!(event.metadata.namespace.as_deref(), Some("shop"));
+        assert!(event.metadata.name.unwrap_or_default().starts_with("web."));
+        assert_eq!(
+            (
+                event.type_.as_deref(),
+                event.reason.as_deref(),
+                event.note.as_deref()
+            ),
+            (Some("Warning"), Some("Forbidden"), Some("no"))
+        );
+        assert_eq!(event.reporting_instance.as_deref(), Some("op-0"));
+        assert_eq!(event.regarding, Some(regarding));
     }
 
     #[test]

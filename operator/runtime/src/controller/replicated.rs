@@ -95,6 +95,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     let (services_store, service_triggers) =
         cache::watch_reconciled(ctx.api::<Stored<ReplicatedService>>(), watcher::Config::default());
     let mut controller = Controller::for_stream(service_triggers, services_store)
+        .with_config(super::controller_config())
         .owns_stream(deployment_events)
         .owns_stream(service_events)
         .owns_stream(config_map_events)
