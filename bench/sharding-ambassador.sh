@@ -7,8 +7,10 @@
 # Load: `redis-benchmark -t set,get -n REQUESTS -c CLIENTS -r KEYSPACE`, without pipelining and with
 # `-P 16`, against one shard directly (the floor), nutcracker and the ambassador, in that order.
 #
-# Per target, test and pipeline depth it prints ops/s, p50 and p99 latency (redis-benchmark's CSV)
-# and the RSS of the proxy after the run (VmRSS; for the direct run, the shard's).
+# Per target, test and pipeline depth it prints ops/s, p50 and p99 latency (redis-benchmark's CSV),
+# the RSS of the proxy after the run (VmRSS; for the direct run, the shard's) and the CPU per
+# operation of that process: its utime + stime over the run (SET and GET together) divided by the
+# operations redis-benchmark sent (2 × REQUESTS).
 #
 # Usage: bench/sharding-ambassador.sh
 #        REQUESTS=2000 AMBASSADOR_BIN=target/debug/outrigger-sharding-ambassador bench/sharding-ambassador.sh
@@ -73,6 +75,10 @@ wait_ping() {
 }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+# utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat; the command name,
+# field 2, has no spaces here).
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+CLK_TCK=$(getconf CLK_TCK)
 
 shard_pids=()
 servers=""
@@ -126,14 +132,18 @@ results=$work/results
 run() {
   local target=$1 port=$2 pid=$3 pipeline=$4
   log "$target, pipeline $pipeline"
+  local before after
+  before=$(cpu_ticks "$pid")
   # CSV rows: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
   redis-benchmark -h 127.0.0.1 -p "$port" -t set,get -n "$REQUESTS" -c "$CLIENTS" -P "$pipeline" \
     -r "$KEYSPACE" --csv >"$work/run.csv" 2>/dev/null
+  after=$(cpu_ticks "$pid")
   local rss
   rss=$(rss_kib "$pid")
-  tr -d '"' <"$work/run.csv" | awk -F, -v target="$target" -v pipeline="$pipeline" -v rss="$rss" '
+  tr -d '"' <"$work/run.csv" | awk -F, -v target="$target" -v pipeline="$pipeline" -v rss="$rss" \
+    -v ticks=$((after - before)) -v hz="$CLK_TCK" -v ops=$((2 * REQUESTS)) '
     $1 == "SET" || $1 == "GET" {
-      printf "%s|%s|%s|%.0f|%s|%s|%.1f\n", target, pipeline, $1, $2, $5, $7, rss / 1024
+      printf "%s|%s|%s|%.0f|%s|%s|%.1f|%.2f\n", target, pipeline, $1, $2, $5, $7, rss / 1024, ticks / hz / ops * 1e6
     }' >>"$results"
 }
 
@@ -143,8 +153,8 @@ for pipeline in $PIPELINES; do
   run ambassador "$AMBASSADOR_PORT" "$ambassador_pid" "$pipeline"
 done
 
-echo "| target | pipeline | test | ops/s | p50 ms | p99 ms | RSS MiB |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
-awk -F'|' '{ printf "| %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7 }' "$results"
+echo "| target | pipeline | test | ops/s | p50 ms | p99 ms | RSS MiB | CPU µs/op (SET+GET) |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+awk -F'|' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$results"
 echo
 echo "$SHARDS shards, redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS -r $KEYSPACE; RSS measured after each run."

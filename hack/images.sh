@@ -7,7 +7,8 @@
 # being ${OUTRIGGER_IMAGE_PROFILE:-release} (the tests use `image-test`: no LTO, a much faster link).
 # An image whose Dockerfile has a line `# debian-binaries: PACKAGE:/path[,PACKAGE:/path...]` (such as
 # redis) is made of Debian's binaries instead: each listed binary, the dynamic loader and every
-# shared library `ldd` lists go into rootfs/ of the build context, at their own paths.
+# shared library `ldd` lists go into rootfs/ of the build context, at their own paths, and the files
+# under images/<image>/ (configuration) over them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${OUTRIGGER_IMAGE_TAG:-dev}
@@ -51,6 +52,7 @@ debian_rootfs() {
     mkdir -p "$dir/rootfs/lib64"
     cp -L /lib64/ld-linux-x86-64.so.2 "$dir/rootfs/lib64/"
   fi
+  if [[ -d images/$image ]]; then cp -R "images/$image/." "$dir/rootfs/"; fi
   # COPY gives everything to root; the Dockerfile copies data/ with --chown for the writable places.
   mkdir -p "$dir/data" "$dir/rootfs/tmp"
   chmod 1777 "$dir/rootfs/tmp"

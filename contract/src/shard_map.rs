@@ -32,6 +32,10 @@ pub struct ShardMap {
     /// With protocol `http`: header carrying the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_header: Option<String>,
+    /// With protocol `http`: where a request's key is read (a header, a path segment or a query
+    /// parameter). Takes precedence over `keyHeader`; without either, the request path is the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_key: Option<HttpKey>,
     /// Where reads go: the shard's primary (its first endpoint), or its replicas too.
     #[serde(default)]
     pub read_policy: ReadPolicy,
@@ -41,6 +45,15 @@ pub struct ShardMap {
     /// With `keyRange`: the ranges.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_ranges: Vec<KeyRange>,
+    /// While the shard count changes: the ring keys were placed on before. Reads that miss on a
+    /// key's new owner look on its previous owner, and writes clear the previous owner's copy.
+    /// Absent when no migration runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Migration>,
+    /// The password the shards require (`AUTH`), from a Secret in the map's namespace. Absent
+    /// when the shards require none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ShardAuth>,
 }
 
 impl ShardMap {
@@ -54,6 +67,54 @@ impl ShardMap {
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string_pretty(self)
     }
+}
+
+/// Where an HTTP request's key is read. The key then goes through the same ring (and hash tag) as
+/// a Redis key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum HttpKey {
+    /// A request header, e.g. `x-tenant`.
+    Header(String),
+    /// A path segment by position from 0 (`/users/42/cart` has `42` at 1), percent-decoded.
+    PathSegment(u32),
+    /// A query parameter, e.g. `id`, percent-decoded (`+` is a space).
+    QueryParameter(String),
+}
+
+/// A resharding in progress: the previous ring beside the current one. The previous ring uses the
+/// map's hash, hash tag and virtual nodes; only its shards differ.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Migration {
+    /// The shards of the previous ring, in its index order.
+    pub previous_shards: Vec<ShardEndpoints>,
+    /// Whether a read served by a key's previous owner copies the key (value and expiry) to its new
+    /// owner, so the next read hits there. Without it, keys move only as they are written again.
+    #[serde(default)]
+    pub copy_on_read: bool,
+    /// When the migration started (RFC 3339), as the operator reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+}
+
+/// Where the shards' password is: a key of a Secret in the map's namespace. The ambassador reads it
+/// through the API server and follows its changes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShardAuth {
+    /// Name of the Secret.
+    pub secret_name: String,
+    /// Key of the password in the Secret's data.
+    #[serde(default = "default_password_key")]
+    pub key: String,
+}
+
+/// The Secret key holding the password when none is named.
+pub const DEFAULT_PASSWORD_KEY: &str = "password";
+
+fn default_password_key() -> String {
+    DEFAULT_PASSWORD_KEY.to_owned()
 }
 
 /// Where a shard's reads go. Writes always go to its primary; replicas follow it asynchronously, so
@@ -141,12 +202,15 @@ mod tests {
             virtual_nodes: 160,
             hash_tag: Some("{}".to_owned()),
             key_header: None,
+            http_key: None,
             read_policy: ReadPolicy::Primary,
             shards: vec![ShardEndpoints {
                 name: "cache-shard-0".to_owned(),
                 endpoints: vec!["cache-shard-0-0.cache-shard-0.shop.svc:6379".to_owned()],
             }],
             key_ranges: Vec::new(),
+            migration: None,
+            auth: None,
         }
     }
 
@@ -167,6 +231,56 @@ mod tests {
         })
         .to_string();
         assert_eq!(ShardMap::from_json(text.as_bytes()).unwrap(), map());
+    }
+
+    #[test]
+    fn an_http_key_names_a_header_a_path_segment_or_a_query_parameter() {
+        for (value, key) in [
+            (
+                json!({"header": "x-tenant"}),
+                HttpKey::Header("x-tenant".to_owned()),
+            ),
+            (json!({"pathSegment": 1}), HttpKey::PathSegment(1)),
+            (
+                json!({"queryParameter": "id"}),
+                HttpKey::QueryParameter("id".to_owned()),
+            ),
+        ] {
+            let mut document = serde_json::to_value(map()).unwrap();
+            document["protocol"] = json!("http");
+            document["httpKey"] = value;
+            let parsed = ShardMap::from_json(document.to_string().as_bytes()).unwrap();
+            assert_eq!(parsed.http_key, Some(key));
+        }
+    }
+
+    #[test]
+    fn a_map_during_a_migration_carries_the_previous_ring_and_the_password_secret() {
+        let text = json!({
+            "protocol": "redis", "function": "ketama", "hash": "fnv1a64", "virtualNodes": 160,
+            "hashTag": "{}",
+            "shards": [{"name": "cache-shard-0", "endpoints": ["cache-shard-0-0.cache-shard-0.shop.svc:6379"]}],
+            "migration": {"previousShards": [{"name": "cache-shard-9", "endpoints": ["10.0.0.9:6379"]}]},
+            "auth": {"secretName": "cache-auth"},
+        })
+        .to_string();
+        let read = ShardMap::from_json(text.as_bytes()).unwrap();
+        let migration = read.migration.clone().unwrap();
+        assert_eq!(migration.previous_shards[0].name, "cache-shard-9");
+        assert!(!migration.copy_on_read, "copying is asked for, never assumed");
+        assert_eq!(
+            read.auth,
+            Some(ShardAuth {
+                secret_name: "cache-auth".into(),
+                key: DEFAULT_PASSWORD_KEY.into()
+            })
+        );
+        let written: serde_json::Value = serde_json::from_str(&read.to_json().unwrap()).unwrap();
+        assert_eq!(written["migration"]["copyOnRead"], false);
+        assert!(
+            map().to_json().unwrap().find("migration").is_none(),
+            "absent when none runs"
+        );
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct SplitterConfig {
     /// Log one line per request (target `access`).
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// Hold requests while the chosen backend has no endpoint to take them (a service scaled to
+    /// zero), instead of answering 502 or 503 at once. Without it nothing is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldConfig>,
 }
 
 impl SplitterConfig {
@@ -72,6 +76,7 @@ impl SplitterConfig {
             outlier_detection: OutlierConfig::default(),
             tls: None,
             access_log: yes(),
+            hold: None,
         }
     }
 
@@ -362,6 +367,50 @@ fn default_max_ejection() -> ConfigDuration {
     ConfigDuration(Duration::from_secs(300))
 }
 
+/// Request holding: a request whose backend refuses connections (a Service without endpoints) or
+/// has every endpoint ejected waits in a bounded queue and tries again every `retryInterval`, until
+/// an endpoint answers or `timeout` passes. Only requests whose body is buffered (or empty) are
+/// held; the connection never opened, so any method may be sent again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HoldConfig {
+    /// Requests held at once (1 to 100,000); one more is answered 503 `hold-queue-full`.
+    #[serde(default = "default_hold_max_requests")]
+    pub max_requests: u32,
+    /// Longest a request is held (1 s to 10 min); then it is answered 503 `hold-timeout`.
+    #[serde(default = "default_hold_timeout")]
+    pub timeout: ConfigDuration,
+    /// How often a held request tries to connect again (10 ms to 5 s).
+    #[serde(default = "default_hold_retry_interval")]
+    pub retry_interval: ConfigDuration,
+}
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        HoldConfig {
+            max_requests: default_hold_max_requests(),
+            timeout: default_hold_timeout(),
+            retry_interval: default_hold_retry_interval(),
+        }
+    }
+}
+
+fn default_hold_max_requests() -> u32 {
+    1_000
+}
+
+fn default_hold_timeout() -> ConfigDuration {
+    // A pod's start on a busy node (image present) takes a few seconds; a cold pull takes longer,
+    // and clients commonly give up after 30 s.
+    ConfigDuration(Duration::from_secs(30))
+}
+
+fn default_hold_retry_interval() -> ConfigDuration {
+    // Kube-proxy adds the first endpoint's rules within a fraction of a second of the pod's
+    // readiness; trying every 100 ms adds at most that much to a cold start.
+    ConfigDuration(Duration::from_millis(100))
+}
+
 /// PEM files of the serving certificate (chain) and its private key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -426,6 +475,10 @@ mod tests {
         assert_eq!(outlier, OutlierConfig::default());
         let budget: RetryBudgetConfig = serde_json::from_value(json!({})).unwrap();
         assert_eq!(budget, RetryBudgetConfig::default());
+        let hold: HoldConfig = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(hold, HoldConfig::default());
+        assert_eq!(hold.max_requests, 1_000);
+        assert_eq!(hold.timeout, ConfigDuration(Duration::from_secs(30)));
     }
 
     #[test]

@@ -3,11 +3,18 @@
 //! A real Redis pod with the metrics and health adapters as sidecars, injected by the webhook's
 //! own `mutate` (the health adapter asked to answer the Redis container's probes): the test scrapes
 //! the metrics adapter by pod IP, stalls Redis with `DEBUG SLEEP`, and sees the pod turn unready
-//! and ready again while liveness never fails.
+//! and ready again while liveness never fails. The health adapter reports both transitions as
+//! Events on the pod's owning ReplicatedService, where `kubectl describe` shows them.
+//!
+//! The pod is made here rather than by an operator: it carries the labels of a ReplicatedService
+//! created without an operator, and injection's plan its UID, so injection names the owner as it
+//! does for a service's pods; the test grants the Role the operator gives a service's pods (Events
+//! created and patched by their ServiceAccount).
 //!
 //! Needs the images `outrigger/metrics-adapter:dev` and `outrigger/health-adapter:dev`
 //! (`OUTRIGGER_IMAGE_PROFILE=image-test hack/images.sh metrics-adapter health-adapter`) and
-//! `outrigger/redis:dev`.
+//! `outrigger/redis:dev`; other tags through `OUTRIGGER_HEALTH_ADAPTER_IMAGE` and
+//! `OUTRIGGER_METRICS_ADAPTER_IMAGE`.
 
 use std::{
     collections::BTreeMap,
@@ -16,11 +23,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
-use outrigger_api::common::SidecarKind;
-use outrigger_core::inject::{mutate, Plan, SidecarToInject};
-use outrigger_tests::{admin_client, eventually, http_get_from, TestNamespace};
+use k8s_openapi::{
+    api::core::v1::{Event, Pod},
+    jiff::Timestamp,
+};
+use kube::api::{Api, ListParams, PostParams};
+use outrigger_api::{common::SidecarKind, ReplicatedService};
+use outrigger_core::{
+    inject::{mutate, Plan, SidecarToInject},
+    labels,
+};
+use outrigger_tests::{
+    admin_client, ensure_crds, eventually, http_get_from, kubectl_ok, kubectl_stdin, TestNamespace,
+};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -45,9 +60,13 @@ fn redis_pod() -> Pod {
 }
 
 fn sidecar(kind: SidecarKind, settings: serde_json::Value) -> SidecarToInject {
+    let variable = format!(
+        "OUTRIGGER_{}_IMAGE",
+        kind.to_string().to_uppercase().replace('-', "_")
+    );
     SidecarToInject {
         kind,
-        image: format!("outrigger/{kind}:dev"),
+        image: std::env::var(variable).unwrap_or_else(|_| format!("outrigger/{kind}:dev")),
         resources: None,
         settings: serde_json::from_value::<BTreeMap<String, String>>(settings).unwrap(),
     }
@@ -69,6 +88,41 @@ fn restarts(pod: &Pod) -> i32 {
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
         .map_or(0, |statuses| statuses.iter().map(|c| c.restart_count).sum())
+}
+
+/// What the operator grants a service's pods: Events written by their sidecars.
+fn allow_events(namespace: &str) {
+    let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "sidecar-events", "namespace": namespace},
+         "rules": [{"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "sidecar-events", "namespace": namespace},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "sidecar-events"},
+         "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": namespace}]},
+    ]});
+    let output = kubectl_stdin(&["apply", "-f", "-"], &rbac.to_string()).unwrap();
+    assert!(output.status.success(), "{output:?}");
+}
+
+/// The health adapter's Events about the ReplicatedService `redis`.
+async fn owner_events(events: &Api<Event>) -> Vec<Event> {
+    events
+        .list(
+            &ListParams::default().fields("involvedObject.kind=ReplicatedService,involvedObject.name=redis"),
+        )
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.source.as_ref().and_then(|s| s.component.as_deref()) == Some("outrigger-health-adapter")
+        })
+        .collect()
+}
+
+fn last_seen(event: &Event) -> Option<Timestamp> {
+    event.last_timestamp.as_ref().map(|time| time.0)
 }
 
 /// Sends one RESP command and waits up to `wait` for the reply.
@@ -108,8 +162,34 @@ async fn redis_with_metrics_and_health_adapters_turns_unready_while_stalled_and_
         ],
         config_map: None,
         native_sidecars: false,
+        owner_uid: None,
     };
-    let pod = mutate(&redis_pod(), &plan).unwrap();
+    ensure_crds().unwrap();
+    let service: ReplicatedService = serde_json::from_value(json!({
+        "apiVersion": "outrigger.dev/v1alpha1", "kind": "ReplicatedService", "metadata": {"name": "redis"},
+        "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "redis", "image": "outrigger/redis:dev"}]}}},
+    }))
+    .unwrap();
+    let service = Api::<ReplicatedService>::namespaced(client.clone(), &namespace.name)
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let uid = service.metadata.uid.clone().unwrap();
+    allow_events(&namespace.name);
+    let plan = Plan {
+        owner_uid: Some(uid.clone()),
+        ..plan
+    };
+    let mut owned = redis_pod();
+    owned.metadata.labels.get_or_insert_with(Default::default).extend(
+        [
+            (labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+            (labels::REPLICATED_SERVICE, "redis"),
+        ]
+        .map(|(key, value)| (key.to_owned(), value.to_owned())),
+    );
+    let pod = mutate(&owned, &plan).unwrap();
+    let events: Api<Event> = Api::namespaced(client.clone(), &namespace.name);
     let pods: Api<Pod> = Api::namespaced(client, &namespace.name);
     pods.create(&PostParams::default(), &pod).await.unwrap();
 
@@ -150,6 +230,7 @@ async fn redis_with_metrics_and_health_adapters_turns_unready_while_stalled_and_
     let failing_before = failing(&http_get_from(&format!("{ip}:9906"), "/metrics").unwrap().1);
 
     // Redis stops answering for 12 seconds: readiness must fail, liveness must not.
+    let stalled_at = Timestamp::now();
     let stall = redis.clone();
     let sleeper =
         std::thread::spawn(move || redis_command(&stall, &["DEBUG", "SLEEP", "12"], Duration::from_secs(30)));
@@ -185,5 +266,57 @@ async fn redis_with_metrics_and_health_adapters_turns_unready_while_stalled_and_
         failing(&health),
         failing_before + 1,
         "one transition to failing: {health}"
+    );
+
+    // The stall and the recovery, as Events on the owning service.
+    let reported = eventually("a Warning and a Normal Event on the service", WAIT, || {
+        let events = events.clone();
+        async move {
+            let all = owner_events(&events).await;
+            let warning = all.iter().find(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.reason.as_deref() == Some("ReadinessFailing")
+                    && e.message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("check redis: timed out"))
+            });
+            let recovered = all.iter().find(|e| {
+                e.type_.as_deref() == Some("Normal")
+                    && e.reason.as_deref() == Some("ReadinessRecovered")
+                    && last_seen(e) >= Some(stalled_at)
+            });
+            Ok(warning.cloned().zip(recovered.cloned()))
+        }
+    })
+    .await;
+    let (warning, recovered) = match reported {
+        Ok(found) => found,
+        Err(error) => panic!("{error:#}: {:#?}", owner_events(&events).await),
+    };
+    assert_eq!(
+        warning.message.as_deref(),
+        Some("pod redis: readiness failing: check redis: timed out")
+    );
+    for event in [&warning, &recovered] {
+        let object = &event.involved_object;
+        assert_eq!(
+            (object.api_version.as_deref(), object.uid.as_deref()),
+            (Some("outrigger.dev/v1alpha1"), Some(uid.as_str()))
+        );
+        assert_eq!(
+            event.reporting_component.as_deref(),
+            Some("outrigger-health-adapter")
+        );
+        assert_eq!(event.reporting_instance.as_deref(), Some("redis"));
+    }
+    let described = kubectl_ok(&["describe", "replicatedservice", "redis", "-n", &namespace.name]).unwrap();
+    assert!(
+        described.contains("ReadinessFailing") && described.contains("ReadinessRecovered"),
+        "{described}"
+    );
+    let (_, health) = http_get_from(&format!("{ip}:9906"), "/metrics").unwrap();
+    assert!(
+        !health.contains("health_adapter_events_written_total{result=\"forbidden\"}"),
+        "{health}"
     );
 }

@@ -318,6 +318,27 @@ struct Load {
 }
 
 impl Load {
+    /// Each thread sends one request every `interval`: at most `threads / interval` requests per
+    /// second. A thread that falls behind (a slow answer on a busy machine) skips the slots it
+    /// missed instead of sending them in a burst, which a 3 s rate window would see as a step.
+    fn paced(address: String, threads: usize, interval: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, address) = (stop.clone(), address.clone());
+                std::thread::spawn(move || {
+                    let mut next = Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        let _ = outrigger_tests::http_get_from(&address, "/work");
+                        next = (next + interval).max(Instant::now());
+                        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                    }
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
     fn start(address: String, threads: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..threads)
@@ -581,4 +602,106 @@ async fn a_rollout_in_progress_scales_both_tracks_and_keeps_the_canary_weight() 
         .rollout
         .unwrap();
     assert_eq!((rollout.phase, rollout.canary_weight), (RolloutPhase::Paused, 50));
+}
+
+/// Starts a webhook operator and a service of one replica whose pods get their request splitter,
+/// and waits for a ready pod with it; returns the operator (kept alive by the caller) and the
+/// Service's cluster IP.
+async fn service_with_splitters(ns: &TestNamespace, policy_spec: Value) -> (WebhookOperator, String) {
+    let operator = WebhookOperator::start(
+        ns,
+        true,
+        &["--sidecar-image", "metrics-adapter=outrigger/testapp:dev"],
+    )
+    .unwrap();
+    let client = admin_client().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    eventually("the webhook injecting", WAIT, || async {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "dry-run", "annotations": {"outrigger.dev/inject": "metrics-adapter"}},
+            "spec": {"containers": [{"name": "app", "image": "outrigger/testapp:dev"}]},
+        }))?;
+        let pod = pods.create(&dry_run(), &pod).await?;
+        Ok((pod.spec.unwrap_or_default().containers.len() == 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    let services: Api<ReplicatedService> = Api::namespaced(client.clone(), &ns.name);
+    let policies: Api<AutoscalingPolicy> = Api::namespaced(client.clone(), &ns.name);
+    services
+        .create(&PostParams::default(), &service(1, true))
+        .await
+        .unwrap();
+    policies
+        .create(&PostParams::default(), &policy(policy_spec))
+        .await
+        .unwrap();
+    wait_scaling(&policies).await;
+    let service_ip = kubectl_ok(&[
+        "get",
+        "service",
+        "web",
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])
+    .unwrap();
+    (operator, service_ip.trim().to_owned())
+}
+
+/// A steady load between two replica counts' targets must settle and stay: the tolerance and the
+/// windows keep the rate's noise from turning into changes.
+#[tokio::test]
+async fn a_steady_load_settles_on_its_replicas_without_flapping() {
+    let ns = TestNamespace::create("asp-steady").unwrap();
+    // 15 requests/s against 8 per replica: 2 replicas, each then at 7.5 (within the 10% tolerance).
+    let (_operator, service_ip) = service_with_splitters(
+        &ns,
+        json!({
+            "minReplicas": 1, "maxReplicas": 4,
+            "metrics": [{"type": "requestRate", "target": {"type": "AverageValue", "averageValue": "8"}}],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 5}},
+        }),
+    )
+    .await;
+    let client = admin_client().await.unwrap();
+    let services: Api<ReplicatedService> = Api::namespaced(client.clone(), &ns.name);
+    let policies: Api<AutoscalingPolicy> = Api::namespaced(client, &ns.name);
+    let _load = Load::paced(format!("{service_ip}:80"), 3, Duration::from_millis(200));
+    eventually("2 ready replicas under the steady load", WAIT, || async {
+        let ready = services.get("web").await?.status.map_or(0, |s| s.ready_replicas);
+        Ok((ready == 2 && replicas(&services).await? == 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    // Past the rate window and the scale-down window, then watched for 30 s.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Decisions are kept 10 deep, so the newest one before marks where the new ones end.
+    let before = policy_status(&policies)
+        .await
+        .unwrap()
+        .decisions
+        .first()
+        .map(|d| d.at.clone());
+    let watched = Instant::now();
+    let mut counts = Vec::new();
+    while watched.elapsed() < Duration::from_secs(30) {
+        counts.push(replicas(&services).await.unwrap());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let status = policy_status(&policies).await.unwrap();
+    let changes = status
+        .decisions
+        .iter()
+        .take_while(|d| Some(&d.at) != before.as_ref())
+        .count();
+    // Measurements for bench/autoscaling.sh.
+    eprintln!(
+        "autoscaling: steady load 15 requests/s against 8 per replica → {changes} changes in 30 s at {:?} replicas",
+        counts.iter().min().zip(counts.iter().max())
+    );
+    let summaries: Vec<&str> = status.decisions.iter().map(|d| d.summary.as_str()).collect();
+    assert_eq!(changes, 0, "{summaries:#?}");
+    assert!(counts.iter().all(|count| *count == 2), "{counts:?}");
 }

@@ -46,6 +46,9 @@ fn cache(shards: i32) -> ShardedService {
         "metadata": {"name": "cache"},
         "spec": {
             "shards": shards, "replicasPerShard": 2, "protocol": "redis", "port": 6379,
+            // A plain ring swap: the shards leave as soon as the new count is in force (live
+            // resharding with a migration window is tests/tests/resharding.rs).
+            "resharding": {"migrationWindow": "0s"},
             "template": {"spec": {"containers": [{
                 "name": "store", "image": "outrigger/testapp:dev", "imagePullPolicy": "Never",
                 "env": [{"name": "PORT", "value": "6379"}],

@@ -284,6 +284,23 @@ fn needs_a_loader(elf: &[u8]) -> bool {
     })
 }
 
+/// Paths of the regular files under `dir`, relative to it (none when it does not exist).
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(at) = pending.pop() {
+        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if let Ok(relative) = path.strip_prefix(dir) {
+                found.push(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    found
+}
+
 #[test]
 fn images_are_non_root_labelled_and_hold_nothing_but_their_binaries() {
     // The check itself tells a dynamically linked program (this machine's shell) from a static one.
@@ -349,16 +366,18 @@ fn images_are_non_root_labelled_and_hold_nothing_but_their_binaries() {
             }
         } else {
             // An image of Debian's binaries: those binaries, their loader and shared libraries,
-            // and empty directories; no shell, no package manager.
+            // the configuration under images/<name>/, and empty directories; no shell, no package
+            // manager.
+            let configuration = files_under(&repo_root().join("images").join(name));
             let regular: Vec<&String> = files.iter().filter(|f| !f.ends_with('/')).collect();
-            for binary in &debian_binaries {
+            for binary in debian_binaries.iter().chain(&configuration) {
                 assert!(regular.contains(&binary), "{image} lacks {binary}: {files:?}");
             }
             for file in regular {
                 let library = file.starts_with("lib") && file.contains(".so");
                 assert!(
-                    debian_binaries.contains(file) || library,
-                    "{image} holds {file}, neither a listed binary nor a shared library: {files:?}"
+                    debian_binaries.contains(file) || configuration.contains(file) || library,
+                    "{image} holds {file}, neither a listed binary, its configuration nor a shared library: {files:?}"
                 );
             }
         }

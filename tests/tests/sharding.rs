@@ -27,6 +27,13 @@ fn client_image() -> String {
     std::env::var("OUTRIGGER_TEST_CLIENT_IMAGE").unwrap_or_else(|_| "outrigger/testapp:dev".to_owned())
 }
 
+/// The ambassador image under test (`hack/images.sh sharding-ambassador`); another tag by
+/// `OUTRIGGER_TEST_AMBASSADOR_IMAGE`.
+fn ambassador_image() -> String {
+    std::env::var("OUTRIGGER_TEST_AMBASSADOR_IMAGE")
+        .unwrap_or_else(|_| "outrigger/sharding-ambassador:dev".to_owned())
+}
+
 fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -105,7 +112,8 @@ async fn primaries(
 async fn a_client_pod_writes_through_its_ambassador_onto_the_shards_the_ring_names_and_survives_a_failover() {
     ensure_crds().unwrap();
     let namespace = TestNamespace::create("sharding").unwrap();
-    let _operator = WebhookOperator::start(&namespace, true, &[]).unwrap();
+    let image = format!("sharding-ambassador={}", ambassador_image());
+    let _operator = WebhookOperator::start(&namespace, true, &["--sidecar-image", &image]).unwrap();
     let client = admin_client().await.unwrap();
     let services: Api<ShardedService> = Api::namespaced(client.clone(), &namespace.name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace.name);

@@ -68,7 +68,9 @@ use crate::common::Condition;
 pub struct AutoscalingPolicySpec {
     /// The object to scale; it must serve the scale subresource.
     pub scale_target_ref: ScaleTargetRef,
-    /// Fewest replicas the policy scales to.
+    /// Fewest replicas the policy scales to. 0 (a ReplicatedService only) scales the service to
+    /// zero after no request for the scale-down stabilization window; the request splitter in
+    /// front of it holds requests meanwhile, and the first one scales it to one replica at once.
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 0, max = 10000))]
     pub min_replicas: i32,

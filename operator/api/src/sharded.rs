@@ -5,9 +5,14 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use outrigger_contract::duration::ConfigDuration;
+
 use crate::common::{Condition, SidecarSpec};
 /// Declared with the shard map, which carries them unchanged.
-pub use outrigger_contract::shard_map::{KeyHash, KeyRange, ReadPolicy, ShardProtocol, ShardingFunction};
+pub use outrigger_contract::shard_map::{
+    HttpKey, KeyHash, KeyRange, ReadPolicy, ShardAuth, ShardProtocol, ShardingFunction,
+};
 
 /// A sharded service: `shards` StatefulSets of `replicasPerShard` replicas each, and a shard map
 /// the sharding ambassador of client pods reads to route every key to its shard.
@@ -91,6 +96,49 @@ pub struct ShardedServiceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 6))]
     pub sidecars: Vec<SidecarSpec>,
+    /// How a change of `shards` moves keys: new shards are prepared while the ambassadors keep
+    /// the old ring, then the ambassadors hold both rings for the migration window (reads of a
+    /// moved key that miss on its new shard are served by its previous one), then the operator
+    /// cuts over to the new ring alone.
+    #[serde(default)]
+    pub resharding: ReshardingSpec,
+    /// The password the shards require: the operator sets it on every Redis shard (`requirepass`,
+    /// and `masterauth` for replicas) and the ambassadors authenticate with it, following changes
+    /// of the Secret (in the service's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ShardAuth>,
+}
+
+/// How a change of the shard count moves keys.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReshardingSpec {
+    /// How long the ambassadors keep the previous ring beside the new one once every new shard is
+    /// ready (`30s`, `5m`, `1h`): long enough for the working set to be read (and copied) or
+    /// written again. `0s` cuts over at once, as a plain ring swap.
+    #[serde(default = "default_migration_window")]
+    pub migration_window: ConfigDuration,
+    /// Whether a read served by a key's previous shard copies the key (value and expiry) to its
+    /// new shard, so it is found there after the cut-over.
+    #[serde(default = "default_copy_on_read")]
+    pub copy_on_read: bool,
+}
+
+impl Default for ReshardingSpec {
+    fn default() -> Self {
+        ReshardingSpec {
+            migration_window: default_migration_window(),
+            copy_on_read: default_copy_on_read(),
+        }
+    }
+}
+
+fn default_migration_window() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(300))
+}
+
+fn default_copy_on_read() -> bool {
+    true
 }
 
 fn default_replicas_per_shard() -> i32 {
@@ -120,10 +168,16 @@ pub struct ShardingSpec {
     /// With `keyRange`: which shard owns which keys, by lexicographic range.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_ranges: Vec<KeyRange>,
-    /// With protocol `http`: header carrying the key; without it the request path is the key.
+    /// With protocol `http`: header carrying the key; without it (and without `httpKey`) the
+    /// request path is the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub key_header: Option<String>,
+    /// With protocol `http`: where the ambassador reads a request's key, exactly one of `header`
+    /// (a header name), `pathSegment` (a path segment by position from 0) or `queryParameter` (a
+    /// query parameter name). Takes precedence over `keyHeader`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_key: Option<HttpKey>,
 }
 
 impl Default for ShardingSpec {
@@ -135,6 +189,7 @@ impl Default for ShardingSpec {
             hash_tag: None,
             key_ranges: Vec::new(),
             key_header: None,
+            http_key: None,
         }
     }
 }
@@ -186,6 +241,40 @@ pub struct ShardedServiceStatus {
     /// Readiness of every shard.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shard_statuses: Vec<ShardStatus>,
+    /// Shards of the ring the shard map routes with; it differs from `spec.shards` while a
+    /// change of the shard count is prepared.
+    #[serde(default)]
+    pub ring_shards: i32,
+    /// A change of the shard count in progress, absent when none runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resharding: Option<ReshardingStatus>,
+}
+
+/// Progress of a change of the shard count.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReshardingStatus {
+    /// Shards before the change.
+    pub from_shards: i32,
+    /// Shards after it.
+    pub to_shards: i32,
+    /// `Preparing` (new shards starting; the map keeps the old ring) or `Migrating` (the map
+    /// routes with the new ring and carries the old one beside it).
+    pub phase: ReshardPhase,
+    /// When the migration began (the new shards were all ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_started_at: Option<Time>,
+    /// The migration window, in seconds.
+    pub window_seconds: i64,
+    /// Seconds of the window elapsed, as of the last look.
+    pub elapsed_seconds: i64,
+}
+
+/// Step of a change of the shard count.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ReshardPhase {
+    Preparing,
+    Migrating,
 }
 
 /// Readiness of one shard.

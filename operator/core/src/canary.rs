@@ -137,17 +137,38 @@ pub struct Traffic<'a> {
     pub affinity: Option<&'a SessionAffinity>,
 }
 
-/// The splitter's configuration document.
-pub fn splitter_config(traffic: &Traffic<'_>) -> SplitterConfig {
-    let backend = |name: &str, endpoint: &str| BackendConfig {
+fn front_backend(name: &str, endpoint: &str) -> BackendConfig {
+    BackendConfig {
         max_retries: 1,
         ..BackendConfig::new(name, vec![endpoint.to_owned()])
-    };
+    }
+}
+
+/// The configuration of a splitter in front of a service that does not roll out (one an
+/// AutoscalingPolicy may scale to zero): the stable track alone, with the service's stickiness.
+pub fn stable_splitter_config(stable_endpoint: &str, affinity: Option<&SessionAffinity>) -> SplitterConfig {
     let mut config = SplitterConfig::new(
         SocketAddr::from(([0, 0, 0, 0], SPLITTER_LISTEN_PORT)),
-        vec![backend(STABLE, &traffic.stable_endpoint)],
+        vec![front_backend(STABLE, stable_endpoint)],
     );
     config.access_log = false;
+    config.stickiness = affinity.map(stickiness);
+    config
+}
+
+fn stickiness(affinity: &SessionAffinity) -> StickinessConfig {
+    let mut stickiness = StickinessConfig::new(affinity.source, affinity.name.clone());
+    // The CRD bounds virtualNodes to 1-1000, so the conversion keeps every admitted value.
+    if let Ok(virtual_nodes) = u32::try_from(affinity.virtual_nodes) {
+        stickiness.virtual_nodes = virtual_nodes;
+    }
+    stickiness
+}
+
+/// The splitter's configuration document.
+pub fn splitter_config(traffic: &Traffic<'_>) -> SplitterConfig {
+    let backend = front_backend;
+    let mut config = stable_splitter_config(&traffic.stable_endpoint, traffic.affinity);
     if let Some(canary) = &traffic.canary_endpoint {
         config.backends.push(backend(CANARY, canary));
         let weight = i64::from(traffic.canary_weight.clamp(0, 100));
@@ -169,14 +190,6 @@ pub fn splitter_config(traffic: &Traffic<'_>) -> SplitterConfig {
             });
         }
     }
-    config.stickiness = traffic.affinity.map(|affinity| {
-        let mut stickiness = StickinessConfig::new(affinity.source, affinity.name.clone());
-        // The CRD bounds virtualNodes to 1-1000, so the conversion keeps every admitted value.
-        if let Ok(virtual_nodes) = u32::try_from(affinity.virtual_nodes) {
-            stickiness.virtual_nodes = virtual_nodes;
-        }
-        stickiness
-    });
     config
 }
 

@@ -2,6 +2,11 @@
 //! `spec.sidecars`, build the Role that lets the pods read exactly the named ConfigMaps and
 //! Secrets, and turn the status each pod's sidecar writes into its annotation into the owner's
 //! `ConfigSynced` condition ("2 of 3 pods on version …") and the Events worth announcing.
+//!
+//! The same Role carries what the other sidecars need of the API: the health and log adapters
+//! write Events about the owning service ([`crate::inject::EVENT_WRITERS`]), so the pods' account
+//! may create and patch Events when the service attaches one of them. One Role per service, named
+//! [`access_name`], for every sidecar.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +21,7 @@ use outrigger_contract::config_sync::{
 
 use crate::{
     conditions::DesiredCondition,
+    inject::EVENT_WRITERS,
     owner::{child_meta, Owner},
 };
 
@@ -30,9 +36,34 @@ pub fn settings(sidecars: &[SidecarSpec]) -> Option<Result<ConfigSyncSettings, S
         .map(|sidecar| ConfigSyncSettings::from_settings(&sidecar.settings))
 }
 
-/// Name of the Role and RoleBinding of a service's config sync sidecars.
+/// Name of the Role and RoleBinding of a service's sidecars.
 pub fn access_name(service: &str) -> String {
+    format!("{service}-sidecars")
+}
+
+/// The name the Role had while only the config sync sidecar needed one; pruned.
+pub fn former_access_name(service: &str) -> String {
     format!("{service}-config-sync")
+}
+
+/// What a service's sidecars need of the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarAccess {
+    /// The config sync sidecar's sources (valid settings only: invalid ones fail validation).
+    pub config_sync: Option<ConfigSyncSettings>,
+    /// A sidecar writes Events about the owner.
+    pub events: bool,
+}
+
+/// What `sidecars` need; `None` when they need nothing (no Role then).
+pub fn sidecar_access(sidecars: &[SidecarSpec]) -> Option<SidecarAccess> {
+    let access = SidecarAccess {
+        config_sync: settings(sidecars).and_then(Result::ok),
+        events: sidecars
+            .iter()
+            .any(|sidecar| EVENT_WRITERS.contains(&sidecar.name)),
+    };
+    (access.config_sync.is_some() || access.events).then_some(access)
 }
 
 /// The service account the pods run as.
@@ -45,44 +76,47 @@ pub fn service_account(template: &PodTemplateSpec) -> String {
         .unwrap_or_else(|| "default".to_owned())
 }
 
-/// A Role allowing `get`, `list` and `watch` on exactly the named ConfigMaps and Secrets (the
-/// sidecar lists and watches by a field selector on the name, which `resourceNames` admits), and
-/// `patch` on pods for the status annotation (RBAC cannot name a pod that does not exist yet), and
-/// its binding to the pods' service account.
+/// A Role for the sidecars, and its binding to the pods' service account. For config sync: `get`,
+/// `list` and `watch` on exactly the named ConfigMaps and Secrets (the sidecar lists and watches by
+/// a field selector on the name, which `resourceNames` admits), and `patch` on pods for the status
+/// annotation (RBAC cannot name a pod that does not exist yet). For the sidecars that write Events:
+/// `create` and `patch` on Events (a repeat patches its count), which cannot be narrowed by name
+/// either.
 pub fn access(
     owner: &Owner,
     owner_labels: &BTreeMap<String, String>,
-    settings: &ConfigSyncSettings,
+    needs: &SidecarAccess,
     service_account: &str,
 ) -> (Role, RoleBinding) {
     let name = access_name(&owner.name);
-    let read = |resource: &str, names: &[String]| PolicyRule {
+    let rule = |resource: &str, names: Option<&[String]>, verbs: &[&str]| PolicyRule {
         api_groups: Some(vec![String::new()]),
         resources: Some(vec![resource.to_owned()]),
-        resource_names: Some(names.to_vec()),
-        verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+        resource_names: names.map(<[String]>::to_vec),
+        verbs: verbs.iter().map(|verb| (*verb).to_owned()).collect(),
         ..PolicyRule::default()
     };
+    let read = ["get", "list", "watch"];
     let mut rules = Vec::new();
-    // The rollout document is read like a source.
-    let config_maps: Vec<String> = settings
-        .config_maps
-        .iter()
-        .chain(&settings.rollout_config_map)
-        .cloned()
-        .collect();
-    if !config_maps.is_empty() {
-        rules.push(read("configmaps", &config_maps));
+    if let Some(settings) = &needs.config_sync {
+        // The rollout document is read like a source.
+        let config_maps: Vec<String> = settings
+            .config_maps
+            .iter()
+            .chain(&settings.rollout_config_map)
+            .cloned()
+            .collect();
+        if !config_maps.is_empty() {
+            rules.push(rule("configmaps", Some(&config_maps), &read));
+        }
+        if !settings.secrets.is_empty() {
+            rules.push(rule("secrets", Some(&settings.secrets), &read));
+        }
+        rules.push(rule("pods", None, &["patch"]));
     }
-    if !settings.secrets.is_empty() {
-        rules.push(read("secrets", &settings.secrets));
+    if needs.events {
+        rules.push(rule("events", None, &["create", "patch"]));
     }
-    rules.push(PolicyRule {
-        api_groups: Some(vec![String::new()]),
-        resources: Some(vec!["pods".to_owned()]),
-        verbs: vec!["patch".to_owned()],
-        ..PolicyRule::default()
-    });
     let role = Role {
         metadata: child_meta(owner, &name, owner_labels),
         rules: Some(rules),
@@ -285,23 +319,68 @@ mod tests {
 
     #[test]
     fn the_role_names_exactly_the_sources_and_binds_the_pods_account() {
-        let settings = ConfigSyncSettings::from_settings(
-            &[("configMaps", "app,flags"), ("secrets", "db")]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        )
+        let sidecars: Vec<SidecarSpec> = serde_json::from_value(serde_json::json!([
+            {"name": "config-sync", "settings": {"configMaps": "app,flags", "secrets": "db"}},
+        ]))
         .unwrap();
-        let (role, binding) = access(&owner(), &BTreeMap::new(), &settings, "web-sa");
+        let needs = sidecar_access(&sidecars).unwrap();
+        let (role, binding) = access(&owner(), &BTreeMap::new(), &needs, "web-sa");
         let rules = role.rules.unwrap();
         assert_eq!(rules[0].resources.as_deref().unwrap(), ["configmaps"]);
         assert_eq!(rules[0].resource_names.as_deref().unwrap(), ["app", "flags"]);
         assert_eq!(rules[0].verbs, ["get", "list", "watch"]);
         assert_eq!(rules[1].resource_names.as_deref().unwrap(), ["db"]);
         assert_eq!(rules[2].verbs, ["patch"]);
-        assert_eq!(role.metadata.name.as_deref(), Some("web-config-sync"));
+        assert_eq!(rules.len(), 3, "no Events without a sidecar that writes them");
+        assert_eq!(role.metadata.name.as_deref(), Some("web-sidecars"));
         assert_eq!(binding.subjects.unwrap()[0].name, "web-sa");
         assert_eq!(service_account(&PodTemplateSpec::default()), "default");
+    }
+
+    #[test]
+    fn sidecars_that_write_events_may_create_and_patch_them() {
+        // (sidecars, resources of the rules, or no Role at all)
+        let cases: [(serde_json::Value, Option<&[&str]>); 5] = [
+            (serde_json::json!([{"name": "health-adapter"}]), Some(&["events"])),
+            (
+                serde_json::json!([{"name": "log-adapter"}, {"name": "metrics-adapter"}]),
+                Some(&["events"]),
+            ),
+            (
+                serde_json::json!([{"name": "config-sync", "settings": {"configMaps": "app"}}, {"name": "log-adapter"}]),
+                Some(&["configmaps", "pods", "events"]),
+            ),
+            (
+                serde_json::json!([{"name": "metrics-adapter"}, {"name": "request-splitter"}]),
+                None,
+            ),
+            (serde_json::json!([]), None),
+        ];
+        for (sidecars, expected) in cases {
+            let specs: Vec<SidecarSpec> = serde_json::from_value(sidecars.clone()).unwrap();
+            let role =
+                sidecar_access(&specs).map(|needs| access(&owner(), &BTreeMap::new(), &needs, "default").0);
+            let resources: Option<Vec<String>> = role.as_ref().map(|role| {
+                role.rules
+                    .iter()
+                    .flatten()
+                    .flat_map(|rule| rule.resources.clone().unwrap_or_default())
+                    .collect()
+            });
+            assert_eq!(
+                resources,
+                expected.map(|r| r.iter().map(|s| (*s).to_owned()).collect()),
+                "{sidecars}"
+            );
+            if let Some(events) = role
+                .iter()
+                .flat_map(|role| role.rules.iter().flatten())
+                .find(|rule| rule.resources.as_deref() == Some(&["events".to_owned()][..]))
+            {
+                assert_eq!(events.verbs, ["create", "patch"]);
+                assert_eq!(events.resource_names, None);
+            }
+        }
     }
 
     #[test]
@@ -313,7 +392,11 @@ mod tests {
                 .collect(),
         )
         .unwrap();
-        let (role, _) = access(&owner(), &BTreeMap::new(), &settings, "default");
+        let needs = SidecarAccess {
+            config_sync: Some(settings),
+            events: false,
+        };
+        let (role, _) = access(&owner(), &BTreeMap::new(), &needs, "default");
         assert_eq!(
             role.rules.unwrap()[0].resource_names.as_deref().unwrap(),
             ["app", "web-config-rollout"]

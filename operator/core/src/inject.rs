@@ -169,6 +169,8 @@ pub struct Plan {
     /// The cluster runs sidecars natively (Kubernetes 1.29+): init containers with
     /// `restartPolicy: Always`, started and ready before the app.
     pub native_sidecars: bool,
+    /// UID of the owning service: the sidecars' Events name it, and `kubectl describe` matches on it.
+    pub owner_uid: Option<String>,
 }
 
 /// What the pod's owner asks for, when it is a ReplicatedService or ShardedService.
@@ -176,7 +178,13 @@ pub struct Plan {
 pub struct OwnerSidecars<'a> {
     pub sidecars: &'a [SidecarSpec],
     pub config_map: &'a str,
+    pub uid: Option<&'a str>,
 }
+
+/// The sidecars that write Events about the pod's owner (the health adapter's transitions, the log
+/// adapter's sink and file trouble): injection gives them the owner, and the operator's Role lets
+/// the pods' ServiceAccount create and patch Events.
+pub const EVENT_WRITERS: [SidecarKind; 2] = [SidecarKind::HealthAdapter, SidecarKind::LogAdapter];
 
 /// Which ReplicatedService or ShardedService (by name) a pod belongs to, from its labels.
 pub fn owner_of(pod: &Pod) -> Option<(&'static str, String)> {
@@ -243,6 +251,7 @@ pub fn plan(
     defaults: &SidecarDefaults,
     native_sidecars: bool,
 ) -> Result<Option<Plan>, InjectError> {
+    let owner_uid = owner.and_then(|owner| owner.uid).map(str::to_owned);
     let (sidecars, config_map): (Vec<SidecarToInject>, Option<String>) = match owner {
         Some(owner) => (
             owner
@@ -294,6 +303,7 @@ pub fn plan(
         sidecars,
         config_map,
         native_sidecars,
+        owner_uid,
     }))
 }
 
@@ -481,11 +491,12 @@ pub fn mutate(pod: &Pod, plan: &Plan) -> Result<Pod, InjectError> {
         }
     }
 
+    let container = spec.containers.first().map(|c| c.name.clone());
+    let service = owner_of(&pod).map(|(kind, name)| format!("{kind}/{name}"));
     let source = LogSource {
-        container: spec.containers.first().map(|c| c.name.clone()),
-        owner: owner_of(&pod)
-            .map(|(kind, name)| format!("{kind}/{name}"))
-            .or_else(|| controller_of(&pod)),
+        container,
+        owner_uid: service.as_ref().and(plan.owner_uid.clone()),
+        owner: service.or_else(|| controller_of(&pod)),
     };
     let spec = pod.spec.get_or_insert_with(Default::default);
     let sidecars: Vec<Container> = plan
@@ -626,13 +637,15 @@ fn config_sync_container(container: &mut Container, settings: &ConfigSyncSetting
 }
 
 /// Who writes the logs the log adapter reads: its records carry these, with the pod, namespace and
-/// node from the downward API.
+/// node from the downward API. The sidecars that write Events name the owner in them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct LogSource {
     /// The app container (the pod's first): all of the pod's containers share one log volume.
     container: Option<String>,
     /// `Kind/name` of the owning service, else of the pod's controller.
     owner: Option<String>,
+    /// UID of the owning service (not of a plain pod's controller).
+    owner_uid: Option<String>,
 }
 
 /// `Kind/name` of the pod's controller (a plain pod of a ReplicaSet, a Job...).
@@ -645,16 +658,24 @@ fn controller_of(pod: &Pod) -> Option<String> {
         .map(|reference| format!("{}/{}", reference.kind, reference.name))
 }
 
-/// The log adapter's enrichment variables (`outrigger-log-adapter`'s `enrich` module reads them).
-fn log_adapter_env(source: &LogSource) -> Vec<EnvVar> {
+/// What the sidecars that write Events read (the runtime's `events` module): the pod, its node
+/// and its owner. The log adapter also adds these to its records (its `enrich` module), with the
+/// app container.
+fn reporting_env(kind: SidecarKind, source: &LogSource) -> Vec<EnvVar> {
     let mut env = vec![
         field_env("OUTRIGGER_POD_NAME", "metadata.name"),
         field_env("OUTRIGGER_POD_NAMESPACE", "metadata.namespace"),
+        field_env("OUTRIGGER_POD_UID", "metadata.uid"),
         field_env("OUTRIGGER_NODE_NAME", "spec.nodeName"),
     ];
+    let container = source
+        .container
+        .as_ref()
+        .filter(|_| kind == SidecarKind::LogAdapter);
     for (name, value) in [
-        ("OUTRIGGER_CONTAINER_NAME", &source.container),
-        ("OUTRIGGER_OWNER", &source.owner),
+        ("OUTRIGGER_CONTAINER_NAME", container),
+        ("OUTRIGGER_OWNER", source.owner.as_ref()),
+        ("OUTRIGGER_OWNER_UID", source.owner_uid.as_ref()),
     ] {
         if let Some(value) = value {
             env.push(value_env(name, value.clone()));
@@ -694,8 +715,8 @@ fn sidecar_container(sidecar: &SidecarToInject, native: bool, source: &LogSource
         value_env("OUTRIGGER_ADMIN_ADDR", format!("0.0.0.0:{port}")),
         value_env("OUTRIGGER_CONFIG_DIR", CONFIG_DIR.to_owned()),
     ];
-    if sidecar.kind == SidecarKind::LogAdapter {
-        env.extend(log_adapter_env(source));
+    if EVENT_WRITERS.contains(&sidecar.kind) {
+        env.extend(reporting_env(sidecar.kind, source));
     }
     let settings = serde_json::to_string(&sidecar.settings).unwrap_or_else(|_| "{}".to_owned());
     let binary = format!("/outrigger-{}", sidecar.kind);
@@ -807,6 +828,7 @@ mod tests {
         let owner = OwnerSidecars {
             sidecars: &sidecars,
             config_map: "web-outrigger",
+            uid: Some("0a1b"),
         };
         plan(
             &pod(json!({})),
@@ -906,6 +928,7 @@ mod tests {
             ("OUTRIGGER_NODE_NAME", "field:spec.nodeName"),
             ("OUTRIGGER_CONTAINER_NAME", "app"),
             ("OUTRIGGER_OWNER", "ReplicatedService/web"),
+            ("OUTRIGGER_OWNER_UID", "0a1b"),
         ] {
             assert_eq!(env.get(name).map(String::as_str), Some(value), "{name}");
         }
@@ -939,6 +962,80 @@ mod tests {
             Some("ReplicaSet/web-7d4b9")
         );
         assert_eq!(owner(&spec.containers[0]), None);
+    }
+
+    /// The variables injection gives a container, values or `field:` paths.
+    fn variables_of(container: &Container) -> BTreeMap<String, String> {
+        container
+            .env
+            .iter()
+            .flatten()
+            .map(|var| {
+                let value = var.value.clone().unwrap_or_else(|| {
+                    let field = var.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+                    format!("field:{}", field.field_path)
+                });
+                (var.name.clone(), value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sidecars_that_write_events_learn_their_pod_and_owner() {
+        let service_pod = pod(json!({"metadata": {"labels": {
+            labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
+            labels::SHARDED_SERVICE: "cache",
+        }}}));
+        let plain_pod = pod(json!({"metadata": {"ownerReferences": [{
+            "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9", "uid": "u", "controller": true,
+        }]}}));
+        let reporting = [
+            ("OUTRIGGER_POD_NAME", "field:metadata.name"),
+            ("OUTRIGGER_POD_NAMESPACE", "field:metadata.namespace"),
+            ("OUTRIGGER_POD_UID", "field:metadata.uid"),
+            ("OUTRIGGER_NODE_NAME", "field:spec.nodeName"),
+        ];
+        // (sidecar, pod, the owner and its UID it is told; `None`: told nothing)
+        type Case<'a> = (&'a str, &'a Pod, Option<(&'a str, Option<&'a str>)>);
+        let cases: [Case; 4] = [
+            (
+                "health-adapter",
+                &service_pod,
+                Some(("ShardedService/cache", Some("0a1b"))),
+            ),
+            (
+                "log-adapter",
+                &service_pod,
+                Some(("ShardedService/cache", Some("0a1b"))),
+            ),
+            // A plain pod's Events are about the pod itself: the controller has no UID here.
+            ("health-adapter", &plain_pod, Some(("ReplicaSet/web-7d4b9", None))),
+            ("metrics-adapter", &service_pod, None),
+        ];
+        for (kind, pod, owner) in cases {
+            let spec = mutate(pod, &owner_plan(&[kind], false)).unwrap().spec.unwrap();
+            let env = variables_of(&spec.containers[0]);
+            let get = |name: &str| env.get(name).map(String::as_str);
+            match owner {
+                Some((owner, uid)) => {
+                    for (name, value) in reporting {
+                        assert_eq!(get(name), Some(value), "{kind}: {name}");
+                    }
+                    assert_eq!(get("OUTRIGGER_OWNER"), Some(owner), "{kind}");
+                    assert_eq!(get("OUTRIGGER_OWNER_UID"), uid, "{kind}");
+                }
+                None => {
+                    for name in ["OUTRIGGER_POD_UID", "OUTRIGGER_OWNER", "OUTRIGGER_OWNER_UID"] {
+                        assert_eq!(get(name), None, "{kind}: {name}");
+                    }
+                }
+            }
+            assert_eq!(
+                get("OUTRIGGER_CONTAINER_NAME").is_some(),
+                kind == "log-adapter",
+                "{kind}: only the log adapter names the app container"
+            );
+        }
     }
 
     #[test]
@@ -1021,6 +1118,7 @@ mod tests {
             Some(OwnerSidecars {
                 sidecars: &sidecars,
                 config_map: "c",
+                uid: None,
             }),
             &defaults,
             false,
@@ -1055,6 +1153,7 @@ mod tests {
                 Some(OwnerSidecars {
                     sidecars: &sidecars,
                     config_map: "c",
+                    uid: None,
                 }),
                 &SidecarDefaults::default(),
                 false,
@@ -1122,6 +1221,7 @@ mod tests {
             Some(OwnerSidecars {
                 sidecars: &sidecars,
                 config_map: "web-outrigger",
+                uid: None,
             }),
             &SidecarDefaults::default(),
             false,
@@ -1168,6 +1268,7 @@ mod tests {
         let owner = OwnerSidecars {
             sidecars: &sidecars,
             config_map: "c",
+            uid: None,
         };
         let plan = plan(&pod(json!({})), Some(owner), &defaults, false)
             .unwrap()
@@ -1197,6 +1298,7 @@ mod tests {
         let owner = OwnerSidecars {
             sidecars: &sidecars,
             config_map: "c",
+            uid: None,
         };
         let plan = plan(&pod(json!({})), Some(owner), &defaults, false)
             .unwrap()
@@ -1296,6 +1398,7 @@ mod tests {
         let owner = OwnerSidecars {
             sidecars: &sidecars,
             config_map: "web-outrigger",
+            uid: None,
         };
         let plan = plan(&client, Some(owner), &SidecarDefaults::default(), true)
             .unwrap()

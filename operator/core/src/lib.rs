@@ -15,6 +15,7 @@ pub mod labels;
 pub mod owned;
 pub mod owner;
 pub mod replicated;
+pub mod reshard;
 pub mod rollout;
 pub mod sharded;
 pub mod subset;

@@ -25,6 +25,8 @@ use outrigger_api::{
     rollout::CanaryStrategy,
     ReplicatedService,
 };
+/// How the splitter in front of a service that may scale to zero holds requests.
+pub use outrigger_contract::splitter::HoldConfig;
 use outrigger_contract::{
     sidecars::{SidecarsConfig, TrackConfig, SIDECARS_CONFIG_KEY},
     ApiVersion,
@@ -105,7 +107,11 @@ pub fn possible_children(service: &str) -> PossibleChildren {
             splitter.clone(),
             outrigger_contract::config_sync::rollout_config_map_name(service),
         ],
-        identity: vec![splitter, crate::config_sync::access_name(service)],
+        identity: vec![
+            splitter,
+            crate::config_sync::access_name(service),
+            crate::config_sync::former_access_name(service),
+        ],
     }
 }
 
@@ -146,6 +152,28 @@ pub struct RolloutInputs<'a> {
     pub config_tracks: bool,
 }
 
+/// What scaling to zero adds to the build: the request splitter fronts the service, with or
+/// without a rollout, so that requests wait in it while no replica runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ZeroInputs<'a> {
+    pub splitter_image: &'a str,
+    pub splitter_resources: Option<&'a ResourceRequirements>,
+    /// The splitter has ready replicas, so the service's Service may send clients to it.
+    pub splitter_ready: bool,
+    /// How the splitter holds requests while the service has no replica.
+    pub hold: &'a HoldConfig,
+}
+
+/// The splitter in front of the service, from a rollout's inputs or scaling to zero's.
+#[derive(Debug, Clone, Copy)]
+struct FrontInputs<'a> {
+    image: &'a str,
+    resources: Option<&'a ResourceRequirements>,
+    ready: bool,
+    /// The track Services select on the config track label (see [`RolloutInputs::config_tracks`]).
+    config_tracks: bool,
+}
+
 /// The request splitter in front of the tracks, and the Services it reaches them through. Its
 /// ConfigMap is built with [`canary::splitter_config_map`] once the track Services' addresses are
 /// known.
@@ -171,6 +199,17 @@ pub fn build(
     rsvc: &ReplicatedService,
     pdb_api: PdbApi,
     rollout: Option<&RolloutInputs<'_>>,
+) -> Result<Children, BuildError> {
+    build_fronted(rsvc, pdb_api, rollout, None)
+}
+
+/// As [`build`], for a service an AutoscalingPolicy may scale to zero (`zero`): the request
+/// splitter fronts it even without a rollout.
+pub fn build_fronted(
+    rsvc: &ReplicatedService,
+    pdb_api: PdbApi,
+    rollout: Option<&RolloutInputs<'_>>,
+    zero: Option<&ZeroInputs<'_>>,
 ) -> Result<Children, BuildError> {
     let owner = Owner::of(rsvc)?;
     let spec = &rsvc.spec;
@@ -223,7 +262,22 @@ pub fn build(
         )?);
     }
 
-    let rollout_children = rollout.and_then(|inputs| {
+    let front = match (rollout, zero) {
+        (Some(inputs), _) => Some(FrontInputs {
+            image: inputs.splitter_image,
+            resources: inputs.splitter_resources,
+            ready: inputs.splitter_ready,
+            config_tracks: inputs.config_tracks,
+        }),
+        (None, Some(inputs)) => Some(FrontInputs {
+            image: inputs.splitter_image,
+            resources: inputs.splitter_resources,
+            ready: inputs.splitter_ready,
+            config_tracks: false,
+        }),
+        (None, None) => None,
+    };
+    let rollout_children = front.and_then(|inputs| {
         let port = spec.ports.first()?;
         let target_port = first_target_port(spec)?;
         let (splitter_account, splitter_role, splitter_role_binding) = canary::splitter_identity(&owner);
@@ -246,12 +300,8 @@ pub fn build(
                     inputs.config_tracks,
                 ),
                 splitter: with_resources(
-                    canary::splitter_deployment(
-                        &owner,
-                        inputs.splitter_image,
-                        splitter_replicas(spec.replicas),
-                    ),
-                    inputs.splitter_resources,
+                    canary::splitter_deployment(&owner, inputs.image, splitter_replicas(spec.replicas)),
+                    inputs.resources,
                 ),
                 splitter_account,
                 splitter_role,
@@ -260,7 +310,7 @@ pub fn build(
         ))
     });
     let service = match &rollout_children {
-        Some((inputs, port, _)) if inputs.splitter_ready => canary::front_service(&owner, *port),
+        Some((inputs, port, _)) if inputs.ready => canary::front_service(&owner, *port),
         _ => service(&owner, &owner_labels, &pod_selector, spec),
     };
     let mut config_data = BTreeMap::from([(
@@ -789,6 +839,53 @@ mod tests {
             assert!(position(&plan, before) < service, "{before} before the Service");
         }
         assert!(position(&plan, "Role web-splitter") < position(&plan, "Deployment web-splitter"));
+    }
+
+    #[test]
+    fn a_service_that_may_scale_to_zero_is_fronted_by_the_splitter_without_a_rollout() {
+        let mut spec = base_spec();
+        spec["replicas"] = json!(0);
+        let hold = HoldConfig::default();
+        for splitter_ready in [false, true] {
+            let zero = ZeroInputs {
+                splitter_image: "splitter:zero",
+                splitter_resources: None,
+                splitter_ready,
+                hold: &hold,
+            };
+            let children = build_fronted(&rsvc(spec.clone()), PdbApi::None, None, Some(&zero)).unwrap();
+            let [stable] = children.deployments.as_slice() else {
+                panic!("only the stable track expected")
+            };
+            assert_eq!(stable.spec.as_ref().unwrap().replicas, Some(0));
+            let front = children
+                .rollout
+                .as_ref()
+                .expect("the splitter and the track Services");
+            let splitter = front.splitter.spec.as_ref().unwrap();
+            assert_eq!(splitter.replicas, Some(1), "one splitter holds requests at zero");
+            let selector = children.service.spec.as_ref().unwrap().selector.clone().unwrap();
+            assert_eq!(
+                selector.contains_key(canary::SPLITTER_LABEL),
+                splitter_ready,
+                "clients reach the splitter once it is ready, the pods before"
+            );
+        }
+        let plan = planned(&build_fronted(&rsvc(spec), PdbApi::None, None, None).unwrap());
+        assert!(
+            !plan.iter().any(|write| write.contains("splitter")),
+            "no splitter without a rollout or a policy that allows zero: {plan:?}"
+        );
+    }
+
+    #[test]
+    fn the_splitter_in_front_of_a_service_without_a_rollout_sends_everything_to_stable() {
+        let config = canary::stable_splitter_config("10.0.0.1:80", None);
+        assert_eq!(config.backends.len(), 1);
+        assert_eq!(config.backends[0].name, STABLE);
+        assert_eq!(config.backends[0].endpoints, ["10.0.0.1:80"]);
+        assert_eq!(config.weight_vector(), [100]);
+        assert_eq!(config.hold, None, "the controller adds the hold settings");
     }
 
     #[test]

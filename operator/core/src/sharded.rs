@@ -6,7 +6,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{StatefulSet, StatefulSetSpec},
         core::v1::{
-            ConfigMap, Event, PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServicePort,
+            ConfigMap, Event, PersistentVolumeClaim, PersistentVolumeClaimSpec, Secret, Service, ServicePort,
             ServiceSpec, VolumeMount, VolumeResourceRequirements,
         },
         rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject},
@@ -18,11 +18,11 @@ use k8s_openapi::{
 };
 use outrigger_api::{
     common::condition_type,
-    sharded::{ShardProtocol, ShardStatus},
+    sharded::{ShardAuth, ShardProtocol, ShardStatus},
     ShardedService,
 };
 use outrigger_contract::{
-    shard_map::{ShardEndpoints, ShardMap, SHARD_MAP_KEY},
+    shard_map::{Migration, ShardEndpoints, ShardMap, SHARD_MAP_KEY},
     ApiVersion,
 };
 
@@ -63,16 +63,47 @@ pub struct ObservedShard {
     pub addresses: BTreeMap<i32, String>,
 }
 
+/// The rings a shard map names and the shards that exist, from the step a change of the shard
+/// count is at ([`crate::reshard::plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rings {
+    /// Shards of the ring the map routes with.
+    pub ring: i32,
+    /// Shards of the previous ring the map carries beside it while keys migrate.
+    pub previous: Option<i32>,
+    /// Shards whose StatefulSets and Services exist (both rings').
+    pub keep: i32,
+    /// When the migration began, written into the map.
+    pub started_at: Option<String>,
+}
+
+impl Rings {
+    /// No change of the shard count: `shards` shards, one ring.
+    pub fn settled(shards: i32) -> Rings {
+        Rings {
+            ring: shards,
+            previous: None,
+            keep: shards,
+            started_at: None,
+        }
+    }
+}
+
 /// Builds the desired children, each shard's first replica its primary, every endpoint a DNS name.
 pub fn build(shsvc: &ShardedService) -> Result<Children, BuildError> {
-    build_observed(shsvc, &[])
+    build_observed(shsvc, &[], &Rings::settled(shsvc.spec.shards))
 }
 
 /// Builds the desired children from what was observed of shard `i` in `observed[i]`: the primary's
 /// endpoint comes first in the shard map (the others follow in ordinal order), and a pod with an IP
 /// is reached by it (a cluster need not run DNS; the ring is keyed by shard names, so a new IP
-/// moves no key); a pod without one by its stable DNS name.
-pub fn build_observed(shsvc: &ShardedService, observed: &[ObservedShard]) -> Result<Children, BuildError> {
+/// moves no key); a pod without one by its stable DNS name. `rings` says which shards exist and
+/// which the map names.
+pub fn build_observed(
+    shsvc: &ShardedService,
+    observed: &[ObservedShard],
+    rings: &Rings,
+) -> Result<Children, BuildError> {
     let owner = Owner::of(shsvc)?;
     let spec = &shsvc.spec;
     let owner_labels = labels::owned_by(labels::SHARDED_SERVICE, &owner.name);
@@ -83,7 +114,7 @@ pub fn build_observed(shsvc: &ShardedService, observed: &[ObservedShard]) -> Res
     let mut stateful_sets = Vec::new();
     let mut services = Vec::new();
     let mut shards = Vec::new();
-    for index in 0..spec.shards {
+    for index in 0..rings.keep {
         let name = shard_name(&owner.name, index);
         let mut shard_labels = owner_labels.clone();
         shard_labels.insert(labels::SHARD.to_owned(), index.to_string());
@@ -188,9 +219,23 @@ pub fn build_observed(shsvc: &ShardedService, observed: &[ObservedShard]) -> Res
         virtual_nodes: u32::try_from(spec.sharding.virtual_nodes).unwrap_or(160),
         hash_tag: spec.sharding.hash_tag.clone(),
         key_header: spec.sharding.key_header.clone(),
+        http_key: spec.sharding.http_key.clone(),
         read_policy: spec.read_policy,
-        shards,
+        migration: rings.previous.map(|previous| Migration {
+            previous_shards: shards
+                .iter()
+                .take(usize::try_from(previous).unwrap_or(0))
+                .cloned()
+                .collect(),
+            copy_on_read: spec.resharding.copy_on_read,
+            started_at: rings.started_at.clone(),
+        }),
+        shards: shards
+            .into_iter()
+            .take(usize::try_from(rings.ring).unwrap_or(0))
+            .collect(),
         key_ranges: spec.sharding.key_ranges.clone(),
+        auth: spec.auth.clone(),
     };
     let map_json = map.to_json().map_err(|error| BuildError::Serialize {
         what: "shard map",
@@ -226,8 +271,9 @@ pub fn client_service_accounts<'a>(accounts: impl IntoIterator<Item = Option<&'a
     accounts
 }
 
-/// The Role that may get, list and watch exactly the shard-map ConfigMap, and its binding to the
-/// ServiceAccounts of the client pods (their ambassadors watch the map through the API server).
+/// The Role that may get, list and watch exactly the shard-map ConfigMap (and the password Secret
+/// of `spec.auth`), and its binding to the ServiceAccounts of the client pods (their ambassadors
+/// watch both through the API server).
 pub fn shard_map_access(
     shsvc: &ShardedService,
     client_accounts: &[String],
@@ -235,15 +281,26 @@ pub fn shard_map_access(
     let owner = Owner::of(shsvc)?;
     let name = shard_map_reader_name(&owner.name);
     let owner_labels = labels::owned_by(labels::SHARDED_SERVICE, &owner.name);
+    let read = |resource: &str, name: String| PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec![resource.to_owned()]),
+        resource_names: Some(vec![name]),
+        verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+        ..PolicyRule::default()
+    };
     let role = Role {
         metadata: child_meta(&owner, &name, &owner_labels),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["configmaps".to_owned()]),
-            resource_names: Some(vec![shard_map_name(&owner.name)]),
-            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
-            ..PolicyRule::default()
-        }]),
+        rules: Some(
+            std::iter::once(read("configmaps", shard_map_name(&owner.name)))
+                .chain(
+                    shsvc
+                        .spec
+                        .auth
+                        .as_ref()
+                        .map(|auth| read("secrets", auth.secret_name.clone())),
+                )
+                .collect(),
+        ),
     };
     let binding = RoleBinding {
         metadata: child_meta(&owner, &name, &owner_labels),
@@ -267,6 +324,56 @@ pub fn shard_map_access(
         }),
     };
     Ok((role, binding))
+}
+
+/// The settings that make a Redis pod require `password` (`requirepass`) and, as a replica,
+/// authenticate to its primary with it (`masterauth`, set first so replication never stops).
+pub fn password_settings(password: &str) -> [Vec<String>; 2] {
+    ["masterauth", "requirepass"]
+        .map(|setting| ["CONFIG", "SET", setting, password].map(str::to_owned).to_vec())
+}
+
+/// Why the Secret of `spec.auth` gives no password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordError {
+    #[error("Secret {0:?} (spec.auth.secretName) does not exist")]
+    NoSecret(String),
+    #[error("Secret {secret:?} has no key {key:?} (spec.auth.key)")]
+    NoKey { secret: String, key: String },
+    #[error("the value of {key:?} in Secret {secret:?} is not UTF-8 text")]
+    NotText { secret: String, key: String },
+    #[error("the value of {key:?} in Secret {secret:?} is empty")]
+    Empty { secret: String, key: String },
+}
+
+/// The password `auth` names in `secret` (`None`: it does not exist). A trailing newline (what
+/// `--from-file` of an edited file leaves) is dropped, as the ambassador drops it.
+pub fn password(secret: Option<&Secret>, auth: &ShardAuth) -> Result<String, PasswordError> {
+    let (name, key) = (auth.secret_name.clone(), auth.key.clone());
+    let secret = secret.ok_or_else(|| PasswordError::NoSecret(name.clone()))?;
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(&auth.key))
+        .ok_or_else(|| PasswordError::NoKey {
+            secret: name.clone(),
+            key: key.clone(),
+        })?;
+    let text = std::str::from_utf8(&value.0).map_err(|_| PasswordError::NotText {
+        secret: name.clone(),
+        key: key.clone(),
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    if text.is_empty() {
+        return Err(PasswordError::Empty { secret: name, key });
+    }
+    Ok(text.to_owned())
+}
+
+/// Whether an `AUTH` error says the pod requires no password yet (a new pod): Redis 6 and later,
+/// then Redis 5.
+pub fn no_password_set(reply: &str) -> bool {
+    reply.contains("without any password configured") || reply.contains("no password is set")
 }
 
 /// Per-shard readiness from the observed StatefulSets, in shard order (missing ones count as empty).
@@ -627,6 +734,128 @@ mod tests {
     }
 
     #[test]
+    fn while_keys_migrate_the_map_carries_the_previous_ring_and_both_rings_shards_exist() {
+        let service = shsvc(
+            4,
+            json!({"resharding": {"migrationWindow": "1m", "copyOnRead": false}}),
+        );
+        let rings = Rings {
+            ring: 4,
+            previous: Some(3),
+            keep: 4,
+            started_at: Some("2026-12-06T03:00:00Z".into()),
+        };
+        let children = build_observed(&service, &[], &rings).unwrap();
+        let map = map(&children);
+        assert_eq!(map.shards.len(), 4);
+        let migration = map.migration.unwrap();
+        let previous: Vec<&str> = migration
+            .previous_shards
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(previous, ["cache-shard-0", "cache-shard-1", "cache-shard-2"]);
+        assert!(!migration.copy_on_read);
+        assert_eq!(migration.started_at.as_deref(), Some("2026-12-06T03:00:00Z"));
+
+        // Preparing a growth: the new shard exists, the map routes with the old ring alone.
+        let preparing = Rings {
+            ring: 3,
+            previous: None,
+            keep: 4,
+            started_at: None,
+        };
+        let children = build_observed(&service, &[], &preparing).unwrap();
+        assert_eq!(children.stateful_sets.len(), 4);
+        let map = super::tests::map(&children);
+        assert_eq!((map.shards.len(), map.migration), (3, None));
+
+        // A shrink migrating: the leaving shard still exists and is still in the previous ring.
+        let shrinking = Rings {
+            ring: 3,
+            previous: Some(4),
+            keep: 4,
+            started_at: None,
+        };
+        let children = build_observed(&shsvc(3, json!({})), &[], &shrinking).unwrap();
+        assert_eq!(children.stateful_sets.len(), 4);
+        let map = super::tests::map(&children);
+        assert_eq!(map.shards.len(), 3);
+        assert_eq!(map.migration.unwrap().previous_shards.len(), 4);
+    }
+
+    #[test]
+    fn a_password_secret_goes_into_the_map_and_its_readers_may_read_it() {
+        let service = shsvc(2, json!({"auth": {"secretName": "cache-auth"}}));
+        let map = map(&build(&service).unwrap());
+        let auth = map.auth.unwrap();
+        assert_eq!(
+            (auth.secret_name.as_str(), auth.key.as_str()),
+            ("cache-auth", "password")
+        );
+        let (role, _) = shard_map_access(&service, &[]).unwrap();
+        let rules = role.rules.unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[1].resources.as_deref(), Some(&["secrets".to_owned()][..]));
+        assert_eq!(
+            rules[1].resource_names.as_deref(),
+            Some(&["cache-auth".to_owned()][..])
+        );
+        assert_eq!(rules[1].verbs, ["get", "list", "watch"]);
+        let (role, _) = shard_map_access(&shsvc(2, json!({})), &[]).unwrap();
+        assert_eq!(role.rules.unwrap().len(), 1, "no Secret without auth");
+    }
+
+    #[test]
+    fn the_password_is_the_named_value_and_every_way_it_can_be_missing_says_so() {
+        use k8s_openapi::ByteString;
+        let auth = ShardAuth {
+            secret_name: "cache-auth".into(),
+            key: "password".into(),
+        };
+        let secret = |value: &[u8]| Secret {
+            data: Some(BTreeMap::from([(
+                "password".to_owned(),
+                ByteString(value.to_vec()),
+            )])),
+            ..Secret::default()
+        };
+        assert_eq!(password(Some(&secret(b"s3cret\n")), &auth).unwrap(), "s3cret");
+        let cases = [
+            (None, "does not exist"),
+            (Some(Secret::default()), "has no key \"password\""),
+            (Some(secret(b"\xff")), "not UTF-8"),
+            (Some(secret(b"\n")), "is empty"),
+        ];
+        for (secret, message) in cases {
+            let error = password(secret.as_ref(), &auth).unwrap_err().to_string();
+            assert!(error.contains(message) && error.contains("cache-auth"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_pod_is_given_its_password_for_clients_and_for_replication() {
+        assert_eq!(
+            password_settings("s3cret"),
+            [
+                ["CONFIG", "SET", "masterauth", "s3cret"]
+                    .map(str::to_owned)
+                    .to_vec(),
+                ["CONFIG", "SET", "requirepass", "s3cret"]
+                    .map(str::to_owned)
+                    .to_vec(),
+            ]
+        );
+        assert!(no_password_set(
+            "-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"
+        ));
+        assert!(no_password_set("-ERR Client sent AUTH, but no password is set"));
+        assert!(!no_password_set(
+            "-WRONGPASS invalid username-password pair or user is disabled."
+        ));
+    }
+
+    #[test]
     fn clients_may_read_exactly_the_shard_map_through_their_service_accounts() {
         let accounts = client_service_accounts([Some("web"), None, Some("web"), Some("")]);
         assert_eq!(accounts, ["default", "web"]);
@@ -741,7 +970,12 @@ mod tests {
                 addresses: BTreeMap::from([(1, "10.0.0.7".to_owned())]),
             },
         ];
-        let children = build_observed(&shsvc(2, json!({"readPolicy": "preferReplica"})), &observed).unwrap();
+        let children = build_observed(
+            &shsvc(2, json!({"readPolicy": "preferReplica"})),
+            &observed,
+            &Rings::settled(2),
+        )
+        .unwrap();
         let map = map(&children);
         assert_eq!(
             map.read_policy,

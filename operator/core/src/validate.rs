@@ -290,11 +290,12 @@ pub fn autoscaling_policy(spec: &AutoscalingPolicySpec) -> Result<(), InvalidSpe
             "shards applies to a ShardedService only",
         );
     }
-    if spec.min_replicas == 0 {
-        // Scaling to zero needs requests held while the first replica starts; not offered yet.
+    if spec.min_replicas == 0 && spec.scale_target_ref.kind != ScaleTargetKind::ReplicatedService {
+        // Requests are held while the first replica starts by the request splitter in front of a
+        // ReplicatedService; a ShardedService's clients connect to its shards directly.
         problems.add(
             "spec.minReplicas",
-            "must be at least 1 (scaling to zero is not supported)",
+            "must be at least 1 for a ShardedService (only a ReplicatedService scales to zero)",
         );
     }
     if spec.max_replicas < spec.min_replicas {
@@ -805,8 +806,13 @@ mod tests {
                 vec![],
             ),
             (
-                "scale to zero",
+                "a replicated service scaled to zero",
                 json!({"minReplicas": 0}),
+                vec![],
+            ),
+            (
+                "a sharded service scaled to zero",
+                json!({"minReplicas": 0, "scaleTargetRef": {"kind": "ShardedService", "name": "cache"}}),
                 vec!["spec.minReplicas"],
             ),
             (

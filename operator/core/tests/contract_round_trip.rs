@@ -168,6 +168,14 @@ fn every_traffic_state_the_operator_writes_is_read_back_unchanged_by_the_splitte
     }
 }
 
+#[test]
+fn the_splitter_in_front_of_a_service_scaled_to_zero_reads_its_hold_settings_back_unchanged() {
+    let mut built = canary::stable_splitter_config("10.96.0.5:80", None);
+    built.hold = Some(outrigger_core::replicated::HoldConfig::default());
+    let config_map = canary::splitter_config_map(&owner(), &built);
+    assert_eq!(read_by_the_splitter(&config_map), built);
+}
+
 fn replicated_service(spec: Value) -> ReplicatedService {
     let mut full = json!({
         "replicas": 2,
@@ -321,6 +329,18 @@ fn every_shard_map_the_operator_writes_is_read_back_unchanged_by_the_contracts_p
             3,
         ),
         (
+            "http keyed by a path segment",
+            json!({"httpKey": {"pathSegment": 1}}),
+            "http",
+            3,
+        ),
+        (
+            "http keyed by a query parameter",
+            json!({"httpKey": {"queryParameter": "id"}}),
+            "http",
+            2,
+        ),
+        (
             "key ranges",
             json!({"function": "keyRange", "keyRanges": [
                 {"shard": 0, "end": "m"},
@@ -350,6 +370,7 @@ fn every_shard_map_the_operator_writes_is_read_back_unchanged_by_the_contracts_p
         );
         assert_eq!(map.hash_tag, spec.sharding.hash_tag, "{name}");
         assert_eq!(map.key_header, spec.sharding.key_header, "{name}");
+        assert_eq!(map.http_key, spec.sharding.http_key, "{name}");
         assert_eq!(map.key_ranges, spec.sharding.key_ranges, "{name}");
         let names: Vec<String> = (0..shards)
             .map(|index| sharded::shard_name("cache", index))

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use k8s_openapi::jiff::Timestamp;
 use outrigger_api::common::SidecarSpec;
 use outrigger_core::inject::SidecarDefaults;
-use outrigger_operator::webhook::{bind, certs, serve, Injector, OwnerLookup, WebhookMetrics};
+use outrigger_operator::webhook::{bind, certs, serve, Injector, OwnerEntry, OwnerLookup, WebhookMetrics};
 use prometheus_client::registry::Registry;
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use serde_json::json;
@@ -28,8 +28,12 @@ const REVIEWS_PER_CLIENT: usize = 50;
 struct OneService(Vec<SidecarSpec>);
 
 impl OwnerLookup for OneService {
-    fn sidecars(&self, _kind: &str, _namespace: &str, _name: &str) -> Option<(Vec<SidecarSpec>, String)> {
-        Some((self.0.clone(), "web-outrigger".to_owned()))
+    fn sidecars(&self, _kind: &str, _namespace: &str, _name: &str) -> Option<OwnerEntry> {
+        Some(OwnerEntry {
+            sidecars: self.0.clone(),
+            config_map: "web-outrigger".to_owned(),
+            uid: Some("bench-owner".to_owned()),
+        })
     }
 }
 

@@ -12,9 +12,8 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use k8s_openapi::jiff::Timestamp;
-use outrigger_api::common::SidecarSpec;
 use outrigger_core::inject::SidecarDefaults;
-use outrigger_operator::webhook::{bind, certs, serve, Injector, OwnerLookup, WebhookMetrics};
+use outrigger_operator::webhook::{bind, certs, serve, Injector, OwnerEntry, OwnerLookup, WebhookMetrics};
 use prometheus_client::registry::Registry;
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use serde_json::json;
@@ -26,7 +25,7 @@ const HANG_GUARD: Duration = Duration::from_secs(60);
 struct NoOwners;
 
 impl OwnerLookup for NoOwners {
-    fn sidecars(&self, _kind: &str, _namespace: &str, _name: &str) -> Option<(Vec<SidecarSpec>, String)> {
+    fn sidecars(&self, _kind: &str, _namespace: &str, _name: &str) -> Option<OwnerEntry> {
         None
     }
 }

@@ -17,7 +17,8 @@ use outrigger_health_adapter::{
 };
 use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
-    args::LogArgs,
+    args::{ApiServerArgs, LogArgs},
+    events::{EventMetrics, Recorder},
     settings, shutdown,
     telemetry::TelemetryError,
 };
@@ -60,6 +61,9 @@ pub struct Cli {
     /// Address of the admin server (`/metrics`, `/healthz`, `/readyz` of the adapter itself).
     #[arg(long, env = "OUTRIGGER_ADMIN_ADDR", default_value = "0.0.0.0:9906")]
     admin_addr: SocketAddr,
+    /// The API server Events are written to (in a pod, nothing to set).
+    #[command(flatten)]
+    api: ApiServerArgs,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -72,6 +76,7 @@ impl Cli {
             config_dir,
             probe_addr,
             admin_addr,
+            api,
             log,
         } = self;
         log.init()?;
@@ -85,6 +90,14 @@ impl Cli {
         let probe_addr = probe_addr.unwrap_or(settings.probe_addr);
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
+        let (events, poster) = Recorder::from_env(
+            "outrigger-health-adapter",
+            &api.into(),
+            EventMetrics::register(registry.sub_registry_with_prefix("health_adapter")),
+        );
+        if let Some(poster) = poster {
+            tokio::spawn(poster.run());
+        }
         let admin_state = AdminState::new(registry);
         let admin_listener = admin::bind(admin_addr).await?;
         let probe_listener = tokio::net::TcpListener::bind(probe_addr)
@@ -94,7 +107,7 @@ impl Cli {
                 source,
             })?;
         let checks = settings.checks.len();
-        let shared = Shared::new(Health::new(settings.checks), metrics);
+        let shared = Shared::new(Health::new(settings.checks), metrics, events);
         run::spawn_checks(&shared);
         // The adapter's own readiness says it serves probes, never the app's health: the app
         // waits for it (the wait-ready hook) and must not wait for itself.

@@ -6,27 +6,31 @@ use std::{
     time::Instant,
 };
 
+use outrigger_sidecar_runtime::events::Recorder;
 use tracing::{info, warn};
 
 use crate::{
     check,
     metrics::{CheckLabels, EndpointLabels, EndpointTransitionLabels, Metrics, RunLabels, TransitionLabels},
+    report,
     settings::Probe,
     state::{Health, Status},
 };
 
-/// Shared health and metrics.
+/// Shared health, metrics and the recorder of Events.
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub health: Arc<Mutex<Health>>,
     pub metrics: Metrics,
+    pub events: Recorder,
 }
 
 impl Shared {
-    pub fn new(health: Health, metrics: Metrics) -> Shared {
+    pub fn new(health: Health, metrics: Metrics, events: Recorder) -> Shared {
         let shared = Shared {
             health: Arc::new(Mutex::new(health)),
             metrics,
+            events,
         };
         let health = shared.lock();
         for (check, state) in &health.checks {
@@ -72,6 +76,7 @@ impl Shared {
     pub fn record(&self, index: usize, result: Result<(), check::CheckError>, duration: std::time::Duration) {
         let mut health = self.lock();
         let before: Vec<bool> = Probe::ALL.iter().map(|p| health.verdict(*p)).collect();
+        let standing = health.standing();
         let Some(name) = health.checks.get(index).map(|(c, _)| c.name.clone()) else {
             return;
         };
@@ -118,6 +123,9 @@ impl Shared {
                     .inc();
                 info!(endpoint = probe.path(), up = now, "Endpoint changed.");
             }
+        }
+        for note in report::transitions(standing, &health) {
+            self.events.record(note);
         }
     }
 }

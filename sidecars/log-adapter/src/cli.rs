@@ -23,6 +23,7 @@ use outrigger_contract::sidecars::{SidecarsConfig, SIDECARS_CONFIG_KEY};
 use outrigger_log_adapter::{
     enrich::Enrichment,
     metrics::Metrics,
+    notice::{Notice, Notify},
     parse::Choice,
     settings::{parse_label, LabelError, Settings, SettingsError},
     sink::{
@@ -34,8 +35,9 @@ use outrigger_log_adapter::{
 };
 use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
-    args::{self, AdminArgs, ConfigSourceArgs, DrainArgs, LogArgs},
+    args::{self, AdminArgs, ApiServerArgs, ConfigSourceArgs, DrainArgs, LogArgs},
     duration::ConfigDuration,
+    events::{EventMetrics, Poster, Recorder},
     metrics::registry,
     shutdown::{self, DrainTiming},
     telemetry::TelemetryError,
@@ -165,6 +167,9 @@ pub struct Cli {
     source: ConfigSourceArgs,
     #[command(flatten)]
     admin: AdminArgs,
+    /// The API server Events are written to (in a pod, nothing to set).
+    #[command(flatten)]
+    api: ApiServerArgs,
     #[command(flatten)]
     drain: DrainArgs,
     #[command(flatten)]
@@ -209,6 +214,7 @@ impl Cli {
             sink_retry_for,
             source,
             admin,
+            api,
             drain,
             log,
         } = self;
@@ -249,6 +255,17 @@ impl Cli {
         };
         let mut registry = registry("outrigger");
         let metrics = Metrics::register(&mut registry);
+        // Events are written from the async runtime `serve` starts; a single pass writes none.
+        let (events, poster) = if once {
+            (Recorder::disabled(), None)
+        } else {
+            Recorder::from_env(
+                "outrigger-log-adapter",
+                &api.into(),
+                EventMetrics::register(registry.sub_registry_with_prefix("log_adapter")),
+            )
+        };
+        let notify: Notify = Arc::new(move |notice: Notice| events.record(notice.note()));
         let stop = Arc::new(AtomicBool::new(false));
         let sink: Box<dyn Sink + Send> = match sink_url.or(settings.sink_url) {
             Some(url) => {
@@ -265,12 +282,17 @@ impl Cli {
                     ..defaults
                 };
                 info!(url = %config.url, format = config.format.name(), "Sending records over HTTP.");
-                Box::new(HttpSink::new(config, metrics.http_sink())?.with_stop(stop.clone()))
+                Box::new(
+                    HttpSink::new(config, metrics.http_sink())?
+                        .with_stop(stop.clone())
+                        .with_notify(notify.clone()),
+                )
             }
             None => Box::new(WriterSink::new(std::io::stdout())),
         };
         info!(include = ?config.include, parser = ?config.parser, checkpoint = ?config.checkpoint_path, "Starting the log adapter.");
-        let tailer = Tailer::new(config, sink)?;
+        let mut tailer = Tailer::new(config, sink)?;
+        tailer.on_notice(notify);
         if once {
             return run_once(tailer);
         }
@@ -284,6 +306,7 @@ impl Cli {
             stop,
             admin,
             timing: drain.into(),
+            poster,
         };
         runtime.block_on(serve(tailer, wiring))
     }
@@ -300,6 +323,7 @@ struct Wiring {
     stop: Arc<AtomicBool>,
     admin: AdminArgs,
     timing: DrainTiming,
+    poster: Option<Poster>,
 }
 
 fn run_once<S: Sink>(mut tailer: Tailer<S>) -> Result<(), CliError> {
@@ -326,7 +350,11 @@ where
         stop,
         admin: AdminArgs { admin_addr },
         timing,
+        poster,
     } = wiring;
+    if let Some(poster) = poster {
+        tokio::spawn(poster.run());
+    }
     let admin = AdminState::new(registry);
     let listener = admin::bind(admin_addr).await?;
     let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -12,6 +12,7 @@ pub mod glob;
 pub mod line;
 pub mod metrics;
 pub mod multiline;
+pub mod notice;
 pub mod parse;
 pub mod record;
 pub mod settings;

@@ -33,6 +33,7 @@ use crate::{
     glob,
     line::{Line, LineSplitter},
     multiline::{Joined, Joiner},
+    notice::{Notice, Notify},
     parse::{self, Choice, Context, Format, StreamParser},
     record::{self, escape_into, Fields, Meta},
     sink::{Batch, Sink, SinkError},
@@ -301,6 +302,7 @@ pub struct Tailer<S> {
     fields: Fields,
     stats: Stats,
     on_flush: Option<FlushObserver>,
+    notify: Option<Notify>,
 }
 
 /// Sees every batch write (see [`Tailer::on_flush`]).
@@ -354,6 +356,7 @@ impl<S: Sink> Tailer<S> {
             fields: Fields::default(),
             stats: Stats::default(),
             on_flush: None,
+            notify: None,
         })
     }
 
@@ -364,6 +367,20 @@ impl<S: Sink> Tailer<S> {
     /// Calls `observe` after every write of a batch to the sink, failed ones included.
     pub fn on_flush(&mut self, observe: impl FnMut(&Flushed) + Send + 'static) {
         self.on_flush = Some(Box::new(observe));
+    }
+
+    /// `notify` hears of files that cannot be read (once per file until it reads again).
+    pub fn on_notice(&mut self, notify: Notify) {
+        self.notify = Some(notify);
+    }
+
+    fn notify_unreadable(&self, path: &Path, error: &std::io::Error) {
+        if let Some(notify) = &self.notify {
+            notify(Notice::Unreadable {
+                path: path.to_owned(),
+                error: error.to_string(),
+            });
+        }
     }
 
     pub fn gauges(&self) -> Gauges {
@@ -624,6 +641,7 @@ impl<S: Sink> Tailer<S> {
                 if self.warned.insert(path.clone()) {
                     warn!(%error, path = %path.display(), "Cannot read a log file; skipping it and trying again later.");
                     self.stats.unreadable += 1;
+                    self.notify_unreadable(&path, &error);
                 } else {
                     debug!(%error, path = %path.display(), "Log file still unreadable.");
                 }
@@ -670,6 +688,12 @@ impl<S: Sink> Tailer<S> {
                     if self.warned.insert(stream.path.clone()) {
                         warn!(%error, path = %stream.path.display(), "Cannot stat an open log file; closing it and trying again later.");
                         self.stats.unreadable += 1;
+                        if let Some(notify) = &self.notify {
+                            notify(Notice::Unreadable {
+                                path: stream.path.clone(),
+                                error: error.to_string(),
+                            });
+                        }
                     }
                     return Ok((read_any, Outcome::Failed));
                 }
@@ -723,6 +747,12 @@ impl<S: Sink> Tailer<S> {
                     if self.warned.insert(stream.path.clone()) {
                         warn!(%error, path = %stream.path.display(), "Cannot read a log file; closing it and trying again later.");
                         emitter.stats.unreadable += 1;
+                        if let Some(notify) = &self.notify {
+                            notify(Notice::Unreadable {
+                                path: stream.path.clone(),
+                                error: error.to_string(),
+                            });
+                        }
                     } else {
                         debug!(%error, path = %stream.path.display(), "Log file still unreadable.");
                     }

@@ -26,6 +26,7 @@ use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use outrigger_log_adapter::{
     checkpoint::{Checkpoints, FileId},
+    notice::{Notice, Notify},
     sink::http::{Format, HttpSink, HttpSinkConfig, HttpSinkMetrics},
     tail::{Config, Gauges, Stats, Tailer},
 };
@@ -231,7 +232,16 @@ fn an_endpoint_down_for_a_while_holds_reading_back_and_then_gets_every_line() {
     let before = resident_bytes();
     let progress = Arc::new(Mutex::new((Stats::default(), Gauges::default())));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tailer = Tailer::new(config(&dir), sink(endpoint.url("/ingest"), Format::JsonLines)).unwrap();
+    let notices = Arc::new(Mutex::new(Vec::<Notice>::new()));
+    let notify: Notify = {
+        let notices = notices.clone();
+        Arc::new(move |notice| notices.lock().unwrap().push(notice))
+    };
+    let mut tailer = Tailer::new(
+        config(&dir),
+        sink(endpoint.url("/ingest"), Format::JsonLines).with_notify(notify),
+    )
+    .unwrap();
     let thread = std::thread::spawn({
         let (progress, stop) = (progress.clone(), stop.clone());
         move || {
@@ -284,6 +294,12 @@ fn an_endpoint_down_for_a_while_holds_reading_back_and_then_gets_every_line() {
         "nothing was acknowledged before the endpoint came back, so nothing is repeated"
     );
     assert_eq!(progress.lock().unwrap().1.bytes_behind, 0);
+    // One notice (one Event) when it started failing, one when it came back; not one per attempt.
+    let notices = notices.lock().unwrap();
+    assert!(
+        matches!(notices.as_slice(), [Notice::SinkFailing { error, .. }, Notice::SinkRecovered { .. }] if error.contains("503")),
+        "{notices:?}"
+    );
 }
 
 #[test]

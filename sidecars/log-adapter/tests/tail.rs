@@ -14,6 +14,7 @@ use std::{
 
 use outrigger_log_adapter::{
     checkpoint::Checkpoints,
+    notice::Notice,
     sink::{Batch, Sink, SinkError},
     tail::{Config, Tailer},
 };
@@ -283,12 +284,21 @@ fn an_unreadable_file_is_skipped_and_read_once_it_can_be() {
         Vec::new(),
     )
     .unwrap();
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    tailer.on_notice({
+        let notices = notices.clone();
+        std::sync::Arc::new(move |notice| notices.lock().unwrap().push(notice))
+    });
     settle(&mut tailer);
     assert_each_once(tailer.sink(), 10..20);
     assert_eq!(
         tailer.stats().unreadable,
         1,
         "logged once, however often it is retried"
+    );
+    assert!(
+        matches!(notices.lock().unwrap().as_slice(), [Notice::Unreadable { path, .. }] if *path == log),
+        "one notice (one Event) for the file"
     );
     fs::set_permissions(&log, fs::Permissions::from_mode(0o644)).unwrap();
     settle(&mut tailer);

@@ -173,7 +173,23 @@ fn problems(config: &SplitterConfig) -> Vec<Problem> {
             "must be at least baseEjectionTime",
         );
     }
+    if let Some(hold) = &config.hold {
+        check_hold(hold, &mut problems);
+    }
     problems.0
+}
+
+fn check_hold(hold: &HoldConfig, problems: &mut Problems) {
+    use std::time::Duration;
+    if !(1..=100_000).contains(&hold.max_requests) {
+        problems.push("hold.maxRequests", "must be between 1 and 100000");
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&hold.timeout.0) {
+        problems.push("hold.timeout", "must be between 1s and 10m");
+    }
+    if !(Duration::from_millis(10)..=Duration::from_secs(5)).contains(&hold.retry_interval.0) {
+        problems.push("hold.retryInterval", "must be between 10ms and 5s");
+    }
 }
 
 fn check_weights(config: &SplitterConfig, problems: &mut Problems) {
@@ -424,7 +440,8 @@ mod tests {
             "routes": [{"name": "r", "match": {"cookie": {"name": "c", "exact": "a", "regex": "("}}, "backend": "ghost"}],
             "mirror": {"backend": "ghost", "percent": 120},
             "limits": {"maxHeaderBytes": 10, "maxHeaderCount": 2000},
-            "outlierDetection": {"consecutiveFailures": 0}
+            "outlierDetection": {"consecutiveFailures": 0},
+            "hold": {"maxRequests": 0, "timeout": "500ms", "retryInterval": "1ms"}
         }));
         let expected = [
             "backends[0].name: \"Stable\" must be",
@@ -444,6 +461,9 @@ mod tests {
             "limits.maxHeaderBytes: must be between 1024 and 1048576",
             "limits.maxHeaderCount: must be between 16 and 1024",
             "outlierDetection.consecutiveFailures: must be at least 1",
+            "hold.maxRequests: must be between 1 and 100000",
+            "hold.timeout: must be between 1s and 10m",
+            "hold.retryInterval: must be between 10ms and 5s",
         ];
         for needle in expected {
             assert!(

@@ -54,6 +54,11 @@ pub struct RoleLabels {
     pub role: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HoldLabels {
+    pub outcome: &'static str,
+}
+
 /// The reload families are the runtime's: its config source counts into them.
 pub use outrigger_sidecar_runtime::metrics::ReloadLabels;
 
@@ -74,6 +79,14 @@ pub fn class_index(status: u16) -> usize {
 fn latency_buckets() -> Histogram {
     Histogram::new([
         0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+fn cold_start_buckets() -> Histogram {
+    // A cold start is a pod's start: from a fraction of a second (image present, fast app) to the
+    // hold timeout.
+    Histogram::new([
+        0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0,
     ])
 }
 
@@ -100,6 +113,9 @@ pub struct Metrics {
     pub config_generation: Gauge,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub config_last_reload_ok: Gauge,
+    pub held_requests: Gauge,
+    pub held_outcomes: Family<HoldLabels, Counter>,
+    pub cold_start: Histogram,
 }
 
 impl Metrics {
@@ -126,6 +142,9 @@ impl Metrics {
             config_generation: Gauge::default(),
             config_reloads: Family::default(),
             config_last_reload_ok: Gauge::default(),
+            held_requests: Gauge::default(),
+            held_outcomes: Family::default(),
+            cold_start: cold_start_buckets(),
         };
         let r = registry.sub_registry_with_prefix("outrigger_splitter");
         r.register(
@@ -225,6 +244,22 @@ impl Metrics {
             "config_last_reload_successful",
             "1 when the last configuration seen was applied, 0 when it was rejected",
             metrics.config_last_reload_ok.clone(),
+        );
+        r.register(
+            "held_requests",
+            "Requests held now, waiting for their backend to have an endpoint (a service scaled to zero)",
+            metrics.held_requests.clone(),
+        );
+        r.register(
+            "held",
+            "Requests that were held, by outcome: served, timeout, queue_full",
+            metrics.held_outcomes.clone(),
+        );
+        r.register_with_unit(
+            "cold_start",
+            "Time from the first request held while none was to the first answer an endpoint gave one",
+            Unit::Seconds,
+            metrics.cold_start.clone(),
         );
         metrics
     }

@@ -28,7 +28,7 @@ use tokio::{
 use crate::{
     config::SplitterConfig,
     metrics::Metrics,
-    routing::health::RetryBudget,
+    routing::{health::RetryBudget, hold::HoldQueue},
     store::ConfigStore,
     transport::mirror::MirrorQueue,
     transport::proxy::Shared,
@@ -191,6 +191,7 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
     let limit = Arc::new(Semaphore::new(limits.max_connections as usize));
     let shared = Arc::new(Shared {
         store: store.clone(),
+        hold: HoldQueue::new(&metrics),
         metrics,
         budget: RetryBudget::default(),
         mirror,

@@ -7,6 +7,8 @@
 //!   drain), with `env` fallbacks and a per-binary environment prefix;
 //! - `apiserver`: a small Kubernetes API client (GET, LIST, WATCH with resume, bookmarks, relist
 //!   after `410 Gone`, token re-read, backoff), generic over the resource, without kube;
+//! - `apiserver` also gives [`events`]: Kubernetes Events about the pod's owning service, aggregated,
+//!   rate-limited and written off the data path;
 //! - `config-source`: a mounted file merged with a watched ConfigMap key, validated into a typed
 //!   document handed out through a `tokio::sync::watch`, the last good one kept.
 //!
@@ -52,6 +54,8 @@ pub mod config;
 /// Durations as documents and flags write them (`250ms`, `1m30s`), one parser for both.
 pub use outrigger_contract::duration;
 pub mod encode;
+#[cfg(feature = "apiserver")]
+pub mod events;
 pub mod http_server;
 pub mod metrics;
 pub mod settings;

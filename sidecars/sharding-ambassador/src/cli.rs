@@ -15,6 +15,7 @@ use outrigger_sidecar_runtime::{
 
 use crate::{
     client::ClientSettings,
+    http::HttpSettings,
     metrics::Metrics,
     run::{ConfigMapOptions, Options},
     shard::ShardSettings,
@@ -69,6 +70,9 @@ pub struct ShardArgs {
     /// How long an ejected shard is left alone.
     #[arg(long, env = "OUTRIGGER_SHARDING_RETRY_INTERVAL", default_value = "5s")]
     pub retry_interval: ConfigDuration,
+    /// Worker threads serving clients, each with its own shard connections; 0 is one per core.
+    #[arg(long, env = "OUTRIGGER_SHARDING_WORKERS", default_value_t = 0)]
+    pub workers: usize,
 }
 
 impl Cli {
@@ -118,7 +122,22 @@ impl Cli {
     }
 }
 
+/// Most worker threads `--workers 0` starts, however many cores there are: an ambassador shares
+/// its pod with the application.
+const MAX_DEFAULT_WORKERS: usize = 4;
+
 impl ShardArgs {
+    /// The worker threads to start: `--workers`, or one per core the process may use (at most
+    /// [`MAX_DEFAULT_WORKERS`]).
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(MAX_DEFAULT_WORKERS),
+            count => count,
+        }
+    }
+
     /// The settings of shard connections.
     pub fn shard_settings(&self, metrics: &Arc<Metrics>) -> ShardSettings {
         ShardSettings {
@@ -128,6 +147,16 @@ impl ShardArgs {
             failure_limit: self.failure_limit.max(1),
             retry_interval: self.retry_interval.0,
             ..ShardSettings::default()
+        }
+    }
+
+    /// The settings of HTTP forwarding, when the shard map's protocol is `http`.
+    pub fn http_settings(&self, metrics: &Arc<Metrics>) -> HttpSettings {
+        HttpSettings {
+            metrics: metrics.clone(),
+            connect_timeout: self.connect_timeout.0,
+            request_timeout: self.request_timeout.0,
+            ..HttpSettings::default()
         }
     }
 
@@ -168,6 +197,7 @@ mod tests {
             ("request-timeout", "OUTRIGGER_SHARDING_REQUEST_TIMEOUT"),
             ("failure-limit", "OUTRIGGER_SHARDING_FAILURE_LIMIT"),
             ("retry-interval", "OUTRIGGER_SHARDING_RETRY_INTERVAL"),
+            ("workers", "OUTRIGGER_SHARDING_WORKERS"),
             ("drain-delay", "OUTRIGGER_SHARDING_DRAIN_DELAY"),
             ("drain-timeout", "OUTRIGGER_SHARDING_DRAIN_TIMEOUT"),
             ("log", "OUTRIGGER_LOG"),

@@ -7,15 +7,17 @@ use bytes::{Bytes, BytesMut};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::{mpsc, oneshot, watch},
-    time::timeout,
+    time::Instant,
 };
 use tracing::debug;
 
 use crate::{
+    deadline::{self, Watchdog},
     metrics::Metrics,
+    migration::{self, Step},
     resp::{self, Frame, Limits, ProtocolError},
-    routing::{self, Merge, Plan, Session},
-    shard::{ShardError, ShardReply},
+    routing::{self, Locate, Merge, Plan, Session},
+    shard::{ShardError, ShardHandle, ShardReply},
     topology::Topology,
 };
 
@@ -79,6 +81,30 @@ enum Pending {
         replies: Vec<(Arc<str>, oneshot::Receiver<ShardReply>)>,
         merge: Merge,
     },
+    /// A read of a moved key during a reshard: on a miss, the command goes to the key's previous
+    /// owner, and a hit there may be copied to the new owner.
+    Fallback {
+        shard: Arc<str>,
+        reply: oneshot::Receiver<ShardReply>,
+        previous: ShardHandle,
+        payload: Bytes,
+        /// The new owner's primary and the key, when hits are copied.
+        copy: Option<(ShardHandle, Bytes)>,
+    },
+    /// An `MGET` with moved keys during a reshard: the nils of moved keys are read from their
+    /// previous owners.
+    FallbackValues {
+        first: Box<Pending>,
+        /// Position in the reply, previous owner, key, and the new owner's primary when hits are
+        /// copied.
+        moved: Vec<(usize, ShardHandle, Bytes, Option<ShardHandle>)>,
+    },
+    /// A write during a reshard, and the `DEL`s of its moved keys on their previous owners. The
+    /// client gets the write's reply; the deletes are awaited so they are sent and counted.
+    Clearing {
+        first: Box<Pending>,
+        clears: Vec<oneshot::Receiver<ShardReply>>,
+    },
 }
 
 /// Serves one client until it disconnects, closes mid-frame or breaks the protocol.
@@ -92,7 +118,11 @@ where
 {
     let (read, write) = tokio::io::split(stream);
     let (pending, queue) = mpsc::channel(settings.max_pipeline.max(1));
-    let writer = tokio::spawn(write_replies(write, queue, settings.clone()));
+    let writer = tokio::spawn(deadline::with_watchdog(write_replies(
+        write,
+        queue,
+        settings.clone(),
+    )));
     let result = read_commands(read, &pending, topology, &settings).await;
     if let Err(ClientError::Protocol(error)) = &result {
         // Redis answers a protocol error and closes; so does the ambassador.
@@ -114,22 +144,38 @@ async fn read_commands<R: AsyncRead + Unpin>(
 ) -> Result<(), ClientError> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut session = Session::default();
+    let hot_keys = &settings.metrics.hot_keys;
+    let mut until_sample = hot_keys.every();
+    let mut watchdog = Watchdog::new();
     loop {
         while let Some(command) = resp::decode_command(&mut buf, &settings.limits)? {
             let current = topology.borrow().clone();
+            until_sample -= 1;
+            if until_sample == 0 {
+                until_sample = hot_keys.every();
+                if let Some(key) = routing::first_key(&command.args) {
+                    let shard = current
+                        .shard_of(key)
+                        .and_then(|index| current.shard(index))
+                        .map(ShardHandle::shared_name);
+                    hot_keys.record(key, shard);
+                }
+            }
             let (reply, last) = dispatch(command, &mut session, &current, &settings.metrics);
             if pending.send(reply).await.is_err() || last {
                 return Ok(());
             }
         }
-        buf.reserve(16 * 1024);
+        resp::reserve_for_read(&mut buf);
         let count = if buf.is_empty() {
             read.read_buf(&mut buf).await?
         } else {
             // A half-sent frame holds buffer space: it must be finished in time.
-            timeout(settings.partial_frame_timeout, read.read_buf(&mut buf))
+            let deadline = Instant::now() + settings.partial_frame_timeout;
+            watchdog
+                .wait(deadline, read.read_buf(&mut buf))
                 .await
-                .map_err(|_| ClientError::Stalled)??
+                .ok_or(ClientError::Stalled)??
         };
         if count == 0 {
             resp::finish(&buf)?;
@@ -153,6 +199,81 @@ fn dispatch(
         Plan::Split { .. } => "split",
         Plan::Exec { .. } => "transaction",
     });
+    let step = if topology.is_migrating() {
+        migration::step(&command.args, &plan, topology)
+    } else {
+        Step::None
+    };
+    let fallback_payload = matches!(step, Step::Fallback { .. })
+        .then(|| command.raw.clone().unwrap_or_else(|| encoded(&command.args)));
+    let (pending, last) = route(command, plan, topology);
+    match step {
+        Step::None => (pending, last),
+        Step::Fallback { previous, key } => {
+            match (pending, topology.previous_shard(previous), fallback_payload) {
+                (Pending::One { shard, reply }, Some(previous), Some(fallback_payload)) => (
+                    Pending::Fallback {
+                        shard,
+                        reply,
+                        previous: previous.clone(),
+                        payload: fallback_payload,
+                        copy: topology
+                            .copies_on_read()
+                            .then(|| Some((topology.shard(topology.shard_of(&key)?)?.clone(), key)))
+                            .flatten(),
+                    },
+                    last,
+                ),
+                (pending, _, _) => (pending, last),
+            }
+        }
+        Step::FallbackValues(moved) => {
+            let moved = moved
+                .into_iter()
+                .filter_map(|moved| {
+                    let previous = topology.previous_shard(moved.previous)?.clone();
+                    let copy = topology
+                        .copies_on_read()
+                        .then(|| topology.shard(topology.shard_of(&moved.key)?).cloned())
+                        .flatten();
+                    Some((moved.position, previous, moved.key, copy))
+                })
+                .collect();
+            (
+                Pending::FallbackValues {
+                    first: Box::new(pending),
+                    moved,
+                },
+                last,
+            )
+        }
+        Step::Clear(parts) => {
+            let clears = parts
+                .into_iter()
+                .filter_map(|part| {
+                    let handle = topology.previous_shard(part.shard)?;
+                    Some(handle.call(encoded(&part.args)))
+                })
+                .collect();
+            (
+                Pending::Clearing {
+                    first: Box::new(pending),
+                    clears,
+                },
+                last,
+            )
+        }
+    }
+}
+
+fn encoded<B: AsRef<[u8]>>(args: &[B]) -> Bytes {
+    let mut out = BytesMut::new();
+    resp::encode_command(args, &mut out);
+    out.freeze()
+}
+
+/// Sends a command where its plan says, without the steps of a reshard.
+fn route(command: resp::Command, plan: Plan, topology: &Topology) -> (Pending, bool) {
     match plan {
         Plan::Reply(frame) => (Pending::Ready(frame.to_bytes()), false),
         Plan::Quit => (Pending::Last(Frame::ok().to_bytes()), true),
@@ -275,14 +396,147 @@ async fn resolve(pending: Pending, settings: &ClientSettings) -> Bytes {
             }
             routing::merge(&merge, frames).to_bytes()
         }
+        Pending::Fallback {
+            shard,
+            reply,
+            previous,
+            payload,
+            copy,
+        } => {
+            let first = match wait(reply, reply_timeout).await {
+                Ok(bytes) => bytes,
+                Err(error) => return shard_error(&shard, &error, metrics).to_bytes(),
+            };
+            if !migration::is_miss(&first) {
+                return first;
+            }
+            let started = start_fallback(&previous, payload, copy);
+            finish_fallback(first, &previous, started, settings).await
+        }
+        Pending::FallbackValues { first, moved } => {
+            let reply = Box::pin(resolve(*first, settings)).await;
+            let Ok(Frame::Array(mut values)) = resp::parse_frame(&reply) else {
+                return reply;
+            };
+            // Every fallback is sent before any is awaited: one round trip for all of them.
+            let started: Vec<_> = moved
+                .into_iter()
+                .filter(|(position, ..)| values.get(*position) == Some(&Frame::Null))
+                .map(|(position, previous, key, copy)| {
+                    let get = encoded(&[&b"GET"[..], &key]);
+                    let copy = copy.map(|owner| (owner, key));
+                    let started = start_fallback(&previous, get, copy);
+                    (position, previous, started)
+                })
+                .collect();
+            for (position, previous, started) in started {
+                let found = finish_fallback(Frame::Null.to_bytes(), &previous, started, settings).await;
+                if let (Ok(found), Some(slot)) = (resp::parse_frame(&found), values.get_mut(position)) {
+                    *slot = found;
+                }
+            }
+            Frame::Array(values).to_bytes()
+        }
+        Pending::Clearing { first, clears } => {
+            let reply = Box::pin(resolve(*first, settings)).await;
+            for clear in clears {
+                let cleared = wait(clear, reply_timeout).await;
+                metrics.clear(match cleared {
+                    Ok(bytes) if !bytes.starts_with(b"-") => "ok",
+                    _ => "error",
+                });
+            }
+            reply
+        }
     }
 }
 
-async fn wait(reply: oneshot::Receiver<ShardReply>, reply_timeout: Duration) -> ShardReply {
-    match timeout(reply_timeout, reply).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(_)) => Err(ShardError::ConnectionLost("connection reset".to_owned())),
-        Err(_) => Err(ShardError::Timeout),
+/// A read sent to a moved key's previous owner, and when hits are copied, the `DUMP` and `PTTL`
+/// sent right behind it (so they see the value it read, or its deletion, never an older one).
+struct Fallback {
+    found: oneshot::Receiver<ShardReply>,
+    copy: Option<(
+        ShardHandle,
+        Bytes,
+        oneshot::Receiver<ShardReply>,
+        oneshot::Receiver<ShardReply>,
+    )>,
+}
+
+/// Asks a moved key's previous owner after its new owner missed.
+fn start_fallback(previous: &ShardHandle, payload: Bytes, copy: Option<(ShardHandle, Bytes)>) -> Fallback {
+    let found = previous.call(payload);
+    let copy = copy.map(|(owner, key)| {
+        let [dump, pttl] = migration::dump_commands(&key);
+        let (dump, pttl) = (previous.call(encoded(&dump)), previous.call(encoded(&pttl)));
+        (owner, key, dump, pttl)
+    });
+    Fallback { found, copy }
+}
+
+/// The reply of a fallback. Whatever the previous owner has was never overwritten on the new one
+/// (writes delete it there), so a hit is served; a miss, an error or no answer leaves the new
+/// owner's `miss` as the reply.
+async fn finish_fallback(
+    miss: Bytes,
+    previous: &ShardHandle,
+    fallback: Fallback,
+    settings: &ClientSettings,
+) -> Bytes {
+    let (reply_timeout, metrics) = (settings.reply_timeout, &settings.metrics);
+    match wait(fallback.found, reply_timeout).await {
+        Ok(found) if !migration::is_miss(&found) && !found.starts_with(b"-") => {
+            metrics.fallback("hit");
+            if let Some((owner, key, dump, pttl)) = fallback.copy {
+                tokio::spawn(copy_over(owner, key, dump, pttl, reply_timeout, metrics.clone()));
+            }
+            found
+        }
+        Ok(_) => {
+            metrics.fallback("miss");
+            miss
+        }
+        Err(error) => {
+            debug!(shard = previous.name(), %error, "Fallback read failed on the previous owner.");
+            metrics.fallback("error");
+            miss
+        }
+    }
+}
+
+/// Copies a key found on its previous owner to its new owner, unless a write got there first.
+async fn copy_over(
+    owner: ShardHandle,
+    key: Bytes,
+    dump: oneshot::Receiver<ShardReply>,
+    pttl: oneshot::Receiver<ShardReply>,
+    reply_timeout: Duration,
+    metrics: Arc<Metrics>,
+) {
+    let frame = |reply: ShardReply| {
+        reply
+            .ok()
+            .and_then(|bytes| resp::parse_frame(&bytes).ok())
+            .unwrap_or(Frame::Null)
+    };
+    let dump = frame(wait(dump, reply_timeout).await);
+    let pttl = frame(wait(pttl, reply_timeout).await);
+    let Some(restore) = migration::restore_command(&key, &dump, &pttl) else {
+        return;
+    };
+    let restored = frame(wait(owner.call(encoded(&restore)), reply_timeout).await);
+    metrics.copy(migration::copy_result(&restored));
+}
+
+async fn wait(mut reply: oneshot::Receiver<ShardReply>, reply_timeout: Duration) -> ShardReply {
+    // Pipelined replies are mostly in by the time the writer gets to them: no timer for those.
+    if let Ok(ready) = reply.try_recv() {
+        return ready;
+    }
+    match deadline::within(reply_timeout, reply).await {
+        Some(Ok(reply)) => reply,
+        Some(Err(_)) => Err(ShardError::ConnectionLost("connection reset".to_owned())),
+        None => Err(ShardError::Timeout),
     }
 }
 

@@ -3,7 +3,9 @@ use std::{process::ExitCode, time::Duration};
 use outrigger_sharding_ambassador::{cli::Cli, run};
 use outrigger_sidecar_runtime::wait_ready;
 
-#[tokio::main]
+// Accepting, the admin server and the shard map source run here; clients are served on the
+// worker threads (`workers`), each its own single-threaded runtime.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     // `wait-ready` is the postStart hook injection adds: the app starts once the ambassador is ready.
     if std::env::args().nth(1).as_deref() == Some(wait_ready::COMMAND) {

@@ -205,20 +205,11 @@ pub fn decode_command(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Comm
             let Some(raw) = decode_raw(buf, limits)? else {
                 return Ok(None);
             };
-            let Frame::Array(items) = parse_frame(&raw)? else {
-                return Err(ProtocolError::InvalidCommand);
-            };
-            if items.is_empty() {
+            let args = command_args(&raw)?;
+            if args.is_empty() {
                 // Redis ignores `*0`; so do we, and go on to the next command.
                 continue;
             }
-            let args = items
-                .into_iter()
-                .map(|item| match item {
-                    Frame::Bulk(data) => Ok(data),
-                    _ => Err(ProtocolError::InvalidCommand),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
             return Ok(Some(Command { args, raw: Some(raw) }));
         }
         let Some(end) = find_crlf_or_lf(buf, 0, limits.max_line_len)? else {
@@ -229,6 +220,69 @@ pub fn decode_command(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Comm
         if !args.is_empty() {
             return Ok(Some(Command { args, raw: None }));
         }
+    }
+}
+
+/// The arguments of a command frame that [`check`] accepted, straight into one vector: every
+/// command goes through here, so no intermediate [`Frame`] is built.
+fn command_args(raw: &Bytes) -> Result<Vec<Bytes>, ProtocolError> {
+    let mut position = 0;
+    let count = match length_header(raw, &mut position, b'*')? {
+        // `*-1` is a null array, not a command.
+        None => return Err(ProtocolError::InvalidCommand),
+        Some(count) => count,
+    };
+    // `check` bounded the count; the capacity is bounded by the bytes present too.
+    let mut args = Vec::with_capacity(count.min(raw.len() / 4));
+    for _ in 0..count {
+        let Some(len) = length_header(raw, &mut position, b'$')? else {
+            return Err(ProtocolError::InvalidCommand);
+        };
+        let end = position
+            .checked_add(len)
+            .filter(|end| end + 2 <= raw.len())
+            .ok_or(ProtocolError::MissingCrlf)?;
+        args.push(raw.slice(position..end));
+        position = end + 2;
+    }
+    Ok(args)
+}
+
+/// Reads a `<kind><length>\r\n` header at `position`: `None` for a length of -1. Another type
+/// byte means the frame is not a command.
+fn length_header(raw: &[u8], position: &mut usize, kind: u8) -> Result<Option<usize>, ProtocolError> {
+    if raw.get(*position) != Some(&kind) {
+        return Err(ProtocolError::InvalidCommand);
+    }
+    let start = *position + 1;
+    let text_len = crlf_at(&raw[start.min(raw.len())..]).ok_or(ProtocolError::MissingCrlf)?;
+    let len = integer(&raw[start..start + text_len])?;
+    *position = start + text_len + 2;
+    if len == -1 {
+        return Ok(None);
+    }
+    usize::try_from(len)
+        .map(Some)
+        .map_err(|_| ProtocolError::InvalidInteger)
+}
+
+/// Index of the first CRLF in `bytes`.
+fn crlf_at(bytes: &[u8]) -> Option<usize> {
+    let newline = bytes.iter().position(|b| *b == b'\n')?;
+    (newline > 0 && bytes[newline - 1] == b'\r').then(|| newline - 1)
+}
+
+/// Room kept free in a read buffer before reading into it.
+const READ_ROOM: usize = 4 * 1024;
+/// What a read buffer grows by when it runs out of room.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Makes room in `buf` for the next read. Frames taken out of the buffer keep its memory alive
+/// while they are in flight, so asking for a whole chunk every time would allocate a fresh buffer
+/// per read; room is only added when less than [`READ_ROOM`] is left.
+pub fn reserve_for_read(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_ROOM {
+        buf.reserve(READ_CHUNK);
     }
 }
 
@@ -683,6 +737,36 @@ mod tests {
             decode_command(&mut buf(b"*2\r\n$3\r\nGET\r\n:1\r\n"), &Limits::default()),
             Err(ProtocolError::InvalidCommand)
         );
+    }
+
+    #[test]
+    fn a_null_a_nested_array_or_a_null_array_is_not_a_command() {
+        for input in [
+            &b"*2\r\n$3\r\nGET\r\n$-1\r\n"[..],
+            b"*2\r\n$3\r\nGET\r\n*1\r\n$1\r\nk\r\n",
+            b"*2\r\n$3\r\nGET\r\n+k\r\n",
+            b"*-1\r\n",
+        ] {
+            assert_eq!(
+                decode_command(&mut buf(input), &Limits::default()),
+                Err(ProtocolError::InvalidCommand),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_read_buffer_is_reused_while_it_has_room() {
+        let mut input = BytesMut::with_capacity(16 * 1024);
+        input.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+        let before = input.as_ptr();
+        let command = decode_command(&mut input, &Limits::default()).unwrap().unwrap();
+        reserve_for_read(&mut input);
+        assert_eq!(input.as_ptr(), before.wrapping_add(14), "no new allocation");
+        drop(command);
+        let mut full = BytesMut::with_capacity(64);
+        reserve_for_read(&mut full);
+        assert!(full.capacity() >= 4 * 1024);
     }
 
     #[test]

@@ -425,6 +425,14 @@ pub fn is_read_only(name: &[u8]) -> bool {
     })
 }
 
+/// The first key of a keyed command (`None` for commands without keys or unknown ones).
+pub fn first_key(args: &[Bytes]) -> Option<&Bytes> {
+    let mut buf = [0; MAX_NAME_LEN];
+    let name = upper_name(args.first()?, &mut buf)?;
+    keys_of(name)?;
+    args.get(1)
+}
+
 /// Decides what to do with `args` (never empty: the codec drops empty commands).
 pub fn plan(args: &[Bytes], ring: &impl Locate) -> Plan {
     let Some(first) = args.first() else {
@@ -493,6 +501,24 @@ pub fn plan(args: &[Bytes], ring: &impl Locate) -> Plan {
             split(args, 2, ring, Merge::AllOk).unwrap_or_else(no_shard)
         }
     }
+}
+
+/// Where the keys of a command are among its arguments: every `step`-th from `first` on (empty for
+/// commands without keys, or an arity error). Used by the steps a reshard adds around a command.
+pub fn key_positions(args: &[Bytes]) -> std::iter::StepBy<std::ops::Range<usize>> {
+    let mut buf = [0; MAX_NAME_LEN];
+    let keys = args
+        .first()
+        .and_then(|first| upper_name(first, &mut buf))
+        .and_then(keys_of);
+    let (end, step) = match keys {
+        Some(Keys::First) => (args.len().min(2), 1),
+        Some(Keys::FirstTwo) => (args.len().min(3), 1),
+        Some(Keys::AllSameShard | Keys::Each(_)) => (args.len(), 1),
+        Some(Keys::Pairs) => (args.len(), 2),
+        None => (1, 1),
+    };
+    (1..end.max(1)).step_by(step)
 }
 
 /// Groups the keys (or key-value pairs, `stride` 2) by shard, keeping their order within a shard.
@@ -859,6 +885,25 @@ mod tests {
             &plan(&cmd("MGET a b"), &Empty),
             "no shard map"
         ));
+    }
+
+    #[test]
+    fn key_positions_name_the_keys_of_each_kind_of_command() {
+        let cases: &[(&str, &[usize])] = &[
+            ("GET k", &[1]),
+            ("SET k v EX 10", &[1]),
+            ("RENAME a b", &[1, 2]),
+            ("SINTER a b c", &[1, 2, 3]),
+            ("DEL a b", &[1, 2]),
+            ("MSET a 1 b 2", &[1, 3]),
+            ("PING", &[]),
+            ("GET", &[]),
+            ("NOPE a", &[]),
+        ];
+        for (words, expected) in cases {
+            let positions: Vec<usize> = key_positions(&cmd(words)).collect();
+            assert_eq!(positions, *expected, "{words}");
+        }
     }
 
     #[test]

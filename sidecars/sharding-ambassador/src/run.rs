@@ -24,12 +24,14 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    auth::SecretFollower,
     cli::ShardArgs,
     metrics::Metrics,
     server::{self, ServerLimits},
     shard::ShardSettings,
     shardmap,
     topology::Topology,
+    workers::{Follower, WorkerError, Workers},
 };
 
 /// Why the ambassador could not start.
@@ -50,6 +52,8 @@ pub enum RunError {
     ConfigMapReference(#[source] ObjectRefError),
     #[error("connecting to the Kubernetes API: {0}")]
     ApiClient(#[source] Box<ApiError>),
+    #[error(transparent)]
+    Workers(#[from] WorkerError),
 }
 
 /// Where the shard map comes from and how the process behaves.
@@ -100,6 +104,10 @@ pub async fn run(options: Options) -> Result<(), RunError> {
     let configmap = configmap
         .map(|options| configmap_spec(options, own))
         .transpose()?;
+    // The password Secret the map names is read like the map: same client, same namespace.
+    let secret_api = configmap
+        .as_ref()
+        .map(|spec| (spec.client.clone(), spec.reference.namespace.clone()));
 
     let listener = TcpListener::bind(listen)
         .await
@@ -128,28 +136,45 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         })?;
     let hangup = shutdown::reload_on_hangup(reload_now);
 
-    let (topology, receiver) = watch::channel(Arc::new(Topology::empty()));
-    let settings = Arc::new(shards.shard_settings(&metrics));
-    let follower = tokio::spawn(follow_shard_map(
+    let (password, passwords) = watch::channel(None);
+    let settings = Arc::new(ShardSettings {
+        password: passwords,
+        ..shards.shard_settings(&metrics)
+    });
+    // One watch of the password Secret for the whole process, apart from the topologies: every
+    // worker's shard connections read the password from the shared `settings`.
+    let password_follower = tokio::spawn(follow_password(
         documents.subscribe(),
-        settings,
-        topology,
-        admin_state.clone(),
+        SecretFollower::new(secret_api, password, metrics.clone()),
     ));
+    // Every worker follows the shard map and builds its own topology (the previous ring of a
+    // reshard included), with its own connections.
+    let follower: Follower = {
+        let (documents, admin_state) = (documents.clone(), admin_state.clone());
+        Arc::new(move |topology| {
+            Box::pin(follow_shard_map(
+                documents.subscribe(),
+                settings.clone(),
+                topology,
+                admin_state.clone(),
+            ))
+        })
+    };
+    let workers = Workers::start(shards.worker_count(), &follower)?;
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
         admin_state.clone(),
         shutdown::signal(),
     ));
-    info!(%listen, admin = %admin_addr, file = ?file, "Sharding ambassador listening.");
+    info!(%listen, admin = %admin_addr, file = ?file, workers = workers.len(), "Sharding ambassador listening.");
 
     let draining = {
-        let admin_state = admin_state.clone();
+        let (admin_state, workers) = (admin_state.clone(), &workers);
         async move {
             shutdown::signal().await;
             info!("Shutting down: draining clients.");
             // The map stops changing readiness before the drain fails it.
-            follower.abort();
+            workers.stop_following();
             admin_state.set_ready(false);
             tokio::time::sleep(drain.delay).await;
         }
@@ -158,16 +183,22 @@ pub async fn run(options: Options) -> Result<(), RunError> {
         max_clients: shards.max_clients,
         drain: drain.timeout,
     };
-    server::serve(
+    let http = server::HttpMode {
+        documents: documents.subscribe(),
+        settings: Arc::new(shards.http_settings(&metrics)),
+    };
+    server::serve_on_workers(
         listener,
-        receiver,
+        &workers,
         Arc::new(shards.client_settings(&metrics)),
+        http,
         limits,
         draining,
     )
     .await;
     let _ = stop.send(true);
     hangup.abort();
+    password_follower.abort();
     admin_task.abort();
     for task in started.tasks {
         let _ = task.await;
@@ -209,19 +240,43 @@ async fn follow_shard_map(
             match shardmap::validate(&accepted.document) {
                 Ok(spec) => {
                     let next = Topology::build(&spec, &topology.borrow(), &settings);
-                    let shards = next.shards().len();
+                    let (shards, previous_shards) = (next.shards().len(), next.previous_shards());
+                    let gauge = |count: usize| i64::try_from(count).unwrap_or(i64::MAX);
+                    settings.metrics.shards.set(gauge(shards));
+                    settings.metrics.previous_shards.set(gauge(previous_shards));
                     settings
                         .metrics
-                        .shards
-                        .set(i64::try_from(shards).unwrap_or(i64::MAX));
+                        .set_shards_in_force(spec.shards.iter().map(|shard| shard.name.clone()));
+                    // Clients pick the new topology up at their next command; commands already
+                    // sent keep the handles they were given, so a swap drops nothing in flight.
                     topology.send_replace(Arc::new(next));
                     admin.set_ready(shards > 0);
-                    info!(generation = accepted.generation, shards, "Shard map in force.");
+                    info!(
+                        generation = accepted.generation,
+                        shards, previous_shards, "Shard map in force."
+                    );
                 }
                 Err(error) => {
                     warn!(%error, category = error.category(), "Shard map accepted but not routable; keeping the last one.");
                 }
             }
+        }
+        if documents.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Follows the password Secret each accepted shard map names (the watch restarts when the map
+/// names another one, and stops when it names none).
+async fn follow_password(
+    mut documents: watch::Receiver<Option<Arc<Versioned<ShardMap>>>>,
+    mut secrets: SecretFollower,
+) {
+    loop {
+        let accepted = documents.borrow_and_update().clone();
+        if let Some(accepted) = accepted {
+            secrets.follow(accepted.document.auth.as_ref());
         }
         if documents.changed().await.is_err() {
             return;

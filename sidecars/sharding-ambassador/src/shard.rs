@@ -23,13 +23,15 @@ use tokio::{
     },
     sync::{mpsc, oneshot},
     task::JoinHandle,
-    time::{timeout, timeout_at, Instant},
+    time::{timeout, Instant},
 };
 use tracing::{debug, warn};
 
 use crate::{
-    metrics::Metrics,
-    resp::{self, Limits, ProtocolError},
+    auth::PasswordWatch,
+    deadline::Watchdog,
+    metrics::{Metrics, ShardMetrics},
+    resp::{self, reserve_for_read, Frame, Limits, ProtocolError},
 };
 
 /// How shard connections behave.
@@ -48,6 +50,9 @@ pub struct ShardSettings {
     pub max_in_flight: usize,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// The password connections authenticate with (`AUTH`) when they open; a new one replaces
+    /// the open connections once their replies are in.
+    pub password: PasswordWatch,
 }
 
 impl Default for ShardSettings {
@@ -61,6 +66,7 @@ impl Default for ShardSettings {
             max_in_flight: 4096,
             limits: Limits::default(),
             metrics: Arc::default(),
+            password: tokio::sync::watch::channel(None).1,
         }
     }
 }
@@ -82,6 +88,8 @@ pub enum ShardError {
     Protocol(#[from] ProtocolError),
     #[error("too many commands queued")]
     QueueFull,
+    #[error("authentication refused: {0}")]
+    Auth(String),
 }
 
 impl ShardError {
@@ -94,6 +102,7 @@ impl ShardError {
             ShardError::ConnectionLost(_) => "connection_lost",
             ShardError::Protocol(_) => "protocol",
             ShardError::QueueFull => "queue_full",
+            ShardError::Auth(_) => "auth",
         }
     }
 }
@@ -184,8 +193,11 @@ impl ShardHandle {
             name: handle.name.clone(),
             endpoint: handle.endpoint.clone(),
             health: handle.health.clone(),
+            password: settings.password.clone(),
+            accepted: None,
             settings,
             current: None,
+            watchdog: Watchdog::new(),
         };
         tokio::spawn(task.run(receiver));
         handle
@@ -248,13 +260,38 @@ impl ShardHandle {
 struct Open {
     write: OwnedWriteHalf,
     in_flight: mpsc::Sender<InFlight>,
-    reader: JoinHandle<()>,
+    reader: AbortOnDrop,
 }
 
-impl Drop for Open {
+/// The reader of a connection, stopped when the connection is dropped: replies still owed are
+/// failed by the dropped senders of the aborted reader.
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        // Replies still owed are failed by the dropped senders of the aborted reader.
-        self.reader.abort();
+        if let Some(reader) = self.0.take() {
+            reader.abort();
+        }
+    }
+}
+
+impl Open {
+    /// Lets the connection go without failing what is in flight: nothing more is written, the
+    /// reader hands over the replies still owed (each within its deadline), then the socket
+    /// closes. A shard leaving the map, or a new password, costs no command its reply.
+    fn retire(self) {
+        let Open {
+            write,
+            in_flight,
+            mut reader,
+        } = self;
+        drop(in_flight);
+        if let Some(reader) = reader.0.take() {
+            tokio::spawn(async move {
+                let _ = reader.await;
+                drop(write);
+            });
+        }
     }
 }
 
@@ -263,7 +300,12 @@ struct Connection {
     endpoint: Arc<str>,
     health: Arc<Health>,
     settings: Arc<ShardSettings>,
+    password: PasswordWatch,
+    /// The password this shard accepted last.
+    accepted: Option<crate::auth::Password>,
     current: Option<Open>,
+    /// Bounds each write to the shard, without a new timer per write.
+    watchdog: Watchdog,
 }
 
 /// Commands written with one `write` call at most.
@@ -277,7 +319,10 @@ impl Connection {
             self.send(&mut batch, &mut out).await;
             batch.clear();
         }
-        debug!(shard = %self.name, "Shard removed from the map; connection closed.");
+        if let Some(open) = self.current.take() {
+            open.retire();
+        }
+        debug!(shard = %self.name, "Shard removed from the map; connection closed once its replies are in.");
     }
 
     async fn send(&mut self, batch: &mut Vec<Request>, out: &mut BytesMut) {
@@ -291,6 +336,13 @@ impl Connection {
             .is_some_and(|open| open.in_flight.is_closed())
         {
             self.current = None;
+        }
+        if self.password.has_changed().unwrap_or(false) {
+            // Authenticated with the old password: new commands go to a connection that
+            // authenticates with the new one; the old hands over its replies, then closes.
+            if let Some(open) = self.current.take() {
+                open.retire();
+            }
         }
         if self.current.is_none() {
             match self.connect().await {
@@ -328,26 +380,51 @@ impl Connection {
             }
             out.extend_from_slice(&request.payload);
         }
-        match timeout(self.settings.request_timeout, open.write.write_all(out)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
+        let deadline = Instant::now() + self.settings.request_timeout;
+        match self.watchdog.wait(deadline, open.write.write_all(out)).await {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
                 let error = ShardError::ConnectionLost(error.to_string());
                 self.failed(&error);
                 self.current = None;
             }
-            Err(_) => {
+            None => {
                 self.failed(&ShardError::Timeout);
                 self.current = None;
             }
         }
     }
 
-    async fn connect(&self) -> Result<Open, ShardError> {
-        let stream = timeout(self.settings.connect_timeout, TcpStream::connect(&*self.endpoint))
+    async fn connect(&mut self) -> Result<Open, ShardError> {
+        let password = self.password.borrow_and_update().clone();
+        let mut stream = timeout(self.settings.connect_timeout, TcpStream::connect(&*self.endpoint))
             .await
             .map_err(|_| ShardError::ConnectTimeout)?
             .map_err(|error| ShardError::Connect(error.to_string()))?;
         let _ = stream.set_nodelay(true);
+        if let Some(password) = password {
+            let (limit, limits) = (self.settings.connect_timeout, &self.settings.limits);
+            let refused = match timeout(limit, authenticate(&mut stream, &password, limits)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(ShardError::Auth(refused))) => Some(refused),
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Err(ShardError::ConnectTimeout),
+            };
+            match (refused, self.accepted.clone()) {
+                (None, _) => self.accepted = Some(password),
+                // A password just changed in the Secret may not have reached this shard yet (its
+                // pods take it up as they restart): the one it accepted last still opens it.
+                (Some(refused), Some(old)) if old != password => {
+                    match timeout(limit, authenticate(&mut stream, &old, limits)).await {
+                        Ok(Ok(())) => {
+                            debug!(shard = %self.name, "Shard refused the new password; the previous one opened it.");
+                        }
+                        _ => return Err(ShardError::Auth(refused)),
+                    }
+                }
+                (Some(refused), _) => return Err(ShardError::Auth(refused)),
+            }
+        }
         let (read, write) = stream.into_split();
         // At least a batch: commands of a batch are registered before any of its bytes is written,
         // so a smaller queue could wait for replies to commands not yet sent.
@@ -355,13 +432,14 @@ impl Connection {
         let reader = Reader {
             name: self.name.clone(),
             health: self.health.clone(),
+            metrics: self.settings.metrics.for_shard(&self.name),
             settings: self.settings.clone(),
         };
         debug!(shard = %self.name, endpoint = %self.endpoint, "Connected to shard.");
         Ok(Open {
             write,
             in_flight,
-            reader: tokio::spawn(reader.run(read, answered)),
+            reader: AbortOnDrop(Some(tokio::spawn(reader.run(read, answered)))),
         })
     }
 
@@ -374,6 +452,43 @@ impl Connection {
     }
 }
 
+/// Sends `AUTH <password>` on a new connection and reads its reply before any command goes out.
+async fn authenticate(
+    stream: &mut TcpStream,
+    password: &crate::auth::Password,
+    limits: &Limits,
+) -> Result<(), ShardError> {
+    let lost = |error: std::io::Error| ShardError::ConnectionLost(error.to_string());
+    let mut out = BytesMut::new();
+    resp::encode_command(&[&b"AUTH"[..], password.as_bytes()], &mut out);
+    stream.write_all(&out).await.map_err(lost)?;
+    let mut buf = BytesMut::with_capacity(512);
+    loop {
+        if let Some(reply) = resp::decode_frame(&mut buf, limits)? {
+            return match reply {
+                Frame::Simple(_) => Ok(()),
+                // A shard started before its password was set (the operator sets it on every new
+                // pod within seconds); the connection stays authenticated once it is.
+                Frame::Error(message) if no_password_set(&message) => Ok(()),
+                // The shard's own words (`WRONGPASS ...`, `ERR AUTH ... no password is set`).
+                Frame::Error(message) => {
+                    Err(ShardError::Auth(String::from_utf8_lossy(&message).into_owned()))
+                }
+                other => Err(ShardError::Auth(format!("unexpected reply {other:?}"))),
+            };
+        }
+        if stream.read_buf(&mut buf).await.map_err(lost)? == 0 {
+            return Err(ShardError::ConnectionLost("closed during AUTH".to_owned()));
+        }
+    }
+}
+
+/// Whether an `AUTH` error says the shard requires no password (Redis 6 and later, then Redis 5).
+fn no_password_set(message: &[u8]) -> bool {
+    let message = String::from_utf8_lossy(message);
+    message.contains("without any password configured") || message.contains("no password is set")
+}
+
 fn fail_all(batch: &mut Vec<Request>, error: &ShardError) {
     for request in batch.drain(..) {
         let _ = request.reply.send(Err(error.clone()));
@@ -383,27 +498,31 @@ fn fail_all(batch: &mut Vec<Request>, error: &ShardError) {
 struct Reader {
     name: Arc<str>,
     health: Arc<Health>,
+    metrics: ShardMetrics,
     settings: Arc<ShardSettings>,
 }
 
 impl Reader {
     async fn run(self, mut read: OwnedReadHalf, mut answered: mpsc::Receiver<InFlight>) {
         let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut watchdog = Watchdog::new();
         while let Some(waiting) = answered.recv().await {
-            let mut last = self.next_reply(&mut read, &mut buf, waiting.deadline).await;
+            let mut last = self
+                .next_reply(&mut read, &mut buf, waiting.deadline, &mut watchdog)
+                .await;
             for _ in 1..waiting.replies {
                 if last.is_err() {
                     break;
                 }
-                last = self.next_reply(&mut read, &mut buf, waiting.deadline).await;
+                last = self
+                    .next_reply(&mut read, &mut buf, waiting.deadline, &mut watchdog)
+                    .await;
             }
             let latency = self
                 .settings
                 .request_timeout
                 .saturating_sub(waiting.deadline.saturating_duration_since(Instant::now()));
-            self.settings
-                .metrics
-                .shard_operation(&self.name, last.is_ok().then_some(latency));
+            self.metrics.operation(last.is_ok().then_some(latency));
             match last {
                 Ok(reply) => {
                     self.health.success();
@@ -432,23 +551,24 @@ impl Reader {
         read: &mut OwnedReadHalf,
         buf: &mut BytesMut,
         deadline: Instant,
+        watchdog: &mut Watchdog,
     ) -> Result<Bytes, ShardError> {
         loop {
             if let Some(reply) = resp::decode_raw(buf, &self.settings.limits)? {
                 return Ok(reply);
             }
-            buf.reserve(16 * 1024);
-            match timeout_at(deadline, read.read_buf(buf)).await {
-                Err(_) => return Err(ShardError::Timeout),
-                Ok(Err(error)) => return Err(ShardError::ConnectionLost(error.to_string())),
-                Ok(Ok(0)) => {
+            reserve_for_read(buf);
+            match watchdog.wait(deadline, read.read_buf(buf)).await {
+                None => return Err(ShardError::Timeout),
+                Some(Err(error)) => return Err(ShardError::ConnectionLost(error.to_string())),
+                Some(Ok(0)) => {
                     let why = match resp::finish(buf) {
                         Ok(()) => "closed by the shard".to_owned(),
                         Err(error) => error.to_string(),
                     };
                     return Err(ShardError::ConnectionLost(why));
                 }
-                Ok(Ok(_)) => {}
+                Some(Ok(_)) => {}
             }
         }
     }

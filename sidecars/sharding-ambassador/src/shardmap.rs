@@ -1,8 +1,8 @@
 //! The shard map document, read into what the ambassador routes with. The only module that knows
 //! the document's type: when the type moves to its own contract crate, only this module changes.
 
-pub use outrigger_contract::shard_map::ReadPolicy;
-use outrigger_contract::shard_map::{KeyHash, ShardMap, ShardProtocol, ShardingFunction};
+use outrigger_contract::shard_map::{KeyHash, ShardEndpoints, ShardMap, ShardProtocol, ShardingFunction};
+pub use outrigger_contract::shard_map::{ReadPolicy, ShardAuth};
 use outrigger_hashring::twemproxy;
 
 /// A validated shard map: what a ring and its shard connections are built from.
@@ -17,6 +17,18 @@ pub struct RingSpec {
     pub shards: Vec<ShardSpec>,
     /// Where read-only commands go.
     pub read_policy: ReadPolicy,
+    /// While a reshard runs: the ring keys were placed on before.
+    pub previous: Option<PreviousRing>,
+    /// Where the shards' password is, when they require one.
+    pub auth: Option<ShardAuth>,
+}
+
+/// The ring of a reshard's previous shard count: same hash, tag and points, other shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousRing {
+    pub shards: Vec<ShardSpec>,
+    /// Whether a read served by the previous owner copies the key to the new one.
+    pub copy_on_read: bool,
 }
 
 /// One shard: its name keys the ring, its primary takes the traffic.
@@ -33,7 +45,7 @@ pub struct ShardSpec {
 pub enum ShardMapError {
     #[error("not a shard map document: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("protocol {0:?} is not served by this ambassador (only redis)")]
+    #[error("protocol {0:?} is not served by this ambassador")]
     Protocol(ShardProtocol),
     #[error("sharding function {0:?} is not supported yet (only ketama)")]
     Function(ShardingFunction),
@@ -65,9 +77,6 @@ pub fn parse(document: &[u8]) -> Result<RingSpec, ShardMapError> {
 
 /// Checks that `map` can be routed with.
 pub fn validate(map: &ShardMap) -> Result<RingSpec, ShardMapError> {
-    if map.protocol != ShardProtocol::Redis {
-        return Err(ShardMapError::Protocol(map.protocol));
-    }
     if map.function != ShardingFunction::Ketama {
         return Err(ShardMapError::Function(map.function));
     }
@@ -81,8 +90,33 @@ pub fn validate(map: &ShardMap) -> Result<RingSpec, ShardMapError> {
             _ => return Err(ShardMapError::HashTag(tag.to_owned())),
         },
     };
-    let mut shards: Vec<ShardSpec> = Vec::with_capacity(map.shards.len());
-    for shard in &map.shards {
+    let shards = shard_specs(&map.shards)?;
+    let previous = match &map.migration {
+        Some(migration) if !migration.previous_shards.is_empty() => Some(PreviousRing {
+            shards: shard_specs(&migration.previous_shards)?,
+            copy_on_read: migration.copy_on_read,
+        }),
+        _ => None,
+    };
+    let hash = match map.hash {
+        KeyHash::Fnv1a64 => twemproxy::KeyHash::Fnv1a64,
+        KeyHash::Md5 => twemproxy::KeyHash::Md5,
+        KeyHash::Murmur3 => twemproxy::KeyHash::Murmur3,
+    };
+    Ok(RingSpec {
+        hash,
+        tag,
+        points_per_server: map.virtual_nodes,
+        shards,
+        read_policy: map.read_policy,
+        previous,
+        auth: map.auth.clone(),
+    })
+}
+
+fn shard_specs(endpoints: &[ShardEndpoints]) -> Result<Vec<ShardSpec>, ShardMapError> {
+    let mut shards: Vec<ShardSpec> = Vec::with_capacity(endpoints.len());
+    for shard in endpoints {
         if shards.iter().any(|seen| seen.name == shard.name) {
             return Err(ShardMapError::DuplicateShard(shard.name.clone()));
         }
@@ -96,18 +130,7 @@ pub fn validate(map: &ShardMap) -> Result<RingSpec, ShardMapError> {
             replicas: shard.endpoints[1..].to_vec(),
         });
     }
-    let hash = match map.hash {
-        KeyHash::Fnv1a64 => twemproxy::KeyHash::Fnv1a64,
-        KeyHash::Md5 => twemproxy::KeyHash::Md5,
-        KeyHash::Murmur3 => twemproxy::KeyHash::Murmur3,
-    };
-    Ok(RingSpec {
-        hash,
-        tag,
-        points_per_server: map.virtual_nodes,
-        shards,
-        read_policy: map.read_policy,
-    })
+    Ok(shards)
 }
 
 #[cfg(test)]
@@ -146,12 +169,12 @@ mod tests {
     }
 
     #[test]
-    fn http_maps_and_other_functions_are_refused() {
+    fn other_functions_are_refused_and_http_maps_route_with_the_same_ring() {
         let http = document("").replace(r#""protocol":"redis""#, r#""protocol":"http""#);
-        assert!(matches!(
-            parse(http.as_bytes()),
-            Err(ShardMapError::Protocol(ShardProtocol::Http))
-        ));
+        assert_eq!(
+            parse(http.as_bytes()).unwrap(),
+            parse(document("").as_bytes()).unwrap()
+        );
         let jump = document("").replace("ketama", "jump");
         assert!(matches!(
             parse(jump.as_bytes()),
@@ -168,5 +191,28 @@ mod tests {
         let tag = document(r#""hashTag":"{","#);
         assert!(matches!(parse(tag.as_bytes()), Err(ShardMapError::HashTag(_))));
         assert!(matches!(parse(b"{not json"), Err(ShardMapError::Json(_))));
+    }
+
+    #[test]
+    fn a_migrating_map_carries_its_previous_ring_and_a_bad_previous_ring_is_refused() {
+        let spec = parse(
+            document(
+                r#""migration":{"previousShards":[{"name":"cache-shard-0","endpoints":["10.0.0.1:6379"]}],
+                   "copyOnRead":true},"auth":{"secretName":"cache-auth","key":"pw"},"#,
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let previous = spec.previous.unwrap();
+        assert_eq!(previous.shards.len(), 1);
+        assert!(previous.copy_on_read);
+        assert_eq!(spec.auth.unwrap().key, "pw");
+        let empty = document(r#""migration":{"previousShards":[{"name":"cache-shard-0","endpoints":[]}]},"#);
+        assert!(matches!(
+            parse(empty.as_bytes()),
+            Err(ShardMapError::NoEndpoint(_))
+        ));
+        let none = parse(document(r#""migration":{"previousShards":[]},"#).as_bytes()).unwrap();
+        assert_eq!(none.previous, None, "an empty previous ring is no migration");
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{
 use outrigger_hashring::twemproxy::{KetamaNode, KetamaRing, KeyHash};
 
 use crate::{
+    migration::LocatePrevious,
     routing::Locate,
     shard::{ShardHandle, ShardSettings},
     shardmap::{ReadPolicy, RingSpec},
@@ -26,6 +27,16 @@ pub struct Topology {
     read_policy: ReadPolicy,
     /// Turns reads over a shard's readers.
     next_reader: Arc<AtomicUsize>,
+    /// While a reshard runs: the previous ring and its shards' primaries.
+    previous: Option<Previous>,
+}
+
+/// The ring of a reshard's previous shard count, beside the current one.
+#[derive(Debug, Clone)]
+struct Previous {
+    ring: KetamaRing,
+    shards: Vec<ShardHandle>,
+    copy_on_read: bool,
 }
 
 impl Topology {
@@ -39,32 +50,58 @@ impl Topology {
             replicas: Vec::new(),
             read_policy: ReadPolicy::Primary,
             next_reader: Arc::new(AtomicUsize::new(0)),
+            previous: None,
         }
     }
 
     /// Builds the topology of `spec`, keeping the connections of `previous` whose shard kept its
-    /// name and endpoint (a replica promoted to primary keeps its connection too). Must run inside
-    /// a Tokio runtime (new connections start a task).
+    /// name and endpoint (a replica promoted to primary keeps its connection too). A shard on both
+    /// rings of a reshard has one connection. Must run inside a Tokio runtime (new connections
+    /// start a task).
     pub fn build(spec: &RingSpec, previous: &Topology, settings: &Arc<ShardSettings>) -> Topology {
         let nodes = spec
             .shards
             .iter()
             .map(|shard| KetamaNode::named(&shard.name))
             .collect();
-        let connection = |name: &str, endpoint: &str| {
+        let kept = |name: &str, endpoint: &str| {
             previous
                 .shards
                 .iter()
                 .chain(previous.replicas.iter().flatten())
+                .chain(previous.previous.iter().flat_map(|ring| &ring.shards))
                 .find(|old| old.name() == name && old.endpoint() == endpoint)
                 .cloned()
-                .unwrap_or_else(|| ShardHandle::spawn(name, endpoint, settings.clone()))
         };
-        let shards = spec
+        let connection = |name: &str, endpoint: &str| {
+            kept(name, endpoint).unwrap_or_else(|| ShardHandle::spawn(name, endpoint, settings.clone()))
+        };
+        let shards: Vec<ShardHandle> = spec
             .shards
             .iter()
             .map(|shard| connection(&shard.name, &shard.primary))
             .collect();
+        let migrating = spec.previous.as_ref().map(|ring| Previous {
+            ring: KetamaRing::new(
+                ring.shards
+                    .iter()
+                    .map(|shard| KetamaNode::named(&shard.name))
+                    .collect(),
+                spec.points_per_server,
+            ),
+            shards: ring
+                .shards
+                .iter()
+                .map(|shard| {
+                    shards
+                        .iter()
+                        .find(|now| now.name() == shard.name && now.endpoint() == shard.primary)
+                        .cloned()
+                        .unwrap_or_else(|| connection(&shard.name, &shard.primary))
+                })
+                .collect(),
+            copy_on_read: ring.copy_on_read,
+        });
         // Replicas get connections only when reads may go to them.
         let replicas = spec
             .shards
@@ -86,7 +123,28 @@ impl Topology {
             replicas,
             read_policy: spec.read_policy,
             next_reader: previous.next_reader.clone(),
+            previous: migrating,
         }
+    }
+
+    /// Shard `index` of the previous ring, while a reshard runs.
+    pub fn previous_shard(&self, index: usize) -> Option<&ShardHandle> {
+        self.previous.as_ref()?.shards.get(index)
+    }
+
+    /// Whether a reshard runs (the previous ring is in force beside the current one).
+    pub fn is_migrating(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// Shards of the previous ring, 0 when no reshard runs.
+    pub fn previous_shards(&self) -> usize {
+        self.previous.as_ref().map_or(0, |ring| ring.shards.len())
+    }
+
+    /// Whether a read served by a key's previous owner copies the key to its new owner.
+    pub fn copies_on_read(&self) -> bool {
+        self.previous.as_ref().is_some_and(|ring| ring.copy_on_read)
     }
 
     /// The shard at `index`.
@@ -131,6 +189,19 @@ impl Locate for Topology {
     }
 }
 
+impl LocatePrevious for Topology {
+    fn moved_from(&self, key: &[u8]) -> Option<usize> {
+        let previous = self.previous.as_ref()?;
+        let before = previous.ring.index_for_key(key, self.hash, self.tag)?;
+        let now = self.shard_of(key).and_then(|index| self.shards.get(index));
+        // Compared by name: the rings index their shards each in their own order.
+        match (previous.shards.get(before), now) {
+            (Some(old), Some(new)) if old.name() == new.name() => None,
+            _ => Some(before),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +221,8 @@ mod tests {
                 })
                 .collect(),
             read_policy: ReadPolicy::Primary,
+            previous: None,
+            auth: None,
         }
     }
 
@@ -220,6 +293,49 @@ mod tests {
             assert_eq!(before.shard_of(key.as_bytes()), after.shard_of(key.as_bytes()));
         }
         assert_eq!(after.shards()[0].endpoint(), "10.0.0.9:6379");
+    }
+
+    #[tokio::test]
+    async fn during_a_reshard_only_the_keys_the_new_shard_takes_over_moved_and_connections_are_shared() {
+        let settings = Arc::new(ShardSettings::default());
+        let three = spec(&[("s-0", "a:1"), ("s-1", "b:1"), ("s-2", "c:1")]);
+        let before = Topology::build(&three, &Topology::empty(), &settings);
+        let mut four = spec(&[("s-0", "a:1"), ("s-1", "b:1"), ("s-2", "c:1"), ("s-3", "d:1")]);
+        four.previous = Some(crate::shardmap::PreviousRing {
+            shards: three.shards.clone(),
+            copy_on_read: true,
+        });
+        let migrating = Topology::build(&four, &before, &settings);
+        assert!(migrating.is_migrating() && migrating.copies_on_read());
+        for index in 0..3 {
+            assert!(migrating
+                .previous_shard(index)
+                .unwrap()
+                .same_connection(&before.shards()[index]));
+            assert!(migrating.shards()[index].same_connection(&before.shards()[index]));
+        }
+        let mut moved = 0;
+        for i in 0..4_000 {
+            let key = format!("key:{i}");
+            let now = migrating.shard_of(key.as_bytes()).unwrap();
+            match migrating.moved_from(key.as_bytes()) {
+                Some(from) => {
+                    moved += 1;
+                    assert_eq!(now, 3, "only keys of the new shard moved");
+                    assert_eq!(Some(from), before.shard_of(key.as_bytes()));
+                }
+                None => assert_eq!(Some(now), before.shard_of(key.as_bytes())),
+            }
+        }
+        assert!((600..1_500).contains(&moved), "{moved} of 4000 keys moved");
+        let cut_over = Topology::build(
+            &spec(&[("s-0", "a:1"), ("s-1", "b:1"), ("s-2", "c:1"), ("s-3", "d:1")]),
+            &migrating,
+            &settings,
+        );
+        assert!(!cut_over.is_migrating());
+        assert_eq!(cut_over.moved_from(b"key:1"), None);
+        assert!(cut_over.shards()[3].same_connection(&migrating.shards()[3]));
     }
 
     #[tokio::test]

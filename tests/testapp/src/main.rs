@@ -22,6 +22,8 @@
 //!
 //! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
 //! a test can check from inside a pod what the pod's containers reach on localhost.
+//! `outrigger-testapp relay LISTEN TARGET` relays TCP connections from `LISTEN` to `TARGET` (a second
+//! container relaying the pod IP to a loopback port, for tests that speak raw bytes to it).
 //!
 //! `outrigger-testapp files DIR` prints `name size` for each file of DIR (links followed, the
 //! kubelet's `..` entries skipped), and `outrigger-testapp stop NAME` sends SIGTERM to the processes
@@ -29,8 +31,15 @@
 //! restart the sidecar with them.
 //!
 //! With `LOG_DIR` set it also writes log files there for the log adapter (see `logs`).
+//!
+//! `outrigger-testapp sink` is a log sink that prints what it is sent and can be taken down for a
+//! while (see `sink`).
+//!
+//! With `BURN_CPU=1` one thread spins for as long as the process runs, so the pod uses all the CPU
+//! its limit allows (the autoscaling tests read it from the kubelet's summary).
 
 mod logs;
+mod sink;
 
 use std::{
     convert::Infallible,
@@ -324,6 +333,22 @@ fn process_stats(name: &str) {
     }
 }
 
+/// Relays every TCP connection accepted on `listen` to `target`, byte for byte, both ways; when one
+/// side closes its half, the other side's is closed too. A second container of a pod runs it so a
+/// test reaches what listens on that pod's loopback (kubectl port-forward needs socat on the node).
+async fn relay(listen: &str, target: &str) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    loop {
+        let (mut inbound, _) = listener.accept().await?;
+        let target = target.to_owned();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
 /// The processes whose `comm` (cut to 15 bytes by the kernel) begins `name`.
 fn processes_named(name: &str) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -401,6 +426,14 @@ async fn main() -> std::io::Result<()> {
         process_stats(args.get(2).map(String::as_str).unwrap_or_default());
         return Ok(());
     }
+    if args.get(1).map(String::as_str) == Some("sink") {
+        return sink::run().await;
+    }
+    if args.get(1).map(String::as_str) == Some("relay") {
+        let listen = args.get(2).map(String::as_str).unwrap_or("0.0.0.0:7000");
+        let target = args.get(3).map(String::as_str).unwrap_or("127.0.0.1:6379");
+        return relay(listen, target).await;
+    }
     if args.get(1).map(String::as_str) == Some("stop") {
         let found = stop(args.get(2).map(String::as_str).unwrap_or_default());
         std::process::exit(if found { 0 } else { 1 });
@@ -413,6 +446,14 @@ async fn main() -> std::io::Result<()> {
         std::process::exit(if ok { 0 } else { 1 });
     }
     logs::start();
+    if std::env::var("BURN_CPU").is_ok_and(|value| value == "1") {
+        std::thread::spawn(|| {
+            let mut x: u64 = 1;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+        });
+    }
     let port: u16 = ["PORT", "OUTRIGGER_ADMIN_PORT"]
         .iter()
         .find_map(|name| std::env::var(name).ok().and_then(|p| p.parse().ok()))

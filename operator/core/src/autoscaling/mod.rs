@@ -13,6 +13,7 @@ pub mod behavior;
 pub mod quantity;
 pub mod replicas;
 pub mod samples;
+pub mod zero;
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use outrigger_api::autoscaling::{AutoscalingPolicySpec, MetricSpec, MetricType, 
 use self::{
     behavior::{History, Limit},
     replicas::{MetricError, MetricInput},
+    zero::{Front, ZeroMove},
 };
 
 /// Decisions kept in status.
@@ -39,8 +41,13 @@ pub enum Reason {
     MetricsUnavailable,
     BelowMinReplicas,
     AboveMaxReplicas,
-    /// The target has 0 replicas: someone scaled it to zero, the policy leaves it there.
+    /// The target has 0 replicas: with `minReplicas: 0`, no request is held; otherwise someone
+    /// scaled it to zero, and the policy leaves it there.
     ScaledToZero,
+    /// Requests held at zero replicas: one replica now.
+    ScaleFromZero,
+    /// No request for the scale-down stabilization window: zero replicas.
+    ScaleToZero,
 }
 
 impl Reason {
@@ -54,6 +61,8 @@ impl Reason {
             Reason::BelowMinReplicas => "BelowMinReplicas",
             Reason::AboveMaxReplicas => "AboveMaxReplicas",
             Reason::ScaledToZero => "ScaledToZero",
+            Reason::ScaleFromZero => "ScaleFromZero",
+            Reason::ScaleToZero => "ScaleToZero",
         }
     }
 }
@@ -71,6 +80,8 @@ pub struct Outcome {
     pub limit: Limit,
     /// Why the metrics could not be used, and for how long they have not been.
     pub metrics_error: Option<(String, Duration)>,
+    /// With `minReplicas: 0`: the move to or from zero, or staying there.
+    pub zero: Option<ZeroMove>,
 }
 
 /// What one policy remembers between polls.
@@ -131,10 +142,25 @@ impl PolicyState {
     pub fn decide(
         &mut self,
         spec: &AutoscalingPolicySpec,
-        (current, pods_per_replica): (i32, i32),
+        current: (i32, i32),
         inputs: &[Result<MetricInput, MetricError>],
         now: Duration,
     ) -> Outcome {
+        self.decide_with_front(spec, current, inputs, now, None)
+    }
+
+    /// As [`PolicyState::decide`], for a policy that may scale to zero: `front` is what the request
+    /// splitters in front of the service report (see [`zero`]). Only the absence of traffic takes
+    /// the service to zero; the metrics keep at least one replica.
+    pub fn decide_with_front(
+        &mut self,
+        spec: &AutoscalingPolicySpec,
+        (current, pods_per_replica): (i32, i32),
+        inputs: &[Result<MetricInput, MetricError>],
+        now: Duration,
+        front: Option<&Front>,
+    ) -> Outcome {
+        let min_replicas = spec.min_replicas.max(1);
         let tolerance = f64::from(spec.behavior.tolerance_percent) / 100.0;
         let unit = pods_per_replica.max(1);
         let in_units = |recommendation: replicas::Recommendation| replicas::Recommendation {
@@ -169,6 +195,7 @@ impl PolicyState {
             stabilized: None,
             limit: Limit::None,
             metrics_error: None,
+            zero: None,
         };
 
         // As the HPA: all metrics failing, or some failing while the rest ask for fewer replicas,
@@ -207,6 +234,21 @@ impl PolicyState {
             ));
         }
 
+        let down = behavior::scale_down(spec.behavior.scale_down.as_ref());
+        outcome.zero = zero::zero_move(current, spec.min_replicas, down.stabilization, front);
+        match outcome.zero {
+            Some(ZeroMove::FromZero { .. }) => {
+                outcome.desired = min_replicas;
+                outcome.reason = Reason::ScaleFromZero;
+                return outcome;
+            }
+            Some(ZeroMove::ToZero { .. }) => {
+                outcome.desired = 0;
+                outcome.reason = Reason::ScaleToZero;
+                return outcome;
+            }
+            Some(ZeroMove::StayAtZero) | None => {}
+        }
         if current == 0 {
             outcome.reason = Reason::ScaledToZero;
             return outcome;
@@ -217,8 +259,8 @@ impl PolicyState {
             outcome.limit = Limit::MaxReplicas;
             return outcome;
         }
-        if current < spec.min_replicas {
-            outcome.desired = spec.min_replicas;
+        if current < min_replicas {
+            outcome.desired = min_replicas;
             outcome.reason = Reason::BelowMinReplicas;
             outcome.limit = Limit::MinReplicas;
             return outcome;
@@ -232,7 +274,7 @@ impl PolicyState {
                     if *failing_for
                         >= Duration::from_secs(u64::try_from(fallback.after_seconds).unwrap_or(0)) =>
                 {
-                    outcome.desired = fallback.replicas.clamp(spec.min_replicas, spec.max_replicas);
+                    outcome.desired = fallback.replicas.clamp(min_replicas, spec.max_replicas);
                     outcome.reason = Reason::Fallback;
                 }
                 _ => outcome.reason = Reason::MetricsUnavailable,
@@ -240,13 +282,12 @@ impl PolicyState {
             return outcome;
         };
         let up = behavior::scale_up(spec.behavior.scale_up.as_ref());
-        let down = behavior::scale_down(spec.behavior.scale_down.as_ref());
         let stabilized = self.history.stabilize(now, current, raw, &up, &down);
         let (desired, limit) = self.history.limit(
             now,
             current,
             stabilized,
-            (spec.min_replicas, spec.max_replicas),
+            (min_replicas, spec.max_replicas),
             &up,
             &down,
         );
@@ -278,6 +319,15 @@ pub fn summary(spec: &AutoscalingPolicySpec, from: i32, outcome: &Outcome) -> St
         .map(|(metric, value)| format!("{} {}/{}", metric_name(metric), value.value, value.target))
         .next();
     let mut line = format!("{from}→{} {}", outcome.desired, outcome.reason.as_str());
+    match (outcome.reason, outcome.zero) {
+        (Reason::ScaleFromZero, Some(ZeroMove::FromZero { held })) => {
+            line.push_str(&format!(" ({} requests held)", quantity::format(held)));
+        }
+        (Reason::ScaleToZero, Some(ZeroMove::ToZero { idle_for })) => {
+            line.push_str(&format!(" (no requests for {}s)", idle_for.as_secs()));
+        }
+        _ => {}
+    }
     if let Some(deciding) = deciding.filter(|_| matches!(outcome.reason, Reason::ScaleUp | Reason::ScaleDown))
     {
         line.push_str(&format!(" ({deciding})"));
@@ -476,5 +526,78 @@ mod tests {
                 (9, 1, Some("minReplicas".to_owned()))
             ]
         );
+    }
+
+    #[test]
+    fn a_policy_that_allows_zero_moves_to_and_from_zero_on_the_fronts_traffic_only() {
+        let spec = spec(json!({
+            "minReplicas": 0,
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 30}},
+        }));
+        let front = |held: f64, idle: u64| Front {
+            held,
+            idle_for: Some(Duration::from_secs(idle)),
+        };
+        let no_pods = || Err(MetricError::NoReadyPods);
+        let mut state = PolicyState::default();
+        // (second, current, input, front, desired, reason, summary of a change)
+        type Step = (
+            u64,
+            i32,
+            Result<MetricInput, MetricError>,
+            Front,
+            i32,
+            Reason,
+            Option<&'static str>,
+        );
+        let script: Vec<Step> = vec![
+            (0, 0, no_pods(), front(0.0, 500), 0, Reason::ScaledToZero, None),
+            (
+                1,
+                0,
+                no_pods(),
+                front(3.0, 0),
+                1,
+                Reason::ScaleFromZero,
+                Some("0→1 ScaleFromZero (3 requests held)"),
+            ),
+            // No request for a while, but less than the window: the metrics keep one replica,
+            // even though a request rate of 0 asks for none.
+            (20, 1, rate(&[0.0]), front(0.0, 19), 1, Reason::Steady, None),
+            (
+                31,
+                1,
+                rate(&[0.0]),
+                front(0.0, 30),
+                0,
+                Reason::ScaleToZero,
+                Some("1→0 ScaleToZero (no requests for 30s)"),
+            ),
+        ];
+        for (second, current, input, front, desired, reason, summary_line) in script {
+            let outcome = state.decide_with_front(&spec, (current, 1), &[input], at(second), Some(&front));
+            assert_eq!(
+                (outcome.desired, outcome.reason),
+                (desired, reason),
+                "at {second}s"
+            );
+            if let Some(line) = summary_line {
+                assert_eq!(summary(&spec, current, &outcome), line, "at {second}s");
+            }
+        }
+    }
+
+    #[test]
+    fn the_metrics_alone_scale_a_policy_that_allows_zero_down_to_one_not_zero() {
+        let spec = spec(json!({"minReplicas": 0}));
+        // Traffic was seen at this very poll: not idle.
+        let busy = Front {
+            held: 0.0,
+            idle_for: Some(Duration::ZERO),
+        };
+        let outcome =
+            PolicyState::default().decide_with_front(&spec, (3, 1), &[rate(&[0.0; 3])], at(0), Some(&busy));
+        assert_eq!((outcome.desired, outcome.reason), (1, Reason::ScaleDown));
+        assert_eq!(outcome.limit.describe().as_deref(), Some("minReplicas"));
     }
 }

@@ -20,6 +20,8 @@ pub struct SplitterCounters {
     pub latency_sum: f64,
     /// Cumulative latency buckets: upper bound in seconds → count.
     pub buckets: Vec<(f64, f64)>,
+    /// Requests held now, waiting for an endpoint (a splitter in front of a service at zero).
+    pub held: f64,
 }
 
 /// Adds up one splitter's `/metrics` text.
@@ -36,6 +38,7 @@ pub fn parse_splitter(text: &str) -> SplitterCounters {
         match name {
             "outrigger_splitter_requests_total" => counters.requests += value,
             "outrigger_splitter_response_latency_seconds_sum" => counters.latency_sum += value,
+            "outrigger_splitter_held_requests" => counters.held += value,
             "outrigger_splitter_response_latency_seconds_bucket" => {
                 let bound = labels
                     .split(',')
@@ -272,12 +275,14 @@ outrigger_splitter_response_latency_seconds_bucket{le="0.01",backend="app"} 50
 outrigger_splitter_response_latency_seconds_bucket{le="0.1",backend="app"} 90
 outrigger_splitter_response_latency_seconds_bucket{le="+Inf",backend="app"} 100
 outrigger_splitter_active_connections 3
+outrigger_splitter_held_requests 2
 "#;
 
     #[test]
     fn a_splitter_scrape_adds_up_requests_latency_and_buckets() {
         let counters = parse_splitter(SCRAPE);
         assert_eq!(counters.requests, 100.0);
+        assert_eq!(counters.held, 2.0);
         assert_eq!(counters.latency_sum, 5.5);
         assert_eq!(
             counters.buckets,
@@ -290,6 +295,7 @@ outrigger_splitter_active_connections 3
             requests,
             latency_sum,
             buckets: vec![(0.1, requests), (f64::INFINITY, requests)],
+            held: 0.0,
         }
     }
 

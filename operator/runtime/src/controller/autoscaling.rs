@@ -32,7 +32,7 @@ use kube::{
         reflector::{ObjectRef, Store},
         watcher, Controller,
     },
-    ResourceExt,
+    Resource, ResourceExt,
 };
 use outrigger_api::{
     autoscaling::{
@@ -47,11 +47,15 @@ use outrigger_core::{
         self as algorithm,
         replicas::{MetricError, MetricInput, PodState, PodValue},
         samples::{self, SplitterCounters, Traffic, Usage, Window},
-        target_of, Outcome, PolicyState, Reason, DECISION_LIMIT,
+        target_of,
+        zero::{self, FrontReading, Idleness, ZeroMove},
+        Outcome, PolicyState, Reason, DECISION_LIMIT,
     },
     canary,
     conditions::DesiredCondition,
-    labels, validate,
+    labels,
+    replicated::HoldConfig,
+    validate,
 };
 use serde_json::json;
 
@@ -180,7 +184,56 @@ async fn reconcile(
         // by the next reconcile at the latest.
         Ok(Action::requeue(RESYNC))
     };
-    ctx.measured(CONTROLLER, &key, run).await
+    ctx.measured(CONTROLLER, &key, None, run).await
+}
+
+/// The ReplicatedService a policy scales, for the ReplicatedService controller's watch of
+/// policies: a policy that may scale it to zero puts the request splitter in front of it.
+pub fn scaled_service(
+    guard: DeserializeGuard<AutoscalingPolicy>,
+) -> Option<ObjectRef<super::cache::Stored<ReplicatedService>>> {
+    let policy = guard.0.ok()?;
+    let target = &policy.spec.scale_target_ref;
+    (target.kind == ScaleTargetKind::ReplicatedService)
+        .then(|| ObjectRef::new(&target.name).within(&policy.namespace().unwrap_or_default()))
+}
+
+/// A filter of the policy watch for the ReplicatedService controller: passes a policy's event
+/// when its spec changed (a new generation) or it is gone, not when only its status did, which the
+/// pollers write every few seconds.
+pub fn spec_changes(
+    store: Store<DeserializeGuard<AutoscalingPolicy>>,
+) -> impl FnMut(&Result<DeserializeGuard<AutoscalingPolicy>, watcher::Error>) -> futures::future::Ready<bool>
+{
+    let mut seen: HashMap<String, Option<i64>> = HashMap::new();
+    move |event| {
+        let Ok(guard) = event else {
+            return futures::future::ready(true);
+        };
+        let uid = guard.uid().unwrap_or_default();
+        // The reflector updates the store before the event passes: a policy missing is deleted.
+        if store.get(&ObjectRef::from_obj(guard)).is_none() {
+            seen.remove(&uid);
+            return futures::future::ready(true);
+        }
+        let generation = guard.meta().generation;
+        futures::future::ready(seen.insert(uid, generation) != Some(generation))
+    }
+}
+
+/// How the splitter in front of `namespace/service` holds requests, when a policy may scale the
+/// service to zero (see `outrigger_core::autoscaling::zero`).
+pub fn hold_for(
+    policies: &Store<DeserializeGuard<AutoscalingPolicy>>,
+    namespace: &str,
+    service: &str,
+) -> Option<HoldConfig> {
+    policies
+        .state()
+        .iter()
+        .filter_map(|guard| guard.0.as_ref().ok())
+        .any(|policy| zero::may_scale_to_zero(policy, namespace, service))
+        .then(HoldConfig::default)
 }
 
 /// What one poller remembers between polls.
@@ -189,6 +242,8 @@ struct Poller {
     state: PolicyState,
     traffic: HashMap<String, Window<SplitterCounters>>,
     network: HashMap<String, Window<f64>>,
+    /// With `minReplicas: 0`: when the front request splitters last saw traffic.
+    idleness: Idleness,
     /// The replicas this poller last wrote.
     written: Option<i32>,
     /// Since when another writer holds the replicas, and who.
@@ -219,6 +274,7 @@ async fn poll(ctx: Arc<Context>, store: Policies, reference: ObjectRef<Deseriali
         state: PolicyState::default(),
         traffic: HashMap::new(),
         network: HashMap::new(),
+        idleness: Idleness::default(),
         written: None,
         other_writer: None,
         hpa: None,
@@ -410,9 +466,19 @@ impl Poller {
         };
 
         let inputs = self.measure(&namespace, spec, &target, now).await;
-        let outcome = self
-            .state
-            .decide(spec, (target.current, target.pods_per_replica), &inputs, now);
+        let front = if spec.min_replicas == 0 && target.kind == ScaleTargetKind::ReplicatedService {
+            let reading = self.scrape_front(&namespace, &target.name).await;
+            Some(self.idleness.observe(now, reading))
+        } else {
+            None
+        };
+        let outcome = self.state.decide_with_front(
+            spec,
+            (target.current, target.pods_per_replica),
+            &inputs,
+            now,
+            front.as_ref(),
+        );
         tracing::debug!(
             policy = %policy.name_any(),
             current = target.current,
@@ -596,6 +662,41 @@ impl Poller {
         traffic
     }
 
+    /// What the request splitters in front of the service report: requests held and answered,
+    /// summed over the splitter pods that answered; `None` when none did.
+    async fn scrape_front(&self, namespace: &str, service: &str) -> Option<FrontReading> {
+        let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), namespace);
+        let selector = format!("{}={service}", canary::SPLITTER_LABEL);
+        let pods = match pods.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => list.items,
+            Err(error) => {
+                tracing::debug!(%error, service, "Listing the front request splitters failed.");
+                return None;
+            }
+        };
+        let port = u16::try_from(canary::splitter_admin_port()).unwrap_or(9903);
+        let scrapes = pods.iter().filter_map(|pod| {
+            if samples::pod_state(pod) == PodState::Ignored {
+                return None;
+            }
+            let ip = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
+            Some(tokio::time::timeout(
+                SCRAPE_TIMEOUT,
+                rollout::http_get(SocketAddr::new(ip, port), "/metrics"),
+            ))
+        });
+        let answers: Vec<SplitterCounters> = futures::future::join_all(scrapes)
+            .await
+            .into_iter()
+            .filter_map(|answer| answer.ok()?.ok())
+            .map(|text| samples::parse_splitter(&text))
+            .collect();
+        (!answers.is_empty()).then(|| FrontReading {
+            held: answers.iter().map(|c| c.held).sum(),
+            answered: answers.iter().map(|c| c.requests).sum(),
+        })
+    }
+
     /// Per-pod usage from the kubelet summary of every node the pods run on, through the API
     /// server's node proxy (what metrics-server reads), with the network counter as a rate.
     async fn kubelet_usage(
@@ -740,6 +841,13 @@ fn conditions(outcome: Option<&Outcome>, hold: Option<&Hold>) -> Vec<DesiredCond
         Some(Hold::TargetNotFound(message)) => (false, "TargetNotFound", message.clone()),
         Some(Hold::Hpa(message)) => (false, "HorizontalPodAutoscalerPresent", message.clone()),
         Some(Hold::OtherWriter(message)) => (false, "ReplicasWrittenElsewhere", message.clone()),
+        None if outcome.is_some_and(|o| o.zero == Some(ZeroMove::StayAtZero)) => (
+            true,
+            "ScaledToZero",
+            "no request for the scale-down stabilization window; the request splitter holds the next \
+             requests, and the first scales the target to one replica"
+                .to_owned(),
+        ),
         None if outcome.is_some_and(|o| o.reason == Reason::ScaledToZero) => (
             false,
             "ScaledToZero",

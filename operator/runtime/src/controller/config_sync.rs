@@ -1,7 +1,8 @@
 //! The config sync sidecar's part of a service's reconcile: the Role and RoleBinding letting the
-//! pods read exactly the named ConfigMaps and Secrets (applied with the other children), and the
-//! `ConfigSynced` condition read from the status annotation each pod's sidecar writes, with a
-//! Warning Event when it turns to a new problem.
+//! pods read exactly the named ConfigMaps and Secrets (applied with the other children; the same
+//! Role lets the health and log adapters write Events), and the `ConfigSynced` condition read from
+//! the status annotation each pod's sidecar writes, with a Warning Event when it turns to a new
+//! problem.
 
 use std::collections::BTreeMap;
 
@@ -23,8 +24,8 @@ use super::{
     Context, Error,
 };
 
-/// Applies the Role and RoleBinding when the service attaches the sidecar; returns their name, to
-/// keep them from being pruned. Settings were validated with the spec.
+/// Applies the sidecars' Role and RoleBinding when the service attaches a sidecar that needs them;
+/// returns their name, to keep them from being pruned. Settings were validated with the spec.
 pub async fn apply_access(
     applier: &Applier<'_>,
     owner: &Owner,
@@ -32,13 +33,13 @@ pub async fn apply_access(
     sidecars: &[SidecarSpec],
     template: &PodTemplateSpec,
 ) -> Result<Option<String>, Error> {
-    let Some(Ok(settings)) = config_sync::settings(sidecars) else {
+    let Some(needs) = config_sync::sidecar_access(sidecars) else {
         return Ok(None);
     };
     let (role, binding) = config_sync::access(
         owner,
         owner_labels,
-        &settings,
+        &needs,
         &config_sync::service_account(template),
     );
     applier.apply(to_apply_value(&role)?).await?;

@@ -58,6 +58,10 @@ pub enum Error {
     Encode(#[from] serde_json::Error),
     #[error("the watch of {0} has not listed them yet")]
     CacheNotFilled(&'static str),
+    /// The password Secret a ShardedService names is missing or unusable: shown on the object,
+    /// and retried with backoff (Secrets are not watched; creating it is noticed at the retry).
+    #[error("the shards' password: {0}")]
+    SecretUnusable(String),
 }
 
 impl From<kube::Error> for Error {
@@ -83,6 +87,7 @@ impl Error {
             Error::Api(_) => "api",
             Error::Encode(_) => "encode",
             Error::CacheNotFilled(_) => "cache",
+            Error::SecretUnusable(_) => "secret",
         }
     }
 
@@ -98,7 +103,7 @@ impl Error {
     /// Errors a person must see on the object: a spec to change, or an API server refusal (a quota
     /// or a policy to change). Transient errors only requeue.
     pub fn shown_on_status(&self) -> bool {
-        self.needs_user_change() || matches!(self, Error::Rejected(_))
+        self.needs_user_change() || matches!(self, Error::Rejected(_) | Error::SecretUnusable(_))
     }
 
     /// Reason for the status condition and Event.
@@ -118,6 +123,7 @@ impl Error {
             Error::Api(_) => "ApiError",
             Error::Encode(_) => "EncodeFailed",
             Error::CacheNotFilled(_) => "CacheNotFilled",
+            Error::SecretUnusable(_) => "AuthSecretUnusable",
         }
     }
 }
@@ -149,6 +155,9 @@ pub struct Context {
     autoscalers: Arc<autoscaling::Pollers>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Per object, the resourceVersion this operator's last write replaced: while the watch still
+    /// delivers that version, the cache is behind the operator's own write.
+    superseded: Mutex<HashMap<String, String>>,
 }
 
 impl Context {
@@ -174,6 +183,7 @@ impl Context {
             baselines: rollout::Baselines::default(),
             autoscalers: Arc::default(),
             failures: Mutex::new(HashMap::new()),
+            superseded: Mutex::new(HashMap::new()),
         }
     }
 
@@ -233,14 +243,49 @@ impl Context {
             .inc();
     }
 
+    /// Remembers that a write of `controller` replaced `version` of the object `key`.
+    fn superseded(&self, controller: &'static str, key: &str, version: String) {
+        if let Ok(mut superseded) = self.superseded.lock() {
+            superseded.insert(format!("{controller}:{key}"), version);
+        }
+    }
+
+    /// Whether the cache still holds the version of `key` that this operator's last write
+    /// replaced. Once it holds another, the entry is forgotten.
+    fn cache_behind_own_write(&self, controller: &'static str, key: &str, cached: Option<&str>) -> bool {
+        let Ok(mut superseded) = self.superseded.lock() else {
+            return false;
+        };
+        let key = format!("{controller}:{key}");
+        match (superseded.get(&key), cached) {
+            (Some(replaced), Some(cached)) if replaced == cached => true,
+            (Some(_), _) => {
+                superseded.remove(&key);
+                false
+            }
+            (None, _) => false,
+        }
+    }
+
     /// Runs one reconcile with its metrics: counted, timed, and the object's backoff reset when
-    /// it succeeds.
+    /// it succeeds. A reconcile of a version this operator has already written over is skipped:
+    /// computed from it, the status would differ from the cached one and its write would meet a
+    /// 409. The watch delivers the written version soon and triggers the reconcile again; the
+    /// requeue is only the fallback.
     async fn measured(
         &self,
         controller: &'static str,
         key: &str,
+        cached_version: Option<&str>,
         reconcile: impl std::future::Future<Output = Result<Action, Error>>,
     ) -> Result<Action, Error> {
+        if self.cache_behind_own_write(controller, key, cached_version) {
+            tracing::debug!(
+                object = key,
+                "The cache is behind this operator's own write; waiting for the watch."
+            );
+            return Ok(Action::requeue(CACHE_BEHIND_FALLBACK));
+        }
         let started = std::time::Instant::now();
         let labels = crate::metrics::ControllerLabels { controller };
         self.metrics.reconciles.get_or_create(&labels).inc();
@@ -340,8 +385,21 @@ fn controller_config() -> kube::runtime::controller::Config {
 /// How long after a successful reconcile to check again anyway (drift from outside).
 pub const RESYNC: Duration = Duration::from_secs(300);
 
+/// When to reconcile again an object whose cached version the operator has written over, if the
+/// watch has not delivered the new version by then.
+const CACHE_BEHIND_FALLBACK: Duration = Duration::from_secs(10);
+
+/// When to retry after a 409: the object changed, and the watch event of its newer version triggers
+/// the reconcile anyway, so a conflict does not grow the backoff (on a loaded API server the
+/// watch lags, and doubling on each conflict left objects waiting minutes for nothing).
+const CONFLICT_RETRY: Duration = Duration::from_secs(2);
+
 fn error_action(ctx: &Context, controller: &'static str, key: &str, error: &Error) -> Action {
     ctx.count_error(controller, error);
+    if matches!(error, Error::Conflict(_)) {
+        tracing::debug!(%error, object = key, "Reconcile met a newer version; retrying when the watch delivers it.");
+        return Action::requeue(CONFLICT_RETRY);
+    }
     let delay = ctx.backoff(key);
     tracing::warn!(%error, object = key, category = error.category(), retry_in = ?delay, "Reconcile failed.");
     Action::requeue(delay)

@@ -10,7 +10,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     api::{Api, DynamicObject},
-    core::PartialObjectMeta,
+    core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         controller::Action,
         reflector::{ObjectRef, Store},
@@ -19,18 +19,20 @@ use kube::{
     Resource, ResourceExt,
 };
 use outrigger_api::{
-    common::LocalObjectReference, ReplicatedService, ReplicatedServiceStatus, RolloutStrategy,
+    common::LocalObjectReference, AutoscalingPolicy, ReplicatedService, ReplicatedServiceStatus,
+    RolloutStrategy,
 };
 use outrigger_core::{
     canary::{self, Traffic},
     config_rollout as core_config_rollout, labels,
     owner::Owner,
-    replicated::{self, RolloutInputs, Write},
+    replicated::{self, RolloutInputs, Write, ZeroInputs},
     validate,
 };
 
 use super::{
     apply::{resource_for, to_apply_value, typed, Applier},
+    autoscaling,
     cache::{self, Children, Stored},
     config_rollout, config_sync, error_action,
     rollout::{self, Rollout},
@@ -45,6 +47,8 @@ pub struct Replicated {
     ctx: Arc<Context>,
     children: Children,
     strategies: Store<RolloutStrategy>,
+    /// AutoscalingPolicies: one that may scale a service to zero puts the splitter in front of it.
+    policies: Store<DeserializeGuard<AutoscalingPolicy>>,
 }
 
 impl std::ops::Deref for Replicated {
@@ -92,6 +96,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     );
     let (strategies, strategy_events) =
         cache::watch(ctx.api::<RolloutStrategy>(), watcher::Config::default());
+    let (policies, policy_events) = cache::watch(
+        ctx.api::<DeserializeGuard<AutoscalingPolicy>>(),
+        watcher::Config::default(),
+    );
     let (services_store, service_triggers) =
         cache::watch_reconciled(ctx.api::<Stored<ReplicatedService>>(), watcher::Config::default());
     let mut controller = Controller::for_stream(service_triggers, services_store)
@@ -159,6 +167,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
                 .collect::<Vec<_>>()
         },
     );
+    let controller = controller.watches_stream(
+        policy_events.filter(autoscaling::spec_changes(policies.clone())),
+        autoscaling::scaled_service,
+    );
     // The config sync sidecars report in their pods' annotations; a change there updates the
     // ConfigSynced condition.
     let controller = controller.watches(
@@ -190,6 +202,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             ..Children::default()
         },
         strategies,
+        policies,
     });
     controller
         .run(reconcile, error_policy, context)
@@ -219,7 +232,13 @@ async fn reconcile(stored: Arc<Stored<ReplicatedService>>, ctx: Arc<Replicated>)
             }
         }
     };
-    ctx.measured(CONTROLLER, &key(&stored), run).await
+    ctx.measured(
+        CONTROLLER,
+        &key(&stored),
+        stored.meta().resource_version.as_deref(),
+        run,
+    )
+    .await
 }
 
 impl cache::Reconciled for ReplicatedService {
@@ -367,6 +386,13 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
         }
         None => None,
     };
+    let hold = autoscaling::hold_for(&ctx.policies, &namespace, &name);
+    let zero = hold.as_ref().map(|hold| ZeroInputs {
+        splitter_image: &ctx.splitter_image,
+        splitter_resources: ctx.splitter_resources.as_ref(),
+        splitter_ready: rollout::splitter_ready(&ctx.children, &namespace, &name),
+        hold,
+    });
     let inputs = rollout.as_ref().map(|rollout| RolloutInputs {
         strategy: &rollout.plan,
         decision: &rollout.decision,
@@ -379,7 +405,7 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
         config_tracks: config_read.is_some(),
     });
     // Build: pure.
-    let children = replicated::build(rsvc, ctx.pdb_api, inputs.as_ref())?;
+    let children = replicated::build_fronted(rsvc, ctx.pdb_api, inputs.as_ref(), zero.as_ref())?;
 
     // Apply, in the order of the plan (`replicated::writes`, which says why).
     let uid = rsvc.uid().unwrap_or_default();
@@ -442,17 +468,21 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
                 keep.services.extend(service.metadata.name.clone());
             }
             Write::SplitterConfig => {
-                let (Some(rollout), [stable, canary_endpoint, ..]) = (&rollout, endpoints.as_slice()) else {
+                let [stable, canary_endpoint, ..] = endpoints.as_slice() else {
                     continue;
                 };
-                let config = canary::splitter_config(&Traffic {
-                    stable_endpoint: stable.clone(),
-                    canary_endpoint: rollout.canary_serves().then(|| canary_endpoint.clone()),
-                    canary_weight: rollout.decision.status.canary_weight,
-                    mirror_percent: rollout.decision.status.mirror_percent,
-                    strategy: &rollout.plan,
-                    affinity: rsvc.spec.session_affinity.as_ref(),
-                });
+                let mut config = match &rollout {
+                    Some(rollout) => canary::splitter_config(&Traffic {
+                        stable_endpoint: stable.clone(),
+                        canary_endpoint: rollout.canary_serves().then(|| canary_endpoint.clone()),
+                        canary_weight: rollout.decision.status.canary_weight,
+                        mirror_percent: rollout.decision.status.mirror_percent,
+                        strategy: &rollout.plan,
+                        affinity: rsvc.spec.session_affinity.as_ref(),
+                    }),
+                    None => canary::stable_splitter_config(stable, rsvc.spec.session_affinity.as_ref()),
+                };
+                config.hold = hold.clone();
                 let config_map = canary::splitter_config_map(&Owner::of(rsvc)?, &config);
                 applier.apply(to_apply_value(&config_map)?).await?;
                 keep.config_maps.extend(config_map.metadata.name.clone());

@@ -189,6 +189,21 @@ fn sooner(decided: Option<Duration>, measurement: Option<Duration>) -> Option<Du
     }
 }
 
+/// The service's splitter has a ready replica (in the controller's cache).
+pub fn splitter_ready(children: &Children, namespace: &str, service: &str) -> bool {
+    ready(
+        children
+            .deployment(namespace, &canary::splitter_name(service))
+            .as_ref(),
+    )
+}
+
+fn ready(splitter: Option<&Deployment>) -> bool {
+    splitter
+        .and_then(|splitter| splitter.status.as_ref()?.ready_replicas)
+        .is_some_and(|ready| ready > 0)
+}
+
 /// Reads, measures and decides.
 pub async fn decide(
     rsvc: &ReplicatedService,
@@ -239,10 +254,7 @@ pub async fn decide(
         .as_ref()
         .and_then(settled)
         .is_some_and(|ready| ready >= rsvc.spec.replicas);
-    let splitter_ready = live_splitter
-        .as_ref()
-        .and_then(|splitter| splitter.status.as_ref()?.ready_replicas)
-        .is_some_and(|ready| ready > 0);
+    let splitter_ready = ready(live_splitter.as_ref());
     let control_annotation = rsvc.annotations().get(CONTROL_ANNOTATION).cloned();
     let control = Control::parse(control_annotation.as_deref());
     let previous = rsvc.status.as_ref().and_then(|status| status.rollout.as_ref());

@@ -1,13 +1,17 @@
 //! The ShardedService controller.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    core::v1::{ConfigMap, Event, Pod, Service},
+    core::v1::{ConfigMap, Event, Pod, Secret, Service},
     rbac::v1::{Role, RoleBinding},
 };
+use k8s_openapi::jiff::Timestamp;
 use kube::{
     runtime::{
         controller::Action,
@@ -17,7 +21,7 @@ use kube::{
     Resource, ResourceExt,
 };
 use outrigger_api::{ShardedService, ShardedServiceStatus};
-use outrigger_core::{inject, labels, owner::Owner, sharded, validate};
+use outrigger_core::{inject, labels, owner::Owner, reshard, sharded, validate};
 
 use super::{
     apply::{to_apply_value, typed, Applier},
@@ -43,6 +47,36 @@ pub struct Sharded {
     shard_pods: Store<Pod>,
     /// The pods using a ShardedService, whose ServiceAccounts may read its shard map.
     client_pods: Store<Pod>,
+    /// The shards' passwords seen, for pods that still require the previous one.
+    passwords: Passwords,
+}
+
+impl Sharded {
+    /// The password before `current` for a service, remembering `current`.
+    fn previous_password(&self, namespace: &str, name: &str, current: &str) -> Option<String> {
+        self.passwords.previous(&format!("{namespace}/{name}"), current)
+    }
+}
+
+/// The password of each ShardedService (`namespace/name`) and the one before it: a pod that still
+/// requires the previous one is opened with it and given the new one. In memory only: after a
+/// restart of the operator in the middle of a change, such a pod needs a restart.
+#[derive(Default)]
+struct Passwords(Mutex<HashMap<String, (String, Option<String>)>>);
+
+impl Passwords {
+    /// The password before `current` for `service`, remembering `current`.
+    fn previous(&self, service: &str, current: &str) -> Option<String> {
+        let mut passwords = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = passwords
+            .entry(service.to_owned())
+            .or_insert_with(|| (current.to_owned(), None));
+        if entry.0 != current {
+            let before = std::mem::replace(&mut entry.0, current.to_owned());
+            entry.1 = Some(before);
+        }
+        entry.1.clone()
+    }
 }
 
 impl std::ops::Deref for Sharded {
@@ -138,6 +172,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         failed_creates,
         shard_pods,
         client_pods,
+        passwords: Passwords::default(),
     });
     controller
         .run(reconcile, error_policy, context)
@@ -167,7 +202,13 @@ async fn reconcile(stored: Arc<Stored<ShardedService>>, ctx: Arc<Sharded>) -> Re
             }
         }
     };
-    ctx.measured(CONTROLLER, &key(&stored), run).await
+    ctx.measured(
+        CONTROLLER,
+        &key(&stored),
+        stored.meta().resource_version.as_deref(),
+        run,
+    )
+    .await
 }
 
 impl cache::Reconciled for ShardedService {}
@@ -181,9 +222,14 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Sharded) -> Result<Action
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    match apply_children(shsvc, ctx).await {
+    let rings = reshard::plan(&reshard_observed(
+        shsvc,
+        &ready_shards(shsvc, ctx),
+        Timestamp::now(),
+    ));
+    match apply_children(shsvc, ctx, &rings).await {
         Ok((stateful_sets, selector, primaries)) => {
-            let mut shards = sharded::shard_statuses(&shsvc.name_any(), shsvc.spec.shards, &stateful_sets);
+            let mut shards = sharded::shard_statuses(&shsvc.name_any(), rings.keep_shards, &stateful_sets);
             for (shard, primary) in shards.iter_mut().zip(primaries) {
                 if let Some((name, uid)) = primary {
                     shard.primary = Some(name);
@@ -200,6 +246,7 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Sharded) -> Result<Action
             let failures = sharded::failures(&stateful_sets, &failed_creates(ctx, shsvc));
             let mut desired = sharded::conditions(shsvc.spec.replicas_per_shard, &shards, &failures);
             desired.extend(config_synced.clone());
+            desired.push(rings.condition.clone());
             let status = ShardedServiceStatus {
                 observed_generation: shsvc.metadata.generation,
                 conditions: status::merged_conditions(
@@ -219,14 +266,20 @@ async fn reconcile_valid(shsvc: &ShardedService, ctx: &Sharded) -> Result<Action
                 ready_replicas: shards.iter().map(|s| s.ready_replicas).sum(),
                 selector: Some(selector),
                 shard_statuses: shards,
+                ring_shards: rings.ring_shards,
+                resharding: rings.status.clone(),
             };
             status::write(ctx, CONTROLLER, shsvc, shsvc.status.as_ref(), &status).await?;
             config_sync::announce(ctx, shsvc, current_conditions, config_synced.as_ref()).await;
-            Ok(Action::requeue(if shsvc.spec.replicas_per_shard > 1 {
+            // A primary to re-check, a new password to set on every pod, a reshard's next step.
+            let recheck = if shsvc.spec.replicas_per_shard > 1 || shsvc.spec.auth.is_some() {
                 RECHECK
             } else {
                 RESYNC
-            }))
+            };
+            Ok(Action::requeue(
+                rings.recheck_in.map_or(recheck, |soon| soon.min(recheck)),
+            ))
         }
         Err(error) if error.shown_on_status() => {
             let mut status = shsvc.status.clone().unwrap_or_default();
@@ -274,6 +327,7 @@ type Primaries = Vec<Option<(String, String)>>;
 async fn apply_children(
     shsvc: &ShardedService,
     ctx: &Sharded,
+    rings: &reshard::RingPlan,
 ) -> Result<(Vec<StatefulSet>, String, Primaries), Error> {
     ctx.children.ready().await?;
     for (store, kind) in [(&ctx.shard_pods, "shard Pods"), (&ctx.client_pods, "client Pods")] {
@@ -290,8 +344,23 @@ async fn apply_children(
         validate::sharded_service(&shsvc.spec),
         validate::sharded_service_name(&name, &shsvc.spec),
     ])?;
-    let (observed, primaries) = observe_and_replicate(shsvc, ctx, &namespace).await?;
-    let children = sharded::build_observed(shsvc, &observed)?;
+    let password = read_password(shsvc, ctx, &namespace).await?;
+    let (observed, primaries) =
+        observe_and_replicate(shsvc, ctx, &namespace, rings.keep_shards, password.as_deref()).await?;
+    let children = sharded::build_observed(
+        shsvc,
+        &observed,
+        &sharded::Rings {
+            ring: rings.ring_shards,
+            previous: rings.previous_shards,
+            keep: rings.keep_shards,
+            started_at: rings
+                .status
+                .as_ref()
+                .and_then(|status| status.migration_started_at.as_ref())
+                .map(|time| time.0.to_string()),
+        },
+    )?;
 
     let uid = shsvc.uid().unwrap_or_default();
     let applier = Applier {
@@ -301,8 +370,8 @@ async fn apply_children(
         owner_uid: &uid,
         cache: &ctx.children,
     };
-    // The map goes first: the ambassadors learn the new shards while they start, and a shrink only
-    // deletes shards after no map points at them.
+    // The map goes first: it names only shards that are ready (a new shard joins the ring once
+    // ready, `reshard::plan`), and a shrink deletes shards only after no map points at them.
     applier.apply(to_apply_value(&children.shard_map)?).await?;
     let clients = pods_labelled(&ctx.client_pods, &namespace, inject::SHARDED_CLIENT_LABEL, &name);
     let accounts = sharded::client_service_accounts(clients.iter().map(|pod| {
@@ -335,7 +404,7 @@ async fn apply_children(
     }
     // Shards beyond the spec: from the first one not desired, up to the last the cache holds.
     let mut beyond = Vec::new();
-    for index in shsvc.spec.shards.max(0).. {
+    for index in rings.keep_shards.max(0).. {
         let shard = sharded::shard_name(&name, index);
         let cached = ["StatefulSet", "Service"]
             .iter()
@@ -351,6 +420,7 @@ async fn apply_children(
     applier.prune("v1", "Service", &namespace, &beyond, &[]).await?;
     let possible_access = [
         outrigger_core::config_sync::access_name(&name),
+        outrigger_core::config_sync::former_access_name(&name),
         sharded::shard_map_reader_name(&name),
     ];
     for kind in ["Role", "RoleBinding"] {
@@ -375,7 +445,15 @@ async fn observe_and_replicate(
     shsvc: &ShardedService,
     ctx: &Sharded,
     namespace: &str,
+    shards: i32,
+    password: Option<&str>,
 ) -> Result<(Vec<sharded::ObservedShard>, Primaries), Error> {
+    let previous_password =
+        password.and_then(|password| ctx.previous_password(namespace, &shsvc.name_any(), password));
+    let credentials = password.map(|password| resp::Credentials {
+        password,
+        previous: previous_password.as_deref(),
+    });
     let service = shsvc.name_any();
     let listed = pods_labelled(&ctx.shard_pods, namespace, labels::SHARDED_SERVICE, &service);
     let previous = shsvc
@@ -385,10 +463,21 @@ async fn observe_and_replicate(
         .unwrap_or_default();
     let mut primaries = Vec::new();
     let mut observed = Vec::new();
-    for index in 0..shsvc.spec.shards {
+    for index in 0..shards {
         let shard = sharded::shard_name(&service, index);
         let replicas: Vec<sharded::ReplicaPod> =
             listed.iter().filter_map(|pod| replica_pod(pod, &shard)).collect();
+        if let Some(credentials) = credentials {
+            // Every pod requires the password, replicas authenticate to their primary with it;
+            // idempotent, so sent at every look.
+            for pod in replicas.iter().filter(|pod| pod.ready) {
+                let Some(ip) = &pod.ip else { continue };
+                let address = format!("{ip}:{}", shsvc.spec.port);
+                if let Err(error) = resp::command(&address, Some(credentials), &[]).await {
+                    tracing::warn!(%error, shard = %shard, pod = %pod.name, "Setting the password failed; trying again at the next look.");
+                }
+            }
+        }
         let addresses = replicas
             .iter()
             .filter_map(|pod| Some((pod.ordinal, pod.ip.clone()?)))
@@ -422,7 +511,7 @@ async fn observe_and_replicate(
                     vec!["REPLICAOF".to_owned(), primary_ip.clone(), port.to_string()],
                 ),
             };
-            if let Err(error) = resp::command(address, &args).await {
+            if let Err(error) = resp::command(address, credentials, &args).await {
                 let leading = matches!(command, sharded::ReplicationCommand::Lead { .. });
                 tracing::warn!(%error, shard = %shard, pod = %pod, leading, "Replication command failed; trying again at the next look.");
                 led &= !leading;
@@ -447,6 +536,54 @@ async fn observe_and_replicate(
         primaries.push(primary);
     }
     Ok((observed, primaries))
+}
+
+/// Whether each shard has every replica ready, from the cached StatefulSets (whose status changes
+/// bring a reconcile): a growth migrates as soon as its new shards are ready.
+fn ready_shards(shsvc: &ShardedService, ctx: &Sharded) -> Vec<bool> {
+    let namespace = shsvc.namespace().unwrap_or_default();
+    (0..shsvc.spec.shards.max(0))
+        .map(|index| {
+            let name = sharded::shard_name(&shsvc.name_any(), index);
+            ctx.children
+                .get("StatefulSet", &namespace, &name)
+                .and_then(|sts| sts.pointer("/status/readyReplicas")?.as_i64())
+                .is_some_and(|ready| ready >= i64::from(shsvc.spec.replicas_per_shard))
+        })
+        .collect()
+}
+
+fn reshard_observed<'a>(
+    shsvc: &'a ShardedService,
+    ready: &'a [bool],
+    now: Timestamp,
+) -> reshard::Observed<'a> {
+    let status = shsvc.status.as_ref();
+    reshard::Observed {
+        spec_shards: shsvc.spec.shards,
+        window: shsvc.spec.resharding.migration_window.0,
+        ring_shards: status.map_or(0, |status| status.ring_shards),
+        resharding: status.and_then(|status| status.resharding.as_ref()),
+        ready,
+        now,
+    }
+}
+
+/// The password of `spec.auth`, read from its Secret at every look (a new value is set on every
+/// pod at the next look). A missing Secret, key or value is shown on the ShardedService.
+async fn read_password(
+    shsvc: &ShardedService,
+    ctx: &Sharded,
+    namespace: &str,
+) -> Result<Option<String>, Error> {
+    let Some(auth) = &shsvc.spec.auth else {
+        return Ok(None);
+    };
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(ctx.client.clone(), namespace);
+    let secret = secrets.get_opt(&auth.secret_name).await?;
+    sharded::password(secret.as_ref(), auth)
+        .map(Some)
+        .map_err(|error| Error::SecretUnusable(error.to_string()))
 }
 
 /// The cached pods of `namespace` whose label `key` is `value`.
@@ -483,7 +620,8 @@ fn replica_pod(pod: &Pod, shard: &str) -> Option<sharded::ReplicaPod> {
     })
 }
 
-/// Just enough RESP to send one command and read a one-line reply.
+/// Just enough RESP to configure a shard pod: authenticate, set its password, send one command and
+/// read one-line replies.
 mod resp {
     use std::time::Duration;
 
@@ -505,25 +643,50 @@ mod resp {
         Refused { address: String, reply: String },
     }
 
-    /// Sends `args` to `address` and expects a `+` reply.
-    pub async fn command(address: &str, args: &[String]) -> Result<(), RespError> {
+    /// The password a shard pod must require, and the one it may still require (the Secret's
+    /// previous value, while a new one is set pod by pod).
+    #[derive(Debug, Clone, Copy)]
+    pub struct Credentials<'a> {
+        pub password: &'a str,
+        pub previous: Option<&'a str>,
+    }
+
+    /// Sends `args` to `address` and expects a `+` reply; with `credentials`, first authenticates
+    /// (with the previous password when the pod does not take the current one yet) and sets the
+    /// current password as the pod's `requirepass` and `masterauth`.
+    pub async fn command(
+        address: &str,
+        credentials: Option<Credentials<'_>>,
+        args: &[String],
+    ) -> Result<(), RespError> {
         let exchange = async {
             let mut stream = TcpStream::connect(address).await?;
-            let mut request = format!("*{}\r\n", args.len());
-            for arg in args {
-                request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-            }
-            stream.write_all(request.as_bytes()).await?;
-            let mut reply = Vec::new();
-            let mut chunk = [0u8; 512];
-            while !reply.ends_with(b"\r\n") && reply.len() < 4096 {
-                let read = stream.read(&mut chunk).await?;
-                if read == 0 {
-                    break;
+            let mut buf = Vec::new();
+            if let Some(credentials) = credentials {
+                let reply = call(&mut stream, &mut buf, &["AUTH", credentials.password]).await?;
+                let accepted = reply.starts_with('+') || outrigger_core::sharded::no_password_set(&reply);
+                if !accepted {
+                    let Some(previous) = credentials.previous else {
+                        return Ok(reply);
+                    };
+                    let reply = call(&mut stream, &mut buf, &["AUTH", previous]).await?;
+                    if !reply.starts_with('+') {
+                        return Ok(reply);
+                    }
                 }
-                reply.extend_from_slice(&chunk[..read]);
+                for setting in outrigger_core::sharded::password_settings(credentials.password) {
+                    let words: Vec<&str> = setting.iter().map(String::as_str).collect();
+                    let reply = call(&mut stream, &mut buf, &words).await?;
+                    if !reply.starts_with('+') {
+                        return Ok(reply);
+                    }
+                }
             }
-            Ok::<_, std::io::Error>(String::from_utf8_lossy(&reply).trim_end().to_owned())
+            if args.is_empty() {
+                return Ok("+OK".to_owned());
+            }
+            let words: Vec<&str> = args.iter().map(String::as_str).collect();
+            call(&mut stream, &mut buf, &words).await
         };
         let reply = tokio::time::timeout(TIMEOUT, exchange)
             .await
@@ -539,8 +702,54 @@ mod resp {
         } else {
             Err(RespError::Refused {
                 address: address.to_owned(),
+                // A refused AUTH echoes nothing secret; a command's reply is one line.
                 reply,
             })
         }
+    }
+
+    /// Sends one command and reads its one-line reply.
+    async fn call(stream: &mut TcpStream, buf: &mut Vec<u8>, words: &[&str]) -> std::io::Result<String> {
+        let mut request = format!("*{}\r\n", words.len());
+        for word in words {
+            request.push_str(&format!("${}\r\n{word}\r\n", word.len()));
+        }
+        stream.write_all(request.as_bytes()).await?;
+        let mut chunk = [0u8; 512];
+        loop {
+            if let Some(end) = buf.windows(2).position(|pair| pair == b"\r\n") {
+                let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+                buf.drain(..end + 2);
+                return Ok(line);
+            }
+            if buf.len() > 4096 {
+                return Err(std::io::Error::other("reply line too long"));
+            }
+            let read = stream.read(&mut chunk).await?;
+            if read == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+            buf.extend_from_slice(&chunk[..read]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_previous_password_is_remembered_until_the_next_change() {
+        let passwords = Passwords::default();
+        assert_eq!(passwords.previous("shop/cache", "one"), None);
+        assert_eq!(passwords.previous("shop/cache", "one"), None);
+        assert_eq!(passwords.previous("shop/cache", "two").as_deref(), Some("one"));
+        assert_eq!(
+            passwords.previous("shop/cache", "two").as_deref(),
+            Some("one"),
+            "kept for pods not yet given the new one"
+        );
+        assert_eq!(passwords.previous("shop/cache", "three").as_deref(), Some("two"));
+        assert_eq!(passwords.previous("shop/other", "x"), None, "per service");
     }
 }

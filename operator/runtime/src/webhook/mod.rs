@@ -78,13 +78,16 @@ impl WebhookMetrics {
 
 /// Looks up the sidecars a service asks for.
 pub trait OwnerLookup: Send + Sync {
-    /// `spec.sidecars` and the sidecar ConfigMap of the named service, when it exists.
-    fn sidecars(
-        &self,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Option<(Vec<outrigger_api::common::SidecarSpec>, String)>;
+    /// `spec.sidecars`, the sidecar ConfigMap and the UID of the named service, when it exists.
+    fn sidecars(&self, kind: &str, namespace: &str, name: &str) -> Option<OwnerEntry>;
+}
+
+/// What injection needs of a pod's owning service.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OwnerEntry {
+    pub sidecars: Vec<outrigger_api::common::SidecarSpec>,
+    pub config_map: String,
+    pub uid: Option<String>,
 }
 
 /// Owner lookups from watch caches of the two service kinds.
@@ -126,30 +129,28 @@ impl CachedOwners {
 }
 
 impl OwnerLookup for CachedOwners {
-    fn sidecars(
-        &self,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-    ) -> Option<(Vec<outrigger_api::common::SidecarSpec>, String)> {
+    fn sidecars(&self, kind: &str, namespace: &str, name: &str) -> Option<OwnerEntry> {
         match kind {
             "ReplicatedService" => {
                 let key = reflector::ObjectRef::new(name).within(namespace);
-                self.replicated.get(&key).map(|s| {
+                self.replicated.get(&key).map(|s| OwnerEntry {
                     // With a strategy, config sync learns where the rollout document is.
-                    let sidecars = config_rollout::sidecars_for(
+                    sidecars: config_rollout::sidecars_for(
                         name,
                         s.spec.rollout_strategy_ref.is_some(),
                         &s.spec.sidecars,
-                    );
-                    (sidecars, replicated::config_map_name(name))
+                    ),
+                    config_map: replicated::config_map_name(name),
+                    uid: s.metadata.uid.clone(),
                 })
             }
             "ShardedService" => {
                 let key = reflector::ObjectRef::new(name).within(namespace);
-                self.sharded
-                    .get(&key)
-                    .map(|s| (s.spec.sidecars.clone(), sharded::shard_map_name(name)))
+                self.sharded.get(&key).map(|s| OwnerEntry {
+                    sidecars: s.spec.sidecars.clone(),
+                    config_map: sharded::shard_map_name(name),
+                    uid: s.metadata.uid.clone(),
+                })
             }
             _ => None,
         }
@@ -188,9 +189,11 @@ impl Injector {
             .unwrap_or_default();
         let owned =
             inject::owner_of(pod).and_then(|(kind, name)| self.owners.sidecars(kind, &namespace, &name));
-        let owner = owned
-            .as_ref()
-            .map(|(sidecars, config_map)| OwnerSidecars { sidecars, config_map });
+        let owner = owned.as_ref().map(|entry| OwnerSidecars {
+            sidecars: &entry.sidecars,
+            config_map: &entry.config_map,
+            uid: entry.uid.as_deref(),
+        });
         let plan = match inject::plan(pod, owner, &self.defaults, self.native_sidecars) {
             Ok(Some(plan)) => plan,
             Ok(None) => return self.count(allowed, "allowed"),

@@ -456,4 +456,5 @@ mod tests {
 }
 
 pub mod health;
+pub mod hold;
 pub mod retry;

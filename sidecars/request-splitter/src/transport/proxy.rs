@@ -32,9 +32,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::{
+    config::HoldConfig,
     config::UpstreamProtocol,
     metrics::{class_index, Metrics, ReasonLabels},
     routing::health::{now_millis, RetryBudget},
+    routing::hold::HoldQueue,
     routing::{Choice, Decision},
     store::{Active, ConfigStore},
     transport::added::{AddedHeaders, FORWARDED_FOR, FORWARDED_PROTO},
@@ -73,6 +75,10 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("{count} header fields, more than the limit of {limit}")]
     TooManyHeaders { count: usize, limit: u32 },
+    #[error("the backend has no endpoint, and {held} requests are held already")]
+    HoldQueueFull { held: i64 },
+    #[error("the backend had no endpoint for the {waited:?} the request was held")]
+    HoldTimeout { waited: Duration },
 }
 
 impl ProxyError {
@@ -89,7 +95,10 @@ impl ProxyError {
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoConfig | ProxyError::NoHealthyEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoConfig
+            | ProxyError::NoHealthyEndpoint { .. }
+            | ProxyError::HoldQueueFull { .. }
+            | ProxyError::HoldTimeout { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Reset { .. } | ProxyError::Build { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -126,6 +135,8 @@ impl ProxyError {
             ProxyError::Build { .. } => "bad-upstream-request",
             ProxyError::MethodNotAllowed => "method-not-allowed",
             ProxyError::TooManyHeaders { .. } => "too-many-headers",
+            ProxyError::HoldQueueFull { .. } => "hold-queue-full",
+            ProxyError::HoldTimeout { .. } => "hold-timeout",
         }
     }
 
@@ -141,7 +152,18 @@ impl ProxyError {
             ProxyError::Build { .. } => "bad-upstream-request\n",
             ProxyError::MethodNotAllowed => "method-not-allowed\n",
             ProxyError::TooManyHeaders { .. } => "too-many-headers\n",
+            ProxyError::HoldQueueFull { .. } => "hold-queue-full\n",
+            ProxyError::HoldTimeout { .. } => "hold-timeout\n",
         }
+    }
+
+    /// A failure that a held request waits out: nothing took the connection (a Service without
+    /// endpoints refuses it), or every endpoint is ejected.
+    pub fn holdable(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::NoHealthyEndpoint { .. }
+        )
     }
 }
 
@@ -151,6 +173,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub budget: RetryBudget,
     pub mirror: MirrorQueue,
+    /// Requests waiting for a backend without endpoints (`hold` in the configuration).
+    pub hold: HoldQueue,
 }
 
 /// Facts about the client connection a request came on.
@@ -397,8 +421,10 @@ impl Exchange {
         let limits = &active.config.limits;
         let mut mirror_to = active.router.mirror_sample();
         let idempotent = crate::routing::retry::is_idempotent(&self.method);
-        let wants_buffer =
-            mirror_to.is_some() || (idempotent && active.backends[self.decision.backend].max_retries > 0);
+        // Held requests are sent again once an endpoint appears, whatever their method.
+        let wants_buffer = mirror_to.is_some()
+            || active.config.hold.is_some()
+            || (idempotent && active.backends[self.decision.backend].max_retries > 0);
         let mut upload = None;
         let body = if body.is_end_stream() {
             RequestBody::Buffered(None)
@@ -433,7 +459,14 @@ impl Exchange {
             self.added.insert_into(&mut headers);
             (backend, headers, copy)
         });
-        let (result, retries) = self.attempts(body, idempotent, upload.as_deref()).await;
+        let held_copy = active.config.hold.as_ref().and_then(|_| body.replay());
+        let (mut result, retries) = self.attempts(body, idempotent, upload.as_deref(), false).await;
+        if let (Err(error), Some(hold), Some(copy)) = (&result, &active.config.hold, held_copy) {
+            if error.holdable() {
+                let tried = matches!(error, ProxyError::Connect { .. });
+                result = self.hold(copy, hold, idempotent, tried).await;
+            }
+        }
         let response = match result {
             Ok((response, (backend, endpoint))) => self.finish_upstream(response, backend, endpoint, retries),
             Err(error) => self.finish_local(error, retries),
@@ -454,12 +487,68 @@ impl Exchange {
         response
     }
 
-    /// Sends the request until an endpoint answers or nothing more may be tried.
+    /// Holds a request whose backend has no endpoint to take it: it waits in the bounded queue
+    /// and tries every `retryInterval` (at once when `tried` is false: no connection was attempted,
+    /// every endpoint being ejected), until an endpoint answers, a failure other than a refused
+    /// connection ends it, or the hold's `timeout` passes.
+    async fn hold(
+        &mut self,
+        body: RequestBody,
+        hold: &HoldConfig,
+        idempotent: bool,
+        tried: bool,
+    ) -> Result<(Response<UpstreamBody>, Served), ProxyError> {
+        let shared = self.shared.clone();
+        let place = shared
+            .hold
+            .enter(hold.max_requests, Instant::now())
+            .map_err(|full| ProxyError::HoldQueueFull { held: full.held })?;
+        let deadline = tokio::time::Instant::now() + hold.timeout.0;
+        let mut wait = tried;
+        loop {
+            if wait {
+                let next = tokio::time::Instant::now() + hold.retry_interval.0;
+                tokio::time::sleep_until(next.min(deadline)).await;
+            }
+            wait = true;
+            if tokio::time::Instant::now() >= deadline {
+                place.timed_out();
+                return Err(ProxyError::HoldTimeout {
+                    waited: hold.timeout.0,
+                });
+            }
+            let Some(copy) = body.replay() else {
+                return Err(ProxyError::NoHealthyEndpoint {
+                    backend: self.active.backends[self.decision.backend].name.clone(),
+                });
+            };
+            match self.attempts(copy, idempotent, None, true).await.0 {
+                Ok(served) => {
+                    if let Some(took) = place.served(Instant::now()) {
+                        tracing::info!(
+                            request_id = self.request_id.as_str(),
+                            backend = %self.active.backends[(served.1).0].name,
+                            cold_start_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                            "A held request was answered; the cold start is over."
+                        );
+                    }
+                    return Ok(served);
+                }
+                Err(error) if error.holdable() => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Sends the request until an endpoint answers or nothing more may be tried. While `holding`,
+    /// every endpoint is tried once, ejected ones too, and a refused connection is neither a
+    /// failure of the endpoint nor a retry.
     async fn attempts(
         &mut self,
         body: RequestBody,
         idempotent: bool,
         upload: Option<&UploadProgress>,
+        holding: bool,
     ) -> (Result<(Response<UpstreamBody>, Served), ProxyError>, u32) {
         let active = self.active.clone();
         let replayable = body.replay().is_some();
@@ -472,9 +561,12 @@ impl Exchange {
         let mut last_error = None;
         loop {
             let backend = &active.backends[backend_index];
-            let picked = backend.pick(self.decision.key_hash, now_millis(), |endpoint| {
-                tried.contains(&(backend_index, endpoint))
-            });
+            let untried = |endpoint| tried.contains(&(backend_index, endpoint));
+            let picked = if holding {
+                backend.pick_while_holding(self.decision.key_hash, untried)
+            } else {
+                backend.pick(self.decision.key_hash, now_millis(), untried)
+            };
             let Some(endpoint_index) = picked else {
                 exhausted.push(backend_index);
                 let failover = match self.decision.choice {
@@ -584,6 +676,11 @@ impl Exchange {
                     timeout: backend.timeout,
                 },
             };
+            if holding && matches!(error, ProxyError::Connect { .. }) {
+                last_error = Some(error);
+                tried.push((backend_index, endpoint_index));
+                continue;
+            }
             match &error {
                 ProxyError::Connect { .. } => backend.metrics.connect_errors.inc(),
                 ProxyError::Timeout { .. } => backend.metrics.timeouts.inc(),
@@ -1116,6 +1213,7 @@ mod tests {
             store,
             budget: RetryBudget::default(),
             mirror: MirrorQueue::start(4, 1, metrics.clone()),
+            hold: HoldQueue::new(&metrics),
             metrics,
         })
     }
@@ -1154,6 +1252,7 @@ mod tests {
             store: Arc::new(ConfigStore::new(metrics.clone())),
             budget: RetryBudget::default(),
             mirror: MirrorQueue::start(4, 1, metrics.clone()),
+            hold: HoldQueue::new(&metrics),
             metrics,
         });
         let request = Request::new(Full::new(Bytes::new()));

@@ -116,7 +116,18 @@ impl Backend {
     /// An endpoint to try: for a sticky key its place on the ring, otherwise the next in turn;
     /// never an ejected one or one in `tried`. `None` when none is left.
     pub fn pick(&self, key_hash: Option<u64>, now: u64, tried: impl Fn(usize) -> bool) -> Option<usize> {
-        let usable = |index: usize| !tried(index) && self.endpoints[index].health.is_available(now);
+        self.pick_where(key_hash, |index| {
+            !tried(index) && self.endpoints[index].health.is_available(now)
+        })
+    }
+
+    /// As [`Backend::pick`], ejected endpoints included: a held request tries every endpoint,
+    /// since a refused connection is what it waits out, not a sign of a bad endpoint.
+    pub fn pick_while_holding(&self, key_hash: Option<u64>, tried: impl Fn(usize) -> bool) -> Option<usize> {
+        self.pick_where(key_hash, |index| !tried(index))
+    }
+
+    fn pick_where(&self, key_hash: Option<u64>, usable: impl Fn(usize) -> bool) -> Option<usize> {
         if let Some(hash) = key_hash {
             // A few rehashes find the key's next choice on the ring when its first is unusable, so
             // the clients of an ejected endpoint spread instead of piling onto one neighbour.

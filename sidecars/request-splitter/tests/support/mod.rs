@@ -88,7 +88,15 @@ impl Drop for Backend {
 
 /// Starts a plain HTTP/1.1 + h2c backend.
 pub async fn backend(name: &str, behaviour: Behaviour) -> Backend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backend_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), name, behaviour)
+}
+
+/// Starts a backend on a given address (one where nothing listened before, say).
+pub async fn backend_at(addr: SocketAddr, name: &str, behaviour: Behaviour) -> Backend {
+    backend_on(TcpListener::bind(addr).await.unwrap(), name, behaviour)
+}
+
+fn backend_on(listener: TcpListener, name: &str, behaviour: Behaviour) -> Backend {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(Mutex::new(Vec::new()));

@@ -1,6 +1,6 @@
 //! A small client for the few Kubernetes API calls a sidecar makes: `GET` of one object or a list,
-//! a merge `PATCH` (a sidecar annotating its own pod),
-//! and a streamed watch, over HTTP/1.1 with TLS, authenticated with a bearer token. [`super::Api`]
+//! a `POST` that creates one (an Event), a merge `PATCH` (a sidecar annotating its own pod, an
+//! Event counting a repeat), and a streamed watch, over HTTP/1.1 with TLS, authenticated with a bearer token. [`super::Api`]
 //! builds typed calls on it.
 //!
 //! In a pod it needs no flags: the API server is `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT`,
@@ -89,6 +89,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The status the API server answered with, when it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
     /// The answer was `410 Gone`: the resource version asked for is too old.
     pub fn is_gone(&self) -> bool {
         match self {
@@ -281,16 +289,30 @@ impl ApiClient {
         self.send_with(http::Method::GET, path_and_query, None).await
     }
 
+    /// `POST path` with a JSON body: creates the object. The answer's body is read and dropped.
+    pub async fn create(&self, path: &str, object: &serde_json::Value) -> Result<(), ApiError> {
+        self.send_json(http::Method::POST, path, "application/json", object)
+            .await
+    }
+
     /// `PATCH path` with a JSON merge patch (`application/merge-patch+json`), such as a sidecar
     /// writing an annotation on its own pod. The answer's body is read and dropped.
     pub async fn merge_patch(&self, path: &str, patch: &serde_json::Value) -> Result<(), ApiError> {
-        let body = serde_json::to_vec(patch).map_err(ApiError::Decode)?;
+        self.send_json(http::Method::PATCH, path, "application/merge-patch+json", patch)
+            .await
+    }
+
+    /// Sends a JSON body and fails unless the answer is a success.
+    async fn send_json(
+        &self,
+        method: http::Method,
+        path: &str,
+        content_type: &'static str,
+        value: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let body = serde_json::to_vec(value).map_err(ApiError::Decode)?;
         let response = self
-            .send_with(
-                http::Method::PATCH,
-                path,
-                Some(("application/merge-patch+json", Bytes::from(body))),
-            )
+            .send_with(method, path, Some((content_type, Bytes::from(body))))
             .await?;
         let status = response.status();
         let body = self.read_body(response.into_body()).await?;

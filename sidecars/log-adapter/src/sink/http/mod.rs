@@ -39,6 +39,11 @@ use tracing::warn;
 pub use self::format::Format;
 use self::format::Verdict;
 use super::{Batch, Sink, SinkError};
+use crate::notice::{Notice, Notify};
+
+/// Failed attempts in a row after which the sink counts as failing (a notice, an Event): one lost
+/// connection that the next attempt repairs is not worth one.
+const FAILING_AFTER: u32 = 3;
 
 /// The largest response body read (an Elasticsearch bulk answer lists every item).
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
@@ -149,6 +154,11 @@ pub struct HttpSink {
     body: Vec<u8>,
     stop: Option<Arc<AtomicBool>>,
     metrics: HttpSinkMetrics,
+    notify: Option<Notify>,
+    /// Failed attempts since the last delivery.
+    failures: u32,
+    /// Since when the sink has been failing, once it counts as failing.
+    failing_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for HttpSink {
@@ -203,7 +213,46 @@ impl HttpSink {
             body: Vec::new(),
             stop: None,
             metrics,
+            notify: None,
+            failures: 0,
+            failing_since: None,
         })
+    }
+
+    /// `notify` hears when the sink starts failing and when it delivers again.
+    #[must_use]
+    pub fn with_notify(mut self, notify: Notify) -> Self {
+        self.notify = Some(notify);
+        self
+    }
+
+    fn delivered(&mut self) {
+        self.backoff = self.backoff_min;
+        self.failures = 0;
+        if let Some(since) = self.failing_since.take() {
+            let after = since.elapsed();
+            tracing::info!(url = %self.uri, after = ?after, "The log sink accepts records again.");
+            if let Some(notify) = &self.notify {
+                notify(Notice::SinkRecovered {
+                    url: self.uri.to_string(),
+                    after,
+                });
+            }
+        }
+    }
+
+    fn attempt_failed(&mut self, error: &HttpError) {
+        self.failures = self.failures.saturating_add(1);
+        if self.failing_since.is_none() && self.failures >= FAILING_AFTER {
+            self.failing_since = Some(Instant::now());
+            warn!(%error, url = %self.uri, "The log sink is failing; records wait on the log volume.");
+            if let Some(notify) = &self.notify {
+                notify(Notice::SinkFailing {
+                    url: self.uri.to_string(),
+                    error: error.to_string(),
+                });
+            }
+        }
     }
 
     /// Once `stop` is set, a failing batch is not tried again: the process is stopping, and what
@@ -290,13 +339,13 @@ impl Sink for HttpSink {
             let error = match sent {
                 Ok((status, answer)) => match format::judge(self.format, status, answer.as_deref()) {
                     Verdict::Delivered => {
-                        self.backoff = self.backoff_min;
+                        self.delivered();
                         return Ok(());
                     }
                     Verdict::Refused { status } => {
                         warn!(status, records = pending.len(), url = %self.uri, "The log sink refused a batch for good; dropping it.");
                         self.metrics.refused.inc_by(pending.len() as u64);
-                        self.backoff = self.backoff_min;
+                        self.delivered();
                         return Ok(());
                     }
                     Verdict::Partial { retry, refused } => {
@@ -306,7 +355,7 @@ impl Sink for HttpSink {
                         }
                         pending = retry.iter().filter_map(|&at| pending.get(at).copied()).collect();
                         if pending.is_empty() {
-                            self.backoff = self.backoff_min;
+                            self.delivered();
                             return Ok(());
                         }
                         HttpError::Partial { count: pending.len() }
@@ -318,6 +367,7 @@ impl Sink for HttpSink {
             if matches!(error, HttpError::Request(_)) {
                 return Err(error.into());
             }
+            self.attempt_failed(&error);
             self.metrics
                 .retries
                 .get_or_create(&ReasonLabels {
