@@ -155,9 +155,38 @@ pub struct Context {
     autoscalers: Arc<autoscaling::Pollers>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
-    /// Per object, the resourceVersion this operator's last write replaced: while the watch still
-    /// delivers that version, the cache is behind the operator's own write.
-    superseded: Mutex<HashMap<String, String>>,
+    /// The versions this operator's own writes replaced.
+    superseded: Superseded,
+}
+
+/// Per object, the resourceVersion this operator's last write replaced: while the watch still
+/// delivers that version, the cache is behind the operator's own write.
+#[derive(Default)]
+struct Superseded(Mutex<HashMap<String, String>>);
+
+impl Superseded {
+    /// Remembers that a write replaced `version` of the object `key`.
+    fn note(&self, key: String, version: String) {
+        if let Ok(mut replaced) = self.0.lock() {
+            replaced.insert(key, version);
+        }
+    }
+
+    /// Whether `cached` is the version of `key` that the last write replaced. Once the cache holds
+    /// another, the entry is forgotten.
+    fn is_behind(&self, key: &str, cached: Option<&str>) -> bool {
+        let Ok(mut replaced) = self.0.lock() else {
+            return false;
+        };
+        match (replaced.get(key), cached) {
+            (Some(version), Some(cached)) if version == cached => true,
+            (Some(_), _) => {
+                replaced.remove(key);
+                false
+            }
+            (None, _) => false,
+        }
+    }
 }
 
 impl Context {
@@ -183,7 +212,7 @@ impl Context {
             baselines: rollout::Baselines::default(),
             autoscalers: Arc::default(),
             failures: Mutex::new(HashMap::new()),
-            superseded: Mutex::new(HashMap::new()),
+            superseded: Superseded::default(),
         }
     }
 
@@ -245,26 +274,12 @@ impl Context {
 
     /// Remembers that a write of `controller` replaced `version` of the object `key`.
     fn superseded(&self, controller: &'static str, key: &str, version: String) {
-        if let Ok(mut superseded) = self.superseded.lock() {
-            superseded.insert(format!("{controller}:{key}"), version);
-        }
+        self.superseded.note(format!("{controller}:{key}"), version);
     }
 
-    /// Whether the cache still holds the version of `key` that this operator's last write
-    /// replaced. Once it holds another, the entry is forgotten.
+    /// Whether the cache still holds the version of `key` that this operator's last write replaced.
     fn cache_behind_own_write(&self, controller: &'static str, key: &str, cached: Option<&str>) -> bool {
-        let Ok(mut superseded) = self.superseded.lock() else {
-            return false;
-        };
-        let key = format!("{controller}:{key}");
-        match (superseded.get(&key), cached) {
-            (Some(replaced), Some(cached)) if replaced == cached => true,
-            (Some(_), _) => {
-                superseded.remove(&key);
-                false
-            }
-            (None, _) => false,
-        }
+        self.superseded.is_behind(&format!("{controller}:{key}"), cached)
     }
 
     /// Runs one reconcile with its metrics: counted, timed, and the object's backoff reset when
@@ -496,6 +511,30 @@ mod tests {
         );
         assert_eq!(event.reporting_instance.as_deref(), Some("op-0"));
         assert_eq!(event.regarding, Some(regarding));
+    }
+
+    #[test]
+    fn a_cached_version_the_last_write_replaced_is_behind_until_another_arrives() {
+        let superseded = Superseded::default();
+        assert!(
+            !superseded.is_behind("rs:ns/a", Some("10")),
+            "nothing written yet"
+        );
+        superseded.note("rs:ns/a".to_owned(), "10".to_owned());
+        assert!(superseded.is_behind("rs:ns/a", Some("10")));
+        assert!(
+            superseded.is_behind("rs:ns/a", Some("10")),
+            "still behind on a second trigger"
+        );
+        assert!(!superseded.is_behind("rs:ns/b", Some("10")), "another object");
+        assert!(
+            !superseded.is_behind("rs:ns/a", Some("11")),
+            "the written version arrived"
+        );
+        assert!(
+            !superseded.is_behind("rs:ns/a", Some("10")),
+            "forgotten once caught up"
+        );
     }
 
     #[test]
