@@ -206,7 +206,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     });
     controller
         .run(reconcile, error_policy, context)
-        .for_each(|_| {
+        .for_each(|result| {
+            if let Err(error) = &result {
+                tracing::warn!(?error, "controller stream error");
+            }
             managed.set(i64::try_from(store.len()).unwrap_or(i64::MAX));
             futures::future::ready(())
         })
