@@ -93,9 +93,12 @@ impl<K: Reconciled> Stored<K> {
             Ok(mut object) => {
                 forget_unread(object.meta_mut());
                 let metadata = object.meta();
+                // The watch resumes from the resourceVersion of the last object it delivered:
+                // without it every event ends the watch and lists the whole kind again.
                 let metadata = ObjectMeta {
                     name: metadata.name.clone(),
                     namespace: metadata.namespace.clone(),
+                    resource_version: metadata.resource_version.clone(),
                     ..ObjectMeta::default()
                 };
                 let body = serde_json::to_string(&object).map(String::into_boxed_str);
@@ -418,6 +421,21 @@ mod tests {
             "spec": {"clusterIP": "10.0.0.9", "selector": {"app": name}, "sessionAffinity": "None"},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_stored_object_keeps_its_resource_version_for_the_watch_to_resume_from() {
+        let object: outrigger_api::ReplicatedService = serde_json::from_value(json!({
+            "apiVersion": "outrigger.dev/v1alpha1",
+            "kind": "ReplicatedService",
+            "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "42"},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:1"}]}}},
+        }))
+        .unwrap();
+        let stored = Stored::new(DeserializeGuard(Ok(object)));
+        assert_eq!(stored.meta().resource_version.as_deref(), Some("42"));
+        assert_eq!(stored.meta().name.as_deref(), Some("web"));
+        assert_eq!(stored.decode().0.unwrap().metadata.resource_version.as_deref(), Some("42"));
     }
 
     fn services() -> (Children, SlimWriter) {
