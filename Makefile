@@ -2,10 +2,16 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: up down test lint fmt test-unit test-cluster generate cluster-up cluster-down operator-up deps images install-manifest
+.PHONY: up demo down test lint fmt test-unit test-cluster generate cluster-up cluster-down operator-up deps images install-manifest
 
-## Bring up the local cluster with the CRDs installed and the operator running.
-up: cluster-up operator-up
+## Bring the whole product up on the local cluster: the cluster, every image, the kubectl plugin,
+## and the operator installed with the Helm chart; waits until sidecar injection works.
+up:
+	hack/up.sh
+
+## A live canary experiment with in-cluster load: a bad version rolled back, a good one promoted.
+demo:
+	hack/demo.sh
 
 down:
 	-hack/operator.sh stop
@@ -28,7 +34,7 @@ test-unit:
 	$(CARGO) test --workspace --exclude outrigger-tests
 
 test-cluster:
-	$(CARGO) build -p outrigger-operator -p outrigger-request-splitter
+	$(CARGO) build -p outrigger-operator -p outrigger-request-splitter -p kubectl-outrigger
 	OUTRIGGER_IMAGE_PROFILE=image-test hack/images.sh
 	$(CARGO) test -p outrigger-tests --no-fail-fast -- --test-threads=4
 
@@ -53,6 +59,7 @@ cluster-up:
 cluster-down:
 	hack/cluster.sh down
 
+## The operator as a process on this machine instead of in the cluster (for working on it).
 operator-up:
 	hack/images.sh testapp
 	hack/operator.sh start

@@ -43,7 +43,7 @@ deps() {
   local need=()
   local pkg
   for pkg in golang-1.19-go golang-github-modern-go-reflect2-dev etcd-server docker.io jq gcc openssl iproute2 ca-certificates \
-    iptables conntrack; do
+    iptables conntrack socat; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
   done
   if ((${#need[@]})); then
@@ -53,13 +53,29 @@ deps() {
   fi
 }
 
+# `apt-get source` needs a deb-src entry for bookworm's main component. It is derived from the
+# machine's own `deb` entry for Debian's archive (its mirror, its keyring), never a fixed address.
+has_deb_src() {
+  apt-get indextargets --format '$(TARGET_OF) $(IDENTIFIER) $(COMPONENT) $(RELEASE)' 2>/dev/null \
+    | grep -qx 'deb-src Sources main bookworm'
+}
+
+debian_mirror() {
+  apt-get indextargets --format '$(TARGET_OF) $(IDENTIFIER) $(COMPONENT) $(RELEASE) $(REPO_URI)' 2>/dev/null \
+    | awk '$1 == "deb" && $2 == "Packages" && $3 == "main" && $4 !~ /-(security|updates|backports)$/ { print $5; exit }'
+}
+
 ensure_deb_src() {
-  if ! grep -rqsE '^(Types: *deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    log "enabling deb-src for bookworm"
-    printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-      > /etc/apt/sources.list.d/outrigger-debian-src.sources
-    apt-get update -qq
-  fi
+  has_deb_src && return 0
+  local mirror keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+  mirror=$(debian_mirror)
+  [[ -n $mirror ]] || die "no apt source for Debian's archive (main): add one to /etc/apt/sources.list.d/ so the kubernetes source package can be fetched"
+  log "enabling deb-src for bookworm from $mirror"
+  {
+    printf 'Types: deb-src\nURIs: %s\nSuites: bookworm\nComponents: main\n' "$mirror"
+    [[ -f $keyring ]] && printf 'Signed-By: %s\n' "$keyring"
+  } >/etc/apt/sources.list.d/outrigger-debian-src.sources
+  apt-get update -qq
 }
 
 build() {
@@ -145,7 +161,7 @@ W
   fi
   if ! docker info >/dev/null 2>&1; then
     mkdir -p "$RUN"
-    (setsid /usr/sbin/dockerd >"$RUN/dockerd.log" 2>&1 &)
+    (close_inherited; setsid /usr/sbin/dockerd >"$RUN/dockerd.log" 2>&1 &)
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
     docker info >/dev/null 2>&1 || { tail -20 "$RUN/dockerd.log" >&2; die "dockerd did not start"; }
   fi
@@ -206,10 +222,21 @@ write_kubeconfig() {
   kubectl config --kubeconfig="$file" use-context local >/dev/null
 }
 
+# Closes every descriptor above 2 in the current (sub)shell. A daemon must not inherit what its
+# caller holds: started under `flock /tmp/outrigger-cluster.lock hack/cluster.sh up`, it would keep
+# the lock held for as long as the cluster runs.
+close_inherited() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    if ((fd > 2)); then eval "exec $fd>&-"; fi
+  done
+}
+
 start() {
   local name=$1
   shift
-  (setsid "$@" >"$RUN/$name.log" 2>&1 & echo $! >"$RUN/$name.pid")
+  (close_inherited; setsid "$@" >"$RUN/$name.log" 2>&1 & echo $! >"$RUN/$name.pid")
 }
 
 # Pods may reach each other and this host (the API server, on docker0's address), nothing else: a

@@ -7,8 +7,11 @@ need=()
 # redis-server, redis-tools and nutcracker: the sharding ambassador's tests run against real Redis
 # shards and check key placement against twemproxy. prometheus (for promtool) and
 # prometheus-redis-exporter: the metrics adapter's tests check its exposition with promtool and its
-# Redis metrics against the exporter's.
-for pkg in curl ca-certificates redis-server redis-tools nutcracker prometheus prometheus-redis-exporter; do
+# Redis metrics against the exporter's. varnish and wrk: the request splitter's cache benchmark
+# (bench/cache.sh) measures its hit path against Varnish's; openssl: the front tier's TLS test makes
+# certificates and handshakes with it.
+for pkg in curl ca-certificates redis-server redis-tools nutcracker prometheus prometheus-redis-exporter \
+  varnish wrk openssl; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -14,7 +14,6 @@ ARG VERSION=dev
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="outrigger-config-sync" \
       org.opencontainers.image.description="Outrigger config sync: ConfigMaps and Secrets watched, validated, written atomically, the app reloaded and rolled back on failure" \
-      org.opencontainers.image.source="https://github.com/outrigger-dev/outrigger" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.vendor="Outrigger" \
       org.opencontainers.image.version="${VERSION}" \

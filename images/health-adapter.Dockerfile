@@ -13,7 +13,6 @@ ARG VERSION=dev
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="outrigger-health-adapter" \
       org.opencontainers.image.description="Outrigger health adapter: TCP, HTTP, Redis and metric-threshold checks with hysteresis, served as /livez, /readyz and /startupz" \
-      org.opencontainers.image.source="https://github.com/outrigger-dev/outrigger" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.vendor="Outrigger" \
       org.opencontainers.image.version="${VERSION}" \

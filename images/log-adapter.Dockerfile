@@ -15,7 +15,6 @@ ARG VERSION=dev
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="outrigger-log-adapter" \
       org.opencontainers.image.description="Outrigger log adapter: tails the app's log files, parses them (JSON, logfmt, nginx, klog, syslog, stack traces) and writes one JSON record per event" \
-      org.opencontainers.image.source="https://github.com/outrigger-dev/outrigger" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.vendor="Outrigger" \
       org.opencontainers.image.version="${VERSION}" \

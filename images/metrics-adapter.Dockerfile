@@ -13,7 +13,6 @@ ARG VERSION=dev
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="outrigger-metrics-adapter" \
       org.opencontainers.image.description="Outrigger metrics adapter: Redis, JSON, StatsD and Prometheus collectors on the pod's loopback, served as Prometheus text or OpenMetrics" \
-      org.opencontainers.image.source="https://github.com/outrigger-dev/outrigger" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.vendor="Outrigger" \
       org.opencontainers.image.version="${VERSION}" \

@@ -12,7 +12,6 @@ ARG VERSION=dev
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="outrigger-nginx" \
       org.opencontainers.image.description="nginx (Debian's) on an empty base, logging to Outrigger's shared log volume" \
-      org.opencontainers.image.source="https://github.com/outrigger-dev/outrigger" \
       org.opencontainers.image.licenses="BSD-2-Clause" \
       org.opencontainers.image.vendor="Outrigger" \
       org.opencontainers.image.version="${VERSION}" \

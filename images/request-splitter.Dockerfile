@@ -13,7 +13,6 @@ ARG VERSION=dev
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="outrigger-request-splitter" \
       org.opencontainers.image.description="Outrigger request splitter: weighted, sticky, header-routed and mirrored HTTP splitting across versions" \
-      org.opencontainers.image.source="https://github.com/outrigger-dev/outrigger" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.vendor="Outrigger" \
       org.opencontainers.image.version="${VERSION}" \

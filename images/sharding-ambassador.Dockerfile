@@ -15,7 +15,6 @@ ARG VERSION=dev
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="outrigger-sharding-ambassador" \
       org.opencontainers.image.description="Outrigger sharding ambassador: a Redis proxy on loopback that sends every key to its shard on a twemproxy-compatible ketama ring" \
-      org.opencontainers.image.source="https://github.com/outrigger-dev/outrigger" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.vendor="Outrigger" \
       org.opencontainers.image.version="${VERSION}" \

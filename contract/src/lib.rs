@@ -14,6 +14,7 @@
 pub mod config_sync;
 pub mod duration;
 pub mod json;
+pub mod rate_limit;
 pub mod routing;
 pub mod schema;
 pub mod shard_map;

@@ -9,6 +9,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use crate::duration::{ConfigDuration, DURATION_PATTERN};
+pub use crate::rate_limit::{
+    EndpointDiscoveryConfig, RateLimitKey, RateLimitsConfig, RouteRateLimitConfig, TokenBucketConfig,
+};
 pub use crate::routing::{AffinitySource, RouteMatch, ValueMatch};
 use crate::ApiVersion;
 
@@ -58,6 +61,14 @@ pub struct SplitterConfig {
     /// zero), instead of answering 502 or 503 at once. Without it nothing is held.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<HoldConfig>,
+    /// Token-bucket rate limits per client key, tier and path prefix. Without it nothing is
+    /// limited. Buckets keep their state across reloads that keep their limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimitsConfig>,
+    /// A shared HTTP cache in front of the backends (GET and HEAD, by `Cache-Control`). Without
+    /// it nothing is cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheConfig>,
 }
 
 impl SplitterConfig {
@@ -77,6 +88,8 @@ impl SplitterConfig {
             tls: None,
             access_log: yes(),
             hold: None,
+            rate_limits: None,
+            cache: None,
         }
     }
 
@@ -129,6 +142,10 @@ pub struct BackendConfig {
     /// Protocol spoken to the endpoints.
     #[serde(default)]
     pub protocol: UpstreamProtocol,
+    /// Take the endpoints from the ready pods behind a Kubernetes Service instead, one per pod, so
+    /// a sticky key stays on one pod; `endpoints` serve while no ready pod is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<EndpointDiscoveryConfig>,
 }
 
 impl BackendConfig {
@@ -141,6 +158,7 @@ impl BackendConfig {
             connect_timeout: default_connect_timeout(),
             max_retries: default_max_retries(),
             protocol: UpstreamProtocol::default(),
+            discovery: None,
         }
     }
 }
@@ -411,14 +429,78 @@ fn default_hold_retry_interval() -> ConfigDuration {
     ConfigDuration(Duration::from_millis(100))
 }
 
-/// PEM files of the serving certificate (chain) and its private key.
+/// The serving certificate (chain) and its private key: PEM files (`certFile` and `keyFile`), or a
+/// `kubernetes.io/tls` Secret (`secret`, keys `tls.crt` and `tls.key`) watched through the API
+/// server, whose changes take effect for new handshakes without a restart.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file of the certificate chain, leaf first.
-    pub cert_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
     /// PEM file of the private key.
-    pub key_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// `namespace/name` of a `kubernetes.io/tls` Secret holding the certificate and key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl TlsConfig {
+    /// The certificate and key from PEM files.
+    pub fn files(cert_file: impl Into<PathBuf>, key_file: impl Into<PathBuf>) -> TlsConfig {
+        TlsConfig {
+            cert_file: Some(cert_file.into()),
+            key_file: Some(key_file.into()),
+            secret: None,
+        }
+    }
+
+    /// The certificate and key from the Secret `namespace/name`.
+    pub fn secret(reference: impl Into<String>) -> TlsConfig {
+        TlsConfig {
+            cert_file: None,
+            key_file: None,
+            secret: Some(reference.into()),
+        }
+    }
+}
+
+/// The shared HTTP cache: responses to GET (served to HEAD too) kept by URL and the request headers
+/// their `Vary` names, fresh for `s-maxage`, `max-age` or `Expires`, revalidated with `ETag` or
+/// `Last-Modified` once stale. Concurrent misses for one URL send one request to the backend.
+/// Responses marked `private` or `no-store`, and responses that set cookies or answer requests with
+/// `Authorization` (unless `public` or `s-maxage`), are not shared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Most bytes the cache holds (bodies, headers and keys), 1 MiB to 64 GiB; the least recently
+    /// used responses are evicted to stay within it.
+    pub max_bytes: u64,
+    /// Largest response body stored (1 KiB to `maxBytes`); larger responses pass through.
+    #[serde(default = "default_cache_max_object_bytes")]
+    pub max_object_bytes: u64,
+}
+
+impl CacheConfig {
+    /// A cache of `max_bytes` with the default object limit.
+    pub fn new(max_bytes: u64) -> CacheConfig {
+        CacheConfig {
+            max_bytes,
+            max_object_bytes: default_cache_max_object_bytes(),
+        }
+    }
+}
+
+/// Smallest `maxBytes` a cache may have.
+pub const CACHE_MIN_BYTES: u64 = 1 << 20;
+/// Largest `maxBytes` a cache may have.
+pub const CACHE_MAX_BYTES: u64 = 64 << 30;
+/// Smallest `maxObjectBytes`.
+pub const CACHE_MIN_OBJECT_BYTES: u64 = 1 << 10;
+
+fn default_cache_max_object_bytes() -> u64 {
+    1 << 20
 }
 
 #[cfg(test)]

@@ -154,6 +154,10 @@ pub fn ensure_crds() -> anyhow::Result<()> {
                         &crds,
                     ])
                 })
+                // kubectl keeps the API's resource list on disk for minutes, and a list read
+                // before the CRDs existed lacks their short names (`rsvc`): reading it afresh
+                // rewrites that copy.
+                .and_then(|_| kubectl_ok(&["api-resources", "-o", "name"]))
                 .map(drop)
                 .map_err(|error| format!("{error:#}\n{}", cluster_missing_message()))
         })
@@ -247,9 +251,10 @@ pub fn ensure_operator_rbac() -> anyhow::Result<()> {
     APPLIED
         .get_or_init(|| {
             let rbac = repo_root().join("manifests/operator-rbac.yaml");
-            kubectl_ok(&["apply", "-f", &rbac.to_string_lossy()])
-                .map(drop)
-                .map_err(|e| format!("{e:#}"))
+            let apply = || kubectl_ok(&["apply", "-f", &rbac.to_string_lossy()]).map(drop);
+            // Two test binaries run at once may both create an object: the loser's `apply` sees
+            // AlreadyExists, and applying again then updates it.
+            apply().or_else(|_| apply()).map_err(|e| format!("{e:#}"))
         })
         .clone()
         .map_err(anyhow::Error::msg)
@@ -609,4 +614,69 @@ impl Drop for WebhookOperator {
             ])
             .output();
     }
+}
+
+/// An image under test: the tag in the environment variable, else `default` (what
+/// `hack/images.sh` builds).
+pub fn image(variable: &str, default: &str) -> String {
+    std::env::var(variable).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The test app image the sharding tests run as shards and clients (`hack/images.sh testapp`);
+/// another tag by `OUTRIGGER_TEST_CLIENT_IMAGE`.
+pub fn client_image() -> String {
+    image("OUTRIGGER_TEST_CLIENT_IMAGE", "outrigger/testapp:dev")
+}
+
+/// The sharding ambassador image under test (`hack/images.sh sharding-ambassador`); another tag by
+/// `OUTRIGGER_TEST_AMBASSADOR_IMAGE`.
+pub fn ambassador_image() -> String {
+    image(
+        "OUTRIGGER_TEST_AMBASSADOR_IMAGE",
+        "outrigger/sharding-ambassador:dev",
+    )
+}
+
+/// Whether the pod's `Ready` condition is true.
+pub fn is_ready(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+/// Creates `pod` once the injection webhook is in effect, recognised by the injected `container`:
+/// the API server picks up a new webhook configuration a moment after it is written, so a pod
+/// created too early is admitted without the sidecar; it is then deleted and created again.
+pub async fn create_injected(
+    pods: &kube::Api<k8s_openapi::api::core::v1::Pod>,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    container: &str,
+    wait: Duration,
+) -> anyhow::Result<k8s_openapi::api::core::v1::Pod> {
+    let name = pod
+        .metadata
+        .name
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the pod has no name"))?;
+    eventually("the pod created with its sidecar injected", wait, || async {
+        if let Some(existing) = pods.get_opt(&name).await? {
+            if existing.metadata.deletion_timestamp.is_none() {
+                pods.delete(&name, &kube::api::DeleteParams::default().grace_period(0))
+                    .await?;
+            }
+            return Ok(None);
+        }
+        let created = pods.create(&kube::api::PostParams::default(), pod).await?;
+        let injected = created
+            .spec
+            .as_ref()
+            .is_some_and(|spec| spec.containers.iter().any(|c| c.name == container));
+        Ok(injected.then_some(created))
+    })
+    .await
 }

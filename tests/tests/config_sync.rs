@@ -27,14 +27,12 @@ use outrigger_api::{
     rollout::{RolloutPhase, RolloutStatus},
     ReplicatedService, RolloutStrategy,
 };
-use outrigger_tests::{admin_client, eventually, http_get_from, kubectl_ok, TestNamespace, WebhookOperator};
+use outrigger_tests::{
+    admin_client, eventually, http_get_from, image, is_ready, kubectl_ok, TestNamespace, WebhookOperator,
+};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-fn image(variable: &str, default: &str) -> String {
-    std::env::var(variable).unwrap_or_else(|_| default.to_owned())
-}
 
 fn sidecar_image() -> String {
     image("OUTRIGGER_CONFIG_SYNC_IMAGE", "outrigger/config-sync:dev")
@@ -99,17 +97,6 @@ fn service(name: &str, reload: Value) -> ReplicatedService {
         }
     }))
     .unwrap()
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
 }
 
 async fn ready_pods(pods: &Api<Pod>, service: &str) -> Vec<String> {
@@ -511,7 +498,8 @@ impl ConfigLoad {
                                 .find_map(|word| word.strip_prefix("config="))
                                 .unwrap_or("none")
                                 .to_owned(),
-                            Ok((status, _)) => format!("error {status}"),
+                            // The splitter's reason is the body of its own error answers.
+                            Ok((status, body)) => format!("error {status} {}", body.trim()),
                             Err(error) => format!("error {error}"),
                         };
                         answers.lock().unwrap().push(answer);

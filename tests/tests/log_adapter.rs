@@ -29,7 +29,8 @@ use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, PostParams};
 use outrigger_api::ReplicatedService;
 use outrigger_tests::{
-    admin_client, docker_ok, dry_run, eventually, http_get_from, kubectl_ok, TestNamespace, WebhookOperator,
+    admin_client, docker_ok, dry_run, eventually, http_get_from, image, kubectl_ok, TestNamespace,
+    WebhookOperator,
 };
 use serde_json::{json, Value};
 
@@ -38,10 +39,6 @@ const WAIT: Duration = Duration::from_secs(120);
 /// middle of it.
 const COUNTED: u32 = 3000;
 const RATE: u32 = 100;
-
-fn image(variable: &str, default: &str) -> String {
-    std::env::var(variable).unwrap_or_else(|_| default.to_owned())
-}
 
 /// The adapter's records (its own logs, on stderr, are JSON too but carry no `source`); lines that
 /// are not JSON (the container runtime splits very long lines) are skipped.

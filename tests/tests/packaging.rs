@@ -26,7 +26,7 @@ use k8s_openapi::api::{
 use kube::api::{Api, ListParams};
 use outrigger_contract::json::is_subset;
 use outrigger_tests::{
-    admin_client, docker_ok, dry_run, ensure_crds, eventually, helm, helm_ok, kubectl, kubectl_ok,
+    admin_client, docker_ok, dry_run, ensure_crds, eventually, helm, helm_ok, is_ready, kubectl, kubectl_ok,
     kubectl_stdin, repo_root, yaml_documents, TestNamespace,
 };
 use serde_json::{json, Value};
@@ -328,14 +328,7 @@ fn images_are_non_root_labelled_and_hold_nothing_but_their_binaries() {
             uid > 0,
             "{image} runs as {user:?}, not as a numeric non-root user"
         );
-        for label in [
-            "title",
-            "description",
-            "source",
-            "licenses",
-            "version",
-            "revision",
-        ] {
+        for label in ["title", "description", "licenses", "version", "revision"] {
             let key = format!("org.opencontainers.image.{label}");
             assert!(
                 config["Labels"][&key].as_str().is_some_and(|v| !v.is_empty()),
@@ -682,17 +675,6 @@ fn container_names(pod: &Pod) -> Vec<String> {
         .as_ref()
         .map(|spec| spec.containers.iter().map(|c| c.name.clone()).collect())
         .unwrap_or_default()
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
 }
 
 /// Creates (dry run: the webhook is called, nothing is stored) one annotated pod after another until

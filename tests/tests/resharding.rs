@@ -25,31 +25,12 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use outrigger_api::{sharded::ReshardPhase, ShardedService};
 use outrigger_contract::shard_map::{ShardMap, SHARD_MAP_KEY};
 use outrigger_tests::{
-    admin_client, ensure_crds, eventually, example, http_get_from, TestNamespace, WebhookOperator,
+    admin_client, ambassador_image, client_image, ensure_crds, eventually, example, http_get_from, is_ready,
+    TestNamespace, WebhookOperator,
 };
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
-
-fn client_image() -> String {
-    std::env::var("OUTRIGGER_TEST_CLIENT_IMAGE").unwrap_or_else(|_| "outrigger/testapp:dev".to_owned())
-}
-
-fn ambassador_image() -> String {
-    std::env::var("OUTRIGGER_TEST_AMBASSADOR_IMAGE")
-        .unwrap_or_else(|_| "outrigger/sharding-ambassador:dev".to_owned())
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-}
 
 /// One Redis command through the client pod's ambassador: the raw RESP reply, or why none came.
 fn through_ambassador(client: &str, words: &[&str]) -> Result<String, String> {

@@ -24,14 +24,10 @@ use outrigger_api::{
     autoscaling::{MetricType, ScalingDecision},
     AutoscalingPolicy, AutoscalingPolicyStatus, ReplicatedService,
 };
-use outrigger_tests::{admin_client, eventually, OperatorProcess, TestNamespace};
+use outrigger_tests::{admin_client, eventually, image, OperatorProcess, TestNamespace};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(180);
-
-fn image(variable: &str, default: &str) -> String {
-    std::env::var(variable).unwrap_or_else(|_| default.to_owned())
-}
 
 fn operator(namespace: &str) -> OperatorProcess {
     OperatorProcess::start_with(

@@ -16,35 +16,12 @@ use outrigger_api::ShardedService;
 use outrigger_contract::shard_map::{ShardMap, SHARD_MAP_KEY};
 use outrigger_hashring::twemproxy::{KetamaRing, KeyHash};
 use outrigger_tests::{
-    admin_client, ensure_crds, eventually, example, http_get_from, kubectl_ok, TestNamespace, WebhookOperator,
+    admin_client, ambassador_image, client_image, ensure_crds, eventually, example, http_get_from, is_ready,
+    kubectl_ok, TestNamespace, WebhookOperator,
 };
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
-/// The testapp with its `/redis/...` endpoint (`hack/images.sh testapp`); another tag by
-/// `OUTRIGGER_TEST_CLIENT_IMAGE`.
-fn client_image() -> String {
-    std::env::var("OUTRIGGER_TEST_CLIENT_IMAGE").unwrap_or_else(|_| "outrigger/testapp:dev".to_owned())
-}
-
-/// The ambassador image under test (`hack/images.sh sharding-ambassador`); another tag by
-/// `OUTRIGGER_TEST_AMBASSADOR_IMAGE`.
-fn ambassador_image() -> String {
-    std::env::var("OUTRIGGER_TEST_AMBASSADOR_IMAGE")
-        .unwrap_or_else(|_| "outrigger/sharding-ambassador:dev".to_owned())
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-}
-
 fn pod_ip(pod: &Pod) -> Option<String> {
     pod.status.as_ref()?.pod_ip.clone()
 }

@@ -15,36 +15,17 @@ use std::{
 };
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, PostParams};
 use outrigger_api::ShardedService;
 use outrigger_contract::shard_map::{ShardMap, ShardProtocol, SHARD_MAP_KEY};
 use outrigger_hashring::twemproxy::{KetamaRing, KeyHash};
-use outrigger_tests::{admin_client, ensure_crds, eventually, TestNamespace, WebhookOperator};
+use outrigger_tests::{
+    admin_client, ambassador_image, client_image, create_injected, ensure_crds, eventually, is_ready,
+    TestNamespace, WebhookOperator,
+};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(180);
-
-/// The ambassador image under test; another tag by `OUTRIGGER_TEST_AMBASSADOR_IMAGE`.
-fn ambassador_image() -> String {
-    std::env::var("OUTRIGGER_TEST_AMBASSADOR_IMAGE")
-        .unwrap_or_else(|_| "outrigger/sharding-ambassador:dev".to_owned())
-}
-
-/// The testapp, for the shards and the client; another tag by `OUTRIGGER_TEST_CLIENT_IMAGE`.
-fn app_image() -> String {
-    std::env::var("OUTRIGGER_TEST_CLIENT_IMAGE").unwrap_or_else(|_| "outrigger/testapp:dev".to_owned())
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
-}
 
 /// The relay container every client pod here gets: the test app relaying `pod IP:7000` to the
 /// ambassador on the pod's loopback, byte for byte (`kubectl port-forward` would need socat on the
@@ -54,7 +35,7 @@ const RELAY_PORT: u16 = 7000;
 fn relay_container(target: &str) -> serde_json::Value {
     json!({
         "name": "relay",
-        "image": app_image(),
+        "image": client_image(),
         "imagePullPolicy": "Never",
         "args": ["relay", format!("0.0.0.0:{RELAY_PORT}"), target],
     })
@@ -116,34 +97,6 @@ impl Http {
     }
 }
 
-/// Creates the client pod once the injection webhook is in effect: the API server picks up a new
-/// webhook configuration a moment after it is written, so a pod created too early is admitted
-/// without the ambassador; it is then deleted and created again.
-async fn create_injected(pods: &Api<Pod>, pod: &Pod) -> Pod {
-    let name = pod.metadata.name.clone().unwrap();
-    eventually(
-        "the client pod created with its ambassador injected",
-        WAIT,
-        || async {
-            if let Some(existing) = pods.get_opt(&name).await? {
-                if existing.metadata.deletion_timestamp.is_none() {
-                    pods.delete(&name, &DeleteParams::default().grace_period(0))
-                        .await?;
-                }
-                return Ok(None);
-            }
-            let created = pods.create(&PostParams::default(), pod).await?;
-            let injected = created
-                .spec
-                .as_ref()
-                .is_some_and(|spec| spec.containers.iter().any(|c| c.name == "sharding-ambassador"));
-            Ok(injected.then_some(created))
-        },
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn each_http_request_lands_on_the_pod_of_the_shard_the_ring_names_for_its_key() {
     ensure_crds().unwrap();
@@ -167,7 +120,7 @@ async fn each_http_request_lands_on_the_pod_of_the_shard_the_ring_names_for_its_
             "sharding": {"function": "ketama", "hash": "fnv1a64", "hashTag": "{}", "keyHeader": "x-tenant"},
             "template": {"spec": {"containers": [{
                 "name": "app",
-                "image": app_image(),
+                "image": client_image(),
                 "imagePullPolicy": "Never",
                 "ports": [{"name": "http", "containerPort": 8080}],
                 "env": [{"name": "VERSION", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
@@ -195,12 +148,14 @@ async fn each_http_request_lands_on_the_pod_of_the_shard_the_ring_names_for_its_
     let app: Pod = serde_json::from_value(json!({
         "metadata": {"name": "client", "annotations": {"outrigger.dev/sharded-service": "web:8081"}},
         "spec": {"containers": [
-            {"name": "app", "image": app_image(), "imagePullPolicy": "Never"},
+            {"name": "app", "image": client_image(), "imagePullPolicy": "Never"},
             relay_container("127.0.0.1:8081"),
         ]},
     }))
     .unwrap();
-    create_injected(&pods, &app).await;
+    create_injected(&pods, &app, "sharding-ambassador", WAIT)
+        .await
+        .unwrap();
     let client_ip = eventually("the client pod and its ambassador ready", WAIT, || {
         let pods = pods.clone();
         async move {

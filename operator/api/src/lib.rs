@@ -10,6 +10,7 @@
 pub mod autoscaling;
 pub mod common;
 pub mod crd;
+pub mod rate_limits;
 pub mod replicated;
 pub mod rollout;
 pub mod schema;

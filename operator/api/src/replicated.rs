@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     common::{Condition, LocalObjectReference, ServicePort, SessionAffinity, SidecarSpec},
+    rate_limits::RateLimits,
     rollout::RolloutStatus,
 };
 
@@ -88,6 +89,46 @@ pub struct ReplicatedServiceSpec {
     /// change replaces replicas with a plain rolling update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_strategy_ref: Option<LocalObjectReference>,
+    /// Rate limits per client, enforced by the request splitter in front of the service; the
+    /// limits are service-wide and divided among the splitter replicas (see `RateLimits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimits>,
+    /// A shared HTTP cache in the front tier (the request splitter Deployment in front of the
+    /// replicas): GET and HEAD responses kept by `Cache-Control`, `Expires` and `Vary`,
+    /// revalidated with `ETag` or `Last-Modified`, concurrent misses for one URL sent to the
+    /// replicas once. Needs a TCP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<EdgeCache>,
+    /// TLS termination in the front tier, with the certificate of a `kubernetes.io/tls` Secret of
+    /// the namespace; a changed Secret takes effect for new connections without a restart. Needs a
+    /// TCP port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EdgeTls>,
+}
+
+/// The front tier's HTTP cache.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeCache {
+    /// Most bytes the cache holds per front replica (bodies, headers and keys), from 1 MiB
+    /// (1048576) to 64 GiB; the least recently used responses are evicted beyond it. The front
+    /// Deployment's memory limit, if any, must leave room for it.
+    #[schemars(range(min = 1_048_576, max = 68_719_476_736_i64))]
+    pub max_bytes: i64,
+    /// Largest response body stored, from 1 KiB (1024) to `maxBytes`; larger responses pass
+    /// through. Default 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1_024, max = 68_719_476_736_i64))]
+    pub max_object_bytes: Option<i64>,
+}
+
+/// TLS termination in the front tier.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeTls {
+    /// A `kubernetes.io/tls` Secret in the service's namespace (keys `tls.crt` and `tls.key`).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 fn default_replicas() -> i32 {

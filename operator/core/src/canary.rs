@@ -294,7 +294,7 @@ pub fn splitter_config_map(owner: &Owner, config: &SplitterConfig) -> ConfigMap 
 }
 
 /// The identity the splitter watches its ConfigMap with: a ServiceAccount, a Role that reads
-/// ConfigMaps in the namespace, and the binding.
+/// ConfigMaps and lists and watches EndpointSlices in the namespace, and the binding.
 pub fn splitter_identity(owner: &Owner) -> (ServiceAccount, Role, RoleBinding) {
     let name = splitter_name(&owner.name);
     let account = ServiceAccount {
@@ -303,12 +303,21 @@ pub fn splitter_identity(owner: &Owner) -> (ServiceAccount, Role, RoleBinding) {
     };
     let role = Role {
         metadata: meta(owner, &name, &[]),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["configmaps".to_owned()]),
-            verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
-            ..PolicyRule::default()
-        }]),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".to_owned()]),
+                verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+                ..PolicyRule::default()
+            },
+            // The ready pods of the track Services, for per-pod session affinity.
+            PolicyRule {
+                api_groups: Some(vec!["discovery.k8s.io".to_owned()]),
+                resources: Some(vec!["endpointslices".to_owned()]),
+                verbs: vec!["list".to_owned(), "watch".to_owned()],
+                ..PolicyRule::default()
+            },
+        ]),
     };
     let binding = RoleBinding {
         metadata: meta(owner, &name, &[]),

@@ -10,6 +10,7 @@ pub mod canary;
 pub mod conditions;
 pub mod config_rollout;
 pub mod config_sync;
+pub mod edge;
 pub mod inject;
 pub mod labels;
 pub mod owned;

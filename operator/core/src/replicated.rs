@@ -37,7 +37,7 @@ use crate::{
     analysis::{CANARY, STABLE},
     canary,
     conditions::{degraded, ChildFailure, DesiredCondition},
-    labels,
+    edge, labels,
     owner::{child_meta, content_hash, BuildError, Owner},
     rollout::{self, Decision},
 };
@@ -164,6 +164,16 @@ pub struct ZeroInputs<'a> {
     pub hold: &'a HoldConfig,
 }
 
+/// The splitter in front of a service whose spec asks for one ([`edge::needs_front_tier`]: session
+/// affinity, rate limits) when neither a rollout nor scaling to zero puts it there.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeInputs<'a> {
+    pub splitter_image: &'a str,
+    pub splitter_resources: Option<&'a ResourceRequirements>,
+    /// The splitter has ready replicas, so the service's Service may send clients to it.
+    pub splitter_ready: bool,
+}
+
 /// The splitter in front of the service, from a rollout's inputs or scaling to zero's.
 #[derive(Debug, Clone, Copy)]
 struct FrontInputs<'a> {
@@ -210,6 +220,18 @@ pub fn build_fronted(
     pdb_api: PdbApi,
     rollout: Option<&RolloutInputs<'_>>,
     zero: Option<&ZeroInputs<'_>>,
+) -> Result<Children, BuildError> {
+    build_edged(rsvc, pdb_api, rollout, zero, None)
+}
+
+/// As [`build_fronted`], with the splitter also in front of a service whose spec asks for it
+/// ([`edge::needs_front_tier`]) when `edge` says how to run it.
+pub fn build_edged(
+    rsvc: &ReplicatedService,
+    pdb_api: PdbApi,
+    rollout: Option<&RolloutInputs<'_>>,
+    zero: Option<&ZeroInputs<'_>>,
+    edge: Option<&EdgeInputs<'_>>,
 ) -> Result<Children, BuildError> {
     let owner = Owner::of(rsvc)?;
     let spec = &rsvc.spec;
@@ -275,7 +297,14 @@ pub fn build_fronted(
             ready: inputs.splitter_ready,
             config_tracks: false,
         }),
-        (None, None) => None,
+        (None, None) => edge
+            .filter(|_| edge::needs_front_tier(spec))
+            .map(|inputs| FrontInputs {
+                image: inputs.splitter_image,
+                resources: inputs.splitter_resources,
+                ready: inputs.splitter_ready,
+                config_tracks: false,
+            }),
     };
     let rollout_children = front.and_then(|inputs| {
         let port = spec.ports.first()?;
@@ -299,12 +328,16 @@ pub fn build_fronted(
                     target_port,
                     inputs.config_tracks,
                 ),
-                splitter: with_resources(
-                    canary::splitter_deployment(&owner, inputs.image, splitter_replicas(spec.replicas)),
-                    inputs.resources,
+                splitter: crate::edge::with_event_origin(
+                    with_resources(
+                        canary::splitter_deployment(&owner, inputs.image, splitter_replicas(spec.replicas)),
+                        inputs.resources,
+                    ),
+                    &owner,
+                    spec,
                 ),
                 splitter_account,
-                splitter_role,
+                splitter_role: crate::edge::with_access(splitter_role, spec),
                 splitter_role_binding,
             },
         ))
@@ -442,7 +475,7 @@ pub fn writes(children: &Children) -> Vec<Write<'_>> {
 }
 
 /// Splitter replicas: two, for availability, once the service itself has more than one replica.
-fn splitter_replicas(service_replicas: i32) -> i32 {
+pub fn splitter_replicas(service_replicas: i32) -> i32 {
     if service_replicas > 1 {
         2
     } else {
@@ -842,6 +875,30 @@ mod tests {
     }
 
     #[test]
+    fn the_front_splitter_of_a_tls_service_reads_its_secret_and_names_its_service_in_events() {
+        let mut spec = base_spec();
+        spec["tls"] = json!({"secretName": "web-tls"});
+        let hold = HoldConfig::default();
+        let front = ZeroInputs {
+            splitter_image: "splitter:edge",
+            splitter_resources: None,
+            splitter_ready: true,
+            hold: &hold,
+        };
+        let children = build_fronted(&rsvc(spec), PdbApi::None, None, Some(&front)).unwrap();
+        let front = children.rollout.expect("the splitter in front");
+        let rules = front.splitter_role.rules.unwrap();
+        assert!(rules.iter().any(|rule| {
+            rule.resources.as_deref() == Some(&["secrets".to_owned()][..])
+                && rule.resource_names.as_deref() == Some(&["web-tls".to_owned()][..])
+        }));
+        let pod = front.splitter.spec.unwrap().template.spec.unwrap();
+        let env = pod.containers[0].env.clone().unwrap();
+        let owner = env.iter().find(|var| var.name == "OUTRIGGER_OWNER").unwrap();
+        assert_eq!(owner.value.as_deref(), Some("ReplicatedService/web"));
+    }
+
+    #[test]
     fn a_service_that_may_scale_to_zero_is_fronted_by_the_splitter_without_a_rollout() {
         let mut spec = base_spec();
         spec["replicas"] = json!(0);
@@ -876,6 +933,50 @@ mod tests {
             !plan.iter().any(|write| write.contains("splitter")),
             "no splitter without a rollout or a policy that allows zero: {plan:?}"
         );
+    }
+
+    #[test]
+    fn session_affinity_or_rate_limits_front_the_service_without_a_rollout() {
+        let edge = EdgeInputs {
+            splitter_image: "splitter:edge",
+            splitter_resources: None,
+            splitter_ready: true,
+        };
+        let fronted = |extra: Value| {
+            build_edged(&rsvc(merged_spec(extra)), PdbApi::None, None, None, Some(&edge))
+                .unwrap()
+                .rollout
+                .is_some()
+        };
+        assert!(fronted(
+            json!({"sessionAffinity": {"source": "header", "name": "x-user"}})
+        ));
+        assert!(fronted(json!({"rateLimits": {"anonymous": {"requests": 5}}})));
+        assert!(!fronted(json!({})), "a plain service keeps kube-proxy alone");
+        let children = build_edged(
+            &rsvc(merged_spec(json!({"sessionAffinity": {"source": "sourceIP"}}))),
+            PdbApi::None,
+            None,
+            None,
+            Some(&edge),
+        )
+        .unwrap();
+        let rules = children.rollout.unwrap().splitter_role.rules.unwrap();
+        assert!(
+            rules.iter().any(|rule| {
+                rule.resources.as_deref() == Some(&["endpointslices".to_owned()][..])
+                    && rule.verbs == ["list", "watch"]
+            }),
+            "the splitter may watch the tracks' EndpointSlices: {rules:?}"
+        );
+    }
+
+    fn merged_spec(extra: Value) -> Value {
+        let mut spec = base_spec();
+        for (key, value) in extra.as_object().unwrap() {
+            spec[key] = value.clone();
+        }
+        spec
     }
 
     #[test]

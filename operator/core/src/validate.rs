@@ -4,7 +4,7 @@
 //! Every check reports the field path and what is wrong, the way the API server does, and all
 //! problems are reported at once so a user fixes them in one round.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, time::Duration};
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use outrigger_api::{
@@ -63,6 +63,9 @@ pub fn replicated_service(spec: &ReplicatedServiceSpec) -> Result<(), InvalidSpe
     if let Some(affinity) = &spec.session_affinity {
         session_affinity(&mut problems, affinity);
     }
+    if let Some(limits) = &spec.rate_limits {
+        rate_limits(&mut problems, limits, spec.ports.first());
+    }
     if let Some(Err(error)) = crate::canary::injected_splitter(spec) {
         let index = spec
             .sidecars
@@ -73,6 +76,27 @@ pub fn replicated_service(spec: &ReplicatedServiceSpec) -> Result<(), InvalidSpe
             format!("spec.sidecars[{index}].settings.{}", error.setting),
             error.message,
         );
+    }
+    if let Some(cache) = &spec.cache {
+        if cache
+            .max_object_bytes
+            .is_some_and(|largest| largest > cache.max_bytes)
+        {
+            problems.add("spec.cache.maxObjectBytes", "must be at most spec.cache.maxBytes");
+        }
+    }
+    if spec.cache.is_some() || spec.tls.is_some() {
+        match spec.ports.first() {
+            None => problems.add(
+                "spec.ports",
+                "a service with a cache or tls needs a port: the front tier serves the first one",
+            ),
+            Some(port) if port.protocol != PortProtocol::Tcp => problems.add(
+                "spec.ports[0].protocol",
+                "a service with a cache or tls serves HTTP on its first port, which must be TCP",
+            ),
+            Some(_) => {}
+        }
     }
     if spec.rollout_strategy_ref.is_some() {
         match spec.ports.first() {
@@ -587,6 +611,85 @@ fn session_affinity(problems: &mut Problems, affinity: &SessionAffinity) {
     }
 }
 
+fn rate_limits(
+    problems: &mut Problems,
+    limits: &outrigger_api::rate_limits::RateLimits,
+    first_port: Option<&ServicePort>,
+) {
+    const FIELD: &str = "spec.rateLimits";
+    match first_port {
+        None => problems.add(
+            "spec.ports",
+            "rate limits need a port: the request splitter in front of the service serves the first one",
+        ),
+        Some(port) if port.protocol != PortProtocol::Tcp => problems.add(
+            "spec.ports[0].protocol",
+            "rate limits are counted on HTTP requests on the first port, which must be TCP",
+        ),
+        Some(_) => {}
+    }
+    if let Some(key) = &limits.key {
+        match (key.source, key.name.as_deref()) {
+            (AffinitySource::Header | AffinitySource::Cookie, None) => {
+                problems.add(
+                    format!("{FIELD}.key.name"),
+                    "required when source is header or cookie",
+                );
+            }
+            (AffinitySource::SourceIp, Some(_)) => {
+                problems.add(format!("{FIELD}.key.name"), "not allowed when source is sourceIP");
+            }
+            _ => {}
+        }
+    }
+    let identified = limits.identified.is_some() || limits.routes.iter().any(|r| r.identified.is_some());
+    if identified && limits.identity_header.is_none() {
+        problems.add(
+            format!("{FIELD}.identityHeader"),
+            "required with identified limits: it is what tells an identified request",
+        );
+    }
+    let bucket =
+        |problems: &mut Problems, path: String, limit: Option<&outrigger_api::rate_limits::RateLimit>| {
+            let Some(limit) = limit else { return };
+            if limit.requests < 1 {
+                problems.add(format!("{path}.requests"), "must be at least 1");
+            }
+            match parse_duration(&limit.period) {
+                Ok(period) if (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&period) => {}
+                Ok(_) => problems.add(format!("{path}.period"), "must be between 1s and 24h"),
+                Err(error) => problems.add(format!("{path}.period"), error.to_string()),
+            }
+            if limit.burst.is_some_and(|burst| burst < 1) {
+                problems.add(format!("{path}.burst"), "must be at least 1");
+            }
+        };
+    bucket(problems, format!("{FIELD}.anonymous"), limits.anonymous.as_ref());
+    bucket(
+        problems,
+        format!("{FIELD}.identified"),
+        limits.identified.as_ref(),
+    );
+    let mut seen = BTreeSet::new();
+    for (index, route) in limits.routes.iter().enumerate() {
+        let path = format!("{FIELD}.routes[{index}]");
+        bucket(problems, format!("{path}.anonymous"), route.anonymous.as_ref());
+        bucket(problems, format!("{path}.identified"), route.identified.as_ref());
+        if !route.path_prefix.starts_with('/') {
+            problems.add(format!("{path}.pathPrefix"), "must start with /");
+        }
+        if !seen.insert(route.path_prefix.as_str()) {
+            problems.add(
+                format!("{path}.pathPrefix"),
+                format!("{:?} is given by an earlier route", route.path_prefix),
+            );
+        }
+        if route.anonymous.is_none() && route.identified.is_none() {
+            problems.add(path, "a route needs an anonymous or an identified limit");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use outrigger_contract::json::merge_patch;
@@ -641,6 +744,26 @@ mod tests {
         let cases: Vec<(&str, Value, Vec<&str>)> = vec![
             ("valid", json!({}), vec![]),
             (
+                "a cache with a port",
+                json!({"ports": [{"name": "http", "port": 80}], "cache": {"maxBytes": 1_048_576, "maxObjectBytes": 1024}}),
+                vec![],
+            ),
+            (
+                "objects larger than the cache",
+                json!({"ports": [{"name": "http", "port": 80}], "cache": {"maxBytes": 1_048_576, "maxObjectBytes": 2_097_152}}),
+                vec!["spec.cache.maxObjectBytes"],
+            ),
+            (
+                "tls without a port",
+                json!({"tls": {"secretName": "web-tls"}}),
+                vec!["spec.ports"],
+            ),
+            (
+                "a cache on a UDP port",
+                json!({"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}], "cache": {"maxBytes": 1_048_576}}),
+                vec!["spec.ports[0].protocol"],
+            ),
+            (
                 "no containers",
                 json!({"template": {"spec": {"containers": []}}}),
                 vec!["spec.template.spec.containers"],
@@ -694,6 +817,44 @@ mod tests {
                 "rollout on a UDP port",
                 json!({"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}], "rolloutStrategyRef": {"name": "canary"}}),
                 vec!["spec.ports[0].protocol"],
+            ),
+            (
+                "rate limits",
+                json!({"ports": [{"name": "http", "port": 80}], "rateLimits": {
+                    "key": {"source": "header", "name": "x-client"},
+                    "identityHeader": "x-api-key",
+                    "anonymous": {"requests": 5, "burst": 10},
+                    "identified": {"requests": 50, "period": "1m"},
+                    "routes": [{"pathPrefix": "/search", "anonymous": {"requests": 1}}],
+                }}),
+                vec![],
+            ),
+            (
+                "rate limits without a port",
+                json!({"rateLimits": {"anonymous": {"requests": 5}}}),
+                vec!["spec.ports"],
+            ),
+            (
+                "bad rate limits",
+                json!({"ports": [{"name": "http", "port": 80}], "rateLimits": {
+                    "key": {"source": "cookie"},
+                    "anonymous": {"requests": 0, "burst": 0, "period": "2h"},
+                    "routes": [
+                        {"pathPrefix": "search", "identified": {"requests": 2, "period": "500ms"}},
+                        {"pathPrefix": "search"},
+                    ],
+                }}),
+                vec![
+                    "spec.rateLimits.key.name",
+                    "spec.rateLimits.identityHeader",
+                    "spec.rateLimits.anonymous.requests",
+                    "spec.rateLimits.anonymous.burst",
+                    "spec.rateLimits.routes[0].identified.period",
+                    "spec.rateLimits.routes[0].pathPrefix",
+                    "spec.rateLimits.routes[1].pathPrefix",
+                    "spec.rateLimits.routes[1].pathPrefix",
+                    "spec.rateLimits.routes[1]",
+                ],
             ),
             (
                 "sidecar twice",

@@ -176,6 +176,37 @@ fn the_splitter_in_front_of_a_service_scaled_to_zero_reads_its_hold_settings_bac
     assert_eq!(read_by_the_splitter(&config_map), built);
 }
 
+#[test]
+fn the_edge_settings_of_a_spec_are_read_back_unchanged_by_the_splitter() {
+    // Per-pod affinity (EndpointSlice discovery on each track) and rate limits divided among the
+    // splitter replicas, on top of a rollout's two tracks.
+    let rsvc = replicated_service(json!({
+        "ports": [{"name": "http", "port": 80}],
+        "sessionAffinity": {"source": "header", "name": "x-user", "virtualNodes": 100},
+        "rateLimits": {
+            "key": {"source": "cookie", "name": "sid"},
+            "identityHeader": "x-api-key",
+            "anonymous": {"requests": 3, "burst": 5},
+            "identified": {"requests": 100, "period": "1m"},
+            "routes": [{"pathPrefix": "/search", "anonymous": {"requests": 1}}],
+            "maxKeys": 5000,
+        },
+    }));
+    let strategy: CanaryStrategy = serde_json::from_value(json!({"steps": [{"setWeight": 10}]})).unwrap();
+    let mut built = canary::splitter_config(&Traffic {
+        stable_endpoint: "10.96.0.5:80".to_owned(),
+        canary_endpoint: Some("10.96.0.6:80".to_owned()),
+        canary_weight: 10,
+        mirror_percent: 0,
+        strategy: &strategy,
+        affinity: rsvc.spec.session_affinity.as_ref(),
+    });
+    outrigger_core::edge::apply_to_splitter_config(&mut built, "shop", "web", &rsvc.spec, 2);
+    assert!(built.rate_limits.is_some() && built.backends.iter().all(|b| b.discovery.is_some()));
+    let config_map = canary::splitter_config_map(&owner(), &built);
+    assert_eq!(read_by_the_splitter(&config_map), built);
+}
+
 fn replicated_service(spec: Value) -> ReplicatedService {
     let mut full = json!({
         "replicas": 2,

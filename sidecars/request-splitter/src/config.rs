@@ -176,7 +176,52 @@ fn problems(config: &SplitterConfig) -> Vec<Problem> {
     if let Some(hold) = &config.hold {
         check_hold(hold, &mut problems);
     }
+    if let Some(limits) = &config.rate_limits {
+        check_rate_limits(limits, &mut problems);
+    }
+    if let Some(cache) = &config.cache {
+        check_cache(cache, &mut problems);
+    }
+    if let Some(tls) = &config.tls {
+        check_tls(tls, &mut problems);
+    }
     problems.0
+}
+
+fn check_cache(cache: &CacheConfig, problems: &mut Problems) {
+    if !(CACHE_MIN_BYTES..=CACHE_MAX_BYTES).contains(&cache.max_bytes) {
+        problems.push("cache.maxBytes", "must be between 1 MiB (1048576) and 64 GiB");
+    }
+    if cache.max_object_bytes < CACHE_MIN_OBJECT_BYTES || cache.max_object_bytes > cache.max_bytes {
+        problems.push(
+            "cache.maxObjectBytes",
+            "must be between 1 KiB (1024) and maxBytes",
+        );
+    }
+}
+
+fn check_tls(tls: &TlsConfig, problems: &mut Problems) {
+    let files = tls.cert_file.is_some() || tls.key_file.is_some();
+    match (&tls.secret, files) {
+        (Some(_), true) => problems.push("tls", "give either certFile and keyFile, or secret"),
+        (None, false) => problems.push("tls", "needs certFile and keyFile, or secret"),
+        (None, true) => {
+            if tls.cert_file.is_none() {
+                problems.push("tls.certFile", "is required with keyFile");
+            }
+            if tls.key_file.is_none() {
+                problems.push("tls.keyFile", "is required with certFile");
+            }
+        }
+        (Some(secret), false) => {
+            let valid = secret.split_once('/').is_some_and(|(namespace, name)| {
+                !namespace.is_empty() && !name.is_empty() && !name.contains('/')
+            });
+            if !valid {
+                problems.push("tls.secret", "must be namespace/name");
+            }
+        }
+    }
 }
 
 fn check_hold(hold: &HoldConfig, problems: &mut Problems) {
@@ -189,6 +234,80 @@ fn check_hold(hold: &HoldConfig, problems: &mut Problems) {
     }
     if !(Duration::from_millis(10)..=Duration::from_secs(5)).contains(&hold.retry_interval.0) {
         problems.push("hold.retryInterval", "must be between 10ms and 5s");
+    }
+}
+
+fn check_rate_limits(limits: &RateLimitsConfig, problems: &mut Problems) {
+    match (limits.key.source, limits.key.name.as_deref()) {
+        (StickinessSource::SourceIp, _) => {}
+        (StickinessSource::Header, Some(name)) => {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problems.push("rateLimits.key.name", format!("{name:?} is not a header name"));
+            }
+        }
+        (StickinessSource::Cookie, Some(name)) => {
+            if !is_cookie_name(name) {
+                problems.push("rateLimits.key.name", format!("{name:?} is not a cookie name"));
+            }
+        }
+        (_, None) => problems.push("rateLimits.key.name", "required for header and cookie"),
+    }
+    if let Some(name) = &limits.identity_header {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            problems.push(
+                "rateLimits.identityHeader",
+                format!("{name:?} is not a header name"),
+            );
+        }
+    }
+    let identified = limits.identified.is_some() || limits.routes.iter().any(|r| r.identified.is_some());
+    if identified && limits.identity_header.is_none() {
+        problems.push("rateLimits.identityHeader", "required with identified limits");
+    }
+    let bucket = |problems: &mut Problems, path: String, bucket: Option<&TokenBucketConfig>| {
+        let Some(bucket) = bucket else { return };
+        if !(bucket.requests_per_second > 0.0 && bucket.requests_per_second <= 1_000_000.0) {
+            problems.push(
+                format!("{path}.requestsPerSecond"),
+                "must be above 0 and at most 1000000",
+            );
+        }
+        if !(1..=10_000_000).contains(&bucket.burst) {
+            problems.push(format!("{path}.burst"), "must be between 1 and 10000000");
+        }
+    };
+    bucket(
+        problems,
+        "rateLimits.anonymous".to_owned(),
+        limits.anonymous.as_ref(),
+    );
+    bucket(
+        problems,
+        "rateLimits.identified".to_owned(),
+        limits.identified.as_ref(),
+    );
+    for (index, route) in limits.routes.iter().enumerate() {
+        let path = format!("rateLimits.routes[{index}]");
+        bucket(problems, format!("{path}.anonymous"), route.anonymous.as_ref());
+        bucket(problems, format!("{path}.identified"), route.identified.as_ref());
+        if !route.path_prefix.starts_with('/') {
+            problems.push(format!("{path}.pathPrefix"), "must start with /");
+        }
+        if limits.routes[..index]
+            .iter()
+            .any(|other| other.path_prefix == route.path_prefix)
+        {
+            problems.push(
+                format!("{path}.pathPrefix"),
+                format!("{:?} is given by an earlier route", route.path_prefix),
+            );
+        }
+        if route.anonymous.is_none() && route.identified.is_none() {
+            problems.push(path, "give an anonymous or an identified limit");
+        }
+    }
+    if !(1..=10_000_000).contains(&limits.max_keys) {
+        problems.push("rateLimits.maxKeys", "must be between 1 and 10000000");
     }
 }
 
@@ -257,6 +376,19 @@ fn check_backend(backend: &BackendConfig, path: &str, problems: &mut Problems) {
     }
     if backend.max_retries > 10 {
         problems.push(format!("{path}.maxRetries"), "must be at most 10");
+    }
+    if let Some(discovery) = &backend.discovery {
+        for (field, value) in [
+            ("namespace", &discovery.namespace),
+            ("service", &discovery.service),
+        ] {
+            if !is_dns_label(value) {
+                problems.push(
+                    format!("{path}.discovery.{field}"),
+                    format!("{value:?} is not a Kubernetes name (a DNS label)"),
+                );
+            }
+        }
     }
 }
 
@@ -472,6 +604,41 @@ mod tests {
             );
         }
         assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    }
+
+    #[test]
+    fn rate_limits_are_checked_field_by_field() {
+        let mut value = valid();
+        value["rateLimits"] = json!({
+            "key": {"source": "cookie"},
+            "anonymous": {"requestsPerSecond": 0, "burst": 0},
+            "identified": {"requestsPerSecond": 5.5, "burst": 5},
+            "routes": [{"pathPrefix": "api", "anonymous": {"requestsPerSecond": 1, "burst": 1}}, {"pathPrefix": "api"}],
+            "maxKeys": 0
+        });
+        let problems = problems_of(value);
+        let expected = [
+            "rateLimits.key.name: required",
+            "rateLimits.identityHeader: required with identified limits",
+            "rateLimits.anonymous.requestsPerSecond: must be above 0",
+            "rateLimits.anonymous.burst: must be between 1",
+            "rateLimits.routes[0].pathPrefix: must start with /",
+            "rateLimits.routes[1].pathPrefix: must start with /",
+            "rateLimits.routes[1].pathPrefix: \"api\" is given by an earlier route",
+            "rateLimits.routes[1]: give an anonymous or an identified limit",
+            "rateLimits.maxKeys: must be between 1",
+        ];
+        for needle in expected {
+            assert!(
+                problems.iter().any(|problem| problem.starts_with(needle)),
+                "missing {needle:?} in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+        let mut value = valid();
+        value["rateLimits"] =
+            json!({"identityHeader": "x-api-key", "identified": {"requestsPerSecond": 5.5, "burst": 5}});
+        assert!(SplitterConfig::from_value(value).is_ok());
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub struct RoleLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    pub tier: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HoldLabels {
     pub outcome: &'static str,
 }
@@ -116,6 +122,12 @@ pub struct Metrics {
     pub held_requests: Gauge,
     pub held_outcomes: Family<HoldLabels, Counter>,
     pub cold_start: Histogram,
+    /// Requests a rate limit applied to, by tier and result (`allowed`, `limited`).
+    pub rate_limit_decisions: Family<RateLimitLabels, Counter>,
+    /// Rate-limit buckets held now.
+    pub rate_limit_buckets: Gauge,
+    /// Buckets dropped to stay within `maxKeys`, by reason (`idle`, `full`).
+    pub rate_limit_evictions: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -145,6 +157,9 @@ impl Metrics {
             held_requests: Gauge::default(),
             held_outcomes: Family::default(),
             cold_start: cold_start_buckets(),
+            rate_limit_decisions: Family::default(),
+            rate_limit_buckets: Gauge::default(),
+            rate_limit_evictions: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("outrigger_splitter");
         r.register(
@@ -254,6 +269,21 @@ impl Metrics {
             "held",
             "Requests that were held, by outcome: served, timeout, queue_full",
             metrics.held_outcomes.clone(),
+        );
+        r.register(
+            "rate_limit_decisions",
+            "Requests a rate limit applied to, by tier (anonymous, identified) and result (allowed, limited)",
+            metrics.rate_limit_decisions.clone(),
+        );
+        r.register(
+            "rate_limit_buckets",
+            "Rate-limit buckets (client keys per prefix and tier) held now",
+            metrics.rate_limit_buckets.clone(),
+        );
+        r.register(
+            "rate_limit_evictions",
+            "Rate-limit buckets dropped to stay within maxKeys, by reason (idle, full)",
+            metrics.rate_limit_evictions.clone(),
         );
         r.register_with_unit(
             "cold_start",

@@ -3,6 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+#[cfg(feature = "configmap")]
+use outrigger_sidecar_runtime::metrics::WatchMetrics;
 use outrigger_sidecar_runtime::{
     admin::{self, AdminError, AdminState},
     apiserver::{resource::ObjectRefError, ApiError, ApiServerOptions},
@@ -13,10 +15,9 @@ use outrigger_sidecar_runtime::{
     },
     shutdown::{self, DrainTiming},
 };
-#[cfg(feature = "configmap")]
 use outrigger_sidecar_runtime::{
     apiserver::{ApiClient, ObjectRef},
-    metrics::WatchMetrics,
+    events::{EventMetrics, Recorder},
 };
 use prometheus_client::registry::Registry;
 use tokio::{
@@ -26,14 +27,17 @@ use tokio::{
 };
 
 use crate::{
+    cache::{Cache, CacheMetrics},
+    certificates::{self, TlsMetrics},
     config::SplitterConfig,
+    discovery,
     metrics::Metrics,
     routing::{health::RetryBudget, hold::HoldQueue},
     store::ConfigStore,
     transport::mirror::MirrorQueue,
     transport::proxy::Shared,
     transport::server::{self, Connections, Readiness},
-    transport::tls::{self, TlsError},
+    transport::tls::{self, Certificates, TlsError},
     transport::upstream,
 };
 
@@ -64,6 +68,10 @@ pub enum RunError {
     ApiClient(#[source] Box<ApiError>),
     #[error("this build has no ConfigMap support (feature `configmap`)")]
     ConfigMapUnsupported,
+    #[error("tls.secret is not namespace/name: {0}")]
+    TlsSecretReference(#[source] ObjectRefError),
+    #[error("tls.secret needs the Kubernetes API: run with --configmap")]
+    TlsSecretWithoutApi,
 }
 
 /// Where the configuration comes from and how the process behaves.
@@ -128,14 +136,30 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
     let workers = workers.max(1);
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let cache = Cache::new(CacheMetrics::register(&mut registry));
+    let tls_metrics = TlsMetrics::register(&mut registry);
+    let event_metrics = EventMetrics::register(registry.sub_registry_with_prefix("outrigger_splitter"));
+    let api_options = configmap.as_ref().map(|configmap| configmap.api.clone());
     let store = Arc::new(ConfigStore::with_workers(metrics.clone(), workers));
     let (shutdown_sender, shutdown_receiver) = watch::channel(false);
     let reload_now = Arc::new(Notify::new());
+    let configmap = configmap
+        .map(|configmap| configmap_spec(configmap, &mut registry))
+        .transpose()?;
+    // Backends that discover their pods read EndpointSlices with the ConfigMap's client.
+    let discovery = discovery::start(
+        configmap.as_ref().map(|spec| spec.client.clone()),
+        store.discovered(),
+        store.discovered_services(),
+        {
+            let store = store.clone();
+            Arc::new(move || store.refresh_endpoints())
+        },
+        shutdown_receiver.clone(),
+    );
     let layers = LayerOptions {
         file: config_file,
-        configmap: configmap
-            .map(|configmap| configmap_spec(configmap, &mut registry))
-            .transpose()?,
+        configmap,
         poll_interval,
     };
     let Started {
@@ -148,15 +172,21 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         shutdown_receiver.clone(),
     )
     .await
-    .map_err(|error| match error {
-        StartError::NoSource => RunError::NoSource,
-        StartError::InitialFile(error) => RunError::InitialConfig(error),
+    .map_err(|error| {
+        discovery.abort();
+        match error {
+            StartError::NoSource => RunError::NoSource,
+            StartError::InitialFile(error) => RunError::InitialConfig(error),
+        }
     })?;
+    background.push(discovery);
 
     let admin_listener = admin::bind(admin_addr).await?;
     let admin_addr = admin_listener.local_addr().unwrap_or(admin_addr);
     let source = store.source().clone();
-    let admin = AdminState::new(registry).with_config(Arc::new(move || source.status_json()));
+    let admin = AdminState::new(registry)
+        .with_config(Arc::new(move || source.status_json()))
+        .with_actions(purge_action(cache.clone()));
     background.push(tokio::spawn(admin::serve(admin_listener, admin.clone(), {
         let mut stop = shutdown_receiver.clone();
         async move {
@@ -179,7 +209,34 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         .ok_or_else(|| bind_error(std::io::ErrorKind::AddrNotAvailable.into()))?;
     let addr = first.local_addr().unwrap_or(requested);
     let listener = first.listen(LISTEN_BACKLOG).map_err(bind_error)?;
-    let acceptor = active.config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let acceptor = match &active.config.tls {
+        Some(config) => {
+            let certificates = Certificates::new();
+            match &config.secret {
+                None => certificates.set(tls::from_files(config)?),
+                Some(reference) => {
+                    let reference: ObjectRef = reference.parse().map_err(RunError::TlsSecretReference)?;
+                    let api = api_options.as_ref().ok_or(RunError::TlsSecretWithoutApi)?;
+                    let client = ApiClient::new(api)
+                        .map_err(|error| RunError::ApiClient(Box::new(error)))?
+                        .with_user_agent(concat!("outrigger-request-splitter/", env!("CARGO_PKG_VERSION")));
+                    let (events, poster) =
+                        Recorder::from_env("outrigger-request-splitter", api, event_metrics.clone());
+                    background.extend(poster.map(|poster| tokio::spawn(poster.run())));
+                    background.push(certificates::watch_secret(
+                        client,
+                        reference,
+                        certificates.clone(),
+                        tls_metrics.clone(),
+                        events,
+                        shutdown_receiver.clone(),
+                    ));
+                }
+            }
+            Some(tls::acceptor(certificates)?)
+        }
+        None => None,
+    };
     let limits = &active.config.limits;
     let mirror = MirrorQueue::start(
         limits.mirror_queue as usize,
@@ -195,6 +252,7 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         metrics,
         budget: RetryBudget::default(),
         mirror,
+        cache,
     });
     let server = tokio::spawn(server::serve(
         listener,
@@ -248,6 +306,20 @@ pub async fn start(options: Options) -> Result<Running, RunError> {
         background,
         drain_timeout,
         drain_delay,
+    })
+}
+
+/// `POST /cache/purge` removes every cached response, `POST /cache/purge/<path prefix>` those whose
+/// path starts with `/<path prefix>`.
+fn purge_action(cache: Arc<Cache>) -> admin::ExtraRoutes {
+    Arc::new(move |path: &str| {
+        let prefix = path.strip_prefix("/cache/purge")?;
+        if !(prefix.is_empty() || prefix.starts_with('/')) {
+            return None;
+        }
+        let purged = cache.purge(prefix);
+        tracing::info!(prefix, purged, "Purged the cache.");
+        Some(("application/json", format!("{{\"purged\":{purged}}}\n")))
     })
 }
 

@@ -5,7 +5,10 @@
 //! generation they started with, so a reload drops nothing; a rejected layer leaves everything as
 //! it was.
 
-use std::sync::Arc;
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use arc_swap::ArcSwapOption;
 pub use outrigger_sidecar_runtime::config::{Applied, ReloadError, Source};
@@ -15,11 +18,16 @@ use outrigger_sidecar_runtime::{
 };
 use prometheus_client::metrics::counter::Counter;
 use serde_json::Value;
+use tokio::sync::watch;
 
 use crate::{
-    config::{ConfigError, SplitterConfig, SplitterConfigExt},
+    config::{ConfigError, EndpointDiscoveryConfig, SplitterConfig, SplitterConfigExt},
+    discovery::Discovered,
     metrics::{Metrics, RouteLabels},
-    routing::Router,
+    routing::{
+        rate_limit::{Limiter, Policy},
+        Router,
+    },
     transport::upstream::{Backend, Resources},
 };
 
@@ -31,18 +39,29 @@ pub struct Active {
     pub router: Router,
     pub backends: Vec<Backend>,
     pub route_matches: Vec<Counter>,
+    /// The rate limits, compiled; their buckets are the store's [`Limiter`].
+    pub rate_limits: Option<Policy>,
 }
 
 /// The configuration source and the generation compiled from it.
 pub struct ConfigStore {
     source: Arc<ConfigSource<SplitterConfig>>,
     compiled: Arc<Compiled>,
+    /// Rate-limit buckets, kept across generations.
+    limiter: Limiter,
 }
 
 struct Compiled {
     current: ArcSwapOption<Active>,
     resources: Resources,
     metrics: Metrics,
+    /// The ready pods of the Services backends discover (`discovery`).
+    discovered: Arc<Discovered>,
+    /// The Services the generation in effect discovers, for the discovery task.
+    wanted: watch::Sender<BTreeSet<EndpointDiscoveryConfig>>,
+    /// Held while a generation is compiled, so a rebuild for new pods and a new document do not
+    /// interleave.
+    compiling: Mutex<()>,
 }
 
 impl ConfigStore {
@@ -58,10 +77,14 @@ impl ConfigStore {
             last_reload_successful: metrics.config_last_reload_ok.clone(),
             generation: metrics.config_generation.clone(),
         };
+        let limiter = Limiter::new(&metrics);
         let compiled = Arc::new(Compiled {
             current: ArcSwapOption::empty(),
             resources: Resources::new(workers),
             metrics,
+            discovered: Arc::default(),
+            wanted: watch::Sender::new(BTreeSet::new()),
+            compiling: Mutex::new(()),
         });
         let hook = compiled.clone();
         let source = ConfigSource::new(reload_metrics, validate)
@@ -69,6 +92,7 @@ impl ConfigStore {
         ConfigStore {
             source: Arc::new(source),
             compiled,
+            limiter,
         }
     }
 
@@ -86,6 +110,31 @@ impl ConfigStore {
     pub async fn wait_for_first(&self) -> Option<Arc<Active>> {
         self.source.wait_for_first().await?;
         self.current()
+    }
+
+    /// The rate-limit buckets.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// The ready pods discovered for backends that discover them.
+    pub fn discovered(&self) -> Arc<Discovered> {
+        self.compiled.discovered.clone()
+    }
+
+    /// The Services the generation in effect discovers, changing with it.
+    pub fn discovered_services(&self) -> watch::Receiver<BTreeSet<EndpointDiscoveryConfig>> {
+        self.compiled.wanted.subscribe()
+    }
+
+    /// Rebuilds the generation in effect with the pods discovered now (same document and generation
+    /// number; pools and endpoint health kept).
+    pub fn refresh_endpoints(&self) {
+        let _compiling = self.compiled.lock();
+        if let Some(active) = self.compiled.current.load_full() {
+            let config = active.config.clone();
+            self.compiled.store(active.generation, config);
+        }
     }
 
     /// Replaces one layer, validates the merged document and swaps it in. On error nothing changes.
@@ -110,14 +159,35 @@ impl Compiled {
         if let Some(previous) = previous {
             warn_about_restart_only_fields(&previous.document, &next.document);
         }
-        let config = next.document.clone();
+        let _compiling = self.lock();
+        self.store(next.generation, next.document.clone());
+        let services: BTreeSet<EndpointDiscoveryConfig> = next
+            .document
+            .backends
+            .iter()
+            .filter_map(|backend| backend.discovery.clone())
+            .collect();
+        self.wanted.send_if_modified(|wanted| {
+            let changed = *wanted != services;
+            *wanted = services;
+            changed
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.compiling.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Compiles `config` with the pods discovered now and swaps it in.
+    fn store(&self, generation: u64, config: SplitterConfig) {
         let virtual_nodes = config
             .stickiness
             .as_ref()
             .map_or(160, |sticky| sticky.virtual_nodes);
-        let backends = self
-            .resources
-            .backends(&config.backends, virtual_nodes, &self.metrics);
+        let pods = |backend: &crate::config::BackendConfig| self.discovered.pods(backend.discovery.as_ref()?);
+        let backends =
+            self.resources
+                .backends_with_pods(&config.backends, &pods, virtual_nodes, &self.metrics);
         let route_matches = config
             .routes
             .iter()
@@ -128,10 +198,11 @@ impl Compiled {
             })
             .collect();
         self.current.store(Some(Arc::new(Active {
-            generation: next.generation,
+            generation,
             router: Router::new(&config),
             backends,
             route_matches,
+            rate_limits: config.rate_limits.as_ref().map(Policy::new),
             config,
         })));
     }

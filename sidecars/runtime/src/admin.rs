@@ -32,6 +32,7 @@ pub struct AdminState {
     ready: Arc<AtomicBool>,
     config: Option<ConfigView>,
     extra: Option<ExtraRoutes>,
+    actions: Option<ExtraRoutes>,
 }
 
 impl AdminState {
@@ -41,6 +42,7 @@ impl AdminState {
             ready: Arc::new(AtomicBool::new(false)),
             config: None,
             extra: None,
+            actions: None,
         }
     }
 
@@ -58,6 +60,13 @@ impl AdminState {
         self
     }
 
+    /// Adds binary-specific actions: `POST` requests to the paths `actions` serves.
+    #[must_use]
+    pub fn with_actions(mut self, actions: ExtraRoutes) -> AdminState {
+        self.actions = Some(actions);
+        self
+    }
+
     /// Marks the process ready (or not) for `/readyz`.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
@@ -69,6 +78,11 @@ impl AdminState {
 
     /// Answers one admin request.
     pub fn respond(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        if method == Method::POST {
+            if let Some((content_type, body)) = self.actions.as_ref().and_then(|actions| actions(path)) {
+                return with_type(StatusCode::OK, content_type, body);
+            }
+        }
         if method != Method::GET && method != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
         }
@@ -225,5 +239,27 @@ mod tests {
         let response = state.respond(&Method::GET, "/config");
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(body(response).await, "{}");
+    }
+
+    #[tokio::test]
+    async fn actions_answer_post_only_and_other_posts_are_not_allowed() {
+        let state = AdminState::new(Registry::default()).with_actions(Arc::new(|path| {
+            (path == "/cache/purge").then(|| ("application/json", "{\"purged\":3}".to_owned()))
+        }));
+        let response = state.respond(&Method::POST, "/cache/purge");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body(response).await, "{\"purged\":3}");
+        assert_eq!(
+            state.respond(&Method::GET, "/cache/purge").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            state.respond(&Method::POST, "/metrics").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            state.respond(&Method::PUT, "/cache/purge").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }

@@ -21,7 +21,9 @@
 //! sync benchmark uses both).
 //!
 //! `outrigger-testapp get http://127.0.0.1:PORT/PATH` is a tiny HTTP client (exit 0 on a 2xx), so
-//! a test can check from inside a pod what the pod's containers reach on localhost.
+//! a test can check from inside a pod what the pod's containers reach on localhost;
+//! `outrigger-testapp load URL RATE` sends `RATE` GETs a second for ever (load from inside the
+//! cluster, for `make demo`).
 //! `outrigger-testapp relay LISTEN TARGET` relays TCP connections from `LISTEN` to `TARGET` (a second
 //! container relaying the pod IP to a loopback port, for tests that speak raw bytes to it).
 //!
@@ -29,6 +31,12 @@
 //! kubelet's `..` entries skipped), and `outrigger-testapp stop NAME` sends SIGTERM to the processes
 //! so named (through a shared process namespace): the config sync tests check the synced files and
 //! restart the sidecar with them.
+//!
+//! `POST /-/unready` makes `/healthz` answer 503 until `POST /-/ready` (a pod a test takes out of
+//! its Service's endpoints and puts back, under the same name).
+//! `GET /cache/...` answers with caching headers chosen by its query (`cc`, `vary`, `etag`, `size`,
+//! `delay`; see `cache`), and `GET /-/cache-count` says how many of those it answered: the front
+//! tier's cache tests count what reached the backend.
 //!
 //! With `LOG_DIR` set it also writes log files there for the log adapter (see `logs`).
 //!
@@ -38,6 +46,7 @@
 //! With `BURN_CPU=1` one thread spins for as long as the process runs, so the pod uses all the CPU
 //! its limit allows (the autoscaling tests read it from the kubelet's summary).
 
+mod cache;
 mod logs;
 mod sink;
 
@@ -58,6 +67,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 struct App {
     version: String,
+    /// Set by `POST /-/unready`: `/healthz` fails.
+    unready: std::sync::atomic::AtomicBool,
     error_percent: u64,
     served: AtomicU64,
     config: Option<ConfigFile>,
@@ -133,7 +144,16 @@ struct Config {
 
 impl App {
     fn respond(&self, method: &http::Method, path: &str) -> Response<Full<Bytes>> {
+        if method == http::Method::POST && (path == "/-/unready" || path == "/-/ready") {
+            self.unready.store(path == "/-/unready", Ordering::Relaxed);
+            return Response::new(Full::new(Bytes::from_static(b"ok\n")));
+        }
         if path == "/healthz" {
+            if self.unready.load(Ordering::Relaxed) {
+                let mut response = Response::new(Full::new(Bytes::from_static(b"unready\n")));
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return response;
+            }
             if self.config.as_ref().is_some_and(|config| !config.healthy()) {
                 let mut response = Response::new(Full::new(Bytes::from_static(b"unhealthy config\n")));
                 *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -395,8 +415,8 @@ fn list_files(dir: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// GET `url` (`http://host:port/path`) and print the response; true on a 2xx.
-fn get(url: &str) -> std::io::Result<bool> {
+/// GET `url` (`http://host:port/path`): whether the answer is a 2xx, and the answer.
+fn fetch(url: &str) -> std::io::Result<(bool, String)> {
     use std::io::{Error, Read, Write};
     let rest = url
         .strip_prefix("http://")
@@ -409,11 +429,37 @@ fn get(url: &str) -> std::io::Result<bool> {
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    print!("{response}");
-    Ok(response
+    let ok = response
         .split_whitespace()
         .nth(1)
-        .is_some_and(|status| status.starts_with('2')))
+        .is_some_and(|status| status.starts_with('2'));
+    Ok((ok, response))
+}
+
+fn get(url: &str) -> std::io::Result<bool> {
+    let (ok, response) = fetch(url)?;
+    print!("{response}");
+    Ok(ok)
+}
+
+/// `outrigger-testapp load URL RATE`: GETs `URL` about `RATE` times a second, for ever, and prints
+/// every 5 s how many answers were 2xx and how many were not (in-cluster load for a demo).
+fn load(url: &str, rate: u32) -> ! {
+    use std::time::{Duration, Instant};
+    let pause = Duration::from_secs(1) / rate.max(1);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut since = Instant::now();
+    loop {
+        match fetch(url) {
+            Ok((true, _)) => ok += 1,
+            _ => failed += 1,
+        }
+        if since.elapsed() >= Duration::from_secs(5) {
+            println!("load: {ok} ok, {failed} failed in the last 5s");
+            (ok, failed, since) = (0, 0, Instant::now());
+        }
+        std::thread::sleep(pause);
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -441,6 +487,10 @@ async fn main() -> std::io::Result<()> {
     if args.get(1).map(String::as_str) == Some("files") {
         return list_files(args.get(2).map(String::as_str).unwrap_or("."));
     }
+    if args.get(1).map(String::as_str) == Some("load") {
+        let rate = args.get(3).and_then(|r| r.parse().ok()).unwrap_or(20);
+        load(args.get(2).map(String::as_str).unwrap_or_default(), rate);
+    }
     if args.get(1).map(String::as_str) == Some("get") {
         let ok = get(args.get(2).map(String::as_str).unwrap_or_default())?;
         std::process::exit(if ok { 0 } else { 1 });
@@ -460,6 +510,7 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or(8080);
     let app = Arc::new(App {
         version: std::env::var("VERSION").unwrap_or_else(|_| "v1".to_owned()),
+        unready: std::sync::atomic::AtomicBool::new(false),
         error_percent: std::env::var("ERROR_PERCENT")
             .ok()
             .and_then(|p| p.parse().ok())
@@ -516,6 +567,10 @@ async fn main() -> std::io::Result<()> {
                     let path = request.uri().path();
                     let response = match path.strip_prefix("/redis/") {
                         Some(command) => redis_response(command).await,
+                        None if path.starts_with("/cache/") => {
+                            cache::respond(request.uri().query().unwrap_or(""), request.headers()).await
+                        }
+                        None if path == "/-/cache-count" => cache::count(),
                         None => app.respond(&method, path),
                     };
                     Ok::<_, Infallible>(response)

@@ -69,6 +69,10 @@ const POLL: Duration = Duration::from_secs(1);
 /// Counters become rates over this much time: long enough to smooth single requests, short enough
 /// that a load step shows within a few polls.
 const RATE_WINDOW: Duration = Duration::from_secs(3);
+
+/// Added to the controller's clock so that windows measured back from its first ticks never
+/// reach below zero.
+const CLOCK_OFFSET: Duration = Duration::from_secs(3600);
 /// How long one sidecar or kubelet may take to answer within a poll.
 const SCRAPE_TIMEOUT: Duration = Duration::from_millis(800);
 /// The observed metrics in status are refreshed at most this often (decisions are written at once).
@@ -336,7 +340,7 @@ enum Hold {
 impl Poller {
     /// Time since the poller started, plus an hour so every window fits before it.
     fn now(&self) -> Duration {
-        self.origin.elapsed() + Duration::from_secs(3600)
+        self.origin.elapsed() + CLOCK_OFFSET
     }
 
     async fn read_target(
@@ -465,7 +469,7 @@ impl Poller {
             None => self.other_writer(&target).map(Hold::OtherWriter),
         };
 
-        let inputs = self.measure(&namespace, spec, &target, now).await;
+        let inputs = self.measure(&namespace, spec, &target).await;
         let front = if spec.min_replicas == 0 && target.kind == ScaleTargetKind::ReplicatedService {
             let reading = self.scrape_front(&namespace, &target.name).await;
             Some(self.idleness.observe(now, reading))
@@ -563,7 +567,6 @@ impl Poller {
         namespace: &str,
         spec: &AutoscalingPolicySpec,
         target: &Target,
-        now: Duration,
     ) -> Vec<Result<MetricInput, MetricError>> {
         let pods: Api<Pod> = Api::namespaced(self.ctx.client.clone(), namespace);
         let selector = format!("{}={}", target.pod_label, target.name);
@@ -584,12 +587,12 @@ impl Poller {
             MetricType::Latency,
             MetricType::Concurrency,
         ]) {
-            self.scrape_splitters(&pods, now).await
+            self.scrape_splitters(&pods).await
         } else {
             HashMap::new()
         };
         let usage = if wants(&[MetricType::Cpu, MetricType::Memory, MetricType::Network]) {
-            Some(self.kubelet_usage(namespace, &pods, now).await)
+            Some(self.kubelet_usage(namespace, &pods).await)
         } else {
             None
         };
@@ -628,7 +631,12 @@ impl Poller {
 
     /// Scrapes every running pod's request splitter at once; returns each pod's traffic over the
     /// rate window, by pod uid.
-    async fn scrape_splitters(&mut self, pods: &[Pod], now: Duration) -> HashMap<String, Traffic> {
+    ///
+    /// Each sample is timed by its own scrape (the midpoint of request and answer), not by the
+    /// tick: the API reads before the scrape take a varying time on a busy node, and over a
+    /// 3-second window a second's error there reads as a third more or less traffic.
+    async fn scrape_splitters(&mut self, pods: &[Pod]) -> HashMap<String, Traffic> {
+        let origin = self.origin;
         let port = u16::try_from(canary::splitter_admin_port()).unwrap_or(9903);
         let scrapes = pods.iter().filter_map(|pod| {
             let ip = pod.status.as_ref()?.pod_ip.as_deref()?.parse().ok()?;
@@ -638,19 +646,21 @@ impl Poller {
             }
             Some(async move {
                 let address = SocketAddr::new(ip, port);
+                let sent = origin.elapsed();
                 let text = tokio::time::timeout(SCRAPE_TIMEOUT, rollout::http_get(address, "/metrics")).await;
-                (uid, text)
+                let taken = (sent + origin.elapsed()) / 2 + CLOCK_OFFSET;
+                (uid, text, taken)
             })
         });
         let results = futures::future::join_all(scrapes).await;
         let mut traffic = HashMap::new();
         let live: Vec<String> = pods.iter().filter_map(ResourceExt::uid).collect();
         self.traffic.retain(|uid, _| live.contains(uid));
-        for (uid, result) in results {
+        for (uid, result, taken) in results {
             match result {
                 Ok(Ok(text)) => {
                     let window = self.traffic.entry(uid.clone()).or_default();
-                    window.push(now, samples::parse_splitter(&text), RATE_WINDOW);
+                    window.push(taken, samples::parse_splitter(&text), RATE_WINDOW);
                     if let Some(rates) = window.traffic() {
                         traffic.insert(uid, rates);
                     }
@@ -703,7 +713,6 @@ impl Poller {
         &mut self,
         namespace: &str,
         pods: &[Pod],
-        now: Duration,
     ) -> Result<HashMap<String, (Usage, Option<f64>)>, String> {
         let mut nodes: Vec<&str> = pods
             .iter()
@@ -729,6 +738,8 @@ impl Poller {
         if by_name.is_empty() && !failures.is_empty() {
             return Err(format!("reading the kubelet summary: {}", failures.join("; ")));
         }
+        // Timed by the answers, as the splitter scrapes are, not by the tick.
+        let now = self.now();
         let live: Vec<String> = pods.iter().filter_map(ResourceExt::uid).collect();
         self.network.retain(|uid, _| live.contains(uid));
         let mut usage = HashMap::new();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, Pod, Service, ServiceAccount},
+    core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount},
     rbac::v1::{Role, RoleBinding},
 };
 use kube::{
@@ -24,7 +24,7 @@ use outrigger_api::{
 };
 use outrigger_core::{
     canary::{self, Traffic},
-    config_rollout as core_config_rollout, labels,
+    config_rollout as core_config_rollout, edge, labels,
     owner::Owner,
     replicated::{self, RolloutInputs, Write, ZeroInputs},
     validate,
@@ -407,8 +407,19 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
         config_mode: rollout.config_mode,
         config_tracks: config_read.is_some(),
     });
+    let edge_inputs = replicated::EdgeInputs {
+        splitter_image: &ctx.splitter_image,
+        splitter_resources: ctx.splitter_resources.as_ref(),
+        splitter_ready: rollout::splitter_ready(&ctx.children, &namespace, &name),
+    };
     // Build: pure.
-    let children = replicated::build_fronted(rsvc, ctx.pdb_api, inputs.as_ref(), zero.as_ref())?;
+    let children = replicated::build_edged(
+        rsvc,
+        ctx.pdb_api,
+        inputs.as_ref(),
+        zero.as_ref(),
+        Some(&edge_inputs),
+    )?;
 
     // Apply, in the order of the plan (`replicated::writes`, which says why).
     let uid = rsvc.uid().unwrap_or_default();
@@ -486,6 +497,14 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
                     None => canary::stable_splitter_config(stable, rsvc.spec.session_affinity.as_ref()),
                 };
                 config.hold = hold.clone();
+                outrigger_core::edge::apply_to_splitter_config(
+                    &mut config,
+                    &namespace,
+                    &name,
+                    &rsvc.spec,
+                    replicated::splitter_replicas(rsvc.spec.replicas),
+                );
+                edge::configure(&namespace, &rsvc.spec, &mut config);
                 let config_map = canary::splitter_config_map(&Owner::of(rsvc)?, &config);
                 applier.apply(to_apply_value(&config_map)?).await?;
                 keep.config_maps.extend(config_map.metadata.name.clone());
@@ -521,13 +540,39 @@ async fn apply_children(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Ob
             Write::PodDisruptionBudget(pdb) => drop(applier.apply(pdb.clone()).await?),
         }
     }
-    let failures = replicated::failures(&deployments.iter().chain(&splitter).cloned().collect::<Vec<_>>());
+    let mut failures =
+        replicated::failures(&deployments.iter().chain(&splitter).cloned().collect::<Vec<_>>());
+    failures.extend(tls_secret_failure(rsvc, ctx, &namespace).await?);
     Ok(Observed {
         replicas: replicated::observe(&deployments),
         failures,
         selector: children.selector,
         rollout,
     })
+}
+
+/// What is wrong with the TLS Secret the service names, read now (Secrets are not watched: a fixed
+/// Secret clears the condition at the next reconcile or resync).
+async fn tls_secret_failure(
+    rsvc: &ReplicatedService,
+    ctx: &Replicated,
+    namespace: &str,
+) -> Result<Option<outrigger_core::conditions::ChildFailure>, Error> {
+    let Some(tls) = &rsvc.spec.tls else {
+        return Ok(None);
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret = secrets.get_opt(&tls.secret_name).await?;
+    let keys = secret.as_ref().map(|secret| {
+        secret
+            .data
+            .iter()
+            .flatten()
+            .filter(|(_, value)| !value.0.is_empty())
+            .map(|(key, _)| key.as_str())
+            .collect::<Vec<_>>()
+    });
+    Ok(edge::tls_secret_failure(&rsvc.spec, keys))
 }
 
 /// Names of the children to keep, by kind; the other possible children are pruned.

@@ -73,11 +73,25 @@ impl EndpointHealth {
 /// Limits retries to a share of the request rate: every request deposits `ratio` of a retry, every
 /// second adds `minPerSecond`, and a retry spends one. The balance is capped so that a quiet period
 /// cannot save up an unbounded burst.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RetryBudget {
     /// In thousandths of a retry.
     balance: AtomicI64,
+    /// The second of the last refill; `NEVER` until the first, so the first second of the
+    /// process gets its minimum too (a backend that is down from the start is the case that
+    /// most needs it).
     second: AtomicU64,
+}
+
+const NEVER: u64 = u64::MAX;
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            balance: AtomicI64::new(0),
+            second: AtomicU64::new(NEVER),
+        }
+    }
 }
 
 const UNIT: i64 = 1_000;
@@ -189,6 +203,21 @@ mod tests {
         }
         let granted = (0..100).filter(|_| budget.try_withdraw(1_500, &policy)).count();
         assert_eq!(granted, 10, "50 requests at 20% buy 10 retries");
+    }
+
+    #[test]
+    fn the_first_second_of_the_process_has_its_minimum_too() {
+        let budget = RetryBudget::default();
+        let policy = RetryBudgetConfig {
+            ratio: 0.2,
+            min_per_second: 3,
+        };
+        budget.deposit(&policy);
+        let granted = (0..10).filter(|_| budget.try_withdraw(0, &policy)).count();
+        assert_eq!(
+            granted, 3,
+            "the minimum, and a fifth of one request is not a retry yet"
+        );
     }
 
     #[test]

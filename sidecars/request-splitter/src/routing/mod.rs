@@ -457,4 +457,5 @@ mod tests {
 
 pub mod health;
 pub mod hold;
+pub mod rate_limit;
 pub mod retry;

@@ -32,11 +32,13 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::{
+    cache::{self, Cache},
     config::HoldConfig,
     config::UpstreamProtocol,
     metrics::{class_index, Metrics, ReasonLabels},
     routing::health::{now_millis, RetryBudget},
     routing::hold::HoldQueue,
+    routing::rate_limit::{self, Tier, Verdict},
     routing::{Choice, Decision},
     store::{Active, ConfigStore},
     transport::added::{AddedHeaders, FORWARDED_FOR, FORWARDED_PROTO},
@@ -79,6 +81,11 @@ pub enum ProxyError {
     HoldQueueFull { held: i64 },
     #[error("the backend had no endpoint for the {waited:?} the request was held")]
     HoldTimeout { waited: Duration },
+    #[error("over the {tier} rate limit; retry after {retry_after:?}")]
+    RateLimited {
+        tier: &'static str,
+        retry_after: Duration,
+    },
 }
 
 impl ProxyError {
@@ -107,6 +114,7 @@ impl ProxyError {
             ProxyError::RequestBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -137,6 +145,7 @@ impl ProxyError {
             ProxyError::TooManyHeaders { .. } => "too-many-headers",
             ProxyError::HoldQueueFull { .. } => "hold-queue-full",
             ProxyError::HoldTimeout { .. } => "hold-timeout",
+            ProxyError::RateLimited { .. } => "rate-limited",
         }
     }
 
@@ -154,6 +163,7 @@ impl ProxyError {
             ProxyError::TooManyHeaders { .. } => "too-many-headers\n",
             ProxyError::HoldQueueFull { .. } => "hold-queue-full\n",
             ProxyError::HoldTimeout { .. } => "hold-timeout\n",
+            ProxyError::RateLimited { .. } => "rate-limited\n",
         }
     }
 
@@ -175,6 +185,8 @@ pub struct Shared {
     pub mirror: MirrorQueue,
     /// Requests waiting for a backend without endpoints (`hold` in the configuration).
     pub hold: HoldQueue,
+    /// The shared HTTP cache (`cache` in the configuration).
+    pub cache: Arc<Cache>,
 }
 
 /// Facts about the client connection a request came on.
@@ -307,6 +319,32 @@ where
     if let Some(error) = refusal {
         return Box::new(refuse(&shared, &error, &request_id, version));
     }
+    if let Some(policy) = &active.rate_limits {
+        let verdict = shared.store.limiter().check(
+            policy,
+            uri.path(),
+            &headers,
+            connection.remote.ip(),
+            rate_limit::now_nanos(),
+        );
+        if let Verdict::Limited { tier, retry_after } = verdict {
+            return Box::new(rate_limited(&shared, tier, retry_after, &request_id));
+        }
+    }
+    // A fresh response in the cache answers before any routing or header work.
+    let cache_key = active.config.cache.as_ref().map(|_| {
+        let host = headers
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes)
+            .or_else(|| uri.authority().map(|authority| authority.as_str().as_bytes()));
+        let path = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        cache::policy::primary_key(host, path)
+    });
+    if let (Some(config), Some(key), false) = (&active.config.cache, &cache_key, upgrade) {
+        if let Some(response) = shared.cache.fresh(config, &method, key, &headers, &request_id) {
+            return response;
+        }
+    }
     let trace = if carried.traceparent {
         correlation::trace(&mut headers)
     } else {
@@ -347,8 +385,76 @@ where
     };
     match on_upgrade {
         Some(on_upgrade) => exchange.tunnel(on_upgrade, connection.clone()).await,
-        None => exchange.forward(body).await,
+        None => match (exchange.active.clone().config.cache.as_ref(), cache_key) {
+            (Some(config), Some(key)) => {
+                let method = exchange.method.clone();
+                let cache = exchange.shared.cache.clone();
+                cache
+                    .serve(config, &method, key, ThroughCache { exchange, body })
+                    .await
+            }
+            _ => exchange.forward(body).await,
+        },
     }
+}
+
+/// A request on its way to the backend through the cache.
+struct ThroughCache<B> {
+    exchange: Exchange,
+    body: B,
+}
+
+impl<B> cache::Upstream for ThroughCache<B>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn request_headers(&self) -> &HeaderMap {
+        &self.exchange.headers
+    }
+
+    fn request_id(&self) -> HeaderValue {
+        self.exchange.request_id.to_value()
+    }
+
+    fn send(self, conditional: Option<HeaderMap>) -> impl Future<Output = BoxedResponse> + Send {
+        let ThroughCache { mut exchange, body } = self;
+        if let Some(conditional) = conditional {
+            for name in &cache::policy::CLIENT_CONDITIONALS {
+                exchange.headers.remove(name);
+            }
+            for (name, value) in &conditional {
+                exchange.headers.insert(name.clone(), value.clone());
+            }
+        }
+        exchange.forward(body)
+    }
+}
+
+/// 429 with `Retry-After` (whole seconds, at least 1) for a request over its rate limit.
+fn rate_limited(
+    shared: &Shared,
+    tier: Tier,
+    retry_after: Duration,
+    request_id: &RequestId,
+) -> Response<ResponseBody> {
+    let error = ProxyError::RateLimited {
+        tier: tier.as_str(),
+        retry_after,
+    };
+    shared
+        .metrics
+        .local_responses
+        .get_or_create(&ReasonLabels {
+            reason: error.reason(),
+        })
+        .inc();
+    let mut response = local_response(&error, request_id);
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
 }
 
 /// The splitter's answer to a request it refuses outright, counted as the client's error.
@@ -1214,6 +1320,7 @@ mod tests {
             budget: RetryBudget::default(),
             mirror: MirrorQueue::start(4, 1, metrics.clone()),
             hold: HoldQueue::new(&metrics),
+            cache: Cache::new(cache::CacheMetrics::default()),
             metrics,
         })
     }
@@ -1253,6 +1360,7 @@ mod tests {
             budget: RetryBudget::default(),
             mirror: MirrorQueue::start(4, 1, metrics.clone()),
             hold: HoldQueue::new(&metrics),
+            cache: Cache::new(cache::CacheMetrics::default()),
             metrics,
         });
         let request = Request::new(Full::new(Bytes::new()));

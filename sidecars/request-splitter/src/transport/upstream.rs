@@ -52,6 +52,7 @@ use tokio::{
 
 use crate::{
     config::{parse_endpoint, BackendConfig, UpstreamProtocol},
+    discovery::PodEndpoint,
     metrics::{BackendMetrics, Metrics},
     routing::health::EndpointHealth,
     routing::mix,
@@ -93,6 +94,9 @@ impl UpstreamError {
 #[derive(Debug)]
 pub struct Endpoint {
     pub address: String,
+    /// The endpoint's node on the backend's hash ring: its pod's name when discovered, else its
+    /// address.
+    pub ring_name: String,
     pub authority: Authority,
     pub health: Arc<EndpointHealth>,
     pub pool: Arc<ConnectionPool>,
@@ -136,7 +140,7 @@ impl Backend {
                 if let Some(index) = self
                     .ring
                     .node_for_hash(hash)
-                    .and_then(|node| self.endpoints.iter().position(|e| e.address == node))
+                    .and_then(|node| self.endpoints.iter().position(|e| e.ring_name == node))
                 {
                     if usable(index) {
                         return Some(index);
@@ -913,16 +917,37 @@ impl Resources {
     /// Builds the backends of a new generation, reusing the health and pools of endpoints that
     /// stay, and forgetting the rest (old generations still in use keep their own).
     pub fn backends(&self, configs: &[BackendConfig], virtual_nodes: u32, metrics: &Metrics) -> Vec<Backend> {
+        self.backends_with_pods(configs, &|_| None, virtual_nodes, metrics)
+    }
+
+    /// As [`Resources::backends`], with the endpoints of a backend that discovers its pods taken from
+    /// `pods` (name and address of each) when it knows any; the static endpoints serve otherwise.
+    pub fn backends_with_pods(
+        &self,
+        configs: &[BackendConfig],
+        pods: &dyn Fn(&BackendConfig) -> Option<Vec<PodEndpoint>>,
+        virtual_nodes: u32,
+        metrics: &Metrics,
+    ) -> Vec<Backend> {
         let mut known = lock(&self.endpoints);
         let mut kept = HashMap::new();
         let mut backends = Vec::with_capacity(configs.len());
         for config in configs {
             let backend_metrics = metrics.backend(&config.name);
             let timeouts = &backend_metrics.timeouts;
-            let endpoints = config
-                .endpoints
+            let members: Vec<(String, String)> = match pods(config) {
+                Some(pods) if !pods.is_empty() => {
+                    pods.into_iter().map(|pod| (pod.name, pod.address)).collect()
+                }
+                _ => config
+                    .endpoints
+                    .iter()
+                    .map(|address| (address.clone(), address.clone()))
+                    .collect(),
+            };
+            let endpoints: Vec<Endpoint> = members
                 .iter()
-                .filter_map(|address| {
+                .filter_map(|(ring_name, address)| {
                     let authority = parse_endpoint(address).ok()?;
                     let id = (config.name.clone(), address.clone());
                     let (health, pool) = match known.remove(&id) {
@@ -939,16 +964,21 @@ impl Resources {
                     kept.insert(id, (health.clone(), pool.clone()));
                     Some(Endpoint {
                         address: address.clone(),
+                        ring_name: ring_name.clone(),
                         authority,
                         health,
                         pool,
                     })
                 })
                 .collect();
+            let ring = HashRing::new(
+                &endpoints.iter().map(|e| e.ring_name.as_str()).collect::<Vec<_>>(),
+                virtual_nodes,
+            );
             backends.push(Backend {
                 name: config.name.clone(),
                 endpoints,
-                ring: HashRing::new(&config.endpoints, virtual_nodes),
+                ring,
                 next: AtomicUsize::new(0),
                 protocol: config.protocol,
                 timeout: config.timeout.0,
@@ -1015,6 +1045,69 @@ mod tests {
         assert!((0..20).all(|_| backend.pick(Some(42), 0, |_| false) == Some(home)));
         let elsewhere = backend.pick(Some(42), 0, |index| index == home).unwrap();
         assert_ne!(elsewhere, home);
+    }
+
+    fn pods_backend(resources: &Resources, pods: &[(&str, &str)]) -> Backend {
+        let config = SplitterConfig::from_value(json!({
+            "backends": [{"name": "stable", "endpoints": ["10.96.0.10:80"],
+                          "discovery": {"namespace": "shop", "service": "web-stable"}}]
+        }))
+        .unwrap();
+        let pods: Vec<PodEndpoint> = pods
+            .iter()
+            .map(|(name, address)| PodEndpoint {
+                name: (*name).to_owned(),
+                address: (*address).to_owned(),
+            })
+            .collect();
+        let metrics = Metrics::register(&mut Registry::default());
+        resources
+            .backends_with_pods(&config.backends, &|_| Some(pods.clone()), 160, &metrics)
+            .remove(0)
+    }
+
+    fn homes(backend: &Backend) -> Vec<String> {
+        (0..2_000u64)
+            .map(|key| {
+                let index = backend.pick(Some(outrigger_hashring::fnv1a64(&key.to_be_bytes())), 0, |_| {
+                    false
+                });
+                backend.endpoints[index.unwrap()].ring_name.clone()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_pod_that_turns_unready_gives_its_keys_away_and_takes_them_back_at_any_address() {
+        let resources = Resources::new(1);
+        let all = [
+            ("web-a", "172.17.0.2:8080"),
+            ("web-b", "172.17.0.3:8080"),
+            ("web-c", "172.17.0.4:8080"),
+        ];
+        let before = homes(&pods_backend(&resources, &all));
+        let without_b = homes(&pods_backend(&resources, &[all[0], all[2]]));
+        for (old, new) in before.iter().zip(&without_b) {
+            if old == "web-b" {
+                assert_ne!(new, "web-b");
+            } else {
+                assert_eq!(old, new, "only web-b's keys move");
+            }
+        }
+        // Back, even at another address: every key is where it was.
+        let back = homes(&pods_backend(
+            &resources,
+            &[all[0], ("web-b", "172.17.0.9:8080"), all[2]],
+        ));
+        assert_eq!(before, back);
+    }
+
+    #[tokio::test]
+    async fn without_ready_pods_the_static_endpoints_serve() {
+        let resources = Resources::new(1);
+        let backend = pods_backend(&resources, &[]);
+        assert_eq!(backend.endpoints.len(), 1);
+        assert_eq!(backend.endpoints[0].address, "10.96.0.10:80");
     }
 
     #[tokio::test]

@@ -41,6 +41,10 @@ pub enum Behaviour {
     Echo,
     /// Answers an `Upgrade` request with 101 and then echoes raw bytes.
     Upgrade,
+    /// As `Named`, with caching headers from the query: `cc=` (`Cache-Control`), `vary=<header>`
+    /// (the body then ends with `:<that header's value>`), `etag=` (a matching `If-None-Match`
+    /// gets 304), `cookie=1` (a `Set-Cookie`) and `size=<n>` (the body padded to n bytes).
+    Cacheable,
 }
 
 /// A request as a backend saw it.
@@ -180,7 +184,7 @@ async fn respond(state: State, behaviour: Behaviour, mut request: Request<Incomi
                 .insert("connection", "upgrade".parse().unwrap());
             return response;
         }
-        Behaviour::Named | Behaviour::Hang => {}
+        Behaviour::Named | Behaviour::Hang | Behaviour::Cacheable => {}
     }
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -197,6 +201,9 @@ async fn respond(state: State, behaviour: Behaviour, mut request: Request<Incomi
     if let Some(delay) = param("delay").and_then(|d| d.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    if behaviour == Behaviour::Cacheable {
+        return cacheable(&name, &parts.headers, param);
+    }
     let mut response = Response::new(full(name.clone()));
     if let Some(status) = param("status").and_then(|s| s.parse().ok()) {
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
@@ -212,6 +219,45 @@ async fn respond(state: State, behaviour: Behaviour, mut request: Request<Incomi
         if let Some(value) = parts.headers.get(from) {
             headers.insert(to, value.clone());
         }
+    }
+    response
+}
+
+fn cacheable(name: &str, request: &HeaderMap, param: impl Fn(&str) -> Option<String>) -> Response<TestBody> {
+    let etag = param("etag").map(|tag| format!("\"{tag}\""));
+    let matched = etag.as_ref().is_some_and(|etag| {
+        request
+            .get("if-none-match")
+            .is_some_and(|condition| condition.as_bytes() == etag.as_bytes())
+    });
+    let mut body = name.to_owned();
+    if let Some(vary) = param("vary") {
+        let value = request
+            .get(vary.as_str())
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        body = format!("{body}:{value}");
+    }
+    if let Some(size) = param("size").and_then(|size| size.parse::<usize>().ok()) {
+        body = format!("{body:x<size$}");
+    }
+    let mut response = Response::new(full(if matched { String::new() } else { body }));
+    if matched {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+    }
+    let headers = response.headers_mut();
+    headers.insert("x-backend", name.parse().unwrap());
+    if let Some(cc) = param("cc") {
+        headers.insert("cache-control", cc.parse().unwrap());
+    }
+    if let Some(vary) = param("vary") {
+        headers.insert("vary", vary.parse().unwrap());
+    }
+    if let Some(etag) = etag {
+        headers.insert("etag", etag.parse().unwrap());
+    }
+    if param("cookie").is_some() {
+        headers.insert("set-cookie", "session=1".parse().unwrap());
     }
     response
 }

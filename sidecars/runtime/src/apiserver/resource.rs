@@ -100,6 +100,18 @@ pub struct Endpoint {
     pub conditions: Option<EndpointConditions>,
     #[serde(default)]
     pub hostname: Option<String>,
+    /// The object behind the endpoint (a Pod, for a Service with a selector).
+    #[serde(default)]
+    pub target_ref: Option<EndpointTargetRef>,
+}
+
+/// What an endpoint stands for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct EndpointTargetRef {
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 impl Endpoint {
