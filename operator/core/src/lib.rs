@@ -13,6 +13,7 @@ pub mod config_sync;
 pub mod edge;
 pub mod inject;
 pub mod labels;
+pub mod owned;
 pub mod owner;
 pub mod replicated;
 pub mod reshard;

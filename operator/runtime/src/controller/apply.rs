@@ -7,7 +7,7 @@ use kube::{
     core::{ApiResource, GroupVersionKind},
     Client,
 };
-use outrigger_core::{labels::FIELD_MANAGER, subset::is_subset};
+use outrigger_core::{labels::FIELD_MANAGER, owned, subset::is_subset};
 use serde_json::Value;
 
 use super::{cache::Children, Error};
@@ -80,7 +80,7 @@ impl Applier<'_> {
             if !controlled_by(&live, self.owner_uid) {
                 return Err(Error::NameClash { kind, name });
             }
-            if is_subset(&desired, &live) {
+            if is_subset(&owned::comparable(&desired), &live) {
                 return Ok(serde_json::from_value(live)?);
             }
             // Fencing: apply only onto the version we just compared against.

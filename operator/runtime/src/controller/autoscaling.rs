@@ -188,14 +188,14 @@ async fn reconcile(
         // by the next reconcile at the latest.
         Ok(Action::requeue(RESYNC))
     };
-    ctx.measured(CONTROLLER, &key, run).await
+    ctx.measured(CONTROLLER, &key, None, run).await
 }
 
 /// The ReplicatedService a policy scales, for the ReplicatedService controller's watch of
 /// policies: a policy that may scale it to zero puts the request splitter in front of it.
 pub fn scaled_service(
     guard: DeserializeGuard<AutoscalingPolicy>,
-) -> Option<ObjectRef<DeserializeGuard<ReplicatedService>>> {
+) -> Option<ObjectRef<super::cache::Stored<ReplicatedService>>> {
     let policy = guard.0.ok()?;
     let target = &policy.spec.scale_target_ref;
     (target.kind == ScaleTargetKind::ReplicatedService)

@@ -19,10 +19,15 @@ use std::{
     time::Duration,
 };
 
+use k8s_openapi::{
+    api::{core::v1::ObjectReference, events},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
 use kube::{
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{EventType, Reporter},
     },
     Client, Resource,
 };
@@ -135,7 +140,8 @@ fn rejection_message(error: &kube::Error) -> String {
 pub struct Context {
     pub client: Client,
     pub metrics: Metrics,
-    pub recorder: Recorder,
+    /// Who publishes the Events: this controller, this instance.
+    reporter: Reporter,
     pub pdb_api: PdbApi,
     /// Only this namespace is watched, when set.
     pub watch_namespace: Option<String>,
@@ -149,6 +155,38 @@ pub struct Context {
     autoscalers: Arc<autoscaling::Pollers>,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The versions this operator's own writes replaced.
+    superseded: Superseded,
+}
+
+/// Per object, the resourceVersion this operator's last write replaced: while the watch still
+/// delivers that version, the cache is behind the operator's own write.
+#[derive(Default)]
+struct Superseded(Mutex<HashMap<String, String>>);
+
+impl Superseded {
+    /// Remembers that a write replaced `version` of the object `key`.
+    fn note(&self, key: String, version: String) {
+        if let Ok(mut replaced) = self.0.lock() {
+            replaced.insert(key, version);
+        }
+    }
+
+    /// Whether `cached` is the version of `key` that the last write replaced. Once the cache holds
+    /// another, the entry is forgotten.
+    fn is_behind(&self, key: &str, cached: Option<&str>) -> bool {
+        let Ok(mut replaced) = self.0.lock() else {
+            return false;
+        };
+        match (replaced.get(key), cached) {
+            (Some(version), Some(cached)) if version == cached => true,
+            (Some(_), _) => {
+                replaced.remove(key);
+                false
+            }
+            (None, _) => false,
+        }
+    }
 }
 
 impl Context {
@@ -160,12 +198,11 @@ impl Context {
         watch_namespace: Option<String>,
         splitter_image: String,
     ) -> Context {
-        let reporter = Reporter {
-            controller: "outrigger-operator".to_owned(),
-            instance: Some(identity.to_owned()),
-        };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter: Reporter {
+                controller: "outrigger-operator".to_owned(),
+                instance: Some(identity.to_owned()),
+            },
             client,
             metrics,
             pdb_api,
@@ -175,6 +212,7 @@ impl Context {
             baselines: rollout::Baselines::default(),
             autoscalers: Arc::default(),
             failures: Mutex::new(HashMap::new()),
+            superseded: Superseded::default(),
         }
     }
 
@@ -234,14 +272,35 @@ impl Context {
             .inc();
     }
 
+    /// Remembers that a write of `controller` replaced `version` of the object `key`.
+    fn superseded(&self, controller: &'static str, key: &str, version: String) {
+        self.superseded.note(format!("{controller}:{key}"), version);
+    }
+
+    /// Whether the cache still holds the version of `key` that this operator's last write replaced.
+    fn cache_behind_own_write(&self, controller: &'static str, key: &str, cached: Option<&str>) -> bool {
+        self.superseded.is_behind(&format!("{controller}:{key}"), cached)
+    }
+
     /// Runs one reconcile with its metrics: counted, timed, and the object's backoff reset when
-    /// it succeeds.
+    /// it succeeds. A reconcile of a version this operator has already written over is skipped:
+    /// computed from it, the status would differ from the cached one and its write would meet a
+    /// 409. The watch delivers the written version soon and triggers the reconcile again; the
+    /// requeue is only the fallback.
     async fn measured(
         &self,
         controller: &'static str,
         key: &str,
+        cached_version: Option<&str>,
         reconcile: impl std::future::Future<Output = Result<Action, Error>>,
     ) -> Result<Action, Error> {
+        if self.cache_behind_own_write(controller, key, cached_version) {
+            tracing::debug!(
+                object = key,
+                "The cache is behind this operator's own write; waiting for the watch."
+            );
+            return Ok(Action::requeue(CACHE_BEHIND_FALLBACK));
+        }
         let started = std::time::Instant::now();
         let labels = crate::metrics::ControllerLabels { controller };
         self.metrics.reconciles.get_or_create(&labels).inc();
@@ -256,7 +315,10 @@ impl Context {
         result
     }
 
-    /// Publishes an Event about `object`; failures to publish are logged, never fatal.
+    /// Publishes an Event about `object`; failures to publish are logged, never fatal. Events are
+    /// created directly rather than through kube's `Recorder`, which keeps every Event it published
+    /// for six minutes to count repeats into a series: 10,000 services becoming Ready kept 10,000
+    /// Events in memory. The operator publishes on transitions only, so repeats are rare.
     async fn event<K: Resource<DynamicType = ()>>(
         &self,
         object: &K,
@@ -264,16 +326,54 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: "Reconcile".to_owned(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        let event = new_event(&self.reporter, &object.object_ref(&()), type_, reason, note);
+        let namespace = event.metadata.namespace.clone().unwrap_or_default();
+        let api: kube::Api<events::v1::Event> = kube::Api::namespaced(self.client.clone(), &namespace);
+        if let Err(error) = api.create(&kube::api::PostParams::default(), &event).await {
             tracing::warn!(%error, reason, "Publishing an event failed.");
         }
+    }
+}
+
+/// An Event about `regarding`, as kube's `Recorder` would first publish it.
+fn new_event(
+    reporter: &Reporter,
+    regarding: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) -> events::v1::Event {
+    let now = Timestamp::now();
+    events::v1::Event {
+        metadata: ObjectMeta {
+            namespace: regarding.namespace.clone(),
+            name: Some(format!(
+                "{}.{:x}",
+                regarding.name.as_deref().unwrap_or(&reporter.controller),
+                now.as_nanosecond()
+            )),
+            ..ObjectMeta::default()
+        },
+        action: Some("Reconcile".to_owned()),
+        reason: Some(reason.to_owned()),
+        note: Some(note),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(regarding.clone()),
+        reporting_controller: Some(reporter.controller.clone()),
+        reporting_instance: Some(
+            reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| reporter.controller.clone()),
+        ),
+        type_: Some(
+            match type_ {
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
+            }
+            .to_owned(),
+        ),
+        ..events::v1::Event::default()
     }
 }
 
@@ -286,11 +386,35 @@ pub fn backoff_delay(attempt: u32) -> Duration {
     )
 }
 
+/// How many reconciles of one controller run at once. Each one in flight holds its decoded object
+/// and its future; unbounded, a start ran every object's at once (all waiting for the caches to
+/// fill), which with 10,000 objects was most of the operator's memory. A reconcile that writes
+/// nothing takes well under a millisecond, and one that writes waits on the API server, so a few
+/// dozen keep up with any pace the API server takes writes at.
+const CONCURRENCY: u16 = 32;
+
+fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(CONCURRENCY)
+}
+
 /// How long after a successful reconcile to check again anyway (drift from outside).
 pub const RESYNC: Duration = Duration::from_secs(300);
 
+/// When to reconcile again an object whose cached version the operator has written over, if the
+/// watch has not delivered the new version by then.
+const CACHE_BEHIND_FALLBACK: Duration = Duration::from_secs(10);
+
+/// When to retry after a 409: the object changed, and the watch event of its newer version triggers
+/// the reconcile anyway, so a conflict does not grow the backoff (on a loaded API server the
+/// watch lags, and doubling on each conflict left objects waiting minutes for nothing).
+const CONFLICT_RETRY: Duration = Duration::from_secs(2);
+
 fn error_action(ctx: &Context, controller: &'static str, key: &str, error: &Error) -> Action {
     ctx.count_error(controller, error);
+    if matches!(error, Error::Conflict(_)) {
+        tracing::debug!(%error, object = key, "Reconcile met a newer version; retrying when the watch delivers it.");
+        return Action::requeue(CONFLICT_RETRY);
+    }
     let delay = ctx.backoff(key);
     tracing::warn!(%error, object = key, category = error.category(), retry_in = ?delay, "Reconcile failed.");
     Action::requeue(delay)
@@ -354,6 +478,63 @@ mod tests {
                 "{transient} is retried quietly"
             );
         }
+    }
+
+    #[test]
+    fn an_event_is_about_its_object_in_its_namespace_and_names_the_reporting_instance() {
+        let reporter = Reporter {
+            controller: "outrigger-operator".to_owned(),
+            instance: Some("op-0".to_owned()),
+        };
+        let regarding = ObjectReference {
+            kind: Some("ReplicatedService".to_owned()),
+            namespace: Some("shop".to_owned()),
+            name: Some("web".to_owned()),
+            ..ObjectReference::default()
+        };
+        let event = new_event(
+            &reporter,
+            &regarding,
+            EventType::Warning,
+            "Forbidden",
+            "no".to_owned(),
+        );
+        assert_eq!(event.metadata.namespace.as_deref(), Some("shop"));
+        assert!(event.metadata.name.unwrap_or_default().starts_with("web."));
+        assert_eq!(
+            (
+                event.type_.as_deref(),
+                event.reason.as_deref(),
+                event.note.as_deref()
+            ),
+            (Some("Warning"), Some("Forbidden"), Some("no"))
+        );
+        assert_eq!(event.reporting_instance.as_deref(), Some("op-0"));
+        assert_eq!(event.regarding, Some(regarding));
+    }
+
+    #[test]
+    fn a_cached_version_the_last_write_replaced_is_behind_until_another_arrives() {
+        let superseded = Superseded::default();
+        assert!(
+            !superseded.is_behind("rs:ns/a", Some("10")),
+            "nothing written yet"
+        );
+        superseded.note("rs:ns/a".to_owned(), "10".to_owned());
+        assert!(superseded.is_behind("rs:ns/a", Some("10")));
+        assert!(
+            superseded.is_behind("rs:ns/a", Some("10")),
+            "still behind on a second trigger"
+        );
+        assert!(!superseded.is_behind("rs:ns/b", Some("10")), "another object");
+        assert!(
+            !superseded.is_behind("rs:ns/a", Some("11")),
+            "the written version arrived"
+        );
+        assert!(
+            !superseded.is_behind("rs:ns/a", Some("10")),
+            "forgotten once caught up"
+        );
     }
 
     #[test]

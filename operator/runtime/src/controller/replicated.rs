@@ -9,9 +9,8 @@ use k8s_openapi::api::{
     rbac::v1::{Role, RoleBinding},
 };
 use kube::{
-    api::Api,
-    core::DeserializeGuard,
-    core::PartialObjectMeta,
+    api::{Api, DynamicObject},
+    core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         controller::Action,
         reflector::{ObjectRef, Store},
@@ -34,7 +33,7 @@ use outrigger_core::{
 use super::{
     apply::{resource_for, to_apply_value, typed, Applier},
     autoscaling,
-    cache::{self, Children},
+    cache::{self, Children, Stored},
     config_rollout, config_sync, error_action,
     rollout::{self, Rollout},
     status, Context, Error, RESYNC,
@@ -71,38 +70,56 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             labels::REPLICATED_SERVICE
         ))
     };
-    let (deployments, deployment_events) = cache::watch(ctx.api::<Deployment>(), owned());
-    let (services, service_events) = cache::watch(ctx.api::<Service>(), owned());
-    let (config_maps, config_map_events) = cache::watch(ctx.api::<ConfigMap>(), owned());
-    let (accounts, account_events) = cache::watch(ctx.api::<ServiceAccount>(), owned());
-    let (roles, role_events) = cache::watch(ctx.api::<Role>(), owned());
-    let (bindings, binding_events) = cache::watch(ctx.api::<RoleBinding>(), owned());
+    let (deployments, deployment_events) = cache::watch_children(
+        ctx.api::<Deployment>(),
+        &cache::resource_of::<Deployment>(),
+        owned(),
+    );
+    let (services, service_events) =
+        cache::watch_children(ctx.api::<Service>(), &cache::resource_of::<Service>(), owned());
+    let (config_maps, config_map_events) = cache::watch_children(
+        ctx.api::<ConfigMap>(),
+        &cache::resource_of::<ConfigMap>(),
+        owned(),
+    );
+    let (accounts, account_events) = cache::watch_children(
+        ctx.api::<ServiceAccount>(),
+        &cache::resource_of::<ServiceAccount>(),
+        owned(),
+    );
+    let (roles, role_events) =
+        cache::watch_children(ctx.api::<Role>(), &cache::resource_of::<Role>(), owned());
+    let (bindings, binding_events) = cache::watch_children(
+        ctx.api::<RoleBinding>(),
+        &cache::resource_of::<RoleBinding>(),
+        owned(),
+    );
     let (strategies, strategy_events) =
         cache::watch(ctx.api::<RolloutStrategy>(), watcher::Config::default());
     let (policies, policy_events) = cache::watch(
         ctx.api::<DeserializeGuard<AutoscalingPolicy>>(),
         watcher::Config::default(),
     );
-    let mut controller = Controller::new(
-        ctx.api::<DeserializeGuard<ReplicatedService>>(),
-        watcher::Config::default(),
-    )
-    .owns_stream(deployment_events)
-    .owns_stream(service_events)
-    .owns_stream(config_map_events)
-    .owns_stream(account_events)
-    .owns_stream(role_events)
-    .owns_stream(binding_events);
+    let (services_store, service_triggers) =
+        cache::watch_reconciled(ctx.api::<Stored<ReplicatedService>>(), watcher::Config::default());
+    let mut controller = Controller::for_stream(service_triggers, services_store)
+        .with_config(super::controller_config())
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
+        .owns_stream(config_map_events)
+        .owns_stream(account_events)
+        .owns_stream(role_events)
+        .owns_stream(binding_events);
     let mut pod_disruption_budgets = None;
     if let Some(api_version) = ctx.pdb_api.api_version() {
         let resource = resource_for(api_version, "PodDisruptionBudget");
-        let api = match &ctx.watch_namespace {
+        let api: Api<DynamicObject> = match &ctx.watch_namespace {
             Some(namespace) => Api::namespaced_with(ctx.client.clone(), namespace, &resource),
             None => Api::all_with(ctx.client.clone(), &resource),
         };
-        let (store, events) = cache::watch_dynamic(api, &resource, owned());
-        controller = controller.owns_stream_with(events, resource.clone());
-        pod_disruption_budgets = Some((store, resource));
+        let (store, events) = cache::watch_children(api, &resource, owned());
+        controller = controller.owns_stream_with(events, resource);
+        pod_disruption_budgets = Some(store);
     }
     let controller = controller.graceful_shutdown_on(shutdown);
     let store = controller.store();
@@ -114,16 +131,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         referrers
             .state()
             .into_iter()
-            .filter(|guard| {
-                guard.namespace() == namespace
-                    && guard.0.as_ref().is_ok_and(|rsvc| {
-                        rsvc.spec
-                            .rollout_strategy_ref
-                            .as_ref()
-                            .is_some_and(|r| r.name == name)
-                    })
+            .filter(|stored| {
+                stored.namespace() == namespace && stored.references().strategy.as_ref() == Some(&name)
             })
-            .map(|guard| ObjectRef::from_obj(&*guard))
+            .map(|stored| ObjectRef::from_obj(&*stored))
             .collect::<Vec<_>>()
     });
     // An edit of a ConfigMap the config sync sidecars of a service with a strategy sync is a config
@@ -137,21 +148,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         .default_backoff()
         .touched_objects(),
         move |config_map: PartialObjectMeta<ConfigMap>| {
+            // The operator's own ConfigMaps (a child of every service) are nobody's synced config:
+            // not looked up among every service at each one's write.
+            if config_map.labels().get(labels::MANAGED_BY).map(String::as_str)
+                == Some(labels::MANAGED_BY_VALUE)
+            {
+                return Vec::new();
+            }
             let namespace = config_map.namespace();
             let name = config_map.name_any();
             syncing
                 .state()
                 .into_iter()
-                .filter(|guard| {
-                    guard.namespace() == namespace
-                        && guard.0.as_ref().is_ok_and(|rsvc| {
-                            rsvc.spec.rollout_strategy_ref.is_some()
-                                && outrigger_core::config_sync::settings(&rsvc.spec.sidecars)
-                                    .and_then(Result::ok)
-                                    .is_some_and(|settings| settings.config_maps.contains(&name))
-                        })
+                .filter(|stored| {
+                    stored.namespace() == namespace && stored.references().config_maps.contains(&name)
                 })
-                .map(|guard| ObjectRef::from_obj(&*guard))
+                .map(|stored| ObjectRef::from_obj(&*stored))
                 .collect::<Vec<_>>()
         },
     );
@@ -167,7 +179,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         |pod| {
             let namespace = pod.namespace()?;
             let name = pod.labels().get(labels::REPLICATED_SERVICE)?.clone();
-            Some(ObjectRef::<DeserializeGuard<ReplicatedService>>::new(&name).within(&namespace))
+            Some(ObjectRef::<Stored<ReplicatedService>>::new(&name).within(&namespace))
         },
     );
     let managed = ctx
@@ -194,30 +206,27 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     });
     controller
         .run(reconcile, error_policy, context)
-        .for_each(|_| {
-            managed.set(i64::try_from(store.state().len()).unwrap_or(i64::MAX));
+        .for_each(|result| {
+            if let Err(error) = &result {
+                tracing::warn!(?error, "controller stream error");
+            }
+            managed.set(i64::try_from(store.len()).unwrap_or(i64::MAX));
             futures::future::ready(())
         })
         .await;
 }
 
-fn key(object: &DeserializeGuard<ReplicatedService>) -> String {
+fn key(object: &Stored<ReplicatedService>) -> String {
     format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any())
 }
 
-fn error_policy(
-    object: Arc<DeserializeGuard<ReplicatedService>>,
-    error: &Error,
-    ctx: Arc<Replicated>,
-) -> Action {
+fn error_policy(object: Arc<Stored<ReplicatedService>>, error: &Error, ctx: Arc<Replicated>) -> Action {
     error_action(&ctx, CONTROLLER, &key(&object), error)
 }
 
-#[tracing::instrument(skip_all, fields(namespace = %guard.namespace().unwrap_or_default(), name = %guard.name_any()))]
-async fn reconcile(
-    guard: Arc<DeserializeGuard<ReplicatedService>>,
-    ctx: Arc<Replicated>,
-) -> Result<Action, Error> {
+#[tracing::instrument(skip_all, fields(namespace = %stored.namespace().unwrap_or_default(), name = %stored.name_any()))]
+async fn reconcile(stored: Arc<Stored<ReplicatedService>>, ctx: Arc<Replicated>) -> Result<Action, Error> {
+    let guard = stored.decode();
     let run = async {
         match &guard.0 {
             Ok(rsvc) => reconcile_valid(rsvc, &ctx).await,
@@ -226,7 +235,32 @@ async fn reconcile(
             }
         }
     };
-    ctx.measured(CONTROLLER, &key(&guard), run).await
+    ctx.measured(
+        CONTROLLER,
+        &key(&stored),
+        stored.meta().resource_version.as_deref(),
+        run,
+    )
+    .await
+}
+
+impl cache::Reconciled for ReplicatedService {
+    /// The strategy it names, and with one, the ConfigMaps its config sync sidecars sync: an edit
+    /// of one is a config rollout to start.
+    fn references(&self) -> cache::References {
+        let strategy = self.spec.rollout_strategy_ref.as_ref().map(|r| r.name.clone());
+        let config_maps = match strategy {
+            Some(_) => outrigger_core::config_sync::settings(&self.spec.sidecars)
+                .and_then(Result::ok)
+                .map(|settings| settings.config_maps)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        cache::References {
+            strategy,
+            config_maps,
+        }
+    }
 }
 
 async fn reconcile_valid(rsvc: &ReplicatedService, ctx: &Replicated) -> Result<Action, Error> {

@@ -13,7 +13,6 @@ use k8s_openapi::api::{
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::{
-    core::DeserializeGuard,
     runtime::{
         controller::Action,
         reflector::{ObjectRef, Store},
@@ -26,7 +25,7 @@ use outrigger_core::{inject, labels, owner::Owner, reshard, sharded, validate};
 
 use super::{
     apply::{to_apply_value, typed, Applier},
-    cache::{self, Children},
+    cache::{self, Children, Stored},
     config_sync, error_action, status, Context, Error, RESYNC,
 };
 use crate::metrics::ControllerLabels;
@@ -99,11 +98,25 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             labels::SHARDED_SERVICE
         ))
     };
-    let (stateful_sets, stateful_set_events) = cache::watch(ctx.api::<StatefulSet>(), owned());
-    let (services, service_events) = cache::watch(ctx.api::<Service>(), owned());
-    let (config_maps, config_map_events) = cache::watch(ctx.api::<ConfigMap>(), owned());
-    let (roles, role_events) = cache::watch(ctx.api::<Role>(), owned());
-    let (bindings, binding_events) = cache::watch(ctx.api::<RoleBinding>(), owned());
+    let (stateful_sets, stateful_set_events) = cache::watch_children(
+        ctx.api::<StatefulSet>(),
+        &cache::resource_of::<StatefulSet>(),
+        owned(),
+    );
+    let (services, service_events) =
+        cache::watch_children(ctx.api::<Service>(), &cache::resource_of::<Service>(), owned());
+    let (config_maps, config_map_events) = cache::watch_children(
+        ctx.api::<ConfigMap>(),
+        &cache::resource_of::<ConfigMap>(),
+        owned(),
+    );
+    let (roles, role_events) =
+        cache::watch_children(ctx.api::<Role>(), &cache::resource_of::<Role>(), owned());
+    let (bindings, binding_events) = cache::watch_children(
+        ctx.api::<RoleBinding>(),
+        &cache::resource_of::<RoleBinding>(),
+        owned(),
+    );
     let (shard_pods, shard_pod_events) = cache::watch(ctx.api::<Pod>(), owned());
     let (client_pods, client_pod_events) = cache::watch(
         ctx.api::<Pod>(),
@@ -113,31 +126,31 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         ctx.api::<Event>(),
         watcher::Config::default().fields("involvedObject.kind=StatefulSet,reason=FailedCreate"),
     );
-    let controller = Controller::new(
-        ctx.api::<DeserializeGuard<ShardedService>>(),
-        watcher::Config::default(),
-    )
-    .owns_stream(stateful_set_events)
-    .owns_stream(service_events)
-    .owns_stream(config_map_events)
-    .owns_stream(role_events)
-    .owns_stream(binding_events)
-    .watches_stream(failed_create_events, |event: Event| {
-        let namespace = event.involved_object.namespace.unwrap_or_default();
-        let shard = event.involved_object.name.unwrap_or_default();
-        sharded::service_of_shard(&shard).map(|service| ObjectRef::new(service).within(&namespace))
-    })
-    .watches_stream(shard_pod_events, |pod: Pod| {
-        let namespace = pod.namespace()?;
-        let name = pod.labels().get(labels::SHARDED_SERVICE)?.clone();
-        Some(ObjectRef::<DeserializeGuard<ShardedService>>::new(&name).within(&namespace))
-    })
-    .watches_stream(client_pod_events, |pod: Pod| {
-        let namespace = pod.namespace()?;
-        let name = pod.labels().get(inject::SHARDED_CLIENT_LABEL)?.clone();
-        Some(ObjectRef::<DeserializeGuard<ShardedService>>::new(&name).within(&namespace))
-    })
-    .graceful_shutdown_on(shutdown);
+    let (services_store, service_triggers) =
+        cache::watch_reconciled(ctx.api::<Stored<ShardedService>>(), watcher::Config::default());
+    let controller = Controller::for_stream(service_triggers, services_store)
+        .with_config(super::controller_config())
+        .owns_stream(stateful_set_events)
+        .owns_stream(service_events)
+        .owns_stream(config_map_events)
+        .owns_stream(role_events)
+        .owns_stream(binding_events)
+        .watches_stream(failed_create_events, |event: Event| {
+            let namespace = event.involved_object.namespace.unwrap_or_default();
+            let shard = event.involved_object.name.unwrap_or_default();
+            sharded::service_of_shard(&shard).map(|service| ObjectRef::new(service).within(&namespace))
+        })
+        .watches_stream(shard_pod_events, |pod: Pod| {
+            let namespace = pod.namespace()?;
+            let name = pod.labels().get(labels::SHARDED_SERVICE)?.clone();
+            Some(ObjectRef::<Stored<ShardedService>>::new(&name).within(&namespace))
+        })
+        .watches_stream(client_pod_events, |pod: Pod| {
+            let namespace = pod.namespace()?;
+            let name = pod.labels().get(inject::SHARDED_CLIENT_LABEL)?.clone();
+            Some(ObjectRef::<Stored<ShardedService>>::new(&name).within(&namespace))
+        })
+        .graceful_shutdown_on(shutdown);
     let store = controller.store();
     let managed = ctx
         .metrics
@@ -164,22 +177,23 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     controller
         .run(reconcile, error_policy, context)
         .for_each(|_| {
-            managed.set(i64::try_from(store.state().len()).unwrap_or(i64::MAX));
+            managed.set(i64::try_from(store.len()).unwrap_or(i64::MAX));
             futures::future::ready(())
         })
         .await;
 }
 
-fn key(object: &DeserializeGuard<ShardedService>) -> String {
+fn key(object: &Stored<ShardedService>) -> String {
     format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any())
 }
 
-fn error_policy(object: Arc<DeserializeGuard<ShardedService>>, error: &Error, ctx: Arc<Sharded>) -> Action {
+fn error_policy(object: Arc<Stored<ShardedService>>, error: &Error, ctx: Arc<Sharded>) -> Action {
     error_action(&ctx, CONTROLLER, &key(&object), error)
 }
 
-#[tracing::instrument(skip_all, fields(namespace = %guard.namespace().unwrap_or_default(), name = %guard.name_any()))]
-async fn reconcile(guard: Arc<DeserializeGuard<ShardedService>>, ctx: Arc<Sharded>) -> Result<Action, Error> {
+#[tracing::instrument(skip_all, fields(namespace = %stored.namespace().unwrap_or_default(), name = %stored.name_any()))]
+async fn reconcile(stored: Arc<Stored<ShardedService>>, ctx: Arc<Sharded>) -> Result<Action, Error> {
+    let guard = stored.decode();
     let run = async {
         match &guard.0 {
             Ok(shsvc) => reconcile_valid(shsvc, &ctx).await,
@@ -188,8 +202,16 @@ async fn reconcile(guard: Arc<DeserializeGuard<ShardedService>>, ctx: Arc<Sharde
             }
         }
     };
-    ctx.measured(CONTROLLER, &key(&guard), run).await
+    ctx.measured(
+        CONTROLLER,
+        &key(&stored),
+        stored.meta().resource_version.as_deref(),
+        run,
+    )
+    .await
 }
+
+impl cache::Reconciled for ShardedService {}
 
 async fn reconcile_valid(shsvc: &ShardedService, ctx: &Sharded) -> Result<Action, Error> {
     if shsvc.meta().deletion_timestamp.is_some() {

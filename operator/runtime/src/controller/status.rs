@@ -71,6 +71,13 @@ where
         .replace_status(&object.name_any(), &PostParams::default(), &updated)
         .await?
         .resource_version();
+    if let Some(replaced) = object.resource_version() {
+        ctx.superseded(
+            controller,
+            &format!("{namespace}/{}", object.name_any()),
+            replaced,
+        );
+    }
 
     let condition = |status: &Value, type_: &str| -> Option<(String, String, String)> {
         status["conditions"]
