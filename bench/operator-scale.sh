@@ -106,9 +106,15 @@ while (($(ready_count) < COUNT)); do sleep 1; done
 CONVERGED=$(date +%s.%N)
 # Settled: Ready comes before the Deployments report their generation observed; wait until the
 # operator has written nothing for 30 s (a status write that met a conflict is retried with backoff).
+# At 10,000 the controller manager reports the Deployments' status for many minutes after all are
+# Ready, each report a status write here, so the wait ends after SETTLE_LIMIT seconds (300) either way.
 quiet() {
-  local last=-1 now
-  while now=$(metric outrigger_api_writes_total); [[ $now != "$last" ]]; do last=$now; sleep 30; done
+  local last=-1 now waited=0
+  while now=$(metric outrigger_api_writes_total); [[ $now != "$last" ]] && ((waited < ${SETTLE_LIMIT:-300})); do
+    last=$now
+    sleep 30
+    waited=$((waited + 30))
+  done
 }
 quiet
 SETTLED=$(date +%s.%N)
