@@ -435,7 +435,10 @@ mod tests {
         let stored = Stored::new(DeserializeGuard(Ok(object)));
         assert_eq!(stored.meta().resource_version.as_deref(), Some("42"));
         assert_eq!(stored.meta().name.as_deref(), Some("web"));
-        assert_eq!(stored.decode().0.unwrap().metadata.resource_version.as_deref(), Some("42"));
+        assert_eq!(
+            stored.decode().0.unwrap().metadata.resource_version.as_deref(),
+            Some("42")
+        );
     }
 
     fn services() -> (Children, SlimWriter) {
