@@ -332,6 +332,25 @@ impl OperatorProcess {
         )
     }
 
+    /// As [`OperatorProcess::for_namespace`], with the request splitter image under test
+    /// (`OUTRIGGER_SPLITTER_IMAGE`, default `outrigger/request-splitter:dev`) for the front tier.
+    pub fn with_splitter(namespace: &str) -> anyhow::Result<OperatorProcess> {
+        Self::start_with(
+            namespace,
+            &format!("{namespace}-a"),
+            &format!("{namespace}-leader"),
+            15,
+            &[
+                "--no-webhook".to_owned(),
+                "--sidecar-image".to_owned(),
+                format!(
+                    "request-splitter={}",
+                    image("OUTRIGGER_SPLITTER_IMAGE", "outrigger/request-splitter:dev")
+                ),
+            ],
+        )
+    }
+
     /// Starts an operator for `namespace` without the webhook, electing a leader on the Lease `lease`.
     pub fn start(
         namespace: &str,

@@ -30,21 +30,7 @@ const SPLITTER_ADMIN: u16 = 9903;
 const MAX_BYTES: u64 = 1 << 20;
 
 fn operator(namespace: &str) -> OperatorProcess {
-    OperatorProcess::start_with(
-        namespace,
-        &format!("{namespace}-a"),
-        &format!("{namespace}-leader"),
-        15,
-        &[
-            "--no-webhook".to_owned(),
-            "--sidecar-image".to_owned(),
-            format!(
-                "request-splitter={}",
-                image("OUTRIGGER_SPLITTER_IMAGE", "outrigger/request-splitter:dev")
-            ),
-        ],
-    )
-    .unwrap()
+    OperatorProcess::with_splitter(namespace).unwrap()
 }
 
 fn service(cache: Value) -> ReplicatedService {

@@ -35,21 +35,7 @@ use serde_json::json;
 const WAIT: Duration = Duration::from_secs(180);
 
 fn operator(namespace: &str) -> OperatorProcess {
-    OperatorProcess::start_with(
-        namespace,
-        &format!("{namespace}-a"),
-        &format!("{namespace}-leader"),
-        15,
-        &[
-            "--no-webhook".to_owned(),
-            "--sidecar-image".to_owned(),
-            format!(
-                "request-splitter={}",
-                image("OUTRIGGER_SPLITTER_IMAGE", "outrigger/request-splitter:dev")
-            ),
-        ],
-    )
-    .unwrap()
+    OperatorProcess::with_splitter(namespace).unwrap()
 }
 
 fn service() -> ReplicatedService {

@@ -30,21 +30,7 @@ use serde_json::{json, Value};
 const WAIT: Duration = Duration::from_secs(180);
 
 fn operator(namespace: &str) -> OperatorProcess {
-    OperatorProcess::start_with(
-        namespace,
-        &format!("{namespace}-a"),
-        &format!("{namespace}-leader"),
-        15,
-        &[
-            "--no-webhook".to_owned(),
-            "--sidecar-image".to_owned(),
-            format!(
-                "request-splitter={}",
-                image("OUTRIGGER_SPLITTER_IMAGE", "outrigger/request-splitter:dev")
-            ),
-        ],
-    )
-    .unwrap()
+    OperatorProcess::with_splitter(namespace).unwrap()
 }
 
 /// A service of the test app with a cpu request (so `Utilization` has a base) and a small limit.

@@ -34,21 +34,7 @@ const WAIT: Duration = Duration::from_secs(180);
 const KEYS: usize = 300;
 
 fn operator(namespace: &str) -> OperatorProcess {
-    OperatorProcess::start_with(
-        namespace,
-        &format!("{namespace}-a"),
-        &format!("{namespace}-leader"),
-        15,
-        &[
-            "--no-webhook".to_owned(),
-            "--sidecar-image".to_owned(),
-            format!(
-                "request-splitter={}",
-                image("OUTRIGGER_SPLITTER_IMAGE", "outrigger/request-splitter:dev")
-            ),
-        ],
-    )
-    .unwrap()
+    OperatorProcess::with_splitter(namespace).unwrap()
 }
 
 /// A service of the test app answering with its pod's name, sticky on the `x-user` header.
