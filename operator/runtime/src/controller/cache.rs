@@ -28,7 +28,10 @@ use kube::{
     },
     Resource, ResourceExt,
 };
-use outrigger_core::{labels::FIELD_MANAGER, owned};
+use outrigger_core::{
+    labels::{self, FIELD_MANAGER},
+    owned,
+};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
@@ -400,6 +403,30 @@ impl Children {
 /// The API resource of a typed kind, for [`watch_children`].
 pub fn resource_of<K: Resource<DynamicType = ()>>() -> ApiResource {
     ApiResource::erase::<K>(&())
+}
+
+/// [`watch_children`] of a typed kind.
+pub fn watch_typed_children<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Slim,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug + Send + Sync + 'static,
+{
+    watch_children(api, &resource_of::<K>(), config)
+}
+
+/// The objects this operator builds for one owner kind: its managed-by label and the owner kind's
+/// label (`owner_label`, e.g. `outrigger.dev/replicatedservice`), which every child carries.
+pub fn children_of(owner_label: &str) -> watcher::Config {
+    watcher::Config::default().labels(&format!(
+        "{}={},{owner_label}",
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_VALUE,
+    ))
 }
 
 #[cfg(test)]

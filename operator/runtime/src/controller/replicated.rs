@@ -62,38 +62,13 @@ impl std::ops::Deref for Replicated {
 /// Runs the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     // Only the children of ReplicatedServices: the ShardedService controller caches its own.
-    let owned = || {
-        watcher::Config::default().labels(&format!(
-            "{}={},{}",
-            labels::MANAGED_BY,
-            labels::MANAGED_BY_VALUE,
-            labels::REPLICATED_SERVICE
-        ))
-    };
-    let (deployments, deployment_events) = cache::watch_children(
-        ctx.api::<Deployment>(),
-        &cache::resource_of::<Deployment>(),
-        owned(),
-    );
-    let (services, service_events) =
-        cache::watch_children(ctx.api::<Service>(), &cache::resource_of::<Service>(), owned());
-    let (config_maps, config_map_events) = cache::watch_children(
-        ctx.api::<ConfigMap>(),
-        &cache::resource_of::<ConfigMap>(),
-        owned(),
-    );
-    let (accounts, account_events) = cache::watch_children(
-        ctx.api::<ServiceAccount>(),
-        &cache::resource_of::<ServiceAccount>(),
-        owned(),
-    );
-    let (roles, role_events) =
-        cache::watch_children(ctx.api::<Role>(), &cache::resource_of::<Role>(), owned());
-    let (bindings, binding_events) = cache::watch_children(
-        ctx.api::<RoleBinding>(),
-        &cache::resource_of::<RoleBinding>(),
-        owned(),
-    );
+    let owned = || cache::children_of(labels::REPLICATED_SERVICE);
+    let (deployments, deployment_events) = cache::watch_typed_children(ctx.api::<Deployment>(), owned());
+    let (services, service_events) = cache::watch_typed_children(ctx.api::<Service>(), owned());
+    let (config_maps, config_map_events) = cache::watch_typed_children(ctx.api::<ConfigMap>(), owned());
+    let (accounts, account_events) = cache::watch_typed_children(ctx.api::<ServiceAccount>(), owned());
+    let (roles, role_events) = cache::watch_typed_children(ctx.api::<Role>(), owned());
+    let (bindings, binding_events) = cache::watch_typed_children(ctx.api::<RoleBinding>(), owned());
     let (strategies, strategy_events) =
         cache::watch(ctx.api::<RolloutStrategy>(), watcher::Config::default());
     let (policies, policy_events) = cache::watch(

@@ -90,33 +90,12 @@ impl std::ops::Deref for Sharded {
 /// Runs the controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
     // Only the children of ShardedServices: the ReplicatedService controller caches its own.
-    let owned = || {
-        watcher::Config::default().labels(&format!(
-            "{}={},{}",
-            labels::MANAGED_BY,
-            labels::MANAGED_BY_VALUE,
-            labels::SHARDED_SERVICE
-        ))
-    };
-    let (stateful_sets, stateful_set_events) = cache::watch_children(
-        ctx.api::<StatefulSet>(),
-        &cache::resource_of::<StatefulSet>(),
-        owned(),
-    );
-    let (services, service_events) =
-        cache::watch_children(ctx.api::<Service>(), &cache::resource_of::<Service>(), owned());
-    let (config_maps, config_map_events) = cache::watch_children(
-        ctx.api::<ConfigMap>(),
-        &cache::resource_of::<ConfigMap>(),
-        owned(),
-    );
-    let (roles, role_events) =
-        cache::watch_children(ctx.api::<Role>(), &cache::resource_of::<Role>(), owned());
-    let (bindings, binding_events) = cache::watch_children(
-        ctx.api::<RoleBinding>(),
-        &cache::resource_of::<RoleBinding>(),
-        owned(),
-    );
+    let owned = || cache::children_of(labels::SHARDED_SERVICE);
+    let (stateful_sets, stateful_set_events) = cache::watch_typed_children(ctx.api::<StatefulSet>(), owned());
+    let (services, service_events) = cache::watch_typed_children(ctx.api::<Service>(), owned());
+    let (config_maps, config_map_events) = cache::watch_typed_children(ctx.api::<ConfigMap>(), owned());
+    let (roles, role_events) = cache::watch_typed_children(ctx.api::<Role>(), owned());
+    let (bindings, binding_events) = cache::watch_typed_children(ctx.api::<RoleBinding>(), owned());
     let (shard_pods, shard_pod_events) = cache::watch(ctx.api::<Pod>(), owned());
     let (client_pods, client_pod_events) = cache::watch(
         ctx.api::<Pod>(),
