@@ -292,26 +292,59 @@ pub async fn splitter_fronted_address(
     Ok(fronted.then(|| format!("{}:{port}", spec.cluster_ip.unwrap_or_default())))
 }
 
-/// A plain HTTP/1.0 GET to `address` (`ip:port`: loopback, or a Service or pod IP of the local
-/// cluster); returns status and body.
-pub fn http_get_from(address: &str, path: &str) -> anyhow::Result<(u16, String)> {
+/// An HTTP/1.0 answer read to the end: the status, the head (status line and headers) and the body.
+pub struct RawReply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// One HTTP/1.0 request to `address` (`ip:port`: loopback, or a Service or pod IP of the local
+/// cluster) with `headers` (the caller's `Host` among them), read until the server closes,
+/// waiting up to `timeout` for each read.
+pub fn http_exchange(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> anyhow::Result<RawReply> {
     use std::io::{Read, Write};
     let address: std::net::SocketAddr = address.parse()?;
     let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut request = format!("{method} {path} HTTP/1.0\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let status = response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .context("no status line")?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+        .with_context(|| format!("no status line in {response:?}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Ok(RawReply {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    })
+}
+
+/// A plain HTTP/1.0 GET to `address` (`ip:port`: loopback, or a Service or pod IP of the local
+/// cluster); returns status and body.
+pub fn http_get_from(address: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let reply = http_exchange(
+        address,
+        "GET",
+        path,
+        &[("Host", "localhost")],
+        Duration::from_secs(5),
+    )?;
+    Ok((reply.status, reply.body))
 }
 
 /// One operator process run by a test, under the operator's own identity, managing one namespace.

@@ -10,17 +10,13 @@
 //! Images: `OUTRIGGER_SPLITTER_IMAGE` (default `outrigger/request-splitter:dev`) and
 //! `OUTRIGGER_TESTAPP_IMAGE` (default `outrigger/testapp:dev`), with `/cache/` support.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
 use outrigger_api::ReplicatedService;
 use outrigger_tests::{
-    admin_client, eventually, image, splitter_fronted_address, OperatorProcess, TestNamespace,
+    admin_client, eventually, http_exchange, image, splitter_fronted_address, OperatorProcess, TestNamespace,
 };
 use serde_json::{json, Value};
 
@@ -72,33 +68,20 @@ impl Reply {
 
 /// One GET over HTTP/1.0 with extra headers.
 fn get(address: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Reply> {
-    let mut stream = TcpStream::connect_timeout(&address.parse()?, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut request = format!("GET {path} HTTP/1.0\r\nHost: web\r\n");
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no head in {response:?}"))?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|status| status.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no status line in {response:?}"))?;
-    let headers = lines
+    let mut all = vec![("Host", "web")];
+    all.extend_from_slice(headers);
+    let reply = http_exchange(address, "GET", path, &all, Duration::from_secs(10))?;
+    let headers = reply
+        .head
+        .lines()
+        .skip(1)
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
         .collect();
     Ok(Reply {
-        status,
+        status: reply.status,
         headers,
-        body: body.to_owned(),
+        body: reply.body,
     })
 }
 

@@ -9,11 +9,7 @@
 //! Images: `OUTRIGGER_SPLITTER_IMAGE` (default `outrigger/request-splitter:dev`) and
 //! `OUTRIGGER_TESTAPP_IMAGE` (default `outrigger/testapp:dev`).
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::time::Duration;
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -22,7 +18,7 @@ use k8s_openapi::api::{
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use outrigger_api::ReplicatedService;
 use outrigger_tests::{
-    admin_client, eventually, image, splitter_fronted_address, OperatorProcess, TestNamespace,
+    admin_client, eventually, http_exchange, image, splitter_fronted_address, OperatorProcess, TestNamespace,
 };
 use serde_json::{json, Value};
 
@@ -66,21 +62,10 @@ fn limits() -> Value {
 
 /// One GET over HTTP/1.0: status, head and body.
 fn get(address: &str, path: &str, api_key: Option<&str>) -> anyhow::Result<(u16, String, String)> {
-    let mut stream = TcpStream::connect_timeout(&address.parse()?, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let key = api_key
-        .map(|key| format!("x-api-key: {key}\r\n"))
-        .unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: web\r\n{key}\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no status line in {response:?}"))?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
+    let mut headers = vec![("Host", "web")];
+    headers.extend(api_key.map(|key| ("x-api-key", key)));
+    let reply = http_exchange(address, "GET", path, &headers, Duration::from_secs(10))?;
+    Ok((reply.status, reply.head.to_ascii_lowercase(), reply.body))
 }
 
 /// The address of the Service once it leads to a ready splitter.

@@ -9,11 +9,7 @@
 //! Images: `OUTRIGGER_SPLITTER_IMAGE` (default `outrigger/request-splitter:dev`) and
 //! `OUTRIGGER_TESTAPP_IMAGE` (default `outrigger/testapp:dev`).
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -24,7 +20,7 @@ use outrigger_api::{
     autoscaling::{MetricType, ScalingDecision},
     AutoscalingPolicy, AutoscalingPolicyStatus, ReplicatedService,
 };
-use outrigger_tests::{admin_client, eventually, image, OperatorProcess, TestNamespace};
+use outrigger_tests::{admin_client, eventually, http_exchange, image, OperatorProcess, TestNamespace};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(180);
@@ -81,21 +77,8 @@ fn latest(status: &AutoscalingPolicyStatus) -> Option<&ScalingDecision> {
 /// One GET over HTTP/1.0, read whole, waiting up to `timeout` for the answer: a held request takes
 /// as long as a pod's start.
 fn get(address: &str, path: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&address.parse()?, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(timeout))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: web\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no status line in {response:?}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let reply = http_exchange(address, "GET", path, &[("Host", "web")], timeout)?;
+    Ok((reply.status, reply.body))
 }
 
 /// The value of the first sample whose line starts with `prefix`, or 0.

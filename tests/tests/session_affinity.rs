@@ -11,12 +11,7 @@
 //! Images: `OUTRIGGER_SPLITTER_IMAGE` (default `outrigger/request-splitter:dev`) and
 //! `OUTRIGGER_TESTAPP_IMAGE` (default `outrigger/testapp:dev`, with `/-/unready`).
 
-use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -25,7 +20,7 @@ use k8s_openapi::api::{
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use outrigger_api::{rollout::RolloutPhase, ReplicatedService, RolloutStrategy};
 use outrigger_tests::{
-    admin_client, eventually, image, splitter_fronted_address, OperatorProcess, TestNamespace,
+    admin_client, eventually, http_exchange, image, splitter_fronted_address, OperatorProcess, TestNamespace,
 };
 use serde_json::json;
 
@@ -65,25 +60,10 @@ fn service(replicas: i32) -> ReplicatedService {
 
 /// One HTTP/1.0 request; returns status and body.
 fn request(address: &str, method: &str, path: &str, user: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&address.parse()?, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let user = user.map(|user| format!("x-user: {user}\r\n")).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: web\r\n{user}Content-Length: 0\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no status line in {response:?}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let mut headers = vec![("Host", "web"), ("Content-Length", "0")];
+    headers.extend(user.map(|user| ("x-user", user)));
+    let reply = http_exchange(address, method, path, &headers, Duration::from_secs(10))?;
+    Ok((reply.status, reply.body))
 }
 
 /// The pod that serves each key.
