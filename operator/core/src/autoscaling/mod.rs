@@ -205,12 +205,13 @@ impl PolicyState {
             .filter_map(|r| r.as_ref().ok())
             .map(|r| r.replicas)
             .max();
-        // No ready pod is no failure of a metric source: the count just holds while pods start.
+        // No ready pod is no failure of a metric source: the count just holds while pods start, or
+        // while the first rate window fills.
         let failures: Vec<String> = recommendations
             .iter()
             .zip(&spec.metrics)
             .filter_map(|(result, metric)| match result {
-                Err(MetricError::NoReadyPods) | Ok(_) => None,
+                Err(MetricError::NoReadyPods | MetricError::WindowFilling) | Ok(_) => None,
                 Err(error) => Some(format!("{}: {error}", metric_name(metric))),
             })
             .collect();

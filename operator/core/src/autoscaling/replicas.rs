@@ -63,6 +63,10 @@ pub enum MetricError {
     /// Not a failure of the metric: the target's pods are starting (or all unready).
     #[error("no ready pods")]
     NoReadyPods,
+    /// Not a failure either: the sources answer, but have not been watched for a whole rate
+    /// window yet.
+    #[error("the rate window is still filling")]
+    WindowFilling,
     #[error("the target is not positive")]
     BadTarget,
     #[error("{0}")]

@@ -105,17 +105,23 @@ impl<T> Window<T> {
         }
     }
 
-    fn ends(&self) -> Option<(&Sample<T>, &Sample<T>)> {
+    /// The oldest and newest sample, once they are at least `full` apart.
+    ///
+    /// A pod's window younger than the others would average over a different stretch of time:
+    /// right after a scale-up the old pod's window still holds the time it carried all the
+    /// traffic while the new pod's holds only its share, and their per-pod average reads as more
+    /// traffic than there is. So every rate waits for a full window.
+    fn ends(&self, full: Duration) -> Option<(&Sample<T>, &Sample<T>)> {
         let first = self.samples.front()?;
         let last = self.samples.back()?;
-        (last.0 > first.0).then_some((first, last))
+        (last.0 > first.0 && last.0.saturating_sub(first.0) >= full).then_some((first, last))
     }
 }
 
 impl Window<SplitterCounters> {
-    /// Rates between the oldest and newest sample; `None` until two samples exist.
-    pub fn traffic(&mut self) -> Option<Traffic> {
-        let ((t0, first), (t1, last)) = self.ends()?;
+    /// Rates between the oldest and newest sample; `None` until they are `full` apart.
+    pub fn traffic(&mut self, full: Duration) -> Option<Traffic> {
+        let ((t0, first), (t1, last)) = self.ends(full)?;
         if last.requests < first.requests {
             self.reset_to_last();
             return None;
@@ -142,9 +148,10 @@ impl Window<SplitterCounters> {
 }
 
 impl Window<f64> {
-    /// The counter's rate per second between the oldest and newest sample.
-    pub fn rate(&mut self) -> Option<f64> {
-        let ((t0, first), (t1, last)) = self.ends()?;
+    /// The counter's rate per second between the oldest and newest sample, once they are `full`
+    /// apart.
+    pub fn rate(&mut self, full: Duration) -> Option<f64> {
+        let ((t0, first), (t1, last)) = self.ends(full)?;
         if last < first {
             self.reset_to_last();
             return None;
@@ -302,30 +309,87 @@ outrigger_splitter_held_requests 2
     #[test]
     fn traffic_is_the_rate_over_the_window_and_concurrency_follows_littles_law() {
         let mut window = Window::default();
-        let span = Duration::from_secs(3);
+        let (span, full) = (Duration::from_secs(3), Duration::from_secs(2));
         window.push(Duration::from_secs(10), counters(100.0, 10.0), span);
-        assert_eq!(window.traffic(), None, "one sample has no rate");
+        assert_eq!(window.traffic(full), None, "one sample has no rate");
         window.push(Duration::from_secs(11), counters(120.0, 11.0), span);
+        assert_eq!(
+            window.traffic(full),
+            None,
+            "a window shorter than full has no rate yet"
+        );
         window.push(Duration::from_secs(12), counters(140.0, 12.0), span);
-        let traffic = window.traffic().unwrap();
+        let traffic = window.traffic(full).unwrap();
         assert_eq!(traffic.request_rate, 20.0);
         assert_eq!(traffic.concurrency, 1.0);
         assert_eq!(traffic.buckets, vec![(0.1, 40.0), (f64::INFINITY, 40.0)]);
         // Older samples leave the window.
         window.push(Duration::from_secs(14), counters(200.0, 12.0), span);
         window.push(Duration::from_secs(15), counters(260.0, 12.0), span);
-        assert_eq!(window.traffic().unwrap().request_rate, 40.0, "(260 - 140) / 3 s");
+        assert_eq!(
+            window.traffic(full).unwrap().request_rate,
+            40.0,
+            "(260 - 140) / 3 s"
+        );
+    }
+
+    #[test]
+    fn after_a_scale_up_the_pods_rates_cover_the_same_time_and_add_up_to_the_load() {
+        // 15 requests/s: all to the old pod until second 11, then half each. A new pod's short
+        // window beside the old pod's long one would read 10.8 per pod on average; both waiting
+        // for a full window read 7.5.
+        let (span, full) = (Duration::from_secs(3), Duration::from_millis(2500));
+        let (mut old, mut new) = (Window::default(), Window::default());
+        let mut old_requests = 0.0;
+        let mut new_requests = 0.0;
+        let mut rates = Vec::new();
+        for second in 8..=16_u64 {
+            let at = Duration::from_secs(second);
+            old.push(at, counters(old_requests, 0.0), span);
+            if second >= 11 {
+                new.push(at, counters(new_requests, 0.0), span);
+            }
+            let pods: Vec<f64> = [old.traffic(full), new.traffic(full)]
+                .into_iter()
+                .flatten()
+                .map(|t| t.request_rate)
+                .collect();
+            rates.push((second, pods));
+            if second >= 11 {
+                old_requests += 7.5;
+                new_requests += 7.5;
+            } else {
+                old_requests += 15.0;
+            }
+        }
+        let expected: Vec<(u64, Vec<f64>)> = vec![
+            (8, vec![]),
+            (9, vec![]),
+            (10, vec![]),
+            (11, vec![15.0]),
+            // The old pod's window still holds the seconds it carried everything; the new pod has
+            // no rate until its window is as long.
+            (12, vec![12.5]),
+            (13, vec![10.0]),
+            (14, vec![7.5, 7.5]),
+            (15, vec![7.5, 7.5]),
+            (16, vec![7.5, 7.5]),
+        ];
+        assert_eq!(rates, expected);
     }
 
     #[test]
     fn a_restarted_splitter_starts_a_new_window() {
         let mut window = Window::default();
-        let span = Duration::from_secs(3);
+        let (span, full) = (Duration::from_secs(3), Duration::from_secs(2));
         window.push(Duration::from_secs(1), counters(500.0, 1.0), span);
         window.push(Duration::from_secs(2), counters(3.0, 1.0), span);
-        assert_eq!(window.traffic(), None);
         window.push(Duration::from_secs(3), counters(13.0, 1.0), span);
-        assert_eq!(window.traffic().unwrap().request_rate, 10.0);
+        window.push(Duration::from_secs(4), counters(23.0, 1.0), span);
+        assert_eq!(window.traffic(full), None, "the counter went backwards");
+        window.push(Duration::from_secs(5), counters(33.0, 1.0), span);
+        window.push(Duration::from_secs(6), counters(43.0, 1.0), span);
+        assert_eq!(window.traffic(full).unwrap().request_rate, 10.0);
     }
 
     #[test]

@@ -69,6 +69,9 @@ const POLL: Duration = Duration::from_secs(1);
 /// Counters become rates over this much time: long enough to smooth single requests, short enough
 /// that a load step shows within a few polls.
 const RATE_WINDOW: Duration = Duration::from_secs(3);
+/// A pod has a rate once its samples cover this much of the window (half a poll short of it, for
+/// the scrapes' jitter), so that every pod's rate covers the same time.
+const FULL_WINDOW: Duration = Duration::from_millis(2500);
 
 /// Added to the controller's clock so that windows measured back from its first ticks never
 /// reach below zero.
@@ -617,7 +620,8 @@ impl Poller {
                     .unwrap_or_default();
                 PodReading {
                     state: samples::pod_state(pod),
-                    traffic: traffic.get(&uid).cloned(),
+                    splitter_answered: traffic.contains_key(&uid),
+                    traffic: traffic.get(&uid).cloned().flatten(),
                     usage,
                     network_rate,
                     cpu_request: samples::pod_request(pod, "cpu"),
@@ -629,13 +633,13 @@ impl Poller {
         inputs(spec, &readings, usage_error.as_deref(), &prometheus)
     }
 
-    /// Scrapes every running pod's request splitter at once; returns each pod's traffic over the
-    /// rate window, by pod uid.
+    /// Scrapes every running pod's request splitter at once; returns, by pod uid, each splitter
+    /// that answered and its traffic over the rate window once the window is full.
     ///
     /// Each sample is timed by its own scrape (the midpoint of request and answer), not by the
     /// tick: the API reads before the scrape take a varying time on a busy node, and over a
     /// 3-second window a second's error there reads as a third more or less traffic.
-    async fn scrape_splitters(&mut self, pods: &[Pod]) -> HashMap<String, Traffic> {
+    async fn scrape_splitters(&mut self, pods: &[Pod]) -> HashMap<String, Option<Traffic>> {
         let origin = self.origin;
         let port = u16::try_from(canary::splitter_admin_port()).unwrap_or(9903);
         let scrapes = pods.iter().filter_map(|pod| {
@@ -661,9 +665,7 @@ impl Poller {
                 Ok(Ok(text)) => {
                     let window = self.traffic.entry(uid.clone()).or_default();
                     window.push(taken, samples::parse_splitter(&text), RATE_WINDOW);
-                    if let Some(rates) = window.traffic() {
-                        traffic.insert(uid, rates);
-                    }
+                    traffic.insert(uid, window.traffic(FULL_WINDOW));
                 }
                 Ok(Err(error)) => tracing::debug!(%error, pod = %uid, "Scraping a request splitter failed."),
                 Err(_) => tracing::debug!(pod = %uid, "Scraping a request splitter timed out."),
@@ -753,7 +755,7 @@ impl Poller {
             let rate = found.network_bytes.and_then(|bytes| {
                 let window = self.network.entry(uid.clone()).or_default();
                 window.push(now, bytes, RATE_WINDOW);
-                window.rate()
+                window.rate(FULL_WINDOW)
             });
             usage.insert(uid, (*found, rate));
         }
@@ -933,6 +935,8 @@ fn writer_of(metadata: &ObjectMeta, field: &str) -> Option<String> {
 #[derive(Debug, Clone, Default)]
 struct PodReading {
     state: PodState,
+    splitter_answered: bool,
+    /// `None` also while the splitter's rate window is filling.
     traffic: Option<Traffic>,
     usage: Usage,
     network_rate: Option<f64>,
@@ -989,6 +993,7 @@ fn inputs(
                     },
                 }
             };
+            let any_answered = pods.iter().any(|p| p.splitter_answered);
             let any_traffic = pods.iter().any(|p| p.traffic.is_some());
             match metric.metric_type {
                 // Pods starting: nothing to measure yet, and no failure of the source either.
@@ -1003,8 +1008,11 @@ fn inputs(
                 MetricType::Cpu => Ok(per_pod(&|p| p.usage.cpu, &|p| p.cpu_request)),
                 MetricType::Memory => Ok(per_pod(&|p| p.usage.memory, &|p| p.memory_request)),
                 MetricType::Network => Ok(per_pod(&|p| p.network_rate, &|_| None)),
-                MetricType::RequestRate | MetricType::Concurrency | MetricType::Latency if !any_traffic => {
+                MetricType::RequestRate | MetricType::Concurrency | MetricType::Latency if !any_answered => {
                     Err(no_sidecar())
+                }
+                MetricType::RequestRate | MetricType::Concurrency | MetricType::Latency if !any_traffic => {
+                    Err(MetricError::WindowFilling)
                 }
                 MetricType::RequestRate => {
                     Ok(per_pod(&|p| p.traffic.as_ref().map(|t| t.request_rate), &|_| {
@@ -1056,6 +1064,7 @@ mod tests {
     fn serving(request_rate: f64) -> PodReading {
         PodReading {
             state: PodState::Ready,
+            splitter_answered: true,
             traffic: Some(Traffic {
                 request_rate,
                 concurrency: request_rate / 10.0,
@@ -1116,6 +1125,22 @@ mod tests {
                 "Prometheus query: connection refused",
                 "reading the kubelet summary: forbidden",
             ]
+        );
+    }
+
+    #[test]
+    fn sidecars_that_answer_before_their_window_is_full_hold_the_count_without_failing() {
+        let spec = spec(json!([
+            {"type": "requestRate", "target": {"type": "AverageValue", "averageValue": "5"}},
+        ]));
+        let filling = PodReading {
+            state: PodState::Ready,
+            splitter_answered: true,
+            ..PodReading::default()
+        };
+        assert_eq!(
+            inputs(&spec, &[filling.clone(), filling], None, &[None]),
+            [Err(MetricError::WindowFilling)]
         );
     }
 
