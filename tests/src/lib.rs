@@ -694,6 +694,30 @@ pub fn image(variable: &str, default: &str) -> String {
     std::env::var(variable).unwrap_or_else(|_| default.to_owned())
 }
 
+/// The test app as the ReplicatedService `web`: one replica serving HTTP on port 80 (the app's
+/// 8080), ready on `/healthz` within a second. `spec` is merged over that spec as a JSON merge
+/// patch: the edge feature a test is about, or other ports.
+pub fn test_app_service(spec: Value) -> anyhow::Result<outrigger_api::ReplicatedService> {
+    let mut service = serde_json::json!({
+        "apiVersion": "outrigger.dev/v1alpha1",
+        "kind": "ReplicatedService",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 1,
+            "template": {"spec": {"containers": [{
+                "name": "app",
+                "image": image("OUTRIGGER_TESTAPP_IMAGE", "outrigger/testapp:dev"),
+                "imagePullPolicy": "Never",
+                "ports": [{"containerPort": 8080}],
+            }]}},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+            "readiness": {"httpPath": "/healthz", "port": 8080, "periodSeconds": 1},
+        },
+    });
+    merge_patch(&mut service["spec"], &spec);
+    Ok(serde_json::from_value(service)?)
+}
+
 /// The test app image the sharding tests run as shards and clients (`hack/images.sh testapp`);
 /// another tag by `OUTRIGGER_TEST_CLIENT_IMAGE`.
 pub fn client_image() -> String {

@@ -16,7 +16,8 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
 use outrigger_api::ReplicatedService;
 use outrigger_tests::{
-    admin_client, eventually, http_exchange, image, splitter_fronted_address, OperatorProcess, TestNamespace,
+    admin_client, eventually, http_exchange, splitter_fronted_address, test_app_service, OperatorProcess,
+    TestNamespace,
 };
 use serde_json::{json, Value};
 
@@ -30,24 +31,7 @@ fn operator(namespace: &str) -> OperatorProcess {
 }
 
 fn service(cache: Value) -> ReplicatedService {
-    serde_json::from_value(json!({
-        "apiVersion": "outrigger.dev/v1alpha1",
-        "kind": "ReplicatedService",
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": 1,
-            "template": {"spec": {"containers": [{
-                "name": "app",
-                "image": image("OUTRIGGER_TESTAPP_IMAGE", "outrigger/testapp:dev"),
-                "imagePullPolicy": "Never",
-                "ports": [{"containerPort": 8080}],
-            }]}},
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
-            "readiness": {"httpPath": "/healthz", "port": 8080, "periodSeconds": 1},
-            "cache": cache,
-        },
-    }))
-    .unwrap()
+    test_app_service(json!({"cache": cache})).unwrap()
 }
 
 /// A response read whole: status, lower-cased header lines, body.

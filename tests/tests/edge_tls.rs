@@ -27,8 +27,8 @@ use k8s_openapi::{
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use outrigger_api::ReplicatedService;
 use outrigger_tests::{
-    admin_client, cluster_run_dir, eventually, image, kubectl_ok, splitter_fronted_address, OperatorProcess,
-    TestNamespace,
+    admin_client, cluster_run_dir, eventually, kubectl_ok, splitter_fronted_address, test_app_service,
+    OperatorProcess, TestNamespace,
 };
 use serde_json::json;
 
@@ -39,22 +39,9 @@ fn operator(namespace: &str) -> OperatorProcess {
 }
 
 fn service() -> ReplicatedService {
-    serde_json::from_value(json!({
-        "apiVersion": "outrigger.dev/v1alpha1",
-        "kind": "ReplicatedService",
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": 1,
-            "template": {"spec": {"containers": [{
-                "name": "app",
-                "image": image("OUTRIGGER_TESTAPP_IMAGE", "outrigger/testapp:dev"),
-                "imagePullPolicy": "Never",
-                "ports": [{"containerPort": 8080}],
-            }]}},
-            "ports": [{"name": "https", "port": 443, "targetPort": 8080}],
-            "readiness": {"httpPath": "/healthz", "port": 8080, "periodSeconds": 1},
-            "tls": {"secretName": "web-tls"},
-        },
+    test_app_service(json!({
+        "ports": [{"name": "https", "port": 443, "targetPort": 8080}],
+        "tls": {"secretName": "web-tls"},
     }))
     .unwrap()
 }

@@ -18,7 +18,8 @@ use k8s_openapi::api::{
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use outrigger_api::ReplicatedService;
 use outrigger_tests::{
-    admin_client, eventually, http_exchange, image, splitter_fronted_address, OperatorProcess, TestNamespace,
+    admin_client, eventually, http_exchange, splitter_fronted_address, test_app_service, OperatorProcess,
+    TestNamespace,
 };
 use serde_json::{json, Value};
 
@@ -30,24 +31,7 @@ fn operator(namespace: &str) -> OperatorProcess {
 
 /// One replica (so one splitter replica, which gets the whole service-wide limit) of the test app.
 fn service(rate_limits: Value) -> ReplicatedService {
-    serde_json::from_value(json!({
-        "apiVersion": "outrigger.dev/v1alpha1",
-        "kind": "ReplicatedService",
-        "metadata": {"name": "web"},
-        "spec": {
-            "replicas": 1,
-            "template": {"spec": {"containers": [{
-                "name": "app",
-                "image": image("OUTRIGGER_TESTAPP_IMAGE", "outrigger/testapp:dev"),
-                "imagePullPolicy": "Never",
-                "ports": [{"containerPort": 8080}],
-            }]}},
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
-            "readiness": {"httpPath": "/healthz", "port": 8080, "periodSeconds": 1},
-            "rateLimits": rate_limits,
-        },
-    }))
-    .unwrap()
+    test_app_service(json!({"rateLimits": rate_limits})).unwrap()
 }
 
 /// Five anonymous requests an hour, a thousand for each identified client: nothing refills while
