@@ -71,7 +71,11 @@ pub struct ShardArgs {
     #[arg(long, env = "OUTRIGGER_SHARDING_RETRY_INTERVAL", default_value = "5s")]
     pub retry_interval: ConfigDuration,
     /// Worker threads serving clients, each with its own shard connections; 0 is one per core.
-    #[arg(long, env = "OUTRIGGER_SHARDING_WORKERS", default_value_t = 0)]
+    ///
+    /// One by default: the ambassador shares its pod, and usually its cores, with the application
+    /// that sends it the commands, and a second worker there competes with the application for
+    /// the core it would use (on two cores, plain throughput fell to 0.8x; `docs/benchmarks.md`).
+    #[arg(long, env = "OUTRIGGER_SHARDING_WORKERS", default_value_t = 1)]
     pub workers: usize,
 }
 
