@@ -1,4 +1,4 @@
-//! Worker threads, one per core, each a single-threaded runtime with its own shard connections:
+//! Worker threads (`--workers`), each a single-threaded runtime with its own shard connections:
 //! the client connections handed to a worker are served on it from the first byte to the last
 //! reply, so a command never wakes another thread.
 //!
