@@ -71,7 +71,10 @@ const POLL: Duration = Duration::from_secs(1);
 const RATE_WINDOW: Duration = Duration::from_secs(3);
 /// A pod has a rate once its samples cover this much of the window (half a poll short of it, for
 /// the scrapes' jitter), so that every pod's rate covers the same time.
-const FULL_WINDOW: Duration = Duration::from_millis(2500);
+const FULL_WINDOW: Duration = match POLL.checked_div(2) {
+    Some(half_poll) => RATE_WINDOW.saturating_sub(half_poll),
+    None => RATE_WINDOW,
+};
 
 /// Added to the controller's clock so that windows measured back from its first ticks never
 /// reach below zero.
@@ -1007,6 +1010,12 @@ fn inputs(
                 ),
                 MetricType::Cpu => Ok(per_pod(&|p| p.usage.cpu, &|p| p.cpu_request)),
                 MetricType::Memory => Ok(per_pod(&|p| p.usage.memory, &|p| p.memory_request)),
+                MetricType::Network
+                    if pods.iter().all(|p| p.network_rate.is_none())
+                        && pods.iter().any(|p| p.usage.network_bytes.is_some()) =>
+                {
+                    Err(MetricError::WindowFilling)
+                }
                 MetricType::Network => Ok(per_pod(&|p| p.network_rate, &|_| None)),
                 MetricType::RequestRate | MetricType::Concurrency | MetricType::Latency if !any_answered => {
                     Err(no_sidecar())
@@ -1140,6 +1149,22 @@ mod tests {
         };
         assert_eq!(
             inputs(&spec, &[filling.clone(), filling], None, &[None]),
+            [Err(MetricError::WindowFilling)]
+        );
+        // The kubelet's byte counters fill the same kind of window.
+        let spec = self::spec(json!([
+            {"type": "network", "target": {"type": "AverageValue", "averageValue": "1000"}},
+        ]));
+        let counted = PodReading {
+            state: PodState::Ready,
+            usage: Usage {
+                network_bytes: Some(5000.0),
+                ..Usage::default()
+            },
+            ..PodReading::default()
+        };
+        assert_eq!(
+            inputs(&spec, &[counted], None, &[None]),
             [Err(MetricError::WindowFilling)]
         );
     }
