@@ -16,8 +16,9 @@
 #
 # Usage: bench/operator-scale.sh [replicated|sharded] [COUNT]   (default: replicated 1000)
 # PROFILE=image-test (default; optimized like the images) or dev, or OPERATOR_BINARY: an operator
-# already built; STREAMS (4): kubectl creates at once. Run 10,000 on a machine otherwise idle: the figures are the API server's pace as much as
-# the operator's.
+# already built; STREAMS (4): kubectl creates at once; SETTLE_LIMIT (300): the most seconds to wait
+# for the operator to fall silent. Run 10,000 on a machine otherwise idle: the figures are the API
+# server's pace as much as the operator's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIND=${1:-replicated}
