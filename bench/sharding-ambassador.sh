@@ -17,7 +17,8 @@
 #                                          a smoke run of a debug build (numbers mean nothing)
 # Environment: REQUESTS (200000), CLIENTS (50), KEYSPACE (1000000), PIPELINES ("1 16"), SHARDS (4),
 #              BASE_PORT (17380), AMBASSADOR_BIN (default: a release build, made here),
-#              CARGO_TARGET_DIR (where that build goes).
+#              CARGO_TARGET_DIR (where that build goes), PREFILL (1: fill the keyspace through
+#              nutcracker before the measured runs; 0: start from empty shards).
 # Installs redis-server, redis-tools and nutcracker with apt-get when missing.
 # This is a benchmark, not a test: it asserts nothing. Everything listens on 127.0.0.1.
 set -euo pipefail
@@ -31,6 +32,7 @@ SHARDS=${SHARDS:-4}
 BASE_PORT=${BASE_PORT:-17380}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 AMBASSADOR_BIN=${AMBASSADOR_BIN:-}
+PREFILL=${PREFILL:-1}
 
 NUTCRACKER_PORT=$((BASE_PORT + 20))
 NUTCRACKER_STATS_PORT=$((BASE_PORT + 21))
@@ -50,9 +52,11 @@ if ((${#need[@]})); then
 fi
 
 if [ -z "$AMBASSADOR_BIN" ]; then
-  log "building the ambassador (release)"
-  cargo build --release -q -p outrigger-sharding-ambassador
-  AMBASSADOR_BIN=$TARGET_DIR/release/outrigger-sharding-ambassador
+  # The binary the image ships: the release profile, linked statically as hack/images.sh does.
+  log "building the ambassador (release, static, as in the image)"
+  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q --target x86_64-unknown-linux-gnu \
+    -p outrigger-sharding-ambassador
+  AMBASSADOR_BIN=$TARGET_DIR/x86_64-unknown-linux-gnu/release/outrigger-sharding-ambassador
 fi
 
 work=$(mktemp -d)
@@ -146,6 +150,15 @@ run() {
       printf "%s|%s|%s|%.0f|%s|%s|%.1f|%.2f\n", target, pipeline, $1, $2, $5, $7, rss / 1024, ticks / hz / ops * 1e6
     }' >>"$results"
 }
+
+# Each SET run adds keys, and a shard's table grows (rehashing as it goes) at whichever run crosses
+# its next size: filling the keyspace first keeps that out of the measured runs, so no target
+# pays for a growth the others don't.
+if [ "$PREFILL" != 0 ]; then
+  log "filling the keyspace through nutcracker"
+  redis-benchmark -h 127.0.0.1 -p "$NUTCRACKER_PORT" -t set -n "$KEYSPACE" -c "$CLIENTS" -P 16 \
+    -r "$KEYSPACE" -q >/dev/null 2>&1
+fi
 
 for pipeline in $PIPELINES; do
   run "redis (one shard, direct)" "$BASE_PORT" "${shard_pids[0]}" "$pipeline"

@@ -77,20 +77,12 @@ enum Pending {
         shard: Arc<str>,
         reply: oneshot::Receiver<ShardReply>,
     },
+    /// The rarer kinds are boxed: a client's queue of owed replies is sized by its largest kind.
     Many {
         replies: Vec<(Arc<str>, oneshot::Receiver<ShardReply>)>,
-        merge: Merge,
+        merge: Box<Merge>,
     },
-    /// A read of a moved key during a reshard: on a miss, the command goes to the key's previous
-    /// owner, and a hit there may be copied to the new owner.
-    Fallback {
-        shard: Arc<str>,
-        reply: oneshot::Receiver<ShardReply>,
-        previous: ShardHandle,
-        payload: Bytes,
-        /// The new owner's primary and the key, when hits are copied.
-        copy: Option<(ShardHandle, Bytes)>,
-    },
+    Fallback(Box<MovedRead>),
     /// An `MGET` with moved keys during a reshard: the nils of moved keys are read from their
     /// previous owners.
     FallbackValues {
@@ -105,6 +97,17 @@ enum Pending {
         first: Box<Pending>,
         clears: Vec<oneshot::Receiver<ShardReply>>,
     },
+}
+
+/// A read of a moved key during a reshard: on a miss, the command goes to the key's previous owner,
+/// and a hit there may be copied to the new owner.
+struct MovedRead {
+    shard: Arc<str>,
+    reply: oneshot::Receiver<ShardReply>,
+    previous: ShardHandle,
+    payload: Bytes,
+    /// The new owner's primary and the key, when hits are copied.
+    copy: Option<(ShardHandle, Bytes)>,
 }
 
 /// Serves one client until it disconnects, closes mid-frame or breaks the protocol.
@@ -142,7 +145,7 @@ async fn read_commands<R: AsyncRead + Unpin>(
     topology: watch::Receiver<Arc<Topology>>,
     settings: &ClientSettings,
 ) -> Result<(), ClientError> {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut buf = BytesMut::new();
     let mut session = Session::default();
     let hot_keys = &settings.metrics.hot_keys;
     let mut until_sample = hot_keys.every();
@@ -212,7 +215,7 @@ fn dispatch(
         Step::Fallback { previous, key } => {
             match (pending, topology.previous_shard(previous), fallback_payload) {
                 (Pending::One { shard, reply }, Some(previous), Some(fallback_payload)) => (
-                    Pending::Fallback {
+                    Pending::Fallback(Box::new(MovedRead {
                         shard,
                         reply,
                         previous: previous.clone(),
@@ -221,7 +224,7 @@ fn dispatch(
                             .copies_on_read()
                             .then(|| Some((topology.shard(topology.shard_of(&key)?)?.clone(), key)))
                             .flatten(),
-                    },
+                    })),
                     last,
                 ),
                 (pending, _, _) => (pending, last),
@@ -319,7 +322,13 @@ fn route(command: resp::Command, plan: Plan, topology: &Topology) -> (Pending, b
                 resp::encode_command(&part.args, &mut out);
                 replies.push((handle.shared_name(), handle.call(out.freeze())));
             }
-            (Pending::Many { replies, merge }, false)
+            (
+                Pending::Many {
+                    replies,
+                    merge: Box::new(merge),
+                },
+                false,
+            )
         }
         Plan::Exec { shard, commands } => {
             let Some(handle) = topology.shard(shard) else {
@@ -346,21 +355,28 @@ fn route(command: resp::Command, plan: Plan, topology: &Topology) -> (Pending, b
     }
 }
 
+/// Replies buffered before they are written even though more are queued.
+const FLUSH_AT: usize = 64 * 1024;
+
 async fn write_replies<W: AsyncWrite>(
     write: W,
     mut queue: mpsc::Receiver<Pending>,
     settings: Arc<ClientSettings>,
 ) -> Result<(), ClientError> {
     let mut write = std::pin::pin!(write);
-    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::new();
     while let Some(next) = queue.recv().await {
         let last = matches!(next, Pending::Last(_));
         let reply = resolve(next, &settings).await;
         out.extend_from_slice(&reply);
         // Replies already known go out together; the flush waits only while more are queued.
-        if last || queue.is_empty() || out.len() >= 64 * 1024 {
+        if last || queue.is_empty() || out.len() >= FLUSH_AT {
             write.write_all(&out).await?;
             out.clear();
+            // A large reply's buffer is not kept for the small ones after it.
+            if out.capacity() > 2 * FLUSH_AT {
+                out = BytesMut::new();
+            }
         }
         if last {
             break;
@@ -396,13 +412,14 @@ async fn resolve(pending: Pending, settings: &ClientSettings) -> Bytes {
             }
             routing::merge(&merge, frames).to_bytes()
         }
-        Pending::Fallback {
-            shard,
-            reply,
-            previous,
-            payload,
-            copy,
-        } => {
+        Pending::Fallback(moved) => {
+            let MovedRead {
+                shard,
+                reply,
+                previous,
+                payload,
+                copy,
+            } = *moved;
             let first = match wait(reply, reply_timeout).await {
                 Ok(bytes) => bytes,
                 Err(error) => return shard_error(&shard, &error, metrics).to_bytes(),
@@ -544,4 +561,19 @@ fn shard_error(shard: &str, error: &ShardError, metrics: &Metrics) -> Frame {
     debug!(shard, %error, "Command failed on its shard.");
     metrics.shard_error(shard, error.category());
     Frame::error(format!("ERR shard {shard} unavailable: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owed_reply_is_no_larger_than_a_shared_byte_string_and_its_tag() {
+        // Each client's queue allocates room for its replies in blocks: the common kinds set the size.
+        assert!(
+            std::mem::size_of::<Pending>() <= 40,
+            "{}",
+            std::mem::size_of::<Pending>()
+        );
+    }
 }

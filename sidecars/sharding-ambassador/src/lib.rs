@@ -5,8 +5,8 @@
 //! - [`routing`]: what to do with a command (pure); [`migration`]: what a reshard adds around it
 //!   (pure);
 //! - [`http`]: HTTP sharding, when the shard map's protocol is `http` (key extraction pure);
-//! - [`shard`], [`client`], [`server`], [`workers`]: how bytes move, on one single-threaded
-//!   runtime per core;
+//! - [`shard`], [`client`], [`server`], [`workers`]: how bytes move, on single-threaded worker
+//!   runtimes (one by default); [`memory`]: what a worker without clients gives back;
 //! - [`auth`]: the shards' password, from the Secret the shard map names;
 //! - [`shardmap`]: the shard map document, read from the runtime's config source by [`run`];
 //! - [`topology`]: the ring and shard connections in force, handed to clients through a `watch`;
@@ -20,6 +20,7 @@ pub mod client;
 pub mod deadline;
 pub mod hotkeys;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod migration;
 pub mod resp;

@@ -273,16 +273,25 @@ fn crlf_at(bytes: &[u8]) -> Option<usize> {
 }
 
 /// Room kept free in a read buffer before reading into it.
-const READ_ROOM: usize = 4 * 1024;
-/// What a read buffer grows by when it runs out of room.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_ROOM: usize = 1024;
+/// What a read buffer grows by when it runs out of room: a connection sending small commands
+/// holds a few KiB, not a large buffer per client.
+const READ_CHUNK: usize = 4 * 1024;
+/// An empty buffer larger than this (left by a large value) is let go, so an idle connection
+/// does not keep the memory of its largest frame.
+const KEEP_AT_MOST: usize = 64 * 1024;
 
 /// Makes room in `buf` for the next read. Frames taken out of the buffer keep its memory alive
 /// while they are in flight, so asking for a whole chunk every time would allocate a fresh buffer
-/// per read; room is only added when less than [`READ_ROOM`] is left.
+/// per read; room is only added when less than [`READ_ROOM`] is left. A frame larger than a chunk
+/// is read in steps as large as what is already buffered, so a large value takes a few reads, not
+/// one per chunk (what is buffered was sent, unlike a length the frame only claims).
 pub fn reserve_for_read(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > KEEP_AT_MOST {
+        *buf = BytesMut::new();
+    }
     if buf.capacity() - buf.len() < READ_ROOM {
-        buf.reserve(READ_CHUNK);
+        buf.reserve(READ_CHUNK.max(buf.len()));
     }
 }
 
@@ -767,6 +776,22 @@ mod tests {
         let mut full = BytesMut::with_capacity(64);
         reserve_for_read(&mut full);
         assert!(full.capacity() >= 4 * 1024);
+    }
+
+    #[test]
+    fn a_read_buffer_grows_with_a_large_frame_and_is_let_go_once_empty() {
+        let mut input = BytesMut::new();
+        let mut reads = 0;
+        while input.len() < 1024 * 1024 {
+            reserve_for_read(&mut input);
+            let room = input.capacity() - input.len();
+            input.resize(input.len() + room, b'x');
+            reads += 1;
+        }
+        assert!(reads < 20, "a 1 MiB frame took {reads} reads");
+        input.clear();
+        reserve_for_read(&mut input);
+        assert!(input.capacity() < 64 * 1024, "{} bytes kept", input.capacity());
     }
 
     #[test]

@@ -358,29 +358,35 @@ impl Connection {
             return;
         };
         out.clear();
+        // One clock read for the batch: its commands go out together. A registration that has to
+        // wait for room reads it again, since the wait is not the shard's time.
+        let mut deadline = Instant::now() + self.settings.request_timeout;
         for request in batch.drain(..) {
             if request.reply.is_closed() {
                 continue;
             }
+            let in_flight = InFlight {
+                replies: request.replies,
+                reply: request.reply,
+                deadline,
+            };
             // Registered before the bytes go out, so the reader always knows whom a reply is for.
-            if open
-                .in_flight
-                .send(InFlight {
-                    replies: request.replies,
-                    reply: request.reply,
-                    // Taken per command: registering can wait for room, which is not the shard's time.
-                    deadline: Instant::now() + self.settings.request_timeout,
-                })
-                .await
-                .is_err()
-            {
+            let registered = match open.in_flight.try_send(in_flight) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(waiting)) => {
+                    let sent = open.in_flight.send(waiting).await;
+                    deadline = Instant::now() + self.settings.request_timeout;
+                    sent.map_err(drop)
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+            };
+            if registered.is_err() {
                 // The reader stopped (and counted the failure); these commands were not sent.
                 self.current = None;
                 return;
             }
             out.extend_from_slice(&request.payload);
         }
-        let deadline = Instant::now() + self.settings.request_timeout;
         match self.watchdog.wait(deadline, open.write.write_all(out)).await {
             Some(Ok(())) => {}
             Some(Err(error)) => {
@@ -504,24 +510,27 @@ struct Reader {
 
 impl Reader {
     async fn run(self, mut read: OwnedReadHalf, mut answered: mpsc::Receiver<InFlight>) {
-        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut buf = BytesMut::new();
         let mut watchdog = Watchdog::new();
+        // When the bytes in `buf` arrived: every reply decoded from one read arrived together, so
+        // the clock is read once per read, not once per reply.
+        let mut arrived = Instant::now();
         while let Some(waiting) = answered.recv().await {
             let mut last = self
-                .next_reply(&mut read, &mut buf, waiting.deadline, &mut watchdog)
+                .next_reply(&mut read, &mut buf, waiting.deadline, &mut watchdog, &mut arrived)
                 .await;
             for _ in 1..waiting.replies {
                 if last.is_err() {
                     break;
                 }
                 last = self
-                    .next_reply(&mut read, &mut buf, waiting.deadline, &mut watchdog)
+                    .next_reply(&mut read, &mut buf, waiting.deadline, &mut watchdog, &mut arrived)
                     .await;
             }
             let latency = self
                 .settings
                 .request_timeout
-                .saturating_sub(waiting.deadline.saturating_duration_since(Instant::now()));
+                .saturating_sub(waiting.deadline.saturating_duration_since(arrived));
             self.metrics.operation(last.is_ok().then_some(latency));
             match last {
                 Ok(reply) => {
@@ -552,6 +561,7 @@ impl Reader {
         buf: &mut BytesMut,
         deadline: Instant,
         watchdog: &mut Watchdog,
+        arrived: &mut Instant,
     ) -> Result<Bytes, ShardError> {
         loop {
             if let Some(reply) = resp::decode_raw(buf, &self.settings.limits)? {
@@ -568,7 +578,7 @@ impl Reader {
                     };
                     return Err(ShardError::ConnectionLost(why));
                 }
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => *arrived = Instant::now(),
             }
         }
     }

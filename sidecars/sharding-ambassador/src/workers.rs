@@ -1,6 +1,7 @@
 //! Worker threads (`--workers`), each a single-threaded runtime with its own shard connections:
 //! the client connections handed to a worker are served on it from the first byte to the last
-//! reply, so a command never wakes another thread.
+//! reply, so a command never wakes another thread. A worker left without clients gives the memory
+//! they freed back (`memory`).
 //!
 //! On one shared multi-threaded runtime, a command's client reader, shard writer, shard reader and
 //! client writer tasks run wherever a thread is free, and the wake-ups between threads cost more
@@ -24,7 +25,7 @@ use tokio::{
 };
 use tracing::warn;
 
-use crate::topology::Topology;
+use crate::{memory::Occupancy, topology::Topology};
 
 /// What a worker runs for one accepted client: given the stream (registered on the worker's own
 /// reactor) and the worker's topology.
@@ -130,13 +131,24 @@ fn run_worker(
     runtime.block_on(async move {
         let (topology, receiver) = watch::channel(Arc::new(Topology::empty()));
         let _ = started.send(tokio::spawn(follower(topology)));
+        let occupancy = Arc::new(Occupancy::default());
+        let releaser = tokio::spawn({
+            let occupancy = occupancy.clone();
+            async move { occupancy.release_when_idle().await }
+        });
         while let Some((stream, job)) = jobs.recv().await {
             match TcpStream::from_std(stream) {
                 Ok(stream) => {
-                    tokio::spawn(job(stream, receiver.clone()));
+                    let client = job(stream, receiver.clone());
+                    let occupant = occupancy.enter();
+                    tokio::spawn(async move {
+                        client.await;
+                        drop(occupant);
+                    });
                 }
                 Err(error) => warn!(%error, "A worker could not take a client."),
             }
         }
+        releaser.abort();
     });
 }
