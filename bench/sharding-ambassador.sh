@@ -17,8 +17,8 @@
 #                                          a smoke run of a debug build (numbers mean nothing)
 # Environment: REQUESTS (200000), CLIENTS (50), KEYSPACE (1000000), PIPELINES ("1 16"), SHARDS (4),
 #              BASE_PORT (17380), AMBASSADOR_BIN (default: a release build, made here),
-#              CARGO_TARGET_DIR (where that build goes), PREFILL (1: fill the keyspace through
-#              nutcracker before the measured runs; 0: start from empty shards).
+#              CARGO_TARGET_DIR (where that build goes), PREFILL (1: fill the keyspace through a
+#              nutcracker of its own before the measured runs; 0: start from empty shards).
 # Installs redis-server, redis-tools and nutcracker with apt-get when missing.
 # This is a benchmark, not a test: it asserts nothing. Everything listens on 127.0.0.1.
 set -euo pipefail
@@ -38,6 +38,8 @@ NUTCRACKER_PORT=$((BASE_PORT + 20))
 NUTCRACKER_STATS_PORT=$((BASE_PORT + 21))
 AMBASSADOR_PORT=$((BASE_PORT + 22))
 AMBASSADOR_ADMIN_PORT=$((BASE_PORT + 23))
+FILL_PORT=$((BASE_PORT + 24))
+FILL_STATS_PORT=$((BASE_PORT + 25))
 
 log() { echo "[bench] $*" >&2; }
 
@@ -153,11 +155,18 @@ run() {
 
 # Each SET run adds keys, and a shard's table grows (rehashing as it goes) at whichever run crosses
 # its next size: filling the keyspace first keeps that out of the measured runs, so no target
-# pays for a growth the others don't.
+# pays for a growth the others don't. The fill goes through a nutcracker of its own, stopped
+# afterwards, so neither measured proxy keeps the buffers it grew.
 if [ "$PREFILL" != 0 ]; then
-  log "filling the keyspace through nutcracker"
-  redis-benchmark -h 127.0.0.1 -p "$NUTCRACKER_PORT" -t set -n "$KEYSPACE" -c "$CLIENTS" -P 16 \
+  log "filling the keyspace"
+  sed -e "s/127.0.0.1:$NUTCRACKER_PORT/127.0.0.1:$FILL_PORT/" "$work/nutcracker.yml" >"$work/fill.yml"
+  nutcracker -c "$work/fill.yml" -s "$FILL_STATS_PORT" -a 127.0.0.1 -o "$work/fill.log" &
+  fill_pid=$!
+  wait_ping "$FILL_PORT"
+  redis-benchmark -h 127.0.0.1 -p "$FILL_PORT" -t set -n "$KEYSPACE" -c "$CLIENTS" -P 16 \
     -r "$KEYSPACE" -q >/dev/null 2>&1
+  kill "$fill_pid"
+  wait "$fill_pid" 2>/dev/null || true
 fi
 
 for pipeline in $PIPELINES; do
