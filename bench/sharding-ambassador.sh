@@ -5,17 +5,20 @@
 # shards (`distribution: ketama`, `hash: fnv1a_64`, `hash_tag: "{}"`, server names cache-shard-<i>),
 # and the ambassador with the equivalent shard map, so both place every key on the same shard.
 # Load: `redis-benchmark -t set,get -n REQUESTS -c CLIENTS -r KEYSPACE`, without pipelining and with
-# `-P 16`, against one shard directly (the floor), nutcracker and the ambassador, in that order.
+# `-P 16`, against one shard directly (the floor), nutcracker and the ambassador, taking turns in
+# each of ROUNDS rounds.
 #
-# Per target, test and pipeline depth it prints ops/s, p50 and p99 latency (redis-benchmark's CSV),
+# Per round, target, test and pipeline depth it prints ops/s, p50 and p99 latency (redis-benchmark's CSV),
 # the RSS of the proxy after the run (VmRSS; for the direct run, the shard's) and the CPU per
 # operation of that process: its utime + stime over the run (SET and GET together) divided by the
-# operations redis-benchmark sent (2 × REQUESTS).
+# operations redis-benchmark sent (2 × REQUESTS). Then, per depth and test, the ambassador's ops/s over
+# nutcracker's in each round and their median.
 #
 # Usage: bench/sharding-ambassador.sh
 #        REQUESTS=2000 AMBASSADOR_BIN=target/debug/outrigger-sharding-ambassador bench/sharding-ambassador.sh
 #                                          a smoke run of a debug build (numbers mean nothing)
 # Environment: REQUESTS (200000), CLIENTS (50), KEYSPACE (1000000), PIPELINES ("1 16"), SHARDS (4),
+#              ROUNDS (3: every target runs once per round, the targets taking turns),
 #              BASE_PORT (17380), AMBASSADOR_BIN (default: a release build, made here),
 #              CARGO_TARGET_DIR (where that build goes), PREFILL (1: fill the keyspace through a
 #              nutcracker of its own before the measured runs; 0: start from empty shards).
@@ -33,6 +36,7 @@ BASE_PORT=${BASE_PORT:-17380}
 TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 AMBASSADOR_BIN=${AMBASSADOR_BIN:-}
 PREFILL=${PREFILL:-1}
+ROUNDS=${ROUNDS:-3}
 
 NUTCRACKER_PORT=$((BASE_PORT + 20))
 NUTCRACKER_STATS_PORT=$((BASE_PORT + 21))
@@ -136,8 +140,8 @@ done
 results=$work/results
 : >"$results"
 run() {
-  local target=$1 port=$2 pid=$3 pipeline=$4
-  log "$target, pipeline $pipeline"
+  local target=$1 port=$2 pid=$3 pipeline=$4 round=$5
+  log "$target, pipeline $pipeline, round $round"
   local before after
   before=$(cpu_ticks "$pid")
   # CSV rows: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
@@ -147,9 +151,9 @@ run() {
   local rss
   rss=$(rss_kib "$pid")
   tr -d '"' <"$work/run.csv" | awk -F, -v target="$target" -v pipeline="$pipeline" -v rss="$rss" \
-    -v ticks=$((after - before)) -v hz="$CLK_TCK" -v ops=$((2 * REQUESTS)) '
+    -v ticks=$((after - before)) -v hz="$CLK_TCK" -v ops=$((2 * REQUESTS)) -v round="$round" '
     $1 == "SET" || $1 == "GET" {
-      printf "%s|%s|%s|%.0f|%s|%s|%.1f|%.2f\n", target, pipeline, $1, $2, $5, $7, rss / 1024, ticks / hz / ops * 1e6
+      printf "%s|%s|%s|%.0f|%s|%s|%.1f|%.2f|%s\n", target, pipeline, $1, $2, $5, $7, rss / 1024, ticks / hz / ops * 1e6, round
     }' >>"$results"
 }
 
@@ -169,14 +173,40 @@ if [ "$PREFILL" != 0 ]; then
   wait "$fill_pid" 2>/dev/null || true
 fi
 
+# The targets take turns within each round, so a slow spell of the machine falls on one round of
+# each rather than on all the runs of one.
 for pipeline in $PIPELINES; do
-  run "redis (one shard, direct)" "$BASE_PORT" "${shard_pids[0]}" "$pipeline"
-  run nutcracker "$NUTCRACKER_PORT" "$nutcracker_pid" "$pipeline"
-  run ambassador "$AMBASSADOR_PORT" "$ambassador_pid" "$pipeline"
+  for ((round = 1; round <= ROUNDS; round++)); do
+    run "redis (one shard, direct)" "$BASE_PORT" "${shard_pids[0]}" "$pipeline" "$round"
+    run nutcracker "$NUTCRACKER_PORT" "$nutcracker_pid" "$pipeline" "$round"
+    run ambassador "$AMBASSADOR_PORT" "$ambassador_pid" "$pipeline" "$round"
+  done
 done
 
-echo "| target | pipeline | test | ops/s | p50 ms | p99 ms | RSS MiB | CPU µs/op (SET+GET) |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-awk -F'|' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$results"
+echo "| round | target | pipeline | test | ops/s | p50 ms | p99 ms | RSS MiB | CPU µs/op (SET+GET) |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+awk -F'|' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $9, $1, $2, $3, $4, $5, $6, $7, $8 }' "$results"
 echo
-echo "$SHARDS shards, redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS -r $KEYSPACE; RSS measured after each run."
+# Per pipeline depth and test: the ambassador's ops/s over nutcracker's in the same round, sorted,
+# and the median round's.
+echo "| pipeline | test | ambassador / nutcracker per round (sorted) | median |"
+echo "| --- | --- | --- | --- |"
+awk -F'|' '
+  $1 == "nutcracker" { anchor[$9 "|" $2 "|" $3] = $4 }
+  $1 == "ambassador" { ours[$9 "|" $2 "|" $3] = $4; key = $2 "|" $3; if (!(key in seen)) { seen[key] = 1; order[++n] = key } }
+  END {
+    for (i = 1; i <= n; i++) {
+      split(order[i], part, "|")
+      count = 0
+      for (k in ours) {
+        split(k, q, "|")
+        if (q[2] "|" q[3] == order[i] && anchor[k] > 0) ratio[++count] = ours[k] / anchor[k]
+      }
+      for (a = 1; a <= count; a++) for (b = a + 1; b <= count; b++) if (ratio[b] < ratio[a]) { t = ratio[a]; ratio[a] = ratio[b]; ratio[b] = t }
+      list = ""
+      for (a = 1; a <= count; a++) list = list (a > 1 ? ", " : "") sprintf("%.2f", ratio[a])
+      printf "| %s | %s | %s | %.2f |\n", part[1], part[2], list, ratio[int((count + 1) / 2)]
+    }
+  }' "$results"
+echo
+echo "$SHARDS shards, redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS -r $KEYSPACE, $ROUNDS rounds; RSS measured after each run."
