@@ -447,18 +447,9 @@ async fn a_load_step_scales_up_and_a_drop_scales_down_within_the_window_and_poli
     wait_scaling(&policies).await;
     assert_eq!(replicas(&services).await.unwrap(), 1, "idle: the minimum");
 
-    let service_ip = kubectl_ok(&[
-        "get",
-        "service",
-        "web",
-        "-n",
-        &ns.name,
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])
-    .unwrap();
+    let service_ip = service_cluster_ip(&ns).await;
     let step = Instant::now();
-    let load = Load::start(format!("{}:80", service_ip.trim()), 3);
+    let load = Load::start(format!("{service_ip}:80"), 3);
     let written = Cell::new(None);
     let status = eventually("a scale-up to the maximum", WAIT, || async {
         let status = policy_status(&policies).await?;
@@ -647,17 +638,26 @@ async fn service_with_splitters(ns: &TestNamespace, policy_spec: Value) -> (Webh
         .await
         .unwrap();
     wait_scaling(&policies).await;
-    let service_ip = kubectl_ok(&[
-        "get",
-        "service",
-        "web",
-        "-n",
-        &ns.name,
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ])
-    .unwrap();
-    (operator, service_ip.trim().to_owned())
+    (operator, service_cluster_ip(ns).await)
+}
+
+/// The cluster IP of the Service `web`, waited for: the policy can measure before the service's
+/// own reconcile has applied its Service.
+async fn service_cluster_ip(ns: &TestNamespace) -> String {
+    eventually("the Service web and its cluster IP", WAIT, || async {
+        let ip = kubectl_ok(&[
+            "get",
+            "service",
+            "web",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])?;
+        Ok(Some(ip.trim().to_owned()).filter(|ip| !ip.is_empty()))
+    })
+    .await
+    .unwrap()
 }
 
 /// A steady load between two replica counts' targets must settle and stay: the tolerance and the
