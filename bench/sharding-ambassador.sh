@@ -9,7 +9,8 @@
 # each of ROUNDS rounds.
 #
 # Per round, target, test and pipeline depth it prints ops/s, p50 and p99 latency (redis-benchmark's CSV),
-# the RSS of the proxy after the run (VmRSS; for the direct run, the shard's) and the CPU per
+# the RSS of the proxy (VmRSS; for the direct run, the shard's) at its peak under the load (sampled
+# every 0.1 s) and 1 s after the run, and the CPU per
 # operation of that process: its utime + stime over the run (SET and GET together) divided by the
 # operations redis-benchmark sent (2 × REQUESTS). Then, per depth and test, the ambassador's ops/s over
 # nutcracker's in each round and their median.
@@ -85,6 +86,18 @@ wait_ping() {
 }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+# The highest VmRSS of process $1, sampled every 0.1 s while process $2 (a child, not yet waited
+# for, so a zombie once done) runs; builtins only, so the sampling costs next to nothing.
+peak_rss_kib() {
+  local peak=0 key value state _
+  while read -r _ _ state _ <"/proc/$2/stat" 2>/dev/null && [ "$state" != Z ]; do
+    while read -r key value _; do
+      if [ "$key" = VmRSS: ] && ((value > peak)); then peak=$value; fi
+    done <"/proc/$1/status"
+    sleep 0.1
+  done
+  echo "$peak"
+}
 # utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat; the command name,
 # field 2, has no spaces here).
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -146,14 +159,17 @@ run() {
   before=$(cpu_ticks "$pid")
   # CSV rows: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
   redis-benchmark -h 127.0.0.1 -p "$port" -t set,get -n "$REQUESTS" -c "$CLIENTS" -P "$pipeline" \
-    -r "$KEYSPACE" --csv >"$work/run.csv" 2>/dev/null
+    -r "$KEYSPACE" --csv >"$work/run.csv" 2>/dev/null &
+  local load=$! peak settled
+  peak=$(peak_rss_kib "$pid" "$load")
+  wait "$load"
   after=$(cpu_ticks "$pid")
-  local rss
-  rss=$(rss_kib "$pid")
-  tr -d '"' <"$work/run.csv" | awk -F, -v target="$target" -v pipeline="$pipeline" -v rss="$rss" \
-    -v ticks=$((after - before)) -v hz="$CLK_TCK" -v ops=$((2 * REQUESTS)) -v round="$round" '
+  sleep 1
+  settled=$(rss_kib "$pid")
+  tr -d '"' <"$work/run.csv" | awk -F, -v target="$target" -v pipeline="$pipeline" -v peak="$peak" \
+    -v settled="$settled" -v ticks=$((after - before)) -v hz="$CLK_TCK" -v ops=$((2 * REQUESTS)) -v round="$round" '
     $1 == "SET" || $1 == "GET" {
-      printf "%s|%s|%s|%.0f|%s|%s|%.1f|%.2f|%s\n", target, pipeline, $1, $2, $5, $7, rss / 1024, ticks / hz / ops * 1e6, round
+      printf "%s|%s|%s|%.0f|%s|%s|%.1f|%.1f|%.2f|%s\n", target, pipeline, $1, $2, $5, $7, peak / 1024, settled / 1024, ticks / hz / ops * 1e6, round
     }' >>"$results"
 }
 
@@ -173,6 +189,9 @@ if [ "$PREFILL" != 0 ]; then
   wait "$fill_pid" 2>/dev/null || true
 fi
 
+sleep 1
+idle="idle RSS (MiB), before the measured runs: nutcracker $(rss_kib "$nutcracker_pid" | awk '{ printf "%.1f", $1 / 1024 }'), ambassador $(rss_kib "$ambassador_pid" | awk '{ printf "%.1f", $1 / 1024 }')"
+
 # The targets take turns within each round, so a slow spell of the machine falls on one round of
 # each rather than on all the runs of one.
 for pipeline in $PIPELINES; do
@@ -183,17 +202,17 @@ for pipeline in $PIPELINES; do
   done
 done
 
-echo "| round | target | pipeline | test | ops/s | p50 ms | p99 ms | RSS MiB | CPU µs/op (SET+GET) |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-awk -F'|' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $9, $1, $2, $3, $4, $5, $6, $7, $8 }' "$results"
+echo "| round | target | pipeline | test | ops/s | p50 ms | p99 ms | RSS MiB, peak under load | RSS MiB, 1 s after | CPU µs/op (SET+GET) |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+awk -F'|' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", $10, $1, $2, $3, $4, $5, $6, $7, $8, $9 }' "$results"
 echo
 # Per pipeline depth and test: the ambassador's ops/s over nutcracker's in the same round, sorted,
 # and the median round's.
 echo "| pipeline | test | ambassador / nutcracker per round (sorted) | median |"
 echo "| --- | --- | --- | --- |"
 awk -F'|' '
-  $1 == "nutcracker" { anchor[$9 "|" $2 "|" $3] = $4 }
-  $1 == "ambassador" { ours[$9 "|" $2 "|" $3] = $4; key = $2 "|" $3; if (!(key in seen)) { seen[key] = 1; order[++n] = key } }
+  $1 == "nutcracker" { anchor[$10 "|" $2 "|" $3] = $4 }
+  $1 == "ambassador" { ours[$10 "|" $2 "|" $3] = $4; key = $2 "|" $3; if (!(key in seen)) { seen[key] = 1; order[++n] = key } }
   END {
     for (i = 1; i <= n; i++) {
       split(order[i], part, "|")
@@ -209,4 +228,5 @@ awk -F'|' '
     }
   }' "$results"
 echo
-echo "$SHARDS shards, redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS -r $KEYSPACE, $ROUNDS rounds; RSS measured after each run."
+echo "$idle"
+echo "$SHARDS shards, redis-benchmark -t set,get -n $REQUESTS -c $CLIENTS -r $KEYSPACE, $ROUNDS rounds."

@@ -100,25 +100,26 @@ where
         &self.path
     }
 
-    /// Reads the file (a parse failure once more after [`PARSE_RETRY`]), returning the bytes'
-    /// fingerprint and the layer.
-    async fn read_layer(&self) -> (Option<u64>, Result<serde_json::Value, ReloadError>) {
-        let read_error = |source| ReloadError::Read {
-            path: self.path.clone(),
-            source,
-        };
-        let bytes = match (self.read)(self.path.clone()).await {
-            Ok(bytes) => bytes,
-            Err(source) => return (None, Err(read_error(source))),
-        };
+    async fn read(&self) -> Result<Vec<u8>, ReloadError> {
+        (self.read)(self.path.clone())
+            .await
+            .map_err(|source| ReloadError::Read {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Parses the bytes read (after a parse failure, reads once more after [`PARSE_RETRY`]),
+    /// returning the fingerprint of the bytes parsed and the layer.
+    async fn layer_of(&self, bytes: Vec<u8>) -> (Option<u64>, Result<serde_json::Value, ReloadError>) {
         match parse_layer(&bytes) {
             Ok(layer) => (Some(fingerprint(&bytes)), Ok(layer)),
             Err(first) => {
                 tracing::debug!(error = %first, path = %self.path.display(), "The configuration file did not parse; reading it once more.");
                 tokio::time::sleep(self.parse_retry).await;
-                match (self.read)(self.path.clone()).await {
+                match self.read().await {
                     Ok(bytes) => (Some(fingerprint(&bytes)), parse_layer(&bytes)),
-                    Err(source) => (None, Err(read_error(source))),
+                    Err(error) => (None, Err(error)),
                 }
             }
         }
@@ -138,7 +139,10 @@ where
     /// the bytes read, for [`FileLayer::poll`] to start from.
     pub async fn reload(&self) -> (Option<u64>, Result<Applied, ReloadError>) {
         let _serialized = self.lock.lock().await;
-        let (fingerprint, layer) = self.read_layer().await;
+        let (fingerprint, layer) = match self.read().await {
+            Ok(bytes) => self.layer_of(bytes).await,
+            Err(error) => (None, Err(error)),
+        };
         (fingerprint, self.apply(layer))
     }
 
@@ -147,7 +151,15 @@ where
     /// when it comes back, so that `config_last_reload_successful` recovers.
     pub async fn poll(&self, last_seen: &mut Option<u64>, unreadable: &mut Option<io::ErrorKind>) -> Polled {
         let _serialized = self.lock.lock().await;
-        let (fingerprint, layer) = self.read_layer().await;
+        let (fingerprint, layer) = match self.read().await {
+            // An unchanged file is not parsed again.
+            Ok(bytes) if *last_seen == Some(fingerprint(&bytes)) => {
+                *unreadable = None;
+                return Polled::Same;
+            }
+            Ok(bytes) => self.layer_of(bytes).await,
+            Err(error) => (None, Err(error)),
+        };
         if let Err(ReloadError::Read { source, .. }) = &layer {
             if *unreadable == Some(source.kind()) {
                 return Polled::StillUnreadable;
