@@ -367,7 +367,13 @@ async fn write_replies<W: AsyncWrite>(
     let mut out = BytesMut::new();
     while let Some(next) = queue.recv().await {
         let last = matches!(next, Pending::Last(_));
-        let reply = resolve(next, &settings).await;
+        let reply = match next {
+            Pending::Ready(bytes) | Pending::Last(bytes) => bytes,
+            Pending::One { shard, reply } => one_reply(&shard, reply, &settings).await,
+            // The rarer kinds' state is allocated only while one is awaited, so an idle client's
+            // writer task stays small.
+            rare => Box::pin(resolve(rare, &settings)).await,
+        };
         out.extend_from_slice(&reply);
         // Replies already known go out together; the flush waits only while more are queued.
         if last || queue.is_empty() || out.len() >= FLUSH_AT {
@@ -396,10 +402,7 @@ async fn resolve(pending: Pending, settings: &ClientSettings) -> Bytes {
     let (reply_timeout, metrics) = (settings.reply_timeout, &*settings.metrics);
     match pending {
         Pending::Ready(bytes) | Pending::Last(bytes) => bytes,
-        Pending::One { shard, reply } => match wait(reply, reply_timeout).await {
-            Ok(bytes) => bytes,
-            Err(error) => shard_error(&shard, &error, metrics).to_bytes(),
-        },
+        Pending::One { shard, reply } => one_reply(&shard, reply, settings).await,
         Pending::Many { replies, merge } => {
             let mut frames = Vec::with_capacity(replies.len());
             for (shard, reply) in replies {
@@ -465,6 +468,14 @@ async fn resolve(pending: Pending, settings: &ClientSettings) -> Bytes {
             }
             reply
         }
+    }
+}
+
+/// A single shard's reply, or the error that names the shard.
+async fn one_reply(shard: &str, reply: oneshot::Receiver<ShardReply>, settings: &ClientSettings) -> Bytes {
+    match wait(reply, settings.reply_timeout).await {
+        Ok(bytes) => bytes,
+        Err(error) => shard_error(shard, &error, &settings.metrics).to_bytes(),
     }
 }
 
@@ -574,6 +585,20 @@ mod tests {
             std::mem::size_of::<Pending>() <= 40,
             "{}",
             std::mem::size_of::<Pending>()
+        );
+    }
+
+    #[test]
+    fn a_clients_writer_task_is_small_while_it_waits_for_common_replies() {
+        // Every connected client holds one; the rare reply kinds' state is boxed when needed.
+        let (stream, _peer) = tokio::io::duplex(64);
+        let (_read, write) = tokio::io::split(stream);
+        let (_pending, queue) = mpsc::channel::<Pending>(1);
+        let writer = deadline::with_watchdog(write_replies(write, queue, Arc::default()));
+        assert!(
+            std::mem::size_of_val(&writer) <= 1024,
+            "{}",
+            std::mem::size_of_val(&writer)
         );
     }
 }
