@@ -86,11 +86,11 @@ wait_ping() {
 }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-# The highest VmRSS of process $1, sampled every 0.1 s while process $2 (a child, not yet waited
-# for, so a zombie once done) runs; builtins only, so the sampling costs next to nothing.
+# The highest VmRSS of process $1, sampled every 0.1 s while process $2 runs (gone or a zombie
+# once done); builtins only, so the sampling costs next to nothing.
 peak_rss_kib() {
   local peak=0 key value state _
-  while read -r _ _ state _ <"/proc/$2/stat" 2>/dev/null && [ "$state" != Z ]; do
+  while read -r _ _ state _ 2>/dev/null <"/proc/$2/stat" && [ "$state" != Z ]; do
     while read -r key value _; do
       if [ "$key" = VmRSS: ] && ((value > peak)); then peak=$value; fi
     done <"/proc/$1/status"
