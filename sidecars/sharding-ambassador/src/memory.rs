@@ -1,15 +1,17 @@
-//! Gives the memory a burst of clients freed back to the system once a worker has no client left.
+//! Gives the memory a burst of clients freed back to the system once no worker has a client left.
 //!
 //! glibc's allocator keeps what a thread freed in that thread's arena for its next allocations:
 //! after fifty pipelining clients leave, their buffers stay resident until the process ends. An
-//! ambassador lives beside its application under the pod's memory limit, so a worker left without
-//! clients for [`SETTLE`] hands the free pages back. Connection churn does not trim on every
-//! disconnect: the worker must stay empty for the whole pause.
+//! ambassador lives beside its application under the pod's memory limit, so once it has been
+//! without clients for [`SETTLE`] it hands the free pages back. Connection churn does not trim on
+//! every disconnect: the ambassador must stay empty for the whole pause. Both releases act on the
+//! whole process, so the workers count their clients in one [`Occupancy`].
 //!
 //! The same pause also unmaps the executable's code and read-only data. The kernel maps a file's
 //! pages in blocks of 64 KiB or more around each one used, so code run once, at start-up or by a
-//! burst, would otherwise stay in the resident set for good: most of the binary. Unmapped, the pages stay in the page cache, where the kernel may reclaim them under
-//! memory pressure; code still in use is mapped back at its next run, without reading the disk.
+//! burst, would otherwise stay in the resident set for good: most of the binary. Unmapped, the
+//! pages stay in the page cache, where the kernel may reclaim them under memory pressure; code
+//! still in use is mapped back at its next run, without reading the disk.
 //! Only mappings that cannot differ from the file are dropped: not writable, and without a page
 //! copied on write (the relocated read-only data of a static PIE binary has such pages).
 
@@ -24,10 +26,10 @@ use std::{
 
 use tokio::sync::Notify;
 
-/// How long a worker stays without clients before its free memory is released.
+/// How long the ambassador stays without clients before its free memory is released.
 pub const SETTLE: Duration = Duration::from_millis(200);
 
-/// The clients a worker serves, and the wake-up when the last one leaves.
+/// The clients all workers serve, and the wake-up when the last one leaves.
 #[derive(Debug, Default)]
 pub struct Occupancy {
     clients: AtomicUsize,
@@ -41,9 +43,8 @@ impl Occupancy {
         Occupant(self.clone())
     }
 
-    /// Releases free memory once [`SETTLE`] after the worker starts (start-up code is done with by
-    /// then) and each time the worker has stayed empty for [`SETTLE`]; runs for as long as the
-    /// worker does.
+    /// Releases free memory once [`SETTLE`] after it starts (start-up code is done with by then)
+    /// and each time there have been no clients for [`SETTLE`]; runs until aborted.
     pub async fn release_when_idle(&self) {
         self.emptied.notify_one();
         loop {

@@ -1,7 +1,8 @@
 //! Worker threads (`--workers`), each a single-threaded runtime with its own shard connections:
 //! the client connections handed to a worker are served on it from the first byte to the last
-//! reply, so a command never wakes another thread. A worker left without clients gives the memory
-//! they freed back (`memory`).
+//! reply, so a command never wakes another thread. Once no worker has a client left, the memory
+//! they freed goes back (`memory`): what it releases belongs to the whole process, so the workers
+//! count their clients together and one of them does the releasing.
 //!
 //! On one shared multi-threaded runtime, a command's client reader, shard writer, shard reader and
 //! client writer tasks run wherever a thread is free, and the wake-ups between threads cost more
@@ -64,13 +65,16 @@ impl Workers {
     pub fn start(count: usize, follower: &Follower) -> Result<Workers, WorkerError> {
         let mut jobs = Vec::new();
         let mut followers = Vec::new();
+        let occupancy = Arc::new(Occupancy::default());
         for index in 0..count.max(1) {
             let (sender, receiver) = mpsc::unbounded_channel();
             let (started, follower_handle) = std::sync::mpsc::sync_channel(1);
             let follower = follower.clone();
+            let occupancy = occupancy.clone();
+            let releases = index == 0;
             std::thread::Builder::new()
                 .name(format!("ambassador-worker-{index}"))
-                .spawn(move || run_worker(receiver, &follower, &started))
+                .spawn(move || run_worker(receiver, &follower, &started, occupancy, releases))
                 .map_err(WorkerError::Thread)?;
             followers.push(follower_handle.recv().map_err(|_| WorkerError::Lost)?);
             jobs.push(sender);
@@ -120,6 +124,8 @@ fn run_worker(
     mut jobs: mpsc::UnboundedReceiver<(std::net::TcpStream, Job)>,
     follower: &Follower,
     started: &std::sync::mpsc::SyncSender<JoinHandle<()>>,
+    occupancy: Arc<Occupancy>,
+    releases: bool,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -131,10 +137,9 @@ fn run_worker(
     runtime.block_on(async move {
         let (topology, receiver) = watch::channel(Arc::new(Topology::empty()));
         let _ = started.send(tokio::spawn(follower(topology)));
-        let occupancy = Arc::new(Occupancy::default());
-        let releaser = tokio::spawn({
+        let releaser = releases.then(|| {
             let occupancy = occupancy.clone();
-            async move { occupancy.release_when_idle().await }
+            tokio::spawn(async move { occupancy.release_when_idle().await })
         });
         while let Some((stream, job)) = jobs.recv().await {
             match TcpStream::from_std(stream) {
@@ -149,6 +154,8 @@ fn run_worker(
                 Err(error) => warn!(%error, "A worker could not take a client."),
             }
         }
-        releaser.abort();
+        if let Some(releaser) = releaser {
+            releaser.abort();
+        }
     });
 }
